@@ -1,0 +1,13 @@
+-- Runtime grants for the daemon's database user (MySQL 8 / MariaDB).
+-- Apply as an administrator after `event-backbone migrate`, replacing the
+-- database name if it is not `event_backbone` and the password placeholder:
+--   sed 's/event_backbone/<db>/g' sql/grants-mysql.sql | mysql -u root
+-- The ledger (`events`, `event_audit_log`) is append-only for this user: the
+-- database refuses UPDATE and DELETE even if the code tried.
+CREATE USER IF NOT EXISTS 'sync_worker'@'%' IDENTIFIED BY 'change-me';
+GRANT SELECT, INSERT ON event_backbone.events TO 'sync_worker'@'%';
+GRANT SELECT, INSERT ON event_backbone.event_audit_log TO 'sync_worker'@'%';
+GRANT SELECT, INSERT, UPDATE, DELETE ON event_backbone.record_state TO 'sync_worker'@'%';
+GRANT SELECT, INSERT, UPDATE, DELETE ON event_backbone.outbox TO 'sync_worker'@'%';
+GRANT SELECT, INSERT, UPDATE, DELETE ON event_backbone.dead_letters TO 'sync_worker'@'%';
+GRANT SELECT ON event_backbone._sqlx_migrations TO 'sync_worker'@'%';

@@ -1,0 +1,89 @@
+//! Command-line interface: one binary, one subcommand per task (SPEC §7).
+//! Exit codes: 0 ok, 1 runtime failure, 2 bad usage or invalid configuration.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::commands;
+
+#[derive(Debug, Parser)]
+#[command(name = "event-backbone", version, about = "Sync engine between SuiteX and NetSuite over Google Cloud Pub/Sub.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: every enabled consumer, the outbox relay, the HTTP endpoints.
+    Run,
+    /// Create the env's topics and subscriptions (idempotent; reports drift).
+    Provision,
+    /// Apply the embedded database migrations.
+    Migrate,
+    /// Publish a raw event (JSON from a file or stdin) to events.raw.{env}.
+    Publish(commands::publish::Args),
+    /// Validate the configuration and print it (secrets redacted) with the derived topology.
+    CheckConfig,
+    /// Measure throughput and latency (end to end through the emulator, and the merge stage alone).
+    Bench(commands::bench::Args),
+}
+
+/// Parses arguments, runs the command, returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(dispatch(cli.command))
+}
+
+async fn dispatch(cmd: Command) -> i32 {
+    let settings = match crate::config::load() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    crate::telemetry::init(&settings);
+    let result = match cmd {
+        Command::Run => commands::run::run(settings).await,
+        Command::Provision => commands::provision::run(settings).await,
+        Command::Migrate => commands::migrate::run(settings).await,
+        Command::Publish(a) => commands::publish::run(settings, a).await,
+        Command::CheckConfig => commands::check_config::run(settings),
+        Command::Bench(a) => commands::bench::run(settings, a).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+/// Reads a file, or stdin when the path is absent or `-`.
+pub fn read_input(path: Option<&PathBuf>) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    match path {
+        Some(p) if p.as_os_str() != "-" => std::fs::read(p),
+        _ => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf)?;
+            Ok(buf)
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! One file per subcommand.
+
+pub mod bench;
+pub mod check_config;
+pub mod migrate;
+pub mod provision;
+pub mod publish;
+pub mod run;

@@ -1,0 +1,31 @@
+//! `event-backbone provision`: topics and subscriptions of the env.
+
+use crate::config::Settings;
+use crate::pubsub::provision::provision;
+
+pub async fn run(settings: Settings) -> anyhow::Result<i32> {
+    let topology = settings.topology();
+    let report = provision(&topology, &crate::app::endpoint(&settings)).await?;
+    for n in &report.created {
+        println!("created    {n}");
+    }
+    for n in &report.unchanged {
+        println!("unchanged  {n}");
+    }
+    for (n, diffs) in &report.drift {
+        println!("DIFFERS    {n}");
+        for d in diffs {
+            println!("             {d}");
+        }
+    }
+    if report.drift.is_empty() {
+        Ok(0)
+    } else {
+        eprintln!(
+            "error: {} existing resource(s) differ from the expected settings; they were left as they are. \
+             Fix or recreate them deliberately.",
+            report.drift.len()
+        );
+        Ok(1)
+    }
+}

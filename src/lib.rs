@@ -1,0 +1,21 @@
+//! event-backbone: the sync engine between SuiteX and NetSuite.
+//!
+//! Data flows one way: the consumer runtime (`pubsub`) pulls a message, a
+//! stage (`stages`) decides what should happen, and the runtime acts on that
+//! outcome (ack, publish, route to error/dlq).
+
+pub mod app;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod model;
+pub mod outbox_relay;
+pub mod pubsub;
+pub mod snapshots;
+pub mod stages;
+pub mod store;
+pub mod supervisor;
+pub mod telemetry;
+pub mod topology;

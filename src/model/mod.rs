@@ -1,0 +1,7 @@
+//! Message contracts (SPEC §3): raw events, fingerprints, merged events,
+//! error envelopes.
+
+pub mod envelope;
+pub mod fingerprint;
+pub mod merged_event;
+pub mod raw_event;

@@ -1,0 +1,96 @@
+//! After-commit bookkeeping of the outbox: forget rows whose publish the
+//! broker confirmed (batched), and re-publish rows left behind by a crash or
+//! a failed publish, so a committed merged event is always published.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::metrics;
+use crate::pubsub::publisher::Publishers;
+use crate::store::Store;
+
+/// Collects confirmed event ids and deletes their outbox rows in batches.
+#[derive(Clone)]
+pub struct OutboxCompleter {
+    tx: mpsc::UnboundedSender<String>,
+}
+
+impl OutboxCompleter {
+    /// The task ends once every handle is dropped and the last ids are cleared.
+    pub fn start(store: Store) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let handle = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while let Some(id) = rx.recv().await {
+                batch.push(id);
+                while batch.len() < 500 {
+                    match rx.try_recv() {
+                        Ok(id) => batch.push(id),
+                        Err(_) => break,
+                    }
+                }
+                if batch.is_empty() {
+                    continue;
+                }
+                // A failed delete only means the relay publishes the row
+                // once more later; downstream dedupes by fingerprint.
+                if let Err(e) = store.outbox_delete(&batch).await {
+                    tracing::warn!(error = %e, rows = batch.len(), "Could not clear published outbox rows; the relay will republish them.");
+                }
+                batch.clear();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        (Self { tx }, handle)
+    }
+
+    pub fn done(&self, event_id: String) {
+        let _ = self.tx.send(event_id);
+    }
+}
+
+/// Publishes outbox rows older than `min_age`, every `every`.
+pub async fn run_relay(
+    store: Store,
+    publishers: Arc<Publishers>,
+    completer: OutboxCompleter,
+    min_age: Duration,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match relay_once(&store, &publishers, &completer, min_age).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(published = n, "Outbox relay published merged events left behind."),
+            Err(e) => tracing::warn!(error = %e, "Outbox relay pass failed; will try again."),
+        }
+    }
+}
+
+/// One relay pass; returns how many rows were published.
+pub async fn relay_once(
+    store: &Store,
+    publishers: &Publishers,
+    completer: &OutboxCompleter,
+    min_age: Duration,
+) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+    let rows = store.outbox_stale(min_age, 500).await?;
+    let mut n = 0;
+    for row in rows {
+        publishers
+            .publish(&row.topic, Bytes::from(row.payload), row.attributes, &row.ordering_key)
+            .await?;
+        metrics().outbox_relayed.inc();
+        completer.done(row.event_id);
+        n += 1;
+    }
+    Ok(n)
+}

@@ -1,0 +1,358 @@
+//! The consumer runtime, written once for every stage: pull over streaming
+//! pull, run the stage, then act on its outcome — publish what it produced,
+//! route failures to the error or dlq topic, ack. Nack only when our own
+//! infrastructure is unreachable or we are shutting down (SPEC §2 trap b).
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use google_cloud_pubsub::client::Subscriber;
+use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::subscriber::handler::Handler;
+use google_cloud_pubsub::subscriber::ShutdownBehavior;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::publisher::Publishers;
+use crate::metrics::metrics;
+use crate::model::envelope::{self, FailureInfo};
+use crate::model::fingerprint::fingerprint_bytes;
+use crate::outbox_relay::OutboxCompleter;
+use crate::stages::{ErrorClass, Failure, Incoming, Outcome, Stage};
+use crate::topology::TopicKind;
+
+/// What the runtime needs besides the stage.
+pub struct Runtime {
+    pub publishers: Arc<Publishers>,
+    pub outbox: OutboxCompleter,
+    /// Executions of a stage before a message is dead-lettered as `exhausted`.
+    pub max_attempts: u32,
+}
+
+/// What to tell the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Ack,
+    Nack,
+}
+
+impl Runtime {
+    /// Runs `stage` on `msg` and carries out the outcome; returns the broker
+    /// action and the outcome label for metrics.
+    pub async fn execute(&self, stage: &dyn Stage, msg: &Incoming) -> (Action, &'static str) {
+        let result = stage.handle(msg).await;
+        let fp = match &result {
+            Ok(o) => o.fingerprint.as_deref(),
+            Err(f) => f.fingerprint.as_deref(),
+        };
+        if let Some(fp) = fp {
+            tracing::Span::current().record("fingerprint", fp);
+        }
+        match result {
+            Ok(outcome) => self.complete(stage, outcome).await,
+            Err(failure) => self.route_failure(stage.name(), msg, failure).await,
+        }
+    }
+
+    async fn complete(&self, stage: &dyn Stage, outcome: Outcome) -> (Action, &'static str) {
+        for out in outcome.publish {
+            match self
+                .publishers
+                .publish_to(out.topic, out.data, out.attributes, &out.ordering_key)
+                .await
+            {
+                Ok(_) => {
+                    if let Some(id) = out.outbox_id {
+                        self.outbox.done(id);
+                    }
+                }
+                Err(e) => {
+                    // The work is committed and the outbox still holds the
+                    // message: the redelivery (a duplicate) or the relay
+                    // publishes it. Nack so the broker keeps the original.
+                    tracing::warn!(stage = stage.name(), error = %e, "Publishing a stage's output failed; nacking for redelivery.");
+                    return (Action::Nack, "nacked");
+                }
+            }
+        }
+        tracing::debug!(
+            stage = stage.name(),
+            outcome = outcome.label,
+            "Message processed."
+        );
+        (Action::Ack, outcome.label)
+    }
+
+    /// Routes a failed execution: error topic for another try, dlq when it is
+    /// permanent or the attempts are used up, nack when we cannot record it.
+    pub async fn route_failure(
+        &self,
+        stage: &str,
+        msg: &Incoming,
+        failure: Failure,
+    ) -> (Action, &'static str) {
+        let err = &failure.error;
+        if err.class == ErrorClass::Unavailable {
+            tracing::warn!(stage, error = %err, "Infrastructure unavailable; nacking the message.");
+            return (Action::Nack, "nacked");
+        }
+        let fingerprint = failure
+            .fingerprint
+            .clone()
+            .unwrap_or_else(|| fingerprint_bytes(&msg.data));
+        let info = FailureInfo {
+            stage,
+            attempt: msg.execution,
+            error: &err.message,
+            fingerprint: &fingerprint,
+            now: Utc::now(),
+        };
+        let dead_reason = match err.dead_reason() {
+            Some(r) => Some(r),
+            None if msg.execution >= self.max_attempts => Some("exhausted"),
+            None => None,
+        };
+        let (topic, attributes, label) = match dead_reason {
+            Some(reason) => (
+                TopicKind::Dlq,
+                envelope::dead_letter_attributes(
+                    &msg.attributes,
+                    &msg.message_id,
+                    &msg.ordering_key,
+                    &info,
+                    reason,
+                ),
+                "dead_lettered",
+            ),
+            None => {
+                let mut a = envelope::error_attributes(
+                    &msg.attributes,
+                    &msg.message_id,
+                    &msg.ordering_key,
+                    &info,
+                );
+                if let Some(after) = err.retry_after {
+                    a.insert("retry_after_ms".into(), after.as_millis().to_string());
+                }
+                (TopicKind::Error, a, "retried")
+            }
+        };
+        // Error and dlq topics are unordered: no ordering key, so a failed
+        // publish cannot pause a record's key.
+        match self
+            .publishers
+            .publish_to(topic, msg.data.clone(), attributes, "")
+            .await
+        {
+            Ok(_) => {
+                match dead_reason {
+                    Some(reason) => {
+                        metrics()
+                            .dead_letters
+                            .with_label_values(&[stage, reason])
+                            .inc();
+                        tracing::warn!(stage, reason, attempt = msg.execution, error = %err, "Message dead-lettered.");
+                    }
+                    None => {
+                        metrics().retry_attempts.with_label_values(&[stage]).inc();
+                        tracing::info!(stage, attempt = msg.execution, error = %err, "Message failed; sent to the retry path.");
+                    }
+                }
+                (Action::Ack, label)
+            }
+            Err(e) => {
+                tracing::error!(stage, error = %e, "Could not route a failed message; nacking it.");
+                (Action::Nack, "nacked")
+            }
+        }
+    }
+}
+
+/// One consumer: a subscription and the stage that handles its messages.
+pub struct ConsumerSpec {
+    /// Full subscription path.
+    pub subscription: String,
+    /// Short name for labels and logs (the subscription id).
+    pub label: String,
+    pub stage: Arc<dyn Stage>,
+    pub max_outstanding: i64,
+    /// Sequential lanes for ordered messages; each ordering key always maps
+    /// to the same lane, so a record's messages are handled in order.
+    pub lanes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("streaming pull on {subscription} failed: {message}")]
+    Stream {
+        subscription: String,
+        message: String,
+        /// The subscription does not exist (a configuration problem).
+        not_found: bool,
+    },
+    #[error("streaming pull on {0} ended")]
+    Ended(String),
+}
+
+impl From<&Message> for Incoming {
+    fn from(m: &Message) -> Self {
+        Incoming {
+            data: m.data.clone(),
+            attributes: m.attributes.clone(),
+            message_id: m.message_id.clone(),
+            publish_time: m.publish_time.as_ref().and_then(|t| {
+                DateTime::<Utc>::from_timestamp(t.seconds(), t.nanos().max(0) as u32)
+            }),
+            ordering_key: m.ordering_key.clone(),
+            execution: 1,
+        }
+    }
+}
+
+/// Handles one message; the hook turns a broker message into the stage's
+/// view (the retry consumer uses it to set the execution number).
+pub type Prepare = Arc<dyn Fn(&Message) -> Incoming + Send + Sync>;
+
+/// Pulls until `shutdown` fires or the stream fails. On shutdown, in-flight
+/// messages get `grace` to finish; the rest are nacked.
+pub async fn run(
+    subscriber: &Subscriber,
+    spec: &ConsumerSpec,
+    rt: Arc<Runtime>,
+    prepare: Prepare,
+    shutdown: CancellationToken,
+    grace: Duration,
+    on_streaming: impl Fn(),
+) -> Result<(), ConsumerError> {
+    let mut stream = subscriber
+        .subscribe(spec.subscription.clone())
+        .set_max_outstanding_messages(spec.max_outstanding)
+        .set_max_lease_extension(Duration::from_secs(60))
+        .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
+        .build();
+    let stop_work = CancellationToken::new();
+    let lanes: Vec<mpsc::UnboundedSender<(Message, Handler)>> = Vec::new();
+    let mut lanes = lanes;
+    let mut tasks = JoinSet::new();
+    for _ in 0..spec.lanes.max(1) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Message, Handler)>();
+        lanes.push(tx);
+        let (rt, stage, label, prepare, stop) = (
+            rt.clone(),
+            spec.stage.clone(),
+            spec.label.clone(),
+            prepare.clone(),
+            stop_work.clone(),
+        );
+        tasks.spawn(async move {
+            while let Some((m, h)) = rx.recv().await {
+                if stop.is_cancelled() {
+                    // Not started before the drain: hand it back.
+                    h.nack();
+                    continue;
+                }
+                handle_one(&rt, stage.as_ref(), &label, &prepare, m, h).await;
+            }
+        });
+    }
+    let mut round_robin = 0usize;
+    let mut announced = false;
+    let result = loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            n = stream.next() => n,
+        };
+        match next {
+            Some(Ok((m, h))) => {
+                if !announced {
+                    announced = true;
+                    on_streaming();
+                }
+                metrics()
+                    .messages_received
+                    .with_label_values(&[&spec.label])
+                    .inc();
+                let lane = if m.ordering_key.is_empty() {
+                    round_robin = round_robin.wrapping_add(1);
+                    round_robin % lanes.len()
+                } else {
+                    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                    m.ordering_key.hash(&mut hasher);
+                    (hasher.finish() % lanes.len() as u64) as usize
+                };
+                if let Err(mpsc::error::SendError((_, h))) = lanes[lane].send((m, h)) {
+                    h.nack();
+                }
+            }
+            Some(Err(e)) => {
+                let not_found = e
+                    .status()
+                    .is_some_and(|s| s.code == google_cloud_gax::error::rpc::Code::NotFound);
+                break Err(ConsumerError::Stream {
+                    subscription: spec.label.clone(),
+                    message: e.to_string(),
+                    not_found,
+                });
+            }
+            None => break Err(ConsumerError::Ended(spec.label.clone())),
+        }
+    };
+    // Drain: queued-but-unstarted messages are nacked; in-flight ones get
+    // the grace period; whatever is left after that is dropped (→ nack).
+    stop_work.cancel();
+    drop(lanes);
+    let drained = tokio::time::timeout(grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(subscription = %spec.label, "Drain grace elapsed; abandoning in-flight messages (they will be redelivered).");
+        tasks.abort_all();
+    }
+    stream.shutdown_token().shutdown().await;
+    result
+}
+
+async fn handle_one(
+    rt: &Runtime,
+    stage: &dyn Stage,
+    label: &str,
+    prepare: &Prepare,
+    m: Message,
+    h: Handler,
+) {
+    let started = Instant::now();
+    let incoming = prepare(&m);
+    let span = tracing::info_span!(
+        "message",
+        message_id = %m.message_id,
+        subscription = %label,
+        ordering_key = %m.ordering_key,
+        fingerprint = tracing::field::Empty,
+    );
+    let m_inflight = metrics().inflight.with_label_values(&[label]);
+    m_inflight.inc();
+    let (action, outcome) = rt.execute(stage, &incoming).instrument(span).await;
+    match action {
+        Action::Ack => h.ack(),
+        Action::Nack => {
+            h.nack();
+            // Something we depend on is down: slow this lane down rather
+            // than spin on redeliveries.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    m_inflight.dec();
+    metrics()
+        .messages_processed
+        .with_label_values(&[label, outcome])
+        .inc();
+    metrics()
+        .processing_duration
+        .with_label_values(&[label])
+        .observe(started.elapsed().as_secs_f64());
+}

@@ -1,0 +1,117 @@
+//! Snapshots in a local folder (`file://dir`), for the embedded default.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+use super::{object_name, SnapshotError, SnapshotStore};
+
+#[derive(Debug, Clone)]
+pub struct LocalSnapshots {
+    root: PathBuf,
+}
+
+impl LocalSnapshots {
+    /// `url` is `file://dir` (relative paths are relative to the working dir).
+    pub fn new(url: &str) -> Self {
+        Self {
+            root: PathBuf::from(url.trim_start_matches("file://")),
+        }
+    }
+
+    /// Only paths inside our folder are followed: a ref must not read
+    /// arbitrary files of the host.
+    fn resolve(&self, reference: &str) -> Result<PathBuf, SnapshotError> {
+        let refused = |reason: &str| SnapshotError::Refused {
+            reference: reference.to_string(),
+            reason: reason.to_string(),
+        };
+        let rest = reference
+            .strip_prefix("file://")
+            .ok_or_else(|| refused("not a file:// reference"))?;
+        let path = Path::new(rest);
+        if path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(refused("`..` is not allowed"));
+        }
+        let root = self.root.to_string_lossy().trim_start_matches("./").to_string();
+        let rel = rest.trim_start_matches("./");
+        match rel.strip_prefix(root.trim_end_matches('/')) {
+            Some(inner) => Ok(self.root.join(inner.trim_start_matches('/'))),
+            None => Err(refused("outside the configured snapshot folder")),
+        }
+    }
+}
+
+impl SnapshotStore for LocalSnapshots {
+    fn get<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<Bytes, SnapshotError>> {
+        Box::pin(async move {
+            let path = self.resolve(reference)?;
+            tokio::fs::read(&path)
+                .await
+                .map(Bytes::from)
+                .map_err(|e| SnapshotError::Unavailable {
+                    reference: reference.to_string(),
+                    reason: e.to_string(),
+                })
+        })
+    }
+
+    fn put(&self, data: Bytes) -> BoxFuture<'_, Result<String, SnapshotError>> {
+        Box::pin(async move {
+            let name = object_name(&data);
+            let path = self.root.join(&name);
+            let reference = format!("file://{}/{}", self.root.display(), name);
+            let unavailable = |e: std::io::Error| SnapshotError::Unavailable {
+                reference: reference.clone(),
+                reason: e.to_string(),
+            };
+            if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+                return Ok(reference);
+            }
+            if let Some(parent) = path.parent() {
+                tokio::fs::create_dir_all(parent).await.map_err(unavailable)?;
+            }
+            // Write then rename, so a reader never sees half an object.
+            let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4()));
+            tokio::fs::write(&tmp, &data).await.map_err(unavailable)?;
+            tokio::fs::rename(&tmp, &path).await.map_err(unavailable)?;
+            Ok(reference)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn same_content_same_object_and_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalSnapshots::new(&format!("file://{}", dir.path().display()));
+        let a = s.put(Bytes::from_static(b"{\"a\":1}")).await.unwrap();
+        let b = s.put(Bytes::from_static(b"{\"a\":1}")).await.unwrap();
+        assert_eq!(a, b);
+        assert_eq!(&s.get(&a).await.unwrap()[..], b"{\"a\":1}");
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("sha256")).unwrap().collect();
+        assert_eq!(files.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn refuses_paths_outside_the_folder_and_reports_missing_as_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalSnapshots::new(&format!("file://{}", dir.path().display()));
+        assert!(matches!(
+            s.get("file:///etc/passwd").await,
+            Err(SnapshotError::Refused { .. })
+        ));
+        let missing = format!("file://{}/sha256/nope.json", dir.path().display());
+        assert!(matches!(
+            s.get(&missing).await,
+            Err(SnapshotError::Unavailable { .. })
+        ));
+    }
+}

@@ -1,0 +1,34 @@
+//! Claim-check snapshots (SPEC §3.1 `full_snapshot_ref`, §3.3): payloads too
+//! big for a message live in a bucket (GCS) or, locally, a folder.
+
+pub mod local;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SnapshotError {
+    /// Not there (yet) or not readable right now: worth retrying.
+    #[error("snapshot {reference} is not readable: {reason}")]
+    Unavailable { reference: String, reason: String },
+    /// A reference we must never follow (another env's bucket, bad syntax).
+    #[error("snapshot reference {reference} is refused: {reason}")]
+    Refused { reference: String, reason: String },
+    /// The object exists but does not hold what it should.
+    #[error("snapshot {reference} is corrupt: {reason}")]
+    Corrupt { reference: String, reason: String },
+}
+
+/// A store of content-addressed snapshot objects.
+pub trait SnapshotStore: Send + Sync + 'static {
+    /// Reads the object behind `reference` (`gs://…` or `file://…`).
+    fn get<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<Bytes, SnapshotError>>;
+    /// Writes `data` under a name derived from its content and returns the
+    /// reference; writing the same content twice writes one object.
+    fn put(&self, data: Bytes) -> BoxFuture<'_, Result<String, SnapshotError>>;
+}
+
+/// `sha256/<hex>.json`: the content-addressed object name.
+pub fn object_name(data: &[u8]) -> String {
+    format!("sha256/{}.json", crate::model::fingerprint::sha256_hex(data))
+}

@@ -1,0 +1,172 @@
+//! The merge stage (SPEC §4 "merge", §5): validate → resolve snapshot →
+//! fingerprint → one transaction (dedupe claim, event, audit, state, outbox)
+//! → the runtime publishes the merged event and acks.
+
+pub mod batch;
+pub mod rules;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use serde_json::{json, Map, Value};
+
+use self::batch::{Decision, EventItem, Item, MergeEngine, STAGE};
+use super::{Failure, Incoming, Outbound, Outcome, Stage, StageError, StageResult};
+use crate::model::fingerprint::{fingerprint, fingerprint_bytes};
+use crate::model::raw_event::parse_raw_event;
+use crate::snapshots::{SnapshotError, SnapshotStore};
+use crate::store::ledger::AuditRow;
+use crate::topology::TopicKind;
+
+pub struct MergeStage {
+    engine: MergeEngine,
+    snapshots: Arc<dyn SnapshotStore>,
+}
+
+impl MergeStage {
+    pub fn new(engine: MergeEngine, snapshots: Arc<dyn SnapshotStore>) -> Self {
+        Self { engine, snapshots }
+    }
+
+    async fn run(&self, msg: &Incoming) -> StageResult {
+        let ev = match parse_raw_event(&msg.data) {
+            Ok(ev) => ev,
+            Err(v) => {
+                let fp = fingerprint_bytes(&msg.data);
+                let err = StageError::invalid(v.to_string());
+                self.audit_failure(msg, &fp, "invalid", &err).await?;
+                return Err(Failure {
+                    error: err,
+                    fingerprint: Some(fp),
+                });
+            }
+        };
+        let changes = match &ev.full_snapshot_ref {
+            None => ev.changes.clone(),
+            Some(r) => match self.resolve(r).await {
+                Ok(c) => c,
+                Err(error) => {
+                    let fp = fingerprint_bytes(&msg.data);
+                    let outcome = if error.dead_reason().is_some() {
+                        "invalid"
+                    } else {
+                        "transient"
+                    };
+                    self.audit_failure(msg, &fp, outcome, &error).await?;
+                    return Err(Failure {
+                        error,
+                        fingerprint: Some(fp),
+                    });
+                }
+            },
+        };
+        let fp = fingerprint(&ev, &changes);
+        let fail = |error: StageError| Failure {
+            error,
+            fingerprint: Some(fp.clone()),
+        };
+        let decision = self
+            .engine
+            .submit(Item::Event(Box::new(EventItem {
+                event: ev,
+                changes,
+                fingerprint: fp.clone(),
+                message_id: msg.message_id.clone(),
+                execution: msg.execution,
+            })))
+            .await
+            .map_err(|e| fail(store_failure(&e)))?;
+        match decision {
+            Decision::Merged { outbox, .. } => Ok(Outcome {
+                label: "merged",
+                fingerprint: Some(fp),
+                publish: vec![Outbound {
+                    topic: TopicKind::Merged,
+                    ordering_key: outbox.ordering_key.clone(),
+                    data: Bytes::from(outbox.payload.clone()),
+                    attributes: outbox.attributes.clone(),
+                    outbox_id: Some(outbox.event_id.clone()),
+                }],
+            }),
+            Decision::Noop { .. } => Ok(Outcome::ack("noop", Some(fp))),
+            Decision::Duplicate => Ok(Outcome::ack("duplicate", Some(fp))),
+            Decision::BaseVersionAhead { base, version } => Err(fail(StageError::transient(
+                format!("base_version {base} is ahead of the merged version {version}"),
+            ))),
+            Decision::IdReused { id } => Err(fail(StageError::permanent(format!(
+                "id {id} was already used for an event with different content"
+            )))),
+            Decision::Audited => Err(fail(StageError::transient(
+                "merge engine answered an event with an audit decision",
+            ))),
+        }
+    }
+
+    /// Snapshot changes must be a JSON object, like inline `changes`.
+    async fn resolve(&self, reference: &str) -> Result<Map<String, Value>, StageError> {
+        let bytes = self.snapshots.get(reference).await.map_err(|e| match e {
+            SnapshotError::Unavailable { .. } => StageError::transient(e.to_string()),
+            SnapshotError::Refused { .. } => StageError::permanent(e.to_string()),
+            SnapshotError::Corrupt { .. } => StageError::permanent(e.to_string()),
+        })?;
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(m)) => Ok(m),
+            Ok(_) => Err(StageError::invalid(format!(
+                "invalid raw event: field `full_snapshot_ref` points at {reference}, which is not a JSON object"
+            ))),
+            Err(e) => Err(StageError::invalid(format!(
+                "invalid raw event: field `full_snapshot_ref` points at {reference}, which is not JSON: {e}"
+            ))),
+        }
+    }
+
+    /// Records a failed execution in the audit log. If even that cannot be
+    /// written the database is down: the message is nacked, not lost.
+    async fn audit_failure(
+        &self,
+        msg: &Incoming,
+        fp: &str,
+        outcome: &str,
+        err: &StageError,
+    ) -> Result<(), Failure> {
+        let row = AuditRow {
+            event_id: None,
+            fingerprint: fp.to_string(),
+            record_type: None,
+            record_id: None,
+            stage: STAGE.to_string(),
+            outcome: outcome.to_string(),
+            detail: Some(json!({"error": err.message}).to_string()),
+            message_id: Some(msg.message_id.clone()),
+            attempt: msg.execution as i32,
+            claim: false,
+        };
+        self.engine
+            .submit(Item::Audit(row))
+            .await
+            .map(|_| ())
+            .map_err(|e| Failure {
+                error: store_failure(&e),
+                fingerprint: Some(fp.to_string()),
+            })
+    }
+}
+
+fn store_failure(e: &crate::store::StoreError) -> StageError {
+    if e.is_transient() {
+        StageError::unavailable(format!("event store unavailable: {e}"))
+    } else {
+        StageError::transient(format!("event store error: {e}"))
+    }
+}
+
+impl Stage for MergeStage {
+    fn name(&self) -> &'static str {
+        STAGE
+    }
+
+    fn handle<'a>(&'a self, msg: &'a Incoming) -> BoxFuture<'a, StageResult> {
+        Box::pin(self.run(msg))
+    }
+}

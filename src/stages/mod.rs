@@ -1,0 +1,148 @@
+//! Stages: handlers that turn one message into an outcome. Stages never touch
+//! the Pub/Sub layer: they say what should be published and the consumer
+//! runtime does it, so every stage is testable without a broker.
+
+pub mod merge;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+
+use crate::topology::TopicKind;
+
+/// How a failure is handled (SPEC §4, §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The message can never be processed: dlq `invalid`.
+    Invalid,
+    /// Processing it failed for good (id reused, sink 4xx): dlq `permanent`.
+    Permanent,
+    /// Might succeed later (base_version ahead, sink 5xx): error topic → retry.
+    Transient,
+    /// Our own infrastructure is unreachable (DB down): nack, nothing recorded.
+    Unavailable,
+}
+
+/// A stage failure with its class. `Display` is the operator-facing reason.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct StageError {
+    pub class: ErrorClass,
+    pub message: String,
+    /// A lower bound for the next attempt (e.g. a sink's `Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+impl StageError {
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
+        Self {
+            class,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+    pub fn invalid(m: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Invalid, m)
+    }
+    pub fn permanent(m: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Permanent, m)
+    }
+    pub fn transient(m: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Transient, m)
+    }
+    pub fn unavailable(m: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Unavailable, m)
+    }
+
+    /// The `dead_reason` when this error dead-letters a message at once.
+    pub fn dead_reason(&self) -> Option<&'static str> {
+        match self.class {
+            ErrorClass::Invalid => Some("invalid"),
+            ErrorClass::Permanent => Some("permanent"),
+            ErrorClass::Transient | ErrorClass::Unavailable => None,
+        }
+    }
+}
+
+/// A message as a stage sees it.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub data: Bytes,
+    pub attributes: HashMap<String, String>,
+    pub message_id: String,
+    pub publish_time: Option<DateTime<Utc>>,
+    pub ordering_key: String,
+    /// Which execution of the stage this is (1 = first run).
+    pub execution: u32,
+}
+
+/// A message a stage wants published after it succeeded.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub topic: TopicKind,
+    pub ordering_key: String,
+    pub data: Bytes,
+    pub attributes: HashMap<String, String>,
+    /// The outbox row to forget once the broker confirmed the publish.
+    pub outbox_id: Option<String>,
+}
+
+/// What a stage decided for a message it processed.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// `merged`, `noop`, `duplicate`, `delivered`, `skipped`, `parked`, …
+    pub label: &'static str,
+    pub fingerprint: Option<String>,
+    pub publish: Vec<Outbound>,
+}
+
+impl Outcome {
+    pub fn ack(label: &'static str, fingerprint: Option<String>) -> Self {
+        Self {
+            label,
+            fingerprint,
+            publish: Vec::new(),
+        }
+    }
+}
+
+/// A failure, with the fingerprint when it could be computed.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub error: StageError,
+    pub fingerprint: Option<String>,
+}
+
+pub type StageResult = Result<Outcome, Failure>;
+
+/// One processing stage. The retry consumer looks stages up by name in the
+/// [`Registry`] and re-runs the same handler.
+pub trait Stage: Send + Sync + 'static {
+    /// The `stage` attribute of error envelopes (`merge`, `deliver.netsuite`, …).
+    fn name(&self) -> &'static str;
+    fn handle<'a>(&'a self, msg: &'a Incoming) -> BoxFuture<'a, StageResult>;
+}
+
+/// Stages by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    stages: HashMap<&'static str, Arc<dyn Stage>>,
+}
+
+impl Registry {
+    pub fn register(&mut self, stage: Arc<dyn Stage>) {
+        self.stages.insert(stage.name(), stage);
+    }
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Stage>> {
+        self.stages.get(name).cloned()
+    }
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut v: Vec<_> = self.stages.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+}

@@ -1,0 +1,297 @@
+//! The event store (SPEC §6): one sqlx `Any` pool over MySQL 8 / MariaDB or
+//! SQLite. The SQL is shared; the few dialect differences live in [`Dialect`].
+
+pub mod ledger;
+pub mod outbox;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+use tokio::sync::Mutex;
+
+static MYSQL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/mysql");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Mysql,
+    Sqlite,
+}
+
+/// Errors from the store, classified once: is the database unreachable
+/// (nack and back off), is it a race worth retrying, or is it a real fault?
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("unsupported database url (expected mysql:// or sqlite://)")]
+    UnsupportedUrl,
+}
+
+impl StoreError {
+    /// The database could not be reached or the connection broke: nothing we
+    /// did was applied, and the message must be retried later (nack).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Sqlx(e) => matches!(
+                e,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::WorkerCrashed
+                    | sqlx::Error::Protocol(_)
+            ) || db_code(e).is_some_and(|c| {
+                // MySQL: server gone away / lost connection / too many connections / read-only.
+                matches!(c.as_str(), "2006" | "2013" | "1040" | "1053" | "1290")
+            }),
+            StoreError::Migrate(_) | StoreError::Corrupt(_) | StoreError::UnsupportedUrl => false,
+        }
+    }
+
+    /// A conflict with a concurrent writer (deadlock, lock timeout, busy
+    /// SQLite file, a unique key claimed by another replica): retrying the
+    /// same work resolves it.
+    pub fn is_contention(&self) -> bool {
+        let StoreError::Sqlx(e) = self else {
+            return false;
+        };
+        if let sqlx::Error::Database(d) = e {
+            if d.is_unique_violation() {
+                return true;
+            }
+        }
+        db_code(e).is_some_and(|c| {
+            matches!(
+                c.as_str(),
+                // MySQL deadlock, lock wait timeout; SQLite BUSY / LOCKED (and extended codes).
+                "1213" | "1205" | "5" | "6" | "261" | "262" | "517" | "773"
+            )
+        })
+    }
+
+    /// Either of the above: worth trying again.
+    pub fn is_transient(&self) -> bool {
+        self.is_unavailable() || self.is_contention()
+    }
+}
+
+fn db_code(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(d) => d.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+/// SQL that differs between MySQL and SQLite.
+#[derive(Debug, Clone, Copy)]
+pub struct Dialect(pub Backend);
+
+impl Dialect {
+    pub fn insert_ignore(self) -> &'static str {
+        match self.0 {
+            Backend::Mysql => "INSERT IGNORE",
+            Backend::Sqlite => "INSERT OR IGNORE",
+        }
+    }
+
+    /// A text/JSON column read back as text: MariaDB hands JSON and LONGTEXT
+    /// over as BLOB, which the `Any` driver will not decode as a string.
+    pub fn text(self, col: &str) -> String {
+        match self.0 {
+            Backend::Mysql => format!("CAST({col} AS CHAR)"),
+            Backend::Sqlite => col.to_string(),
+        }
+    }
+
+    /// A timestamp column read back as RFC 3339 text with microseconds.
+    pub fn ts(self, col: &str) -> String {
+        match self.0 {
+            Backend::Mysql => format!("DATE_FORMAT({col}, '%Y-%m-%dT%H:%i:%s.%fZ')"),
+            Backend::Sqlite => col.to_string(),
+        }
+    }
+
+    /// A timestamp as bound into a query (MySQL sessions run in UTC).
+    pub fn ts_value(self, t: &DateTime<Utc>) -> String {
+        match self.0 {
+            Backend::Mysql => t.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+            Backend::Sqlite => crate::model::fingerprint::format_timestamp(t),
+        }
+    }
+
+    /// The current time, as the database sees it, in the stored format.
+    pub fn now(self) -> &'static str {
+        match self.0 {
+            Backend::Mysql => "CURRENT_TIMESTAMP(6)",
+            Backend::Sqlite => "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+        }
+    }
+
+    /// An integer column the `Any` driver can decode (it rejects TINYINT).
+    pub fn int(self, col: &str) -> String {
+        match self.0 {
+            Backend::Mysql => format!("CAST({col} AS SIGNED)"),
+            Backend::Sqlite => col.to_string(),
+        }
+    }
+
+    pub fn for_update(self) -> &'static str {
+        match self.0 {
+            Backend::Mysql => " FOR UPDATE",
+            Backend::Sqlite => "",
+        }
+    }
+}
+
+/// A connection pool plus what is needed to speak its dialect.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+    /// SQLite allows one writer: serialising write transactions in-process
+    /// avoids SQLITE_BUSY storms between our own tasks.
+    write_lock: Option<Arc<Mutex<()>>>,
+}
+
+impl Store {
+    /// Connects and configures each new connection (UTC sessions on MySQL;
+    /// WAL and a busy timeout on SQLite).
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            Backend::Mysql
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(StoreError::UnsupportedUrl);
+        };
+        if backend == Backend::Sqlite {
+            ensure_sqlite_parent_dir(url);
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    match backend {
+                        Backend::Mysql => {
+                            conn.execute("SET time_zone = '+00:00'").await?;
+                            conn.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')")
+                                .await?;
+                        }
+                        Backend::Sqlite => {
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA busy_timeout = 10000").await?;
+                            conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+        Ok(Store {
+            pool,
+            dialect: Dialect(backend),
+            write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
+        })
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let migrator = match self.dialect.0 {
+            Backend::Mysql => &MYSQL_MIGRATIONS,
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+        };
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.dialect.0
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Cheap liveness check for `/readyz`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Held for the length of a write transaction on SQLite; free on MySQL.
+    pub async fn write_guard(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.write_lock {
+            Some(m) => Some(m.clone().lock_owned().await),
+            None => None,
+        }
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn ensure_sqlite_parent_dir(url: &str) {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or("");
+    if path.is_empty() || path == ":memory:" {
+        return;
+    }
+    if let Some(parent) = std::path::Path::new(path).parent() {
+        // Best effort: the connect below reports a clear error if this failed.
+        let _ = std::fs::create_dir_all(parent);
+    }
+}
+
+/// Reads a text column whatever the driver calls it (TEXT or BLOB).
+pub fn get_text(row: &AnyRow, col: &str) -> Result<String, StoreError> {
+    match row.try_get::<String, _>(col) {
+        Ok(s) => Ok(s),
+        Err(_) => {
+            let bytes: Vec<u8> = row.try_get(col)?;
+            String::from_utf8(bytes)
+                .map_err(|e| StoreError::Corrupt(format!("column {col} is not UTF-8: {e}")))
+        }
+    }
+}
+
+pub fn get_opt_text(row: &AnyRow, col: &str) -> Result<Option<String>, StoreError> {
+    match row.try_get::<Option<String>, _>(col) {
+        Ok(s) => Ok(s),
+        Err(_) => {
+            let bytes: Option<Vec<u8>> = row.try_get(col)?;
+            bytes
+                .map(|b| {
+                    String::from_utf8(b)
+                        .map_err(|e| StoreError::Corrupt(format!("column {col} is not UTF-8: {e}")))
+                })
+                .transpose()
+        }
+    }
+}
+
+pub fn parse_ts(s: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt(format!("bad stored timestamp {s:?}: {e}")))
+}
