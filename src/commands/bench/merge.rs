@@ -1,4 +1,4 @@
-//! `event-backbone bench`: throughput and latency figures (placeholder until the bench lands).
+//! Merge benchmark (placeholder until it lands).
 
 use crate::config::Settings;
 
@@ -6,5 +6,5 @@ use crate::config::Settings;
 pub struct Args {}
 
 pub async fn run(_settings: Settings, _args: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("bench is not implemented yet")
+    anyhow::bail!("bench merge is not implemented yet")
 }

@@ -1,0 +1,7 @@
+//! Integration tests: one binary (faster to build and link), one module per
+//! area. They run against the real Pub/Sub emulator and real databases.
+
+mod support;
+
+mod merge_e2e;
+mod store_mariadb;

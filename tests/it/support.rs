@@ -1,0 +1,268 @@
+//! Shared test harness: the real emulator (a fresh project per test, so
+//! tests never see each other's messages), a fresh database per test (a temp
+//! SQLite file, or a random MariaDB database), and the application booted
+//! exactly as `run` boots it.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use event_backbone::app::Application;
+use event_backbone::config::{self, Settings};
+use event_backbone::pubsub::clients::{self, Endpoint};
+use event_backbone::pubsub::provision::provision;
+use event_backbone::pubsub::publisher::Publishers;
+use event_backbone::topology::{TopicKind, Topology};
+use google_cloud_pubsub::model::{Message, Subscription};
+use tokio_util::sync::CancellationToken;
+
+pub fn rand_suffix(n: usize) -> String {
+    use rand::Rng;
+    const CH: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut r = rand::rng();
+    (0..n).map(|_| CH[r.random_range(0..CH.len())] as char).collect()
+}
+
+/// `host:port` of the Pub/Sub emulator; panics with instructions if absent.
+pub fn emulator_host() -> String {
+    let host = std::env::var("PUBSUB_EMULATOR_HOST").unwrap_or_else(|_| "127.0.0.1:8085".into());
+    if std::net::TcpStream::connect_timeout(
+        &host.parse().expect("PUBSUB_EMULATOR_HOST is host:port"),
+        Duration::from_secs(2),
+    )
+    .is_err()
+    {
+        panic!(
+            "the Pub/Sub emulator is not reachable at {host}: run the tests with scripts/test.sh, \
+             which starts it (or start `cloud-pubsub-emulator --port=8085` yourself)"
+        );
+    }
+    host
+}
+
+/// A unique, real-looking project id: the emulator keeps projects apart.
+pub fn unique_project() -> String {
+    format!("it-{}", rand_suffix(10))
+}
+
+/// Which database a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Mariadb,
+}
+
+pub struct TestDb {
+    pub url: String,
+    /// Keeps the SQLite file alive for the test.
+    _dir: Option<tempfile::TempDir>,
+    pub name: Option<String>,
+}
+
+pub const MARIADB_ADMIN: &str = "mysql://root@127.0.0.1:3306/mysql";
+
+/// A fresh database. On a machine without MariaDB the MariaDB variant
+/// returns None after printing why (CI sets CI=true and then it must exist).
+pub async fn fresh_db(kind: Db) -> Option<TestDb> {
+    match kind {
+        Db::Sqlite => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
+            Some(TestDb {
+                url,
+                _dir: Some(dir),
+                name: None,
+            })
+        }
+        Db::Mariadb => {
+            use sqlx::Connection;
+            let conn = sqlx::MySqlConnection::connect(MARIADB_ADMIN).await;
+            let mut conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    if std::env::var("CI").is_ok() {
+                        panic!("MariaDB is required in CI but unreachable: {e}");
+                    }
+                    eprintln!("SKIPPED: MariaDB is not reachable at 127.0.0.1:3306 ({e}); this test needs it.");
+                    return None;
+                }
+            };
+            let name = format!("eb_test_{}", rand_suffix(12));
+            sqlx::query(&format!("CREATE DATABASE {name} CHARACTER SET utf8mb4"))
+                .execute(&mut conn)
+                .await
+                .expect("create test database");
+            Some(TestDb {
+                url: format!("mysql://root@127.0.0.1:3306/{name}"),
+                _dir: None,
+                name: Some(name),
+            })
+        }
+    }
+}
+
+pub fn config_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
+}
+
+/// Settings for a test: local env, the emulator, the given database, fast
+/// retry timings, and any extra `BACKBONE__…` overrides.
+pub fn settings(project: &str, db_url: &str, extra: &[(&str, &str)]) -> Settings {
+    let mut vars: HashMap<String, String> = HashMap::from([
+        ("BACKBONE_ENV".into(), "local".into()),
+        ("PUBSUB_EMULATOR_HOST".into(), emulator_host()),
+        ("BACKBONE__PUBSUB__PROJECT_ID".into(), project.into()),
+        ("BACKBONE__DATABASE__URL".into(), db_url.into()),
+        ("BACKBONE__HTTP__METRICS_ADDR".into(), "127.0.0.1:0".into()),
+        ("BACKBONE__SHUTDOWN__GRACE".into(), "5s".into()),
+    ]);
+    for (k, v) in extra {
+        vars.insert(k.to_string(), v.to_string());
+    }
+    config::load_from(&config_dir(), &vars).expect("test settings are valid")
+}
+
+pub fn endpoint() -> Endpoint {
+    Endpoint::from_emulator_host(Some(&emulator_host()))
+}
+
+/// A running application plus handles to stop it.
+pub struct Running {
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
+    }
+}
+
+/// Provisions the topology and starts the daemon.
+pub async fn start(settings: Settings) -> Running {
+    provision(&settings.topology(), &endpoint())
+        .await
+        .expect("provision");
+    let app = Application::build(settings).await.expect("build application");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(app.run(shutdown.clone()));
+    Running { shutdown, task }
+}
+
+/// A publisher for the test's topology.
+pub async fn publishers(t: &Topology) -> Arc<Publishers> {
+    Arc::new(
+        Publishers::new(t.clone(), &endpoint())
+            .await
+            .expect("publishers"),
+    )
+}
+
+pub async fn publish_raw(p: &Publishers, json: &str) -> String {
+    let key = event_backbone::model::raw_event::parse_raw_event(json.as_bytes())
+        .map(|e| e.ordering_key())
+        .unwrap_or_default();
+    p.publish_to(TopicKind::Raw, Bytes::from(json.to_string()), HashMap::new(), &key)
+        .await
+        .expect("publish raw")
+}
+
+/// A tap: an extra subscription on `topic` that the test reads from.
+pub struct Tap {
+    pub subscription: String,
+    subscriber: google_cloud_pubsub::client::Subscriber,
+}
+
+pub async fn tap(t: &Topology, topic: TopicKind) -> Tap {
+    let admin = clients::subscription_admin(&endpoint()).await.expect("admin");
+    let name = format!(
+        "projects/{}/subscriptions/tap-{}-{}",
+        t.project_id,
+        topic.as_str(),
+        rand_suffix(6)
+    );
+    admin
+        .create_subscription()
+        .with_request(
+            Subscription::new()
+                .set_name(name.clone())
+                .set_topic(t.topic_path(topic))
+                .set_ack_deadline_seconds(60),
+        )
+        .send()
+        .await
+        .expect("create tap subscription");
+    Tap {
+        subscription: name,
+        subscriber: clients::subscriber(&endpoint()).await.expect("subscriber"),
+    }
+}
+
+impl Tap {
+    /// Collects messages until `n` arrived or `within` passed (acking them).
+    pub async fn collect(&self, n: usize, within: Duration) -> Vec<Message> {
+        let mut out = Vec::new();
+        let mut stream = self.subscriber.subscribe(self.subscription.clone()).build();
+        let deadline = tokio::time::Instant::now() + within;
+        while out.len() < n {
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(Some(Ok((m, h)))) => {
+                    h.ack();
+                    out.push(m);
+                }
+                Ok(Some(Err(e))) => panic!("tap stream failed: {e}"),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        stream.shutdown_token().shutdown().await;
+        out
+    }
+
+    /// Collects whatever arrives within `quiet` of silence (to prove absence).
+    pub async fn drain(&self, quiet: Duration) -> Vec<Message> {
+        self.collect(usize::MAX, quiet).await
+    }
+}
+
+pub fn json(m: &Message) -> serde_json::Value {
+    serde_json::from_slice(&m.data).expect("message data is JSON")
+}
+
+/// Polls `f` until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Counts rows of a query that returns one integer.
+pub async fn count(store: &event_backbone::store::Store, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(store.pool())
+        .await
+        .expect("count query")
+}
+
+pub fn raw_event(source: &str, rtype: &str, rid: &str, base: i64, ts: &str, changes: serde_json::Value) -> String {
+    serde_json::json!({
+        "source": source, "record_type": rtype, "record_id": rid,
+        "base_version": base, "timestamp": ts, "changes": changes,
+    })
+    .to_string()
+}
