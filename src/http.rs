@@ -55,7 +55,10 @@ async fn metrics_text(State(ctx): State<Ctx>) -> impl IntoResponse {
     g.with_label_values(&["idle"]).set(idle);
     g.with_label_values(&["in_use"]).set(size - idle);
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         metrics().render(),
     )
 }
@@ -64,7 +67,10 @@ async fn healthz(State(ctx): State<Ctx>) -> impl IntoResponse {
     if ctx.health.alive(Duration::from_secs(10)) {
         (StatusCode::OK, "ok")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "supervisor loop is not running")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "supervisor loop is not running",
+        )
     }
 }
 

@@ -4,10 +4,13 @@
 //! stage (`stages`) decides what should happen, and the runtime acts on that
 //! outcome (ack, publish, route to error/dlq).
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod dlq;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod model;

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::metrics;
 use crate::pubsub::publisher::Publishers;
+use crate::snapshots::claim_check::ClaimCheck;
 use crate::store::Store;
 
 /// Collects confirmed event ids and deletes their outbox rows in batches.
@@ -58,6 +59,7 @@ pub async fn run_relay(
     store: Store,
     publishers: Arc<Publishers>,
     completer: OutboxCompleter,
+    claim_check: ClaimCheck,
     min_age: Duration,
     every: Duration,
     shutdown: CancellationToken,
@@ -67,9 +69,12 @@ pub async fn run_relay(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        match relay_once(&store, &publishers, &completer, min_age).await {
+        match relay_once(&store, &publishers, &completer, &claim_check, min_age).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(published = n, "Outbox relay published merged events left behind."),
+            Ok(n) => tracing::info!(
+                published = n,
+                "Outbox relay published merged events left behind."
+            ),
             Err(e) => tracing::warn!(error = %e, "Outbox relay pass failed; will try again."),
         }
     }
@@ -80,13 +85,16 @@ pub async fn relay_once(
     store: &Store,
     publishers: &Publishers,
     completer: &OutboxCompleter,
+    claim_check: &ClaimCheck,
     min_age: Duration,
 ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
     let rows = store.outbox_stale(min_age, 500).await?;
     let mut n = 0;
     for row in rows {
+        // Rows hold the full payload; an oversized one goes out as a claim check.
+        let data = claim_check.shrink(Bytes::from(row.payload)).await?;
         publishers
-            .publish(&row.topic, Bytes::from(row.payload), row.attributes, &row.ordering_key)
+            .publish(&row.topic, data, row.attributes, &row.ordering_key)
             .await?;
         metrics().outbox_relayed.inc();
         completer.done(row.event_id);

@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::metrics;
-use crate::pubsub::consumer::{self, ConsumerError, ConsumerSpec, Prepare, Runtime};
+use crate::pubsub::consumer::{self, ConsumerError, ConsumerSpec, Runtime};
 use crate::pubsub::provision::is_not_found;
 
 /// Per-consumer streaming state, shared with the HTTP health endpoints.
@@ -73,7 +73,6 @@ impl Health {
 /// Everything one supervised consumer needs.
 pub struct Supervised {
     pub spec: ConsumerSpec,
-    pub prepare: Prepare,
 }
 
 pub struct Supervisor {
@@ -138,7 +137,8 @@ impl Supervisor {
                 }
                 Err(e) => {
                     tracing::warn!(subscription = %label, error = %e, "Cannot reach Pub/Sub to check the subscription.");
-                    self.health.set(&label, false, format!("Pub/Sub unreachable: {e}"));
+                    self.health
+                        .set(&label, false, format!("Pub/Sub unreachable: {e}"));
                     failures += 1;
                     if sleep_or_shutdown(backoff(failures), &shutdown).await {
                         break;
@@ -156,7 +156,6 @@ impl Supervisor {
                     &me.subscriber,
                     &c2.spec,
                     me.runtime.clone(),
-                    c2.prepare.clone(),
                     sd,
                     me.grace,
                     || {},
@@ -167,7 +166,11 @@ impl Supervisor {
             self.health.set(&label, false, "stopped");
             let reason = match outcome {
                 Ok(Ok(())) => break,
-                Ok(Err(ConsumerError::Stream { not_found: true, message, .. })) => {
+                Ok(Err(ConsumerError::Stream {
+                    not_found: true,
+                    message,
+                    ..
+                })) => {
                     format!("subscription vanished: {message}")
                 }
                 Ok(Err(e)) => e.to_string(),
@@ -188,7 +191,8 @@ impl Supervisor {
                 .inc();
             let wait = backoff(failures);
             tracing::warn!(subscription = %label, reason = %reason, restart_in = ?wait, "Consumer stopped; restarting it.");
-            self.health.set(&label, false, format!("restarting: {reason}"));
+            self.health
+                .set(&label, false, format!("restarting: {reason}"));
             if sleep_or_shutdown(wait, &shutdown).await {
                 break;
             }

@@ -7,8 +7,12 @@ use crate::config::{LogFormat, Settings};
 /// Installs the global subscriber (once; later calls are ignored, which
 /// keeps tests that boot several applications working).
 pub fn init(settings: &Settings) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{},sqlx=warn,h2=warn,hyper=warn", settings.log.level)));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{},sqlx=warn,h2=warn,hyper=warn",
+            settings.log.level
+        ))
+    });
     let _ = match settings.log.format {
         LogFormat::Json => fmt()
             .json()

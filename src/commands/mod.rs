@@ -2,7 +2,10 @@
 
 pub mod bench;
 pub mod check_config;
+pub mod dlq;
+pub mod events;
 pub mod migrate;
 pub mod provision;
 pub mod publish;
 pub mod run;
+pub mod verify;

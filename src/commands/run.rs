@@ -1,15 +1,18 @@
-//! `event-backbone run`: the daemon. SIGTERM/SIGINT drain and exit 0.
+//! `event-backbone run`: the daemon. SIGTERM/SIGINT drain and exit 0;
+//! SIGUSR1 replays every parked dead letter.
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Application;
 use crate::config::Settings;
+use crate::store::dead_letters::DlqFilter;
 
 pub async fn run(settings: Settings) -> anyhow::Result<i32> {
     let shutdown = CancellationToken::new();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     let app = Application::build(settings).await?;
     let sd = shutdown.clone();
     tokio::spawn(async move {
@@ -18,6 +21,22 @@ pub async fn run(settings: Settings) -> anyhow::Result<i32> {
             _ = int.recv() => tracing::info!("SIGINT received; draining."),
         }
         sd.cancel();
+    });
+    let (store, publishers) = (app.store.clone(), app.publishers.clone());
+    let sd = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = sd.cancelled() => return,
+                got = usr1.recv() => if got.is_none() { return },
+            }
+            tracing::info!("SIGUSR1 received; replaying parked dead letters.");
+            if let Err(e) =
+                crate::dlq::replay(&store, &publishers, &DlqFilter::default(), false).await
+            {
+                tracing::error!(error = %e, "DLQ replay failed; parked rows stay pending.");
+            }
+        }
     });
     app.run(shutdown).await?;
     Ok(0)

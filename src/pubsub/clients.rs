@@ -40,7 +40,9 @@ pub struct ClientError {
     pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
-fn err<E: std::error::Error + Send + Sync + 'static>(client: &'static str) -> impl Fn(E) -> ClientError {
+fn err<E: std::error::Error + Send + Sync + 'static>(
+    client: &'static str,
+) -> impl Fn(E) -> ClientError {
     move |e| ClientError {
         client,
         source: Box::new(e),

@@ -22,7 +22,7 @@ use crate::metrics::metrics;
 use crate::model::envelope::{self, FailureInfo};
 use crate::model::fingerprint::fingerprint_bytes;
 use crate::outbox_relay::OutboxCompleter;
-use crate::stages::{ErrorClass, Failure, Incoming, Outcome, Stage};
+use crate::stages::{ErrorClass, Failure, Incoming, Outcome, Route, Router, Stage};
 use crate::topology::TopicKind;
 
 /// What the runtime needs besides the stage.
@@ -172,16 +172,18 @@ impl Runtime {
     }
 }
 
-/// One consumer: a subscription and the stage that handles its messages.
+/// One consumer: a subscription and what handles its messages.
 pub struct ConsumerSpec {
     /// Full subscription path.
     pub subscription: String,
     /// Short name for labels and logs (the subscription id).
     pub label: String,
-    pub stage: Arc<dyn Stage>,
+    pub router: Arc<dyn Router>,
     pub max_outstanding: i64,
     /// Sequential lanes for ordered messages; each ordering key always maps
     /// to the same lane, so a record's messages are handled in order.
+    /// 0 = unordered: every message runs on its own (held retries must not
+    /// block each other).
     pub lanes: usize,
 }
 
@@ -213,17 +215,12 @@ impl From<&Message> for Incoming {
     }
 }
 
-/// Handles one message; the hook turns a broker message into the stage's
-/// view (the retry consumer uses it to set the execution number).
-pub type Prepare = Arc<dyn Fn(&Message) -> Incoming + Send + Sync>;
-
 /// Pulls until `shutdown` fires or the stream fails. On shutdown, in-flight
 /// messages get `grace` to finish; the rest are nacked.
 pub async fn run(
     subscriber: &Subscriber,
     spec: &ConsumerSpec,
     rt: Arc<Runtime>,
-    prepare: Prepare,
     shutdown: CancellationToken,
     grace: Duration,
     on_streaming: impl Fn(),
@@ -235,17 +232,15 @@ pub async fn run(
         .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
         .build();
     let stop_work = CancellationToken::new();
-    let lanes: Vec<mpsc::UnboundedSender<(Message, Handler)>> = Vec::new();
-    let mut lanes = lanes;
+    let mut lanes: Vec<mpsc::UnboundedSender<(Message, Handler)>> = Vec::new();
     let mut tasks = JoinSet::new();
-    for _ in 0..spec.lanes.max(1) {
+    for _ in 0..spec.lanes {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Message, Handler)>();
         lanes.push(tx);
-        let (rt, stage, label, prepare, stop) = (
+        let (rt, router, label, stop) = (
             rt.clone(),
-            spec.stage.clone(),
+            spec.router.clone(),
             spec.label.clone(),
-            prepare.clone(),
             stop_work.clone(),
         );
         tasks.spawn(async move {
@@ -255,7 +250,7 @@ pub async fn run(
                     h.nack();
                     continue;
                 }
-                handle_one(&rt, stage.as_ref(), &label, &prepare, m, h).await;
+                handle_one(&rt, router.as_ref(), &label, &stop, m, h).await;
             }
         });
     }
@@ -276,6 +271,20 @@ pub async fn run(
                     .messages_received
                     .with_label_values(&[&spec.label])
                     .inc();
+                if lanes.is_empty() {
+                    let (rt, router, label, stop) = (
+                        rt.clone(),
+                        spec.router.clone(),
+                        spec.label.clone(),
+                        stop_work.clone(),
+                    );
+                    tasks.spawn(async move {
+                        handle_one(&rt, router.as_ref(), &label, &stop, m, h).await;
+                    });
+                    // Reap finished tasks so the set does not grow unbounded.
+                    while tasks.try_join_next().is_some() {}
+                    continue;
+                }
                 let lane = if m.ordering_key.is_empty() {
                     round_robin = round_robin.wrapping_add(1);
                     round_robin % lanes.len()
@@ -305,10 +314,8 @@ pub async fn run(
     // the grace period; whatever is left after that is dropped (→ nack).
     stop_work.cancel();
     drop(lanes);
-    let drained = tokio::time::timeout(grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(subscription = %spec.label, "Drain grace elapsed; abandoning in-flight messages (they will be redelivered).");
         tasks.abort_all();
@@ -319,14 +326,13 @@ pub async fn run(
 
 async fn handle_one(
     rt: &Runtime,
-    stage: &dyn Stage,
+    router: &dyn Router,
     label: &str,
-    prepare: &Prepare,
+    stop: &CancellationToken,
     m: Message,
     h: Handler,
 ) {
     let started = Instant::now();
-    let incoming = prepare(&m);
     let span = tracing::info_span!(
         "message",
         message_id = %m.message_id,
@@ -336,14 +342,44 @@ async fn handle_one(
     );
     let m_inflight = metrics().inflight.with_label_values(&[label]);
     m_inflight.inc();
-    let (action, outcome) = rt.execute(stage, &incoming).instrument(span).await;
+    let (action, outcome) = async {
+        match router.route(Incoming::from(&m)) {
+            Route::Reject {
+                stage,
+                msg,
+                failure,
+            } => rt.route_failure(&stage, &msg, failure).await,
+            Route::Run {
+                stage,
+                msg,
+                not_before,
+            } => {
+                if let Some(at) = not_before {
+                    let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                    if !wait.is_zero() {
+                        tracing::debug!(wait = ?wait, "Holding the message until its retry is due.");
+                        // The client keeps extending the lease while we hold it.
+                        tokio::select! {
+                            _ = stop.cancelled() => return (Action::Nack, "nacked"),
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                }
+                rt.execute(stage.as_ref(), &msg).await
+            }
+        }
+    }
+    .instrument(span)
+    .await;
     match action {
         Action::Ack => h.ack(),
         Action::Nack => {
             h.nack();
-            // Something we depend on is down: slow this lane down rather
-            // than spin on redeliveries.
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            if !stop.is_cancelled() {
+                // Something we depend on is down: slow this lane down rather
+                // than spin on redeliveries.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
     }
     m_inflight.dec();

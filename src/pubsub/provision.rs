@@ -92,7 +92,12 @@ pub fn differences(live: &Subscription, spec: &SubscriptionSpec) -> Vec<String> 
     let live_dlq = live.dead_letter_policy.as_ref();
     check(
         "dead_letter_topic",
-        format!("{:?}", live_dlq.map(|p| p.dead_letter_topic.clone()).filter(|t| !t.is_empty())),
+        format!(
+            "{:?}",
+            live_dlq
+                .map(|p| p.dead_letter_topic.clone())
+                .filter(|t| !t.is_empty())
+        ),
         format!("{:?}", spec.dead_letter_topic),
     );
     if spec.dead_letter_topic.is_some() {

@@ -37,7 +37,11 @@ impl LocalSnapshots {
         {
             return Err(refused("`..` is not allowed"));
         }
-        let root = self.root.to_string_lossy().trim_start_matches("./").to_string();
+        let root = self
+            .root
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
         let rel = rest.trim_start_matches("./");
         match rel.strip_prefix(root.trim_end_matches('/')) {
             Some(inner) => Ok(self.root.join(inner.trim_start_matches('/'))),
@@ -73,7 +77,9 @@ impl SnapshotStore for LocalSnapshots {
                 return Ok(reference);
             }
             if let Some(parent) = path.parent() {
-                tokio::fs::create_dir_all(parent).await.map_err(unavailable)?;
+                tokio::fs::create_dir_all(parent)
+                    .await
+                    .map_err(unavailable)?;
             }
             // Write then rename, so a reader never sees half an object.
             let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4()));
@@ -96,7 +102,9 @@ mod tests {
         let b = s.put(Bytes::from_static(b"{\"a\":1}")).await.unwrap();
         assert_eq!(a, b);
         assert_eq!(&s.get(&a).await.unwrap()[..], b"{\"a\":1}");
-        let files: Vec<_> = std::fs::read_dir(dir.path().join("sha256")).unwrap().collect();
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("sha256"))
+            .unwrap()
+            .collect();
         assert_eq!(files.len(), 1);
     }
 

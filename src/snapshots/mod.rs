@@ -1,6 +1,8 @@
 //! Claim-check snapshots (SPEC §3.1 `full_snapshot_ref`, §3.3): payloads too
 //! big for a message live in a bucket (GCS) or, locally, a folder.
 
+pub mod claim_check;
+pub mod gcs;
 pub mod local;
 
 use bytes::Bytes;
@@ -30,5 +32,8 @@ pub trait SnapshotStore: Send + Sync + 'static {
 
 /// `sha256/<hex>.json`: the content-addressed object name.
 pub fn object_name(data: &[u8]) -> String {
-    format!("sha256/{}.json", crate::model::fingerprint::sha256_hex(data))
+    format!(
+        "sha256/{}.json",
+        crate::model::fingerprint::sha256_hex(data)
+    )
 }

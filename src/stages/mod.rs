@@ -2,7 +2,10 @@
 //! the Pub/Sub layer: they say what should be published and the consumer
 //! runtime does it, so every stage is testable without a broker.
 
+pub mod deliver;
 pub mod merge;
+pub mod park;
+pub mod retry;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -144,5 +147,40 @@ impl Registry {
         let mut v: Vec<_> = self.stages.keys().copied().collect();
         v.sort_unstable();
         v
+    }
+}
+
+/// What a consumer should do with a message: run a stage on it (possibly not
+/// before some time), or reject it without running anything.
+pub enum Route {
+    Run {
+        stage: Arc<dyn Stage>,
+        msg: Incoming,
+        /// Hold the message (lease extended, no busy loop) until then.
+        not_before: Option<DateTime<Utc>>,
+    },
+    Reject {
+        stage: String,
+        msg: Incoming,
+        failure: Failure,
+    },
+}
+
+/// Picks the stage for a message. Most consumers always run one stage; the
+/// retry consumer reads the stage and attempt from the error envelope.
+pub trait Router: Send + Sync + 'static {
+    fn route(&self, msg: Incoming) -> Route;
+}
+
+/// A consumer that always runs the same stage.
+pub struct Direct(pub Arc<dyn Stage>);
+
+impl Router for Direct {
+    fn route(&self, msg: Incoming) -> Route {
+        Route::Run {
+            stage: self.0.clone(),
+            msg,
+            not_before: None,
+        }
     }
 }

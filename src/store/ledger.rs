@@ -63,8 +63,9 @@ pub async fn claimed(
 ) -> Result<HashSet<String>, StoreError> {
     let mut out = HashSet::new();
     for chunk in fingerprints.chunks(CHUNK) {
-        let mut q: QueryBuilder<Any> =
-            QueryBuilder::new("SELECT fingerprint FROM event_audit_log WHERE claim = 1 AND stage = ");
+        let mut q: QueryBuilder<Any> = QueryBuilder::new(
+            "SELECT fingerprint FROM event_audit_log WHERE claim = 1 AND stage = ",
+        );
         q.push_bind(stage.to_string());
         q.push(" AND fingerprint IN (");
         let mut sep = q.separated(", ");

@@ -1,6 +1,7 @@
 //! The event store (SPEC §6): one sqlx `Any` pool over MySQL 8 / MariaDB or
 //! SQLite. The SQL is shared; the few dialect differences live in [`Dialect`].
 
+pub mod dead_letters;
 pub mod ledger;
 pub mod outbox;
 
@@ -40,18 +41,20 @@ impl StoreError {
     /// did was applied, and the message must be retried later (nack).
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::Sqlx(e) => matches!(
-                e,
-                sqlx::Error::Io(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::Tls(_)
-                    | sqlx::Error::WorkerCrashed
-                    | sqlx::Error::Protocol(_)
-            ) || db_code(e).is_some_and(|c| {
-                // MySQL: server gone away / lost connection / too many connections / read-only.
-                matches!(c.as_str(), "2006" | "2013" | "1040" | "1053" | "1290")
-            }),
+            StoreError::Sqlx(e) => {
+                matches!(
+                    e,
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::Tls(_)
+                        | sqlx::Error::WorkerCrashed
+                        | sqlx::Error::Protocol(_)
+                ) || db_code(e).is_some_and(|c| {
+                    // MySQL: server gone away / lost connection / too many connections / read-only.
+                    matches!(c.as_str(), "2006" | "2013" | "1040" | "1053" | "1290")
+                })
+            }
             StoreError::Migrate(_) | StoreError::Corrupt(_) | StoreError::UnsupportedUrl => false,
         }
     }
@@ -83,9 +86,14 @@ impl StoreError {
     }
 }
 
+/// The server's own error number: MySQL's numeric code (sqlx's `code()` is
+/// the SQLSTATE, which lumps many errors together), SQLite's extended code.
 fn db_code(e: &sqlx::Error) -> Option<String> {
     match e {
-        sqlx::Error::Database(d) => d.code().map(|c| c.into_owned()),
+        sqlx::Error::Database(d) => match d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+            Some(m) => Some(m.number().to_string()),
+            None => d.code().map(|c| c.into_owned()),
+        },
         _ => None,
     }
 }
@@ -188,8 +196,10 @@ impl Store {
                     match backend {
                         Backend::Mysql => {
                             conn.execute("SET time_zone = '+00:00'").await?;
-                            conn.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')")
-                                .await?;
+                            conn.execute(
+                                "SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')",
+                            )
+                            .await?;
                         }
                         Backend::Sqlite => {
                             conn.execute("PRAGMA journal_mode = WAL").await?;

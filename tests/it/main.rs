@@ -3,5 +3,10 @@
 
 mod support;
 
+mod chart;
+mod deliver;
+mod history;
 mod merge_e2e;
+mod retry_dlq;
+mod snapshots;
 mod store_mariadb;

@@ -1,0 +1,646 @@
+//! The merge stage end to end: raw topic → daemon → events/audit/state →
+//! merged topic, through the real emulator, on SQLite and on MariaDB.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use event_backbone::app::Application;
+use event_backbone::model::envelope;
+use event_backbone::pubsub::publisher::{PublishFailure, Publishers};
+use event_backbone::stages::Incoming;
+use event_backbone::topology::{Env, TopicKind, Topology, TopologyError};
+use serde_json::json;
+
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Builds project 42 up to version 7 with `status` last changed by netsuite
+/// at v7, t=10:00 (the SPEC §5 starting point). Returns the events published.
+fn history_to_v7() -> Vec<String> {
+    let mut evs = vec![raw_event(
+        "netsuite",
+        "project",
+        "42",
+        0,
+        "2026-03-13T01:00:00Z",
+        json!({"name": "Old"}),
+    )];
+    for v in 1..6 {
+        evs.push(raw_event(
+            "netsuite",
+            "project",
+            "42",
+            v,
+            &format!("2026-03-13T0{}:00:00Z", v + 1),
+            json!({ format!("f{v}"): v }),
+        ));
+    }
+    evs.push(raw_event(
+        "netsuite",
+        "project",
+        "42",
+        6,
+        "2026-03-13T10:00:00Z",
+        json!({"status": "closed"}),
+    ));
+    evs
+}
+
+async fn worked_example(db: Db) {
+    let Some(tdb) = fresh_db(db).await else {
+        return;
+    };
+    let project = unique_project();
+    let s = settings(&project, &tdb.url, &[]);
+    let t = s.topology();
+    let app = start(s).await;
+    let merged_tap = tap(&t, TopicKind::Merged).await;
+    let p = publishers(&t).await;
+    for e in history_to_v7() {
+        publish_raw(&p, &e).await;
+    }
+    let example = json!({
+        "source": "suitex", "record_type": "project", "record_id": "42",
+        "base_version": 6, "timestamp": "2026-03-13T09:59:00Z",
+        "changes": {"status": "open", "name": "X"}
+    })
+    .to_string();
+    publish_raw(&p, &example).await;
+
+    let msgs = merged_tap.collect(8, WAIT).await;
+    assert_eq!(msgs.len(), 8, "eight merged events");
+    let last = msgs
+        .iter()
+        .map(json)
+        .find(|m| m["origin"] == "suitex")
+        .expect("the suitex event was merged");
+    assert_eq!(last["version"], 8);
+    assert_eq!(last["base_version"], 6);
+    assert_eq!(last["applied"], json!({"name": "X"}));
+    assert_eq!(
+        last["conflicts"],
+        json!([{"field": "status", "incoming": "open", "kept": "closed",
+                "winner": "netsuite", "rule": "last_writer_wins"}])
+    );
+    assert_eq!(last["timestamp"], "2026-03-13T09:59:00.000000Z");
+    let m = msgs
+        .iter()
+        .find(|m| json(m)["origin"] == "suitex")
+        .expect("message");
+    assert_eq!(m.ordering_key, "project:42");
+    assert_eq!(m.attributes["origin"], "suitex");
+    assert_eq!(m.attributes["version"], "8");
+    assert_eq!(m.attributes["record_type"], "project");
+    assert_eq!(m.attributes["record_id"], "42");
+    assert_eq!(m.attributes["fingerprint"], last["fingerprint"]);
+    // Versions arrive in order on the ordering key.
+    let versions: Vec<i64> = msgs
+        .iter()
+        .map(|m| json(m)["version"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(versions, (1..=8).collect::<Vec<_>>());
+
+    let store = event_backbone::app::connect_store(&settings(&project, &tdb.url, &[]))
+        .await
+        .unwrap();
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM events").await, 8);
+    assert_eq!(
+        count(&store, "SELECT MAX(sequence_num) FROM events WHERE record_type = 'project' AND record_id = '42'").await,
+        8
+    );
+    assert_eq!(count(&store, "SELECT version FROM record_state").await, 8);
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM event_audit_log WHERE processing_outcome = 'merged'"
+        )
+        .await,
+        8
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            count(&store, "SELECT COUNT(*) FROM outbox").await == 0
+        })
+        .await,
+        "published rows leave the outbox"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn spec_worked_example_sqlite() {
+    worked_example(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn spec_worked_example_mariadb() {
+    worked_example(Db::Mariadb).await;
+}
+
+async fn duplicates(db: Db) {
+    let Some(tdb) = fresh_db(db).await else {
+        return;
+    };
+    let project = unique_project();
+    let s = settings(&project, &tdb.url, &[]);
+    let t = s.topology();
+    let merged_tap = tap(&t, TopicKind::Merged).await;
+    let store = event_backbone::app::connect_store(&s).await.unwrap();
+
+    // A redelivered message: the same broker message handled twice.
+    let app = Application::build(s.clone()).await.unwrap();
+    let merge = app.registry.get("merge").unwrap();
+    let ev = raw_event(
+        "suitex",
+        "task",
+        "7",
+        0,
+        "2026-03-13T21:00:00.123456+01:00",
+        json!({"a": 1}),
+    );
+    let msg = Incoming {
+        data: Bytes::from(ev.clone()),
+        attributes: HashMap::new(),
+        message_id: "m-1".into(),
+        publish_time: None,
+        ordering_key: "task:7".into(),
+        execution: 1,
+    };
+    let first = merge.handle(&msg).await.expect("first delivery merges");
+    assert_eq!(first.label, "merged");
+    let second = merge.handle(&msg).await.expect("redelivery is acked");
+    assert_eq!(second.label, "duplicate");
+    assert!(second.publish.is_empty(), "a duplicate publishes nothing");
+    drop(app);
+
+    // A publisher retry: the same event published twice through the broker,
+    // plus the same event with its keys in another order (same fingerprint).
+    let running = start(s.clone()).await;
+    let p = publishers(&t).await;
+    let ev2 = raw_event(
+        "netsuite",
+        "task",
+        "8",
+        0,
+        "2026-03-13T20:00:00Z",
+        json!({"b": 2, "c": [1, 2]}),
+    );
+    let reordered =
+        json!({"changes": {"c": [1, 2], "b": 2}, "timestamp": "2026-03-13T21:00:00+01:00",
+        "base_version": 0, "record_id": "8", "record_type": "task", "source": "netsuite"})
+        .to_string();
+    publish_raw(&p, &ev2).await;
+    publish_raw(&p, &ev2).await;
+    publish_raw(&p, &reordered).await;
+    let got = merged_tap.collect(3, Duration::from_secs(8)).await;
+    assert!(
+        eventually(WAIT, || async {
+            count(
+                &store,
+                "SELECT COUNT(*) FROM event_audit_log WHERE processing_outcome = 'duplicate'",
+            )
+            .await
+                == 3
+        })
+        .await,
+        "three duplicate audit rows (one redelivery, two republishes)"
+    );
+    // task:7 was handled outside the runtime above, so its merged event waits
+    // in the outbox for the relay; task:8 is published exactly once.
+    assert_eq!(got.len(), 1, "one merged event per fingerprint: {got:?}");
+    assert_eq!(json(&got[0])["record_id"], "8");
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM events").await, 2);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn duplicates_make_one_row_and_one_merged_event_sqlite() {
+    duplicates(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn duplicates_make_one_row_and_one_merged_event_mariadb() {
+    duplicates(Db::Mariadb).await;
+}
+
+async fn racing_replicas(db: Db) {
+    let Some(tdb) = fresh_db(db).await else {
+        return;
+    };
+    let project = unique_project();
+    let s = settings(
+        &project,
+        &tdb.url,
+        &[("BACKBONE__RETRY__INITIAL_BACKOFF", "100ms"), ("BACKBONE__RETRY__MAX_BACKOFF", "500ms")],
+    );
+    let t = s.topology();
+    let a = start(s.clone()).await;
+    let b = start(s.clone()).await;
+    let p = publishers(&t).await;
+    // 40 records × 5 events, every event published twice, interleaved, so
+    // both replicas see copies of the same fingerprints at the same time.
+    let mut events = Vec::new();
+    for r in 0..40 {
+        for v in 0..5 {
+            events.push(raw_event(
+                if v % 2 == 0 { "suitex" } else { "netsuite" },
+                "race",
+                &r.to_string(),
+                v,
+                &format!("2026-03-13T10:00:0{v}Z"),
+                json!({ format!("f{v}"): r }),
+            ));
+        }
+    }
+    // Each record's events go out in order (ordering keys keep publish
+    // order); records, and the two copies, race each other.
+    let mut sends = Vec::new();
+    for copy in 0..2 {
+        for chunk in events.chunks(5) {
+            let p = p.clone();
+            let chunk = chunk.to_vec();
+            sends.push(tokio::spawn(async move {
+                for e in chunk {
+                    publish_raw(&p, &e).await;
+                }
+                copy
+            }));
+        }
+    }
+    for s in sends {
+        s.await.unwrap();
+    }
+    let store = event_backbone::app::connect_store(&s).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            count(&store, "SELECT COUNT(*) FROM event_audit_log WHERE stage = 'merge' AND processing_outcome IN ('merged', 'duplicate')").await >= 400
+        })
+        .await,
+        "every copy was handled"
+    );
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM events").await,
+        200,
+        "one row per fingerprint"
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(DISTINCT fingerprint) FROM event_audit_log WHERE claim = 1"
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM record_state WHERE version = 5"
+        )
+        .await,
+        40
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_racing_on_duplicates_sqlite() {
+    racing_replicas(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_racing_on_duplicates_mariadb() {
+    racing_replicas(Db::Mariadb).await;
+}
+
+async fn crash_between_commit_and_publish(db: Db) {
+    let Some(tdb) = fresh_db(db).await else {
+        return;
+    };
+    let project = unique_project();
+    let s = settings(
+        &project,
+        &tdb.url,
+        &[
+            ("BACKBONE__OUTBOX__RELAY_AFTER", "1s"),
+            ("BACKBONE__OUTBOX__RELAY_INTERVAL", "200ms"),
+        ],
+    );
+    let t = s.topology();
+    let merged_tap = tap(&t, TopicKind::Merged).await;
+    // Injected fault: the stage commits, then the process "dies" before the
+    // runtime publishes (we never hand the outcome to the runtime).
+    let app = Application::build(s.clone()).await.unwrap();
+    let ev = raw_event(
+        "suitex",
+        "crash",
+        "1",
+        0,
+        "2026-03-13T10:00:00Z",
+        json!({"x": 1}),
+    );
+    let msg = Incoming {
+        data: Bytes::from(ev.clone()),
+        attributes: HashMap::new(),
+        message_id: "m-crash".into(),
+        publish_time: None,
+        ordering_key: "crash:1".into(),
+        execution: 1,
+    };
+    let outcome = app
+        .registry
+        .get("merge")
+        .unwrap()
+        .handle(&msg)
+        .await
+        .unwrap();
+    assert_eq!(outcome.label, "merged");
+    let store = app.store.clone();
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM outbox").await, 1);
+    drop(app);
+
+    // Restart; the broker redelivers the raw message (we publish it again).
+    let running = start(s.clone()).await;
+    let p = publishers(&t).await;
+    publish_raw(&p, &ev).await;
+    let got = merged_tap.collect(1, WAIT).await;
+    assert_eq!(
+        got.len(),
+        1,
+        "the merged event is published after the restart"
+    );
+    assert_eq!(json(&got[0])["record_type"], "crash");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            count(&store, "SELECT COUNT(*) FROM outbox").await == 0
+        })
+        .await,
+        "the outbox row is cleared once published"
+    );
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM events").await,
+        1,
+        "no second row"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            count(
+                &store,
+                "SELECT COUNT(*) FROM event_audit_log WHERE processing_outcome = 'duplicate'",
+            )
+            .await
+                == 1
+        })
+        .await
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn crash_after_commit_before_publish_sqlite() {
+    crash_between_commit_and_publish(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn crash_after_commit_before_publish_mariadb() {
+    crash_between_commit_and_publish(Db::Mariadb).await;
+}
+
+/// SPEC §10 rows for the merge stage's input.
+async fn bad_inputs(db: Db) {
+    let Some(tdb) = fresh_db(db).await else {
+        return;
+    };
+    let project = unique_project();
+    let s = settings(
+        &project,
+        &tdb.url,
+        &[("BACKBONE__CONSUMERS__RETRY__ENABLED", "false")],
+    );
+    let t = s.topology();
+    let dlq_tap = tap(&t, TopicKind::Dlq).await;
+    let error_tap = tap(&t, TopicKind::Error).await;
+    let merged_tap = tap(&t, TopicKind::Merged).await;
+    let running = start(s.clone()).await;
+    let p = publishers(&t).await;
+
+    let ok = |ts: &str| raw_event("suitex", "bad", "1", 0, ts, json!({"a": 1}));
+    let mut deep = String::new();
+    for _ in 0..70 {
+        deep.push('[');
+    }
+    for _ in 0..70 {
+        deep.push(']');
+    }
+    let deep_event = format!(
+        r#"{{"source":"suitex","record_type":"bad","record_id":"1","base_version":0,"timestamp":"2026-03-13T10:00:00Z","changes":{{"a":{deep}}}}}"#
+    );
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("not utf-8", vec![0xff, 0xfe, b'{'], "`data`"),
+        ("not json", b"{not json".to_vec(), "`data`"),
+        ("not an object", b"[1,2]".to_vec(), "`data`"),
+        ("too deep", deep_event.into_bytes(), "`data`"),
+        (
+            "missing field",
+            json!({"source": "suitex", "record_type": "bad", "base_version": 0,
+                   "timestamp": "2026-03-13T10:00:00Z", "changes": {}})
+            .to_string()
+            .into_bytes(),
+            "`record_id`",
+        ),
+        (
+            "unknown source",
+            raw_event(
+                "sap",
+                "bad",
+                "1",
+                0,
+                "2026-03-13T10:00:00Z",
+                json!({"a": 1}),
+            )
+            .into_bytes(),
+            "`source`",
+        ),
+        (
+            "bad record_type",
+            raw_event(
+                "suitex",
+                "Bad-Type",
+                "1",
+                0,
+                "2026-03-13T10:00:00Z",
+                json!({"a": 1}),
+            )
+            .into_bytes(),
+            "`record_type`",
+        ),
+        ("bad timestamp", ok("yesterday").into_bytes(), "`timestamp`"),
+        (
+            "negative base_version",
+            raw_event(
+                "suitex",
+                "bad",
+                "1",
+                -1,
+                "2026-03-13T10:00:00Z",
+                json!({"a": 1}),
+            )
+            .into_bytes(),
+            "`base_version`",
+        ),
+    ];
+    for (_, data, _) in &cases {
+        p.publish_to(
+            TopicKind::Raw,
+            Bytes::from(data.clone()),
+            HashMap::new(),
+            "",
+        )
+        .await
+        .unwrap();
+    }
+    // Id reused with other content → permanent.
+    let id = "0190b0c4-6c3f-7000-8000-000000000001";
+    let with_id = |v: i64| {
+        json!({"id": id, "source": "suitex", "record_type": "idre", "record_id": "1",
+               "base_version": 0, "timestamp": "2026-03-13T10:00:00Z", "changes": {"v": v}})
+        .to_string()
+    };
+    publish_raw(&p, &with_id(1)).await;
+    let first = merged_tap.collect(1, WAIT).await;
+    assert_eq!(first.len(), 1);
+    publish_raw(&p, &with_id(2)).await;
+    // base_version ahead → transient → error topic.
+    publish_raw(
+        &p,
+        &raw_event(
+            "netsuite",
+            "ahead",
+            "1",
+            5,
+            "2026-03-13T10:00:00Z",
+            json!({"a": 1}),
+        ),
+    )
+    .await;
+
+    let dead = dlq_tap.collect(cases.len() + 1, WAIT).await;
+    assert_eq!(
+        dead.len(),
+        cases.len() + 1,
+        "every bad input was dead-lettered"
+    );
+    for (name, data, field) in &cases {
+        let m = dead
+            .iter()
+            .find(|m| m.data[..] == data[..])
+            .unwrap_or_else(|| panic!("{name}: not on the dlq"));
+        assert_eq!(m.attributes[envelope::DEAD_REASON], "invalid", "{name}");
+        assert_eq!(m.attributes[envelope::STAGE], "merge", "{name}");
+        assert_eq!(m.attributes[envelope::ATTEMPT], "1", "{name}");
+        assert!(
+            m.attributes[envelope::LAST_ERROR].contains(field),
+            "{name}: {}",
+            m.attributes[envelope::LAST_ERROR]
+        );
+        assert_eq!(m.attributes[envelope::FINGERPRINT].len(), 64, "{name}");
+        assert!(
+            !m.attributes[envelope::ORIGIN_MESSAGE_ID].is_empty(),
+            "{name}"
+        );
+        assert!(
+            m.attributes.contains_key(envelope::FIRST_FAILED_AT),
+            "{name}"
+        );
+        assert!(m.attributes.contains_key(envelope::DEAD_AT), "{name}");
+    }
+    let reused = dead
+        .iter()
+        .find(|m| m.attributes[envelope::DEAD_REASON] == "permanent")
+        .expect("id reuse is dead-lettered as permanent");
+    assert_eq!(json(reused)["changes"]["v"], 2);
+
+    let retry = error_tap.collect(1, WAIT).await;
+    assert_eq!(retry.len(), 1, "base_version ahead goes to the error topic");
+    assert_eq!(retry[0].attributes[envelope::STAGE], "merge");
+    assert_eq!(retry[0].attributes[envelope::ATTEMPT], "1");
+    assert!(retry[0].attributes[envelope::LAST_ERROR].contains("ahead"));
+    assert_eq!(retry[0].attributes[envelope::ORDERING_KEY], "ahead:1");
+
+    // The consumer kept running: a valid event afterwards still merges.
+    publish_raw(&p, &ok("2026-03-13T11:00:00Z")).await;
+    assert_eq!(merged_tap.collect(1, WAIT).await.len(), 1);
+
+    let store = event_backbone::app::connect_store(&s).await.unwrap();
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM event_audit_log WHERE processing_outcome = 'invalid'"
+        )
+        .await,
+        cases.len() as i64,
+        "one audit row per invalid message"
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM event_audit_log WHERE processing_outcome = 'permanent'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM event_audit_log WHERE processing_outcome = 'transient'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM events").await, 2);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn bad_inputs_are_routed_with_their_reasons_sqlite() {
+    bad_inputs(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn bad_inputs_are_routed_with_their_reasons_mariadb() {
+    bad_inputs(Db::Mariadb).await;
+}
+
+#[tokio::test]
+async fn a_sandbox_process_never_publishes_to_production() {
+    let t = Topology::new(Env::Sandbox, unique_project());
+    let p = Arc::new(Publishers::new(t.clone(), &endpoint()).await.unwrap());
+    for topic in [
+        "events.raw.production".to_string(),
+        format!("projects/{}/topics/events.merged.production", t.project_id),
+        "events.raw.local".to_string(),
+    ] {
+        let r = p
+            .publish(&topic, Bytes::from_static(b"{}"), HashMap::new(), "")
+            .await;
+        assert!(
+            matches!(
+                r,
+                Err(PublishFailure::Refused(TopologyError::ForeignEnv { .. }))
+            ),
+            "{topic}: {r:?}"
+        );
+    }
+    let r = p
+        .publish(
+            "orders.raw.sandbox",
+            Bytes::from_static(b"{}"),
+            HashMap::new(),
+            "",
+        )
+        .await;
+    assert!(matches!(r, Err(PublishFailure::Refused(_))), "{r:?}");
+}

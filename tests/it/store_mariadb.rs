@@ -1,0 +1,185 @@
+//! The event store's guarantees, enforced by the database itself: the ledger
+//! is immutable (triggers, and grants for the runtime user) and timestamps
+//! keep their microseconds.
+
+use std::time::Duration;
+
+use event_backbone::store::Store;
+use sqlx::Connection;
+
+use crate::support::*;
+
+async fn migrated(db: Db) -> Option<(TestDb, Store)> {
+    let tdb = fresh_db(db).await?;
+    let store = Store::connect(&tdb.url, 4, Duration::from_secs(10))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    // Migrating twice is a no-op.
+    store.migrate().await.unwrap();
+    Some((tdb, store))
+}
+
+async fn seed(store: &Store) {
+    sqlx::query(
+        "INSERT INTO events (id, record_type, record_id, source, `timestamp`, base_version, changes, processed, sequence_num) \
+         VALUES ('0190b0c4-6c3f-7000-8000-00000000000a', 'project', '42', 'suitex', ?, 7, '{\"a\":1}', 1, 1)",
+    )
+    .bind(store.dialect().ts_value(
+        &chrono::DateTime::parse_from_rfc3339("2026-03-13T20:00:00.123456Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc),
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO event_audit_log (event_id, fingerprint, stage, processing_outcome, attempt) \
+         VALUES ('0190b0c4-6c3f-7000-8000-00000000000a', ?, 'merge', 'merged', 1)",
+    )
+    .bind("a".repeat(64))
+    .execute(store.pool())
+    .await
+    .unwrap();
+}
+
+async fn triggers_refuse_changes(db: Db) {
+    let Some((_tdb, store)) = migrated(db).await else {
+        return;
+    };
+    seed(&store).await;
+    for (sql, msg) in [
+        (
+            "UPDATE events SET record_id = 'x'",
+            "Event records are immutable and cannot be updated.",
+        ),
+        (
+            "DELETE FROM events",
+            "Event records are immutable and cannot be deleted.",
+        ),
+        (
+            "UPDATE event_audit_log SET stage = 'x'",
+            "Event records are immutable and cannot be updated.",
+        ),
+        (
+            "DELETE FROM event_audit_log",
+            "Event records are immutable and cannot be deleted.",
+        ),
+    ] {
+        let err = sqlx::query(sql).execute(store.pool()).await.expect_err(sql);
+        assert!(err.to_string().contains(msg), "{sql}: {err}");
+    }
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM events").await, 1);
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM event_audit_log").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn ledger_triggers_refuse_update_and_delete_mariadb() {
+    triggers_refuse_changes(Db::Mariadb).await;
+}
+
+#[tokio::test]
+async fn ledger_triggers_refuse_update_and_delete_sqlite() {
+    triggers_refuse_changes(Db::Sqlite).await;
+}
+
+async fn microseconds_round_trip(db: Db) {
+    let Some((_tdb, store)) = migrated(db).await else {
+        return;
+    };
+    seed(&store).await;
+    let mut conn = store.pool().acquire().await.unwrap();
+    let evs = event_backbone::store::ledger::record_events(
+        &mut conn,
+        store.dialect(),
+        "project",
+        "42",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0].timestamp, "2026-03-13T20:00:00.123456Z");
+    assert!(evs[0].processed);
+    assert_eq!(evs[0].changes, serde_json::json!({"a": 1}));
+}
+
+#[tokio::test]
+async fn timestamps_keep_microseconds_mariadb() {
+    microseconds_round_trip(Db::Mariadb).await;
+}
+
+#[tokio::test]
+async fn timestamps_keep_microseconds_sqlite() {
+    microseconds_round_trip(Db::Sqlite).await;
+}
+
+/// The shipped grants: `sync_worker` may read and append to the ledger but
+/// the database denies it UPDATE and DELETE.
+#[tokio::test]
+async fn sync_worker_cannot_update_or_delete_the_ledger_mariadb() {
+    let Some((tdb, store)) = migrated(Db::Mariadb).await else {
+        return;
+    };
+    seed(&store).await;
+    let db = tdb.name.clone().unwrap();
+    let user = format!("sw_{}", rand_suffix(8));
+    let grants =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/grants-mysql.sql"))
+            .unwrap()
+            .replace("event_backbone.", &format!("{db}."))
+            .replace("'sync_worker'", &format!("'{user}'"))
+            .replace("'change-me'", "'pw'");
+    let mut admin = sqlx::MySqlConnection::connect(MARIADB_ADMIN).await.unwrap();
+    for stmt in grants
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        sqlx::raw_sql(stmt)
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("{stmt}: {e}"));
+    }
+    let worker = Store::connect(
+        &format!("mysql://{user}:pw@127.0.0.1:3306/{db}"),
+        2,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(count(&worker, "SELECT COUNT(*) FROM events").await, 1);
+    sqlx::query(
+        "INSERT INTO event_audit_log (fingerprint, stage, processing_outcome, attempt) VALUES (?, 'merge', 'duplicate', 1)",
+    )
+    .bind("b".repeat(64))
+    .execute(worker.pool())
+    .await
+    .expect("sync_worker may append to the audit log");
+    for sql in [
+        "UPDATE events SET record_id = 'x'",
+        "DELETE FROM events",
+        "UPDATE event_audit_log SET stage = 'x'",
+        "DELETE FROM event_audit_log",
+    ] {
+        let err = sqlx::query(sql)
+            .execute(worker.pool())
+            .await
+            .expect_err(sql);
+        assert!(
+            err.to_string().contains("command denied"),
+            "{sql} must be denied by grants: {err}"
+        );
+    }
+    sqlx::query(&format!("DROP USER '{user}'@'%'"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}

@@ -24,7 +24,9 @@ pub fn rand_suffix(n: usize) -> String {
     use rand::Rng;
     const CH: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut r = rand::rng();
-    (0..n).map(|_| CH[r.random_range(0..CH.len())] as char).collect()
+    (0..n)
+        .map(|_| CH[r.random_range(0..CH.len())] as char)
+        .collect()
 }
 
 /// `host:port` of the Pub/Sub emulator; panics with instructions if absent.
@@ -105,6 +107,16 @@ pub async fn fresh_db(kind: Db) -> Option<TestDb> {
     }
 }
 
+/// Logs of the daemon under test, shown for failing tests (RUST_LOG overrides).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,event_backbone=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 pub fn config_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
 }
@@ -112,6 +124,7 @@ pub fn config_dir() -> PathBuf {
 /// Settings for a test: local env, the emulator, the given database, fast
 /// retry timings, and any extra `BACKBONE__…` overrides.
 pub fn settings(project: &str, db_url: &str, extra: &[(&str, &str)]) -> Settings {
+    init_tracing();
     let mut vars: HashMap<String, String> = HashMap::from([
         ("BACKBONE_ENV".into(), "local".into()),
         ("PUBSUB_EMULATOR_HOST".into(), emulator_host()),
@@ -148,7 +161,9 @@ pub async fn start(settings: Settings) -> Running {
     provision(&settings.topology(), &endpoint())
         .await
         .expect("provision");
-    let app = Application::build(settings).await.expect("build application");
+    let app = Application::build(settings)
+        .await
+        .expect("build application");
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(app.run(shutdown.clone()));
     Running { shutdown, task }
@@ -167,19 +182,37 @@ pub async fn publish_raw(p: &Publishers, json: &str) -> String {
     let key = event_backbone::model::raw_event::parse_raw_event(json.as_bytes())
         .map(|e| e.ordering_key())
         .unwrap_or_default();
-    p.publish_to(TopicKind::Raw, Bytes::from(json.to_string()), HashMap::new(), &key)
-        .await
-        .expect("publish raw")
+    p.publish_to(
+        TopicKind::Raw,
+        Bytes::from(json.to_string()),
+        HashMap::new(),
+        &key,
+    )
+    .await
+    .expect("publish raw")
 }
 
-/// A tap: an extra subscription on `topic` that the test reads from.
+/// A tap: an extra subscription on `topic` that the test reads from. One
+/// stream for the tap's whole life (a new stream per read would leave leased
+/// messages on the old one until their deadline).
 pub struct Tap {
     pub subscription: String,
-    subscriber: google_cloud_pubsub::client::Subscriber,
+    rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Message>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 pub async fn tap(t: &Topology, topic: TopicKind) -> Tap {
-    let admin = clients::subscription_admin(&endpoint()).await.expect("admin");
+    // The topic must exist first; provisioning is idempotent.
+    provision(t, &endpoint()).await.expect("provision");
+    let admin = clients::subscription_admin(&endpoint())
+        .await
+        .expect("admin");
     let name = format!(
         "projects/{}/subscriptions/tap-{}-{}",
         t.project_id,
@@ -197,33 +230,41 @@ pub async fn tap(t: &Topology, topic: TopicKind) -> Tap {
         .send()
         .await
         .expect("create tap subscription");
+    let subscriber = clients::subscriber(&endpoint()).await.expect("subscriber");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let sub = name.clone();
+    let task = tokio::spawn(async move {
+        let mut stream = subscriber.subscribe(sub).build();
+        while let Some(Ok((m, h))) = stream.next().await {
+            h.ack();
+            if tx.send(m).is_err() {
+                break;
+            }
+        }
+    });
     Tap {
         subscription: name,
-        subscriber: clients::subscriber(&endpoint()).await.expect("subscriber"),
+        rx: tokio::sync::Mutex::new(rx),
+        task,
     }
 }
 
 impl Tap {
-    /// Collects messages until `n` arrived or `within` passed (acking them).
+    /// Collects messages until `n` arrived or `within` passed.
     pub async fn collect(&self, n: usize, within: Duration) -> Vec<Message> {
         let mut out = Vec::new();
-        let mut stream = self.subscriber.subscribe(self.subscription.clone()).build();
+        let mut rx = self.rx.lock().await;
         let deadline = tokio::time::Instant::now() + within;
         while out.len() < n {
-            match tokio::time::timeout_at(deadline, stream.next()).await {
-                Ok(Some(Ok((m, h)))) => {
-                    h.ack();
-                    out.push(m);
-                }
-                Ok(Some(Err(e))) => panic!("tap stream failed: {e}"),
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(m)) => out.push(m),
                 Ok(None) | Err(_) => break,
             }
         }
-        stream.shutdown_token().shutdown().await;
         out
     }
 
-    /// Collects whatever arrives within `quiet` of silence (to prove absence).
+    /// Collects whatever arrives within `quiet` (to prove absence).
     pub async fn drain(&self, quiet: Duration) -> Vec<Message> {
         self.collect(usize::MAX, quiet).await
     }
@@ -259,7 +300,14 @@ pub async fn count(store: &event_backbone::store::Store, sql: &str) -> i64 {
         .expect("count query")
 }
 
-pub fn raw_event(source: &str, rtype: &str, rid: &str, base: i64, ts: &str, changes: serde_json::Value) -> String {
+pub fn raw_event(
+    source: &str,
+    rtype: &str,
+    rid: &str,
+    base: i64,
+    ts: &str,
+    changes: serde_json::Value,
+) -> String {
     serde_json::json!({
         "source": source, "record_type": rtype, "record_id": rid,
         "base_version": base, "timestamp": ts, "changes": changes,

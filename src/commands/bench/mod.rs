@@ -1,6 +1,7 @@
 //! `event-backbone bench`: figures, fail-closed (any error, lost or doubled
 //! event makes it exit non-zero). One file per benchmark.
 
+pub mod history;
 pub mod merge;
 
 use crate::config::Settings;
@@ -16,10 +17,13 @@ pub enum Which {
     /// The merge stage: end to end through the emulator vs an ack-only
     /// baseline, and the stage's own capacity against the database.
     Merge(merge::Args),
+    /// Event history: load a large event store, then time `events list` and replay.
+    History(history::Args),
 }
 
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
     match args.which {
         Which::Merge(a) => merge::run(settings, a).await,
+        Which::History(a) => history::run(settings, a).await,
     }
 }

@@ -15,18 +15,34 @@ use self::batch::{Decision, EventItem, Item, MergeEngine, STAGE};
 use super::{Failure, Incoming, Outbound, Outcome, Stage, StageError, StageResult};
 use crate::model::fingerprint::{fingerprint, fingerprint_bytes};
 use crate::model::raw_event::parse_raw_event;
+use crate::snapshots::claim_check::shrink;
 use crate::snapshots::{SnapshotError, SnapshotStore};
 use crate::store::ledger::AuditRow;
 use crate::topology::TopicKind;
 
+/// The SPEC §3.3 default (1 MiB).
+pub const DEFAULT_CLAIM_CHECK_THRESHOLD: u64 = 1_048_576;
+
 pub struct MergeStage {
     engine: MergeEngine,
     snapshots: Arc<dyn SnapshotStore>,
+    /// Merged payloads above this go out as a claim check (SPEC §3.3).
+    claim_check_threshold: u64,
 }
 
 impl MergeStage {
     pub fn new(engine: MergeEngine, snapshots: Arc<dyn SnapshotStore>) -> Self {
-        Self { engine, snapshots }
+        Self {
+            engine,
+            snapshots,
+            claim_check_threshold: DEFAULT_CLAIM_CHECK_THRESHOLD,
+        }
+    }
+
+    /// `snapshots.claim_check_threshold_bytes`.
+    pub fn with_claim_check_threshold(mut self, bytes: u64) -> Self {
+        self.claim_check_threshold = bytes;
+        self
     }
 
     async fn run(&self, msg: &Incoming) -> StageResult {
@@ -48,11 +64,7 @@ impl MergeStage {
                 Ok(c) => c,
                 Err(error) => {
                     let fp = fingerprint_bytes(&msg.data);
-                    let outcome = if error.dead_reason().is_some() {
-                        "invalid"
-                    } else {
-                        "transient"
-                    };
+                    let outcome = error.dead_reason().unwrap_or("transient");
                     self.audit_failure(msg, &fp, outcome, &error).await?;
                     return Err(Failure {
                         error,
@@ -78,17 +90,33 @@ impl MergeStage {
             .await
             .map_err(|e| fail(store_failure(&e)))?;
         match decision {
-            Decision::Merged { outbox, .. } => Ok(Outcome {
-                label: "merged",
-                fingerprint: Some(fp),
-                publish: vec![Outbound {
-                    topic: TopicKind::Merged,
-                    ordering_key: outbox.ordering_key.clone(),
-                    data: Bytes::from(outbox.payload.clone()),
-                    attributes: outbox.attributes.clone(),
-                    outbox_id: Some(outbox.event_id.clone()),
-                }],
-            }),
+            Decision::Merged { outbox, .. } => {
+                // The outbox keeps the full payload; only the message shrinks.
+                // If the store is down the commit stands: nack, and the
+                // redelivery (a duplicate) or the outbox relay publishes it.
+                let data = shrink(
+                    self.snapshots.as_ref(),
+                    self.claim_check_threshold,
+                    Bytes::from(outbox.payload.clone()),
+                )
+                .await
+                .map_err(|e| {
+                    fail(StageError::unavailable(format!(
+                        "merged event is committed but its claim check failed: {e}"
+                    )))
+                })?;
+                Ok(Outcome {
+                    label: "merged",
+                    fingerprint: Some(fp),
+                    publish: vec![Outbound {
+                        topic: TopicKind::Merged,
+                        ordering_key: outbox.ordering_key.clone(),
+                        data,
+                        attributes: outbox.attributes.clone(),
+                        outbox_id: Some(outbox.event_id.clone()),
+                    }],
+                })
+            }
             Decision::Noop { .. } => Ok(Outcome::ack("noop", Some(fp))),
             Decision::Duplicate => Ok(Outcome::ack("duplicate", Some(fp))),
             Decision::BaseVersionAhead { base, version } => Err(fail(StageError::transient(

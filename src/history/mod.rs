@@ -1,0 +1,546 @@
+//! Event history (SPEC §7 `events list|replay`, `verify`, admin record
+//! endpoints): read a record's events with their audit trail, and rebuild its
+//! merged state at any sequence number by folding the stored events through
+//! the same [`rules::merge`] the live stage runs.
+//!
+//! Every single-record query is an index range on `idx_events_aggregate`
+//! (record_type, record_id, sequence_num) or on the audit log's
+//! `idx_audit_record_event` (record_type, record_id, event_id): cost grows
+//! with the page, never with the table.
+
+pub mod verify;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sqlx::{Any, AnyConnection, QueryBuilder, Row};
+
+use crate::model::fingerprint::fingerprint;
+use crate::model::raw_event::{RawEvent, Source};
+use crate::stages::merge::rules::{
+    self, FieldState, Incoming, MergeError, MergePolicy, RecordState,
+};
+use crate::store::ledger::{self, event_columns, StoredEvent};
+use crate::store::{get_opt_text, get_text, Backend, Dialect, Store, StoreError};
+
+/// Events per page when the caller does not say.
+pub const DEFAULT_LIMIT: u32 = 100;
+/// Upper bound on a page: keeps one request's cost (and memory) bounded.
+pub const MAX_LIMIT: u32 = 1000;
+
+/// Why a history read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("limit must be between 1 and {MAX_LIMIT}, got {0}")]
+    BadLimit(u32),
+    /// The stored history cannot be folded: a gap, a bad row, or an event the
+    /// merge rules refuse (the live stage would never have stored it).
+    #[error("{record_type}/{record_id} cannot be replayed at sequence {seq}: {reason}")]
+    Replay {
+        record_type: String,
+        record_id: String,
+        seq: i64,
+        reason: String,
+    },
+}
+
+impl From<sqlx::Error> for HistoryError {
+    fn from(e: sqlx::Error) -> Self {
+        HistoryError::Store(StoreError::Sqlx(e))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// list
+
+/// Filters and paging of `events list`.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    /// 1..=MAX_LIMIT.
+    pub limit: u32,
+    /// Only events with `sequence_num < before_seq` (the paging cursor).
+    pub before_seq: Option<i64>,
+    pub source: Option<Source>,
+    /// Event timestamp ≥ since (inclusive).
+    pub since: Option<DateTime<Utc>>,
+    /// Event timestamp < until (exclusive).
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        Self {
+            limit: DEFAULT_LIMIT,
+            before_seq: None,
+            source: None,
+            since: None,
+            until: None,
+        }
+    }
+}
+
+/// One audit-log row about an event.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub event_id: Option<String>,
+    pub fingerprint: String,
+    pub stage: String,
+    pub outcome: String,
+    pub detail: Option<Value>,
+    pub message_id: Option<String>,
+    pub attempt: i64,
+    pub created_at: String,
+    #[serde(skip)]
+    claim: bool,
+}
+
+/// An event with its fingerprint and everything the audit log says about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventEntry {
+    #[serde(flatten)]
+    pub event: StoredEvent,
+    pub fingerprint: Option<String>,
+    pub audit: Vec<AuditEntry>,
+}
+
+/// A page of a record's history, newest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventPage {
+    pub record_type: String,
+    pub record_id: String,
+    pub events: Vec<EventEntry>,
+    /// More (older) events match the filters.
+    pub more: bool,
+    /// Pass as `before_seq` to get the next page.
+    pub next_before_seq: Option<i64>,
+}
+
+/// A record's events newest first, filtered and paged.
+pub async fn list(
+    store: &Store,
+    record_type: &str,
+    record_id: &str,
+    q: &ListQuery,
+) -> Result<EventPage, HistoryError> {
+    if q.limit == 0 || q.limit > MAX_LIMIT {
+        return Err(HistoryError::BadLimit(q.limit));
+    }
+    let d = store.dialect();
+    let mut conn = store.pool().acquire().await?;
+    let mut sql: QueryBuilder<Any> = QueryBuilder::new(format!(
+        "SELECT {} FROM events WHERE record_type = ",
+        event_columns(d)
+    ));
+    sql.push_bind(record_type.to_string());
+    sql.push(" AND record_id = ");
+    sql.push_bind(record_id.to_string());
+    if let Some(s) = q.before_seq {
+        sql.push(" AND sequence_num < ");
+        sql.push_bind(s);
+    }
+    if let Some(s) = q.source {
+        sql.push(" AND source = ");
+        sql.push_bind(s.as_str().to_string());
+    }
+    if let Some(t) = &q.since {
+        sql.push(" AND `timestamp` >= ");
+        sql.push_bind(d.ts_value(t));
+    }
+    if let Some(t) = &q.until {
+        sql.push(" AND `timestamp` < ");
+        sql.push_bind(d.ts_value(t));
+    }
+    // One extra row tells whether another page exists without a COUNT.
+    sql.push(" ORDER BY sequence_num DESC LIMIT ");
+    sql.push_bind(i64::from(q.limit) + 1);
+    let rows = sql.build().fetch_all(&mut *conn).await?;
+    let mut events = rows
+        .iter()
+        .map(StoredEvent::from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let more = events.len() > q.limit as usize;
+    events.truncate(q.limit as usize);
+    let next_before_seq = if more {
+        events.last().map(|e| e.sequence_num)
+    } else {
+        None
+    };
+    let events = attach_audit(&mut conn, d, (record_type, record_id), events).await?;
+    Ok(EventPage {
+        record_type: record_type.to_string(),
+        record_id: record_id.to_string(),
+        events,
+        more,
+        next_before_seq,
+    })
+}
+
+fn audit_columns(d: Dialect) -> String {
+    format!(
+        "id, event_id, fingerprint, stage, processing_outcome, {} AS detail, message_id, \
+         {} AS attempt_i, {} AS claim_i, {} AS created",
+        d.text("detail"),
+        d.int("attempt"),
+        d.int("claim"),
+        d.ts("created_at")
+    )
+}
+
+fn audit_from_row(row: &sqlx::any::AnyRow) -> Result<AuditEntry, StoreError> {
+    let detail = get_opt_text(row, "detail")?
+        .map(|t| serde_json::from_str(&t))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("event_audit_log.detail: {e}")))?;
+    Ok(AuditEntry {
+        id: row.try_get("id")?,
+        event_id: get_opt_text(row, "event_id")?,
+        fingerprint: get_text(row, "fingerprint")?,
+        stage: get_text(row, "stage")?,
+        outcome: get_text(row, "processing_outcome")?,
+        detail,
+        message_id: get_opt_text(row, "message_id")?,
+        attempt: row.try_get("attempt_i")?,
+        created_at: get_text(row, "created")?,
+        claim: row.try_get::<Option<i64>, _>("claim_i")?.unwrap_or(0) != 0,
+    })
+}
+
+/// Audit rows of one record: those naming one of `event_ids`, or (with
+/// `fingerprints`) those naming no event whose fingerprint is listed.
+///
+/// Both are ranges of `idx_audit_record_event`. MySQL is told to ignore the
+/// single-column indexes: with a long IN list its range optimizer would
+/// otherwise probe each of them once per value to estimate costs, and those
+/// probes land on random, usually cold, pages.
+async fn audit_rows(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    (record_type, record_id): (&str, &str),
+    event_ids: &[&str],
+    fingerprints: Option<&[&str]>,
+) -> Result<Vec<AuditEntry>, StoreError> {
+    let values = fingerprints.unwrap_or(event_ids);
+    if values.is_empty() {
+        return Ok(Vec::new());
+    }
+    let hint = match d.0 {
+        Backend::Mysql => " IGNORE INDEX (idx_audit_event, idx_audit_fingerprint, uq_audit_claim)",
+        Backend::Sqlite => "",
+    };
+    let mut q: QueryBuilder<Any> = QueryBuilder::new(format!(
+        "SELECT {} FROM event_audit_log{hint} WHERE record_type = ",
+        audit_columns(d)
+    ));
+    q.push_bind(record_type.to_string());
+    q.push(" AND record_id = ");
+    q.push_bind(record_id.to_string());
+    q.push(if fingerprints.is_some() {
+        " AND event_id IS NULL AND fingerprint IN ("
+    } else {
+        " AND event_id IN ("
+    });
+    let mut sep = q.separated(", ");
+    for v in values {
+        sep.push_bind(v.to_string());
+    }
+    q.push(")");
+    let rows = q.build().fetch_all(&mut *conn).await?;
+    rows.iter().map(audit_from_row).collect()
+}
+
+/// Joins each event to its audit rows: those naming its id (its claim,
+/// deliveries), and the record's rows of its fingerprint that name no event
+/// (duplicates, failed executions). Rows without a record are unparseable
+/// messages, fingerprinted over raw bytes: they never match an event.
+async fn attach_audit(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    record: (&str, &str),
+    events: Vec<StoredEvent>,
+) -> Result<Vec<EventEntry>, StoreError> {
+    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    let by_id = audit_rows(conn, d, record, &ids, None).await?;
+    // The merge stage's claim row is where an event's fingerprint is stored.
+    let mut fp_of: HashMap<String, String> = HashMap::new();
+    for a in by_id.iter().filter(|a| a.claim && a.stage == "merge") {
+        if let Some(id) = &a.event_id {
+            fp_of.insert(id.clone(), a.fingerprint.clone());
+        }
+    }
+    for e in &events {
+        if !fp_of.contains_key(&e.id) {
+            if let Some(fp) = recompute_fingerprint(e) {
+                fp_of.insert(e.id.clone(), fp);
+            }
+        }
+    }
+    let mut fps: Vec<&str> = fp_of.values().map(String::as_str).collect();
+    fps.sort_unstable();
+    fps.dedup();
+    let by_fp = audit_rows(conn, d, record, &ids, Some(&fps)).await?;
+    let mut all: BTreeMap<i64, AuditEntry> = BTreeMap::new();
+    for a in by_id.into_iter().chain(by_fp) {
+        all.insert(a.id, a);
+    }
+    Ok(events
+        .into_iter()
+        .map(|event| {
+            let fp = fp_of.get(&event.id).cloned();
+            let audit = all
+                .values()
+                .filter(|a| {
+                    a.event_id.as_deref() == Some(event.id.as_str())
+                        || (a.event_id.is_none() && fp.as_deref() == Some(a.fingerprint.as_str()))
+                })
+                .cloned()
+                .collect();
+            EventEntry {
+                event,
+                fingerprint: fp,
+                audit,
+            }
+        })
+        .collect())
+}
+
+/// The SPEC §3.2 fingerprint from the stored row, for an event whose claim
+/// row is missing (e.g. loaded by a tool that wrote no audit rows).
+fn recompute_fingerprint(e: &StoredEvent) -> Option<String> {
+    let changes = e.changes.as_object()?;
+    let raw = RawEvent {
+        id: None,
+        record_type: e.record_type.clone(),
+        record_id: e.record_id.clone(),
+        source: e.source.parse().ok()?,
+        timestamp: e.timestamp_utc().ok()?,
+        base_version: e.base_version,
+        changes: Map::new(),
+        full_snapshot_ref: None,
+    };
+    Some(fingerprint(&raw, changes))
+}
+
+// ---------------------------------------------------------------------------
+// replay
+
+/// A record's state rebuilt from its events.
+#[derive(Debug, Clone)]
+pub struct Replayed {
+    pub record_type: String,
+    pub record_id: String,
+    /// The requested bound; `None` means the head.
+    pub to_seq: Option<i64>,
+    /// Sequence number of the last event folded (0 when none).
+    pub last_seq: i64,
+    pub events_replayed: usize,
+    pub state: RecordState,
+    /// Reading plus folding.
+    pub elapsed: Duration,
+}
+
+/// JSON shape of [`Replayed`], shared by the CLI and the admin API.
+#[derive(Debug, Serialize)]
+pub struct ReplayedView<'a> {
+    pub record_type: &'a str,
+    pub record_id: &'a str,
+    pub to_seq: Option<i64>,
+    pub last_seq: i64,
+    pub version: i64,
+    pub events_replayed: usize,
+    pub elapsed_ms: f64,
+    /// Field values.
+    pub state: Map<String, Value>,
+    /// Per field: value, version, source and timestamp of its last change.
+    pub fields: &'a BTreeMap<String, FieldState>,
+}
+
+impl Replayed {
+    pub fn view(&self) -> ReplayedView<'_> {
+        ReplayedView {
+            record_type: &self.record_type,
+            record_id: &self.record_id,
+            to_seq: self.to_seq,
+            last_seq: self.last_seq,
+            version: self.state.version,
+            events_replayed: self.events_replayed,
+            // Microsecond resolution is plenty for an operator.
+            elapsed_ms: (self.elapsed.as_secs_f64() * 1e6).round() / 1e3,
+            state: self.state.values(),
+            fields: &self.state.fields,
+        }
+    }
+}
+
+/// Rebuilds a record's state from its events up to `to_seq` (the head when
+/// `None`).
+pub async fn replay(
+    store: &Store,
+    policy: &MergePolicy,
+    record_type: &str,
+    record_id: &str,
+    to_seq: Option<i64>,
+) -> Result<Replayed, HistoryError> {
+    let started = Instant::now();
+    let mut conn = store.pool().acquire().await?;
+    let events =
+        ledger::record_events(&mut conn, store.dialect(), record_type, record_id, to_seq).await?;
+    drop(conn);
+    let (state, last_seq) = fold(&events, policy)?;
+    Ok(Replayed {
+        record_type: record_type.to_string(),
+        record_id: record_id.to_string(),
+        to_seq,
+        last_seq,
+        events_replayed: events.len(),
+        state,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Folds events (in sequence order, starting at 1, without gaps) through the
+/// live merge rules. Returns the state and the last sequence number.
+pub fn fold(
+    events: &[StoredEvent],
+    policy: &MergePolicy,
+) -> Result<(RecordState, i64), HistoryError> {
+    let mut state = RecordState::default();
+    let mut last_seq = 0;
+    for e in events {
+        let fail = |reason: String| HistoryError::Replay {
+            record_type: e.record_type.clone(),
+            record_id: e.record_id.clone(),
+            seq: e.sequence_num,
+            reason,
+        };
+        if e.sequence_num != last_seq + 1 {
+            return Err(fail(format!(
+                "expected sequence {} next (events are missing)",
+                last_seq + 1
+            )));
+        }
+        let source: Source = e
+            .source
+            .parse()
+            .map_err(|x: crate::model::raw_event::UnknownSource| fail(x.to_string()))?;
+        let timestamp = e.timestamp_utc().map_err(|x| fail(x.to_string()))?;
+        let Value::Object(changes) = &e.changes else {
+            return Err(fail("stored changes are not a JSON object".into()));
+        };
+        let incoming = Incoming {
+            source,
+            timestamp,
+            base_version: e.base_version,
+            changes,
+        };
+        rules::merge(&mut state, incoming, policy).map_err(|x| match x {
+            MergeError::BaseVersionAhead { .. } => fail(x.to_string()),
+        })?;
+        last_seq = e.sequence_num;
+    }
+    Ok((state, last_seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ev(seq: i64, source: &str, base: i64, ts: &str, changes: Value) -> StoredEvent {
+        StoredEvent {
+            id: format!("e{seq}"),
+            record_type: "project".into(),
+            record_id: "42".into(),
+            source: source.into(),
+            timestamp: ts.into(),
+            base_version: base,
+            changes,
+            full_snapshot_ref: None,
+            processed: true,
+            sequence_num: seq,
+            created_at: ts.into(),
+        }
+    }
+
+    #[test]
+    fn fold_applies_the_merge_rules_in_order() {
+        let events = vec![
+            ev(
+                1,
+                "netsuite",
+                0,
+                "2026-03-13T10:00:00.000000Z",
+                json!({"a": 1, "b": 1}),
+            ),
+            ev(
+                2,
+                "suitex",
+                1,
+                "2026-03-13T10:05:00.000000Z",
+                json!({"a": 2}),
+            ),
+            // Stale base and an older timestamp: loses the conflict on `a`.
+            ev(
+                3,
+                "netsuite",
+                1,
+                "2026-03-13T10:01:00.000000Z",
+                json!({"a": 3, "c": 3}),
+            ),
+        ];
+        let (state, last) = fold(&events, &MergePolicy::default()).unwrap();
+        assert_eq!(last, 3);
+        assert_eq!(state.version, 3);
+        assert_eq!(
+            Value::Object(state.values()),
+            json!({"a": 2, "b": 1, "c": 3})
+        );
+        let (early, last) = fold(&events[..1], &MergePolicy::default()).unwrap();
+        assert_eq!((early.version, last), (1, 1));
+    }
+
+    #[test]
+    fn fold_refuses_gaps_and_impossible_events() {
+        let gap = vec![
+            ev(
+                1,
+                "netsuite",
+                0,
+                "2026-03-13T10:00:00.000000Z",
+                json!({"a": 1}),
+            ),
+            ev(
+                3,
+                "netsuite",
+                1,
+                "2026-03-13T10:00:00.000000Z",
+                json!({"a": 2}),
+            ),
+        ];
+        let e = fold(&gap, &MergePolicy::default()).unwrap_err();
+        assert!(matches!(e, HistoryError::Replay { seq: 3, .. }), "{e}");
+        let ahead = vec![ev(
+            1,
+            "netsuite",
+            4,
+            "2026-03-13T10:00:00.000000Z",
+            json!({"a": 1}),
+        )];
+        let e = fold(&ahead, &MergePolicy::default()).unwrap_err();
+        assert!(e.to_string().contains("ahead"), "{e}");
+        let bad_source = vec![ev(
+            1,
+            "sap",
+            0,
+            "2026-03-13T10:00:00.000000Z",
+            json!({"a": 1}),
+        )];
+        assert!(fold(&bad_source, &MergePolicy::default()).is_err());
+        assert_eq!(fold(&[], &MergePolicy::default()).unwrap().1, 0);
+    }
+}

@@ -1,0 +1,217 @@
+//! Snapshots in a GCS bucket (`gs://bucket[/prefix]`) through the official
+//! client; `STORAGE_EMULATOR_HOST` points it at fake-gcs-server locally.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use google_cloud_auth::credentials::anonymous;
+use google_cloud_gax::retry_policy::RetryPolicyExt;
+use google_cloud_storage::client::Storage;
+use google_cloud_storage::retry_policy::RetryableErrors;
+
+use super::{object_name, SnapshotError, SnapshotStore};
+
+/// The environment variable gcloud tools and client libraries use for a
+/// local GCS emulator (`http://host:port`).
+pub const ENV_VAR_STORAGE_EMULATOR_HOST: &str = "STORAGE_EMULATOR_HOST";
+
+/// How long one read or write may keep retrying inside the client before the
+/// stage reports it as transient (the retry path takes it from there).
+const CLIENT_RETRY_LIMIT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GcsSetupError {
+    #[error("snapshots.url `{0}` is not gs://bucket[/prefix]")]
+    BadUrl(String),
+    #[error("cannot build the Cloud Storage client: {0}")]
+    Client(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct GcsSnapshots {
+    client: Storage,
+    bucket: String,
+    /// Object name prefix (empty, or ending in `/`).
+    prefix: String,
+}
+
+impl GcsSnapshots {
+    /// `url` is `gs://bucket` or `gs://bucket/prefix`; `emulator` is a
+    /// `STORAGE_EMULATOR_HOST` value (anonymous credentials are used with it).
+    pub async fn new(url: &str, emulator: Option<&str>) -> Result<Self, GcsSetupError> {
+        let (bucket, prefix) =
+            split_gs(url).ok_or_else(|| GcsSetupError::BadUrl(url.to_string()))?;
+        let prefix = match prefix.trim_matches('/') {
+            "" => String::new(),
+            p => format!("{p}/"),
+        };
+        let mut builder = Storage::builder()
+            .with_retry_policy(RetryableErrors.with_time_limit(CLIENT_RETRY_LIMIT));
+        if let Some(host) = emulator.map(str::trim).filter(|h| !h.is_empty()) {
+            let endpoint = if host.starts_with("http://") || host.starts_with("https://") {
+                host.trim_end_matches('/').to_string()
+            } else {
+                format!("http://{host}")
+            };
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_credentials(anonymous::Builder::new().build());
+        }
+        let client = builder
+            .build()
+            .await
+            .map_err(|e| GcsSetupError::Client(e.to_string()))?;
+        Ok(Self {
+            client,
+            bucket: bucket.to_string(),
+            prefix,
+        })
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    fn bucket_path(&self) -> String {
+        format!("projects/_/buckets/{}", self.bucket)
+    }
+
+    /// Only objects in our own bucket are followed: a ref into another
+    /// environment's bucket must never be read (SPEC §10).
+    fn object_of<'r>(&self, reference: &'r str) -> Result<&'r str, SnapshotError> {
+        let refused = |reason: String| SnapshotError::Refused {
+            reference: reference.to_string(),
+            reason,
+        };
+        let (bucket, object) = split_gs(reference)
+            .ok_or_else(|| refused("not a gs://bucket/object reference".into()))?;
+        if bucket != self.bucket {
+            return Err(refused(format!(
+                "bucket `{bucket}` is not the configured snapshot bucket `{}`",
+                self.bucket
+            )));
+        }
+        if object.is_empty() {
+            return Err(refused("names no object".into()));
+        }
+        Ok(object)
+    }
+}
+
+/// `gs://bucket/rest` → (`bucket`, `rest`).
+fn split_gs(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("gs://")?;
+    let (bucket, object) = rest.split_once('/').unwrap_or((rest, ""));
+    (!bucket.is_empty()).then_some((bucket, object))
+}
+
+/// For our own content-addressed names, the SHA-256 of the content.
+fn expected_sha256(object: &str) -> Option<&str> {
+    let hex = object.rsplit_once("sha256/")?.1.strip_suffix(".json")?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
+}
+
+impl SnapshotStore for GcsSnapshots {
+    fn get<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<Bytes, SnapshotError>> {
+        Box::pin(async move {
+            let object = self.object_of(reference)?;
+            let unavailable = |e: google_cloud_storage::Error| SnapshotError::Unavailable {
+                reference: reference.to_string(),
+                reason: match e.http_status_code() {
+                    Some(404) => "the object does not exist (yet)".to_string(),
+                    _ => e.to_string(),
+                },
+            };
+            let mut resp = self
+                .client
+                .read_object(self.bucket_path(), object)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            let mut buf = Vec::new();
+            while let Some(chunk) = resp.next().await {
+                buf.extend_from_slice(&chunk.map_err(unavailable)?);
+            }
+            if let Some(want) = expected_sha256(object) {
+                let got = crate::model::fingerprint::sha256_hex(&buf);
+                if !got.eq_ignore_ascii_case(want) {
+                    return Err(SnapshotError::Corrupt {
+                        reference: reference.to_string(),
+                        reason: format!("content hashes to {got}, not to its name"),
+                    });
+                }
+            }
+            Ok(Bytes::from(buf))
+        })
+    }
+
+    fn put(&self, data: Bytes) -> BoxFuture<'_, Result<String, SnapshotError>> {
+        Box::pin(async move {
+            let name = format!("{}{}", self.prefix, object_name(&data));
+            let reference = format!("gs://{}/{}", self.bucket, name);
+            // Generation 0 means "only if absent": the same content is
+            // written once, and a retried upload cannot overwrite anything.
+            let written = self
+                .client
+                .write_object(self.bucket_path(), name.clone(), data)
+                .set_if_generation_match(0)
+                .set_content_type("application/json")
+                .send_buffered()
+                .await;
+            match written {
+                Ok(_) => Ok(reference),
+                Err(e) if e.http_status_code() == Some(412) => Ok(reference),
+                Err(e) => Err(SnapshotError::Unavailable {
+                    reference,
+                    reason: e.to_string(),
+                }),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gs_urls_split_into_bucket_and_object() {
+        assert_eq!(split_gs("gs://b/o/p.json"), Some(("b", "o/p.json")));
+        assert_eq!(split_gs("gs://b"), Some(("b", "")));
+        assert_eq!(split_gs("gs:///o"), None);
+        assert_eq!(split_gs("file://b/o"), None);
+    }
+
+    #[test]
+    fn content_addressed_names_are_recognised() {
+        let hex = "a".repeat(64);
+        assert_eq!(
+            expected_sha256(&format!("p/sha256/{hex}.json")),
+            Some(hex.as_str())
+        );
+        assert_eq!(expected_sha256("raw/changes.json"), None);
+        assert_eq!(expected_sha256("sha256/short.json"), None);
+    }
+
+    #[tokio::test]
+    async fn refs_outside_the_bucket_are_refused_before_any_request() {
+        // No emulator needed: refusal happens before the network.
+        let s = GcsSnapshots::new(
+            "gs://suitex-payload-snapshots-sandbox",
+            Some("http://127.0.0.1:9"),
+        )
+        .await
+        .unwrap();
+        for r in [
+            "gs://suitex-payload-snapshots-production/sha256/x.json",
+            "gs://suitex-payload-snapshots-sandbox",
+            "file:///etc/passwd",
+        ] {
+            assert!(
+                matches!(s.get(r).await, Err(SnapshotError::Refused { .. })),
+                "{r}"
+            );
+        }
+    }
+}

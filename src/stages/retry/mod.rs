@@ -1,0 +1,96 @@
+//! The retry consumer's router (SPEC §4 "retry"): reads the failed stage and
+//! attempt from the error envelope, looks the stage up in the registry, and
+//! holds the message until execution k is due. Success is acked; a failure is
+//! routed by the runtime to the error topic with attempt k, or to the dlq as
+//! `exhausted` once k reaches `retry.max_attempts`.
+
+pub mod schedule;
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use self::schedule::Schedule;
+use super::{Failure, Incoming, Registry, Route, Router, StageError};
+use crate::model::envelope;
+
+pub struct RetryRouter {
+    pub registry: Registry,
+    pub schedule: Schedule,
+}
+
+impl RetryRouter {
+    fn reject(&self, stage: &str, msg: Incoming, why: String) -> Route {
+        Route::Reject {
+            stage: stage.to_string(),
+            msg,
+            failure: Failure {
+                error: StageError::invalid(why),
+                fingerprint: None,
+            },
+        }
+    }
+}
+
+impl Router for RetryRouter {
+    fn route(&self, mut msg: Incoming) -> Route {
+        let Some(stage_name) = msg.attributes.get(envelope::STAGE).cloned() else {
+            return self.reject(
+                "retry",
+                msg,
+                "error envelope has no `stage` attribute; cannot tell which stage to retry".into(),
+            );
+        };
+        let attempt = match msg
+            .attributes
+            .get(envelope::ATTEMPT)
+            .map(|a| a.parse::<u32>())
+        {
+            Some(Ok(a)) => a,
+            _ => {
+                return self.reject(
+                    &stage_name,
+                    msg,
+                    "error envelope has no valid `attempt` attribute".into(),
+                )
+            }
+        };
+        let Some(stage) = self.registry.get(&stage_name) else {
+            let known = self.registry.names().join(", ");
+            return self.reject(
+                &stage_name,
+                msg,
+                format!("error envelope names unknown stage `{stage_name}` (known: {known})"),
+            );
+        };
+        let replay = msg.attributes.get(envelope::REPLAY).map(String::as_str) == Some("true");
+        let k = attempt.saturating_add(1);
+        msg.execution = k;
+        if let Some(key) = msg.attributes.get(envelope::ORDERING_KEY) {
+            msg.ordering_key = key.clone();
+        }
+        let not_before = if replay && attempt == 0 {
+            // An operator asked for it: run at once.
+            None
+        } else {
+            let mut wait = self.schedule.delay(k, &mut rand::rng());
+            if let Some(ms) = msg
+                .attributes
+                .get("retry_after_ms")
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                // A sink's Retry-After is a lower bound, never a shortcut.
+                wait = wait.max(Duration::from_millis(ms));
+            }
+            // Anchored on when execution k−1 failed (the envelope's publish
+            // time), so a restart does not reset the schedule.
+            let failed_at = msg.publish_time.unwrap_or_else(Utc::now);
+            chrono::Duration::from_std(wait).ok().map(|w| failed_at + w)
+        };
+        Route::Run {
+            stage,
+            msg,
+            not_before,
+        }
+    }
+}

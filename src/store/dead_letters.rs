@@ -1,0 +1,312 @@
+//! Parked dead letters (SPEC §4 park/replay): idempotent parking, filtered
+//! listing, and a claim → publish → mark protocol so two replays at once
+//! never publish the same row twice.
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use serde::Serialize;
+use sqlx::{Any, QueryBuilder, Row};
+
+use super::ledger::{self, AuditRow};
+use super::{get_opt_text, get_text, Store, StoreError};
+
+/// A dead letter as the park stage records it.
+#[derive(Debug, Clone)]
+pub struct NewDeadLetter {
+    pub dlq_message_id: String,
+    pub origin_message_id: Option<String>,
+    pub stage: String,
+    pub reason: String,
+    pub attempts: i32,
+    pub fingerprint: Option<String>,
+    pub record_type: Option<String>,
+    pub record_id: Option<String>,
+    pub last_error: Option<String>,
+    pub errors: Vec<String>,
+    pub data: Vec<u8>,
+    pub attributes: HashMap<String, String>,
+    pub ordering_key: Option<String>,
+    pub source_subscription: Option<String>,
+    pub delivery_count: Option<i32>,
+    /// Set when this is a replayed message that died again: the row to reopen.
+    pub replay_of: Option<i64>,
+}
+
+/// A parked row.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub dlq_message_id: String,
+    pub origin_message_id: Option<String>,
+    pub stage: String,
+    pub reason: String,
+    pub attempts: i32,
+    pub fingerprint: Option<String>,
+    pub record_type: Option<String>,
+    pub record_id: Option<String>,
+    pub last_error: Option<String>,
+    pub errors: Vec<String>,
+    #[serde(skip)]
+    pub data: Vec<u8>,
+    pub attributes: HashMap<String, String>,
+    pub ordering_key: Option<String>,
+    pub source_subscription: Option<String>,
+    pub delivery_count: Option<i32>,
+    pub parked_at: String,
+    pub replay_count: i32,
+    pub replayed_at: Option<String>,
+}
+
+/// Which rows a listing or replay covers.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct DlqFilter {
+    #[serde(default)]
+    pub ids: Vec<i64>,
+    pub stage: Option<String>,
+    pub record_type: Option<String>,
+    pub record_id: Option<String>,
+    pub reason: Option<String>,
+    /// Include rows already replayed (listing only; replay never does).
+    #[serde(default)]
+    pub include_replayed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parked {
+    /// A new row.
+    Inserted,
+    /// A replayed row died again and is pending once more.
+    Reopened,
+    /// This dlq message was parked before (redelivery).
+    AlreadyParked,
+}
+
+fn columns(store: &Store) -> String {
+    let d = store.dialect();
+    format!(
+        "id, dlq_message_id, origin_message_id, stage, reason, attempts, fingerprint, record_type, \
+         record_id, {} AS last_error, {} AS errors, data, {} AS attributes, ordering_key, \
+         source_subscription, delivery_count, {} AS parked, replay_count, {} AS replayed",
+        d.text("last_error"),
+        d.text("errors"),
+        d.text("attributes"),
+        d.ts("parked_at"),
+        d.ts("replayed_at"),
+    )
+}
+
+fn from_row(row: &sqlx::any::AnyRow) -> Result<DeadLetter, StoreError> {
+    let corrupt =
+        |c: &str, e: serde_json::Error| StoreError::Corrupt(format!("dead_letters.{c}: {e}"));
+    Ok(DeadLetter {
+        id: row.try_get("id")?,
+        dlq_message_id: get_text(row, "dlq_message_id")?,
+        origin_message_id: get_opt_text(row, "origin_message_id")?,
+        stage: get_text(row, "stage")?,
+        reason: get_text(row, "reason")?,
+        attempts: row.try_get::<i64, _>("attempts")? as i32,
+        fingerprint: get_opt_text(row, "fingerprint")?,
+        record_type: get_opt_text(row, "record_type")?,
+        record_id: get_opt_text(row, "record_id")?,
+        last_error: get_opt_text(row, "last_error")?,
+        errors: serde_json::from_str(&get_text(row, "errors")?)
+            .map_err(|e| corrupt("errors", e))?,
+        data: row.try_get("data")?,
+        attributes: serde_json::from_str(&get_text(row, "attributes")?)
+            .map_err(|e| corrupt("attributes", e))?,
+        ordering_key: get_opt_text(row, "ordering_key")?,
+        source_subscription: get_opt_text(row, "source_subscription")?,
+        delivery_count: row
+            .try_get::<Option<i64>, _>("delivery_count")?
+            .map(|v| v as i32),
+        parked_at: get_text(row, "parked")?,
+        replay_count: row.try_get::<i64, _>("replay_count")? as i32,
+        replayed_at: get_opt_text(row, "replayed")?,
+    })
+}
+
+/// After this long a replay claim is considered abandoned (crashed replayer).
+const CLAIM_TTL: chrono::Duration = chrono::Duration::minutes(5);
+
+impl Store {
+    /// Parks a dead letter and records the audit row, in one transaction.
+    pub async fn park(&self, dl: &NewDeadLetter, audit: AuditRow) -> Result<Parked, StoreError> {
+        let d = self.dialect();
+        let errors = serde_json::to_string(&dl.errors)
+            .map_err(|e| StoreError::Corrupt(format!("errors: {e}")))?;
+        let attributes = serde_json::to_string(&dl.attributes)
+            .map_err(|e| StoreError::Corrupt(format!("attributes: {e}")))?;
+        let _guard = self.write_guard().await;
+        let mut tx = self.pool().begin().await?;
+        let mut result = Parked::AlreadyParked;
+        if let Some(row_id) = dl.replay_of {
+            // Reopen the replayed row unless this very dlq message did it already.
+            let n = sqlx::query(
+                "UPDATE dead_letters SET dlq_message_id = ?, reason = ?, attempts = ?, last_error = ?, \
+                 errors = ?, attributes = ?, replayed_at = NULL, replay_claimed_at = NULL \
+                 WHERE id = ? AND dlq_message_id <> ?",
+            )
+            .bind(dl.dlq_message_id.clone())
+            .bind(dl.reason.clone())
+            .bind(dl.attempts)
+            .bind(dl.last_error.clone())
+            .bind(errors.clone())
+            .bind(attributes.clone())
+            .bind(row_id)
+            .bind(dl.dlq_message_id.clone())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 1 {
+                result = Parked::Reopened;
+            } else {
+                let exists: Option<i64> =
+                    sqlx::query_scalar("SELECT id FROM dead_letters WHERE id = ?")
+                        .bind(row_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if exists.is_none() {
+                    // The row was purged: park it as new below.
+                    result = Parked::Inserted;
+                }
+            }
+        }
+        if dl.replay_of.is_none() || result == Parked::Inserted {
+            let n = sqlx::query(&format!(
+                "{} INTO dead_letters (dlq_message_id, origin_message_id, stage, reason, attempts, \
+                 fingerprint, record_type, record_id, last_error, errors, data, attributes, ordering_key, \
+                 source_subscription, delivery_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                d.insert_ignore()
+            ))
+            .bind(dl.dlq_message_id.clone())
+            .bind(dl.origin_message_id.clone())
+            .bind(dl.stage.clone())
+            .bind(dl.reason.clone())
+            .bind(dl.attempts)
+            .bind(dl.fingerprint.clone())
+            .bind(dl.record_type.clone())
+            .bind(dl.record_id.clone())
+            .bind(dl.last_error.clone())
+            .bind(errors)
+            .bind(dl.data.clone())
+            .bind(attributes)
+            .bind(dl.ordering_key.clone())
+            .bind(dl.source_subscription.clone())
+            .bind(dl.delivery_count)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            result = if n == 1 {
+                Parked::Inserted
+            } else {
+                Parked::AlreadyParked
+            };
+        }
+        if result != Parked::AlreadyParked {
+            ledger::insert_audit(&mut tx, &[audit]).await?;
+        }
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    pub async fn dead_letters(
+        &self,
+        f: &DlqFilter,
+        limit: i64,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut q: QueryBuilder<Any> = QueryBuilder::new(format!(
+            "SELECT {} FROM dead_letters WHERE 1 = 1",
+            columns(self)
+        ));
+        if !f.include_replayed {
+            q.push(" AND replayed_at IS NULL");
+        }
+        if !f.ids.is_empty() {
+            q.push(" AND id IN (");
+            let mut sep = q.separated(", ");
+            for id in &f.ids {
+                sep.push_bind(*id);
+            }
+            q.push(")");
+        }
+        for (col, v) in [
+            ("stage", &f.stage),
+            ("record_type", &f.record_type),
+            ("record_id", &f.record_id),
+            ("reason", &f.reason),
+        ] {
+            if let Some(v) = v {
+                q.push(format!(" AND {col} = "));
+                q.push_bind(v.clone());
+            }
+        }
+        q.push(" ORDER BY id LIMIT ");
+        q.push_bind(limit);
+        let rows = q.build().fetch_all(self.pool()).await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    pub async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {} FROM dead_letters WHERE id = ?",
+            columns(self)
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Claims a pending row for replay; false if it is replayed or claimed.
+    pub async fn claim_replay(&self, id: i64) -> Result<bool, StoreError> {
+        let d = self.dialect();
+        let now = Utc::now();
+        let _guard = self.write_guard().await;
+        let n = sqlx::query(
+            "UPDATE dead_letters SET replay_claimed_at = ? WHERE id = ? AND replayed_at IS NULL \
+             AND (replay_claimed_at IS NULL OR replay_claimed_at < ?)",
+        )
+        .bind(d.ts_value(&now))
+        .bind(id)
+        .bind(d.ts_value(&(now - CLAIM_TTL)))
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Marks a claimed row replayed (its publish succeeded).
+    pub async fn mark_replayed(&self, id: i64) -> Result<(), StoreError> {
+        let d = self.dialect();
+        let _guard = self.write_guard().await;
+        sqlx::query(
+            "UPDATE dead_letters SET replayed_at = ?, replay_claimed_at = NULL, \
+             replay_count = replay_count + 1 WHERE id = ?",
+        )
+        .bind(d.ts_value(&Utc::now()))
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Gives a claim back after a failed publish.
+    pub async fn release_replay(&self, id: i64) -> Result<(), StoreError> {
+        let _guard = self.write_guard().await;
+        sqlx::query("UPDATE dead_letters SET replay_claimed_at = NULL WHERE id = ?")
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Rows parked and not replayed (the `dead_letters_parked` gauge).
+    pub async fn pending_dead_letters(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NULL")
+                .fetch_one(self.pool())
+                .await?,
+        )
+    }
+}

@@ -1,0 +1,640 @@
+//! The Helm chart (`helm/event-backbone`) checked without Helm: Helm cannot be
+//! installed here, so this test reads the templates itself. It proves that
+//! every `.Values` path a template uses exists in `values.yaml`, that
+//! `values.yaml` passes `values.schema.json`, that every `BACKBONE__*`
+//! variable the chart sets is a setting the binary reads (and the chart's
+//! defaults load as a valid configuration), and that pods get more time to
+//! stop than the daemon takes to drain.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use event_backbone::config::{self, Settings};
+use serde_json::Value;
+
+fn chart_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/event-backbone")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+fn values() -> Value {
+    serde_norway::from_str(&read(&chart_dir().join("values.yaml"))).expect("values.yaml is YAML")
+}
+
+fn schema() -> Value {
+    serde_json::from_str(&read(&chart_dir().join("values.schema.json"))).expect("schema is JSON")
+}
+
+/// Every file under `templates/`, by name.
+fn templates() -> Vec<(String, String)> {
+    let mut out: Vec<_> = std::fs::read_dir(chart_dir().join("templates"))
+        .expect("templates/ exists")
+        .map(|e| e.expect("readable dir entry").path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                read(&p),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Walks a dotted path through nested objects; `None` if a segment is missing.
+fn lookup<'a>(root: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(root, |v, seg| v.as_object()?.get(seg))
+}
+
+/// The settings the binary reads, every key present (unset options as null):
+/// `default.toml` leaves optional keys commented out, so it cannot be the list.
+fn settings_keys() -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    config::load_from(dir.path(), &HashMap::new())
+        .expect("the built-in defaults load")
+        .redacted()
+}
+
+// ---------------------------------------------------------------------------
+// A small reader for Go-template actions: enough to follow `.Values` through
+// variables (`$c := .Values.config`), `with` and `range` blocks and defines.
+
+#[derive(Clone, Debug, PartialEq)]
+enum Ctx {
+    /// `.` is the chart root: `.Values.x` is a values path.
+    Root,
+    /// `.` is the values node at this path (inside `with .Values.x`).
+    Values(Vec<String>),
+    /// `.` is something this reader does not follow (a `range` element).
+    Unknown,
+}
+
+#[derive(Debug, PartialEq)]
+enum Block {
+    With,
+    Other,
+}
+
+/// The text of each `{{ … }}` action, trim markers and comments removed.
+fn actions(src: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = src;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let body = after.trim_start_matches('-').trim_start();
+        if body.starts_with("/*") {
+            let end = after.find("*/").map_or(after.len(), |i| i + 2);
+            let close = after[end..].find("}}").map_or(after.len(), |i| end + i + 2);
+            rest = &after[close..];
+            continue;
+        }
+        let Some(end) = after.find("}}") else { break };
+        let body = after[..end]
+            .trim()
+            .trim_start_matches('-')
+            .trim_end_matches('-');
+        out.push(strip_strings(body.trim()));
+        rest = &after[end + 2..];
+    }
+    out
+}
+
+/// Drops string literals, whose text ("cloudSqlProxy.instanceConnectionName
+/// is required") would otherwise read as field chains.
+fn strip_strings(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+                out.push_str("\"\"");
+            }
+            '`' => {
+                for c in chars.by_ref() {
+                    if c == '`' {
+                        break;
+                    }
+                }
+                out.push_str("\"\"");
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Field chains in an expression: `.a.b`, `$.a.b`, `$var.a.b` (with their
+/// leading `.`/`$`), skipping dots inside numbers and after `)`.
+fn chains(expr: &str) -> Vec<String> {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let bytes: Vec<char> = expr.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        let boundary = i == 0 || !(is_ident(bytes[i - 1]) || ")].$".contains(bytes[i - 1]));
+        if (c == '.' || c == '$') && boundary {
+            let mut j = i + 1;
+            while j < bytes.len() && (is_ident(bytes[j]) || bytes[j] == '.') {
+                j += 1;
+            }
+            out.push(
+                bytes[i..j]
+                    .iter()
+                    .collect::<String>()
+                    .trim_end_matches('.')
+                    .to_owned(),
+            );
+            i = j;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+fn segments(s: &str) -> Vec<String> {
+    s.split('.')
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The values path a chain names, if it names one.
+fn resolve(chain: &str, ctx: &Ctx, vars: &HashMap<String, Ctx>) -> Option<Vec<String>> {
+    if let Some(rest) = chain.strip_prefix("$.") {
+        let segs = segments(rest);
+        return (segs.first()? == "Values").then(|| segs[1..].to_vec());
+    }
+    if let Some(rest) = chain.strip_prefix('$') {
+        let (name, tail) = rest.split_once('.').unwrap_or((rest, ""));
+        return match vars.get(name)? {
+            Ctx::Values(base) => Some([base.clone(), segments(tail)].concat()),
+            _ => None,
+        };
+    }
+    let segs = segments(chain);
+    match ctx {
+        Ctx::Root if segs.first().is_some_and(|s| s == "Values") => Some(segs[1..].to_vec()),
+        Ctx::Values(base) if !segs.is_empty() => Some([base.clone(), segs].concat()),
+        _ => None,
+    }
+}
+
+/// Every `.Values` path one template file reads.
+fn value_paths(src: &str) -> BTreeSet<Vec<String>> {
+    let mut found = BTreeSet::new();
+    let mut vars: HashMap<String, Ctx> = HashMap::new();
+    // Each open block with the meaning of `.` inside it.
+    let mut stack: Vec<(Block, Ctx)> = Vec::new();
+    for action in actions(src) {
+        let ctx = stack.last().map_or(Ctx::Root, |(_, c)| c.clone());
+        let (keyword, arg) = action
+            .split_once(char::is_whitespace)
+            .unwrap_or((&action, ""));
+        let arg = arg.trim();
+        let mut paths_in = |expr: &str, ctx: &Ctx, vars: &HashMap<String, Ctx>| {
+            for chain in chains(expr) {
+                if let Some(p) = resolve(&chain, ctx, vars) {
+                    if !p.is_empty() {
+                        found.insert(p);
+                    }
+                }
+            }
+        };
+        match keyword {
+            "end" => {
+                stack.pop();
+            }
+            "define" | "block" => stack.push((Block::Other, Ctx::Root)),
+            "if" => {
+                paths_in(arg, &ctx, &vars);
+                stack.push((Block::Other, ctx));
+            }
+            "with" => {
+                paths_in(arg, &ctx, &vars);
+                let inner = match chains(arg).as_slice() {
+                    [only] if arg == only => {
+                        resolve(only, &ctx, &vars).map_or(Ctx::Unknown, Ctx::Values)
+                    }
+                    _ => Ctx::Unknown,
+                };
+                stack.push((Block::With, inner));
+            }
+            "range" => {
+                // `range $k, $v := X`: the element variables are not followed.
+                let expr = arg.rsplit_once(":=").map_or(arg, |(lhs, rhs)| {
+                    for v in lhs.split(',') {
+                        vars.insert(v.trim().trim_start_matches('$').to_owned(), Ctx::Unknown);
+                    }
+                    rhs
+                });
+                paths_in(expr, &ctx, &vars);
+                stack.push((Block::Other, Ctx::Unknown));
+            }
+            "else" => {
+                // `else` of a `with` runs with the outer `.`.
+                let outer = stack
+                    .len()
+                    .checked_sub(2)
+                    .map_or(Ctx::Root, |i| stack[i].1.clone());
+                paths_in(arg, &outer, &vars);
+                if let Some((Block::With, c)) = stack.last_mut() {
+                    *c = outer;
+                }
+            }
+            _ => {
+                if let Some((lhs, rhs)) = action.split_once(":=") {
+                    let name = lhs.trim().trim_start_matches('$').to_owned();
+                    let rhs = rhs.trim();
+                    paths_in(rhs, &ctx, &vars);
+                    let bound = resolve(rhs, &ctx, &vars)
+                        .filter(|_| chains(rhs).len() == 1 && !rhs.contains(' '))
+                        .map_or(Ctx::Unknown, Ctx::Values);
+                    vars.insert(name, bound);
+                } else {
+                    paths_in(&action, &ctx, &vars);
+                }
+            }
+        }
+    }
+    found
+}
+
+fn all_value_paths() -> BTreeSet<Vec<String>> {
+    templates()
+        .iter()
+        .flat_map(|(_, src)| value_paths(src))
+        .collect()
+}
+
+#[test]
+fn template_reader_follows_variables_and_with_blocks() {
+    let src = r#"{{- $c := .Values.config -}}
+{{ $c.pubsub.project_id | quote }}
+{{- with .Values.secrets.adminToken }}{{ .name }}{{ $.Values.ports.admin }}{{ else }}{{ .Values.env }}{{ end }}
+{{- range .Values.extraEnv }}{{ .name }}{{ end }}
+{{/* .Values.in.a.comment */}}
+{{ required "cloudSqlProxy.instanceConnectionName is required" .Values.cloudSqlProxy.enabled }}
+{{ include "x" . | nindent 4 }}{{ .Release.Name }}"#;
+    let got: Vec<String> = value_paths(src).into_iter().map(|p| p.join(".")).collect();
+    assert_eq!(
+        got,
+        [
+            "cloudSqlProxy.enabled",
+            "config",
+            "config.pubsub.project_id",
+            "env",
+            "extraEnv",
+            "ports.admin",
+            "secrets.adminToken",
+            "secrets.adminToken.name",
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// (a) template paths ↔ values.yaml
+
+#[test]
+fn every_values_path_in_the_chart_templates_exists_in_values_yaml() {
+    let values = values();
+    let mut missing = Vec::new();
+    let mut count = 0;
+    for (file, src) in templates() {
+        for path in value_paths(&src) {
+            count += 1;
+            if lookup(&values, &path).is_none() {
+                missing.push(format!("{file}: .Values.{}", path.join(".")));
+            }
+        }
+    }
+    // Guards against the reader silently finding nothing.
+    assert!(
+        count > 80,
+        "only {count} .Values paths found in the templates"
+    );
+    assert!(
+        missing.is_empty(),
+        "used in templates but not in values.yaml:\n{}",
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn every_key_in_chart_values_yaml_is_read_by_a_template() {
+    fn leaves(v: &Value, path: Vec<String>, out: &mut Vec<Vec<String>>) {
+        match v.as_object() {
+            Some(map) if !map.is_empty() => {
+                for (k, child) in map {
+                    leaves(child, [path.clone(), vec![k.clone()]].concat(), out);
+                }
+            }
+            _ => out.push(path),
+        }
+    }
+    let mut all = Vec::new();
+    leaves(&values(), Vec::new(), &mut all);
+    let used = all_value_paths();
+    // A leaf is read when a template reads it, a parent (toYaml), or below it.
+    let unused: Vec<String> = all
+        .iter()
+        .filter(|leaf| {
+            !used
+                .iter()
+                .any(|u| leaf.starts_with(u) || u.starts_with(leaf))
+        })
+        .map(|leaf| leaf.join("."))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "values.yaml keys no template reads: {unused:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// (b) values.yaml ↔ values.schema.json
+
+fn schema_errors(instance: &Value) -> Vec<String> {
+    let validator =
+        jsonschema::validator_for(&schema()).expect("values.schema.json is a valid schema");
+    validator
+        .iter_errors(instance)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect()
+}
+
+#[test]
+fn chart_values_yaml_validates_against_values_schema_json() {
+    let errors = schema_errors(&values());
+    assert!(
+        errors.is_empty(),
+        "values.yaml fails values.schema.json:\n{}",
+        errors.join("\n")
+    );
+}
+
+#[test]
+fn chart_schema_rejects_typos_and_bad_settings() {
+    type Mutation = fn(&mut Value);
+    let cases: [(&str, Mutation); 6] = [
+        ("unknown env", |v| v["env"] = "prod".into()),
+        ("misspelled config key", |v| {
+            v["config"]["pubsub"]["projectId"] = "x".into()
+        }),
+        ("retry attempts out of range", |v| {
+            v["config"]["retry"]["max_attempts"] = 0.into()
+        }),
+        ("duration without unit", |v| {
+            v["config"]["retry"]["max_backoff"] = "600".into()
+        }),
+        ("root allowed", |v| {
+            v["podSecurityContext"]["runAsNonRoot"] = false.into()
+        }),
+        ("unknown top-level key", |v| v["replicas"] = 3.into()),
+    ];
+    for (what, mutate) in cases {
+        let mut v = values();
+        mutate(&mut v);
+        assert!(
+            !schema_errors(&v).is_empty(),
+            "the schema accepted values with {what}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// (c) BACKBONE__* variables ↔ the binary's settings
+
+/// `BACKBONE__TARGETS__NETSUITE__TOKEN` → `targets.netsuite.token`.
+fn key_of_env_var(name: &str) -> Option<String> {
+    let rest = name.strip_prefix("BACKBONE__")?;
+    Some(
+        rest.split("__")
+            .map(str::to_lowercase)
+            .collect::<Vec<_>>()
+            .join("."),
+    )
+}
+
+/// `BACKBONE__*` names in a template, outside `{{/* … */}}` comments.
+fn backbone_env_vars(src: &str) -> BTreeSet<String> {
+    let mut code = String::new();
+    let mut rest = src;
+    while let Some(start) = rest.find("/*") {
+        code.push_str(&rest[..start]);
+        rest = rest[start..]
+            .find("*/")
+            .map_or("", |end| &rest[start + end + 2..]);
+    }
+    code.push_str(rest);
+    let is_name = |c: char| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_';
+    code.match_indices("BACKBONE__")
+        .map(|(i, _)| code[i..].chars().take_while(|&c| is_name(c)).collect())
+        .collect()
+}
+
+#[test]
+fn every_backbone_env_var_the_chart_sets_is_a_config_key() {
+    let keys = settings_keys();
+    let mut seen = 0;
+    let mut unknown = Vec::new();
+    for (file, src) in templates() {
+        for var in backbone_env_vars(&src) {
+            seen += 1;
+            let key = key_of_env_var(&var).expect("starts with BACKBONE__");
+            if lookup(&keys, &segments(&key)).is_none() {
+                unknown.push(format!("{file}: {var} (no setting `{key}`)"));
+            }
+        }
+    }
+    assert!(
+        seen > 20,
+        "only {seen} BACKBONE__ variables found in the templates"
+    );
+    assert!(
+        unknown.is_empty(),
+        "the chart sets variables the binary does not read:\n{}",
+        unknown.join("\n")
+    );
+}
+
+/// The `config:` block of values.yaml mirrors the settings, and configmap.yaml
+/// puts `config.a.b` into exactly `BACKBONE__A__B`.
+#[test]
+fn chart_config_values_map_to_their_own_env_vars() {
+    let keys = settings_keys();
+    let configmap = read(&chart_dir().join("templates/configmap.yaml"));
+    let mut with_path: Option<String> = None;
+    let mut mapped = BTreeSet::new();
+    for line in configmap.lines() {
+        if let Some(rest) = line.split("with $c.").nth(1) {
+            with_path = Some(
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+            continue;
+        }
+        let Some((var, expr)) = line.trim().split_once(": {{") else {
+            continue;
+        };
+        let path = match expr.split("$c.").nth(1) {
+            Some(rest) => rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            None if expr.trim_start().starts_with(". ") => match with_path.take() {
+                Some(p) => p,
+                None => continue,
+            },
+            None => continue,
+        };
+        assert_eq!(
+            var,
+            config::env_var_for_key(&path),
+            "configmap.yaml: {line}"
+        );
+        mapped.insert(path);
+    }
+    let mut leaves = Vec::new();
+    collect_leaves(&values()["config"], "", &mut leaves);
+    for leaf in &leaves {
+        assert!(
+            lookup(&keys, &segments(leaf)).is_some(),
+            "values.yaml config.{leaf} is not a setting"
+        );
+        assert!(
+            mapped.contains(leaf),
+            "values.yaml config.{leaf} is not rendered by configmap.yaml"
+        );
+    }
+}
+
+fn collect_leaves(v: &Value, prefix: &str, out: &mut Vec<String>) {
+    match v.as_object() {
+        Some(map) => {
+            for (k, child) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                collect_leaves(child, &path, out);
+            }
+        }
+        None => out.push(prefix.to_owned()),
+    }
+}
+
+/// The environment the chart's defaults give the daemon, rebuilt from
+/// values.yaml the way configmap.yaml and the database helper render it.
+fn chart_default_env(values: &Value, env: &str) -> HashMap<String, String> {
+    let mut leaves = Vec::new();
+    collect_leaves(&values["config"], "", &mut leaves);
+    let mut vars = HashMap::new();
+    for leaf in leaves {
+        let v = lookup(&values["config"], &segments(&leaf)).unwrap();
+        let s = match v {
+            Value::String(s) => s.clone(),
+            Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+                .join(","),
+            other => other.to_string(),
+        };
+        // Empty strings are not rendered (the env file's value applies).
+        if !s.is_empty() {
+            vars.insert(config::env_var_for_key(&leaf), s);
+        }
+    }
+    let db = &values["database"];
+    let port = |name: &str| values["ports"][name].as_u64().unwrap();
+    vars.extend([
+        ("BACKBONE_ENV".to_owned(), env.to_owned()),
+        (
+            "BACKBONE__HTTP__METRICS_ADDR".to_owned(),
+            format!("0.0.0.0:{}", port("metrics")),
+        ),
+        (
+            "BACKBONE__HTTP__ADMIN_ADDR".to_owned(),
+            format!("127.0.0.1:{}", port("admin")),
+        ),
+        (
+            "BACKBONE__SHUTDOWN__GRACE".to_owned(),
+            format!("{}s", values["shutdown"]["graceSeconds"].as_u64().unwrap()),
+        ),
+        (
+            "BACKBONE__DATABASE__URL".to_owned(),
+            format!(
+                "mysql://{}:not-a-real-password@{}:{}/{}",
+                db["user"].as_str().unwrap(),
+                db["host"].as_str().unwrap(),
+                db["port"],
+                db["name"].as_str().unwrap()
+            ),
+        ),
+    ]);
+    vars
+}
+
+#[test]
+fn chart_defaults_load_as_a_valid_configuration() {
+    let values = values();
+    let dir = tempfile::tempdir().unwrap();
+    for env in ["sandbox", "production"] {
+        let settings: Settings = config::load_from(dir.path(), &chart_default_env(&values, env))
+            .unwrap_or_else(|e| panic!("the chart's defaults for {env} do not load: {e}"));
+        assert_eq!(settings.env.as_str(), env);
+        assert_eq!(
+            settings.shutdown.grace.as_secs(),
+            values["shutdown"]["graceSeconds"].as_u64().unwrap()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// (d) the kubelet waits longer than the drain
+
+#[test]
+fn chart_termination_grace_exceeds_the_drain_grace() {
+    let values = values();
+    let tgps = values["terminationGracePeriodSeconds"].as_u64().unwrap();
+    let chart_grace = values["shutdown"]["graceSeconds"].as_u64().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let default_grace = config::load_from(dir.path(), &HashMap::new())
+        .unwrap()
+        .shutdown
+        .grace
+        .as_secs();
+    // 5 s is the margin deployment.yaml's `fail` demands for the publisher
+    // flush and the proxy sidecar stopping after the daemon.
+    assert!(
+        tgps >= chart_grace + 5,
+        "terminationGracePeriodSeconds {tgps} <= shutdown.graceSeconds {chart_grace} + 5"
+    );
+    assert!(tgps > default_grace, "terminationGracePeriodSeconds {tgps} <= the binary's default shutdown.grace {default_grace}s");
+
+    let deployment = read(&chart_dir().join("templates/deployment.yaml"));
+    assert!(deployment.contains("terminationGracePeriodSeconds: {{ $tgps }}"));
+    assert!(
+        deployment.contains("{{- fail"),
+        "deployment.yaml must refuse a terminationGracePeriodSeconds below the drain grace"
+    );
+}

@@ -1,0 +1,541 @@
+//! Retry with backoff, dead-lettering after five executions, parking, and
+//! replay — through the real emulator, on SQLite and MariaDB, and against the
+//! real binary for the signal tests.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use event_backbone::pubsub::clients;
+use event_backbone::store::Store;
+use event_backbone::topology::{ConsumerKind, TopicKind};
+use serde_json::json;
+
+use crate::support::*;
+
+const FAST: &[(&str, &str)] = &[
+    ("BACKBONE__RETRY__INITIAL_BACKOFF", "200ms"),
+    ("BACKBONE__RETRY__MULTIPLIER", "2"),
+    ("BACKBONE__RETRY__MAX_BACKOFF", "1s"),
+];
+
+async fn audit_times(store: &Store, fp_like: &str, outcome: &str) -> Vec<(i64, String)> {
+    let d = store.dialect();
+    let sql = format!(
+        "SELECT attempt, {} AS t FROM event_audit_log WHERE record_id = ? AND processing_outcome = ? ORDER BY id",
+        d.ts("created_at")
+    );
+    sqlx::query_as::<_, (i32, String)>(&sql)
+        .bind(fp_like.to_string())
+        .bind(outcome.to_string())
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(a, t)| (a as i64, t))
+        .collect()
+}
+
+fn parse_ts(s: &str) -> DateTime<Utc> {
+    // SQLite keeps milliseconds in created_at, MariaDB microseconds.
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+async fn exhausted_after_five(db: Db) {
+    let Some(tdb) = fresh_db(db).await else {
+        return;
+    };
+    let project = unique_project();
+    let s = settings(&project, &tdb.url, FAST);
+    let t = s.topology();
+    let running = start(s.clone()).await;
+    let store = event_backbone::app::connect_store(&s).await.unwrap();
+    let p = publishers(&t).await;
+    // base_version 3 on a record that does not exist: transient every time.
+    publish_raw(
+        &p,
+        &raw_event(
+            "suitex",
+            "retry",
+            "r1",
+            3,
+            "2026-03-13T10:00:00Z",
+            json!({"a": 1}),
+        ),
+    )
+    .await;
+    assert!(
+        eventually(Duration::from_secs(40), || async {
+            count(&store, "SELECT COUNT(*) FROM dead_letters").await == 1
+        })
+        .await,
+        "the message was parked"
+    );
+    let dl = store
+        .dead_letters(&Default::default(), 10)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(dl.reason, "exhausted");
+    assert_eq!(dl.stage, "merge");
+    assert_eq!(dl.attempts, 5);
+    assert_eq!(
+        dl.errors.len(),
+        5,
+        "one error entry per execution: {:?}",
+        dl.errors
+    );
+    assert_eq!(dl.record_type.as_deref(), Some("retry"));
+    // Exactly five executions of the stage.
+    let runs = audit_times(&store, "r1", "transient").await;
+    assert_eq!(
+        runs.iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    // Gaps follow the schedule: ≥ 200, 400, 800, 1000 ms (lower bounds only).
+    let times: Vec<DateTime<Utc>> = runs.iter().map(|r| parse_ts(&r.1)).collect();
+    for (i, min_ms) in [200i64, 400, 800, 1000].iter().enumerate() {
+        let gap = (times[i + 1] - times[i]).num_milliseconds();
+        assert!(
+            gap >= min_ms - 5,
+            "gap before execution {} was {gap} ms, expected ≥ {min_ms}",
+            i + 2
+        );
+    }
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM event_audit_log WHERE stage = 'park' AND processing_outcome = 'parked'").await,
+        1
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn always_transient_runs_exactly_five_times_then_parks_sqlite() {
+    exhausted_after_five(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn always_transient_runs_exactly_five_times_then_parks_mariadb() {
+    exhausted_after_five(Db::Mariadb).await;
+}
+
+async fn fails_twice_then_succeeds(db: Db) {
+    let Some(tdb) = fresh_db(db).await else {
+        return;
+    };
+    let project = unique_project();
+    let s = settings(
+        &project,
+        &tdb.url,
+        &[
+            ("BACKBONE__RETRY__INITIAL_BACKOFF", "1s"),
+            ("BACKBONE__RETRY__MAX_BACKOFF", "2s"),
+        ],
+    );
+    let t = s.topology();
+    let running = start(s.clone()).await;
+    let store = event_backbone::app::connect_store(&s).await.unwrap();
+    let p = publishers(&t).await;
+    let merged = tap(&t, TopicKind::Merged).await;
+    publish_raw(
+        &p,
+        &raw_event(
+            "suitex",
+            "retry",
+            "r2",
+            1,
+            "2026-03-13T10:00:00Z",
+            json!({"b": 2}),
+        ),
+    )
+    .await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            audit_times(&store, "r2", "transient").await.len() == 2
+        })
+        .await
+    );
+    // The missing event arrives: the third execution succeeds.
+    publish_raw(
+        &p,
+        &raw_event(
+            "netsuite",
+            "retry",
+            "r2",
+            0,
+            "2026-03-13T09:00:00Z",
+            json!({"a": 1}),
+        ),
+    )
+    .await;
+    let got = merged.collect(2, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 2);
+    let merged_rows = audit_times(&store, "r2", "merged").await;
+    assert!(
+        merged_rows.iter().any(|(attempt, _)| *attempt == 3),
+        "third execution merged: {merged_rows:?}"
+    );
+    assert_eq!(audit_times(&store, "r2", "transient").await.len(), 2);
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM dead_letters").await, 0);
+    assert_eq!(count(&store, "SELECT version FROM record_state").await, 2);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn fails_twice_then_succeeds_sqlite() {
+    fails_twice_then_succeeds(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn fails_twice_then_succeeds_mariadb() {
+    fails_twice_then_succeeds(Db::Mariadb).await;
+}
+
+#[tokio::test]
+async fn invalid_message_is_parked_after_one_execution() {
+    let tdb = fresh_db(Db::Sqlite).await.unwrap();
+    let project = unique_project();
+    let s = settings(&project, &tdb.url, FAST);
+    let t = s.topology();
+    let running = start(s.clone()).await;
+    let store = event_backbone::app::connect_store(&s).await.unwrap();
+    let p = publishers(&t).await;
+    p.publish_to(
+        TopicKind::Raw,
+        Bytes::from_static(b"definitely not json"),
+        HashMap::new(),
+        "",
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            count(&store, "SELECT COUNT(*) FROM dead_letters").await == 1
+        })
+        .await
+    );
+    let dl = store
+        .dead_letters(&Default::default(), 10)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(dl.reason, "invalid");
+    assert_eq!(dl.attempts, 1);
+    assert_eq!(dl.data, b"definitely not json");
+    assert!(dl.last_error.unwrap().contains("`data`"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM event_audit_log WHERE stage = 'merge' AND processing_outcome = 'invalid'").await,
+        1,
+        "exactly one execution"
+    );
+    running.stop().await;
+}
+
+/// The broker itself dead-letters a message nacked past max delivery
+/// attempts (on the unordered retry subscription: the emulator breaks when
+/// this happens on an ordered one). The park consumer records its source.
+#[tokio::test]
+async fn broker_dead_lettered_message_is_parked_with_its_source() {
+    let tdb = fresh_db(Db::Sqlite).await.unwrap();
+    let project = unique_project();
+    let s = settings(
+        &project,
+        &tdb.url,
+        &[("BACKBONE__CONSUMERS__RETRY__ENABLED", "false")],
+    );
+    let t = s.topology();
+    let running = start(s.clone()).await;
+    let store = event_backbone::app::connect_store(&s).await.unwrap();
+    let p = publishers(&t).await;
+    p.publish_to(
+        TopicKind::Error,
+        Bytes::from(raw_event(
+            "suitex",
+            "broker",
+            "b1",
+            0,
+            "2026-03-13T10:00:00Z",
+            json!({"a": 1}),
+        )),
+        HashMap::new(),
+        "",
+    )
+    .await
+    .unwrap();
+    // A consumer that keeps failing without routing: nack every delivery.
+    let sub = clients::subscriber(&endpoint()).await.unwrap();
+    let retry_sub = t.subscription_path(ConsumerKind::Retry);
+    let nacker = tokio::spawn(async move {
+        let mut stream = sub.subscribe(retry_sub).build();
+        while let Some(Ok((_m, h))) = stream.next().await {
+            h.nack();
+        }
+    });
+    let parked = eventually(Duration::from_secs(120), || async {
+        count(&store, "SELECT COUNT(*) FROM dead_letters").await == 1
+    })
+    .await;
+    nacker.abort();
+    assert!(
+        parked,
+        "the broker dead-lettered the message and it was parked"
+    );
+    let dl = store
+        .dead_letters(&Default::default(), 10)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        dl.source_subscription.as_deref(),
+        Some(t.subscription_path(ConsumerKind::Retry).as_str())
+    );
+    assert!(
+        dl.delivery_count.unwrap_or(0) >= 5,
+        "{:?}",
+        dl.delivery_count
+    );
+    assert_eq!(dl.reason, "exhausted");
+    assert_eq!(dl.record_id.as_deref(), Some("b1"));
+    running.stop().await;
+}
+
+/// The daemon as a child process (the real binary, real signals).
+struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    fn spawn(project: &str, db_url: &str, extra: &[(&str, &str)]) -> Daemon {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_event-backbone"));
+        cmd.arg("run")
+            .env("BACKBONE_ENV", "local")
+            .env("PUBSUB_EMULATOR_HOST", emulator_host())
+            .env("BACKBONE__PUBSUB__PROJECT_ID", project)
+            .env("BACKBONE__DATABASE__URL", db_url)
+            .env("BACKBONE__HTTP__METRICS_ADDR", "127.0.0.1:0")
+            .env("BACKBONE__SHUTDOWN__GRACE", "3s")
+            .env("BACKBONE_CONFIG_DIR", config_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        Daemon {
+            child: cmd.spawn().expect("spawn event-backbone run"),
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    fn wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn pending(store: &Store) -> i64 {
+    count(
+        store,
+        "SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NULL",
+    )
+    .await
+}
+
+/// SIGUSR1 replays every parked row: with the fault still there they come
+/// back (replay count grows); once it is cleared they succeed.
+#[tokio::test]
+async fn sigusr1_replays_parked_dead_letters() {
+    let tdb = fresh_db(Db::Sqlite).await.unwrap();
+    let project = unique_project();
+    let s = settings(&project, &tdb.url, FAST);
+    let t = s.topology();
+    event_backbone::pubsub::provision::provision(&t, &endpoint())
+        .await
+        .unwrap();
+    let store = event_backbone::app::connect_store(&s).await.unwrap();
+    store.migrate().await.unwrap();
+    let daemon = Daemon::spawn(&project, &tdb.url, FAST);
+    let p = publishers(&t).await;
+    // Fault: base_version ahead on two records.
+    for r in ["s1", "s2"] {
+        publish_raw(
+            &p,
+            &raw_event(
+                "suitex",
+                "sig",
+                r,
+                1,
+                "2026-03-13T10:00:00Z",
+                json!({"v": r}),
+            ),
+        )
+        .await;
+    }
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            pending(&store).await == 2
+        })
+        .await,
+        "both parked"
+    );
+
+    // Replay with the fault still there: they die again and come back.
+    daemon.signal("-USR1");
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            count(
+                &store,
+                "SELECT COUNT(*) FROM dead_letters WHERE replay_count = 1 AND replayed_at IS NULL",
+            )
+            .await
+                == 2
+        })
+        .await,
+        "replayed once and parked again"
+    );
+    daemon.signal("-USR1");
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            count(
+                &store,
+                "SELECT COUNT(*) FROM dead_letters WHERE replay_count = 2 AND replayed_at IS NULL",
+            )
+            .await
+                == 2
+        })
+        .await,
+        "came back with replay count 2"
+    );
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM dead_letters").await,
+        2,
+        "rows are reopened, not duplicated"
+    );
+
+    // Clear the fault (the missing first events arrive), then replay.
+    for r in ["s1", "s2"] {
+        publish_raw(
+            &p,
+            &raw_event(
+                "netsuite",
+                "sig",
+                r,
+                0,
+                "2026-03-13T09:00:00Z",
+                json!({"w": 1}),
+            ),
+        )
+        .await;
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            count(
+                &store,
+                "SELECT COUNT(*) FROM record_state WHERE version = 1",
+            )
+            .await
+                == 2
+        })
+        .await
+    );
+    daemon.signal("-USR1");
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            count(
+                &store,
+                "SELECT COUNT(*) FROM record_state WHERE version = 2",
+            )
+            .await
+                == 2
+        })
+        .await,
+        "replayed events merged"
+    );
+    assert_eq!(pending(&store).await, 0, "rows marked replayed");
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NOT NULL AND replay_count = 3"
+        )
+        .await,
+        2
+    );
+    daemon.signal("-TERM");
+    assert!(daemon.wait().success(), "SIGTERM exits 0");
+}
+
+/// Killing the daemon while a retry is held loses nothing: after a restart
+/// the message is retried (here: parked once its attempts are used up).
+#[tokio::test]
+async fn kill_while_retry_is_held_loses_nothing() {
+    let tdb = fresh_db(Db::Sqlite).await.unwrap();
+    let project = unique_project();
+    let slow: &[(&str, &str)] = &[
+        ("BACKBONE__RETRY__INITIAL_BACKOFF", "3s"),
+        ("BACKBONE__RETRY__MAX_BACKOFF", "3s"),
+        ("BACKBONE__RETRY__MAX_ATTEMPTS", "2"),
+    ];
+    let s = settings(&project, &tdb.url, slow);
+    let t = s.topology();
+    event_backbone::pubsub::provision::provision(&t, &endpoint())
+        .await
+        .unwrap();
+    let store = event_backbone::app::connect_store(&s).await.unwrap();
+    store.migrate().await.unwrap();
+    let daemon = Daemon::spawn(&project, &tdb.url, slow);
+    let p = publishers(&t).await;
+    publish_raw(
+        &p,
+        &raw_event(
+            "suitex",
+            "kill",
+            "k1",
+            4,
+            "2026-03-13T10:00:00Z",
+            json!({"a": 1}),
+        ),
+    )
+    .await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            audit_times(&store, "k1", "transient").await.len() == 1
+        })
+        .await,
+        "first execution failed and the retry is now held"
+    );
+    daemon.signal("-KILL");
+    let _ = daemon.wait();
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM dead_letters").await, 0);
+    let _daemon = Daemon::spawn(&project, &tdb.url, slow);
+    // The held lease expires (ack deadline), the message is redelivered to
+    // the new process, runs its second and last execution, and is parked.
+    assert!(
+        eventually(Duration::from_secs(150), || async {
+            count(&store, "SELECT COUNT(*) FROM dead_letters").await == 1
+        })
+        .await,
+        "the held message was retried after the restart"
+    );
+    assert_eq!(audit_times(&store, "k1", "transient").await.len(), 2);
+}
