@@ -212,6 +212,20 @@ impl Application {
                 },
             });
         }
+        // The gauge must show what is parked from the first scrape on, not
+        // only after this process parks something.
+        match self.store.pending_dead_letters().await {
+            Ok(n) => crate::metrics::metrics().dead_letters_parked.set(n),
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not count parked dead letters at startup.")
+            }
+        }
+        crate::metrics::metrics().prime(
+            &consumers
+                .iter()
+                .map(|c| c.spec.label.clone())
+                .collect::<Vec<_>>(),
+        );
         let supervisor = Supervisor {
             subscriber: clients::subscriber(&self.endpoint).await?,
             admin: clients::subscription_admin(&self.endpoint).await?,

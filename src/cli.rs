@@ -38,6 +38,8 @@ pub enum Command {
     Events(commands::events::Args),
     /// Compare every record's live projection with a full replay; exit 1 on drift.
     Verify(commands::verify::Args),
+    /// Run the scripted story of SPEC §9 on the embedded default (emulator, SQLite, stand-in targets).
+    Demo(commands::demo::Args),
 }
 
 /// Parses arguments, runs the command, returns the process exit code.
@@ -70,7 +72,10 @@ async fn dispatch(cmd: Command) -> i32 {
             return 2;
         }
     };
-    crate::telemetry::init(&settings);
+    // The demo logs the daemon to a file of its own: stdout tells the story.
+    if !matches!(cmd, Command::Demo(_)) {
+        crate::telemetry::init(&settings);
+    }
     let result = match cmd {
         Command::Run => commands::run::run(settings).await,
         Command::Provision => commands::provision::run(settings).await,
@@ -81,6 +86,7 @@ async fn dispatch(cmd: Command) -> i32 {
         Command::Dlq(a) => commands::dlq::run(settings, a).await,
         Command::Events(a) => commands::events::run(settings, a).await,
         Command::Verify(a) => commands::verify::run(settings, a).await,
+        Command::Demo(a) => commands::demo::run(settings, a).await,
     };
     match result {
         Ok(code) => code,

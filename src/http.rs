@@ -10,7 +10,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
+use sqlx::{AnyConnection, Connection};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -18,10 +20,49 @@ use crate::metrics::metrics;
 use crate::store::Store;
 use crate::supervisor::Health;
 
+/// Longest a readiness check waits for the database (the chart's probe
+/// timeout is 3 s; answering 503 in time beats a probe timeout).
+const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Clone)]
 struct Ctx {
     store: Store,
     health: Arc<Health>,
+    db: Arc<DbProbe>,
+}
+
+/// Readiness's view of the database, over its own connection: a pool whose
+/// connections are all busy in merge batches is not a database that is
+/// down, and must not make the pod unready under load.
+struct DbProbe {
+    url: SecretString,
+    conn: tokio::sync::Mutex<Option<AnyConnection>>,
+}
+
+impl DbProbe {
+    /// `SELECT 1`, reconnecting when needed; a broken or timed-out
+    /// connection is dropped so the next check starts afresh.
+    async fn check(&self) -> Result<(), String> {
+        let attempt = async {
+            let mut guard = self.conn.lock().await;
+            // Taken out while in use: an error or a timeout drops it.
+            let mut conn = match guard.take() {
+                Some(c) => c,
+                None => AnyConnection::connect(self.url.expose_secret()).await?,
+            };
+            sqlx::query("SELECT 1").execute(&mut conn).await?;
+            *guard = Some(conn);
+            Ok::<(), sqlx::Error>(())
+        };
+        match tokio::time::timeout(DB_CHECK_TIMEOUT, attempt).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "no answer within {}",
+                humantime::format_duration(DB_CHECK_TIMEOUT)
+            )),
+        }
+    }
 }
 
 /// Binds the metrics address and serves until `shutdown`.
@@ -35,11 +76,22 @@ pub async fn serve(
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(Ctx { store, health });
+        .with_state(Ctx {
+            store,
+            health: health.clone(),
+            db: Arc::new(DbProbe {
+                url: settings.database.url.clone(),
+                conn: tokio::sync::Mutex::new(None),
+            }),
+        });
     let listener = tokio::net::TcpListener::bind(&settings.http.metrics_addr)
         .await
         .with_context(|| format!("binding http.metrics_addr {}", settings.http.metrics_addr))?;
-    tracing::info!(addr = %settings.http.metrics_addr, "Serving /metrics, /healthz and /readyz.");
+    let addr = listener
+        .local_addr()
+        .context("reading the bound metrics address")?;
+    health.set_metrics_addr(addr);
+    tracing::info!(addr = %addr, "Serving /metrics, /healthz and /readyz.");
     Ok(tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -54,6 +106,13 @@ async fn metrics_text(State(ctx): State<Ctx>) -> impl IntoResponse {
     let g = &metrics().db_pool_connections;
     g.with_label_values(&["idle"]).set(idle);
     g.with_label_values(&["in_use"]).set(size - idle);
+    // Dead letters are parked and replayed by every replica and by the CLI:
+    // recount them so the gauge is true here too (skipped if the DB is slow).
+    if let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_secs(1), ctx.store.pending_dead_letters()).await
+    {
+        metrics().dead_letters_parked.set(n);
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -75,15 +134,12 @@ async fn healthz(State(ctx): State<Ctx>) -> impl IntoResponse {
 }
 
 async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
-    let db = tokio::time::timeout(Duration::from_secs(2), ctx.store.ping()).await;
-    let db_ok = matches!(db, Ok(Ok(())));
+    let db = ctx.db.check().await;
     let consumers = ctx.health.snapshot();
-    let ready = db_ok && ctx.health.all_up();
+    let ready = db.is_ok() && ctx.health.all_up();
     let body = Json(json!({
         "ready": ready,
-        "database": if db_ok { "ok".to_string() } else {
-            match db { Ok(Err(e)) => e.to_string(), _ => "timed out".to_string() }
-        },
+        "database": match &db { Ok(()) => "ok".to_string(), Err(e) => e.clone() },
         "consumers": consumers,
     }));
     let status = if ready {

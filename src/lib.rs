@@ -9,6 +9,7 @@ pub mod app;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod demo;
 pub mod dlq;
 pub mod history;
 pub mod http;

@@ -157,12 +157,56 @@ impl Metrics {
         Ok(m)
     }
 
+    /// Creates every bounded label combination at zero, so each series is
+    /// scraped (and `rate()` or absence alerts work) before its first event.
+    pub fn prime(&self, subscriptions: &[String]) {
+        for s in subscriptions {
+            let s = [s.as_str()];
+            self.messages_received.with_label_values(&s);
+            self.inflight.with_label_values(&s);
+            self.consumer_restarts.with_label_values(&s);
+            self.processing_duration.with_label_values(&s);
+        }
+        for topic in ["raw", "merged", "error", "dlq"] {
+            self.published.with_label_values(&[topic]);
+            self.publish_errors.with_label_values(&[topic]);
+        }
+        self.publish_errors.with_label_values(&["refused"]);
+        for stage in STAGES {
+            self.retry_attempts.with_label_values(&[stage]);
+            for reason in ["invalid", "permanent", "exhausted"] {
+                self.dead_letters.with_label_values(&[stage, reason]);
+            }
+        }
+        for state in ["idle", "in_use"] {
+            self.db_pool_connections.with_label_values(&[state]);
+        }
+    }
+
     /// Text exposition format for `/metrics`.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Stages that run handlers (the `stage` label's values besides `other`).
+const STAGES: [&str; 4] = ["merge", "deliver.netsuite", "deliver.suitex", "park"];
+
+/// The `stage` label for a stage name. Names can come from a message's
+/// attributes (the retry envelope), so anything unknown is folded into
+/// `other` to keep the label bounded.
+pub fn stage_label(stage: &str) -> &'static str {
+    match stage {
+        "merge" => "merge",
+        "deliver.netsuite" => "deliver.netsuite",
+        "deliver.suitex" => "deliver.suitex",
+        // The retry router rejects envelopes as stage `retry`.
+        "retry" => "retry",
+        "park" => "park",
+        _ => "other",
     }
 }
 

@@ -1,8 +1,9 @@
 //! The supervisor: one task per enabled consumer, restarted with backoff when
 //! its stream fails or it panics, and the readiness state `/readyz` reports.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use google_cloud_pubsub::client::{Subscriber, SubscriptionAdmin};
@@ -19,6 +20,10 @@ pub struct Health {
     consumers: Mutex<BTreeMap<String, ConsumerState>>,
     /// Bumped by the supervisor loop; `/healthz` checks it is recent.
     heartbeat: Mutex<Option<Instant>>,
+    /// The running task of each consumer, so it can be killed like a crash.
+    tasks: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// Where `/metrics` ended up listening (the port may have been 0).
+    metrics_addr: OnceLock<SocketAddr>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -55,6 +60,37 @@ impl Health {
     pub fn all_up(&self) -> bool {
         let c = self.snapshot();
         !c.is_empty() && c.values().all(|s| s.up)
+    }
+
+    /// Aborts a consumer's task as a crash would; the supervisor counts it
+    /// and restarts the consumer. Returns false when no such task runs.
+    /// For tests of supervision, and to bounce a stuck consumer.
+    pub fn kill_consumer(&self, label: &str) -> bool {
+        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        match tasks.get(label) {
+            Some(h) if !h.is_finished() => {
+                h.abort();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn track(&self, label: &str, task: tokio::task::AbortHandle) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(label.to_string(), task);
+    }
+
+    /// Records the bound metrics address (first call wins).
+    pub fn set_metrics_addr(&self, addr: SocketAddr) {
+        let _ = self.metrics_addr.set(addr);
+    }
+
+    /// The address `/metrics`, `/healthz` and `/readyz` are served on, once bound.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr.get().copied()
     }
 
     pub fn beat(&self) {
@@ -162,6 +198,7 @@ impl Supervisor {
                 )
                 .await
             });
+            self.health.track(&label, task.abort_handle());
             let outcome = task.await;
             self.health.set(&label, false, "stopped");
             let reason = match outcome {

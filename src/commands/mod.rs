@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod check_config;
+pub mod demo;
 pub mod dlq;
 pub mod events;
 pub mod migrate;

@@ -4,10 +4,12 @@
 //! infrastructure is unreachable or we are shutting down (SPEC §2 trap b).
 
 use std::hash::{Hash, Hasher};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use google_cloud_pubsub::client::Subscriber;
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::Handler;
@@ -18,11 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::publisher::Publishers;
-use crate::metrics::metrics;
+use crate::metrics::{metrics, stage_label};
 use crate::model::envelope::{self, FailureInfo};
 use crate::model::fingerprint::fingerprint_bytes;
 use crate::outbox_relay::OutboxCompleter;
-use crate::stages::{ErrorClass, Failure, Incoming, Outcome, Route, Router, Stage};
+use crate::stages::{ErrorClass, Failure, Incoming, Outcome, Route, Router, Stage, StageError};
 use crate::topology::TopicKind;
 
 /// What the runtime needs besides the stage.
@@ -44,7 +46,23 @@ impl Runtime {
     /// Runs `stage` on `msg` and carries out the outcome; returns the broker
     /// action and the outcome label for metrics.
     pub async fn execute(&self, stage: &dyn Stage, msg: &Incoming) -> (Action, &'static str) {
-        let result = stage.handle(msg).await;
+        // A panicking stage (a bug tripped by one poison message) must not
+        // take its lane down: it becomes a transient failure, so the message
+        // goes the retry path and is dead-lettered if it keeps panicking.
+        let result = match AssertUnwindSafe(stage.handle(msg)).catch_unwind().await {
+            Ok(r) => r,
+            Err(panic) => {
+                let what = panic_message(panic.as_ref());
+                tracing::error!(stage = stage.name(), panic = %what, "Stage panicked while handling a message; routing it to the retry path.");
+                Err(Failure {
+                    error: StageError::transient(format!(
+                        "stage {} panicked: {what}",
+                        stage.name()
+                    )),
+                    fingerprint: None,
+                })
+            }
+        };
         let fp = match &result {
             Ok(o) => o.fingerprint.as_deref(),
             Err(f) => f.fingerprint.as_deref(),
@@ -153,12 +171,15 @@ impl Runtime {
                     Some(reason) => {
                         metrics()
                             .dead_letters
-                            .with_label_values(&[stage, reason])
+                            .with_label_values(&[stage_label(stage), reason])
                             .inc();
                         tracing::warn!(stage, reason, attempt = msg.execution, error = %err, "Message dead-lettered.");
                     }
                     None => {
-                        metrics().retry_attempts.with_label_values(&[stage]).inc();
+                        metrics()
+                            .retry_attempts
+                            .with_label_values(&[stage_label(stage)])
+                            .inc();
                         tracing::info!(stage, attempt = msg.execution, error = %err, "Message failed; sent to the retry path.");
                     }
                 }
@@ -170,6 +191,36 @@ impl Runtime {
             }
         }
     }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a format string).
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+/// The W3C trace context of a message, if its publisher sent one: the
+/// `googclient_traceparent` attribute the Google client libraries add when
+/// OpenTelemetry is on, or a plain `traceparent`. Returns (trace id, span id).
+pub fn trace_context(
+    attributes: &std::collections::HashMap<String, String>,
+) -> Option<(String, String)> {
+    let tp = attributes
+        .get("googclient_traceparent")
+        .or_else(|| attributes.get("traceparent"))?;
+    // version-traceid-spanid-flags, e.g. 00-4bf9…4736-00f0…02b7-01
+    let mut parts = tp.trim().split('-');
+    let (_version, trace, span) = (parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex(trace, 32) || !hex(span, 16) || trace.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    Some((trace.to_ascii_lowercase(), span.to_ascii_lowercase()))
 }
 
 /// One consumer: a subscription and what handles its messages.
@@ -198,6 +249,8 @@ pub enum ConsumerError {
     },
     #[error("streaming pull on {0} ended")]
     Ended(String),
+    #[error("a worker lane of {0} stopped unexpectedly")]
+    LaneDied(String),
 }
 
 impl From<&Message> for Incoming {
@@ -294,7 +347,11 @@ pub async fn run(
                     (hasher.finish() % lanes.len() as u64) as usize
                 };
                 if let Err(mpsc::error::SendError((_, h))) = lanes[lane].send((m, h)) {
+                    // The lane's task is gone (it can only end this way by a
+                    // panic in the runtime itself): stop, so the supervisor
+                    // restarts the whole consumer rather than nacking forever.
                     h.nack();
+                    break Err(ConsumerError::LaneDied(spec.label.clone()));
                 }
             }
             Some(Err(e)) => {
@@ -339,7 +396,13 @@ async fn handle_one(
         subscription = %label,
         ordering_key = %m.ordering_key,
         fingerprint = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
+    if let Some((trace, span_id)) = trace_context(&m.attributes) {
+        span.record("trace_id", trace.as_str());
+        span.record("span_id", span_id.as_str());
+    }
     let m_inflight = metrics().inflight.with_label_values(&[label]);
     m_inflight.inc();
     let (action, outcome) = async {

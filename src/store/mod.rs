@@ -196,6 +196,11 @@ impl Store {
                     match backend {
                         Backend::Mysql => {
                             conn.execute("SET time_zone = '+00:00'").await?;
+                            // No gap locks: the unique keys (claim, sequence)
+                            // already serialise replicas, and gap locks only
+                            // add deadlocks between merge batches.
+                            conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                                .await?;
                             conn.execute(
                                 "SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')",
                             )

@@ -7,6 +7,7 @@ mod chart;
 mod deliver;
 mod history;
 mod merge_e2e;
+mod ops;
 mod retry_dlq;
 mod snapshots;
 mod store_mariadb;

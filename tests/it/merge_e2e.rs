@@ -234,7 +234,10 @@ async fn racing_replicas(db: Db) {
     let s = settings(
         &project,
         &tdb.url,
-        &[("BACKBONE__RETRY__INITIAL_BACKOFF", "100ms"), ("BACKBONE__RETRY__MAX_BACKOFF", "500ms")],
+        &[
+            ("BACKBONE__RETRY__INITIAL_BACKOFF", "100ms"),
+            ("BACKBONE__RETRY__MAX_BACKOFF", "500ms"),
+        ],
     );
     let t = s.topology();
     let a = start(s.clone()).await;

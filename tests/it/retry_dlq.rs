@@ -293,9 +293,11 @@ async fn broker_dead_lettered_message_is_parked_with_its_source() {
         .unwrap()
         .pop()
         .unwrap();
-    assert_eq!(
-        dl.source_subscription.as_deref(),
-        Some(t.subscription_path(ConsumerKind::Retry).as_str())
+    // The broker names the subscription (the emulator by id, Cloud by path).
+    let source = dl.source_subscription.clone().unwrap_or_default();
+    assert!(
+        source.ends_with(&t.subscription_id(ConsumerKind::Retry)),
+        "source subscription {source:?}"
     );
     assert!(
         dl.delivery_count.unwrap_or(0) >= 5,
@@ -524,6 +526,9 @@ async fn kill_while_retry_is_held_loses_nothing() {
         .await,
         "first execution failed and the retry is now held"
     );
+    // Let the raw message's ack reach the broker, so what is in flight at the
+    // kill is the held retry alone.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     daemon.signal("-KILL");
     let _ = daemon.wait();
     assert_eq!(count(&store, "SELECT COUNT(*) FROM dead_letters").await, 0);
@@ -537,5 +542,9 @@ async fn kill_while_retry_is_held_loses_nothing() {
         .await,
         "the held message was retried after the restart"
     );
-    assert_eq!(audit_times(&store, "k1", "transient").await.len(), 2);
+    // At least once: an ack lost in the kill may repeat an execution, but
+    // the held retry itself ran again after the restart.
+    assert!(audit_times(&store, "k1", "transient").await.len() >= 2);
+    let dl = store.dead_letters(&Default::default(), 10).await.unwrap();
+    assert!(dl.iter().all(|d| d.record_id.as_deref() == Some("k1") && d.reason == "exhausted"));
 }

@@ -1,10 +1,450 @@
-//! Merge benchmark (placeholder until it lands).
+//! `event-backbone bench merge`: two figures, each with a baseline measured
+//! in the same run, printed as JSON. Fail-closed: any error, lost or doubled
+//! event makes it exit non-zero.
+//!
+//! - end to end: raw events through the emulator into the daemon's merge
+//!   stage until every merged event is published, against an ack-only
+//!   consumer draining the same messages from the same emulator;
+//! - stage capacity: the merge engine fed directly (no broker) on MariaDB and
+//!   SQLite, against one transaction per message.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use chrono::{DateTime, TimeZone, Utc};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use secrecy::SecretString;
+use serde_json::json;
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{self, Application};
 use crate::config::Settings;
+use crate::model::raw_event::{parse_raw_event, Source};
+use crate::pubsub::{clients, provision};
+use crate::pubsub::publisher::Publishers;
+use crate::stages::merge::batch::{EngineConfig, EventItem, Item, MergeEngine};
+use crate::store::Store;
+use crate::topology::{ConsumerKind, TopicKind, Topology};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Raw events in the end-to-end run (duplicates come on top).
+    #[arg(long, default_value_t = 5_000)]
+    pub e2e_events: usize,
+    /// Events fed to the stage directly.
+    #[arg(long, default_value_t = 20_000)]
+    pub stage_events: usize,
+    #[arg(long, default_value_t = 500)]
+    pub records: usize,
+    /// Share of events published twice.
+    #[arg(long, default_value_t = 0.05)]
+    pub duplicate_rate: f64,
+    /// Share of events built on a stale base version from the other source.
+    #[arg(long, default_value_t = 0.10)]
+    pub conflict_rate: f64,
+    /// MariaDB/MySQL server for the runs (a fresh database is created).
+    #[arg(long, default_value = "mysql://root@127.0.0.1:3306/mysql")]
+    pub mysql_admin_url: String,
+    /// Database for the end-to-end run: mysql or sqlite.
+    #[arg(long, default_value = "mysql")]
+    pub e2e_db: String,
+    #[arg(long)]
+    pub skip_e2e: bool,
+    #[arg(long)]
+    pub skip_stage: bool,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
 
-pub async fn run(_settings: Settings, _args: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("bench merge is not implemented yet")
+/// One generated raw event and whether it is sent twice.
+struct Gen {
+    id: uuid::Uuid,
+    json: String,
+    duplicate: bool,
+}
+
+/// Per-record histories: base versions follow the merged version, some
+/// events are stale (conflicts), some are sent twice (duplicates).
+fn generate(n: usize, records: usize, dup: f64, conflict: f64, seed: u64) -> Vec<Gen> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut version = vec![0i64; records];
+    let t0 = Utc.with_ymd_and_hms(2026, 3, 13, 0, 0, 0).single().unwrap_or_else(Utc::now);
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let r = i % records;
+        let stale = version[r] > 0 && rng.random_bool(conflict);
+        let base = if stale { version[r] - 1 } else { version[r] };
+        let source = if (i / records + usize::from(stale)) % 2 == 0 {
+            Source::Suitex
+        } else {
+            Source::Netsuite
+        };
+        // A stale event touches the field the last event changed.
+        let field = if stale {
+            format!("f{}", (version[r] - 1) % 8)
+        } else {
+            format!("f{}", version[r] % 8)
+        };
+        let ts = t0 + chrono::Duration::microseconds(i as i64 * 1_000 + 123);
+        let id = uuid::Uuid::now_v7();
+        let json = json!({
+            "id": id.to_string(), "source": source.as_str(), "record_type": "bench",
+            "record_id": format!("r{r}"), "base_version": base,
+            "timestamp": crate::model::fingerprint::format_timestamp(&ts),
+            "changes": {field: format!("v{i}"), "n": i},
+        })
+        .to_string();
+        // Later timestamps win, so every event applies something: version grows.
+        version[r] += 1;
+        out.push(Gen {
+            id,
+            json,
+            duplicate: rng.random_bool(dup),
+        });
+    }
+    out
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn fresh_mysql(admin_url: &str) -> anyhow::Result<(String, String)> {
+    let mut conn = sqlx::MySqlConnection::connect(admin_url)
+        .await
+        .with_context(|| format!("connecting to {admin_url}"))?;
+    let name = format!("eb_bench_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name} CHARACTER SET utf8mb4"))
+        .execute(&mut conn)
+        .await?;
+    let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin_url);
+    Ok((format!("{base}/{name}"), name))
+}
+
+async fn drop_mysql(admin_url: &str, name: &str) {
+    if let Ok(mut conn) = sqlx::MySqlConnection::connect(admin_url).await {
+        let _ = sqlx::query(&format!("DROP DATABASE {name}")).execute(&mut conn).await;
+    }
+}
+
+pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
+    let mut report = serde_json::Map::new();
+    if !args.skip_stage {
+        report.insert("stage_capacity".into(), stage_capacity(&settings, &args).await?);
+    }
+    if !args.skip_e2e {
+        report.insert("end_to_end".into(), end_to_end(&settings, &args).await?);
+    }
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(0)
+}
+
+// ---------------------------------------------------------------- stage
+
+async fn stage_capacity(settings: &Settings, args: &Args) -> anyhow::Result<serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    for backend in ["mysql", "sqlite"] {
+        let (url, cleanup, _dir) = match backend {
+            "mysql" => {
+                let (url, name) = fresh_mysql(&args.mysql_admin_url).await?;
+                (url, Some(name), None)
+            }
+            _ => {
+                let dir = tempfile::tempdir()?;
+                let url = format!("sqlite://{}/bench.db?mode=rwc", dir.path().display());
+                (url, None, Some(dir))
+            }
+        };
+        let store = Store::connect(&url, 16, Duration::from_secs(10)).await?;
+        store.migrate().await?;
+        // Baseline: one transaction per message, on a slice of the events.
+        let base_n = (args.stage_events / 10).max(500);
+        let baseline = feed(&store, settings, args, base_n, 1, args.seed + 1).await?;
+        let batched = feed(&store, settings, args, args.stage_events, settings.merge.batch_max, args.seed).await?;
+        out.insert(
+            backend.into(),
+            json!({
+                "events": args.stage_events,
+                "records": args.records,
+                "events_per_s": batched,
+                "baseline_one_tx_per_message": {"events": base_n, "events_per_s": baseline},
+                "ratio": batched / baseline,
+            }),
+        );
+        store.close().await;
+        if let Some(name) = cleanup {
+            drop_mysql(&args.mysql_admin_url, &name).await;
+        }
+    }
+    Ok(serde_json::Value::Object(out))
+}
+
+/// Feeds `n` events through a merge engine (one task per record, so each
+/// record's events stay in order) and checks every one was persisted once.
+async fn feed(
+    store: &Store,
+    settings: &Settings,
+    args: &Args,
+    n: usize,
+    batch_max: usize,
+    seed: u64,
+) -> anyhow::Result<f64> {
+    let engine = MergeEngine::start(
+        store.clone(),
+        EngineConfig {
+            policy: app::merge_policy(settings),
+            merged_topic: "projects/bench-proj/topics/events.merged.local".into(),
+            batch_max,
+            linger: settings.merge.batch_linger,
+            workers: if store.backend() == crate::store::Backend::Sqlite {
+                1
+            } else {
+                settings.merge.workers
+            },
+        },
+    );
+    // Distinct record ids per run so runs don't see each other's state.
+    let prefix = uuid::Uuid::new_v4().simple().to_string();
+    let mut per_record: Vec<Vec<Item>> = (0..args.records).map(|_| Vec::new()).collect();
+    for (i, g) in generate(n, args.records, 0.0, args.conflict_rate, seed).into_iter().enumerate() {
+        let mut ev = parse_raw_event(g.json.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        ev.record_id = format!("{prefix}-{}", ev.record_id);
+        let changes = ev.changes.clone();
+        let fp = crate::model::fingerprint::fingerprint(&ev, &changes);
+        per_record[i % args.records].push(Item::Event(Box::new(EventItem {
+            event: ev,
+            changes,
+            fingerprint: fp,
+            message_id: format!("bench-{i}"),
+            execution: 1,
+        })));
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for items in per_record {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut merged = 0usize;
+            for item in items {
+                match engine.submit(item).await {
+                    Ok(crate::stages::merge::batch::Decision::Merged { .. }) => merged += 1,
+                    Ok(other) => anyhow::bail!("unexpected decision {other:?}"),
+                    Err(e) => anyhow::bail!("merge failed: {e}"),
+                }
+            }
+            Ok(merged)
+        }));
+    }
+    let mut merged = 0;
+    for t in tasks {
+        merged += t.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let rows: i64 = sqlx::query_scalar(&format!(
+        "SELECT COUNT(*) FROM events WHERE record_id LIKE '{prefix}-%'"
+    ))
+    .fetch_one(store.pool())
+    .await?;
+    if merged != n || rows != n as i64 {
+        bail!("stage bench lost or doubled events: fed {n}, merged {merged}, rows {rows}");
+    }
+    sqlx::query("DELETE FROM outbox").execute(store.pool()).await?;
+    Ok(n as f64 / secs)
+}
+
+// ---------------------------------------------------------------- end to end
+
+async fn end_to_end(settings: &Settings, args: &Args) -> anyhow::Result<serde_json::Value> {
+    if settings.pubsub.emulator_host.is_none() {
+        bail!("bench needs the Pub/Sub emulator: set PUBSUB_EMULATOR_HOST (scripts/services.sh starts one)");
+    }
+    let ep = app::endpoint(settings);
+    let gens = generate(args.e2e_events, args.records, args.duplicate_rate, args.conflict_rate, args.seed);
+    let dups = gens.iter().filter(|g| g.duplicate).count();
+    let total_msgs = gens.len() + dups;
+
+    // Baseline: an ack-only consumer draining the same messages.
+    let topo = Topology::new(settings.env, format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
+    provision::provision(&topo, &ep).await?;
+    let baseline_rate = baseline(&topo, &ep, &gens).await?;
+
+    // The daemon.
+    let (db_url, cleanup, _dir) = if args.e2e_db == "sqlite" {
+        let dir = tempfile::tempdir()?;
+        (format!("sqlite://{}/e2e.db?mode=rwc", dir.path().display()), None, Some(dir))
+    } else {
+        let (url, name) = fresh_mysql(&args.mysql_admin_url).await?;
+        (url, Some(name), None)
+    };
+    let mut s = settings.clone();
+    s.pubsub.project_id = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    s.database.url = SecretString::from(db_url.clone());
+    s.http.metrics_addr = "127.0.0.1:0".into();
+    s.http.admin_token = None;
+    for kind in [ConsumerKind::Netsuite, ConsumerKind::Suitex, ConsumerKind::Retry, ConsumerKind::Park] {
+        match kind {
+            ConsumerKind::Netsuite => s.consumers.netsuite.enabled = false,
+            ConsumerKind::Suitex => s.consumers.suitex.enabled = false,
+            ConsumerKind::Retry => s.consumers.retry.enabled = false,
+            ConsumerKind::Park => s.consumers.park.enabled = false,
+            ConsumerKind::Merge => {}
+        }
+    }
+    let t = s.topology();
+    provision::provision(&t, &ep).await?;
+    // A tap on the merged topic to time each merged publish.
+    let tap = format!("projects/{}/subscriptions/bench-tap", t.project_id);
+    clients::subscription_admin(&ep)
+        .await?
+        .create_subscription()
+        .with_request(
+            google_cloud_pubsub::model::Subscription::new()
+                .set_name(tap.clone())
+                .set_topic(t.topic_path(TopicKind::Merged))
+                .set_ack_deadline_seconds(60),
+        )
+        .send()
+        .await?;
+    let app = Application::build(s.clone()).await?;
+    let store = app.store.clone();
+    let shutdown = CancellationToken::new();
+    let daemon = tokio::spawn(app.run(shutdown.clone()));
+
+    let publishers = Arc::new(Publishers::new(t.clone(), &ep).await?);
+    let mut sent_at: HashMap<String, DateTime<Utc>> = HashMap::with_capacity(gens.len());
+    let subscriber = clients::subscriber(&ep).await?;
+    let expected = gens.len();
+    let collector = tokio::spawn(async move {
+        let mut stream = subscriber.subscribe(tap).set_max_outstanding_messages(10_000i64).build();
+        let mut seen: HashMap<String, DateTime<Utc>> = HashMap::new();
+        let mut doubled = 0usize;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+        while seen.len() < expected {
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(Some(Ok((m, h)))) => {
+                    h.ack();
+                    let v: serde_json::Value = serde_json::from_slice(&m.data).unwrap_or_default();
+                    let id = v["event_id"].as_str().unwrap_or_default().to_string();
+                    let t = m
+                        .publish_time
+                        .as_ref()
+                        .and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds(), t.nanos().max(0) as u32))
+                        .unwrap_or_else(Utc::now);
+                    if seen.insert(id, t).is_some() {
+                        doubled += 1;
+                    }
+                }
+                _ => break,
+            }
+        }
+        (seen, doubled, Instant::now())
+    });
+
+    let started = Instant::now();
+    let mut pending = Vec::with_capacity(total_msgs);
+    for g in &gens {
+        let key = format!("bench:{}", g.json.split("\"record_id\":\"").nth(1).and_then(|s| s.split('"').next()).unwrap_or(""));
+        sent_at.insert(g.id.to_string(), Utc::now());
+        let copies = if g.duplicate { 2 } else { 1 };
+        for _ in 0..copies {
+            let p = publishers.clone();
+            let data = Bytes::from(g.json.clone());
+            let key = key.clone();
+            pending.push(tokio::spawn(async move {
+                p.publish_to(TopicKind::Raw, data, HashMap::new(), &key).await
+            }));
+        }
+    }
+    for p in pending {
+        p.await??;
+    }
+    let (seen, doubled, finished) = collector.await?;
+    let secs = finished.duration_since(started).as_secs_f64();
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events").fetch_one(store.pool()).await?;
+    let dup_rows: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM event_audit_log WHERE processing_outcome = 'duplicate'",
+    )
+    .fetch_one(store.pool())
+    .await?;
+    shutdown.cancel();
+    let _ = daemon.await;
+    if let Some(name) = cleanup {
+        drop_mysql(&args.mysql_admin_url, &name).await;
+    }
+    let mut lat: Vec<f64> = seen
+        .iter()
+        .filter_map(|(id, t)| sent_at.get(id).map(|s| (*t - *s).num_microseconds().unwrap_or(0) as f64 / 1000.0))
+        .collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    if seen.len() != expected || rows != expected as i64 || dup_rows != dups as i64 {
+        bail!(
+            "end-to-end bench lost or doubled events: expected {expected} merged, saw {}, rows {rows}, duplicates {dup_rows}/{dups}",
+            seen.len()
+        );
+    }
+    let rate = total_msgs as f64 / secs;
+    Ok(json!({
+        "database": args.e2e_db,
+        "raw_messages": total_msgs,
+        "unique_events": expected,
+        "duplicates": dups,
+        "merged_published": seen.len(),
+        "merged_published_twice": doubled,
+        "seconds": secs,
+        "messages_per_s": rate,
+        "latency_ms_raw_publish_to_merged_publish": {"p50": percentile(&lat, 0.5), "p99": percentile(&lat, 0.99)},
+        "baseline_ack_only_messages_per_s": baseline_rate,
+        "ratio": rate / baseline_rate,
+    }))
+}
+
+/// Publishes the same messages to the raw topic of a throwaway topology and
+/// times an ack-only consumer draining them.
+async fn baseline(t: &Topology, ep: &clients::Endpoint, gens: &[Gen]) -> anyhow::Result<f64> {
+    let publishers = Arc::new(Publishers::new(t.clone(), ep).await?);
+    let total: usize = gens.iter().map(|g| if g.duplicate { 2 } else { 1 }).sum();
+    let subscriber = clients::subscriber(ep).await?;
+    let sub = t.subscription_path(ConsumerKind::Merge);
+    let consumer = tokio::spawn(async move {
+        let mut stream = subscriber.subscribe(sub).set_max_outstanding_messages(1000i64).build();
+        let mut n = 0usize;
+        while n < total {
+            match tokio::time::timeout(Duration::from_secs(60), stream.next()).await {
+                Ok(Some(Ok((_m, h)))) => {
+                    h.ack();
+                    n += 1;
+                }
+                _ => break,
+            }
+        }
+        (n, Instant::now())
+    });
+    let started = Instant::now();
+    let mut pending = Vec::new();
+    for g in gens {
+        for _ in 0..(if g.duplicate { 2 } else { 1 }) {
+            let p = publishers.clone();
+            let data = Bytes::from(g.json.clone());
+            pending.push(tokio::spawn(async move {
+                p.publish_to(TopicKind::Raw, data, HashMap::new(), "").await
+            }));
+        }
+    }
+    for p in pending {
+        p.await??;
+    }
+    let (n, finished) = consumer.await?;
+    if n != total {
+        bail!("baseline consumer drained {n} of {total} messages");
+    }
+    Ok(total as f64 / finished.duration_since(started).as_secs_f64())
 }

@@ -228,6 +228,8 @@ pub async fn process(
     let mut audit_rows = Vec::new();
     let mut outbox_rows = Vec::new();
     let mut decisions = Vec::with_capacity(items.len());
+    // (record_type, rule) per resolved conflict, counted once committed.
+    let mut conflicts: Vec<(String, &'static str)> = Vec::new();
 
     for item in items {
         let e = match item {
@@ -316,6 +318,12 @@ pub async fn process(
             processed: true,
             sequence_num: state.last_seq,
         });
+        conflicts.extend(
+            result
+                .conflicts
+                .iter()
+                .map(|c| (ev.record_type.clone(), c.rule.as_str())),
+        );
         let applied_fields: Vec<&String> = result.applied.keys().collect();
         let outcome = if result.publishes() { "merged" } else { "noop" };
         audit_rows.push(audit(
@@ -379,5 +387,12 @@ pub async fn process(
         outbox::insert(&mut tx, &outbox_rows).await?;
     }
     tx.commit().await?;
+    let m = crate::metrics::metrics();
+    m.merge_batch_size.observe(items.len() as f64);
+    for (record_type, rule) in &conflicts {
+        m.merge_conflicts
+            .with_label_values(&[record_type.as_str(), rule])
+            .inc();
+    }
     Ok(decisions)
 }

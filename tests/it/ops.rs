@@ -1,0 +1,922 @@
+//! Operating the daemon: every §8 metric after a flow through all stages,
+//! readiness that follows the database without a restart, supervision of a
+//! killed consumer and of a panicking stage, and a SIGTERM drain under load
+//! on the real binary that loses and duplicates nothing.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use event_backbone::app::Application;
+use event_backbone::config::Settings;
+use event_backbone::pubsub::provision::provision;
+use event_backbone::stages::{Incoming, Stage, StageResult};
+use event_backbone::store::dead_letters::DlqFilter;
+use event_backbone::store::Store;
+use event_backbone::supervisor::Health;
+use event_backbone::topology::{ConsumerKind, TopicKind};
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use prometheus_parse::{Sample, Scrape, Value};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::deliver::{Reply, Sink, NS, SX};
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(45);
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// An in-process daemon plus what the tests need to watch it.
+struct Booted {
+    app: Running,
+    health: Arc<Health>,
+    addr: SocketAddr,
+}
+
+/// Provisions, builds (letting the test adjust the application), runs, and
+/// waits until the metrics port is bound.
+async fn boot(s: Settings, adjust: impl FnOnce(&mut Application)) -> Booted {
+    provision(&s.topology(), &endpoint())
+        .await
+        .expect("provision");
+    let mut app = Application::build(s).await.expect("build application");
+    adjust(&mut app);
+    let health = app.health.clone();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(app.run(shutdown.clone()));
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            health.metrics_addr().is_some()
+        })
+        .await,
+        "the metrics port was never bound"
+    );
+    let addr = health.metrics_addr().expect("bound above");
+    Booted {
+        app: Running { shutdown, task },
+        health,
+        addr,
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client");
+    match client.get(format!("http://{addr}{path}")).send().await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+async fn ready_is(addr: SocketAddr, want: u16, within: Duration) -> bool {
+    eventually(within, || async { get(addr, "/readyz").await.0 == want }).await
+}
+
+async fn scrape(addr: SocketAddr) -> Scrape {
+    let (status, body) = get(addr, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("valid exposition format")
+}
+
+fn matches(s: &Sample, name: &str, labels: &[(&str, &str)]) -> bool {
+    s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+}
+
+/// The value of the one sample of `name` with `labels` (counters, gauges,
+/// and histograms' `_count`/`_sum`).
+fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| matches(s, name, labels))
+        .find_map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+fn must(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    value(scrape, name, labels)
+        .unwrap_or_else(|| panic!("no sample {name}{labels:?} in the scrape"))
+}
+
+async fn metric_now(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    value(&scrape(addr).await, name, labels).unwrap_or(0.0)
+}
+
+fn event(source: &str, rid: &str, base: i64, ts: &str, changes: serde_json::Value) -> String {
+    raw_event(source, "customer", rid, base, ts, changes)
+}
+
+// ---------------------------------------------------------------------------
+// Metrics
+
+/// Every §8 metric after raw → merge (with a conflict) → merged → delivery
+/// (one 500 → retry → delivered; one 400 → dlq → parked) plus a malformed
+/// raw message → dlq → parked, and a replay of what was parked.
+#[tokio::test]
+async fn ops_metrics_scrape_after_a_flow_through_every_stage() {
+    let tdb = fresh_db(Db::Sqlite).await.expect("sqlite");
+    let project = unique_project();
+    let sink = Sink::start().await;
+    let snaps = tempfile::tempdir().expect("tempdir");
+    let (ns, sx, snap_url) = (
+        sink.url(NS),
+        sink.url(SX),
+        format!("file://{}", snaps.path().display()),
+    );
+    let s = settings(
+        &project,
+        &tdb.url,
+        &[
+            ("BACKBONE__TARGETS__NETSUITE__URL", &ns),
+            ("BACKBONE__TARGETS__NETSUITE__TOKEN", "ns-token"),
+            ("BACKBONE__TARGETS__SUITEX__URL", &sx),
+            ("BACKBONE__TARGETS__SUITEX__TOKEN", "sx-token"),
+            ("BACKBONE__CONSUMERS__NETSUITE__ENABLED", "true"),
+            ("BACKBONE__CONSUMERS__SUITEX__ENABLED", "true"),
+            ("BACKBONE__RETRY__INITIAL_BACKOFF", "100ms"),
+            ("BACKBONE__RETRY__MAX_BACKOFF", "1s"),
+            ("BACKBONE__SNAPSHOTS__URL", &snap_url),
+        ],
+    );
+    let t = s.topology();
+    let store = event_backbone::app::connect_store(&s).await.expect("store");
+    let d = boot(s, |_| {}).await;
+    assert!(ready_is(d.addr, 200, WAIT).await, "never ready");
+    let p = publishers(&t).await;
+
+    // m1 from netsuite: suitex must learn it; its first POST fails with 500.
+    sink.script(SX, &[Reply::Status(500)]);
+    publish_raw(
+        &p,
+        &event(
+            "netsuite",
+            "m1",
+            0,
+            "2025-01-01T10:00:00Z",
+            json!({"status": "open"}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        sink.wait_for(SX, 2, WAIT).await.len(),
+        2,
+        "500 then retried"
+    );
+    // An older suitex change to the same field: a conflict netsuite wins.
+    publish_raw(
+        &p,
+        &event(
+            "suitex",
+            "m1",
+            0,
+            "2025-01-01T09:59:00Z",
+            json!({"status": "closed"}),
+        ),
+    )
+    .await;
+    // m2 from suitex: netsuite answers 400 → dlq `permanent` → parked.
+    sink.script(NS, &[Reply::Status(400)]);
+    publish_raw(
+        &p,
+        &event(
+            "suitex",
+            "m2",
+            0,
+            "2025-01-01T10:00:00Z",
+            json!({"name": "X"}),
+        ),
+    )
+    .await;
+    // A malformed raw message → dlq `invalid` → parked.
+    p.publish_to(
+        TopicKind::Raw,
+        bytes::Bytes::from_static(b"{not json"),
+        Default::default(),
+        "",
+    )
+    .await
+    .expect("publish malformed");
+    assert!(
+        eventually(WAIT, || async {
+            count(&store, "SELECT COUNT(*) FROM dead_letters").await >= 2
+        })
+        .await,
+        "two dead letters were never parked"
+    );
+    // Replay: the 400 is gone now, so m2 reaches netsuite; the malformed one
+    // is dead-lettered and parked again.
+    let report = event_backbone::dlq::replay(&store, &p, &DlqFilter::default(), false)
+        .await
+        .expect("replay");
+    println!("replay: {report:?}");
+    assert!(
+        eventually(WAIT, || async {
+            sink.requests(NS)
+                .iter()
+                .any(|r| r.json()["record_id"] == "m2")
+                && sink.requests(NS).len() >= 2
+        })
+        .await,
+        "the replayed delivery never reached netsuite"
+    );
+    let merge_sub = t.subscription_id(ConsumerKind::Merge);
+    let park_sub = t.subscription_id(ConsumerKind::Park);
+    // Let every consumer finish what it holds before judging the gauges.
+    let subs: Vec<String> = ConsumerKind::all()
+        .into_iter()
+        .map(|k| t.subscription_id(k))
+        .collect();
+    assert!(
+        eventually(WAIT, || async {
+            let sc = scrape(d.addr).await;
+            let pending = count(
+                &store,
+                "SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NULL",
+            )
+            .await;
+            subs.iter().all(|s| {
+                value(&sc, "backbone_inflight_messages", &[("subscription", s)]) == Some(0.0)
+            }) && value(&sc, "backbone_dead_letters_parked", &[]) == Some(pending as f64)
+                && value(
+                    &sc,
+                    "backbone_messages_processed_total",
+                    &[("subscription", &park_sub), ("outcome", "parked")],
+                )
+                .unwrap_or(0.0)
+                    >= 3.0
+        })
+        .await,
+        "in-flight gauges never settled at 0 / parked gauge never matched the table"
+    );
+
+    let sc = scrape(d.addr).await;
+    // Every family of SPEC §8 (and ours) is present.
+    let families: HashSet<&str> = sc.samples.iter().map(|s| s.metric.as_str()).collect();
+    for name in [
+        "backbone_messages_received_total",
+        "backbone_messages_processed_total",
+        "backbone_processing_duration_seconds",
+        "backbone_processing_duration_seconds_count",
+        "backbone_published_total",
+        "backbone_publish_errors_total",
+        "backbone_retry_attempts_total",
+        "backbone_dead_letters_total",
+        "backbone_dead_letters_parked",
+        "backbone_dlq_replayed_total",
+        "backbone_merge_conflicts_total",
+        "backbone_inflight_messages",
+        "backbone_consumer_up",
+        "backbone_consumer_restarts_total",
+        "backbone_build_info",
+        "backbone_db_pool_connections",
+        "backbone_merge_batch_size",
+    ] {
+        assert!(families.contains(name), "{name} missing from /metrics");
+    }
+    let at_least = |name: &str, labels: &[(&str, &str)], min: f64| {
+        let v = must(&sc, name, labels);
+        assert!(v >= min, "{name}{labels:?} = {v}, expected ≥ {min}");
+    };
+    at_least(
+        "backbone_messages_received_total",
+        &[("subscription", &merge_sub)],
+        4.0,
+    );
+    at_least(
+        "backbone_messages_processed_total",
+        &[("subscription", &merge_sub), ("outcome", "merged")],
+        3.0,
+    );
+    at_least(
+        "backbone_messages_processed_total",
+        &[("outcome", "delivered")],
+        1.0,
+    );
+    at_least(
+        "backbone_processing_duration_seconds_count",
+        &[("subscription", &merge_sub)],
+        4.0,
+    );
+    let duration_sum = must(
+        &sc,
+        "backbone_processing_duration_seconds_sum",
+        &[("subscription", &merge_sub)],
+    );
+    assert!(duration_sum > 0.0 && duration_sum < 60.0, "{duration_sum}");
+    at_least("backbone_published_total", &[("topic", "merged")], 3.0);
+    at_least("backbone_published_total", &[("topic", "error")], 2.0);
+    at_least("backbone_published_total", &[("topic", "dlq")], 3.0);
+    assert_eq!(
+        must(&sc, "backbone_publish_errors_total", &[("topic", "merged")]),
+        0.0
+    );
+    at_least(
+        "backbone_retry_attempts_total",
+        &[("stage", "deliver.suitex")],
+        1.0,
+    );
+    at_least(
+        "backbone_dead_letters_total",
+        &[("stage", "deliver.netsuite"), ("reason", "permanent")],
+        1.0,
+    );
+    at_least(
+        "backbone_dead_letters_total",
+        &[("stage", "merge"), ("reason", "invalid")],
+        2.0,
+    );
+    assert_eq!(must(&sc, "backbone_dead_letters_parked", &[]), 1.0);
+    at_least("backbone_dlq_replayed_total", &[], 2.0);
+    at_least(
+        "backbone_merge_conflicts_total",
+        &[("record_type", "customer"), ("rule", "last_writer_wins")],
+        1.0,
+    );
+    for s in &subs {
+        assert_eq!(
+            must(&sc, "backbone_consumer_up", &[("subscription", s)]),
+            1.0,
+            "{s}"
+        );
+        assert_eq!(
+            must(
+                &sc,
+                "backbone_consumer_restarts_total",
+                &[("subscription", s)]
+            ),
+            0.0,
+            "{s}"
+        );
+    }
+    assert_eq!(
+        must(
+            &sc,
+            "backbone_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    let idle = must(&sc, "backbone_db_pool_connections", &[("state", "idle")]);
+    let used = must(&sc, "backbone_db_pool_connections", &[("state", "in_use")]);
+    assert!(
+        idle >= 0.0 && used >= 0.0 && idle + used >= 1.0,
+        "{idle} {used}"
+    );
+    at_least("backbone_merge_batch_size_count", &[], 1.0);
+    // Histogram buckets run from sub-millisecond to 10 s.
+    let buckets = sc
+        .samples
+        .iter()
+        .find(|s| matches(s, "backbone_processing_duration_seconds", &[]))
+        .and_then(|s| match &s.value {
+            Value::Histogram(b) => Some(b.iter().map(|c| c.less_than).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .expect("a latency histogram");
+    assert!(
+        buckets.iter().any(|b| *b < 0.001) && buckets.contains(&10.0),
+        "{buckets:?}"
+    );
+    // Bounded labels: no ids, fingerprints or message ids as label values.
+    for s in &sc.samples {
+        for (k, v) in s.labels.iter() {
+            let hexish = v.len() >= 16 && v.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+            let numeric_id = v.len() >= 6 && v.chars().all(|c| c.is_ascii_digit());
+            assert!(
+                !hexish && !numeric_id,
+                "{}{{{k}={v}}} looks like an id",
+                s.metric
+            );
+        }
+    }
+    d.app.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// Readiness follows the database
+
+/// A TCP proxy that can be cut (every connection dropped, new ones refused
+/// at once) and restored, standing between the daemon and MariaDB.
+struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    generation: Arc<Mutex<CancellationToken>>,
+}
+
+impl Proxy {
+    async fn start(upstream: &'static str) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let up = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(Mutex::new(CancellationToken::new()));
+        let (up2, gen2) = (up.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let cut = gen2.lock().expect("lock").clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = cut.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            port,
+            up,
+            generation,
+        }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        let mut g = self.generation.lock().expect("lock");
+        g.cancel();
+        *g = CancellationToken::new();
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// `/readyz` answers 503 (quickly) while MariaDB is unreachable and 200 once
+/// it is back, with no restart; an event published during the outage is
+/// stored once afterwards.
+#[tokio::test]
+async fn ops_readyz_follows_the_database_without_a_restart() {
+    let Some(tdb) = fresh_db(Db::Mariadb).await else {
+        return;
+    };
+    let name = tdb.name.clone().expect("a MariaDB database name");
+    let proxy = Proxy::start("127.0.0.1:3306").await;
+    let via_proxy = format!("mysql://root@127.0.0.1:{}/{name}", proxy.port);
+    let project = unique_project();
+    let s = settings(
+        &project,
+        &via_proxy,
+        &[("BACKBONE__DATABASE__CONNECT_TIMEOUT", "1s")],
+    );
+    let t = s.topology();
+    // The test reads the database directly, not through the proxy.
+    let direct = Store::connect(&tdb.url, 2, Duration::from_secs(5))
+        .await
+        .expect("direct store");
+    let d = boot(s, |_| {}).await;
+    assert!(ready_is(d.addr, 200, WAIT).await, "never ready");
+    let p = publishers(&t).await;
+    publish_raw(
+        &p,
+        &event("netsuite", "r1", 0, "2025-01-01T10:00:00Z", json!({"a": 1})),
+    )
+    .await;
+    assert!(
+        eventually(WAIT, || async {
+            count(&direct, "SELECT COUNT(*) FROM events").await == 1
+        })
+        .await
+    );
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    assert!(
+        ready_is(d.addr, 503, Duration::from_secs(15)).await,
+        "/readyz stayed 200 with the database cut off"
+    );
+    let (status, body) = get(d.addr, "/readyz").await;
+    let started = Instant::now();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "readiness must answer within the probe timeout"
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(v["ready"], false);
+    assert_ne!(v["database"], "ok", "{v}");
+    println!("503 after {:?}: {v}", cut_at.elapsed());
+    // Liveness is not tied to the database: no restart wanted.
+    assert_eq!(get(d.addr, "/healthz").await.0, 200);
+    publish_raw(
+        &p,
+        &event("netsuite", "r2", 0, "2025-01-01T10:00:01Z", json!({"a": 2})),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    proxy.restore();
+    assert!(
+        ready_is(d.addr, 200, WAIT).await,
+        "/readyz did not recover after the database returned"
+    );
+    assert!(
+        eventually(WAIT, || async {
+            count(&direct, "SELECT COUNT(*) FROM events").await == 2
+        })
+        .await,
+        "the event published during the outage was not stored after it"
+    );
+    assert!(!d.app.task.is_finished(), "the daemon must not have exited");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        count(
+            &direct,
+            "SELECT COUNT(*) FROM events WHERE record_id = 'r2'"
+        )
+        .await,
+        1
+    );
+    d.app.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// Supervision
+
+/// A consumer task that dies (aborted as a crash would end it) is restarted
+/// with backoff, counted in `consumer_restarts_total`, readiness drops while
+/// it is down and returns, and the restarted consumer processes messages.
+#[tokio::test]
+async fn ops_killed_consumer_is_restarted_counted_and_ready_again() {
+    let tdb = fresh_db(Db::Sqlite).await.expect("sqlite");
+    let project = unique_project();
+    let s = settings(&project, &tdb.url, &[]);
+    let t = s.topology();
+    let store = event_backbone::app::connect_store(&s).await.expect("store");
+    let d = boot(s, |_| {}).await;
+    assert!(ready_is(d.addr, 200, WAIT).await, "never ready");
+    let merge = t.subscription_id(ConsumerKind::Merge);
+    let labels = [("subscription", merge.as_str())];
+    let before = metric_now(d.addr, "backbone_consumer_restarts_total", &labels).await;
+
+    assert!(
+        d.health.kill_consumer(&merge),
+        "no merge consumer task to kill"
+    );
+    // Down for at least the first restart backoff (0.5 s).
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            d.health.snapshot().get(&merge).is_some_and(|c| !c.up)
+        })
+        .await,
+        "the killed consumer was never reported down"
+    );
+    assert_eq!(get(d.addr, "/readyz").await.0, 503);
+    assert!(
+        ready_is(d.addr, 200, WAIT).await,
+        "readiness never returned"
+    );
+    let after = metric_now(d.addr, "backbone_consumer_restarts_total", &labels).await;
+    assert_eq!(after, before + 1.0, "the restart was not counted");
+    assert_eq!(
+        metric_now(d.addr, "backbone_consumer_up", &labels).await,
+        1.0
+    );
+    let p = publishers(&t).await;
+    publish_raw(
+        &p,
+        &event("netsuite", "k1", 0, "2025-01-01T10:00:00Z", json!({"a": 1})),
+    )
+    .await;
+    assert!(
+        eventually(WAIT, || async {
+            count(&store, "SELECT COUNT(*) FROM events").await == 1
+        })
+        .await,
+        "the restarted consumer does not process messages"
+    );
+    d.app.stop().await;
+}
+
+/// The real merge stage, except that it panics on record `poison`.
+struct PanicsOnPoison(Arc<dyn Stage>);
+
+impl Stage for PanicsOnPoison {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn handle<'a>(&'a self, msg: &'a Incoming) -> BoxFuture<'a, StageResult> {
+        if String::from_utf8_lossy(&msg.data).contains("\"poison\"") {
+            Box::pin(async { panic!("poison message") })
+        } else {
+            self.0.handle(msg)
+        }
+    }
+}
+
+/// A stage that panics on one message does not kill its lane or consumer:
+/// the message goes the retry path and is dead-lettered `exhausted`, while
+/// the other messages on the same consumer are merged; nothing restarts.
+#[tokio::test]
+async fn ops_a_panicking_stage_neither_kills_the_consumer_nor_loses_the_message() {
+    let tdb = fresh_db(Db::Sqlite).await.expect("sqlite");
+    let project = unique_project();
+    let s = settings(
+        &project,
+        &tdb.url,
+        &[
+            ("BACKBONE__RETRY__MAX_ATTEMPTS", "3"),
+            ("BACKBONE__RETRY__INITIAL_BACKOFF", "100ms"),
+            ("BACKBONE__RETRY__MAX_BACKOFF", "200ms"),
+            // One lane: the poison message and the good ones share it.
+            ("BACKBONE__CONSUMERS__MERGE__LANES", "1"),
+        ],
+    );
+    let t = s.topology();
+    let store = event_backbone::app::connect_store(&s).await.expect("store");
+    let d = boot(s, |app| {
+        let merge = app.registry.get("merge").expect("merge stage");
+        app.registry.register(Arc::new(PanicsOnPoison(merge)));
+    })
+    .await;
+    assert!(ready_is(d.addr, 200, WAIT).await, "never ready");
+    let p = publishers(&t).await;
+    publish_raw(
+        &p,
+        &event(
+            "netsuite",
+            "poison",
+            0,
+            "2025-01-01T10:00:00Z",
+            json!({"a": 1}),
+        ),
+    )
+    .await;
+    for i in 0..5 {
+        publish_raw(
+            &p,
+            &event(
+                "netsuite",
+                &format!("good{i}"),
+                0,
+                "2025-01-01T10:00:00Z",
+                json!({"a": i}),
+            ),
+        )
+        .await;
+    }
+    assert!(
+        eventually(WAIT, || async {
+            count(&store, "SELECT COUNT(*) FROM events").await == 5
+        })
+        .await,
+        "the good messages behind the poison one were not merged"
+    );
+    assert!(
+        eventually(WAIT, || async {
+            count(
+                &store,
+                "SELECT COUNT(*) FROM dead_letters WHERE reason = 'exhausted' AND last_error LIKE '%panicked%'",
+            )
+            .await
+                == 1
+        })
+        .await,
+        "the poison message was not dead-lettered as exhausted after its panics"
+    );
+    let merge = t.subscription_id(ConsumerKind::Merge);
+    assert_eq!(
+        metric_now(
+            d.addr,
+            "backbone_consumer_restarts_total",
+            &[("subscription", &merge)]
+        )
+        .await,
+        0.0
+    );
+    assert_eq!(get(d.addr, "/readyz").await.0, 200);
+    d.app.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// SIGTERM under load, on the real binary
+
+/// The daemon as a child process with its metrics on a known port.
+struct Daemon {
+    child: Child,
+    metrics: SocketAddr,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl Daemon {
+    fn spawn(project: &str, db_url: &str, grace: &str) -> Daemon {
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("socket address");
+        let child = Command::new(env!("CARGO_BIN_EXE_event-backbone"))
+            .arg("run")
+            .env("BACKBONE_ENV", "local")
+            .env("PUBSUB_EMULATOR_HOST", emulator_host())
+            .env("BACKBONE__PUBSUB__PROJECT_ID", project)
+            .env("BACKBONE__DATABASE__URL", db_url)
+            .env("BACKBONE__HTTP__METRICS_ADDR", metrics.to_string())
+            .env("BACKBONE__SHUTDOWN__GRACE", grace)
+            .env("BACKBONE_CONFIG_DIR", config_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn event-backbone run");
+        Daemon { child, metrics }
+    }
+
+    fn sigterm(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -TERM");
+    }
+
+    /// Waits up to `within` for the exit; None when it did not exit.
+    async fn exit_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// SIGTERM while a few hundred raw events are being published and merged:
+/// the daemon exits 0 within the grace; after a restart every event is in
+/// `events` exactly once and each merged event was published at least once.
+#[tokio::test]
+async fn ops_sigterm_under_load_drains_and_loses_nothing() {
+    const N: usize = 400;
+    const GRACE: Duration = Duration::from_secs(5);
+    let tdb = fresh_db(Db::Sqlite).await.expect("sqlite");
+    let project = unique_project();
+    let s = settings(&project, &tdb.url, &[]);
+    let t = s.topology();
+    provision(&t, &endpoint()).await.expect("provision");
+    let store = event_backbone::app::connect_store(&s).await.expect("store");
+    store.migrate().await.expect("migrate");
+    let merged = tap(&t, TopicKind::Merged).await;
+    let mut first = Daemon::spawn(&project, &tdb.url, "5s");
+    assert!(
+        ready_is(first.metrics, 200, WAIT).await,
+        "first daemon never ready"
+    );
+    let p = publishers(&t).await;
+
+    // Something parked before the restart: the next process must report it
+    // from the database at once.
+    p.publish_to(
+        TopicKind::Raw,
+        bytes::Bytes::from_static(b"not json"),
+        Default::default(),
+        "",
+    )
+    .await
+    .expect("publish malformed");
+    assert!(
+        eventually(WAIT, || async {
+            count(&store, "SELECT COUNT(*) FROM dead_letters").await == 1
+        })
+        .await
+    );
+
+    let publisher = {
+        let p = p.clone();
+        tokio::spawn(async move {
+            let sends = (0..N).map(|i| {
+                let p = p.clone();
+                async move {
+                    publish_raw(
+                        &p,
+                        &event(
+                            if i % 2 == 0 { "netsuite" } else { "suitex" },
+                            &format!("load{i:04}"),
+                            0,
+                            "2025-01-01T10:00:00.123456Z",
+                            json!({"n": i, "pad": "x".repeat(200)}),
+                        ),
+                    )
+                    .await
+                }
+            });
+            // Several at a time, so the daemon is busy when the signal lands.
+            futures::stream::iter(sends)
+                .buffer_unordered(16)
+                .collect::<Vec<_>>()
+                .await
+        })
+    };
+    assert!(
+        eventually(WAIT, || async {
+            count(&store, "SELECT COUNT(*) FROM events").await >= 20
+        })
+        .await,
+        "the load never started to be merged"
+    );
+    let stored_at_signal = count(&store, "SELECT COUNT(*) FROM events").await;
+    first.sigterm();
+    let signalled = Instant::now();
+    let status = first
+        .exit_within(GRACE + Duration::from_secs(5))
+        .await
+        .expect("the daemon did not exit within its grace (plus teardown)");
+    let took = signalled.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(took <= GRACE + Duration::from_secs(2), "took {took:?}");
+    let stored_at_exit = count(&store, "SELECT COUNT(*) FROM events").await;
+    println!(
+        "SIGTERM with {stored_at_signal}/{N} events stored; exited 0 after {took:?} with {stored_at_exit} stored"
+    );
+    publisher.await.expect("publisher task");
+
+    let second = Daemon::spawn(&project, &tdb.url, "5s");
+    assert!(
+        ready_is(second.metrics, 200, WAIT).await,
+        "second daemon never ready"
+    );
+    assert_eq!(
+        metric_now(second.metrics, "backbone_dead_letters_parked", &[]).await,
+        1.0,
+        "the parked gauge must come from the database at startup"
+    );
+    assert!(
+        eventually(Duration::from_secs(90), || async {
+            count(&store, "SELECT COUNT(*) FROM events").await >= N as i64
+        })
+        .await,
+        "not every event was stored after the restart"
+    );
+    // Exactly once: one row per record, one `merged` audit per fingerprint.
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM events").await, N as i64);
+    assert_eq!(
+        count(&store, "SELECT COUNT(DISTINCT record_id) FROM events").await,
+        N as i64
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM event_audit_log WHERE stage = 'merge' AND processing_outcome = 'merged'"
+        )
+        .await,
+        N as i64
+    );
+    // At least once on the merged topic, for every event.
+    let mut seen: HashSet<String> = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while seen.len() < N && Instant::now() < deadline {
+        for m in merged.collect(N, Duration::from_secs(2)).await {
+            if let Some(id) = json(&m)["record_id"].as_str() {
+                seen.insert(id.to_string());
+            }
+        }
+    }
+    assert_eq!(seen.len(), N, "merged events missing from the merged topic");
+    // No half-done work left behind.
+    assert!(
+        eventually(WAIT, || async {
+            count(&store, "SELECT COUNT(*) FROM outbox").await == 0
+        })
+        .await,
+        "outbox rows were left unpublished"
+    );
+    let mut second = second;
+    second.sigterm();
+    let status = second
+        .exit_within(GRACE + Duration::from_secs(5))
+        .await
+        .expect("the second daemon did not exit");
+    assert!(status.success(), "{status:?}");
+}
