@@ -26,7 +26,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::history::{self, HistoryError, ListQuery};
 use crate::model::raw_event::Source;
+use crate::pubsub::publisher::Publishers;
 use crate::stages::merge::rules::MergePolicy;
+use crate::store::dead_letters::DlqFilter;
 use crate::store::Store;
 
 /// What admin handlers share. Cheap to clone.
@@ -36,6 +38,8 @@ pub struct AdminState {
     /// The configured merge policy: replays must fold exactly as the live stage does.
     pub policy: Arc<MergePolicy>,
     pub settings: Arc<Settings>,
+    /// For DLQ replay; without it the replay route answers 503.
+    pub publishers: Option<Arc<Publishers>>,
     /// SHA-256 of the admin token; `None` refuses every request.
     token_digest: Option<[u8; 32]>,
 }
@@ -53,8 +57,14 @@ impl AdminState {
             store,
             policy: Arc::new(crate::app::merge_policy(settings)),
             settings: Arc::new(settings.clone()),
+            publishers: None,
             token_digest,
         }
+    }
+
+    pub fn with_publishers(mut self, publishers: Arc<Publishers>) -> Self {
+        self.publishers = Some(publishers);
+        self
     }
 
     /// The admin API only runs with a non-empty token.
@@ -80,6 +90,7 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .merge(record_routes())
+        .merge(dlq_routes())
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
@@ -95,6 +106,88 @@ fn record_routes() -> Router<AdminState> {
             "/admin/records/{record_type}/{record_id}/state",
             get(record_state),
         )
+}
+
+/// `/admin/dlq…`: list parked dead letters and replay them (SPEC §4, §7).
+fn dlq_routes() -> Router<AdminState> {
+    Router::new()
+        .route("/admin/dlq", get(dlq_list))
+        .route("/admin/dlq/replay", axum::routing::post(dlq_replay))
+}
+
+#[derive(Debug, Deserialize)]
+struct DlqListParams {
+    stage: Option<String>,
+    record_type: Option<String>,
+    record_id: Option<String>,
+    reason: Option<String>,
+    /// Include rows already replayed.
+    #[serde(default)]
+    all: bool,
+    limit: Option<i64>,
+}
+
+async fn dlq_list(
+    State(state): State<AdminState>,
+    params: Result<Query<DlqListParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(p) = params.map_err(|e| bad_request(e.body_text()))?;
+    let filter = DlqFilter {
+        ids: Vec::new(),
+        stage: p.stage,
+        record_type: p.record_type,
+        record_id: p.record_id,
+        reason: p.reason,
+        include_replayed: p.all,
+    };
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=10_000).contains(&limit) {
+        return Err(bad_request("limit must be between 1 and 10000"));
+    }
+    let rows = state
+        .store
+        .dead_letters(&filter, limit)
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let pending = state.store.pending_dead_letters().await.unwrap_or(-1);
+    Ok(Json(json!({"pending": pending, "dead_letters": rows})))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ReplayBody {
+    #[serde(default)]
+    ids: Vec<i64>,
+    stage: Option<String>,
+    record_type: Option<String>,
+    record_id: Option<String>,
+    reason: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn dlq_replay(
+    State(state): State<AdminState>,
+    body: Option<Json<ReplayBody>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let b = body.map(|Json(b)| b).unwrap_or_default();
+    let Some(publishers) = state.publishers.clone() else {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "replay is not available on this server (no publisher)".into(),
+        ));
+    };
+    let filter = DlqFilter {
+        ids: b.ids,
+        stage: b.stage,
+        record_type: b.record_type,
+        record_id: b.record_id,
+        reason: b.reason,
+        include_replayed: false,
+    };
+    let report = crate::dlq::replay(&state.store, &publishers, &filter, b.dry_run)
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(Json(json!(report)))
 }
 
 /// Binds `http.admin_addr` and serves until `shutdown`; `None` (with a log

@@ -251,7 +251,8 @@ impl Application {
         .await?;
         let admin = crate::admin::serve(
             &self.settings,
-            crate::admin::AdminState::new(self.store.clone(), &self.settings),
+            crate::admin::AdminState::new(self.store.clone(), &self.settings)
+                .with_publishers(self.publishers.clone()),
             shutdown.clone(),
         )
         .await?;

@@ -40,6 +40,8 @@ pub enum Command {
     Verify(commands::verify::Args),
     /// Run the scripted story of SPEC §9 on the embedded default (emulator, SQLite, stand-in targets).
     Demo(commands::demo::Args),
+    /// Check Pub/Sub, the event store and the snapshot store with the configured credentials.
+    Doctor,
 }
 
 /// Parses arguments, runs the command, returns the process exit code.
@@ -87,6 +89,7 @@ async fn dispatch(cmd: Command) -> i32 {
         Command::Events(a) => commands::events::run(settings, a).await,
         Command::Verify(a) => commands::verify::run(settings, a).await,
         Command::Demo(a) => commands::demo::run(settings, a).await,
+        Command::Doctor => commands::doctor::run(settings).await,
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod check_config;
 pub mod demo;
+pub mod doctor;
 pub mod dlq;
 pub mod events;
 pub mod migrate;

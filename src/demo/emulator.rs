@@ -13,7 +13,8 @@ pub const DEFAULT_BIN: &str =
 /// Overrides the emulator launcher's location.
 pub const ENV_VAR_BIN: &str = "PUBSUB_EMULATOR_BIN";
 /// How to get the emulator, shown when it is missing.
-pub const INSTALL_HINT: &str = "install it with `apt-get install google-cloud-cli-pubsub-emulator` \
+pub const INSTALL_HINT: &str =
+    "install it with `apt-get install google-cloud-cli-pubsub-emulator` \
      (or `gcloud components install pubsub-emulator`; it needs Java 11+), \
      or point PUBSUB_EMULATOR_HOST at a running emulator";
 

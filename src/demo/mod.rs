@@ -195,6 +195,12 @@ pub async fn run(opts: DemoOptions, interrupt: CancellationToken) -> DemoOutcome
     n.line("event-backbone demo: the sync engine on the embedded default, end to end.");
     n.line("");
     let result = run_with_emulator(&opts, &interrupt, &mut n).await;
+    if let Ok(metrics_addr) = &result {
+        if !opts.keep_running {
+            story::where_to_look(metrics_addr, &opts.files, false, &mut n);
+        }
+    }
+    let result = result.map(|_| ());
     n.line("");
     match &result {
         Ok(()) => n.line(format!(
@@ -214,7 +220,7 @@ async fn run_with_emulator(
     opts: &DemoOptions,
     interrupt: &CancellationToken,
     n: &mut Narrator,
-) -> Result<(), DemoError> {
+) -> Result<String, DemoError> {
     let files = &opts.files;
     n.kv(
         "Database",
@@ -263,8 +269,7 @@ async fn run_with_emulator(
 
 /// `127.0.0.1:preferred` when that port is free, else any free port.
 fn pick_addr(preferred: u16) -> Result<String, DemoError> {
-    let port = if preferred != 0 && std::net::TcpListener::bind(("127.0.0.1", preferred)).is_ok()
-    {
+    let port = if preferred != 0 && std::net::TcpListener::bind(("127.0.0.1", preferred)).is_ok() {
         preferred
     } else {
         emulator::free_port().map_err(|e| DemoError::setup("finding a free port", e))?
@@ -296,7 +301,10 @@ fn settings(w: &Wiring<'_>) -> Result<Settings, DemoError> {
         ("BACKBONE__PUBSUB__PROJECT_ID", w.project),
         ("BACKBONE__DATABASE__URL", &db),
         ("BACKBONE__SNAPSHOTS__URL", &snaps),
-        ("BACKBONE__SNAPSHOTS__CLAIM_CHECK_THRESHOLD_BYTES", &threshold),
+        (
+            "BACKBONE__SNAPSHOTS__CLAIM_CHECK_THRESHOLD_BYTES",
+            &threshold,
+        ),
         ("BACKBONE__RETRY__INITIAL_BACKOFF", "200ms"),
         ("BACKBONE__RETRY__MAX_BACKOFF", "1s"),
         ("BACKBONE__TARGETS__NETSUITE__URL", &ns),
@@ -324,7 +332,7 @@ async fn run_daemon(
     emulator_host: &str,
     interrupt: &CancellationToken,
     n: &mut Narrator,
-) -> Result<(), DemoError> {
+) -> Result<String, DemoError> {
     let stop_targets = CancellationToken::new();
     let start_target = |name, token: &str| {
         let (token, stop) = (token.to_string(), stop_targets.clone());
@@ -389,7 +397,11 @@ async fn run_daemon(
             return Err(e);
         }
     };
-    let ctx_parts = (app.store.clone(), app.publishers.clone(), app.health.clone());
+    let ctx_parts = (
+        app.store.clone(),
+        app.publishers.clone(),
+        app.health.clone(),
+    );
     let daemon_stop = CancellationToken::new();
     let mut daemon = tokio::spawn(app.run(daemon_stop.clone()));
 
@@ -429,7 +441,9 @@ async fn run_daemon(
         );
         n.kv(
             "Admin API",
-            format!("http://{admin_addr}/admin/dlq (Authorization: Bearer {admin_token})"),
+            format!(
+                "http://{admin_addr}/admin/records/project/42/events (Authorization: Bearer {admin_token})"
+            ),
         );
         n.kv("Daemon log", opts.files.log.display().to_string());
         let ctx = story::Ctx {
@@ -456,6 +470,7 @@ async fn run_daemon(
     }
     .await;
 
+    n.line("");
     daemon_stop.cancel();
     match tokio::time::timeout(GRACE + Duration::from_secs(10), &mut daemon).await {
         Ok(Ok(Ok(()))) => n.line("The daemon drained and stopped cleanly."),
@@ -468,8 +483,5 @@ async fn run_daemon(
     }
     observer.stop().await;
     stop_targets.cancel();
-    if result.is_ok() && !opts.keep_running {
-        story::where_to_look(&metrics_addr, &opts.files, false, n);
-    }
-    result
+    result.map(|()| metrics_addr)
 }

@@ -113,7 +113,8 @@ fn target_name(t: Source) -> &'static str {
 
 /// A long, readable text of about `bytes` bytes (the oversized payloads).
 fn filler(bytes: usize) -> String {
-    const S: &str = "The supplier shall deliver the services described in the attached statement of work. ";
+    const S: &str =
+        "The supplier shall deliver the services described in the attached statement of work. ";
     S.repeat(bytes / S.len() + 1)
 }
 
@@ -164,8 +165,13 @@ impl Ctx<'_> {
 
     /// Publishes a raw event to `events.raw.{env}` with its ordering key.
     /// `resolved` are the changes behind a `full_snapshot_ref`.
-    async fn send(&self, raw: &Value, resolved: Option<&Map<String, Value>>) -> Result<Sent, DemoError> {
-        self.send_bytes(Bytes::from(raw.to_string()), resolved).await
+    async fn send(
+        &self,
+        raw: &Value,
+        resolved: Option<&Map<String, Value>>,
+    ) -> Result<Sent, DemoError> {
+        self.send_bytes(Bytes::from(raw.to_string()), resolved)
+            .await
     }
 
     async fn send_bytes(
@@ -207,7 +213,9 @@ impl Ctx<'_> {
             .map(|r| {
                 Ok(Audit {
                     outcome: get_text(r, "processing_outcome")?,
-                    attempt: r.try_get("attempt").map_err(crate::store::StoreError::from)?,
+                    attempt: r
+                        .try_get("attempt")
+                        .map_err(crate::store::StoreError::from)?,
                     event_id: get_opt_text(r, "event_id")?,
                     detail: get_opt_text(r, "detail")?,
                 })
@@ -279,9 +287,13 @@ impl Ctx<'_> {
         })?;
         Ok(Persisted {
             event_id,
-            sequence_num: row.try_get("sequence_num").map_err(crate::store::StoreError::from)?,
+            sequence_num: row
+                .try_get("sequence_num")
+                .map_err(crate::store::StoreError::from)?,
             full_snapshot_ref: get_opt_text(&row, "full_snapshot_ref")?,
-            changes_len: row.try_get("changes_len").map_err(crate::store::StoreError::from)?,
+            changes_len: row
+                .try_get("changes_len")
+                .map_err(crate::store::StoreError::from)?,
         })
     }
 
@@ -295,20 +307,31 @@ impl Ctx<'_> {
             WAIT,
             || async move {
                 let rows = self.audit(stage, fp).await?;
-                let done = rows
-                    .iter()
-                    .any(|a| matches!(a.outcome.as_str(), "delivered" | "skipped" | "permanent" | "invalid"));
+                let done = rows.iter().any(|a| {
+                    matches!(
+                        a.outcome.as_str(),
+                        "delivered" | "skipped" | "permanent" | "invalid"
+                    )
+                });
                 Ok(done.then_some(rows))
             },
         )
         .await
     }
 
-    async fn expect_delivered(&self, target: Source, sent: &Sent) -> Result<Vec<Received>, DemoError> {
+    async fn expect_delivered(
+        &self,
+        target: Source,
+        sent: &Sent,
+    ) -> Result<Vec<Received>, DemoError> {
         let rows = self.delivery(target, sent).await?;
         let last = rows.last().map(|a| a.outcome.as_str()).unwrap_or("");
         expect(last == "delivered", || {
-            format!("{} was not delivered to {} (audit: {last})", sent.record(), target_name(target))
+            format!(
+                "{} was not delivered to {} (audit: {last})",
+                sent.record(),
+                target_name(target)
+            )
         })?;
         Ok(self.stand_in(target).received_for(&sent.fingerprint))
     }
@@ -317,7 +340,11 @@ impl Ctx<'_> {
         let rows = self.delivery(target, sent).await?;
         let last = rows.last().map(|a| a.outcome.as_str()).unwrap_or("");
         expect(last == "skipped", || {
-            format!("{} should not go back to {} (audit: {last})", sent.record(), target_name(target))
+            format!(
+                "{} should not go back to {} (audit: {last})",
+                sent.record(),
+                target_name(target)
+            )
         })
     }
 
@@ -332,11 +359,18 @@ impl Ctx<'_> {
                 1000,
             )
             .await?;
-        Ok(all.into_iter().find(|d| d.fingerprint.as_deref() == Some(fp)))
+        Ok(all
+            .into_iter()
+            .find(|d| d.fingerprint.as_deref() == Some(fp)))
     }
 
     /// "persisted … (sequence n); <record> is now vN".
-    async fn narrate_persisted(&self, n: &mut Narrator, sent: &Sent, p: &Persisted) -> Result<i64, DemoError> {
+    async fn narrate_persisted(
+        &self,
+        n: &mut Narrator,
+        sent: &Sent,
+        p: &Persisted,
+    ) -> Result<i64, DemoError> {
         let v = self.version(&sent.record_type, &sent.record_id).await?;
         n.fact(
             "persisted",
@@ -352,10 +386,17 @@ impl Ctx<'_> {
     }
 
     /// Narrates a creation that goes to the other system only.
-    async fn new_record(&self, n: &mut Narrator, sent: &Sent, origin: Source) -> Result<(), DemoError> {
+    async fn new_record(
+        &self,
+        n: &mut Narrator,
+        sent: &Sent,
+        origin: Source,
+    ) -> Result<(), DemoError> {
         let p = self.persisted(sent).await?;
         let v = self.narrate_persisted(n, sent, &p).await?;
-        expect(v == 1, || format!("{} should be v1, is v{v}", sent.record()))?;
+        expect(v == 1, || {
+            format!("{} should be v1, is v{v}", sent.record())
+        })?;
         let other = match origin {
             Source::Netsuite => Source::Suitex,
             Source::Suitex => Source::Netsuite,
@@ -372,14 +413,24 @@ impl Ctx<'_> {
         self.expect_skipped(origin, sent).await?;
         n.fact(
             "skipped",
-            format!("{}: it is the origin, so nothing is echoed back", target_name(origin)),
+            format!(
+                "{}: it is the origin, so nothing is echoed back",
+                target_name(origin)
+            ),
         );
         Ok(())
     }
 }
 
 /// The raw event JSON the sources publish.
-fn raw(source: &str, record_type: &str, record_id: &str, base: i64, ts: &str, changes: Value) -> Value {
+fn raw(
+    source: &str,
+    record_type: &str,
+    record_id: &str,
+    base: i64,
+    ts: &str,
+    changes: Value,
+) -> Value {
     json!({
         "source": source, "record_type": record_type, "record_id": record_id,
         "base_version": base, "timestamp": ts, "changes": changes,
@@ -425,7 +476,9 @@ async fn step_new_records(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<Sent, DemoE
             None,
         )
         .await?;
-    n.event("SuiteX creates project 42 {name: \"Website relaunch\", status: \"open\", budget: 12000}");
+    n.event(
+        "SuiteX creates project 42 {name: \"Website relaunch\", status: \"open\", budget: 12000}",
+    );
     ctx.new_record(n, &e1, Source::Suitex).await?;
     n.event("NetSuite creates customer 7 {name: \"Acme GmbH\", terms: \"Net 30\"}");
     ctx.new_record(n, &e2, Source::Netsuite).await?;
@@ -452,9 +505,12 @@ async fn step_duplicate(ctx: &Ctx<'_>, n: &mut Narrator, e1: &Sent) -> Result<()
     let merged = ctx.observer.for_fingerprint(&e1.fingerprint).len();
     let delivered = ctx.netsuite.received_for(&e1.fingerprint).len();
     let v = ctx.version("project", "42").await?;
-    expect(events == 1 && merged == 1 && delivered == 1 && v == 1, || {
-        format!("the duplicate had effects: {events} event rows, {merged} merged events, {delivered} deliveries, v{v}")
-    })?;
+    expect(
+        events == 1 && merged == 1 && delivered == 1 && v == 1,
+        || {
+            format!("the duplicate had effects: {events} event rows, {merged} merged events, {delivered} deliveries, v{v}")
+        },
+    )?;
     n.fact(
         "duplicate",
         format!("recognised by its fingerprint {}…; acked", short(&fp)),
@@ -540,7 +596,11 @@ async fn step_conflict(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<(), DemoError>
     let to_sx = ctx.expect_delivered(Source::Suitex, &c).await?;
     let to_ns = ctx.expect_delivered(Source::Netsuite, &c).await?;
     let body = to_sx.last().map(|r| r.body.clone()).unwrap_or(Value::Null);
-    let conflicts = body.get("conflicts").and_then(Value::as_array).cloned().unwrap_or_default();
+    let conflicts = body
+        .get("conflicts")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let applied = body.get("applied").cloned().unwrap_or(Value::Null);
     let conflict = conflicts.first().cloned().unwrap_or(Value::Null);
     expect(
@@ -551,7 +611,9 @@ async fn step_conflict(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<(), DemoError>
             && conflict["kept"] == "closed"
             && conflict["winner"] == "netsuite"
             && applied == json!({"name": "Website relaunch 2026"}),
-        || format!("the conflict did not resolve as in SPEC §5: v{v}, applied {applied}, conflicts {conflicts:?}"),
+        || {
+            format!("the conflict did not resolve as in SPEC §5: v{v}, applied {applied}, conflicts {conflicts:?}")
+        },
     )?;
     n.fact(
         "conflict",
@@ -560,7 +622,10 @@ async fn step_conflict(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<(), DemoError>
             conflict["rule"].as_str().unwrap_or("last_writer_wins")
         ),
     );
-    n.fact("applied", "name = \"Website relaunch 2026\" (unchanged since v1, so no conflict)");
+    n.fact(
+        "applied",
+        "name = \"Website relaunch 2026\" (unchanged since v1, so no conflict)",
+    );
     n.fact(
         "delivered",
         format!(
@@ -581,7 +646,10 @@ async fn step_conflict(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<(), DemoError>
 async fn step_oversized(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<(), DemoError> {
     n.step(
         4,
-        &format!("Oversized payloads (claim check above {} bytes)", ctx.threshold),
+        &format!(
+            "Oversized payloads (claim check above {} bytes)",
+            ctx.threshold
+        ),
     );
     // (a) The change set itself is too big for the message: the source puts
     // it in the snapshot folder and sends a reference.
@@ -590,15 +658,23 @@ async fn step_oversized(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<(), DemoError
     big.insert("terms_text".into(), json!(filler(6 * 1024)));
     let big_bytes = Bytes::from(Value::Object(big.clone()).to_string());
     let snapshots = LocalSnapshots::new(&ctx.snapshots_url);
-    let reference = snapshots
-        .put(big_bytes.clone())
-        .await
-        .map_err(|e| DemoError::Unexpected(format!("writing the change set to the snapshot folder failed: {e}")))?;
+    let reference = snapshots.put(big_bytes.clone()).await.map_err(|e| {
+        DemoError::Unexpected(format!(
+            "writing the change set to the snapshot folder failed: {e}"
+        ))
+    })?;
     n.event(format!(
         "SuiteX creates contract C-7; its {} change set is in the snapshot folder and the message carries full_snapshot_ref {reference}",
         kib(big_bytes.len())
     ));
-    let mut ev = raw("suitex", "contract", "C-7", 0, "2026-03-13T10:10:00.000000Z", json!({}));
+    let mut ev = raw(
+        "suitex",
+        "contract",
+        "C-7",
+        0,
+        "2026-03-13T10:10:00.000000Z",
+        json!({}),
+    );
     ev["full_snapshot_ref"] = json!(reference);
     let a = ctx.send(&ev, Some(&big)).await?;
     oversized_outcome(ctx, n, &a, Source::Netsuite, Some(&reference)).await?;
@@ -606,7 +682,14 @@ async fn step_oversized(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<(), DemoError
     // (b) The change set fits in a message, but the merged event does not
     // fit under the threshold.
     let inline = json!({"title": "Support contract", "terms_text": filler(5 * 1024)});
-    let ev = raw("netsuite", "contract", "C-8", 0, "2026-03-13T10:12:00.000000Z", inline);
+    let ev = raw(
+        "netsuite",
+        "contract",
+        "C-8",
+        0,
+        "2026-03-13T10:12:00.000000Z",
+        inline,
+    );
     n.event(format!(
         "NetSuite creates contract C-8 with a {} change set inline",
         kib(ev.to_string().len())
@@ -624,7 +707,10 @@ async fn oversized_outcome(
 ) -> Result<(), DemoError> {
     let p = ctx.persisted(sent).await?;
     expect(p.full_snapshot_ref.as_deref() == reference, || {
-        format!("event {} should keep full_snapshot_ref {reference:?}, has {:?}", p.event_id, p.full_snapshot_ref)
+        format!(
+            "event {} should keep full_snapshot_ref {reference:?}, has {:?}",
+            p.event_id, p.full_snapshot_ref
+        )
     })?;
     ctx.narrate_persisted(n, sent, &p).await?;
     if reference.is_some() {
@@ -686,10 +772,15 @@ async fn step_malformed(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<(), DemoError
     ctx.publish(data.clone(), "").await?;
     let fp = fingerprint_bytes(&data);
     let dl = ctx
-        .wait_for("the malformed message to be parked", WAIT, || ctx.dead_letter(&fp))
+        .wait_for("the malformed message to be parked", WAIT, || {
+            ctx.dead_letter(&fp)
+        })
         .await?;
     expect(dl.reason == "invalid" && dl.stage == "merge", || {
-        format!("the malformed message should be dead-lettered as invalid by merge, got {} by {}", dl.reason, dl.stage)
+        format!(
+            "the malformed message should be dead-lettered as invalid by merge, got {} by {}",
+            dl.reason, dl.stage
+        )
     })?;
     n.fact(
         "dead-lettered",
@@ -700,7 +791,10 @@ async fn step_malformed(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<(), DemoError
     );
     n.fact(
         "parked",
-        format!("as dead letter #{}; the merge consumer keeps running", dl.id),
+        format!(
+            "as dead letter #{}; the merge consumer keeps running",
+            dl.id
+        ),
     );
     Ok(())
 }
@@ -746,12 +840,20 @@ async fn step_recovering_sink(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<(), Dem
             waits.join(" and ")
         ),
     );
-    let rows = ctx.audit(stage_name(Source::Suitex), &s.fingerprint).await?;
+    let rows = ctx
+        .audit(stage_name(Source::Suitex), &s.fingerprint)
+        .await?;
     let attempt = rows.last().map(|a| a.attempt).unwrap_or(0);
     expect(attempt == i64::from(SUITEX_FAILURES) + 1, || {
-        format!("the delivery should succeed on attempt {}, the audit log says {attempt}", SUITEX_FAILURES + 1)
+        format!(
+            "the delivery should succeed on attempt {}, the audit log says {attempt}",
+            SUITEX_FAILURES + 1
+        )
     })?;
-    n.fact("delivered", format!("to SuiteX: HTTP 200 on attempt {attempt}"));
+    n.fact(
+        "delivered",
+        format!("to SuiteX: HTTP 200 on attempt {attempt}"),
+    );
     Ok(())
 }
 
@@ -830,9 +932,15 @@ async fn step_dead_letter_and_replay(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<
         false,
     )
     .await?;
-    expect(report.replayed == [dl.id] && report.failed.is_empty(), || {
-        format!("the replay should republish dead letter #{} only: {report:?}", dl.id)
-    })?;
+    expect(
+        report.replayed == [dl.id] && report.failed.is_empty(),
+        || {
+            format!(
+                "the replay should republish dead letter #{} only: {report:?}",
+                dl.id
+            )
+        },
+    )?;
     n.fact(
         "replayed",
         format!(
@@ -851,8 +959,12 @@ async fn step_dead_letter_and_replay(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<
     let last = ctx.netsuite.received_for(&fp);
     let after = ctx.dead_letter(&fp).await?;
     expect(
-        last.last().map(|r| r.status) == Some(200) && after.as_ref().is_some_and(|d| d.replayed_at.is_some()),
-        || "the replayed invoice should be delivered and its dead letter marked replayed".to_string(),
+        last.last().map(|r| r.status) == Some(200)
+            && after.as_ref().is_some_and(|d| d.replayed_at.is_some()),
+        || {
+            "the replayed invoice should be delivered and its dead letter marked replayed"
+                .to_string()
+        },
     )?;
     n.fact(
         "delivered",
@@ -882,16 +994,25 @@ async fn summary(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<(), DemoError> {
         .await?;
     let parked = ctx.count("SELECT COUNT(*) FROM dead_letters", &[]).await?;
     let replayed = ctx
-        .count("SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NOT NULL", &[])
+        .count(
+            "SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NOT NULL",
+            &[],
+        )
         .await?;
     let merged = ctx.observer.all();
-    let claim_checked = merged.iter().filter(|m| m.full_snapshot_ref.is_some()).count();
+    let claim_checked = merged
+        .iter()
+        .filter(|m| m.full_snapshot_ref.is_some())
+        .count();
     n.line("");
     n.line("In all");
     n.kv("Ledger", format!("{events} events for {records} records"));
     n.kv(
         "Merged",
-        format!("{} merged events published ({claim_checked} as claim checks)", merged.len()),
+        format!(
+            "{} merged events published ({claim_checked} as claim checks)",
+            merged.len()
+        ),
     );
     n.kv(
         "Deliveries",
@@ -905,7 +1026,10 @@ async fn summary(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<(), DemoError> {
     match scraped {
         Ok(lines) if !lines.is_empty() => {
             n.line("");
-            n.line(format!("A few metrics, scraped from http://{}/metrics:", ctx.metrics_addr));
+            n.line(format!(
+                "A few metrics, scraped from http://{}/metrics:",
+                ctx.metrics_addr
+            ));
             for l in lines {
                 n.line(format!("  {l}"));
             }

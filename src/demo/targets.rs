@@ -135,7 +135,10 @@ async fn answer(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
         let mut faults = lock(&s.faults);
         if faults.fail_next > 0 {
             faults.fail_next -= 1;
-            (StatusCode::SERVICE_UNAVAILABLE, "temporarily down (demo fault)")
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily down (demo fault)",
+            )
         } else if record_type.is_some() && faults.reject_record_type == record_type {
             (
                 StatusCode::INTERNAL_SERVER_ERROR,

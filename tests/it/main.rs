@@ -5,6 +5,8 @@ mod support;
 
 mod chart;
 mod deliver;
+mod demo;
+mod doctor;
 mod history;
 mod merge_e2e;
 mod ops;

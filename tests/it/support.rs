@@ -314,3 +314,11 @@ pub fn raw_event(
     })
     .to_string()
 }
+
+/// A port nobody listens on right now (for servers that need a fixed address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}

@@ -64,6 +64,8 @@ pub struct Args {
 /// One generated raw event and whether it is sent twice.
 struct Gen {
     id: uuid::Uuid,
+    /// The ordering key.
+    key: String,
     json: String,
     duplicate: bool,
 }
@@ -79,7 +81,7 @@ fn generate(n: usize, records: usize, dup: f64, conflict: f64, seed: u64) -> Vec
         let r = i % records;
         let stale = version[r] > 0 && rng.random_bool(conflict);
         let base = if stale { version[r] - 1 } else { version[r] };
-        let source = if (i / records + usize::from(stale)) % 2 == 0 {
+        let source = if (i / records + usize::from(stale)).is_multiple_of(2) {
             Source::Suitex
         } else {
             Source::Netsuite
@@ -103,6 +105,7 @@ fn generate(n: usize, records: usize, dup: f64, conflict: f64, seed: u64) -> Vec
         version[r] += 1;
         out.push(Gen {
             id,
+            key: format!("bench:r{r}"),
             json,
             duplicate: rng.random_bool(dup),
         });
@@ -349,24 +352,11 @@ async fn end_to_end(settings: &Settings, args: &Args) -> anyhow::Result<serde_js
         (seen, doubled, Instant::now())
     });
 
-    let started = Instant::now();
-    let mut pending = Vec::with_capacity(total_msgs);
     for g in &gens {
-        let key = format!("bench:{}", g.json.split("\"record_id\":\"").nth(1).and_then(|s| s.split('"').next()).unwrap_or(""));
         sent_at.insert(g.id.to_string(), Utc::now());
-        let copies = if g.duplicate { 2 } else { 1 };
-        for _ in 0..copies {
-            let p = publishers.clone();
-            let data = Bytes::from(g.json.clone());
-            let key = key.clone();
-            pending.push(tokio::spawn(async move {
-                p.publish_to(TopicKind::Raw, data, HashMap::new(), &key).await
-            }));
-        }
     }
-    for p in pending {
-        p.await??;
-    }
+    let started = Instant::now();
+    publish_in_order(&publishers, &gens).await?;
     let (seen, doubled, finished) = collector.await?;
     let secs = finished.duration_since(started).as_secs_f64();
     let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events").fetch_one(store.pool()).await?;
@@ -407,6 +397,40 @@ async fn end_to_end(settings: &Settings, args: &Args) -> anyhow::Result<serde_js
     }))
 }
 
+/// Publishes every generated message (duplicates twice), each record's in
+/// order on its own task (ordering keys keep per-publisher order only), the
+/// records concurrently. The baseline gets the same keys, so both runs go
+/// through the emulator's ordered delivery.
+async fn publish_in_order(
+    publishers: &Arc<Publishers>,
+    gens: &[Gen],
+) -> anyhow::Result<()> {
+    let mut by_record: HashMap<String, Vec<Bytes>> = HashMap::new();
+    for g in gens {
+        let copies = if g.duplicate { 2 } else { 1 };
+        for _ in 0..copies {
+            by_record
+                .entry(g.key.clone())
+                .or_default()
+                .push(Bytes::from(g.json.clone()));
+        }
+    }
+    let mut tasks = Vec::new();
+    for (key, msgs) in by_record {
+        let p = publishers.clone();
+        tasks.push(tokio::spawn(async move {
+            for data in msgs {
+                p.publish_to(TopicKind::Raw, data, HashMap::new(), &key).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
 /// Publishes the same messages to the raw topic of a throwaway topology and
 /// times an ack-only consumer draining them.
 async fn baseline(t: &Topology, ep: &clients::Endpoint, gens: &[Gen]) -> anyhow::Result<f64> {
@@ -429,19 +453,7 @@ async fn baseline(t: &Topology, ep: &clients::Endpoint, gens: &[Gen]) -> anyhow:
         (n, Instant::now())
     });
     let started = Instant::now();
-    let mut pending = Vec::new();
-    for g in gens {
-        for _ in 0..(if g.duplicate { 2 } else { 1 }) {
-            let p = publishers.clone();
-            let data = Bytes::from(g.json.clone());
-            pending.push(tokio::spawn(async move {
-                p.publish_to(TopicKind::Raw, data, HashMap::new(), "").await
-            }));
-        }
-    }
-    for p in pending {
-        p.await??;
-    }
+    publish_in_order(&publishers, gens).await?;
     let (n, finished) = consumer.await?;
     if n != total {
         bail!("baseline consumer drained {n} of {total} messages");

@@ -20,6 +20,12 @@ use crate::snapshots::{SnapshotError, SnapshotStore};
 use crate::store::ledger::AuditRow;
 use crate::topology::TopicKind;
 
+/// Attribute of the probe `event-backbone doctor` publishes to the raw topic.
+/// A message that carries it and is not a raw event is acked unrecorded, so a
+/// doctor run against a live deployment never lands in the DLQ. A valid raw
+/// event is always processed, whatever its attributes.
+pub const PROBE_ATTRIBUTE: &str = "backbone_doctor_probe";
+
 /// The SPEC §3.3 default (1 MiB).
 pub const DEFAULT_CLAIM_CHECK_THRESHOLD: u64 = 1_048_576;
 
@@ -48,6 +54,9 @@ impl MergeStage {
     async fn run(&self, msg: &Incoming) -> StageResult {
         let ev = match parse_raw_event(&msg.data) {
             Ok(ev) => ev,
+            Err(_) if msg.attributes.contains_key(PROBE_ATTRIBUTE) => {
+                return Ok(Outcome::ack("probe", None));
+            }
             Err(v) => {
                 let fp = fingerprint_bytes(&msg.data);
                 let err = StageError::invalid(v.to_string());

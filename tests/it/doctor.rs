@@ -1,0 +1,274 @@
+//! `event-backbone doctor`: passes on a provisioned, migrated deployment
+//! (SQLite and MariaDB) and names the failing check when a subscription is
+//! missing or differs, or the schema is not migrated.
+
+use event_backbone::commands::doctor::{self, Check};
+use event_backbone::config::Settings;
+use event_backbone::pubsub::clients;
+use event_backbone::pubsub::provision::provision;
+use event_backbone::topology::{ConsumerKind, TopicKind};
+use google_cloud_pubsub::model::Subscription;
+
+use crate::support::*;
+
+struct Deployment {
+    settings: Settings,
+    _db: TestDb,
+    _snapshots: tempfile::TempDir,
+}
+
+/// A fresh project and database; provisioned and migrated when asked.
+async fn deployment(db: Db, provisioned: bool, migrated: bool) -> Option<Deployment> {
+    let tdb = fresh_db(db).await?;
+    let snapshots = tempfile::tempdir().expect("tempdir");
+    let snap_url = format!("file://{}", snapshots.path().display());
+    let settings = settings(
+        &unique_project(),
+        &tdb.url,
+        &[("BACKBONE__SNAPSHOTS__URL", &snap_url)],
+    );
+    if provisioned {
+        provision(&settings.topology(), &endpoint())
+            .await
+            .expect("provision");
+    }
+    if migrated {
+        let store = event_backbone::app::connect_store(&settings)
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        store.close().await;
+    }
+    Some(Deployment {
+        settings,
+        _db: tdb,
+        _snapshots: snapshots,
+    })
+}
+
+fn report(checks: &[Check]) -> String {
+    checks
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn failed(checks: &[Check]) -> Vec<&Check> {
+    checks.iter().filter(|c| !c.ok()).collect()
+}
+
+async fn passes_on_a_provisioned_project(db: Db) {
+    let Some(d) = deployment(db, true, true).await else {
+        return;
+    };
+    let checks = doctor::checks(&d.settings).await;
+    assert!(failed(&checks).is_empty(), "{}", report(&checks));
+    // One line each: topics, raw round trip, 3 local consumers, 4 database, snapshots.
+    assert_eq!(checks.len(), 10, "{}", report(&checks));
+    assert_eq!(doctor::run(d.settings.clone()).await.expect("doctor"), 0);
+}
+
+#[tokio::test]
+async fn doctor_passes_on_a_provisioned_project_sqlite() {
+    passes_on_a_provisioned_project(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn doctor_passes_on_a_provisioned_project_mariadb() {
+    passes_on_a_provisioned_project(Db::Mariadb).await;
+}
+
+#[tokio::test]
+async fn doctor_fails_when_a_subscription_is_missing() {
+    let Some(d) = deployment(Db::Sqlite, true, true).await else {
+        return;
+    };
+    let t = d.settings.topology();
+    let admin = clients::subscription_admin(&endpoint())
+        .await
+        .expect("admin");
+    admin
+        .delete_subscription()
+        .set_subscription(t.subscription_path(ConsumerKind::Retry))
+        .send()
+        .await
+        .expect("delete the retry subscription");
+    let checks = doctor::checks(&d.settings).await;
+    let bad = failed(&checks);
+    assert_eq!(bad.len(), 1, "{}", report(&checks));
+    assert!(
+        bad[0]
+            .name
+            .contains(&t.subscription_id(ConsumerKind::Retry))
+            && bad[0].detail.contains("does not exist"),
+        "{}",
+        report(&checks)
+    );
+    assert_eq!(doctor::run(d.settings.clone()).await.expect("doctor"), 1);
+}
+
+#[tokio::test]
+async fn doctor_fails_when_a_subscription_differs() {
+    let Some(d) = deployment(Db::Sqlite, true, true).await else {
+        return;
+    };
+    let t = d.settings.topology();
+    let admin = clients::subscription_admin(&endpoint())
+        .await
+        .expect("admin");
+    let merge_sub = t.subscription_path(ConsumerKind::Merge);
+    admin
+        .delete_subscription()
+        .set_subscription(merge_sub.clone())
+        .send()
+        .await
+        .expect("delete the merge subscription");
+    // Recreated by hand without ordering and with a shorter ack deadline.
+    admin
+        .create_subscription()
+        .with_request(
+            Subscription::new()
+                .set_name(merge_sub)
+                .set_topic(t.topic_path(TopicKind::Raw))
+                .set_ack_deadline_seconds(20),
+        )
+        .send()
+        .await
+        .expect("recreate the merge subscription");
+    let checks = doctor::checks(&d.settings).await;
+    let bad = failed(&checks);
+    assert_eq!(bad.len(), 1, "{}", report(&checks));
+    assert!(
+        bad[0]
+            .name
+            .contains(&t.subscription_id(ConsumerKind::Merge))
+            && bad[0]
+                .detail
+                .contains("enable_message_ordering: is false, should be true")
+            && bad[0]
+                .detail
+                .contains("ack_deadline_seconds: is 20, should be 60"),
+        "{}",
+        report(&checks)
+    );
+    assert_eq!(doctor::run(d.settings.clone()).await.expect("doctor"), 1);
+}
+
+#[tokio::test]
+async fn doctor_fails_when_the_schema_is_not_migrated() {
+    let Some(d) = deployment(Db::Sqlite, true, false).await else {
+        return;
+    };
+    let checks = doctor::checks(&d.settings).await;
+    let names: Vec<&str> = failed(&checks).iter().map(|c| c.name.as_str()).collect();
+    assert!(
+        names.contains(&"database: migrations applied")
+            && names.contains(&"database: write and roll back"),
+        "{}",
+        report(&checks)
+    );
+    let migrations = checks
+        .iter()
+        .find(|c| c.name == "database: migrations applied")
+        .expect("a migrations check");
+    assert!(
+        migrations.detail.contains("event-backbone migrate"),
+        "{migrations}"
+    );
+}
+
+/// With the shipped grants the runtime user is denied UPDATE/DELETE on the
+/// ledger before any trigger runs, and doctor says so.
+#[tokio::test]
+async fn doctor_reports_the_runtime_users_grants_mariadb() {
+    use sqlx::Connection;
+    let Some(d) = deployment(Db::Mariadb, true, true).await else {
+        return;
+    };
+    let db = d._db.name.clone().expect("a MariaDB database name");
+    let user = format!("sw_{}", rand_suffix(8));
+    let grants =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/grants-mysql.sql"))
+            .expect("grants file")
+            .replace("event_backbone.", &format!("{db}."))
+            .replace("'sync_worker'", &format!("'{user}'"))
+            .replace("'change-me'", "'pw'");
+    let mut admin = sqlx::MySqlConnection::connect(MARIADB_ADMIN)
+        .await
+        .expect("admin connection");
+    for stmt in grants
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        sqlx::raw_sql(stmt)
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("{stmt}: {e}"));
+    }
+    let snap_url = d.settings.snapshots.url.clone();
+    let worker = settings(
+        &d.settings.pubsub.project_id,
+        &format!("mysql://{user}:pw@127.0.0.1:3306/{db}"),
+        &[("BACKBONE__SNAPSHOTS__URL", &snap_url)],
+    );
+    let checks = doctor::checks(&worker).await;
+    assert!(failed(&checks).is_empty(), "{}", report(&checks));
+    let ledger = checks
+        .iter()
+        .find(|c| c.name == "database: ledger refuses UPDATE/DELETE")
+        .expect("a ledger check");
+    assert!(
+        ledger.detail.contains("denied to this user by its grants"),
+        "{ledger}"
+    );
+    sqlx::query(&format!("DROP USER '{user}'@'%'"))
+        .execute(&mut admin)
+        .await
+        .expect("drop user");
+}
+
+/// Run against a live daemon, doctor leaves nothing behind: its raw-topic
+/// probe is acked unrecorded by the merge stage (no dead letter, no audit
+/// row) and its database probes are rolled back.
+#[tokio::test]
+async fn doctor_leaves_no_trace_on_a_running_daemon() {
+    let Some(d) = deployment(Db::Sqlite, true, true).await else {
+        return;
+    };
+    let running = start(d.settings.clone()).await;
+    let checks = doctor::checks(&d.settings).await;
+    assert!(failed(&checks).is_empty(), "{}", report(&checks));
+    let store = event_backbone::app::connect_store(&d.settings)
+        .await
+        .expect("connect");
+    // Give the merge consumer time to receive and ack the probe.
+    let probe_seen = eventually(std::time::Duration::from_secs(10), || async {
+        event_backbone::metrics::metrics()
+            .render()
+            .lines()
+            .any(|l| {
+                l.starts_with("backbone_messages_processed_total")
+                    && l.contains("outcome=\"probe\"")
+            })
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for table in ["events", "event_audit_log", "dead_letters", "outbox"] {
+        assert_eq!(
+            count(&store, &format!("SELECT COUNT(*) FROM {table}")).await,
+            0,
+            "{table} must stay empty"
+        );
+    }
+    assert!(
+        probe_seen,
+        "the merge consumer should ack the probe as `probe`"
+    );
+    running.stop().await;
+}
