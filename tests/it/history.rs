@@ -64,14 +64,6 @@ fn cli(db_url: &str, args: &[&str]) -> (i32, String) {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 // ---------------------------------------------------------------------------
 // Randomized flow
 
