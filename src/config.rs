@@ -838,7 +838,7 @@ mod tests {
         assert!(s.targets.netsuite.url.is_none() && s.targets.suitex.token.is_none());
         for kind in ConsumerKind::all() {
             let c = s.consumers.get(kind);
-            assert_eq!((c.max_outstanding_messages, c.lanes), (1000, 64));
+            assert_eq!((c.max_outstanding_messages, c.lanes), (1000, 1000));
         }
         assert!(s.consumers.merge.enabled && s.consumers.retry.enabled && s.consumers.park.enabled);
         // Nothing to deliver to locally until a target is configured.

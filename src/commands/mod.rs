@@ -3,8 +3,8 @@
 pub mod bench;
 pub mod check_config;
 pub mod demo;
-pub mod doctor;
 pub mod dlq;
+pub mod doctor;
 pub mod events;
 pub mod migrate;
 pub mod provision;

@@ -3,9 +3,9 @@
 //! route failures to the error or dlq topic, ack. Nack only when our own
 //! infrastructure is unreachable or we are shutting down (SPEC §2 trap b).
 
-use std::hash::{Hash, Hasher};
+use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -14,7 +14,7 @@ use google_cloud_pubsub::client::Subscriber;
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use google_cloud_pubsub::subscriber::ShutdownBehavior;
-use tokio::sync::mpsc;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -231,10 +231,9 @@ pub struct ConsumerSpec {
     pub label: String,
     pub router: Arc<dyn Router>,
     pub max_outstanding: i64,
-    /// Sequential lanes for ordered messages; each ordering key always maps
-    /// to the same lane, so a record's messages are handled in order.
-    /// 0 = unordered: every message runs on its own (held retries must not
-    /// block each other).
+    /// How many ordering keys are processed at once; each key's messages
+    /// run one after the other, in order. 0 = treat every message as
+    /// unordered (held retries must not block each other).
     pub lanes: usize,
 }
 
@@ -285,33 +284,35 @@ pub async fn run(
         .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
         .build();
     let stop_work = CancellationToken::new();
-    let mut lanes: Vec<mpsc::UnboundedSender<(Message, Handler)>> = Vec::new();
+    let ctx = Arc::new(Ctx {
+        rt,
+        router: spec.router.clone(),
+        label: spec.label.clone(),
+        stop: stop_work.clone(),
+        queues: Mutex::new(HashMap::new()),
+        permits: Arc::new(Semaphore::new(spec.lanes.max(1))),
+    });
     let mut tasks = JoinSet::new();
-    for _ in 0..spec.lanes {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(Message, Handler)>();
-        lanes.push(tx);
-        let (rt, router, label, stop) = (
-            rt.clone(),
-            spec.router.clone(),
-            spec.label.clone(),
-            stop_work.clone(),
-        );
-        tasks.spawn(async move {
-            while let Some((m, h)) = rx.recv().await {
-                if stop.is_cancelled() {
-                    // Not started before the drain: hand it back.
-                    h.nack();
-                    continue;
-                }
-                handle_one(&rt, router.as_ref(), &label, &stop, m, h).await;
-            }
-        });
-    }
-    let mut round_robin = 0usize;
     let mut announced = false;
     let result = loop {
+        // Reap finished tasks so the set stays small; a task that died by a
+        // panic in the runtime itself stops the consumer (the supervisor
+        // restarts it) rather than leaving its ordering key stuck.
+        let mut died = false;
+        while let Some(done) = tasks.try_join_next() {
+            died |= done.err().is_some_and(|e| e.is_panic());
+        }
+        if died {
+            break Err(ConsumerError::LaneDied(spec.label.clone()));
+        }
         let next = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
+            Some(Err(e)) = tasks.join_next(), if !tasks.is_empty() => {
+                if e.is_panic() {
+                    break Err(ConsumerError::LaneDied(spec.label.clone()));
+                }
+                continue;
+            }
             n = stream.next() => n,
         };
         match next {
@@ -324,34 +325,34 @@ pub async fn run(
                     .messages_received
                     .with_label_values(&[&spec.label])
                     .inc();
-                if lanes.is_empty() {
-                    let (rt, router, label, stop) = (
-                        rt.clone(),
-                        spec.router.clone(),
-                        spec.label.clone(),
-                        stop_work.clone(),
-                    );
+                if spec.lanes == 0 || m.ordering_key.is_empty() {
+                    // Unordered: each message on its own (held retries must
+                    // not block each other); the broker's flow control
+                    // bounds how many there are.
+                    let ctx = ctx.clone();
                     tasks.spawn(async move {
-                        handle_one(&rt, router.as_ref(), &label, &stop, m, h).await;
+                        handle_one(&ctx.rt, ctx.router.as_ref(), &ctx.label, &ctx.stop, m, h).await;
                     });
-                    // Reap finished tasks so the set does not grow unbounded.
-                    while tasks.try_join_next().is_some() {}
                     continue;
                 }
-                let lane = if m.ordering_key.is_empty() {
-                    round_robin = round_robin.wrapping_add(1);
-                    round_robin % lanes.len()
-                } else {
-                    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                    m.ordering_key.hash(&mut hasher);
-                    (hasher.finish() % lanes.len() as u64) as usize
+                // Ordered: one worker per ordering key with work queued, so
+                // a record's messages run in order and records in parallel.
+                let key = m.ordering_key.clone();
+                let start_worker = {
+                    let mut q = ctx.queues.lock().unwrap_or_else(|p| p.into_inner());
+                    match q.get_mut(&key) {
+                        Some(queue) => {
+                            queue.push_back((m, h));
+                            None
+                        }
+                        None => {
+                            q.insert(key.clone(), VecDeque::new());
+                            Some((m, h))
+                        }
+                    }
                 };
-                if let Err(mpsc::error::SendError((_, h))) = lanes[lane].send((m, h)) {
-                    // The lane's task is gone (it can only end this way by a
-                    // panic in the runtime itself): stop, so the supervisor
-                    // restarts the whole consumer rather than nacking forever.
-                    h.nack();
-                    break Err(ConsumerError::LaneDied(spec.label.clone()));
+                if let Some(first) = start_worker {
+                    tasks.spawn(key_worker(ctx.clone(), key, first));
                 }
             }
             Some(Err(e)) => {
@@ -370,7 +371,6 @@ pub async fn run(
     // Drain: queued-but-unstarted messages are nacked; in-flight ones get
     // the grace period; whatever is left after that is dropped (→ nack).
     stop_work.cancel();
-    drop(lanes);
     let drained =
         tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
@@ -379,6 +379,38 @@ pub async fn run(
     }
     stream.shutdown_token().shutdown().await;
     result
+}
+
+/// What the workers of one consumer share.
+struct Ctx {
+    rt: Arc<Runtime>,
+    router: Arc<dyn Router>,
+    label: String,
+    stop: CancellationToken,
+    /// Messages waiting behind the one in progress, per ordering key; a key
+    /// is present while its worker runs.
+    queues: Mutex<HashMap<String, VecDeque<(Message, Handler)>>>,
+    /// Bounds how many ordering keys are processed at once (`lanes`).
+    permits: Arc<Semaphore>,
+}
+
+/// Runs a key's messages one after the other until its queue is empty.
+async fn key_worker(ctx: Arc<Ctx>, key: String, first: (Message, Handler)) {
+    let mut next = Some(first);
+    while let Some((m, h)) = next {
+        if ctx.stop.is_cancelled() {
+            // Not started before the drain: hand it back.
+            h.nack();
+        } else {
+            let _permit = ctx.permits.clone().acquire_owned().await;
+            handle_one(&ctx.rt, ctx.router.as_ref(), &ctx.label, &ctx.stop, m, h).await;
+        }
+        let mut q = ctx.queues.lock().unwrap_or_else(|p| p.into_inner());
+        next = q.get_mut(&key).and_then(VecDeque::pop_front);
+        if next.is_none() {
+            q.remove(&key);
+        }
+    }
 }
 
 async fn handle_one(

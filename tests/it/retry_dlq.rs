@@ -546,7 +546,9 @@ async fn kill_while_retry_is_held_loses_nothing() {
     // the held retry itself ran again after the restart.
     assert!(audit_times(&store, "k1", "transient").await.len() >= 2);
     let dl = store.dead_letters(&Default::default(), 10).await.unwrap();
-    assert!(dl.iter().all(|d| d.record_id.as_deref() == Some("k1") && d.reason == "exhausted"));
+    assert!(dl
+        .iter()
+        .all(|d| d.record_id.as_deref() == Some("k1") && d.reason == "exhausted"));
 }
 
 /// `GET /admin/dlq` and `POST /admin/dlq/replay`: bearer token required,
@@ -566,10 +568,20 @@ async fn admin_dlq_endpoints_need_the_token_and_honour_dry_run() {
     let running = start(s.clone()).await;
     let store = event_backbone::app::connect_store(&s).await.unwrap();
     let p = publishers(&t).await;
-    p.publish_to(TopicKind::Raw, Bytes::from_static(b"<xml/>"), HashMap::new(), "")
+    p.publish_to(
+        TopicKind::Raw,
+        Bytes::from_static(b"<xml/>"),
+        HashMap::new(),
+        "",
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            pending(&store).await == 1
+        })
         .await
-        .unwrap();
-    assert!(eventually(Duration::from_secs(20), || async { pending(&store).await == 1 }).await);
+    );
 
     let http = reqwest::Client::new();
     let base = format!("http://{addr}");
@@ -609,7 +621,10 @@ async fn admin_dlq_endpoints_need_the_token_and_honour_dry_run() {
         .unwrap();
     assert_eq!(dry["dry_run"], true);
     assert_eq!(dry["replayed"], json!([id]));
-    assert!(error_tap.drain(Duration::from_secs(2)).await.is_empty(), "dry run published nothing");
+    assert!(
+        error_tap.drain(Duration::from_secs(2)).await.is_empty(),
+        "dry run published nothing"
+    );
     assert_eq!(pending(&store).await, 1, "dry run marks nothing");
 
     let real: serde_json::Value = http
@@ -631,7 +646,12 @@ async fn admin_dlq_endpoints_need_the_token_and_honour_dry_run() {
     // Still invalid: it dies again at once and its row is reopened.
     assert!(
         eventually(Duration::from_secs(20), || async {
-            count(&store, "SELECT COUNT(*) FROM dead_letters WHERE replay_count = 1 AND replayed_at IS NULL").await == 1
+            count(
+                &store,
+                "SELECT COUNT(*) FROM dead_letters WHERE replay_count = 1 AND replayed_at IS NULL",
+            )
+            .await
+                == 1
         })
         .await
     );
