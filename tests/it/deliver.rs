@@ -346,37 +346,6 @@ async fn deliver_once_per_fingerprint_and_skips_echoes_mariadb() {
     delivered_once_per_fingerprint(Db::Mariadb).await;
 }
 
-/// Project 42 up to v7 with `status` last changed by netsuite at v7, 10:00.
-fn history_to_v7() -> Vec<String> {
-    let mut evs = vec![raw_event(
-        "netsuite",
-        "project",
-        "42",
-        0,
-        "2026-03-13T01:00:00Z",
-        json!({"name": "Old"}),
-    )];
-    for v in 1..6 {
-        evs.push(raw_event(
-            "netsuite",
-            "project",
-            "42",
-            v,
-            &format!("2026-03-13T0{}:00:00Z", v + 1),
-            json!({ format!("f{v}"): v }),
-        ));
-    }
-    evs.push(raw_event(
-        "netsuite",
-        "project",
-        "42",
-        6,
-        "2026-03-13T10:00:00Z",
-        json!({"status": "closed"}),
-    ));
-    evs
-}
-
 async fn worked_example(db: Db) {
     let Some(d) = deploy(db).await else { return };
     let p = publishers(&d.topology).await;

@@ -17,38 +17,6 @@ use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Builds project 42 up to version 7 with `status` last changed by netsuite
-/// at v7, t=10:00 (the SPEC §5 starting point). Returns the events published.
-fn history_to_v7() -> Vec<String> {
-    let mut evs = vec![raw_event(
-        "netsuite",
-        "project",
-        "42",
-        0,
-        "2026-03-13T01:00:00Z",
-        json!({"name": "Old"}),
-    )];
-    for v in 1..6 {
-        evs.push(raw_event(
-            "netsuite",
-            "project",
-            "42",
-            v,
-            &format!("2026-03-13T0{}:00:00Z", v + 1),
-            json!({ format!("f{v}"): v }),
-        ));
-    }
-    evs.push(raw_event(
-        "netsuite",
-        "project",
-        "42",
-        6,
-        "2026-03-13T10:00:00Z",
-        json!({"status": "closed"}),
-    ));
-    evs
-}
-
 async fn worked_example(db: Db) {
     let Some(tdb) = fresh_db(db).await else {
         return;

@@ -709,13 +709,6 @@ struct Daemon {
     metrics: SocketAddr,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 impl Daemon {
     fn spawn(project: &str, db_url: &str, grace: &str) -> Daemon {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port())
@@ -770,8 +763,9 @@ impl Drop for Daemon {
 /// the daemon exits 0 within the grace; after a restart every event is in
 /// `events` exactly once and each merged event was published at least once.
 #[tokio::test]
-#[ignore = "open: ~190 of 400 messages leased by the first process are not redelivered to the \
-            second within 150 s on the emulator (exit 0 within grace and no duplicates hold); \
+#[ignore = "blocked by the emulator: it fails on the client's RST_STREAM (NoSuchMethodError in \
+            onRstStreamRead, see target/services/pubsub.log), so messages leased by the stopped \
+            process are not redelivered within 150 s; exit 0 within grace and no duplicates hold; \
             run with --run-ignored all"]
 async fn ops_sigterm_under_load_drains_and_loses_nothing() {
     const N: usize = 400;

@@ -356,6 +356,15 @@ impl Drop for Daemon {
     }
 }
 
+/// Parked rows with this replay count that are pending again.
+async fn reopened(store: &Store, replay_count: i64) -> i64 {
+    count(
+        store,
+        &format!("SELECT COUNT(*) FROM dead_letters WHERE replay_count = {replay_count} AND replayed_at IS NULL"),
+    )
+    .await
+}
+
 async fn pending(store: &Store) -> i64 {
     count(
         store,
@@ -406,12 +415,7 @@ async fn sigusr1_replays_parked_dead_letters() {
     daemon.signal("-USR1");
     assert!(
         eventually(Duration::from_secs(60), || async {
-            count(
-                &store,
-                "SELECT COUNT(*) FROM dead_letters WHERE replay_count = 1 AND replayed_at IS NULL",
-            )
-            .await
-                == 2
+            reopened(&store, 1).await == 2
         })
         .await,
         "replayed once and parked again"
@@ -419,12 +423,7 @@ async fn sigusr1_replays_parked_dead_letters() {
     daemon.signal("-USR1");
     assert!(
         eventually(Duration::from_secs(60), || async {
-            count(
-                &store,
-                "SELECT COUNT(*) FROM dead_letters WHERE replay_count = 2 AND replayed_at IS NULL",
-            )
-            .await
-                == 2
+            reopened(&store, 2).await == 2
         })
         .await,
         "came back with replay count 2"

@@ -322,3 +322,35 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port")
 }
+
+/// Builds project 42 up to version 7 with `status` last changed by netsuite
+/// at v7, t=10:00 (the SPEC §5 starting point). Returns the events published.
+pub fn history_to_v7() -> Vec<String> {
+    let mut evs = vec![raw_event(
+        "netsuite",
+        "project",
+        "42",
+        0,
+        "2026-03-13T01:00:00Z",
+        serde_json::json!({"name": "Old"}),
+    )];
+    for v in 1..6 {
+        evs.push(raw_event(
+            "netsuite",
+            "project",
+            "42",
+            v,
+            &format!("2026-03-13T0{}:00:00Z", v + 1),
+            serde_json::json!({ format!("f{v}"): v }),
+        ));
+    }
+    evs.push(raw_event(
+        "netsuite",
+        "project",
+        "42",
+        6,
+        "2026-03-13T10:00:00Z",
+        serde_json::json!({"status": "closed"}),
+    ));
+    evs
+}
