@@ -149,7 +149,17 @@ pub async fn insert_events(
     d: Dialect,
     rows: &[EventRow],
 ) -> Result<(), StoreError> {
-    for chunk in rows.chunks(CHUNK / 4) {
+    insert_events_chunked(conn, d, rows, CHUNK / 4).await
+}
+
+/// [`insert_events`] with `per_statement` rows per INSERT (bulk loaders).
+pub async fn insert_events_chunked(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    rows: &[EventRow],
+    per_statement: usize,
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(per_statement.max(1)) {
         let mut q: QueryBuilder<Any> = QueryBuilder::new(
             "INSERT INTO events (id, record_type, record_id, source, `timestamp`, base_version, \
              changes, full_snapshot_ref, processed, sequence_num) ",
@@ -172,7 +182,16 @@ pub async fn insert_events(
 }
 
 pub async fn insert_audit(conn: &mut AnyConnection, rows: &[AuditRow]) -> Result<(), StoreError> {
-    for chunk in rows.chunks(CHUNK / 4) {
+    insert_audit_chunked(conn, rows, CHUNK / 4).await
+}
+
+/// [`insert_audit`] with `per_statement` rows per INSERT (bulk loaders).
+pub async fn insert_audit_chunked(
+    conn: &mut AnyConnection,
+    rows: &[AuditRow],
+    per_statement: usize,
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(per_statement.max(1)) {
         let mut q: QueryBuilder<Any> = QueryBuilder::new(
             "INSERT INTO event_audit_log (event_id, fingerprint, record_type, record_id, stage, \
              processing_outcome, detail, message_id, attempt, claim) ",

@@ -15,7 +15,6 @@ use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
-use sqlx::{Any, QueryBuilder};
 
 use crate::config::Settings;
 use crate::history::{self, ListQuery};
@@ -389,44 +388,8 @@ async fn write(store: &Store, b: &Batch, rows_per_insert: usize) -> anyhow::Resu
     let rows = rows_per_insert.clamp(1, 5_000);
     let _guard = store.write_guard().await;
     let mut tx = store.pool().begin().await?;
-    for chunk in b.events.chunks(rows) {
-        let mut q: QueryBuilder<Any> = QueryBuilder::new(
-            "INSERT INTO events (id, record_type, record_id, source, `timestamp`, base_version, \
-             changes, full_snapshot_ref, processed, sequence_num) ",
-        );
-        q.push_values(chunk, |mut s, r| {
-            s.push_bind(r.id.clone())
-                .push_bind(r.record_type.clone())
-                .push_bind(r.record_id.clone())
-                .push_bind(r.source.clone())
-                .push_bind(d.ts_value(&r.timestamp))
-                .push_bind(r.base_version)
-                .push_bind(r.changes.clone())
-                .push_bind(Option::<String>::None)
-                .push_bind(1i64)
-                .push_bind(r.sequence_num);
-        });
-        q.build().execute(&mut *tx).await?;
-    }
-    for chunk in b.audit.chunks(rows) {
-        let mut q: QueryBuilder<Any> = QueryBuilder::new(
-            "INSERT INTO event_audit_log (event_id, fingerprint, record_type, record_id, stage, \
-             processing_outcome, detail, message_id, attempt, claim) ",
-        );
-        q.push_values(chunk, |mut s, r| {
-            s.push_bind(r.event_id.clone())
-                .push_bind(r.fingerprint.clone())
-                .push_bind(r.record_type.clone())
-                .push_bind(r.record_id.clone())
-                .push_bind(r.stage.clone())
-                .push_bind(r.outcome.clone())
-                .push_bind(r.detail.clone())
-                .push_bind(r.message_id.clone())
-                .push_bind(r.attempt)
-                .push_bind(r.claim.then_some(1i32));
-        });
-        q.build().execute(&mut *tx).await?;
-    }
+    ledger::insert_events_chunked(&mut tx, d, &b.events, rows).await?;
+    ledger::insert_audit_chunked(&mut tx, &b.audit, rows).await?;
     ledger::upsert_states(&mut tx, d, &b.states).await?;
     tx.commit().await?;
     Ok(())
