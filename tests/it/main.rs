@@ -4,6 +4,7 @@
 mod support;
 
 mod chart;
+mod cli;
 mod deliver;
 mod demo;
 mod doctor;
