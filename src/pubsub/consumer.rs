@@ -284,11 +284,13 @@ pub async fn run(
         .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
         .build();
     let stop_work = CancellationToken::new();
+    let stop_holds = CancellationToken::new();
     let ctx = Arc::new(Ctx {
         rt,
         router: spec.router.clone(),
         label: spec.label.clone(),
         stop: stop_work.clone(),
+        holds: stop_holds.clone(),
         queues: Mutex::new(HashMap::new()),
         permits: Arc::new(Semaphore::new(spec.lanes.max(1))),
     });
@@ -321,39 +323,7 @@ pub async fn run(
                     announced = true;
                     on_streaming();
                 }
-                metrics()
-                    .messages_received
-                    .with_label_values(&[&spec.label])
-                    .inc();
-                if spec.lanes == 0 || m.ordering_key.is_empty() {
-                    // Unordered: each message on its own (held retries must
-                    // not block each other); the broker's flow control
-                    // bounds how many there are.
-                    let ctx = ctx.clone();
-                    tasks.spawn(async move {
-                        handle_one(&ctx.rt, ctx.router.as_ref(), &ctx.label, &ctx.stop, m, h).await;
-                    });
-                    continue;
-                }
-                // Ordered: one worker per ordering key with work queued, so
-                // a record's messages run in order and records in parallel.
-                let key = m.ordering_key.clone();
-                let start_worker = {
-                    let mut q = ctx.queues.lock().unwrap_or_else(|p| p.into_inner());
-                    match q.get_mut(&key) {
-                        Some(queue) => {
-                            queue.push_back((m, h));
-                            None
-                        }
-                        None => {
-                            q.insert(key.clone(), VecDeque::new());
-                            Some((m, h))
-                        }
-                    }
-                };
-                if let Some(first) = start_worker {
-                    tasks.spawn(key_worker(ctx.clone(), key, first));
-                }
+                dispatch(&ctx, &mut tasks, spec.lanes == 0, m, h);
             }
             Some(Err(e)) => {
                 let not_found = e
@@ -368,13 +338,35 @@ pub async fn run(
             None => break Err(ConsumerError::Ended(spec.label.clone())),
         }
     };
-    // Drain: queued-but-unstarted messages are nacked; in-flight ones get
-    // the grace period; whatever is left after that is dropped (→ nack).
-    stop_work.cancel();
-    let drained =
-        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    // Drain. Held retries are handed back at once (their schedule survives
+    // in the envelope). Messages the client already holds are processed
+    // within the grace rather than nacked: each one finished here is one
+    // that does not depend on the broker's redelivery. No new pull is
+    // waited for: a message counts as held only if it is there within 20 ms.
+    let deadline = tokio::time::Instant::now() + grace;
+    stop_holds.cancel();
+    if result.is_ok() {
+        let buffered_until = tokio::time::Instant::now() + grace / 2;
+        while tokio::time::Instant::now() < buffered_until {
+            match tokio::time::timeout(Duration::from_millis(20), stream.next()).await {
+                Ok(Some(Ok((m, h)))) => dispatch(&ctx, &mut tasks, spec.lanes == 0, m, h),
+                _ => break,
+            }
+        }
+    }
+    let drained = tokio::time::timeout_at(deadline, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     if drained.is_err() {
-        tracing::warn!(subscription = %spec.label, "Drain grace elapsed; abandoning in-flight messages (they will be redelivered).");
+        // Queued-but-unstarted messages are nacked; what still runs is
+        // dropped (→ nack by the client).
+        stop_work.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        tracing::warn!(subscription = %spec.label, "Drain grace elapsed; unfinished messages are handed back for redelivery.");
         tasks.abort_all();
     }
     stream.shutdown_token().shutdown().await;
@@ -387,11 +379,48 @@ struct Ctx {
     router: Arc<dyn Router>,
     label: String,
     stop: CancellationToken,
+    /// Cancelled at shutdown: held retries are nacked instead of waited for.
+    holds: CancellationToken,
     /// Messages waiting behind the one in progress, per ordering key; a key
     /// is present while its worker runs.
     queues: Mutex<HashMap<String, VecDeque<(Message, Handler)>>>,
     /// Bounds how many ordering keys are processed at once (`lanes`).
     permits: Arc<Semaphore>,
+}
+
+/// Hands a message to its worker: unordered ones run on their own (held
+/// retries must not block each other; the broker's flow control bounds how
+/// many there are), ordered ones queue behind their key's worker, so a
+/// record's messages run in order and records in parallel.
+fn dispatch(ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>, unordered: bool, m: Message, h: Handler) {
+    metrics()
+        .messages_received
+        .with_label_values(&[&ctx.label])
+        .inc();
+    if unordered || m.ordering_key.is_empty() {
+        let ctx = ctx.clone();
+        tasks.spawn(async move {
+            handle_one(&ctx.rt, ctx.router.as_ref(), &ctx.label, &ctx.holds, m, h).await;
+        });
+        return;
+    }
+    let key = m.ordering_key.clone();
+    let start_worker = {
+        let mut q = ctx.queues.lock().unwrap_or_else(|p| p.into_inner());
+        match q.get_mut(&key) {
+            Some(queue) => {
+                queue.push_back((m, h));
+                None
+            }
+            None => {
+                q.insert(key.clone(), VecDeque::new());
+                Some((m, h))
+            }
+        }
+    };
+    if let Some(first) = start_worker {
+        tasks.spawn(key_worker(ctx.clone(), key, first));
+    }
 }
 
 /// Runs a key's messages one after the other until its queue is empty.
@@ -403,7 +432,7 @@ async fn key_worker(ctx: Arc<Ctx>, key: String, first: (Message, Handler)) {
             h.nack();
         } else {
             let _permit = ctx.permits.clone().acquire_owned().await;
-            handle_one(&ctx.rt, ctx.router.as_ref(), &ctx.label, &ctx.stop, m, h).await;
+            handle_one(&ctx.rt, ctx.router.as_ref(), &ctx.label, &ctx.holds, m, h).await;
         }
         let mut q = ctx.queues.lock().unwrap_or_else(|p| p.into_inner());
         next = q.get_mut(&key).and_then(VecDeque::pop_front);
