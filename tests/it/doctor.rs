@@ -182,35 +182,11 @@ async fn doctor_fails_when_the_schema_is_not_migrated() {
 /// ledger before any trigger runs, and doctor says so.
 #[tokio::test]
 async fn doctor_reports_the_runtime_users_grants_mariadb() {
-    use sqlx::Connection;
     let Some(d) = deployment(Db::Mariadb, true, true).await else {
         return;
     };
     let db = d._db.name.clone().expect("a MariaDB database name");
-    let user = format!("sw_{}", rand_suffix(8));
-    let grants =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/grants-mysql.sql"))
-            .expect("grants file")
-            .replace("event_backbone.", &format!("{db}."))
-            .replace("'sync_worker'", &format!("'{user}'"))
-            .replace("'change-me'", "'pw'");
-    let mut admin = sqlx::MySqlConnection::connect(MARIADB_ADMIN)
-        .await
-        .expect("admin connection");
-    for stmt in grants
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-        .collect::<Vec<_>>()
-        .join("\n")
-        .split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        sqlx::raw_sql(stmt)
-            .execute(&mut admin)
-            .await
-            .unwrap_or_else(|e| panic!("{stmt}: {e}"));
-    }
+    let user = apply_shipped_grants(&db).await;
     let snap_url = d.settings.snapshots.url.clone();
     let worker = settings(
         &d.settings.pubsub.project_id,
@@ -227,10 +203,7 @@ async fn doctor_reports_the_runtime_users_grants_mariadb() {
         ledger.detail.contains("denied to this user by its grants"),
         "{ledger}"
     );
-    sqlx::query(&format!("DROP USER '{user}'@'%'"))
-        .execute(&mut admin)
-        .await
-        .expect("drop user");
+    drop_user(&user).await;
 }
 
 /// Run against a live daemon, doctor leaves nothing behind: its raw-topic

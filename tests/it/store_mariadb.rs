@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use event_backbone::store::Store;
-use sqlx::Connection;
 
 use crate::support::*;
 
@@ -126,28 +125,7 @@ async fn sync_worker_cannot_update_or_delete_the_ledger_mariadb() {
     };
     seed(&store).await;
     let db = tdb.name.clone().unwrap();
-    let user = format!("sw_{}", rand_suffix(8));
-    let grants =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/grants-mysql.sql"))
-            .unwrap()
-            .replace("event_backbone.", &format!("{db}."))
-            .replace("'sync_worker'", &format!("'{user}'"))
-            .replace("'change-me'", "'pw'");
-    let mut admin = sqlx::MySqlConnection::connect(MARIADB_ADMIN).await.unwrap();
-    for stmt in grants
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-        .collect::<Vec<_>>()
-        .join("\n")
-        .split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        sqlx::raw_sql(stmt)
-            .execute(&mut admin)
-            .await
-            .unwrap_or_else(|e| panic!("{stmt}: {e}"));
-    }
+    let user = apply_shipped_grants(&db).await;
     let worker = Store::connect(
         &format!("mysql://{user}:pw@127.0.0.1:3306/{db}"),
         2,
@@ -178,8 +156,5 @@ async fn sync_worker_cannot_update_or_delete_the_ledger_mariadb() {
             "{sql} must be denied by grants: {err}"
         );
     }
-    sqlx::query(&format!("DROP USER '{user}'@'%'"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    drop_user(&user).await;
 }

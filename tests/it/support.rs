@@ -354,3 +354,47 @@ pub fn history_to_v7() -> Vec<String> {
     ));
     evs
 }
+
+/// Creates a runtime user `sw_…` (password `pw`) in MariaDB with the grants
+/// shipped in `sql/grants-mysql.sql`, applied to database `db`; returns the
+/// user name.
+pub async fn apply_shipped_grants(db: &str) -> String {
+    use sqlx::Connection;
+    let user = format!("sw_{}", rand_suffix(8));
+    let grants =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/grants-mysql.sql"))
+            .expect("grants file")
+            .replace("event_backbone.", &format!("{db}."))
+            .replace("'sync_worker'", &format!("'{user}'"))
+            .replace("'change-me'", "'pw'");
+    let mut admin = sqlx::MySqlConnection::connect(MARIADB_ADMIN)
+        .await
+        .expect("admin connection");
+    for stmt in grants
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        sqlx::raw_sql(stmt)
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("{stmt}: {e}"));
+    }
+    user
+}
+
+/// Drops a user made by [`apply_shipped_grants`].
+pub async fn drop_user(user: &str) {
+    use sqlx::Connection;
+    let mut admin = sqlx::MySqlConnection::connect(MARIADB_ADMIN)
+        .await
+        .expect("admin connection");
+    sqlx::query(&format!("DROP USER '{user}'@'%'"))
+        .execute(&mut admin)
+        .await
+        .expect("drop user");
+}
