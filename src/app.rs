@@ -232,6 +232,7 @@ impl Application {
             runtime,
             health: self.health.clone(),
             grace: self.settings.shutdown.grace,
+            probe_interval: self.settings.pubsub.probe_interval,
         };
         let relay = tokio::spawn(outbox_relay::run_relay(
             self.store.clone(),

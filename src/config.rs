@@ -117,6 +117,10 @@ pub struct PubsubSettings {
     pub project_id: String,
     /// `host:port` of the emulator; `None` means real Pub/Sub.
     pub emulator_host: Option<String>,
+    /// How often readiness asks Pub/Sub whether it answers: the subscriber
+    /// client reconnects silently, so a dead broker shows nowhere else.
+    #[serde(with = "duration_str")]
+    pub probe_interval: Duration,
 }
 
 impl PubsubSettings {
@@ -467,6 +471,9 @@ impl Settings {
             ));
         }
 
+        if self.pubsub.probe_interval.is_zero() {
+            return Err(invalid("pubsub.probe_interval", "must be greater than 0"));
+        }
         if self.outbox.relay_interval.is_zero() {
             return Err(invalid("outbox.relay_interval", "must be greater than 0"));
         }

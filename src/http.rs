@@ -1,5 +1,5 @@
 //! The metrics port: `/metrics`, `/healthz` (process and supervisor loop
-//! alive), `/readyz` (database answers and every enabled consumer streams).
+//! alive), `/readyz` (database and Pub/Sub answer, every enabled consumer streams).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,11 +135,13 @@ async fn healthz(State(ctx): State<Ctx>) -> impl IntoResponse {
 
 async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
     let db = ctx.db.check().await;
+    let pubsub = ctx.health.broker();
     let consumers = ctx.health.snapshot();
-    let ready = db.is_ok() && ctx.health.all_up();
+    let ready = db.is_ok() && pubsub.is_ok() && ctx.health.all_up();
     let body = Json(json!({
         "ready": ready,
         "database": match &db { Ok(()) => "ok".to_string(), Err(e) => e.clone() },
+        "pubsub": match &pubsub { Ok(()) => "ok".to_string(), Err(e) => e.clone() },
         "consumers": consumers,
     }));
     let status = if ready {

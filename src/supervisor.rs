@@ -24,6 +24,9 @@ pub struct Health {
     tasks: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     /// Where `/metrics` ended up listening (the port may have been 0).
     metrics_addr: OnceLock<SocketAddr>,
+    /// Why Pub/Sub is taken to be unreachable; `None` while it answers (or
+    /// before the first probe: the consumers' own start-up checks cover that).
+    broker_down: Mutex<Option<String>>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -34,10 +37,11 @@ pub struct ConsumerState {
 
 impl Health {
     pub fn set(&self, label: &str, up: bool, detail: impl Into<String>) {
+        let broker_up = self.broker_up();
         metrics()
             .consumer_up
             .with_label_values(&[label])
-            .set(i64::from(up));
+            .set(i64::from(up && broker_up));
         self.consumers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -50,11 +54,59 @@ impl Health {
             );
     }
 
+    /// Records what the last Pub/Sub probe found. While Pub/Sub does not
+    /// answer no consumer has a working stream, whatever the client retries
+    /// behind the scenes: every `consumer_up` reads 0 and readiness fails.
+    pub fn set_broker(&self, down: Option<String>) {
+        let changed = {
+            let mut b = self.broker_down.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = b.is_some() != down.is_some();
+            *b = down;
+            changed
+        };
+        if changed {
+            let broker_up = self.broker_up();
+            for (label, state) in self
+                .consumers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
+                metrics()
+                    .consumer_up
+                    .with_label_values(&[label])
+                    .set(i64::from(state.up && broker_up));
+            }
+        }
+    }
+
+    /// `Err(reason)` while the last probe could not reach Pub/Sub.
+    pub fn broker(&self) -> Result<(), String> {
+        match &*self.broker_down.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => Ok(()),
+            Some(why) => Err(why.clone()),
+        }
+    }
+
+    fn broker_up(&self) -> bool {
+        self.broker().is_ok()
+    }
+
+    /// Each consumer as readiness sees it: not up while Pub/Sub is down.
     pub fn snapshot(&self) -> BTreeMap<String, ConsumerState> {
-        self.consumers
+        let broker = self.broker();
+        let mut c = self
+            .consumers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone();
+        if let Err(why) = broker {
+            for s in c.values_mut().filter(|s| s.up) {
+                s.up = false;
+                s.detail = format!("stream interrupted: {why}");
+            }
+        }
+        c
     }
 
     pub fn all_up(&self) -> bool {
@@ -117,12 +169,17 @@ pub struct Supervisor {
     pub runtime: Arc<Runtime>,
     pub health: Arc<Health>,
     pub grace: Duration,
+    /// How often Pub/Sub is asked whether it answers (`pubsub.probe_interval`).
+    pub probe_interval: Duration,
 }
 
 impl Supervisor {
     /// Runs every consumer until `shutdown`; returns after all have drained.
     pub async fn run(self, consumers: Vec<Supervised>, shutdown: CancellationToken) {
         let me = Arc::new(self);
+        let probe = consumers_probe_target(&consumers).map(|subscription| {
+            tokio::spawn(me.clone().probe_broker(subscription, shutdown.clone()))
+        });
         let mut set = JoinSet::new();
         for c in consumers {
             me.health.set(&c.spec.label, false, "starting");
@@ -143,6 +200,45 @@ impl Supervisor {
         };
         while set.join_next().await.is_some() {}
         beat.abort();
+        if let Some(p) = probe {
+            p.abort();
+        }
+    }
+
+    /// Asks Pub/Sub for one consumed subscription every `probe_interval`.
+    /// The subscriber client hides a lost connection (it reconnects with
+    /// backoff inside the stream), so this is how readiness learns of it.
+    /// A missing subscription is the supervisor's business, not an outage.
+    async fn probe_broker(self: Arc<Self>, subscription: String, shutdown: CancellationToken) {
+        loop {
+            let answer = tokio::time::timeout(
+                BROKER_PROBE_TIMEOUT,
+                self.admin
+                    .get_subscription()
+                    .set_subscription(subscription.clone())
+                    .send(),
+            )
+            .await;
+            let down = match answer {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) if is_not_found(&e) => None,
+                Ok(Err(e)) => Some(format!("Pub/Sub unreachable: {e}")),
+                Err(_) => Some(format!(
+                    "Pub/Sub did not answer within {BROKER_PROBE_TIMEOUT:?}"
+                )),
+            };
+            match (&down, self.health.broker()) {
+                (Some(why), Ok(())) => {
+                    tracing::warn!(reason = %why, "Pub/Sub is unreachable; not ready until it answers.")
+                }
+                (None, Err(_)) => tracing::info!("Pub/Sub answers again."),
+                _ => {}
+            }
+            self.health.set_broker(down);
+            if sleep_or_shutdown(self.probe_interval, &shutdown).await {
+                return;
+            }
+        }
     }
 
     async fn supervise(self: Arc<Self>, c: Arc<Supervised>, shutdown: CancellationToken) {
@@ -238,6 +334,15 @@ impl Supervisor {
     }
 }
 
+/// Below the chart's 3 s readiness probe timeout is not needed (readiness
+/// reads the last result); above a healthy round trip with room to spare.
+const BROKER_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The subscription the broker probe asks about: the first consumer's.
+fn consumers_probe_target(consumers: &[Supervised]) -> Option<String> {
+    consumers.first().map(|c| c.spec.subscription.clone())
+}
+
 /// 0.5 s, 1 s, 2 s, … capped at 30 s.
 fn backoff(failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(6);
@@ -261,5 +366,30 @@ mod tests {
         assert_eq!(backoff(1), Duration::from_millis(500));
         assert_eq!(backoff(2), Duration::from_secs(1));
         assert_eq!(backoff(20), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn an_unreachable_broker_makes_every_consumer_unready_until_it_answers() {
+        let h = Health::default();
+        let label = "unit-broker-sub";
+        let gauge = || metrics().consumer_up.with_label_values(&[label]).get();
+        h.set(label, true, "streaming");
+        assert!(h.all_up());
+        assert_eq!(gauge(), 1);
+
+        h.set_broker(Some("Pub/Sub unreachable: connection refused".into()));
+        assert!(!h.all_up());
+        assert_eq!(gauge(), 0);
+        let s = h.snapshot();
+        assert!(!s[label].up);
+        assert!(s[label].detail.contains("connection refused"), "{s:?}");
+        // A consumer (re)started meanwhile is still not up.
+        h.set(label, true, "streaming");
+        assert_eq!(gauge(), 0);
+
+        h.set_broker(None);
+        assert!(h.all_up());
+        assert_eq!(gauge(), 1);
+        assert_eq!(h.snapshot()[label].detail, "streaming");
     }
 }

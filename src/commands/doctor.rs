@@ -21,9 +21,6 @@ use crate::stages::merge::PROBE_ATTRIBUTE;
 use crate::store::{Backend, Store};
 use crate::topology::{ConsumerKind, TopicKind, Topology};
 
-static MYSQL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/mysql");
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
-
 /// Longest any single check may take, so doctor never hangs on a dead peer.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the probe message may take to come back through the probe subscription.
@@ -310,10 +307,7 @@ async fn subscription(t: &Topology, ep: &Endpoint, kind: ConsumerKind) -> Result
 // Event store
 
 async fn migrations(store: &Store) -> Result<String, String> {
-    let migrator = match store.backend() {
-        Backend::Mysql => &MYSQL_MIGRATIONS,
-        Backend::Sqlite => &SQLITE_MIGRATIONS,
-    };
+    let migrator = store.migrator();
     // The Any driver decodes neither SQLite's BOOLEAN nor MySQL's TINYINT.
     let rows = sqlx::query(
         "SELECT version, CASE WHEN success THEN 1 ELSE 0 END AS success, checksum \

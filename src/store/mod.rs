@@ -225,12 +225,16 @@ impl Store {
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let migrator = match self.dialect.0 {
+        self.migrator().run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The migrations embedded in this binary for this backend.
+    pub fn migrator(&self) -> &'static sqlx::migrate::Migrator {
+        match self.dialect.0 {
             Backend::Mysql => &MYSQL_MIGRATIONS,
             Backend::Sqlite => &SQLITE_MIGRATIONS,
-        };
-        migrator.run(&self.pool).await?;
-        Ok(())
+        }
     }
 
     pub fn backend(&self) -> Backend {

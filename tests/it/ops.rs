@@ -1,5 +1,5 @@
 //! Operating the daemon: every §8 metric after a flow through all stages,
-//! readiness that follows the database without a restart, supervision of a
+//! readiness that follows the database and Pub/Sub without a restart, supervision of a
 //! killed consumer and of a panicking stage, and a SIGTERM drain under load
 //! on the real binary that loses and duplicates nothing.
 
@@ -409,7 +409,8 @@ async fn ops_metrics_scrape_after_a_flow_through_every_stage() {
 // Readiness follows the database
 
 /// A TCP proxy that can be cut (every connection dropped, new ones refused
-/// at once) and restored, standing between the daemon and MariaDB.
+/// at once) and restored, standing between the daemon and MariaDB or the
+/// Pub/Sub emulator.
 struct Proxy {
     port: u16,
     up: Arc<AtomicBool>,
@@ -417,7 +418,8 @@ struct Proxy {
 }
 
 impl Proxy {
-    async fn start(upstream: &'static str) -> Proxy {
+    async fn start(upstream: impl Into<String>) -> Proxy {
+        let upstream: Arc<str> = upstream.into().into();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind proxy");
@@ -432,8 +434,9 @@ impl Proxy {
                     continue;
                 }
                 let cut = gen2.lock().expect("lock").clone();
+                let upstream = upstream.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&*upstream).await else {
                         return;
                     };
                     tokio::select! {
@@ -546,6 +549,128 @@ async fn ops_readyz_follows_the_database_without_a_restart() {
         )
         .await,
         1
+    );
+    d.app.stop().await;
+}
+
+/// Pub/Sub unreachable (the daemon talks to the emulator through a proxy
+/// that is cut): `/readyz` answers 503 naming Pub/Sub and `consumer_up`
+/// drops to 0 while liveness stays 200; events published meanwhile (straight
+/// to the emulator) are stored exactly once and published merged after the
+/// proxy is restored, with no restart of the daemon.
+#[tokio::test]
+async fn ops_pubsub_outage_drops_readiness_and_loses_nothing() {
+    let tdb = fresh_db(Db::Sqlite).await.expect("sqlite");
+    let proxy = Proxy::start(emulator_host()).await;
+    let project = unique_project();
+    let via_proxy = format!("127.0.0.1:{}", proxy.port);
+    let s = settings(
+        &project,
+        &tdb.url,
+        &[
+            ("PUBSUB_EMULATOR_HOST", via_proxy.as_str()),
+            ("BACKBONE__PUBSUB__PROBE_INTERVAL", "1s"),
+        ],
+    );
+    let t = s.topology();
+    let store = event_backbone::app::connect_store(&s).await.expect("store");
+    let merged = tap(&t, TopicKind::Merged).await;
+    let d = boot(s, |_| {}).await;
+    assert!(ready_is(d.addr, 200, WAIT).await, "never ready");
+    // The test publishes straight to the emulator, around the proxy.
+    let p = publishers(&t).await;
+    publish_raw(
+        &p,
+        &event("suitex", "po1", 0, "2025-01-01T10:00:00Z", json!({"a": 1})),
+    )
+    .await;
+    assert!(
+        eventually(WAIT, || async {
+            count(&store, "SELECT COUNT(*) FROM events").await == 1
+        })
+        .await
+    );
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    assert!(
+        ready_is(d.addr, 503, Duration::from_secs(15)).await,
+        "/readyz stayed 200 with Pub/Sub cut off"
+    );
+    let (_, body) = get(d.addr, "/readyz").await;
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    assert_ne!(v["pubsub"], "ok", "{v}");
+    assert_eq!(v["database"], "ok", "{v}");
+    println!("503 after {:?}: {v}", cut_at.elapsed());
+    assert_eq!(
+        metric_now(
+            d.addr,
+            "backbone_consumer_up",
+            &[("subscription", &t.subscription_id(ConsumerKind::Merge))]
+        )
+        .await,
+        0.0
+    );
+    assert_eq!(get(d.addr, "/healthz").await.0, 200, "no restart wanted");
+    for i in 0..5 {
+        publish_raw(
+            &p,
+            &event(
+                "netsuite",
+                &format!("po{}", i + 2),
+                0,
+                "2025-01-01T10:00:01Z",
+                json!({"b": i}),
+            ),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM events").await,
+        1,
+        "nothing can be pulled while Pub/Sub is cut off"
+    );
+
+    proxy.restore();
+    let restored_at = Instant::now();
+    assert!(
+        ready_is(d.addr, 200, WAIT).await,
+        "/readyz did not recover after Pub/Sub returned"
+    );
+    assert!(
+        eventually(Duration::from_secs(90), || async {
+            count(&store, "SELECT COUNT(*) FROM events").await == 6
+        })
+        .await,
+        "events published during the outage were not all stored: {}",
+        count(&store, "SELECT COUNT(*) FROM events").await
+    );
+    println!(
+        "ready again and all stored {:?} after the restore",
+        restored_at.elapsed()
+    );
+    assert!(!d.app.task.is_finished(), "the daemon must not have exited");
+    assert_eq!(
+        count(&store, "SELECT COUNT(DISTINCT record_id) FROM events").await,
+        6
+    );
+    let mut seen = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < 6 && Instant::now() < deadline {
+        for m in merged.collect(6, Duration::from_secs(2)).await {
+            if let Some(id) = json(&m)["record_id"].as_str() {
+                seen.insert(id.to_string());
+            }
+        }
+    }
+    assert_eq!(seen.len(), 6, "merged events missing: {seen:?}");
+    assert!(
+        eventually(WAIT, || async {
+            count(&store, "SELECT COUNT(*) FROM outbox").await == 0
+        })
+        .await,
+        "outbox rows were left unpublished"
     );
     d.app.stop().await;
 }
