@@ -465,6 +465,34 @@ impl Proxy {
     }
 }
 
+/// Waits until the daemon is ready, publishes `first` and waits until it is
+/// stored, then cuts `proxy` (in front of `what`) and waits up to 15 s for
+/// `/readyz` to answer 503. Returns when the cut happened.
+async fn store_one_then_cut(
+    d: &Booted,
+    p: &event_backbone::pubsub::publisher::Publishers,
+    store: &Store,
+    first: &str,
+    proxy: &Proxy,
+    what: &str,
+) -> Instant {
+    assert!(ready_is(d.addr, 200, WAIT).await, "never ready");
+    publish_raw(p, first).await;
+    assert!(
+        eventually(WAIT, || async {
+            count(store, "SELECT COUNT(*) FROM events").await == 1
+        })
+        .await
+    );
+    proxy.cut();
+    let cut_at = Instant::now();
+    assert!(
+        ready_is(d.addr, 503, Duration::from_secs(15)).await,
+        "/readyz stayed 200 with {what} cut off"
+    );
+    cut_at
+}
+
 /// `/readyz` answers 503 (quickly) while MariaDB is unreachable and 200 once
 /// it is back, with no restart; an event published during the outage is
 /// stored once afterwards.
@@ -488,28 +516,11 @@ async fn ops_readyz_follows_the_database_without_a_restart() {
         .await
         .expect("direct store");
     let d = boot(s, |_| {}).await;
-    assert!(ready_is(d.addr, 200, WAIT).await, "never ready");
     let p = publishers(&t).await;
-    publish_raw(
-        &p,
-        &event("netsuite", "r1", 0, "2025-01-01T10:00:00Z", json!({"a": 1})),
-    )
-    .await;
-    assert!(
-        eventually(WAIT, || async {
-            count(&direct, "SELECT COUNT(*) FROM events").await == 1
-        })
-        .await
-    );
-
-    proxy.cut();
-    let cut_at = Instant::now();
-    assert!(
-        ready_is(d.addr, 503, Duration::from_secs(15)).await,
-        "/readyz stayed 200 with the database cut off"
-    );
-    let (status, body) = get(d.addr, "/readyz").await;
+    let first = event("netsuite", "r1", 0, "2025-01-01T10:00:00Z", json!({"a": 1}));
+    let cut_at = store_one_then_cut(&d, &p, &direct, &first, &proxy, "the database").await;
     let started = Instant::now();
+    let (status, body) = get(d.addr, "/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -576,27 +587,10 @@ async fn ops_pubsub_outage_drops_readiness_and_loses_nothing() {
     let store = event_backbone::app::connect_store(&s).await.expect("store");
     let merged = tap(&t, TopicKind::Merged).await;
     let d = boot(s, |_| {}).await;
-    assert!(ready_is(d.addr, 200, WAIT).await, "never ready");
     // The test publishes straight to the emulator, around the proxy.
     let p = publishers(&t).await;
-    publish_raw(
-        &p,
-        &event("suitex", "po1", 0, "2025-01-01T10:00:00Z", json!({"a": 1})),
-    )
-    .await;
-    assert!(
-        eventually(WAIT, || async {
-            count(&store, "SELECT COUNT(*) FROM events").await == 1
-        })
-        .await
-    );
-
-    proxy.cut();
-    let cut_at = Instant::now();
-    assert!(
-        ready_is(d.addr, 503, Duration::from_secs(15)).await,
-        "/readyz stayed 200 with Pub/Sub cut off"
-    );
+    let first = event("suitex", "po1", 0, "2025-01-01T10:00:00Z", json!({"a": 1}));
+    let cut_at = store_one_then_cut(&d, &p, &store, &first, &proxy, "Pub/Sub").await;
     let (_, body) = get(d.addr, "/readyz").await;
     let v: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
     assert_ne!(v["pubsub"], "ok", "{v}");
