@@ -11,3 +11,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON event_backbone.record_state TO 'sync_wor
 GRANT SELECT, INSERT, UPDATE, DELETE ON event_backbone.outbox TO 'sync_worker'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON event_backbone.dead_letters TO 'sync_worker'@'%';
 GRANT SELECT ON event_backbone._sqlx_migrations TO 'sync_worker'@'%';
+-- SPEC §4.1 (migration 0003): pending events wait for their gap, merged
+-- events are kept per version for convergent delivery (append-only for this
+-- user), delivery progress per target and record.
+GRANT SELECT, INSERT, UPDATE, DELETE ON event_backbone.pending_events TO 'sync_worker'@'%';
+GRANT SELECT, INSERT ON event_backbone.merged_events TO 'sync_worker'@'%';
+GRANT SELECT, INSERT, UPDATE, DELETE ON event_backbone.delivery_state TO 'sync_worker'@'%';

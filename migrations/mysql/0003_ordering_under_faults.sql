@@ -1,0 +1,54 @@
+-- SPEC §4.1: ordering under faults.
+
+-- Raw events whose base_version is ahead of their record: stored durably and
+-- merged in version order once the record reaches their base. The row is
+-- deleted in the transaction that merges it (the `events` row is written then).
+CREATE TABLE IF NOT EXISTS pending_events (
+    fingerprint       CHAR(64)     NOT NULL,
+    event_id          CHAR(36)     NOT NULL,
+    record_type       VARCHAR(64)  NOT NULL,
+    record_id         VARCHAR(191) NOT NULL,
+    base_version      BIGINT       NOT NULL,
+    changes           LONGTEXT     NOT NULL,
+    message_id        VARCHAR(128) NULL,
+    data              LONGBLOB     NOT NULL,
+    attributes        LONGTEXT     NOT NULL,
+    received_at       TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    gap_reported_at   TIMESTAMP(6) NULL,
+    PRIMARY KEY (fingerprint),
+    KEY idx_pending_record (record_type, record_id, base_version),
+    KEY idx_pending_received (gap_reported_at, received_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- How many pending events a record has: the merge path only looks for
+-- pending events of records that have some.
+ALTER TABLE record_state ADD COLUMN pending BIGINT NOT NULL DEFAULT 0;
+
+-- Every merged event, by record and version: a delivery folds in the
+-- versions its target has not acknowledged yet. Append-only.
+CREATE TABLE IF NOT EXISTS merged_events (
+    record_type  VARCHAR(64)  NOT NULL,
+    record_id    VARCHAR(191) NOT NULL,
+    version      BIGINT       NOT NULL,
+    event_id     CHAR(36)     NOT NULL,
+    payload      LONGTEXT     NOT NULL,
+    created_at   TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    PRIMARY KEY (record_type, record_id, version)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- Per target and record: the highest version the target acknowledged (2xx)
+-- and the highest version a request was started for.
+CREATE TABLE IF NOT EXISTS delivery_state (
+    target            VARCHAR(16)  NOT NULL,
+    record_type       VARCHAR(64)  NOT NULL,
+    record_id         VARCHAR(191) NOT NULL,
+    acked_version     BIGINT       NOT NULL DEFAULT 0,
+    attempted_version BIGINT       NOT NULL DEFAULT 0,
+    updated_at        TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+    PRIMARY KEY (target, record_type, record_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- The outbox knows each row's record version, so a record's unpublished
+-- versions are published in order before a later one.
+ALTER TABLE outbox ADD COLUMN version BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX idx_outbox_key ON outbox (ordering_key, version);
