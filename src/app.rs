@@ -24,6 +24,7 @@ use crate::stages::park::ParkStage;
 use crate::stages::retry::schedule::Schedule;
 use crate::stages::retry::RetryRouter;
 use crate::stages::{Direct, Registry, Router, Stage};
+use crate::store::outbox::ConfirmedSet;
 use crate::store::Store;
 use crate::supervisor::{Health, Supervised, Supervisor};
 use crate::topology::{ConsumerKind, TopicKind, Topology};
@@ -55,6 +56,7 @@ pub async fn connect_store(s: &Settings) -> anyhow::Result<Store> {
         s.database.connect_timeout,
     )
     .await
+    .map(|store| store.with_query_timeout(s.database.query_timeout))
     .with_context(|| format!("connecting to the database {}", s.database.url_masked()))
 }
 
@@ -82,6 +84,8 @@ pub struct Application {
     endpoint: Endpoint,
     engine: MergeEngine,
     claim_check: ClaimCheck,
+    /// Outbox rows published but not yet deleted (engine and completer share it).
+    confirmed: ConfirmedSet,
 }
 
 impl Application {
@@ -96,6 +100,7 @@ impl Application {
                 .await
                 .context("building the Pub/Sub publisher")?,
         );
+        let confirmed = ConfirmedSet::default();
         let engine = MergeEngine::start(
             store.clone(),
             EngineConfig {
@@ -108,6 +113,7 @@ impl Application {
                 } else {
                     settings.merge.workers
                 },
+                confirmed: confirmed.clone(),
             },
         );
         let snapshots = snapshot_store(&settings).await?;
@@ -138,6 +144,7 @@ impl Application {
             endpoint,
             engine,
             claim_check,
+            confirmed,
         })
     }
 
@@ -178,11 +185,13 @@ impl Application {
 
     /// Runs until `shutdown` fires, then drains and flushes.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let (completer, completer_task) = OutboxCompleter::start(self.store.clone());
+        let (completer, completer_task) =
+            OutboxCompleter::start(self.store.clone(), self.confirmed.clone());
         let runtime = Arc::new(Runtime {
             publishers: self.publishers.clone(),
             outbox: completer.clone(),
             max_attempts: self.settings.retry.max_attempts,
+            health: self.health.clone(),
         });
         let mut consumers = Vec::new();
         for kind in ConsumerKind::all() {
@@ -243,6 +252,13 @@ impl Application {
             self.settings.outbox.relay_interval,
             shutdown.clone(),
         ));
+        let sweeper = tokio::spawn(crate::stages::merge::gaps::run_sweeper(
+            self.store.clone(),
+            self.publishers.clone(),
+            self.settings.merge.gap_timeout,
+            self.settings.merge.gap_check_interval,
+            shutdown.clone(),
+        ));
         let http = crate::http::serve(
             &self.settings,
             self.store.clone(),
@@ -265,6 +281,7 @@ impl Application {
         );
         supervisor.run(consumers, shutdown.clone()).await;
         let _ = relay.await;
+        let _ = sweeper.await;
         drop(completer);
         self.publishers.flush().await;
         let _ = completer_task.await;

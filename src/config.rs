@@ -138,6 +138,11 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     #[serde(with = "duration_str")]
     pub connect_timeout: Duration,
+    /// Longest one unit of database work (a merge transaction, a delivery's
+    /// bookkeeping) may take before the database counts as unreachable: a
+    /// network that hangs (failover) must not hang a message forever.
+    #[serde(with = "duration_str")]
+    pub query_timeout: Duration,
 }
 
 impl DatabaseSettings {
@@ -179,6 +184,13 @@ pub struct MergeSettings {
     #[serde(with = "duration_str")]
     pub batch_linger: Duration,
     pub workers: usize,
+    /// How long a record may wait for a missing version before its pending
+    /// events are reported as a `gap` dead letter (SPEC §4.1).
+    #[serde(with = "duration_str")]
+    pub gap_timeout: Duration,
+    /// How often pending events are checked against `gap_timeout`.
+    #[serde(with = "duration_str")]
+    pub gap_check_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -334,6 +346,9 @@ impl Settings {
                 "must be greater than 0",
             ));
         }
+        if self.database.query_timeout < Duration::from_millis(100) {
+            return Err(invalid("database.query_timeout", "must be at least 100ms"));
+        }
 
         if !is_snapshot_url(&self.snapshots.url) {
             return Err(invalid(
@@ -389,6 +404,15 @@ impl Settings {
         }
         if self.merge.workers < 1 {
             return Err(invalid("merge.workers", "must be at least 1"));
+        }
+        if self.merge.gap_timeout.is_zero() {
+            return Err(invalid("merge.gap_timeout", "must be greater than 0"));
+        }
+        if self.merge.gap_check_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "merge.gap_check_interval",
+                "must be at least 100ms",
+            ));
         }
 
         for (name, target) in [

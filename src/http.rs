@@ -137,9 +137,11 @@ async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
     let db = ctx.db.check().await;
     let pubsub = ctx.health.broker();
     let consumers = ctx.health.snapshot();
-    let ready = db.is_ok() && pubsub.is_ok() && ctx.health.all_up();
+    let holding = ctx.health.holding();
+    let ready = db.is_ok() && pubsub.is_ok() && holding.is_none() && ctx.health.all_up();
     let body = Json(json!({
         "ready": ready,
+        "holding": holding,
         "database": match &db { Ok(()) => "ok".to_string(), Err(e) => e.clone() },
         "pubsub": match &pubsub { Ok(()) => "ok".to_string(), Err(e) => e.clone() },
         "consumers": consumers,

@@ -27,6 +27,11 @@ pub struct Metrics {
     pub merge_batch_size: Histogram,
     pub outbox_relayed: IntCounter,
     pub db_pool_connections: IntGaugeVec,
+    /// Raw events waiting for an earlier version of their record (SPEC §4.1).
+    pub merge_pending: IntGauge,
+    pub merge_gaps: IntCounter,
+    /// Messages held in-process while our own infrastructure does not answer.
+    pub held_messages: IntGaugeVec,
 }
 
 /// Sub-millisecond to 10 s.
@@ -61,7 +66,7 @@ impl Metrics {
             )?,
             messages_processed: counter(
                 "messages_processed_total",
-                "Messages finished, by outcome (merged, noop, duplicate, delivered, skipped, parked, retried, dead_lettered, nacked).",
+                "Messages finished, by outcome (merged, pending, noop, duplicate, delivered, superseded, skipped, parked, retried, dead_lettered, nacked).",
                 &["subscription", "outcome"],
             )?,
             processing_duration: {
@@ -149,6 +154,27 @@ impl Metrics {
                 "Database pool connections by state (idle, in_use).",
                 &["state"],
             )?,
+            merge_pending: {
+                let g = IntGauge::with_opts(opts(
+                    "merge_pending",
+                    "Raw events stored as pending: their base_version is ahead of their record's version.",
+                ))?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            merge_gaps: {
+                let c = IntCounter::with_opts(opts(
+                    "merge_gaps_total",
+                    "Records whose gap stayed open past merge.gap_timeout (dead-lettered as `gap`).",
+                ))?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
+            held_messages: gauge(
+                "held_messages",
+                "Messages held in-process (lease extended) while the database, snapshot store or Pub/Sub does not answer.",
+                &["subscription"],
+            )?,
             registry,
         };
         m.build_info
@@ -166,6 +192,7 @@ impl Metrics {
             self.inflight.with_label_values(&s);
             self.consumer_restarts.with_label_values(&s);
             self.processing_duration.with_label_values(&s);
+            self.held_messages.with_label_values(&s);
         }
         for topic in ["raw", "merged", "error", "dlq"] {
             self.published.with_label_values(&[topic]);
@@ -174,7 +201,7 @@ impl Metrics {
         self.publish_errors.with_label_values(&["refused"]);
         for stage in STAGES {
             self.retry_attempts.with_label_values(&[stage]);
-            for reason in ["invalid", "permanent", "exhausted"] {
+            for reason in ["invalid", "permanent", "exhausted", "gap"] {
                 self.dead_letters.with_label_values(&[stage, reason]);
             }
         }

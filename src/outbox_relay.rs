@@ -12,17 +12,21 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::metrics;
 use crate::pubsub::publisher::Publishers;
 use crate::snapshots::claim_check::ClaimCheck;
+use crate::store::outbox::ConfirmedSet;
 use crate::store::Store;
 
 /// Collects confirmed event ids and deletes their outbox rows in batches.
 #[derive(Clone)]
 pub struct OutboxCompleter {
     tx: mpsc::UnboundedSender<String>,
+    confirmed: ConfirmedSet,
 }
 
 impl OutboxCompleter {
-    /// The task ends once every handle is dropped and the last ids are cleared.
-    pub fn start(store: Store) -> (Self, tokio::task::JoinHandle<()>) {
+    /// The task ends once every handle is dropped and the last ids are
+    /// cleared. `confirmed` holds the ids between publish and delete.
+    pub fn start(store: Store, confirmed: ConfirmedSet) -> (Self, tokio::task::JoinHandle<()>) {
+        let set = confirmed.clone();
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
         let handle = tokio::spawn(async move {
             let mut batch = Vec::new();
@@ -39,17 +43,23 @@ impl OutboxCompleter {
                 }
                 // A failed delete only means the relay publishes the row
                 // once more later; downstream dedupes by fingerprint.
-                if let Err(e) = store.outbox_delete(&batch).await {
-                    tracing::warn!(error = %e, rows = batch.len(), "Could not clear published outbox rows; the relay will republish them.");
+                match store.timed(store.outbox_delete(&batch)).await {
+                    Ok(()) => set.remove_all(&batch),
+                    // Still marked confirmed, so the merge path does not
+                    // publish them again; the relay retries the delete.
+                    Err(e) => {
+                        tracing::warn!(error = %e, rows = batch.len(), "Could not clear published outbox rows; the relay will republish them.")
+                    }
                 }
                 batch.clear();
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
-        (Self { tx }, handle)
+        (Self { tx, confirmed }, handle)
     }
 
     pub fn done(&self, event_id: String) {
+        self.confirmed.insert(event_id.clone());
         let _ = self.tx.send(event_id);
     }
 }
@@ -88,9 +98,14 @@ pub async fn relay_once(
     claim_check: &ClaimCheck,
     min_age: Duration,
 ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
-    let rows = store.outbox_stale(min_age, 500).await?;
+    let rows = store.timed(store.outbox_stale(min_age, 500)).await?;
     let mut n = 0;
     for row in rows {
+        if completer.confirmed.contains(&row.event_id) {
+            // Published already; only its delete failed. Try that again.
+            completer.done(row.event_id);
+            continue;
+        }
         // Rows hold the full payload; an oversized one goes out as a claim check.
         let data = claim_check.shrink(Bytes::from(row.payload)).await?;
         publishers

@@ -27,6 +27,9 @@ pub struct Health {
     /// Why Pub/Sub is taken to be unreachable; `None` while it answers (or
     /// before the first probe: the consumers' own start-up checks cover that).
     broker_down: Mutex<Option<String>>,
+    /// Messages each consumer holds because the database, the snapshot
+    /// store or Pub/Sub does not answer (SPEC §4.1), and the latest reason.
+    holds: Mutex<BTreeMap<String, (usize, String)>>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -86,6 +89,63 @@ impl Health {
             None => Ok(()),
             Some(why) => Err(why.clone()),
         }
+    }
+
+    /// A message of consumer `label` is now held because of `reason`.
+    pub fn hold_started(&self, label: &str, reason: &str) {
+        let mut h = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        let e = h.entry(label.to_string()).or_insert((0, String::new()));
+        e.0 += 1;
+        e.1 = reason.to_string();
+        metrics()
+            .held_messages
+            .with_label_values(&[label])
+            .set(e.0 as i64);
+    }
+
+    /// The latest reason a held message of `label` is still waiting for.
+    pub fn hold_reason(&self, label: &str, reason: &str) {
+        if let Some(e) = self
+            .holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(label)
+        {
+            e.1 = reason.to_string();
+        }
+    }
+
+    /// A held message of `label` went through (or was handed back).
+    pub fn hold_ended(&self, label: &str) {
+        let mut h = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        let left = match h.get_mut(label) {
+            Some(e) => {
+                e.0 = e.0.saturating_sub(1);
+                e.0
+            }
+            None => 0,
+        };
+        if left == 0 {
+            h.remove(label);
+        }
+        metrics()
+            .held_messages
+            .with_label_values(&[label])
+            .set(left as i64);
+    }
+
+    /// `Some(what)` while any consumer holds messages for an outage.
+    pub fn holding(&self) -> Option<String> {
+        let h = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        if h.is_empty() {
+            return None;
+        }
+        Some(
+            h.iter()
+                .map(|(label, (n, why))| format!("{label}: {n} held ({why})"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
     }
 
     fn broker_up(&self) -> bool {

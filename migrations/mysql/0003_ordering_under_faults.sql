@@ -3,13 +3,15 @@
 -- Raw events whose base_version is ahead of their record: stored durably and
 -- merged in version order once the record reaches their base. The row is
 -- deleted in the transaction that merges it (the `events` row is written then).
+-- `event` holds the validated event (resolved changes) as JSON; `data` and
+-- `attributes` the message as received, for its gap dead letter.
 CREATE TABLE IF NOT EXISTS pending_events (
     fingerprint       CHAR(64)     NOT NULL,
     event_id          CHAR(36)     NOT NULL,
     record_type       VARCHAR(64)  NOT NULL,
     record_id         VARCHAR(191) NOT NULL,
     base_version      BIGINT       NOT NULL,
-    changes           LONGTEXT     NOT NULL,
+    event             LONGTEXT     NOT NULL,
     message_id        VARCHAR(128) NULL,
     data              LONGBLOB     NOT NULL,
     attributes        LONGTEXT     NOT NULL,

@@ -5,7 +5,7 @@ CREATE TABLE IF NOT EXISTS pending_events (
     record_type     TEXT    NOT NULL,
     record_id       TEXT    NOT NULL,
     base_version    INTEGER NOT NULL,
-    changes         TEXT    NOT NULL,
+    event           TEXT    NOT NULL,
     message_id      TEXT    NULL,
     data            BLOB    NOT NULL,
     attributes      TEXT    NOT NULL,

@@ -25,7 +25,7 @@ pub struct Filters {
     pub record_type: Option<String>,
     #[arg(long)]
     pub record_id: Option<String>,
-    /// Only this dead reason (invalid, permanent, exhausted).
+    /// Only this dead reason (invalid, permanent, exhausted, gap).
     #[arg(long)]
     pub reason: Option<String>,
 }

@@ -19,6 +19,9 @@ pub const REPLAY: &str = "replay";
 pub const ORDERING_KEY: &str = "ordering_key";
 /// Error history: one line per failed execution, newest last (bounded).
 pub const ERROR_HISTORY: &str = "error_history";
+/// A lower bound for the next try (a sink's `Retry-After`), set only by the
+/// failure that asked for it.
+pub const RETRY_AFTER_MS: &str = "retry_after_ms";
 
 /// Attributes the broker adds when it dead-letters a message itself.
 pub const BROKER_DLQ_SOURCE_SUBSCRIPTION: &str = "CloudPubSubDeadLetterSourceSubscription";
@@ -38,6 +41,7 @@ const OURS: &[&str] = &[
     REPLAY,
     ORDERING_KEY,
     ERROR_HISTORY,
+    RETRY_AFTER_MS,
 ];
 
 pub const LAST_ERROR_MAX: usize = 1024;
@@ -153,6 +157,18 @@ mod tests {
             fingerprint: "ab",
             now: Utc::now(),
         }
+    }
+
+    #[test]
+    fn an_earlier_retry_after_is_not_carried_into_a_later_envelope() {
+        // Execution 1 failed with a Retry-After; the runtime added it to
+        // its envelope. Execution 2 failed without one: its envelope must
+        // not make execution 3 wait on the stale value.
+        let mut first = error_attributes(&HashMap::new(), "m1", "k", &info(1, "429"));
+        first.insert(RETRY_AFTER_MS.into(), "60000".into());
+        let second = error_attributes(&first, "m2", "k", &info(2, "503"));
+        assert_eq!(second.get(RETRY_AFTER_MS), None);
+        assert_eq!(second.get(ATTEMPT).map(String::as_str), Some("2"));
     }
 
     #[test]

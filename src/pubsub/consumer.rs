@@ -5,26 +5,29 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use google_cloud_pubsub::client::Subscriber;
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use google_cloud_pubsub::subscriber::ShutdownBehavior;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::publisher::Publishers;
+use super::publisher::{PublishFailure, Publishers};
 use crate::metrics::{metrics, stage_label};
 use crate::model::envelope::{self, FailureInfo};
 use crate::model::fingerprint::fingerprint_bytes;
 use crate::outbox_relay::OutboxCompleter;
 use crate::stages::{ErrorClass, Failure, Incoming, Outcome, Route, Router, Stage, StageError};
+use crate::supervisor::Health;
 use crate::topology::TopicKind;
 
 /// What the runtime needs besides the stage.
@@ -33,6 +36,8 @@ pub struct Runtime {
     pub outbox: OutboxCompleter,
     /// Executions of a stage before a message is dead-lettered as `exhausted`.
     pub max_attempts: u32,
+    /// Where held messages show up for `/readyz`.
+    pub health: Arc<Health>,
 }
 
 /// What to tell the broker.
@@ -42,25 +47,118 @@ pub enum Action {
     Nack,
 }
 
+/// Between two tries of a held message: from 100 ms, doubling, at most 5 s
+/// (SPEC §4.1: work resumes within 5 s of the infrastructure's return).
+const HOLD_MIN: Duration = Duration::from_millis(100);
+const HOLD_MAX: Duration = Duration::from_secs(5);
+
+/// The messages a consumer holds because our own infrastructure (database,
+/// snapshot store, Pub/Sub) does not answer. While any is held the consumer
+/// pulls nothing new, and `/readyz` says why.
+pub struct Holds {
+    label: String,
+    health: Arc<Health>,
+    /// Cancelled at shutdown: held messages are handed back (nack).
+    stop: CancellationToken,
+    count: AtomicUsize,
+    /// Signalled when the last held message went through.
+    released: Notify,
+}
+
+impl Holds {
+    pub fn new(label: impl Into<String>, health: Arc<Health>, stop: CancellationToken) -> Self {
+        Self {
+            label: label.into(),
+            health,
+            stop,
+            count: AtomicUsize::new(0),
+            released: Notify::new(),
+        }
+    }
+
+    fn paused(&self) -> bool {
+        self.count.load(Ordering::SeqCst) > 0
+    }
+}
+
+/// One message's hold: counted from its first failed try until it goes
+/// through or is handed back (drop).
+struct Hold<'a> {
+    holds: &'a Holds,
+    delays: backon::ExponentialBackoff,
+    since: Option<Instant>,
+    tries: u32,
+}
+
+impl<'a> Hold<'a> {
+    fn new(holds: &'a Holds) -> Self {
+        Self {
+            holds,
+            delays: ExponentialBuilder::default()
+                .with_min_delay(HOLD_MIN)
+                .with_max_delay(HOLD_MAX)
+                .without_max_times()
+                .with_jitter()
+                .build(),
+            since: None,
+            tries: 0,
+        }
+    }
+
+    /// Waits before the next try; false when shutdown came first (nack).
+    async fn wait(&mut self, why: &str) -> bool {
+        self.tries += 1;
+        if self.since.is_none() {
+            self.since = Some(Instant::now());
+            self.holds.count.fetch_add(1, Ordering::SeqCst);
+            self.holds.health.hold_started(&self.holds.label, why);
+            tracing::warn!(error = %why, "Infrastructure unavailable; holding the message (lease extended) and retrying in-process.");
+        } else {
+            self.holds.health.hold_reason(&self.holds.label, why);
+            if self.tries.is_multiple_of(20) {
+                tracing::warn!(error = %why, tries = self.tries, "Still holding the message; infrastructure unavailable.");
+            }
+        }
+        let delay = self.delays.next().unwrap_or(HOLD_MAX).min(HOLD_MAX);
+        tokio::select! {
+            _ = self.holds.stop.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        let Some(since) = self.since else { return };
+        self.holds.health.hold_ended(&self.holds.label);
+        if self.holds.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.holds.released.notify_one();
+        }
+        tracing::info!(held_for = ?since.elapsed(), tries = self.tries, "Held message released.");
+    }
+}
+
 impl Runtime {
     /// Runs `stage` on `msg` and carries out the outcome; returns the broker
-    /// action and the outcome label for metrics.
-    pub async fn execute(&self, stage: &dyn Stage, msg: &Incoming) -> (Action, &'static str) {
-        // A panicking stage (a bug tripped by one poison message) must not
-        // take its lane down: it becomes a transient failure, so the message
-        // goes the retry path and is dead-lettered if it keeps panicking.
-        let result = match AssertUnwindSafe(stage.handle(msg)).catch_unwind().await {
-            Ok(r) => r,
-            Err(panic) => {
-                let what = panic_message(panic.as_ref());
-                tracing::error!(stage = stage.name(), panic = %what, "Stage panicked while handling a message; routing it to the retry path.");
-                Err(Failure {
-                    error: StageError::transient(format!(
-                        "stage {} panicked: {what}",
-                        stage.name()
-                    )),
-                    fingerprint: None,
-                })
+    /// action and the outcome label for metrics. While our infrastructure is
+    /// unreachable the message is held and the stage tried again (SPEC §4.1):
+    /// only shutdown hands it back.
+    pub async fn execute(
+        &self,
+        stage: &dyn Stage,
+        msg: &Incoming,
+        holds: &Holds,
+    ) -> (Action, &'static str) {
+        let mut hold = Hold::new(holds);
+        let result = loop {
+            let r = run_stage(stage, msg).await;
+            match &r {
+                Err(f) if f.error.class == ErrorClass::Unavailable => {
+                    if !hold.wait(&f.error.message).await {
+                        return (Action::Nack, "nacked");
+                    }
+                }
+                _ => break r,
             }
         };
         let fp = match &result {
@@ -71,29 +169,50 @@ impl Runtime {
             tracing::Span::current().record("fingerprint", fp);
         }
         match result {
-            Ok(outcome) => self.complete(stage, outcome).await,
-            Err(failure) => self.route_failure(stage.name(), msg, failure).await,
+            Ok(outcome) => self.complete(stage, outcome, &mut hold).await,
+            Err(failure) => {
+                self.route_failure_held(stage.name(), msg, failure, &mut hold)
+                    .await
+            }
         }
     }
 
-    async fn complete(&self, stage: &dyn Stage, outcome: Outcome) -> (Action, &'static str) {
+    /// Publishes what the stage produced, in order; a broker that does not
+    /// answer holds the message (its work is committed and the outbox keeps
+    /// it, but handing it back would let its successors overtake it).
+    async fn complete(
+        &self,
+        stage: &dyn Stage,
+        outcome: Outcome,
+        hold: &mut Hold<'_>,
+    ) -> (Action, &'static str) {
         for out in outcome.publish {
-            match self
-                .publishers
-                .publish_to(out.topic, out.data, out.attributes, &out.ordering_key)
-                .await
-            {
-                Ok(_) => {
-                    if let Some(id) = out.outbox_id {
-                        self.outbox.done(id);
+            loop {
+                match self
+                    .publishers
+                    .publish_to(
+                        out.topic,
+                        out.data.clone(),
+                        out.attributes.clone(),
+                        &out.ordering_key,
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        if let Some(id) = &out.outbox_id {
+                            self.outbox.done(id.clone());
+                        }
+                        break;
                     }
-                }
-                Err(e) => {
-                    // The work is committed and the outbox still holds the
-                    // message: the redelivery (a duplicate) or the relay
-                    // publishes it. Nack so the broker keeps the original.
-                    tracing::warn!(stage = stage.name(), error = %e, "Publishing a stage's output failed; nacking for redelivery.");
-                    return (Action::Nack, "nacked");
+                    Err(e @ PublishFailure::Broker { .. }) => {
+                        if !hold.wait(&e.to_string()).await {
+                            return (Action::Nack, "nacked");
+                        }
+                    }
+                    Err(e @ PublishFailure::Refused(_)) => {
+                        tracing::error!(stage = stage.name(), error = %e, "Publishing a stage's output was refused; nacking.");
+                        return (Action::Nack, "nacked");
+                    }
                 }
             }
         }
@@ -106,15 +225,29 @@ impl Runtime {
     }
 
     /// Routes a failed execution: error topic for another try, dlq when it is
-    /// permanent or the attempts are used up, nack when we cannot record it.
+    /// permanent or the attempts are used up.
     pub async fn route_failure(
         &self,
         stage: &str,
         msg: &Incoming,
         failure: Failure,
+        holds: &Holds,
+    ) -> (Action, &'static str) {
+        let mut hold = Hold::new(holds);
+        self.route_failure_held(stage, msg, failure, &mut hold)
+            .await
+    }
+
+    async fn route_failure_held(
+        &self,
+        stage: &str,
+        msg: &Incoming,
+        failure: Failure,
+        hold: &mut Hold<'_>,
     ) -> (Action, &'static str) {
         let err = &failure.error;
         if err.class == ErrorClass::Unavailable {
+            // Only reachable for a rejection that was never run; kept safe.
             tracing::warn!(stage, error = %err, "Infrastructure unavailable; nacking the message.");
             return (Action::Nack, "nacked");
         }
@@ -154,41 +287,68 @@ impl Runtime {
                     &info,
                 );
                 if let Some(after) = err.retry_after {
-                    a.insert("retry_after_ms".into(), after.as_millis().to_string());
+                    a.insert(
+                        envelope::RETRY_AFTER_MS.into(),
+                        after.as_millis().to_string(),
+                    );
                 }
                 (TopicKind::Error, a, "retried")
             }
         };
         // Error and dlq topics are unordered: no ordering key, so a failed
-        // publish cannot pause a record's key.
-        match self
-            .publishers
-            .publish_to(topic, msg.data.clone(), attributes, "")
-            .await
-        {
-            Ok(_) => {
-                match dead_reason {
-                    Some(reason) => {
-                        metrics()
-                            .dead_letters
-                            .with_label_values(&[stage_label(stage), reason])
-                            .inc();
-                        tracing::warn!(stage, reason, attempt = msg.execution, error = %err, "Message dead-lettered.");
-                    }
-                    None => {
-                        metrics()
-                            .retry_attempts
-                            .with_label_values(&[stage_label(stage)])
-                            .inc();
-                        tracing::info!(stage, attempt = msg.execution, error = %err, "Message failed; sent to the retry path.");
+        // publish cannot pause a record's key. A broker that does not answer
+        // holds the message rather than handing it back out of order.
+        loop {
+            match self
+                .publishers
+                .publish_to(topic, msg.data.clone(), attributes.clone(), "")
+                .await
+            {
+                Ok(_) => break,
+                Err(e @ PublishFailure::Broker { .. }) => {
+                    if !hold.wait(&e.to_string()).await {
+                        return (Action::Nack, "nacked");
                     }
                 }
-                (Action::Ack, label)
+                Err(e @ PublishFailure::Refused(_)) => {
+                    tracing::error!(stage, error = %e, "Could not route a failed message; nacking it.");
+                    return (Action::Nack, "nacked");
+                }
             }
-            Err(e) => {
-                tracing::error!(stage, error = %e, "Could not route a failed message; nacking it.");
-                (Action::Nack, "nacked")
+        }
+        match dead_reason {
+            Some(reason) => {
+                metrics()
+                    .dead_letters
+                    .with_label_values(&[stage_label(stage), reason])
+                    .inc();
+                tracing::warn!(stage, reason, attempt = msg.execution, error = %err, "Message dead-lettered.");
             }
+            None => {
+                metrics()
+                    .retry_attempts
+                    .with_label_values(&[stage_label(stage)])
+                    .inc();
+                tracing::info!(stage, attempt = msg.execution, error = %err, "Message failed; sent to the retry path.");
+            }
+        }
+        (Action::Ack, label)
+    }
+}
+
+/// Runs the stage once. A panicking stage (a bug tripped by one poison
+/// message) must not take its lane down: it becomes a transient failure, so
+/// the message goes the retry path and is dead-lettered if it keeps panicking.
+async fn run_stage(stage: &dyn Stage, msg: &Incoming) -> crate::stages::StageResult {
+    match AssertUnwindSafe(stage.handle(msg)).catch_unwind().await {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic_message(panic.as_ref());
+            tracing::error!(stage = stage.name(), panic = %what, "Stage panicked while handling a message; routing it to the retry path.");
+            Err(Failure {
+                error: StageError::transient(format!("stage {} panicked: {what}", stage.name())),
+                fingerprint: None,
+            })
         }
     }
 }
@@ -285,12 +445,13 @@ pub async fn run(
         .build();
     let stop_work = CancellationToken::new();
     let stop_holds = CancellationToken::new();
+    let rt_health = rt.health.clone();
     let ctx = Arc::new(Ctx {
         rt,
         router: spec.router.clone(),
         label: spec.label.clone(),
         stop: stop_work.clone(),
-        holds: stop_holds.clone(),
+        holds: Holds::new(spec.label.clone(), rt_health, stop_holds.clone()),
         queues: Mutex::new(HashMap::new()),
         permits: Arc::new(Semaphore::new(spec.lanes.max(1))),
     });
@@ -307,6 +468,9 @@ pub async fn run(
         if died {
             break Err(ConsumerError::LaneDied(spec.label.clone()));
         }
+        // Flow control (SPEC §4.1): while a message is held for an outage,
+        // pull nothing new; what is pulled would only wait or fail too.
+        let paused = ctx.holds.paused();
         let next = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             Some(Err(e)) = tasks.join_next(), if !tasks.is_empty() => {
@@ -315,7 +479,9 @@ pub async fn run(
                 }
                 continue;
             }
-            n = stream.next() => n,
+            _ = ctx.holds.released.notified(), if paused => continue,
+            _ = tokio::time::sleep(Duration::from_millis(500)), if paused => continue,
+            n = stream.next(), if !paused => n,
         };
         match next {
             Some(Ok((m, h))) => {
@@ -379,8 +545,9 @@ struct Ctx {
     router: Arc<dyn Router>,
     label: String,
     stop: CancellationToken,
-    /// Cancelled at shutdown: held retries are nacked instead of waited for.
-    holds: CancellationToken,
+    /// Messages held for an outage or a retry's backoff; its token is
+    /// cancelled at shutdown, so held messages are nacked, not waited for.
+    holds: Holds,
     /// Messages waiting behind the one in progress, per ordering key; a key
     /// is present while its worker runs.
     queues: Mutex<HashMap<String, VecDeque<(Message, Handler)>>>,
@@ -446,11 +613,13 @@ async fn handle_one(
     rt: &Runtime,
     router: &dyn Router,
     label: &str,
-    stop: &CancellationToken,
+    holds: &Holds,
     m: Message,
     h: Handler,
 ) {
-    let started = Instant::now();
+    let stop = &holds.stop;
+    // Processing time starts after a retry's scheduled wait (below).
+    let mut started = Instant::now();
     let span = tracing::info_span!(
         "message",
         message_id = %m.message_id,
@@ -472,7 +641,7 @@ async fn handle_one(
                 stage,
                 msg,
                 failure,
-            } => rt.route_failure(&stage, &msg, failure).await,
+            } => rt.route_failure(&stage, &msg, failure, holds).await,
             Route::Run {
                 stage,
                 msg,
@@ -487,9 +656,10 @@ async fn handle_one(
                             _ = stop.cancelled() => return (Action::Nack, "nacked"),
                             _ = tokio::time::sleep(wait) => {}
                         }
+                        started = Instant::now();
                     }
                 }
-                rt.execute(stage.as_ref(), &msg).await
+                rt.execute(stage.as_ref(), &msg, holds).await
             }
         }
     }

@@ -51,6 +51,8 @@ pub struct StateRow {
     pub version: i64,
     pub last_seq: i64,
     pub state: RecordState,
+    /// Events of the record waiting in `pending_events`.
+    pub pending: i64,
 }
 
 pub type RecordKey = (String, String);
@@ -80,14 +82,19 @@ pub async fn claimed(
     Ok(out)
 }
 
-/// Which of `ids` already exist in `events`.
+/// Which of `ids` already exist in `events` or wait in `pending_events`.
 pub async fn existing_event_ids(
     conn: &mut AnyConnection,
     ids: &[&str],
 ) -> Result<HashSet<String>, StoreError> {
     let mut out = HashSet::new();
-    for chunk in ids.chunks(CHUNK) {
+    for chunk in ids.chunks(CHUNK / 2) {
         let mut q: QueryBuilder<Any> = QueryBuilder::new("SELECT id FROM events WHERE id IN (");
+        let mut sep = q.separated(", ");
+        for id in chunk {
+            sep.push_bind(id.to_string());
+        }
+        q.push(") UNION SELECT event_id AS id FROM pending_events WHERE event_id IN (");
         let mut sep = q.separated(", ");
         for id in chunk {
             sep.push_bind(id.to_string());
@@ -111,7 +118,7 @@ pub async fn load_states(
     let mut out = HashMap::new();
     for chunk in keys.chunks(CHUNK / 2) {
         let mut q: QueryBuilder<Any> = QueryBuilder::new(format!(
-            "SELECT record_type, record_id, version, last_seq, {} AS state FROM record_state WHERE ",
+            "SELECT record_type, record_id, version, last_seq, pending, {} AS state FROM record_state WHERE ",
             d.text("state")
         ));
         for (i, (t, id)) in chunk.iter().enumerate() {
@@ -137,6 +144,7 @@ pub async fn load_states(
                     version: row.try_get("version")?,
                     last_seq: row.try_get("last_seq")?,
                     state,
+                    pending: row.try_get("pending")?,
                 },
             );
         }
@@ -221,7 +229,7 @@ pub async fn upsert_states(
 ) -> Result<(), StoreError> {
     for chunk in rows.chunks(CHUNK / 5) {
         let mut q: QueryBuilder<Any> = QueryBuilder::new(
-            "INSERT INTO record_state (record_type, record_id, version, last_seq, state) ",
+            "INSERT INTO record_state (record_type, record_id, version, last_seq, state, pending) ",
         );
         let mut encoded = Vec::with_capacity(chunk.len());
         for (_, s) in chunk {
@@ -235,16 +243,17 @@ pub async fn upsert_states(
                 .push_bind(id.clone())
                 .push_bind(s.version)
                 .push_bind(s.last_seq)
-                .push_bind(json);
+                .push_bind(json)
+                .push_bind(s.pending);
         });
         q.push(match d.0 {
             super::Backend::Mysql => {
                 " ON DUPLICATE KEY UPDATE version = VALUES(version), last_seq = VALUES(last_seq), \
-                 state = VALUES(state)"
+                 state = VALUES(state), pending = VALUES(pending)"
             }
             super::Backend::Sqlite => {
                 " ON CONFLICT (record_type, record_id) DO UPDATE SET version = excluded.version, \
-                 last_seq = excluded.last_seq, state = excluded.state, \
+                 last_seq = excluded.last_seq, state = excluded.state, pending = excluded.pending, \
                  updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
             }
         });

@@ -2,15 +2,18 @@
 //! SQLite. The SQL is shared; the few dialect differences live in [`Dialect`].
 
 pub mod dead_letters;
+pub mod delivery;
 pub mod ledger;
+pub mod merged;
 pub mod outbox;
+pub mod pending;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyPool, Connection, Executor, Row};
 use tokio::sync::Mutex;
 
 static MYSQL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/mysql");
@@ -34,6 +37,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("unsupported database url (expected mysql:// or sqlite://)")]
     UnsupportedUrl,
+    /// The database did not answer within `database.query_timeout` (a
+    /// network that hangs rather than refuses, e.g. during a failover).
+    #[error("the database did not answer within {}", humantime::format_duration(*.0))]
+    TimedOut(Duration),
 }
 
 impl StoreError {
@@ -55,6 +62,7 @@ impl StoreError {
                     matches!(c.as_str(), "2006" | "2013" | "1040" | "1053" | "1290")
                 })
             }
+            StoreError::TimedOut(_) => true,
             StoreError::Migrate(_) | StoreError::Corrupt(_) | StoreError::UnsupportedUrl => false,
         }
     }
@@ -167,7 +175,17 @@ pub struct Store {
     /// SQLite allows one writer: serialising write transactions in-process
     /// avoids SQLITE_BUSY storms between our own tasks.
     write_lock: Option<Arc<Mutex<()>>>,
+    /// Bound on one unit of work (see [`Store::timed`]).
+    query_timeout: Duration,
 }
+
+/// The default `database.query_timeout`.
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a released connection may take to answer its health ping before
+/// it is dropped: a connection left hanging by a cancelled query (a network
+/// that went silent) must not sit in the pool, or hold a slot, forever.
+const RELEASE_PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Store {
     /// Connects and configures each new connection (UTC sessions on MySQL;
@@ -215,13 +233,43 @@ impl Store {
                     Ok(())
                 })
             })
+            .after_release(|conn, _meta| {
+                Box::pin(async move {
+                    match tokio::time::timeout(RELEASE_PING_TIMEOUT, conn.ping()).await {
+                        Ok(Ok(())) => Ok(true),
+                        Ok(Err(e)) => Err(e),
+                        // Err closes it hard: no goodbye over a dead link.
+                        Err(_) => Err(sqlx::Error::PoolTimedOut),
+                    }
+                })
+            })
             .connect(url)
             .await?;
         Ok(Store {
             pool,
             dialect: Dialect(backend),
             write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
+            query_timeout: DEFAULT_QUERY_TIMEOUT,
         })
+    }
+
+    /// Sets `database.query_timeout`.
+    pub fn with_query_timeout(mut self, d: Duration) -> Self {
+        self.query_timeout = d;
+        self
+    }
+
+    /// Runs one unit of database work, giving up after `database.query_timeout`:
+    /// the caller then treats the database as unreachable (the work is
+    /// dropped mid-flight, so an open transaction is rolled back).
+    pub async fn timed<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        match tokio::time::timeout(self.query_timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::TimedOut(self.query_timeout)),
+        }
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {

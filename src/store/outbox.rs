@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::{Any, AnyConnection, QueryBuilder};
+use sqlx::{Any, AnyConnection, QueryBuilder, Row};
 
 use super::{get_text, Store, StoreError};
 
@@ -16,12 +16,38 @@ pub struct OutboxRow {
     pub ordering_key: String,
     pub payload: String,
     pub attributes: HashMap<String, String>,
+    /// The record's version this merged event made.
+    pub version: i64,
+}
+
+/// Ids of outbox rows whose publish the broker confirmed and whose delete
+/// has not committed yet: the merge path must not publish them again as
+/// leftovers. Shared by the merge engine and the outbox completer.
+#[derive(Debug, Clone, Default)]
+pub struct ConfirmedSet(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
+
+impl ConfirmedSet {
+    pub fn insert(&self, id: String) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+    }
+    pub fn remove_all(&self, ids: &[String]) {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            s.remove(id);
+        }
+    }
+    pub fn contains(&self, id: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    }
 }
 
 pub async fn insert(conn: &mut AnyConnection, rows: &[OutboxRow]) -> Result<(), StoreError> {
     for chunk in rows.chunks(100) {
         let mut q: QueryBuilder<Any> = QueryBuilder::new(
-            "INSERT INTO outbox (event_id, topic, ordering_key, payload, attributes) ",
+            "INSERT INTO outbox (event_id, topic, ordering_key, payload, attributes, version) ",
         );
         let mut encoded = Vec::with_capacity(chunk.len());
         for r in chunk {
@@ -35,11 +61,78 @@ pub async fn insert(conn: &mut AnyConnection, rows: &[OutboxRow]) -> Result<(), 
                 .push_bind(r.topic.clone())
                 .push_bind(r.ordering_key.clone())
                 .push_bind(r.payload.clone())
-                .push_bind(attrs);
+                .push_bind(attrs)
+                .push_bind(r.version);
         });
         q.build().execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+fn from_row(row: &sqlx::any::AnyRow) -> Result<OutboxRow, StoreError> {
+    let attrs = get_text(row, "attributes")?;
+    Ok(OutboxRow {
+        event_id: get_text(row, "event_id")?,
+        topic: get_text(row, "topic")?,
+        ordering_key: get_text(row, "ordering_key")?,
+        payload: get_text(row, "payload")?,
+        attributes: serde_json::from_str(&attrs)
+            .map_err(|e| StoreError::Corrupt(format!("outbox attributes: {e}")))?,
+        version: row.try_get("version")?,
+    })
+}
+
+/// The (event id, ordering key, version) of every outbox row of `keys`:
+/// merged events committed but not (known to be) published yet.
+pub async fn unpublished(
+    conn: &mut AnyConnection,
+    keys: &[String],
+) -> Result<Vec<(String, String, i64)>, StoreError> {
+    let mut out = Vec::new();
+    for chunk in keys.chunks(400) {
+        let mut q: QueryBuilder<Any> = QueryBuilder::new(
+            "SELECT event_id, ordering_key, version FROM outbox WHERE ordering_key IN (",
+        );
+        let mut sep = q.separated(", ");
+        for k in chunk {
+            sep.push_bind(k.clone());
+        }
+        q.push(")");
+        for row in q.build().fetch_all(&mut *conn).await? {
+            out.push((
+                get_text(&row, "event_id")?,
+                get_text(&row, "ordering_key")?,
+                row.try_get("version")?,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Whole outbox rows by event id.
+pub async fn rows(
+    conn: &mut AnyConnection,
+    d: super::Dialect,
+    event_ids: &[String],
+) -> Result<Vec<OutboxRow>, StoreError> {
+    let mut out = Vec::new();
+    for chunk in event_ids.chunks(400) {
+        let mut q: QueryBuilder<Any> = QueryBuilder::new(format!(
+            "SELECT event_id, topic, ordering_key, {} AS payload, {} AS attributes, version \
+             FROM outbox WHERE event_id IN (",
+            d.text("payload"),
+            d.text("attributes")
+        ));
+        let mut sep = q.separated(", ");
+        for id in chunk {
+            sep.push_bind(id.clone());
+        }
+        q.push(")");
+        for row in q.build().fetch_all(&mut *conn).await? {
+            out.push(from_row(&row)?);
+        }
+    }
+    Ok(out)
 }
 
 impl Store {
@@ -70,8 +163,8 @@ impl Store {
         let cutoff = chrono::Utc::now()
             - chrono::Duration::from_std(min_age).unwrap_or(chrono::Duration::zero());
         let sql = format!(
-            "SELECT event_id, topic, ordering_key, {} AS payload, {} AS attributes FROM outbox \
-             WHERE created_at <= ? ORDER BY created_at LIMIT ?",
+            "SELECT event_id, topic, ordering_key, {} AS payload, {} AS attributes, version \
+             FROM outbox WHERE created_at <= ? ORDER BY created_at, version LIMIT ?",
             d.text("payload"),
             d.text("attributes")
         );
@@ -80,19 +173,7 @@ impl Store {
             .bind(limit)
             .fetch_all(self.pool())
             .await?;
-        rows.iter()
-            .map(|row| {
-                let attrs = get_text(row, "attributes")?;
-                Ok(OutboxRow {
-                    event_id: get_text(row, "event_id")?,
-                    topic: get_text(row, "topic")?,
-                    ordering_key: get_text(row, "ordering_key")?,
-                    payload: get_text(row, "payload")?,
-                    attributes: serde_json::from_str(&attrs)
-                        .map_err(|e| StoreError::Corrupt(format!("outbox attributes: {e}")))?,
-                })
-            })
-            .collect()
+        rows.iter().map(from_row).collect()
     }
 
     pub async fn outbox_len(&self) -> Result<i64, StoreError> {

@@ -50,24 +50,17 @@ async fn exhausted_after_five(db: Db) {
         return;
     };
     let project = unique_project();
-    let s = settings(&project, &tdb.url, FAST);
+    let snaps = MissingSnapshots::new();
+    let (k, v) = snaps.setting();
+    let mut overrides = FAST.to_vec();
+    overrides.push((k, &v));
+    let s = settings(&project, &tdb.url, &overrides);
     let t = s.topology();
     let running = start(s.clone()).await;
     let store = event_backbone::app::connect_store(&s).await.unwrap();
     let p = publishers(&t).await;
-    // base_version 3 on a record that does not exist: transient every time.
-    publish_raw(
-        &p,
-        &raw_event(
-            "suitex",
-            "retry",
-            "r1",
-            3,
-            "2026-03-13T10:00:00Z",
-            json!({"a": 1}),
-        ),
-    )
-    .await;
+    // Its snapshot never appears: transient every time.
+    publish_raw(&p, &snaps.event("suitex", "retry", "r1", 0, "r1")).await;
     assert!(
         eventually(Duration::from_secs(40), || async {
             count(&store, "SELECT COUNT(*) FROM dead_letters").await == 1
@@ -129,12 +122,15 @@ async fn fails_twice_then_succeeds(db: Db) {
         return;
     };
     let project = unique_project();
+    let snaps = MissingSnapshots::new();
+    let (k, v) = snaps.setting();
     let s = settings(
         &project,
         &tdb.url,
         &[
             ("BACKBONE__RETRY__INITIAL_BACKOFF", "1s"),
             ("BACKBONE__RETRY__MAX_BACKOFF", "2s"),
+            (k, &v),
         ],
     );
     let t = s.topology();
@@ -142,39 +138,17 @@ async fn fails_twice_then_succeeds(db: Db) {
     let store = event_backbone::app::connect_store(&s).await.unwrap();
     let p = publishers(&t).await;
     let merged = tap(&t, TopicKind::Merged).await;
-    publish_raw(
-        &p,
-        &raw_event(
-            "suitex",
-            "retry",
-            "r2",
-            1,
-            "2026-03-13T10:00:00Z",
-            json!({"b": 2}),
-        ),
-    )
-    .await;
+    publish_raw(&p, &snaps.event("suitex", "retry", "r2", 0, "r2")).await;
     assert!(
         eventually(Duration::from_secs(20), || async {
             audit_times(&store, "r2", "transient").await.len() == 2
         })
         .await
     );
-    // The missing event arrives: the third execution succeeds.
-    publish_raw(
-        &p,
-        &raw_event(
-            "netsuite",
-            "retry",
-            "r2",
-            0,
-            "2026-03-13T09:00:00Z",
-            json!({"a": 1}),
-        ),
-    )
-    .await;
-    let got = merged.collect(2, Duration::from_secs(20)).await;
-    assert_eq!(got.len(), 2);
+    // The snapshot appears: the third execution succeeds.
+    snaps.provide("r2", json!({"b": 2}));
+    let got = merged.collect(1, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 1);
     let merged_rows = audit_times(&store, "r2", "merged").await;
     assert!(
         merged_rows.iter().any(|(attempt, _)| *attempt == 3),
@@ -182,7 +156,7 @@ async fn fails_twice_then_succeeds(db: Db) {
     );
     assert_eq!(audit_times(&store, "r2", "transient").await.len(), 2);
     assert_eq!(count(&store, "SELECT COUNT(*) FROM dead_letters").await, 0);
-    assert_eq!(count(&store, "SELECT version FROM record_state").await, 2);
+    assert_eq!(count(&store, "SELECT version FROM record_state").await, 1);
     running.stop().await;
 }
 
@@ -379,29 +353,22 @@ async fn pending(store: &Store) -> i64 {
 async fn sigusr1_replays_parked_dead_letters() {
     let tdb = fresh_db(Db::Sqlite).await.unwrap();
     let project = unique_project();
-    let s = settings(&project, &tdb.url, FAST);
+    let snaps = MissingSnapshots::new();
+    let (k, v) = snaps.setting();
+    let mut overrides = FAST.to_vec();
+    overrides.push((k, &v));
+    let s = settings(&project, &tdb.url, &overrides);
     let t = s.topology();
     event_backbone::pubsub::provision::provision(&t, &endpoint())
         .await
         .unwrap();
     let store = event_backbone::app::connect_store(&s).await.unwrap();
     store.migrate().await.unwrap();
-    let daemon = Daemon::spawn(&project, &tdb.url, FAST);
+    let daemon = Daemon::spawn(&project, &tdb.url, &overrides);
     let p = publishers(&t).await;
-    // Fault: base_version ahead on two records.
+    // Fault: the snapshots of two records' events are missing.
     for r in ["s1", "s2"] {
-        publish_raw(
-            &p,
-            &raw_event(
-                "suitex",
-                "sig",
-                r,
-                1,
-                "2026-03-13T10:00:00Z",
-                json!({"v": r}),
-            ),
-        )
-        .await;
+        publish_raw(&p, &snaps.event("suitex", "sig", r, 0, r)).await;
     }
     assert!(
         eventually(Duration::from_secs(60), || async {
@@ -434,38 +401,16 @@ async fn sigusr1_replays_parked_dead_letters() {
         "rows are reopened, not duplicated"
     );
 
-    // Clear the fault (the missing first events arrive), then replay.
+    // Clear the fault (the snapshots appear), then replay.
     for r in ["s1", "s2"] {
-        publish_raw(
-            &p,
-            &raw_event(
-                "netsuite",
-                "sig",
-                r,
-                0,
-                "2026-03-13T09:00:00Z",
-                json!({"w": 1}),
-            ),
-        )
-        .await;
+        snaps.provide(r, json!({"v": r}));
     }
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            count(
-                &store,
-                "SELECT COUNT(*) FROM record_state WHERE version = 1",
-            )
-            .await
-                == 2
-        })
-        .await
-    );
     daemon.signal("-USR1");
     assert!(
         eventually(Duration::from_secs(30), || async {
             count(
                 &store,
-                "SELECT COUNT(*) FROM record_state WHERE version = 2",
+                "SELECT COUNT(*) FROM record_state WHERE version = 1",
             )
             .await
                 == 2
@@ -497,6 +442,11 @@ async fn kill_while_retry_is_held_loses_nothing() {
         ("BACKBONE__RETRY__MAX_BACKOFF", "3s"),
         ("BACKBONE__RETRY__MAX_ATTEMPTS", "2"),
     ];
+    let snaps = MissingSnapshots::new();
+    let (k, v) = snaps.setting();
+    let mut slow = slow.to_vec();
+    slow.push((k, &v));
+    let slow = &slow[..];
     let s = settings(&project, &tdb.url, slow);
     let t = s.topology();
     event_backbone::pubsub::provision::provision(&t, &endpoint())
@@ -506,18 +456,7 @@ async fn kill_while_retry_is_held_loses_nothing() {
     store.migrate().await.unwrap();
     let daemon = Daemon::spawn(&project, &tdb.url, slow);
     let p = publishers(&t).await;
-    publish_raw(
-        &p,
-        &raw_event(
-            "suitex",
-            "kill",
-            "k1",
-            4,
-            "2026-03-13T10:00:00Z",
-            json!({"a": 1}),
-        ),
-    )
-    .await;
+    publish_raw(&p, &snaps.event("suitex", "kill", "k1", 0, "k1")).await;
     assert!(
         eventually(Duration::from_secs(20), || async {
             audit_times(&store, "k1", "transient").await.len() == 1

@@ -398,3 +398,48 @@ pub async fn drop_user(user: &str) {
         .await
         .expect("drop user");
 }
+
+/// A transient merge fault a test can clear: raw events whose changes live
+/// in a snapshot file that does not exist until [`MissingSnapshots::provide`]
+/// (SPEC §10: a missing snapshot is transient). Point the daemon at it with
+/// [`MissingSnapshots::setting`].
+pub struct MissingSnapshots {
+    dir: tempfile::TempDir,
+}
+
+impl MissingSnapshots {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// `file://…` of the folder (`snapshots.url`).
+    pub fn url(&self) -> String {
+        format!("file://{}", self.dir.path().display())
+    }
+
+    /// The `BACKBONE__SNAPSHOTS__URL` override.
+    pub fn setting(&self) -> (&'static str, String) {
+        ("BACKBONE__SNAPSHOTS__URL", self.url())
+    }
+
+    /// A raw event whose changes are in snapshot `name` (missing for now).
+    pub fn event(&self, source: &str, rtype: &str, rid: &str, base: i64, name: &str) -> String {
+        serde_json::json!({
+            "source": source, "record_type": rtype, "record_id": rid,
+            "base_version": base, "timestamp": "2026-03-13T10:00:00Z", "changes": {},
+            "full_snapshot_ref": format!("{}/{name}.json", self.url()),
+        })
+        .to_string()
+    }
+
+    /// Clears the fault for `name`.
+    pub fn provide(&self, name: &str, changes: serde_json::Value) {
+        std::fs::write(
+            self.dir.path().join(format!("{name}.json")),
+            changes.to_string(),
+        )
+        .expect("write snapshot");
+    }
+}

@@ -376,6 +376,7 @@ fn generate(
                 version: state.version,
                 last_seq: seq,
                 state,
+                pending: 0,
             },
         ));
     }

@@ -234,6 +234,7 @@ async fn feed(
             } else {
                 settings.merge.workers
             },
+            confirmed: Default::default(),
         },
     );
     // Distinct record ids per run so runs don't see each other's state.
@@ -253,6 +254,8 @@ async fn feed(
             fingerprint: fp,
             message_id: format!("bench-{i}"),
             execution: 1,
+            data: bytes::Bytes::from(g.json.clone()),
+            attributes: Default::default(),
         })));
     }
     let started = Instant::now();

@@ -2,11 +2,14 @@
 //! type, parameterised by target. resolve claim check → route → per-target
 //! dedupe → HTTP POST → claim the fingerprint once the target answered 2xx.
 
+pub mod fold;
 pub mod http_sink;
 pub mod routing;
+pub mod turns;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use serde_json::json;
 
@@ -34,6 +37,8 @@ pub struct DeliverStage {
     sink: HttpSink,
     store: Store,
     claim_check: ClaimCheck,
+    /// Serialises this target's deliveries per record in this process.
+    turns: turns::Turns,
 }
 
 impl DeliverStage {
@@ -43,6 +48,7 @@ impl DeliverStage {
             sink,
             store,
             claim_check,
+            turns: turns::Turns::default(),
         }
     }
 
@@ -81,30 +87,81 @@ impl DeliverStage {
                 .await?;
             return Ok(Outcome::ack("duplicate", Some(fp)));
         }
-        if let Route::Skip { reason } = routing::route(&ev, self.target) {
-            self.audit(
-                msg,
-                Some(&ev),
-                &fp,
-                "skipped",
-                json!({ "reason": reason }),
-                false,
+        // One request at a time per record and target in this process, so
+        // a retry of an older version never races a newer one (SPEC §4.1 P1).
+        let _turn = self.turns.lock(&ev.ordering_key()).await;
+        let target = self.target.as_str();
+        let store_fail = |e: StoreError| Failure {
+            error: store_failure(&e),
+            fingerprint: Some(fp.clone()),
+        };
+        let st = self
+            .store
+            .timed(
+                self.store
+                    .delivery_state(target, &ev.record_type, &ev.record_id),
             )
-            .await?;
-            return Ok(Outcome::ack("skipped", Some(fp)));
+            .await
+            .map_err(store_fail)?;
+        if ev.version <= st.acked || ev.version < st.attempted {
+            // The target has (or is being sent) a later version, which
+            // carried this one's content: never send it back in time.
+            let detail =
+                json!({"version": ev.version, "acked": st.acked, "attempted": st.attempted});
+            self.audit(msg, Some(&ev), &fp, "superseded", detail, false)
+                .await?;
+            return Ok(Outcome::ack("superseded", Some(fp)));
         }
+        let (body, folded) = if st.acked < ev.version - 1 {
+            match self.fold_unacknowledged(&ev, st.acked).await? {
+                Some((folded, versions)) => {
+                    let bytes = serde_json::to_vec(&folded).map_err(|e| Failure {
+                        error: StageError::transient(format!("folded body: {e}")),
+                        fingerprint: Some(fp.clone()),
+                    })?;
+                    (Bytes::from(bytes), versions)
+                }
+                None => return self.skip(msg, &ev, "nothing routed to this target").await,
+            }
+        } else {
+            if let Route::Skip { reason } = routing::route(&ev, self.target) {
+                return self.skip(msg, &ev, reason).await;
+            }
+            (body, vec![ev.version])
+        };
+        self.store
+            .timed(self.store.delivery_advance(
+                target,
+                &ev.record_type,
+                &ev.record_id,
+                ev.version,
+                false,
+            ))
+            .await
+            .map_err(store_fail)?;
         match self.sink.post(&fp, body).await {
             Ok(d) => {
-                let detail = json!({"status": d.status, "version": ev.version});
+                let detail = json!({"status": d.status, "version": ev.version, "versions": folded});
                 match self
                     .audit(msg, Some(&ev), &fp, "delivered", detail, true)
                     .await
                 {
                     Ok(()) => {
+                        self.store
+                            .timed(self.store.delivery_advance(
+                                target,
+                                &ev.record_type,
+                                &ev.record_id,
+                                ev.version,
+                                true,
+                            ))
+                            .await
+                            .map_err(store_fail)?;
                         tracing::info!(
-                            target = self.target.as_str(),
+                            target,
                             status = d.status,
                             version = ev.version,
+                            folded = folded.len(),
                             "Merged event delivered."
                         );
                         Ok(Outcome::ack("delivered", Some(fp)))
@@ -123,7 +180,7 @@ impl DeliverStage {
                     Some(&ev),
                     &fp,
                     outcome_of(&error),
-                    json!({"error": error.message}),
+                    json!({"error": error.message, "version": ev.version}),
                     false,
                 )
                 .await?;
@@ -135,20 +192,70 @@ impl DeliverStage {
         }
     }
 
-    async fn already_delivered(&self, fp: &str) -> Result<bool, Failure> {
-        let store_fail = |e: StoreError| Failure {
-            error: store_failure(&e),
-            fingerprint: Some(fp.to_string()),
-        };
-        let mut conn = self
+    async fn skip(&self, msg: &Incoming, ev: &MergedEvent, reason: &str) -> StageResult {
+        let fp = ev.fingerprint.clone();
+        self.audit(
+            msg,
+            Some(ev),
+            &fp,
+            "skipped",
+            json!({ "reason": reason }),
+            false,
+        )
+        .await?;
+        Ok(Outcome::ack("skipped", Some(fp)))
+    }
+
+    /// `ev` folded with every version after `acked` the target has not
+    /// acknowledged (read back from `merged_events`), and the versions folded.
+    async fn fold_unacknowledged(
+        &self,
+        ev: &MergedEvent,
+        acked: i64,
+    ) -> Result<Option<(MergedEvent, Vec<i64>)>, Failure> {
+        let payloads = self
             .store
-            .pool()
-            .acquire()
+            .timed(
+                self.store
+                    .merged_between(&ev.record_type, &ev.record_id, acked, ev.version),
+            )
             .await
-            .map_err(|e| store_fail(e.into()))?;
-        let claimed = ledger::claimed(&mut conn, stage_name(self.target), &[fp])
+            .map_err(|e| Failure {
+                error: store_failure(&e),
+                fingerprint: Some(ev.fingerprint.clone()),
+            })?;
+        let mut versions: Vec<MergedEvent> = Vec::with_capacity(payloads.len() + 1);
+        for p in payloads {
+            match serde_json::from_str::<MergedEvent>(&p) {
+                Ok(m) => versions.push(m),
+                Err(e) => {
+                    return Err(Failure {
+                        error: StageError::transient(format!(
+                            "stored merged event of {} is unreadable: {e}",
+                            ev.ordering_key()
+                        )),
+                        fingerprint: Some(ev.fingerprint.clone()),
+                    })
+                }
+            }
+        }
+        versions.push(ev.clone());
+        let numbers = versions.iter().map(|m| m.version).collect();
+        Ok(fold::fold(&versions, self.target).map(|f| (f, numbers)))
+    }
+
+    async fn already_delivered(&self, fp: &str) -> Result<bool, Failure> {
+        let claimed = self
+            .store
+            .timed(async {
+                let mut conn = self.store.pool().acquire().await?;
+                ledger::claimed(&mut conn, stage_name(self.target), &[fp]).await
+            })
             .await
-            .map_err(store_fail)?;
+            .map_err(|e| Failure {
+                error: store_failure(&e),
+                fingerprint: Some(fp.to_string()),
+            })?;
         Ok(claimed.contains(fp))
     }
 
@@ -175,12 +282,14 @@ impl DeliverStage {
             attempt: i32::try_from(msg.execution).unwrap_or(i32::MAX),
             claim,
         };
-        let _guard = self.store.write_guard().await;
-        let result = async {
-            let mut conn = self.store.pool().acquire().await?;
-            ledger::insert_audit(&mut conn, std::slice::from_ref(&row)).await
-        }
-        .await;
+        let result = self
+            .store
+            .timed(async {
+                let _guard = self.store.write_guard().await;
+                let mut conn = self.store.pool().acquire().await?;
+                ledger::insert_audit(&mut conn, std::slice::from_ref(&row)).await
+            })
+            .await;
         result.map_err(|e| Failure {
             error: store_failure(&e),
             fingerprint: Some(fp.to_string()),

@@ -20,7 +20,9 @@ use crate::model::fingerprint::format_timestamp;
 use crate::model::merged_event::MergedEvent;
 use crate::model::raw_event::RawEvent;
 use crate::store::ledger::{self, AuditRow, EventRow, RecordKey, StateRow};
-use crate::store::outbox::{self, OutboxRow};
+use crate::store::merged::{self, MergedRow};
+use crate::store::outbox::{self, ConfirmedSet, OutboxRow};
+use crate::store::pending::{self, PendingEvent, PendingRow};
 use crate::store::{Store, StoreError};
 
 pub const STAGE: &str = "merge";
@@ -34,6 +36,9 @@ pub struct EventItem {
     pub fingerprint: String,
     pub message_id: String,
     pub execution: u32,
+    /// The message as received: a pending event keeps it for its gap dead letter.
+    pub data: bytes::Bytes,
+    pub attributes: HashMap<String, String>,
 }
 
 /// Work for the engine.
@@ -44,22 +49,32 @@ pub enum Item {
     Audit(AuditRow),
 }
 
-/// What happened to one submitted item.
+/// What happened to one submitted item. `publish` lists, in version order,
+/// the merged events of the record to publish now: leftovers of a process
+/// that died before publishing, this event's own, and those of pending events
+/// it let in (SPEC §4.1).
 #[derive(Debug, Clone)]
 pub enum Decision {
-    /// Persisted and merged; publish `outbox` (already committed to the outbox).
+    /// Persisted and merged.
     Merged {
         merged: Box<MergedEvent>,
-        outbox: Box<OutboxRow>,
+        publish: Vec<OutboxRow>,
     },
-    /// Persisted; nothing to publish.
-    Noop { event_id: String },
+    /// Persisted; nothing of its own to publish.
+    Noop {
+        event_id: String,
+        publish: Vec<OutboxRow>,
+    },
     /// The fingerprint was already claimed.
-    Duplicate,
+    Duplicate { publish: Vec<OutboxRow> },
+    /// Stored as pending: an earlier version of the record is missing.
+    Pending {
+        base: i64,
+        version: i64,
+        publish: Vec<OutboxRow>,
+    },
     /// The audit row was written.
     Audited,
-    /// The event cannot be merged yet (an earlier one is missing).
-    BaseVersionAhead { base: i64, version: i64 },
     /// The publisher's id was used before for other content.
     IdReused { id: String },
 }
@@ -72,6 +87,8 @@ pub struct EngineConfig {
     pub batch_max: usize,
     pub linger: Duration,
     pub workers: usize,
+    /// Outbox rows this process saw published but has not deleted yet.
+    pub confirmed: ConfirmedSet,
 }
 
 type Reply = oneshot::Sender<Result<Decision, Arc<StoreError>>>;
@@ -148,7 +165,7 @@ async fn worker(store: Store, cfg: Arc<EngineConfig>, mut rx: mpsc::Receiver<Req
         // Contention (deadlock, a replica claiming the same fingerprint,
         // SQLite busy) is resolved by running the same batch again; anything
         // else is reported to every submitter.
-        let attempt = || async { process(&store, &cfg, &items).await };
+        let attempt = || async { store.timed(process(&store, &cfg, &items)).await };
         let result = attempt
             .retry(
                 ExponentialBuilder::default()
@@ -222,19 +239,36 @@ pub async fn process(
     } else {
         ledger::load_states(&mut tx, d, &keys, true).await?
     };
-    let mut touched: HashSet<RecordKey> = HashSet::new();
+    // Merged events of these records committed earlier but not known to be
+    // published (a process died before its publish): they go out first, in
+    // version order (SPEC §4.1).
+    let mut leftovers = unpublished_by_key(&mut tx, d, &keys, &cfg.confirmed).await?;
+    // Pending events, only for records that have some.
+    let with_pending: Vec<RecordKey> = keys
+        .iter()
+        .filter(|k| states.get(*k).is_some_and(|s| s.pending > 0))
+        .cloned()
+        .collect();
+    let mut waiting: HashMap<RecordKey, Vec<Waiting>> = HashMap::new();
+    if !with_pending.is_empty() {
+        for p in pending::load(&mut tx, d, &with_pending).await? {
+            waiting
+                .entry((p.record_type.clone(), p.record_id.clone()))
+                .or_default()
+                .push(Waiting {
+                    row: p,
+                    stored: true,
+                });
+        }
+    }
 
-    let mut event_rows = Vec::new();
-    let mut audit_rows = Vec::new();
-    let mut outbox_rows = Vec::new();
+    let mut w = Writes::default();
     let mut decisions = Vec::with_capacity(items.len());
-    // (record_type, rule) per resolved conflict, counted once committed.
-    let mut conflicts: Vec<(String, &'static str)> = Vec::new();
 
     for item in items {
         let e = match item {
             Item::Audit(a) => {
-                audit_rows.push(a.clone());
+                w.audit.push(a.clone());
                 decisions.push(Decision::Audited);
                 continue;
             }
@@ -242,6 +276,7 @@ pub async fn process(
         };
         let ev = &e.event;
         let key = (ev.record_type.clone(), ev.record_id.clone());
+        let okey = ev.ordering_key();
         let audit =
             |event_id: Option<String>, outcome: &str, detail: serde_json::Value, claim| AuditRow {
                 event_id,
@@ -257,15 +292,17 @@ pub async fn process(
             };
 
         if claimed.contains(&e.fingerprint) {
-            audit_rows.push(audit(None, "duplicate", json!({}), false));
-            decisions.push(Decision::Duplicate);
+            w.audit.push(audit(None, "duplicate", json!({}), false));
+            decisions.push(Decision::Duplicate {
+                publish: leftovers.remove(&okey).unwrap_or_default(),
+            });
             continue;
         }
         let event_id = match ev.id {
             Some(id) => {
                 let id = id.to_string();
                 if used_ids.contains(&id) {
-                    audit_rows.push(audit(
+                    w.audit.push(audit(
                         Some(id.clone()),
                         "permanent",
                         json!({"error": "id reused with different content"}),
@@ -278,8 +315,12 @@ pub async fn process(
             }
             None => uuid::Uuid::now_v7().to_string(),
         };
-
+        claimed.insert(e.fingerprint.clone());
+        used_ids.insert(event_id.clone());
+        w.touched.insert(key.clone());
         let state = states.entry(key.clone()).or_default();
+        let mut publish = leftovers.remove(&okey).unwrap_or_default();
+
         let incoming = Incoming {
             source: ev.source,
             timestamp: ev.timestamp,
@@ -289,110 +330,345 @@ pub async fn process(
         let result = match rules::merge(&mut state.state, incoming, &cfg.policy) {
             Ok(r) => r,
             Err(MergeError::BaseVersionAhead { base, version }) => {
-                audit_rows.push(audit(
-                    None,
-                    "transient",
-                    json!({"error": "base_version ahead", "base_version": base, "version": version}),
-                    false,
+                // A gap is not an error: the event waits, durably, for the
+                // versions before it (SPEC §4.1).
+                w.audit.push(audit(
+                    Some(event_id.clone()),
+                    "pending",
+                    json!({"base_version": base, "version": version}),
+                    true,
                 ));
-                decisions.push(Decision::BaseVersionAhead { base, version });
+                let row = PendingRow {
+                    fingerprint: e.fingerprint.clone(),
+                    event_id,
+                    record_type: ev.record_type.clone(),
+                    record_id: ev.record_id.clone(),
+                    base_version: base,
+                    event: PendingEvent {
+                        id: ev.id,
+                        source: ev.source,
+                        timestamp: ev.timestamp,
+                        base_version: base,
+                        changes: e.changes.clone(),
+                        full_snapshot_ref: ev.full_snapshot_ref.clone(),
+                    },
+                    message_id: Some(e.message_id.clone()),
+                    data: e.data.to_vec(),
+                    attributes: e.attributes.clone(),
+                };
+                state.pending += 1;
+                w.pending_added += 1;
+                waiting
+                    .entry(key.clone())
+                    .or_default()
+                    .push(Waiting { row, stored: false });
+                decisions.push(Decision::Pending {
+                    base,
+                    version,
+                    publish,
+                });
                 continue;
             }
         };
-        claimed.insert(e.fingerprint.clone());
-        used_ids.insert(event_id.clone());
-        touched.insert(key.clone());
-        state.version = state.state.version;
-        state.last_seq += 1;
-
-        event_rows.push(EventRow {
-            id: event_id.clone(),
+        let applied = Applied {
+            event_id: event_id.clone(),
+            fingerprint: e.fingerprint.clone(),
             record_type: ev.record_type.clone(),
             record_id: ev.record_id.clone(),
-            source: ev.source.as_str().to_string(),
+            source: ev.source,
             timestamp: ev.timestamp,
             base_version: ev.base_version,
-            changes: serde_json::Value::Object(e.changes.clone()).to_string(),
+            changes: &e.changes,
             full_snapshot_ref: ev.full_snapshot_ref.clone(),
-            // The merge ran in this same transaction.
-            processed: true,
-            sequence_num: state.last_seq,
-        });
-        conflicts.extend(
-            result
-                .conflicts
-                .iter()
-                .map(|c| (ev.record_type.clone(), c.rule.as_str())),
-        );
-        let applied_fields: Vec<&String> = result.applied.keys().collect();
-        let outcome = if result.publishes() { "merged" } else { "noop" };
-        audit_rows.push(audit(
-            Some(event_id.clone()),
-            outcome,
-            json!({
-                "sequence_num": state.last_seq,
-                "version": result.version,
-                "applied": applied_fields,
-                "conflicts": result.conflicts.len(),
-            }),
-            true,
-        ));
-
-        if result.publishes() {
-            let merged = MergedEvent {
-                event_id: event_id.clone(),
-                fingerprint: e.fingerprint.clone(),
-                record_type: ev.record_type.clone(),
-                record_id: ev.record_id.clone(),
-                origin: ev.source,
-                version: result.version,
-                base_version: ev.base_version,
-                timestamp: format_timestamp(&ev.timestamp),
-                applied: result.applied,
-                conflicts: result.conflicts,
-                full_snapshot_ref: None,
-            };
-            let row = OutboxRow {
-                event_id: event_id.clone(),
-                topic: cfg.merged_topic.clone(),
-                ordering_key: merged.ordering_key(),
-                payload: serde_json::to_string(&merged)
-                    .map_err(|e| StoreError::Corrupt(format!("merged event: {e}")))?,
-                attributes: merged.attributes(),
-            };
-            outbox_rows.push(row.clone());
-            decisions.push(Decision::Merged {
+            message_id: e.message_id.clone(),
+            attempt: e.execution as i32,
+            claim: true,
+        };
+        let own = w.record(cfg, state, applied, result)?;
+        if let Some((_, row)) = &own {
+            publish.push(row.clone());
+        }
+        // The record moved: pending events that now fit merge right behind it.
+        release_pending(cfg, state, waiting.get_mut(&key), &mut w, &mut publish)?;
+        decisions.push(match own {
+            Some((merged, _)) => Decision::Merged {
                 merged: Box::new(merged),
-                outbox: Box::new(row),
-            });
-        } else {
-            decisions.push(Decision::Noop { event_id });
+                publish,
+            },
+            None => Decision::Noop { event_id, publish },
+        });
+    }
+
+    // Pending events still waiting: new ones are stored, stored ones stay.
+    for list in waiting.into_values() {
+        for wt in list {
+            if !wt.stored {
+                w.pending_new.push(wt.row);
+            }
         }
     }
-
     let state_rows: Vec<(RecordKey, StateRow)> = states
         .into_iter()
-        .filter(|(k, _)| touched.contains(k))
+        .filter(|(k, _)| w.touched.contains(k))
         .collect();
-    if !event_rows.is_empty() {
-        ledger::insert_events(&mut tx, d, &event_rows).await?;
+    if !w.events.is_empty() {
+        ledger::insert_events(&mut tx, d, &w.events).await?;
     }
-    if !audit_rows.is_empty() {
-        ledger::insert_audit(&mut tx, &audit_rows).await?;
+    if !w.audit.is_empty() {
+        ledger::insert_audit(&mut tx, &w.audit).await?;
     }
     if !state_rows.is_empty() {
         ledger::upsert_states(&mut tx, d, &state_rows).await?;
     }
-    if !outbox_rows.is_empty() {
-        outbox::insert(&mut tx, &outbox_rows).await?;
+    if !w.outbox.is_empty() {
+        outbox::insert(&mut tx, &w.outbox).await?;
+        merged::insert(&mut tx, &w.merged).await?;
+    }
+    if !w.pending_new.is_empty() {
+        pending::insert(&mut tx, &w.pending_new).await?;
+    }
+    if !w.pending_done.is_empty() {
+        pending::delete(&mut tx, &w.pending_done).await?;
     }
     tx.commit().await?;
     let m = crate::metrics::metrics();
     m.merge_batch_size.observe(items.len() as f64);
-    for (record_type, rule) in &conflicts {
+    m.merge_pending
+        .add(w.pending_added - w.pending_done.len() as i64);
+    for (record_type, rule) in &w.conflicts {
         m.merge_conflicts
             .with_label_values(&[record_type.as_str(), rule])
             .inc();
     }
     Ok(decisions)
+}
+
+/// A pending event of a record in this batch; `stored` once it is in the table.
+struct Waiting {
+    row: PendingRow,
+    stored: bool,
+}
+
+/// Everything one batch writes.
+#[derive(Default)]
+struct Writes {
+    events: Vec<EventRow>,
+    audit: Vec<AuditRow>,
+    outbox: Vec<OutboxRow>,
+    merged: Vec<MergedRow>,
+    pending_new: Vec<PendingRow>,
+    /// Fingerprints of stored pending events merged in this batch.
+    pending_done: Vec<String>,
+    pending_added: i64,
+    touched: HashSet<RecordKey>,
+    /// (record_type, rule) per resolved conflict, counted once committed.
+    conflicts: Vec<(String, &'static str)>,
+}
+
+/// An event whose merge succeeded, as the rows need it.
+struct Applied<'a> {
+    event_id: String,
+    fingerprint: String,
+    record_type: String,
+    record_id: String,
+    source: crate::model::raw_event::Source,
+    timestamp: chrono::DateTime<chrono::Utc>,
+    base_version: i64,
+    changes: &'a serde_json::Map<String, serde_json::Value>,
+    full_snapshot_ref: Option<String>,
+    message_id: String,
+    attempt: i32,
+    /// Its audit row claims the fingerprint (not when a pending row did).
+    claim: bool,
+}
+
+impl Writes {
+    /// Writes the rows of a merged event; returns it and its outbox row when
+    /// it is published.
+    fn record(
+        &mut self,
+        cfg: &EngineConfig,
+        state: &mut StateRow,
+        a: Applied<'_>,
+        result: rules::MergeResult,
+    ) -> Result<Option<(MergedEvent, OutboxRow)>, StoreError> {
+        state.version = state.state.version;
+        state.last_seq += 1;
+        self.events.push(EventRow {
+            id: a.event_id.clone(),
+            record_type: a.record_type.clone(),
+            record_id: a.record_id.clone(),
+            source: a.source.as_str().to_string(),
+            timestamp: a.timestamp,
+            base_version: a.base_version,
+            changes: serde_json::Value::Object(a.changes.clone()).to_string(),
+            full_snapshot_ref: a.full_snapshot_ref.clone(),
+            // The merge ran in this same transaction.
+            processed: true,
+            sequence_num: state.last_seq,
+        });
+        self.conflicts.extend(
+            result
+                .conflicts
+                .iter()
+                .map(|c| (a.record_type.clone(), c.rule.as_str())),
+        );
+        let applied_fields: Vec<&String> = result.applied.keys().collect();
+        let outcome = if result.publishes() { "merged" } else { "noop" };
+        self.audit.push(AuditRow {
+            event_id: Some(a.event_id.clone()),
+            fingerprint: a.fingerprint.clone(),
+            record_type: Some(a.record_type.clone()),
+            record_id: Some(a.record_id.clone()),
+            stage: STAGE.to_string(),
+            outcome: outcome.to_string(),
+            detail: Some(
+                json!({
+                    "sequence_num": state.last_seq,
+                    "version": result.version,
+                    "applied": applied_fields,
+                    "conflicts": result.conflicts.len(),
+                    "was_pending": !a.claim,
+                })
+                .to_string(),
+            ),
+            message_id: Some(a.message_id.clone()),
+            attempt: a.attempt,
+            claim: a.claim,
+        });
+        if !result.publishes() {
+            return Ok(None);
+        }
+        let merged = MergedEvent {
+            event_id: a.event_id.clone(),
+            fingerprint: a.fingerprint,
+            record_type: a.record_type.clone(),
+            record_id: a.record_id.clone(),
+            origin: a.source,
+            version: result.version,
+            base_version: a.base_version,
+            timestamp: format_timestamp(&a.timestamp),
+            applied: result.applied,
+            conflicts: result.conflicts,
+            full_snapshot_ref: None,
+        };
+        let payload = serde_json::to_string(&merged)
+            .map_err(|e| StoreError::Corrupt(format!("merged event: {e}")))?;
+        let row = OutboxRow {
+            event_id: a.event_id.clone(),
+            topic: cfg.merged_topic.clone(),
+            ordering_key: merged.ordering_key(),
+            payload: payload.clone(),
+            attributes: merged.attributes(),
+            version: merged.version,
+        };
+        self.outbox.push(row.clone());
+        self.merged.push(MergedRow {
+            record_type: a.record_type,
+            record_id: a.record_id,
+            version: merged.version,
+            event_id: a.event_id,
+            payload,
+        });
+        Ok(Some((merged, row)))
+    }
+}
+
+/// Merges, in version order, the pending events of a record that now fit
+/// (base ≤ version), each one possibly letting the next one in.
+fn release_pending(
+    cfg: &EngineConfig,
+    state: &mut StateRow,
+    waiting: Option<&mut Vec<Waiting>>,
+    w: &mut Writes,
+    publish: &mut Vec<OutboxRow>,
+) -> Result<(), StoreError> {
+    let Some(list) = waiting else {
+        return Ok(());
+    };
+    loop {
+        // Lowest base first; among equal bases, the one that arrived first.
+        let Some(i) = list
+            .iter()
+            .enumerate()
+            .filter(|(_, wt)| wt.row.base_version <= state.version)
+            .min_by_key(|(i, wt)| (wt.row.base_version, *i))
+            .map(|(i, _)| i)
+        else {
+            return Ok(());
+        };
+        let wt = list.remove(i);
+        let p = wt.row;
+        let incoming = Incoming {
+            source: p.event.source,
+            timestamp: p.event.timestamp,
+            base_version: p.base_version,
+            changes: &p.event.changes,
+        };
+        let result = match rules::merge(&mut state.state, incoming, &cfg.policy) {
+            Ok(r) => r,
+            // Cannot happen (base ≤ version was checked); keep it waiting.
+            Err(_) => continue,
+        };
+        state.pending -= 1;
+        if wt.stored {
+            w.pending_done.push(p.fingerprint.clone());
+        } else {
+            w.pending_added -= 1;
+        }
+        let applied = Applied {
+            event_id: p.event_id.clone(),
+            fingerprint: p.fingerprint.clone(),
+            record_type: p.record_type.clone(),
+            record_id: p.record_id.clone(),
+            source: p.event.source,
+            timestamp: p.event.timestamp,
+            base_version: p.base_version,
+            changes: &p.event.changes,
+            full_snapshot_ref: p.event.full_snapshot_ref.clone(),
+            message_id: p.message_id.clone().unwrap_or_default(),
+            attempt: 1,
+            claim: false,
+        };
+        if let Some((_, row)) = w.record(cfg, state, applied, result)? {
+            publish.push(row);
+        }
+    }
+}
+
+/// Unpublished outbox rows of `keys` by ordering key, in version order,
+/// leaving out those this process already saw confirmed.
+async fn unpublished_by_key(
+    conn: &mut sqlx::AnyConnection,
+    d: crate::store::Dialect,
+    keys: &[RecordKey],
+    confirmed: &ConfirmedSet,
+) -> Result<HashMap<String, Vec<OutboxRow>>, StoreError> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let okeys: Vec<String> = keys
+        .iter()
+        .map(|(t, id)| crate::model::raw_event::ordering_key(t, id))
+        .collect();
+    let ids: Vec<String> = outbox::unpublished(conn, &okeys)
+        .await?
+        .into_iter()
+        .filter(|(id, _, _)| !confirmed.contains(id))
+        .map(|(id, _, _)| id)
+        .collect();
+    let mut by_key: HashMap<String, Vec<OutboxRow>> = HashMap::new();
+    if ids.is_empty() {
+        return Ok(by_key);
+    }
+    for row in outbox::rows(conn, d, &ids).await? {
+        by_key
+            .entry(row.ordering_key.clone())
+            .or_default()
+            .push(row);
+    }
+    for rows in by_key.values_mut() {
+        rows.sort_by_key(|r| r.version);
+    }
+    Ok(by_key)
 }

@@ -3,6 +3,7 @@
 //! → the runtime publishes the merged event and acks.
 
 pub mod batch;
+pub mod gaps;
 pub mod rules;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::model::raw_event::parse_raw_event;
 use crate::snapshots::claim_check::shrink;
 use crate::snapshots::{SnapshotError, SnapshotStore};
 use crate::store::ledger::AuditRow;
+use crate::store::outbox::OutboxRow;
 use crate::topology::TopicKind;
 
 /// Attribute of the probe `event-backbone doctor` publishes to the raw topic.
@@ -60,7 +62,7 @@ impl MergeStage {
             Err(v) => {
                 let fp = fingerprint_bytes(&msg.data);
                 let err = StageError::invalid(v.to_string());
-                self.audit_failure(msg, &fp, "invalid", &err).await?;
+                self.audit_failure(msg, None, &fp, "invalid", &err).await?;
                 return Err(Failure {
                     error: err,
                     fingerprint: Some(fp),
@@ -74,7 +76,9 @@ impl MergeStage {
                 Err(error) => {
                     let fp = fingerprint_bytes(&msg.data);
                     let outcome = error.dead_reason().unwrap_or("transient");
-                    self.audit_failure(msg, &fp, outcome, &error).await?;
+                    let key = (ev.record_type.clone(), ev.record_id.clone());
+                    self.audit_failure(msg, Some(key), &fp, outcome, &error)
+                        .await?;
                     return Err(Failure {
                         error,
                         fingerprint: Some(fp),
@@ -95,49 +99,74 @@ impl MergeStage {
                 fingerprint: fp.clone(),
                 message_id: msg.message_id.clone(),
                 execution: msg.execution,
+                data: msg.data.clone(),
+                attributes: msg.attributes.clone(),
             })))
             .await
             .map_err(|e| fail(store_failure(&e)))?;
-        match decision {
-            Decision::Merged { outbox, .. } => {
-                // The outbox keeps the full payload; only the message shrinks.
-                // If the store is down the commit stands: nack, and the
-                // redelivery (a duplicate) or the outbox relay publishes it.
-                let data = shrink(
-                    self.snapshots.as_ref(),
-                    self.claim_check_threshold,
-                    Bytes::from(outbox.payload.clone()),
-                )
-                .await
-                .map_err(|e| {
-                    fail(StageError::unavailable(format!(
-                        "merged event is committed but its claim check failed: {e}"
-                    )))
-                })?;
-                Ok(Outcome {
-                    label: "merged",
-                    fingerprint: Some(fp),
-                    publish: vec![Outbound {
-                        topic: TopicKind::Merged,
-                        ordering_key: outbox.ordering_key.clone(),
-                        data,
-                        attributes: outbox.attributes.clone(),
-                        outbox_id: Some(outbox.event_id.clone()),
-                    }],
-                })
+        let (label, publish) = match decision {
+            Decision::Merged { publish, .. } => ("merged", publish),
+            Decision::Noop { publish, .. } => ("noop", publish),
+            Decision::Duplicate { publish } => ("duplicate", publish),
+            Decision::Pending {
+                base,
+                version,
+                publish,
+            } => {
+                tracing::info!(
+                    base_version = base,
+                    version,
+                    "Event stored as pending: an earlier version of its record has not arrived yet."
+                );
+                ("pending", publish)
             }
-            Decision::Noop { .. } => Ok(Outcome::ack("noop", Some(fp))),
-            Decision::Duplicate => Ok(Outcome::ack("duplicate", Some(fp))),
-            Decision::BaseVersionAhead { base, version } => Err(fail(StageError::transient(
-                format!("base_version {base} is ahead of the merged version {version}"),
-            ))),
-            Decision::IdReused { id } => Err(fail(StageError::permanent(format!(
-                "id {id} was already used for an event with different content"
-            )))),
-            Decision::Audited => Err(fail(StageError::transient(
-                "merge engine answered an event with an audit decision",
-            ))),
+            Decision::IdReused { id } => {
+                return Err(fail(StageError::permanent(format!(
+                    "id {id} was already used for an event with different content"
+                ))))
+            }
+            Decision::Audited => {
+                return Err(fail(StageError::transient(
+                    "merge engine answered an event with an audit decision",
+                )))
+            }
+        };
+        let publish = self.outbound(publish).await.map_err(fail)?;
+        Ok(Outcome {
+            label,
+            fingerprint: Some(fp),
+            publish,
+        })
+    }
+
+    /// The messages for committed merged events, in the order given (version
+    /// order per record). The outbox keeps the full payload; only the message
+    /// shrinks. If the snapshot store is down the commit stands: the message
+    /// is held and the stage tried again, which finds it a duplicate and
+    /// publishes its outbox rows then.
+    async fn outbound(&self, rows: Vec<OutboxRow>) -> Result<Vec<Outbound>, StageError> {
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let data = shrink(
+                self.snapshots.as_ref(),
+                self.claim_check_threshold,
+                Bytes::from(row.payload),
+            )
+            .await
+            .map_err(|e| {
+                StageError::unavailable(format!(
+                    "merged event is committed but its claim check failed: {e}"
+                ))
+            })?;
+            out.push(Outbound {
+                topic: TopicKind::Merged,
+                ordering_key: row.ordering_key,
+                data,
+                attributes: row.attributes,
+                outbox_id: Some(row.event_id),
+            });
         }
+        Ok(out)
     }
 
     /// Snapshot changes must be a JSON object, like inline `changes`.
@@ -163,6 +192,7 @@ impl MergeStage {
     async fn audit_failure(
         &self,
         msg: &Incoming,
+        record: Option<(String, String)>,
         fp: &str,
         outcome: &str,
         err: &StageError,
@@ -170,8 +200,8 @@ impl MergeStage {
         let row = AuditRow {
             event_id: None,
             fingerprint: fp.to_string(),
-            record_type: None,
-            record_id: None,
+            record_type: record.as_ref().map(|r| r.0.clone()),
+            record_id: record.map(|r| r.1),
             stage: STAGE.to_string(),
             outcome: outcome.to_string(),
             detail: Some(json!({"error": err.message}).to_string()),

@@ -76,7 +76,7 @@ impl Router for RetryRouter {
             let mut wait = self.schedule.delay(k, &mut rand::rng());
             if let Some(ms) = msg
                 .attributes
-                .get("retry_after_ms")
+                .get(envelope::RETRY_AFTER_MS)
                 .and_then(|v| v.parse::<u64>().ok())
             {
                 // A sink's Retry-After is a lower bound, never a shortcut.

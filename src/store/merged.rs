@@ -1,0 +1,60 @@
+//! `merged_events`: every merged event by record and version, written in the
+//! merge transaction. A delivery folds in the versions its target has not
+//! acknowledged yet (SPEC §4.1), so it reads them back from here.
+
+use sqlx::{Any, AnyConnection, QueryBuilder};
+
+use super::{get_text, Store, StoreError};
+
+/// One merged event as stored (the full payload, never a claim check).
+#[derive(Debug, Clone)]
+pub struct MergedRow {
+    pub record_type: String,
+    pub record_id: String,
+    pub version: i64,
+    pub event_id: String,
+    pub payload: String,
+}
+
+pub async fn insert(conn: &mut AnyConnection, rows: &[MergedRow]) -> Result<(), StoreError> {
+    for chunk in rows.chunks(100) {
+        let mut q: QueryBuilder<Any> = QueryBuilder::new(
+            "INSERT INTO merged_events (record_type, record_id, version, event_id, payload) ",
+        );
+        q.push_values(chunk, |mut b, r| {
+            b.push_bind(r.record_type.clone())
+                .push_bind(r.record_id.clone())
+                .push_bind(r.version)
+                .push_bind(r.event_id.clone())
+                .push_bind(r.payload.clone());
+        });
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// The payloads of a record's merged events with `after < version < before`,
+    /// in version order.
+    pub async fn merged_between(
+        &self,
+        record_type: &str,
+        record_id: &str,
+        after: i64,
+        before: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let sql = format!(
+            "SELECT {} AS payload FROM merged_events WHERE record_type = ? AND record_id = ? \
+             AND version > ? AND version < ? ORDER BY version",
+            self.dialect().text("payload")
+        );
+        let rows = sqlx::query(&sql)
+            .bind(record_type.to_string())
+            .bind(record_id.to_string())
+            .bind(after)
+            .bind(before)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(|r| get_text(r, "payload")).collect()
+    }
+}
