@@ -4,6 +4,7 @@
 pub mod dead_letters;
 pub mod ledger;
 pub mod outbox;
+pub mod schema;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +14,18 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 use tokio::sync::Mutex;
 
-static MYSQL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/mysql");
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+// Migrations are additive (docs/operations.md, "Schema changes"), so
+// `migrate` leaves versions a newer release applied alone instead of
+// refusing them: a rollback by `helm upgrade` to an older chart runs the
+// older binary's migrate hook. The fields are sqlx's (`migrate!` builds them).
+static MYSQL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!("migrations/mysql")
+};
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!("migrations/sqlite")
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -224,6 +235,9 @@ impl Store {
         })
     }
 
+    /// Applies the embedded migrations: DDL, for the administrator's
+    /// credentials (`event-backbone migrate`); `run` only reads the schema's
+    /// state ([`schema::ensure`]).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         self.migrator().run(&self.pool).await?;
         Ok(())
