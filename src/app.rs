@@ -89,12 +89,14 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects everything (migrating the store) without starting consumers.
+    /// Connects everything without starting consumers. The schema must be
+    /// current (or is migrated first when `database.migrate_on_start`):
+    /// no DDL otherwise, so the least-privilege runtime user can boot it.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let topology = settings.topology();
         let endpoint = endpoint(&settings);
         let store = connect_store(&settings).await?;
-        store.migrate().await.context("migrating the event store")?;
+        crate::store::schema::ensure(&store, settings.database.migrate_on_start).await?;
         let publishers = Arc::new(
             Publishers::new(topology.clone(), &endpoint)
                 .await

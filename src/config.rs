@@ -143,6 +143,10 @@ pub struct DatabaseSettings {
     /// network that hangs (failover) must not hang a message forever.
     #[serde(with = "duration_str")]
     pub query_timeout: Duration,
+    /// `run` applies missing migrations itself instead of refusing to start.
+    /// On only for the embedded `local` default: elsewhere the runtime user
+    /// may not change the schema and `event-backbone migrate` runs first.
+    pub migrate_on_start: bool,
 }
 
 impl DatabaseSettings {
@@ -1121,6 +1125,11 @@ mod tests {
             ),
             ("BACKBONE__RETRY__MULTIPLIER", "double", "retry.multiplier"),
             ("BACKBONE__LOG__FORMAT", "xml", "log.format"),
+            (
+                "BACKBONE__DATABASE__MIGRATE_ON_START",
+                "maybe",
+                "database.migrate_on_start",
+            ),
         ];
         for (var, value, key) in cases {
             let msg = expect_invalid(&[(var, value)], key);
@@ -1318,6 +1327,30 @@ mod tests {
             let s = load_with(&pairs).unwrap_or_else(|e| panic!("{env}: {e}"));
             assert_eq!(s.env, env);
         }
+    }
+
+    /// Only the embedded `local` default migrates itself at start; every
+    /// deployed env leaves the schema to `event-backbone migrate`.
+    #[test]
+    fn migrate_on_start_is_on_only_for_local() {
+        for env in Env::ALL {
+            let s = load_with(&[("BACKBONE_ENV", env.as_str())]).unwrap();
+            assert_eq!(s.database.migrate_on_start, env == Env::Local, "{env}");
+        }
+        let s = load_with(&[
+            ("BACKBONE_ENV", "production"),
+            ("BACKBONE__DATABASE__MIGRATE_ON_START", "true"),
+        ])
+        .unwrap();
+        assert!(s.database.migrate_on_start);
+        // default.toml alone (an env file without the key) says false.
+        let base = config::Config::builder()
+            .add_source(File::from_str(EMBEDDED_DEFAULT, FileFormat::Toml))
+            .build()
+            .expect("default.toml");
+        assert!(!base
+            .get_bool("database.migrate_on_start")
+            .expect("default.toml sets database.migrate_on_start"));
     }
 
     #[test]

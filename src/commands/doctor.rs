@@ -11,14 +11,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use google_cloud_pubsub::model::{ExpirationPolicy, Subscription};
 use serde_json::json;
-use sqlx::Row;
 
 use crate::config::Settings;
 use crate::pubsub::clients::{self, Endpoint};
 use crate::pubsub::provision::{differences, is_not_found};
 use crate::pubsub::publisher::Publishers;
 use crate::stages::merge::PROBE_ATTRIBUTE;
-use crate::store::{Backend, Store};
+use crate::store::{schema, Backend, Store};
 use crate::topology::{ConsumerKind, TopicKind, Topology};
 
 /// Longest any single check may take, so doctor never hangs on a dead peer.
@@ -31,6 +30,8 @@ const LEDGER: [&str; 2] = ["events", "event_audit_log"];
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Ok,
+    /// Passes, but says something the operator should know.
+    Warn,
     Fail,
 }
 
@@ -55,8 +56,9 @@ impl Check {
         }
     }
 
+    /// Passed (possibly with a warning).
     pub fn ok(&self) -> bool {
-        self.status == Status::Ok
+        self.status != Status::Fail
     }
 }
 
@@ -64,6 +66,7 @@ impl std::fmt::Display for Check {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let status = match self.status {
             Status::Ok => "ok",
+            Status::Warn => "warn",
             Status::Fail => "FAIL",
         };
         write!(f, "{status:<5} {:<42} {}", self.name, self.detail)
@@ -112,10 +115,7 @@ pub async fn checks(settings: &Settings) -> Vec<Check> {
                 })
                 .await,
             ));
-            out.push(Check::from(
-                "database: migrations applied",
-                bounded(migrations(&store)).await,
-            ));
+            out.push(migrations(&store).await);
             out.push(Check::from(
                 "database: write and roll back",
                 bounded(write_and_roll_back(&store)).await,
@@ -150,7 +150,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<i32> {
         println!("{c}");
     }
     let failed = results.iter().filter(|c| !c.ok()).count();
-    if failed == 0 {
+    let warned = results.iter().filter(|c| c.status == Status::Warn).count();
+    if failed == 0 && warned > 0 {
+        println!(
+            "All {} checks passed ({warned} with a warning).",
+            results.len()
+        );
+        Ok(0)
+    } else if failed == 0 {
         println!("All {} checks passed.", results.len());
         Ok(0)
     } else {
@@ -306,67 +313,39 @@ async fn subscription(t: &Topology, ep: &Endpoint, kind: ConsumerKind) -> Result
 // ---------------------------------------------------------------------------
 // Event store
 
-async fn migrations(store: &Store) -> Result<String, String> {
-    let migrator = store.migrator();
-    // The Any driver decodes neither SQLite's BOOLEAN nor MySQL's TINYINT.
-    let rows = sqlx::query(
-        "SELECT version, CASE WHEN success THEN 1 ELSE 0 END AS success, checksum \
-         FROM _sqlx_migrations ORDER BY version",
-    )
-    .fetch_all(store.pool())
-    .await
-    .map_err(|e| format!("cannot read the migration table ({e}); run `event-backbone migrate`"))?;
-    let mut applied: HashMap<i64, (bool, Vec<u8>)> = HashMap::new();
-    for r in &rows {
-        let version: i64 = r.try_get("version").map_err(|e| e.to_string())?;
-        let success: i64 = r.try_get("success").map_err(|e| e.to_string())?;
-        let checksum: Vec<u8> = r.try_get("checksum").map_err(|e| e.to_string())?;
-        applied.insert(version, (success != 0, checksum));
-    }
-    let expected: Vec<_> = migrator
-        .iter()
-        .filter(|m| m.migration_type.is_up_migration())
-        .collect();
-    let mut problems = Vec::new();
-    for m in &expected {
-        match applied.get(&m.version) {
-            None => problems.push(format!("{} ({}) is not applied", m.version, m.description)),
-            Some((false, _)) => {
-                problems.push(format!("{} ({}) failed half-way", m.version, m.description))
-            }
-            Some((true, sum)) if sum.as_slice() != &*m.checksum => problems.push(format!(
-                "{} ({}) was changed after it was applied",
-                m.version, m.description
-            )),
-            Some(_) => {}
+/// The schema gate `run` applies ([`schema::ensure`]), read-only: behind
+/// fails, ahead passes with a warning (the daemon runs on it).
+async fn migrations(store: &Store) -> Check {
+    const NAME: &str = "database: migrations applied";
+    let status = match tokio::time::timeout(CHECK_TIMEOUT, schema::inspect(store)).await {
+        Err(_) => {
+            return Check::from(
+                NAME,
+                Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
+            )
         }
+        Ok(Err(e)) => {
+            return Check::from(NAME, Err(schema::SchemaError::Unreadable(e).to_string()))
+        }
+        Ok(Ok(s)) => s,
+    };
+    if status.is_behind() {
+        return Check::from(NAME, Err(status.behind_message()));
     }
-    let known: Vec<i64> = expected.iter().map(|m| m.version).collect();
-    let mut unknown: Vec<i64> = applied
-        .keys()
-        .filter(|v| !known.contains(v))
-        .copied()
-        .collect();
-    unknown.sort_unstable();
-    if !unknown.is_empty() {
-        problems.push(format!(
-            "the database has migrations this binary does not know ({unknown:?}): is it older than the schema?"
-        ));
+    let latest = status.latest().map(ToString::to_string).unwrap_or_default();
+    let applied = format!(
+        "all {} migrations of this binary applied, the latest {latest}",
+        status.embedded.len()
+    );
+    if status.is_ahead() {
+        Check {
+            name: NAME.into(),
+            status: Status::Warn,
+            detail: format!("{applied}; {}", status.ahead_message()),
+        }
+    } else {
+        Check::from(NAME, Ok(applied))
     }
-    if !problems.is_empty() {
-        return Err(format!(
-            "{}; run `event-backbone migrate`",
-            problems.join("; ")
-        ));
-    }
-    let latest = expected
-        .last()
-        .map(|m| format!("{} {}", m.version, m.description))
-        .unwrap_or_default();
-    Ok(format!(
-        "all {} migrations applied (latest: {latest})",
-        expected.len()
-    ))
 }
 
 /// A probe fingerprint: 64 hex characters, unique per run.

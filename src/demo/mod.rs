@@ -300,6 +300,8 @@ fn settings(w: &Wiring<'_>) -> Result<Settings, DemoError> {
         ("PUBSUB_EMULATOR_HOST", w.emulator_host),
         ("BACKBONE__PUBSUB__PROJECT_ID", w.project),
         ("BACKBONE__DATABASE__URL", &db),
+        // The demo's SQLite file is its own: the daemon migrates it at start.
+        ("BACKBONE__DATABASE__MIGRATE_ON_START", "true"),
         ("BACKBONE__SNAPSHOTS__URL", &snaps),
         (
             "BACKBONE__SNAPSHOTS__CLAIM_CHECK_THRESHOLD_BYTES",

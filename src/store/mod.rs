@@ -7,6 +7,7 @@ pub mod ledger;
 pub mod merged;
 pub mod outbox;
 pub mod pending;
+pub mod schema;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +17,18 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Connection, Executor, Row};
 use tokio::sync::Mutex;
 
-static MYSQL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/mysql");
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+// Migrations are additive (docs/operations.md, "Schema changes"), so
+// `migrate` leaves versions a newer release applied alone instead of
+// refusing them: a rollback by `helm upgrade` to an older chart runs the
+// older binary's migrate hook. The fields are sqlx's (`migrate!` builds them).
+static MYSQL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!("migrations/mysql")
+};
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!("migrations/sqlite")
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -272,6 +283,9 @@ impl Store {
         }
     }
 
+    /// Applies the embedded migrations: DDL, for the administrator's
+    /// credentials (`event-backbone migrate`); `run` only reads the schema's
+    /// state ([`schema::ensure`]).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         self.migrator().run(&self.pool).await?;
         Ok(())

@@ -3,8 +3,9 @@
 //! every `.Values` path a template uses exists in `values.yaml`, that
 //! `values.yaml` passes `values.schema.json`, that every `BACKBONE__*`
 //! variable the chart sets is a setting the binary reads (and the chart's
-//! defaults load as a valid configuration), and that pods get more time to
-//! stop than the daemon takes to drain.
+//! defaults load as a valid configuration), that pods get more time to
+//! stop than the daemon takes to drain, and that only the migrate Job holds
+//! the administrator's database credentials.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -28,21 +29,44 @@ fn schema() -> Value {
     serde_json::from_str(&read(&chart_dir().join("values.schema.json"))).expect("schema is JSON")
 }
 
-/// Every file under `templates/`, by name.
+/// Every file under `templates/` (subfolders too: `tests/` holds the
+/// `helm test` pod), by its path there.
 fn templates() -> Vec<(String, String)> {
-    let mut out: Vec<_> = std::fs::read_dir(chart_dir().join("templates"))
-        .expect("templates/ exists")
-        .map(|e| e.expect("readable dir entry").path())
-        .filter(|p| p.is_file())
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                read(&p),
-            )
-        })
-        .collect();
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).expect("templates/ exists") {
+            let p = entry.expect("readable dir entry").path();
+            if p.is_dir() {
+                walk(&p, root, out);
+            } else {
+                let name = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.push((name, read(&p)));
+            }
+        }
+    }
+    let root = chart_dir().join("templates");
+    let mut out = Vec::new();
+    walk(&root, &root, &mut out);
     out.sort();
     out
+}
+
+fn template(name: &str) -> String {
+    templates()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no template {name}"))
+        .1
+}
+
+/// The body of `{{- define "name" -}}` in `_helpers.tpl`.
+fn define(name: &str) -> String {
+    let helpers = template("_helpers.tpl");
+    let start = helpers
+        .find(&format!("define \"{name}\""))
+        .unwrap_or_else(|| panic!("_helpers.tpl defines no {name}"));
+    let body = &helpers[start..];
+    let end = body.find("{{- end }}\n\n").unwrap_or(body.len());
+    body[..end].to_owned()
 }
 
 /// Walks a dotted path through nested objects; `None` if a segment is missing.
@@ -390,7 +414,7 @@ fn chart_values_yaml_validates_against_values_schema_json() {
 #[test]
 fn chart_schema_rejects_typos_and_bad_settings() {
     type Mutation = fn(&mut Value);
-    let cases: [(&str, Mutation); 6] = [
+    let cases: [(&str, Mutation); 8] = [
         ("unknown env", |v| v["env"] = "prod".into()),
         ("misspelled config key", |v| {
             v["config"]["pubsub"]["projectId"] = "x".into()
@@ -405,6 +429,10 @@ fn chart_schema_rejects_typos_and_bad_settings() {
             v["podSecurityContext"]["runAsNonRoot"] = false.into()
         }),
         ("unknown top-level key", |v| v["replicas"] = 3.into()),
+        ("migrate_on_start not a boolean", |v| {
+            v["config"]["database"]["migrate_on_start"] = "no".into()
+        }),
+        ("misspelled test key", |v| v["test"]["enable"] = true.into()),
     ];
     for (what, mutate) in cases {
         let mut v = values();
@@ -606,7 +634,80 @@ fn chart_defaults_load_as_a_valid_configuration() {
             settings.shutdown.grace.as_secs(),
             values["shutdown"]["graceSeconds"].as_u64().unwrap()
         );
+        // The daemon runs as the runtime user: it never migrates itself.
+        assert!(!settings.database.migrate_on_start, "{env}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// (e) which pod holds which database credentials
+
+/// Deployment order, as the chart runs it: the migrate hook Job alone gets
+/// the administrator's Secret (`migrations.secret`); the daemon and the
+/// `helm test` pod get the runtime user's (`secrets.database`), and the test
+/// pod runs `doctor` as a Helm test hook.
+#[test]
+fn chart_gives_admin_credentials_to_the_migrate_job_only() {
+    let paths = |src: &str| -> BTreeSet<String> {
+        value_paths(src).into_iter().map(|p| p.join(".")).collect()
+    };
+    let runtime = paths(&define("event-backbone.databaseEnv"));
+    let admin = paths(&define("event-backbone.migrationDatabaseEnv"));
+    assert!(
+        runtime.contains("secrets.database")
+            && !runtime.iter().any(|p| p.starts_with("migrations")),
+        "databaseEnv reads {runtime:?}"
+    );
+    assert!(
+        admin.contains("migrations.secret")
+            && admin.contains("migrations.user")
+            && !admin.iter().any(|p| p.starts_with("secrets")),
+        "migrationDatabaseEnv reads {admin:?}"
+    );
+
+    let job = template("migrate-job.yaml");
+    assert!(job.contains(r#"args: ["migrate"]"#));
+    assert!(job.contains(r#"include "event-backbone.migrationDatabaseEnv""#));
+    assert!(!job.contains(r#"include "event-backbone.databaseEnv""#));
+    assert!(job.contains("helm.sh/hook: {{ .Values.migrations.hooks | quote }}"));
+    let hooks = values()["migrations"]["hooks"].as_str().unwrap().to_owned();
+    assert!(
+        hooks.contains("pre-upgrade"),
+        "the schema must change before new pods roll: {hooks}"
+    );
+
+    for (name, args) in [
+        ("deployment.yaml", r#"args: ["run"]"#),
+        ("tests/doctor.yaml", r#"args: ["doctor"]"#),
+    ] {
+        let src = template(name);
+        assert!(src.contains(args), "{name}");
+        assert!(
+            src.contains(r#"include "event-backbone.databaseEnv""#),
+            "{name} must use the runtime user's credentials"
+        );
+        assert!(
+            !src.contains("migrationDatabaseEnv") && !src.contains(".Values.migrations"),
+            "{name} must not see the administrator's credentials"
+        );
+        assert!(
+            src.contains("configMapRef"),
+            "{name} reads the daemon's settings"
+        );
+    }
+    let test_pod = template("tests/doctor.yaml");
+    assert!(test_pod.contains("helm.sh/hook: test"));
+    assert!(test_pod.contains("{{- if .Values.test.enabled }}"));
+    assert!(
+        !test_pod.contains(r#"include "event-backbone.selectorLabels""#)
+            && !test_pod.contains(r#"include "event-backbone.labels""#),
+        "the test pod must not carry the Deployment's selector labels"
+    );
+    let configmap = template("configmap.yaml");
+    assert!(configmap.contains(
+        "BACKBONE__DATABASE__MIGRATE_ON_START: {{ $c.database.migrate_on_start | quote }}"
+    ));
+    assert_eq!(values()["config"]["database"]["migrate_on_start"], false);
 }
 
 // ---------------------------------------------------------------------------

@@ -12,5 +12,6 @@ mod history;
 mod merge_e2e;
 mod ops;
 mod retry_dlq;
+mod runtime_user;
 mod snapshots;
 mod store_mariadb;

@@ -343,6 +343,8 @@ async fn end_to_end(settings: &Settings, args: &Args) -> anyhow::Result<serde_js
     let mut s = settings.clone();
     s.pubsub.project_id = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     s.database.url = SecretString::from(db_url.clone());
+    // A scratch database of the bench's own: the daemon migrates it.
+    s.database.migrate_on_start = true;
     s.http.metrics_addr = "127.0.0.1:0".into();
     s.http.admin_token = None;
     for kind in [
