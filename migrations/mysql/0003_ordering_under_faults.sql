@@ -26,31 +26,36 @@ CREATE TABLE IF NOT EXISTS pending_events (
 -- pending events of records that have some.
 ALTER TABLE record_state ADD COLUMN pending BIGINT NOT NULL DEFAULT 0;
 
--- Every merged event, by record and version: a delivery folds in the
--- versions its target has not acknowledged yet. Append-only.
+-- Every merged event, by record and position: a delivery folds in the
+-- ones its target has not acknowledged yet. The position is the
+-- sequence_num of the event that produced it: unique and ordered like the
+-- versions (a conflict-only merged event keeps its record's version, so the
+-- version alone can repeat). Append-only.
 CREATE TABLE IF NOT EXISTS merged_events (
     record_type  VARCHAR(64)  NOT NULL,
     record_id    VARCHAR(191) NOT NULL,
+    sequence_num BIGINT       NOT NULL,
     version      BIGINT       NOT NULL,
     event_id     CHAR(36)     NOT NULL,
     payload      LONGTEXT     NOT NULL,
     created_at   TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-    PRIMARY KEY (record_type, record_id, version)
+    PRIMARY KEY (record_type, record_id, sequence_num)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
--- Per target and record: the highest version the target acknowledged (2xx)
--- and the highest version a request was started for.
+-- Per target and record: the last merged event the target acknowledged
+-- (2xx) and the last one a request was started for, by position.
 CREATE TABLE IF NOT EXISTS delivery_state (
-    target            VARCHAR(16)  NOT NULL,
-    record_type       VARCHAR(64)  NOT NULL,
-    record_id         VARCHAR(191) NOT NULL,
-    acked_version     BIGINT       NOT NULL DEFAULT 0,
-    attempted_version BIGINT       NOT NULL DEFAULT 0,
-    updated_at        TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+    target        VARCHAR(16)  NOT NULL,
+    record_type   VARCHAR(64)  NOT NULL,
+    record_id     VARCHAR(191) NOT NULL,
+    acked_seq     BIGINT       NOT NULL DEFAULT 0,
+    acked_version BIGINT       NOT NULL DEFAULT 0,
+    attempted_seq BIGINT       NOT NULL DEFAULT 0,
+    updated_at    TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
     PRIMARY KEY (target, record_type, record_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
--- The outbox knows each row's record version, so a record's unpublished
--- versions are published in order before a later one.
-ALTER TABLE outbox ADD COLUMN version BIGINT NOT NULL DEFAULT 0;
-CREATE INDEX idx_outbox_key ON outbox (ordering_key, version);
+-- The outbox knows each row's position, so a record's unpublished merged
+-- events are published in order before a later one.
+ALTER TABLE outbox ADD COLUMN sequence_num BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX idx_outbox_key ON outbox (ordering_key, sequence_num);

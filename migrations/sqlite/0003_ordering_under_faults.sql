@@ -18,24 +18,26 @@ CREATE INDEX IF NOT EXISTS idx_pending_received ON pending_events (gap_reported_
 ALTER TABLE record_state ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;
 
 CREATE TABLE IF NOT EXISTS merged_events (
-    record_type TEXT    NOT NULL,
-    record_id   TEXT    NOT NULL,
-    version     INTEGER NOT NULL,
-    event_id    TEXT    NOT NULL,
-    payload     TEXT    NOT NULL,
-    created_at  TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    PRIMARY KEY (record_type, record_id, version)
+    record_type  TEXT    NOT NULL,
+    record_id    TEXT    NOT NULL,
+    sequence_num INTEGER NOT NULL,
+    version      INTEGER NOT NULL,
+    event_id     TEXT    NOT NULL,
+    payload      TEXT    NOT NULL,
+    created_at   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    PRIMARY KEY (record_type, record_id, sequence_num)
 );
 
 CREATE TABLE IF NOT EXISTS delivery_state (
-    target            TEXT    NOT NULL,
-    record_type       TEXT    NOT NULL,
-    record_id         TEXT    NOT NULL,
-    acked_version     INTEGER NOT NULL DEFAULT 0,
-    attempted_version INTEGER NOT NULL DEFAULT 0,
-    updated_at        TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    target        TEXT    NOT NULL,
+    record_type   TEXT    NOT NULL,
+    record_id     TEXT    NOT NULL,
+    acked_seq     INTEGER NOT NULL DEFAULT 0,
+    acked_version INTEGER NOT NULL DEFAULT 0,
+    attempted_seq INTEGER NOT NULL DEFAULT 0,
+    updated_at    TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     PRIMARY KEY (target, record_type, record_id)
 );
 
-ALTER TABLE outbox ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
-CREATE INDEX IF NOT EXISTS idx_outbox_key ON outbox (ordering_key, version);
+ALTER TABLE outbox ADD COLUMN sequence_num INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS idx_outbox_key ON outbox (ordering_key, sequence_num);

@@ -116,11 +116,22 @@ impl SnapshotStore for GcsSnapshots {
     fn get<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<Bytes, SnapshotError>> {
         Box::pin(async move {
             let object = self.object_of(reference)?;
-            let unavailable = |e: google_cloud_storage::Error| SnapshotError::Unavailable {
-                reference: reference.to_string(),
-                reason: match e.http_status_code() {
-                    Some(404) => "the object does not exist (yet)".to_string(),
-                    _ => e.to_string(),
+            let unavailable = |e: google_cloud_storage::Error| match e.http_status_code() {
+                Some(404) => SnapshotError::Unavailable {
+                    reference: reference.to_string(),
+                    reason: "the object does not exist (yet)".to_string(),
+                },
+                // An answer about this object (e.g. 403): retry later.
+                Some(code) if (400..500).contains(&code) && code != 408 && code != 429 => {
+                    SnapshotError::Unavailable {
+                        reference: reference.to_string(),
+                        reason: e.to_string(),
+                    }
+                }
+                // No answer, a timeout, throttling or a server error.
+                _ => SnapshotError::Unreachable {
+                    reference: reference.to_string(),
+                    reason: e.to_string(),
                 },
             };
             let mut resp = self
@@ -162,7 +173,7 @@ impl SnapshotStore for GcsSnapshots {
             match written {
                 Ok(_) => Ok(reference),
                 Err(e) if e.http_status_code() == Some(412) => Ok(reference),
-                Err(e) => Err(SnapshotError::Unavailable {
+                Err(e) => Err(SnapshotError::Unreachable {
                     reference,
                     reason: e.to_string(),
                 }),

@@ -57,9 +57,15 @@ impl SnapshotStore for LocalSnapshots {
             tokio::fs::read(&path)
                 .await
                 .map(Bytes::from)
-                .map_err(|e| SnapshotError::Unavailable {
-                    reference: reference.to_string(),
-                    reason: e.to_string(),
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => SnapshotError::Unavailable {
+                        reference: reference.to_string(),
+                        reason: e.to_string(),
+                    },
+                    _ => SnapshotError::Unreachable {
+                        reference: reference.to_string(),
+                        reason: e.to_string(),
+                    },
                 })
         })
     }
@@ -69,7 +75,7 @@ impl SnapshotStore for LocalSnapshots {
             let name = object_name(&data);
             let path = self.root.join(&name);
             let reference = format!("file://{}/{}", self.root.display(), name);
-            let unavailable = |e: std::io::Error| SnapshotError::Unavailable {
+            let unavailable = |e: std::io::Error| SnapshotError::Unreachable {
                 reference: reference.clone(),
                 reason: e.to_string(),
             };

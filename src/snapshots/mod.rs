@@ -10,9 +10,14 @@ use futures::future::BoxFuture;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SnapshotError {
-    /// Not there (yet) or not readable right now: worth retrying.
+    /// Not there (yet): worth retrying later (the retry path).
     #[error("snapshot {reference} is not readable: {reason}")]
     Unavailable { reference: String, reason: String },
+    /// The store itself does not answer (connection refused or reset, a
+    /// timeout, a 5xx): our own infrastructure is down, so the message is
+    /// held and retried in-process (SPEC §4.1), not sent down the retry path.
+    #[error("snapshot store unreachable for {reference}: {reason}")]
+    Unreachable { reference: String, reason: String },
     /// A reference we must never follow (another env's bucket, bad syntax).
     #[error("snapshot reference {reference} is refused: {reason}")]
     Refused { reference: String, reason: String },

@@ -1,13 +1,19 @@
-//! `delivery_state`: per target and record, the highest version the target
-//! acknowledged (2xx) and the highest version a request was started for.
-//! The delivery stage reads it to never send a target back in time.
+//! `delivery_state`: per target and record, the last merged event the target
+//! acknowledged (2xx) and the last one a request was started for, by
+//! position (the producing event's `sequence_num`: ordered like versions,
+//! and unique where a conflict-only merged event repeats a version). The
+//! delivery stage reads it to never send a target back in time.
 
 use super::{Store, StoreError};
 
 /// Where a target stands for one record.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DeliveryState {
+    /// Position of the last acknowledged merged event.
     pub acked: i64,
+    /// Its version.
+    pub acked_version: i64,
+    /// Position of the last merged event a request was started for.
     pub attempted: i64,
 }
 
@@ -18,8 +24,8 @@ impl Store {
         record_type: &str,
         record_id: &str,
     ) -> Result<DeliveryState, StoreError> {
-        let row: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT acked_version, attempted_version FROM delivery_state \
+        let row: Option<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT acked_seq, acked_version, attempted_seq FROM delivery_state \
              WHERE target = ? AND record_type = ? AND record_id = ?",
         )
         .bind(target.to_string())
@@ -28,35 +34,43 @@ impl Store {
         .fetch_optional(self.pool())
         .await?;
         Ok(row
-            .map(|(acked, attempted)| DeliveryState { acked, attempted })
+            .map(|(acked, acked_version, attempted)| DeliveryState {
+                acked,
+                acked_version,
+                attempted,
+            })
             .unwrap_or_default())
     }
 
-    /// Raises the attempted (and, with `acked`, the acknowledged) version to
-    /// at least `version`; never lowers either.
+    /// Raises the attempted (and, with `acked`, the acknowledged) position
+    /// to at least `seq`; never lowers either.
     pub async fn delivery_advance(
         &self,
         target: &str,
         record_type: &str,
         record_id: &str,
+        seq: i64,
         version: i64,
         acked: bool,
     ) -> Result<(), StoreError> {
         let _guard = self.write_guard().await;
-        let acked_v = if acked { version } else { 0 };
+        let (acked_seq, acked_version) = if acked { (seq, version) } else { (0, 0) };
         let sql = match self.backend() {
             super::Backend::Mysql => {
-                "INSERT INTO delivery_state (target, record_type, record_id, acked_version, \
-                 attempted_version) VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
-                 acked_version = GREATEST(acked_version, VALUES(acked_version)), \
-                 attempted_version = GREATEST(attempted_version, VALUES(attempted_version))"
+                "INSERT INTO delivery_state (target, record_type, record_id, acked_seq, \
+                 acked_version, attempted_seq) VALUES (?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
+                 acked_version = IF(VALUES(acked_seq) > acked_seq, VALUES(acked_version), acked_version), \
+                 acked_seq = GREATEST(acked_seq, VALUES(acked_seq)), \
+                 attempted_seq = GREATEST(attempted_seq, VALUES(attempted_seq))"
             }
             super::Backend::Sqlite => {
-                "INSERT INTO delivery_state (target, record_type, record_id, acked_version, \
-                 attempted_version) VALUES (?, ?, ?, ?, ?) ON CONFLICT (target, record_type, \
-                 record_id) DO UPDATE SET \
-                 acked_version = MAX(acked_version, excluded.acked_version), \
-                 attempted_version = MAX(attempted_version, excluded.attempted_version), \
+                "INSERT INTO delivery_state (target, record_type, record_id, acked_seq, \
+                 acked_version, attempted_seq) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (target, \
+                 record_type, record_id) DO UPDATE SET \
+                 acked_version = CASE WHEN excluded.acked_seq > acked_seq \
+                   THEN excluded.acked_version ELSE acked_version END, \
+                 acked_seq = MAX(acked_seq, excluded.acked_seq), \
+                 attempted_seq = MAX(attempted_seq, excluded.attempted_seq), \
                  updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
             }
         };
@@ -64,8 +78,9 @@ impl Store {
             .bind(target.to_string())
             .bind(record_type.to_string())
             .bind(record_id.to_string())
-            .bind(acked_v)
-            .bind(version)
+            .bind(acked_seq)
+            .bind(acked_version)
+            .bind(seq)
             .execute(self.pool())
             .await?;
         Ok(())

@@ -1,4 +1,4 @@
-//! `merged_events`: every merged event by record and version, written in the
+//! `merged_events`: every merged event by record and position, written in the
 //! merge transaction. A delivery folds in the versions its target has not
 //! acknowledged yet (SPEC §4.1), so it reads them back from here.
 
@@ -11,6 +11,8 @@ use super::{get_text, Store, StoreError};
 pub struct MergedRow {
     pub record_type: String,
     pub record_id: String,
+    /// The producing event's `sequence_num` (unique per record).
+    pub sequence_num: i64,
     pub version: i64,
     pub event_id: String,
     pub payload: String,
@@ -19,11 +21,13 @@ pub struct MergedRow {
 pub async fn insert(conn: &mut AnyConnection, rows: &[MergedRow]) -> Result<(), StoreError> {
     for chunk in rows.chunks(100) {
         let mut q: QueryBuilder<Any> = QueryBuilder::new(
-            "INSERT INTO merged_events (record_type, record_id, version, event_id, payload) ",
+            "INSERT INTO merged_events (record_type, record_id, sequence_num, version, event_id, \
+             payload) ",
         );
         q.push_values(chunk, |mut b, r| {
             b.push_bind(r.record_type.clone())
                 .push_bind(r.record_id.clone())
+                .push_bind(r.sequence_num)
                 .push_bind(r.version)
                 .push_bind(r.event_id.clone())
                 .push_bind(r.payload.clone());
@@ -34,8 +38,8 @@ pub async fn insert(conn: &mut AnyConnection, rows: &[MergedRow]) -> Result<(), 
 }
 
 impl Store {
-    /// The payloads of a record's merged events with `after < version < before`,
-    /// in version order.
+    /// The payloads of a record's merged events with `after < sequence_num <
+    /// before`, in order.
     pub async fn merged_between(
         &self,
         record_type: &str,
@@ -45,7 +49,7 @@ impl Store {
     ) -> Result<Vec<String>, StoreError> {
         let sql = format!(
             "SELECT {} AS payload FROM merged_events WHERE record_type = ? AND record_id = ? \
-             AND version > ? AND version < ? ORDER BY version",
+             AND sequence_num > ? AND sequence_num < ? ORDER BY sequence_num",
             self.dialect().text("payload")
         );
         let rows = sqlx::query(&sql)
@@ -56,5 +60,25 @@ impl Store {
             .fetch_all(self.pool())
             .await?;
         rows.iter().map(|r| get_text(r, "payload")).collect()
+    }
+
+    /// The position of a merged event (for messages published before the
+    /// position travelled as an attribute).
+    pub async fn merged_position(
+        &self,
+        record_type: &str,
+        record_id: &str,
+        event_id: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let seq: Option<i64> = sqlx::query_scalar(
+            "SELECT sequence_num FROM merged_events WHERE record_type = ? AND record_id = ? \
+             AND event_id = ?",
+        )
+        .bind(record_type.to_string())
+        .bind(record_id.to_string())
+        .bind(event_id.to_string())
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(seq)
     }
 }

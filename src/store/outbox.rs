@@ -16,8 +16,9 @@ pub struct OutboxRow {
     pub ordering_key: String,
     pub payload: String,
     pub attributes: HashMap<String, String>,
-    /// The record's version this merged event made.
-    pub version: i64,
+    /// Its position in the record's history (the producing event's
+    /// `sequence_num`): orders a record's merged events, versions can repeat.
+    pub sequence_num: i64,
 }
 
 /// Ids of outbox rows whose publish the broker confirmed and whose delete
@@ -47,7 +48,7 @@ impl ConfirmedSet {
 pub async fn insert(conn: &mut AnyConnection, rows: &[OutboxRow]) -> Result<(), StoreError> {
     for chunk in rows.chunks(100) {
         let mut q: QueryBuilder<Any> = QueryBuilder::new(
-            "INSERT INTO outbox (event_id, topic, ordering_key, payload, attributes, version) ",
+            "INSERT INTO outbox (event_id, topic, ordering_key, payload, attributes, sequence_num) ",
         );
         let mut encoded = Vec::with_capacity(chunk.len());
         for r in chunk {
@@ -62,7 +63,7 @@ pub async fn insert(conn: &mut AnyConnection, rows: &[OutboxRow]) -> Result<(), 
                 .push_bind(r.ordering_key.clone())
                 .push_bind(r.payload.clone())
                 .push_bind(attrs)
-                .push_bind(r.version);
+                .push_bind(r.sequence_num);
         });
         q.build().execute(&mut *conn).await?;
     }
@@ -78,11 +79,11 @@ fn from_row(row: &sqlx::any::AnyRow) -> Result<OutboxRow, StoreError> {
         payload: get_text(row, "payload")?,
         attributes: serde_json::from_str(&attrs)
             .map_err(|e| StoreError::Corrupt(format!("outbox attributes: {e}")))?,
-        version: row.try_get("version")?,
+        sequence_num: row.try_get("sequence_num")?,
     })
 }
 
-/// The (event id, ordering key, version) of every outbox row of `keys`:
+/// The (event id, ordering key, sequence_num) of every outbox row of `keys`:
 /// merged events committed but not (known to be) published yet.
 pub async fn unpublished(
     conn: &mut AnyConnection,
@@ -91,7 +92,7 @@ pub async fn unpublished(
     let mut out = Vec::new();
     for chunk in keys.chunks(400) {
         let mut q: QueryBuilder<Any> = QueryBuilder::new(
-            "SELECT event_id, ordering_key, version FROM outbox WHERE ordering_key IN (",
+            "SELECT event_id, ordering_key, sequence_num FROM outbox WHERE ordering_key IN (",
         );
         let mut sep = q.separated(", ");
         for k in chunk {
@@ -102,7 +103,7 @@ pub async fn unpublished(
             out.push((
                 get_text(&row, "event_id")?,
                 get_text(&row, "ordering_key")?,
-                row.try_get("version")?,
+                row.try_get("sequence_num")?,
             ));
         }
     }
@@ -118,7 +119,7 @@ pub async fn rows(
     let mut out = Vec::new();
     for chunk in event_ids.chunks(400) {
         let mut q: QueryBuilder<Any> = QueryBuilder::new(format!(
-            "SELECT event_id, topic, ordering_key, {} AS payload, {} AS attributes, version \
+            "SELECT event_id, topic, ordering_key, {} AS payload, {} AS attributes, sequence_num \
              FROM outbox WHERE event_id IN (",
             d.text("payload"),
             d.text("attributes")
@@ -163,8 +164,8 @@ impl Store {
         let cutoff = chrono::Utc::now()
             - chrono::Duration::from_std(min_age).unwrap_or(chrono::Duration::zero());
         let sql = format!(
-            "SELECT event_id, topic, ordering_key, {} AS payload, {} AS attributes, version \
-             FROM outbox WHERE created_at <= ? ORDER BY created_at, version LIMIT ?",
+            "SELECT event_id, topic, ordering_key, {} AS payload, {} AS attributes, sequence_num \
+             FROM outbox WHERE created_at <= ? ORDER BY created_at, sequence_num LIMIT ?",
             d.text("payload"),
             d.text("attributes")
         );

@@ -599,3 +599,60 @@ async fn admin_dlq_endpoints_need_the_token_and_honour_dry_run() {
     assert_eq!(count(&store, "SELECT COUNT(*) FROM dead_letters").await, 1);
     running.stop().await;
 }
+
+/// `processing_duration_seconds` measures the work, not a retry's scheduled
+/// wait: a retry held 3 s for its backoff must not read as 3 s of processing
+/// (slow-processing alerts would fire whenever retries wait).
+#[tokio::test]
+async fn processing_time_excludes_the_retry_hold() {
+    let tdb = fresh_db(Db::Sqlite).await.unwrap();
+    let project = unique_project();
+    let snaps = MissingSnapshots::new();
+    let (k, v) = snaps.setting();
+    let s = settings(
+        &project,
+        &tdb.url,
+        &[
+            ("BACKBONE__RETRY__INITIAL_BACKOFF", "3s"),
+            ("BACKBONE__RETRY__MAX_BACKOFF", "3s"),
+            (k, &v),
+        ],
+    );
+    let t = s.topology();
+    let running = start(s.clone()).await;
+    let store = event_backbone::app::connect_store(&s).await.unwrap();
+    let p = publishers(&t).await;
+    publish_raw(&p, &snaps.event("suitex", "hist", "h1", 0, "h1")).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            audit_times(&store, "h1", "transient").await.len() == 1
+        })
+        .await,
+        "the first execution failed"
+    );
+    snaps.provide("h1", json!({"a": 1}));
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            count(&store, "SELECT COUNT(*) FROM events").await == 1
+        })
+        .await,
+        "the retry merged it"
+    );
+    let retry_sub = t.subscription_id(ConsumerKind::Retry);
+    let h = event_backbone::metrics::metrics()
+        .processing_duration
+        .with_label_values(&[retry_sub.as_str()]);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            h.get_sample_count() >= 1
+        })
+        .await
+    );
+    assert!(
+        h.get_sample_sum() < 2.0,
+        "the retry waited 3 s for its backoff, which is not processing time: {} s over {} message(s)",
+        h.get_sample_sum(),
+        h.get_sample_count()
+    );
+    running.stop().await;
+}

@@ -21,6 +21,7 @@ use crate::model::merged_event::MergedEvent;
 use crate::model::raw_event::Source;
 use crate::snapshots::claim_check::{ClaimCheck, ClaimCheckError};
 use crate::snapshots::SnapshotError;
+use crate::stages::merge::batch::SEQUENCE_ATTRIBUTE;
 use crate::store::ledger::{self, AuditRow};
 use crate::store::{Store, StoreError};
 
@@ -66,15 +67,17 @@ impl DeliverStage {
                     .cloned()
                     .unwrap_or_else(|| fingerprint_bytes(&msg.data));
                 let error = resolve_failure(e);
-                self.audit(
-                    msg,
-                    None,
-                    &fp,
-                    outcome_of(&error),
-                    json!({"error": error.message}),
-                    false,
-                )
-                .await?;
+                if error.class != super::ErrorClass::Unavailable {
+                    self.audit(
+                        msg,
+                        None,
+                        &fp,
+                        outcome_of(&error),
+                        json!({"error": error.message}),
+                        false,
+                    )
+                    .await?;
+                }
                 return Err(Failure {
                     error,
                     fingerprint: Some(fp),
@@ -103,17 +106,33 @@ impl DeliverStage {
             )
             .await
             .map_err(store_fail)?;
-        if ev.version <= st.acked || ev.version < st.attempted {
-            // The target has (or is being sent) a later version, which
+        let Some(seq) = self.position(msg, &ev).await? else {
+            return self.deliver_untracked(msg, &ev, body).await;
+        };
+        if seq <= st.acked || seq < st.attempted {
+            // The target has (or is being sent) a later merged event, which
             // carried this one's content: never send it back in time.
-            let detail =
-                json!({"version": ev.version, "acked": st.acked, "attempted": st.attempted});
+            let detail = json!({"version": ev.version, "sequence_num": seq,
+                "acked_sequence_num": st.acked, "acked_version": st.acked_version,
+                "attempted_sequence_num": st.attempted});
             self.audit(msg, Some(&ev), &fp, "superseded", detail, false)
                 .await?;
             return Ok(Outcome::ack("superseded", Some(fp)));
         }
-        let (body, folded) = if st.acked < ev.version - 1 {
-            match self.fold_unacknowledged(&ev, st.acked).await? {
+        // Positions in between exist only when the target missed something.
+        let earlier = if st.acked < seq - 1 {
+            self.store
+                .timed(
+                    self.store
+                        .merged_between(&ev.record_type, &ev.record_id, st.acked, seq),
+                )
+                .await
+                .map_err(store_fail)?
+        } else {
+            Vec::new()
+        };
+        let (body, folded) = if !earlier.is_empty() {
+            match self.fold_unacknowledged(&ev, earlier)? {
                 Some((folded, versions)) => {
                     let bytes = serde_json::to_vec(&folded).map_err(|e| Failure {
                         error: StageError::transient(format!("folded body: {e}")),
@@ -134,6 +153,7 @@ impl DeliverStage {
                 target,
                 &ev.record_type,
                 &ev.record_id,
+                seq,
                 ev.version,
                 false,
             ))
@@ -152,6 +172,7 @@ impl DeliverStage {
                                 target,
                                 &ev.record_type,
                                 &ev.record_id,
+                                seq,
                                 ev.version,
                                 true,
                             ))
@@ -206,24 +227,14 @@ impl DeliverStage {
         Ok(Outcome::ack("skipped", Some(fp)))
     }
 
-    /// `ev` folded with every version after `acked` the target has not
-    /// acknowledged (read back from `merged_events`), and the versions folded.
-    async fn fold_unacknowledged(
+    /// `ev` folded with the merged events the target has not acknowledged
+    /// (`payloads`, read back from `merged_events` in order), and the
+    /// versions folded.
+    fn fold_unacknowledged(
         &self,
         ev: &MergedEvent,
-        acked: i64,
+        payloads: Vec<String>,
     ) -> Result<Option<(MergedEvent, Vec<i64>)>, Failure> {
-        let payloads = self
-            .store
-            .timed(
-                self.store
-                    .merged_between(&ev.record_type, &ev.record_id, acked, ev.version),
-            )
-            .await
-            .map_err(|e| Failure {
-                error: store_failure(&e),
-                fingerprint: Some(ev.fingerprint.clone()),
-            })?;
         let mut versions: Vec<MergedEvent> = Vec::with_capacity(payloads.len() + 1);
         for p in payloads {
             match serde_json::from_str::<MergedEvent>(&p) {
@@ -242,6 +253,66 @@ impl DeliverStage {
         versions.push(ev.clone());
         let numbers = versions.iter().map(|m| m.version).collect();
         Ok(fold::fold(&versions, self.target).map(|f| (f, numbers)))
+    }
+
+    /// The merged event's position in its record's history: the attribute
+    /// the merge stage sets, or the stored row for messages published before
+    /// it did. `None` for events merged before positions were kept.
+    async fn position(&self, msg: &Incoming, ev: &MergedEvent) -> Result<Option<i64>, Failure> {
+        if let Some(seq) = msg
+            .attributes
+            .get(SEQUENCE_ATTRIBUTE)
+            .and_then(|v| v.parse::<i64>().ok())
+        {
+            return Ok(Some(seq));
+        }
+        self.store
+            .timed(
+                self.store
+                    .merged_position(&ev.record_type, &ev.record_id, &ev.event_id),
+            )
+            .await
+            .map_err(|e| Failure {
+                error: store_failure(&e),
+                fingerprint: Some(ev.fingerprint.clone()),
+            })
+    }
+
+    /// A merged event from before positions were kept: delivered as it is,
+    /// without convergence bookkeeping (there is nothing to compare with).
+    async fn deliver_untracked(
+        &self,
+        msg: &Incoming,
+        ev: &MergedEvent,
+        body: Bytes,
+    ) -> StageResult {
+        let fp = ev.fingerprint.clone();
+        if let Route::Skip { reason } = routing::route(ev, self.target) {
+            return self.skip(msg, ev, reason).await;
+        }
+        match self.sink.post(&fp, body).await {
+            Ok(d) => {
+                let detail = json!({"status": d.status, "version": ev.version, "untracked": true});
+                self.audit(msg, Some(ev), &fp, "delivered", detail, true)
+                    .await?;
+                Ok(Outcome::ack("delivered", Some(fp)))
+            }
+            Err(error) => {
+                self.audit(
+                    msg,
+                    Some(ev),
+                    &fp,
+                    outcome_of(&error),
+                    json!({"error": error.message, "version": ev.version}),
+                    false,
+                )
+                .await?;
+                Err(Failure {
+                    error,
+                    fingerprint: Some(fp),
+                })
+            }
+        }
     }
 
     async fn already_delivered(&self, fp: &str) -> Result<bool, Failure> {
@@ -308,6 +379,9 @@ fn resolve_failure(e: ClaimCheckError) -> StageError {
         ClaimCheckError::Malformed(_) => StageError::invalid(e.to_string()),
         ClaimCheckError::Snapshot(SnapshotError::Unavailable { .. }) => {
             StageError::transient(e.to_string())
+        }
+        ClaimCheckError::Snapshot(SnapshotError::Unreachable { .. }) => {
+            StageError::unavailable(e.to_string())
         }
         ClaimCheckError::Snapshot(
             SnapshotError::Refused { .. } | SnapshotError::Corrupt { .. },

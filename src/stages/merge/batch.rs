@@ -26,6 +26,8 @@ use crate::store::pending::{self, PendingEvent, PendingRow};
 use crate::store::{Store, StoreError};
 
 pub const STAGE: &str = "merge";
+/// Attribute of merged messages: the producing event's `sequence_num`.
+pub const SEQUENCE_ATTRIBUTE: &str = "sequence_num";
 
 /// A validated raw event ready to be merged.
 #[derive(Debug, Clone)]
@@ -554,18 +556,23 @@ impl Writes {
         };
         let payload = serde_json::to_string(&merged)
             .map_err(|e| StoreError::Corrupt(format!("merged event: {e}")))?;
+        let mut attributes = merged.attributes();
+        // Orders a record's merged events where versions repeat (a
+        // conflict-only event keeps the version): deliveries compare it.
+        attributes.insert(SEQUENCE_ATTRIBUTE.to_string(), state.last_seq.to_string());
         let row = OutboxRow {
             event_id: a.event_id.clone(),
             topic: cfg.merged_topic.clone(),
             ordering_key: merged.ordering_key(),
             payload: payload.clone(),
-            attributes: merged.attributes(),
-            version: merged.version,
+            attributes,
+            sequence_num: state.last_seq,
         };
         self.outbox.push(row.clone());
         self.merged.push(MergedRow {
             record_type: a.record_type,
             record_id: a.record_id,
+            sequence_num: state.last_seq,
             version: merged.version,
             event_id: a.event_id,
             payload,
@@ -668,7 +675,7 @@ async fn unpublished_by_key(
             .push(row);
     }
     for rows in by_key.values_mut() {
-        rows.sort_by_key(|r| r.version);
+        rows.sort_by_key(|r| r.sequence_num);
     }
     Ok(by_key)
 }

@@ -76,9 +76,13 @@ impl MergeStage {
                 Err(error) => {
                     let fp = fingerprint_bytes(&msg.data);
                     let outcome = error.dead_reason().unwrap_or("transient");
-                    let key = (ev.record_type.clone(), ev.record_id.clone());
-                    self.audit_failure(msg, Some(key), &fp, outcome, &error)
-                        .await?;
+                    // A store that does not answer holds the message: no
+                    // audit row per in-process try.
+                    if error.class != super::ErrorClass::Unavailable {
+                        let key = (ev.record_type.clone(), ev.record_id.clone());
+                        self.audit_failure(msg, Some(key), &fp, outcome, &error)
+                            .await?;
+                    }
                     return Err(Failure {
                         error,
                         fingerprint: Some(fp),
@@ -173,6 +177,7 @@ impl MergeStage {
     async fn resolve(&self, reference: &str) -> Result<Map<String, Value>, StageError> {
         let bytes = self.snapshots.get(reference).await.map_err(|e| match e {
             SnapshotError::Unavailable { .. } => StageError::transient(e.to_string()),
+            SnapshotError::Unreachable { .. } => StageError::unavailable(e.to_string()),
             SnapshotError::Refused { .. } => StageError::permanent(e.to_string()),
             SnapshotError::Corrupt { .. } => StageError::permanent(e.to_string()),
         })?;
