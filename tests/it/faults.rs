@@ -545,6 +545,7 @@ async fn gap_rig(extra: &[(&str, &str)]) -> GapRig {
     let addr = metrics.to_string();
     let mut vars: Vec<(&str, &str)> = vec![
         ("BACKBONE__HTTP__METRICS_ADDR", addr.as_str()),
+        ("BACKBONE__MERGE__GAP_CHECK_INTERVAL", "500ms"),
         ("BACKBONE__RETRY__INITIAL_BACKOFF", "200ms"),
         ("BACKBONE__RETRY__MAX_BACKOFF", "2s"),
     ];
@@ -580,6 +581,21 @@ fn link(rid: &str, k: i64) -> String {
         &format!("2025-01-01T10:{k:02}:00Z"),
         json!({ "n": k, format!("f{k}"): format!("v{k}") }),
     )
+}
+
+/// `backbone_merge_pending` once it reads `want` (it may be refreshed by the
+/// periodic gap check), or its last reading after 10 s.
+async fn pending_gauge(addr: std::net::SocketAddr, want: f64) -> Option<f64> {
+    let mut last = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        last = metric_sum(addr, "backbone_merge_pending", &[]).await;
+        if last == Some(want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    last
 }
 
 async fn version_of(store: &Store, rid: &str) -> i64 {
@@ -643,7 +659,7 @@ async fn faults_gap_reverse_order_merges_in_version_order() {
     let dead = parked(&r.store).await;
     let errors = r.error.drain(Duration::from_secs(1)).await.len();
     let dlq = r.dlq.drain(Duration::from_millis(500)).await.len();
-    let gauge = metric_sum(r.metrics, "backbone_merge_pending", &[]).await;
+    let gauge = pending_gauge(r.metrics, 0.0).await;
     let pending_outcomes = metric_sum(
         r.metrics,
         "backbone_messages_processed_total",
@@ -692,7 +708,7 @@ async fn faults_gap_held_back_event_merges_in_order() {
     assert!(reaches(&r.store, "held", 2, Duration::from_secs(20)).await);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let waiting = pending_rows(&r.store, "held").await;
-    let gauge_waiting = metric_sum(r.metrics, "backbone_merge_pending", &[]).await;
+    let gauge_waiting = pending_gauge(r.metrics, 3.0).await;
     let version_waiting = version_of(&r.store, "held").await;
     let dead_waiting = parked(&r.store).await.total;
     publish_raw(&r.publishers, &link("held", 3)).await;
@@ -703,7 +719,7 @@ async fn faults_gap_held_back_event_merges_in_order() {
     let dead = parked(&r.store).await;
     let errors = r.error.drain(Duration::from_secs(1)).await.len();
     let dlq = r.dlq.drain(Duration::from_millis(500)).await.len();
-    let gauge = metric_sum(r.metrics, "backbone_merge_pending", &[]).await;
+    let gauge = pending_gauge(r.metrics, 0.0).await;
     println!(
         "FAULTS gap-held-back: while held version={version_waiting} pending_rows={waiting} \
          gauge={gauge_waiting:?} dead_letters={dead_waiting}; after release version={} in {} \
@@ -736,11 +752,7 @@ async fn faults_gap_held_back_event_merges_in_order() {
 /// event 2 afterwards merges 2–4 in order.
 #[tokio::test]
 async fn faults_gap_never_filled_is_dead_lettered_then_merges_when_filled() {
-    let r = gap_rig(&[
-        ("BACKBONE__MERGE__GAP_TIMEOUT", "3s"),
-        ("BACKBONE__MERGE__GAP_CHECK_INTERVAL", "500ms"),
-    ])
-    .await;
+    let r = gap_rig(&[("BACKBONE__MERGE__GAP_TIMEOUT", "3s")]).await;
     let started = Instant::now();
     for k in [1, 3, 4] {
         publish_raw(&r.publishers, &link("lost", k)).await;
