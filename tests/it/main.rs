@@ -8,6 +8,8 @@ mod cli;
 mod deliver;
 mod demo;
 mod doctor;
+mod faults;
+mod faults_support;
 mod history;
 mod merge_e2e;
 mod ops;

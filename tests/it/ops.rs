@@ -6,8 +6,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use event_backbone::app::Application;
@@ -407,63 +406,6 @@ async fn ops_metrics_scrape_after_a_flow_through_every_stage() {
 
 // ---------------------------------------------------------------------------
 // Readiness follows the database
-
-/// A TCP proxy that can be cut (every connection dropped, new ones refused
-/// at once) and restored, standing between the daemon and MariaDB or the
-/// Pub/Sub emulator.
-struct Proxy {
-    port: u16,
-    up: Arc<AtomicBool>,
-    generation: Arc<Mutex<CancellationToken>>,
-}
-
-impl Proxy {
-    async fn start(upstream: impl Into<String>) -> Proxy {
-        let upstream: Arc<str> = upstream.into().into();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind proxy");
-        let port = listener.local_addr().expect("proxy addr").port();
-        let up = Arc::new(AtomicBool::new(true));
-        let generation = Arc::new(Mutex::new(CancellationToken::new()));
-        let (up2, gen2) = (up.clone(), generation.clone());
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !up2.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                let cut = gen2.lock().expect("lock").clone();
-                let upstream = upstream.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&*upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = cut.cancelled() => {}
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                    }
-                });
-            }
-        });
-        Proxy {
-            port,
-            up,
-            generation,
-        }
-    }
-
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        let mut g = self.generation.lock().expect("lock");
-        g.cancel();
-        *g = CancellationToken::new();
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
 
 /// Waits until the daemon is ready, publishes `first` and waits until it is
 /// stored, then cuts `proxy` (in front of `what`) and waits up to 15 s for

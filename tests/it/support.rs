@@ -208,6 +208,16 @@ impl Drop for Tap {
 }
 
 pub async fn tap(t: &Topology, topic: TopicKind) -> Tap {
+    tap_with(t, topic, false).await
+}
+
+/// A tap with message ordering on, so messages of one ordering key arrive
+/// in the order they were published (to check publication order).
+pub async fn tap_ordered(t: &Topology, topic: TopicKind) -> Tap {
+    tap_with(t, topic, true).await
+}
+
+async fn tap_with(t: &Topology, topic: TopicKind, ordered: bool) -> Tap {
     // The topic must exist first; provisioning is idempotent.
     provision(t, &endpoint()).await.expect("provision");
     let admin = clients::subscription_admin(&endpoint())
@@ -225,7 +235,8 @@ pub async fn tap(t: &Topology, topic: TopicKind) -> Tap {
             Subscription::new()
                 .set_name(name.clone())
                 .set_topic(t.topic_path(topic))
-                .set_ack_deadline_seconds(60),
+                .set_ack_deadline_seconds(60)
+                .set_enable_message_ordering(ordered),
         )
         .send()
         .await
@@ -442,4 +453,150 @@ impl MissingSnapshots {
         )
         .expect("write snapshot");
     }
+}
+// ---------------------------------------------------------------------------
+// A TCP proxy the test controls, standing between the daemon and MariaDB or
+// the Pub/Sub emulator.
+
+/// What the proxy does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Forwards both ways.
+    Pass,
+    /// Every open connection is dropped and new ones are closed at once
+    /// (connection reset / refused, as a restarting server or failover).
+    Refuse,
+    /// New connections are accepted and open ones stay open, but nothing is
+    /// forwarded either way: a hung network. Forwarding resumes on restore,
+    /// as when a partition heals.
+    Blackhole,
+}
+
+pub struct Proxy {
+    pub port: u16,
+    mode: tokio::sync::watch::Sender<ProxyMode>,
+    /// Cancelled (and replaced) on every refuse: drops the open connections.
+    generation: Arc<std::sync::Mutex<CancellationToken>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.generation.lock().expect("lock").cancel();
+    }
+}
+
+impl Proxy {
+    pub async fn start(upstream: impl Into<String>) -> Proxy {
+        let upstream: Arc<str> = upstream.into().into();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let (mode, _) = tokio::sync::watch::channel(ProxyMode::Pass);
+        let generation = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+        let (mode2, gen2) = (mode.clone(), generation.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if *mode2.borrow() == ProxyMode::Refuse {
+                    drop(client);
+                    continue;
+                }
+                let cut = gen2.lock().expect("lock").clone();
+                let (upstream, rx) = (upstream.clone(), mode2.subscribe());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = cut.cancelled() => {}
+                        _ = proxy_connection(client, &upstream, rx) => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            port,
+            mode,
+            generation,
+            task,
+        }
+    }
+
+    pub fn mode(&self) -> ProxyMode {
+        *self.mode.borrow()
+    }
+
+    /// Resets every open connection and refuses new ones until restored.
+    pub fn refuse(&self) {
+        self.mode.send_replace(ProxyMode::Refuse);
+        let mut g = self.generation.lock().expect("lock");
+        g.cancel();
+        *g = CancellationToken::new();
+    }
+
+    /// Hangs every connection (open and new) until restored.
+    pub fn blackhole(&self) {
+        self.mode.send_replace(ProxyMode::Blackhole);
+    }
+
+    /// Same as [`Proxy::refuse`].
+    pub fn cut(&self) {
+        self.refuse();
+    }
+
+    pub fn restore(&self) {
+        self.mode.send_replace(ProxyMode::Pass);
+    }
+}
+
+/// Waits until the proxy forwards; false when the proxy is gone.
+async fn proxy_passes(mode: &mut tokio::sync::watch::Receiver<ProxyMode>) -> bool {
+    mode.wait_for(|m| *m == ProxyMode::Pass).await.is_ok()
+}
+
+async fn proxy_connection(
+    client: tokio::net::TcpStream,
+    upstream: &str,
+    mut mode: tokio::sync::watch::Receiver<ProxyMode>,
+) {
+    // Accepted while blackholed: the upstream is not even dialled until the
+    // network "heals" (the client sees a connection that never answers).
+    if !proxy_passes(&mut mode).await {
+        return;
+    }
+    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+        return;
+    };
+    let (cr, cw) = client.into_split();
+    let (sr, sw) = server.into_split();
+    let up = proxy_pump(cr, sw, mode.clone());
+    let down = proxy_pump(sr, cw, mode);
+    tokio::join!(up, down);
+}
+
+/// Copies one direction, pausing (neither reading nor writing) while the
+/// proxy is not in `Pass`, so the peer's writes back up as on a dead link.
+async fn proxy_pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: tokio::sync::watch::Receiver<ProxyMode>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if !proxy_passes(&mut mode).await {
+            return;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        // Bytes read just as the link went down are held, not forwarded.
+        if !proxy_passes(&mut mode).await {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
