@@ -51,6 +51,8 @@ pub enum Action {
 /// (SPEC §4.1: work resumes within 5 s of the infrastructure's return).
 const HOLD_MIN: Duration = Duration::from_millis(100);
 const HOLD_MAX: Duration = Duration::from_secs(5);
+/// How far each lease extension reaches (see `run`).
+const LEASE_EXTENSION: Duration = Duration::from_secs(20);
 
 /// The messages a consumer holds because our own infrastructure (database,
 /// snapshot store, Pub/Sub) does not answer. While any is held the consumer
@@ -440,7 +442,11 @@ pub async fn run(
     let mut stream = subscriber
         .subscribe(spec.subscription.clone())
         .set_max_outstanding_messages(spec.max_outstanding)
-        .set_max_lease_extension(Duration::from_secs(60))
+        // Leases are extended 20 s at a time for as long as a message is
+        // held (an outage, a retry's backoff; up to the client's 60-minute
+        // max lease), so the messages of a replica that died come back
+        // within about 20 s rather than a minute.
+        .set_max_lease_extension(LEASE_EXTENSION)
         .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
         .build();
     let stop_work = CancellationToken::new();
