@@ -12,9 +12,9 @@ use futures::future::BoxFuture;
 use serde_json::{json, Map, Value};
 
 use self::batch::{Decision, EventItem, Item, MergeEngine, STAGE};
-use super::{Failure, Incoming, Outbound, Outcome, Stage, StageError, StageResult};
+use super::{ErrorClass, Failure, Incoming, Outbound, Outcome, Stage, StageError, StageResult};
 use crate::model::fingerprint::{fingerprint, fingerprint_bytes};
-use crate::model::raw_event::parse_raw_event;
+use crate::model::raw_event::{check_changes, parse_raw_event};
 use crate::snapshots::claim_check::shrink;
 use crate::snapshots::{SnapshotError, SnapshotStore};
 use crate::store::ledger::AuditRow;
@@ -87,7 +87,7 @@ impl MergeStage {
             error,
             fingerprint: Some(fp.clone()),
         };
-        let decision = self
+        let submitted = self
             .engine
             .submit(Item::Event(Box::new(EventItem {
                 event: ev,
@@ -96,8 +96,18 @@ impl MergeStage {
                 message_id: msg.message_id.clone(),
                 execution: msg.execution,
             })))
-            .await
-            .map_err(|e| fail(store_failure(&e)))?;
+            .await;
+        let decision = match submitted {
+            Ok(d) => d,
+            Err(e) => {
+                let error = store_failure(&e);
+                if error.class == ErrorClass::Invalid {
+                    // Refused by the database: recorded like any invalid message.
+                    self.audit_failure(msg, &fp, "invalid", &error).await?;
+                }
+                return Err(fail(error));
+            }
+        };
         match decision {
             Decision::Merged { outbox, .. } => {
                 // The outbox keeps the full payload; only the message shrinks.
@@ -148,7 +158,12 @@ impl MergeStage {
             SnapshotError::Corrupt { .. } => StageError::permanent(e.to_string()),
         })?;
         match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Object(m)) => Ok(m),
+            Ok(Value::Object(m)) => match check_changes(&m) {
+                Ok(()) => Ok(m),
+                Err(reason) => Err(StageError::invalid(format!(
+                    "invalid raw event: field `full_snapshot_ref` points at {reference}, whose changes {reason}"
+                ))),
+            },
             Ok(_) => Err(StageError::invalid(format!(
                 "invalid raw event: field `full_snapshot_ref` points at {reference}, which is not a JSON object"
             ))),
@@ -191,11 +206,7 @@ impl MergeStage {
 }
 
 fn store_failure(e: &crate::store::StoreError) -> StageError {
-    if e.is_transient() {
-        StageError::unavailable(format!("event store unavailable: {e}"))
-    } else {
-        StageError::transient(format!("event store error: {e}"))
-    }
+    super::store_failure(e, "raw event")
 }
 
 impl Stage for MergeStage {

@@ -73,7 +73,8 @@ impl Router for RetryRouter {
             // An operator asked for it: run at once.
             None
         } else {
-            let mut wait = self.schedule.delay(k, &mut rand::rng());
+            let scheduled = self.schedule.delay(k, &mut rand::rng());
+            let mut wait = scheduled;
             if let Some(ms) = msg
                 .attributes
                 .get("retry_after_ms")
@@ -83,9 +84,16 @@ impl Router for RetryRouter {
                 wait = wait.max(Duration::from_millis(ms));
             }
             // Anchored on when execution k−1 failed (the envelope's publish
-            // time), so a restart does not reset the schedule.
+            // time), so a restart does not reset the schedule. The
+            // attribute can say anything: a wait past what a date can
+            // hold falls back to the schedule instead of overflowing.
             let failed_at = msg.publish_time.unwrap_or_else(Utc::now);
-            chrono::Duration::from_std(wait).ok().map(|w| failed_at + w)
+            let at = |d: Duration| {
+                chrono::Duration::from_std(d)
+                    .ok()
+                    .and_then(|w| failed_at.checked_add_signed(w))
+            };
+            at(wait).or_else(|| at(scheduled))
         };
         Route::Run {
             stage,
