@@ -317,12 +317,12 @@ mod tests {
     #[test]
     fn derived_limits_fit_their_columns() {
         // The ordering key of the widest record fits the ordering_key column.
-        assert!(RECORD_TYPE_MAX + 1 + RECORD_ID_MAX <= ORDERING_KEY_MAX);
+        const { assert!(RECORD_TYPE_MAX + 1 + RECORD_ID_MAX <= ORDERING_KEY_MAX) };
         assert!("netsuite".len() <= SOURCE_MAX && "suitex".len() <= SOURCE_MAX);
         assert_eq!(uuid::Uuid::nil().to_string().len(), EVENT_ID_LEN);
         assert_eq!(CHANGES_MAX_DEPTH, 29);
-        assert!(CHANGES_MAX_BYTES < PUBSUB_MESSAGE_MAX_BYTES);
-        assert!(STATEMENT_MAX_BYTES + CHANGES_MAX_BYTES < MIN_MAX_ALLOWED_PACKET);
+        const { assert!(CHANGES_MAX_BYTES < PUBSUB_MESSAGE_MAX_BYTES) };
+        const { assert!(STATEMENT_MAX_BYTES + CHANGES_MAX_BYTES < MIN_MAX_ALLOWED_PACKET) };
     }
 
     #[test]

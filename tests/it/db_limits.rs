@@ -34,8 +34,8 @@ async fn migrated(db: Db) -> Option<(TestDb, Store)> {
     Some((tdb, store))
 }
 
-fn class_of<T>(r: Result<T, sqlx::Error>) -> (StoreErrorClass, StoreError) {
-    let e = StoreError::from(r.err().expect("the statement must fail"));
+fn class_of<T: std::fmt::Debug>(r: Result<T, sqlx::Error>) -> (StoreErrorClass, StoreError) {
+    let e = StoreError::from(r.expect_err("the statement must fail"));
     (e.class(), e)
 }
 
@@ -291,8 +291,7 @@ async fn permission_errors_are_classified_permission_mariadb() {
         Duration::from_secs(10),
     )
     .await
-    .err()
-    .expect("a wrong password is refused");
+    .expect_err("a wrong password is refused");
     assert_eq!(denied.class(), StoreErrorClass::Permission, "{denied}");
     assert!(!denied.is_transient());
     worker.close().await;
@@ -312,8 +311,7 @@ async fn unavailable_errors_are_classified_unavailable_mariadb() {
         Duration::from_secs(5),
     )
     .await
-    .err()
-    .expect("nobody listens there");
+    .expect_err("nobody listens there");
     assert_eq!(refused.class(), StoreErrorClass::Unavailable, "{refused}");
 
     let mut conn = sqlx::MySqlConnection::connect(&tdb.url).await.unwrap();
@@ -345,8 +343,7 @@ async fn unavailable_errors_are_classified_unavailable_sqlite() {
     opts = opts.create_if_missing(false);
     let e = sqlx::SqliteConnection::connect_with(&opts)
         .await
-        .err()
-        .expect("cannot open");
+        .expect_err("cannot open");
     let e = StoreError::from(e);
     assert_eq!(e.class(), StoreErrorClass::Unavailable, "{e} ({url})");
 }
@@ -640,7 +637,7 @@ async fn unparkable_dead_letter_is_bounded_and_surfaced_mariadb() {
     let before = failures();
     for attempt in 1..=event_backbone::stages::park::TRIES_BEFORE_HOLD {
         let started = std::time::Instant::now();
-        let f = stage.handle(&msg).await.err().expect("cannot park");
+        let f = stage.handle(&msg).await.expect_err("cannot park");
         // Never acked (lost) nor dead-lettered: nacked.
         assert_eq!(f.error.class, ErrorClass::Unavailable, "{}", f.error);
         let held = started.elapsed() >= hold;
