@@ -160,8 +160,17 @@ async fn data_errors_are_classified_data_sqlite() {
         class_of(insert_event(&store, &id(), "t", TS, 0, "{not json").await),
         StoreErrorClass::Data,
     );
-    // SQLite has no widths and takes JSON 1000 levels deep: what MariaDB
-    // refuses is stored here (MariaDB is the binding backend).
+    // SQLite (3.46, bundled) takes JSON 1000 levels deep and no more.
+    for (depth, valid) in [(1000, 1), (1001, 0)] {
+        let v: i64 = sqlx::query_scalar("SELECT json_valid(?)")
+            .bind(nested(depth))
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(v, valid, "json_valid at depth {depth}");
+    }
+    // It has no widths either: what MariaDB refuses is stored here
+    // (MariaDB is the binding backend).
     let deep = format!("{{\"a\":{}}}", nested(200));
     insert_event(&store, &id(), &"a".repeat(500), TS, 0, &deep)
         .await
@@ -1042,4 +1051,172 @@ async fn extreme_valid_events_are_stored_or_invalid_mariadb() {
 #[tokio::test]
 async fn extreme_valid_events_are_stored_or_invalid_sqlite() {
     extreme_events_are_stored_or_invalid(Db::Sqlite).await;
+}
+
+// ---- the issue's hostile mix ----
+
+/// A hostile message of kind `i % 16` (deterministic): random bytes,
+/// broken JSON, deep nesting, huge fields, odd timestamps, injection
+/// strings, unicode and NUL bytes, long ids.
+fn hostile(i: usize) -> Vec<u8> {
+    if i.is_multiple_of(16) {
+        // Not UTF-8 at all.
+        return vec![0xff, 0xfe, b'{', (i % 251) as u8, 0];
+    }
+    hostile_text(i).into_bytes()
+}
+
+fn hostile_text(i: usize) -> String {
+    let base = |rt: &str, rid: &str, ts: &str, changes: Value| {
+        raw_event("suitex", rt, rid, 0, ts, changes)
+    };
+    let ts = "2026-03-13T10:00:00Z";
+    let rid = format!("h{i}");
+    match i % 16 {
+        1 => {
+            let doc = base("project", &rid, ts, json!({"a": i}));
+            doc[..doc.len() / 2].to_string()
+        }
+        2 => format!("[{i}, \"not an object\"]"),
+        3 => base("project", &rid, ts, changes_of_depth(30 + i % 35)),
+        4 => format!("{}{}", "[".repeat(70 + i % 50), "]".repeat(70 + i % 50)),
+        5 => base(&"a".repeat(65 + i % 100), &rid, ts, json!({"a": 1})),
+        6 => base("project", &"x".repeat(192 + i * 37), ts, json!({"a": 1})),
+        7 => base("project", &rid, "1969-12-31T23:59:59Z", json!({"a": 1})),
+        8 => base("project", &rid, "2038-01-19T03:14:08Z", json!({"a": 1})),
+        9 => base("project", &rid, "2016-12-31T23:59:60Z", json!({"a": 1})),
+        10 => base(
+            "project",
+            &rid,
+            "2026-03-13T10:00:00.1234567Z",
+            json!({"a": 1}),
+        ),
+        11 => base("project", &format!("nul\u{0}{i}"), ts, json!({"a": 1})),
+        12 => {
+            let mut v: Value =
+                serde_json::from_str(&base("project", &rid, ts, json!({"a": 1}))).unwrap();
+            v["id"] = json!(format!("{}-not-a-uuid", "9".repeat(300)));
+            v.to_string()
+        }
+        13 => {
+            let mut v: Value =
+                serde_json::from_str(&base("project", &rid, ts, json!({"a": 1}))).unwrap();
+            v["full_snapshot_ref"] = json!(format!("gs://b/{}", "o".repeat(2000)));
+            v.to_string()
+        }
+        // Hostile but valid: stored as data, never executed.
+        14 => base(
+            "project",
+            &format!("'; DROP TABLE events; -- {i}"),
+            ts,
+            json!({"q": "\" OR 1=1 --", "nul": "a\u{0}b", "rtl": "\u{202e}txt"}),
+        ),
+        _ => base(
+            "project",
+            &format!("ünï😀{i}"),
+            ts,
+            json!({"emoji": "😀".repeat(100), "n": u64::MAX, "f": 1e308}),
+        ),
+    }
+}
+
+/// The hostile run of issue 12, through the real daemon on MariaDB:
+/// every hostile message is accounted for in `dlq list` (parked, none
+/// looping) or stored if it was valid after all, every valid one is
+/// merged, and nothing goes to the retry path. `HOSTILE_MIX` sets how
+/// many of each (default 64; the issue used 300).
+#[tokio::test]
+async fn hostile_mix_is_accounted_for_mariadb() {
+    let Some(tdb) = fresh_db(Db::Mariadb).await else {
+        return;
+    };
+    let n: usize = std::env::var("HOSTILE_MIX")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let project = unique_project();
+    let s = settings(&project, &tdb.url, &[]);
+    let t = s.topology();
+    let running = start(s.clone()).await;
+    let store = event_backbone::app::connect_store(&s).await.unwrap();
+    let p = publishers(&t).await;
+    let mut expect_parked = 0;
+    let mut expect_stored = 0;
+    let mut sends = Vec::new();
+    for i in 0..n {
+        let h = hostile(i);
+        if parse_raw_event(&h).is_ok() {
+            expect_stored += 1;
+        } else {
+            expect_parked += 1;
+        }
+        sends.push((h, String::new()));
+        let valid = raw_event(
+            "netsuite",
+            "customer",
+            &format!("c{i}"),
+            0,
+            "2026-03-13T10:00:00Z",
+            json!({"name": format!("n{i}")}),
+        );
+        expect_stored += 1;
+        sends.push((valid.into_bytes(), format!("customer:c{i}")));
+    }
+    let published = futures::future::join_all(sends.iter().map(|(data, key)| {
+        p.publish_to(
+            TopicKind::Raw,
+            Bytes::from(data.clone()),
+            HashMap::new(),
+            key,
+        )
+    }))
+    .await;
+    assert!(published.iter().all(Result::is_ok));
+    let done = eventually(Duration::from_secs(120), || async {
+        count(&store, "SELECT COUNT(*) FROM dead_letters").await == expect_parked
+            && count(&store, "SELECT COUNT(*) FROM events").await == expect_stored
+    })
+    .await;
+    let parked = count(&store, "SELECT COUNT(*) FROM dead_letters").await;
+    let stored = count(&store, "SELECT COUNT(*) FROM events").await;
+    assert!(
+        done,
+        "parked {parked} of {expect_parked}, stored {stored} of {expect_stored}"
+    );
+    eprintln!(
+        "hostile mix: {n} hostile + {n} valid published; {parked} parked invalid, {stored} stored"
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM dead_letters WHERE reason <> 'invalid'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM events WHERE record_type = 'customer'"
+        )
+        .await,
+        n as i64,
+        "every valid one merged"
+    );
+    let m = event_backbone::metrics::metrics();
+    assert_eq!(
+        m.retry_attempts.with_label_values(&["merge"]).get(),
+        0,
+        "no retries"
+    );
+    let park_sub = t.subscription_id(event_backbone::topology::ConsumerKind::Park);
+    assert_eq!(
+        m.messages_processed
+            .with_label_values(&[park_sub.as_str(), "nacked"])
+            .get(),
+        0,
+        "no dead letter was nacked"
+    );
+    assert_eq!(event_backbone::stages::park::unparked_count(), 0);
+    running.stop().await;
 }
