@@ -102,3 +102,71 @@ impl Router for RetryRouter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use chrono::DateTime;
+
+    use super::*;
+    use crate::stages::{Outcome, Stage, StageResult};
+
+    struct Noop;
+
+    impl Stage for Noop {
+        fn name(&self) -> &'static str {
+            "merge"
+        }
+        fn handle<'a>(&'a self, _m: &'a Incoming) -> futures::future::BoxFuture<'a, StageResult> {
+            Box::pin(async { Ok(Outcome::ack("noop", None)) })
+        }
+    }
+
+    /// Found by the fuzz campaign: `failed_at + wait` overflowed (a panic
+    /// outside the stage's catch_unwind, killing the retry lane) when the
+    /// attribute asked for a wait no date can hold.
+    #[test]
+    fn absurd_retry_after_falls_back_to_the_schedule() {
+        let mut registry = Registry::default();
+        registry.register(Arc::new(Noop));
+        let router = RetryRouter {
+            registry,
+            schedule: Schedule {
+                initial: Duration::from_secs(10),
+                multiplier: 2.0,
+                max: Duration::from_secs(600),
+                max_attempts: 5,
+            },
+        };
+        let now = Utc::now();
+        for (retry_after, publish_time) in [
+            ("10000000000000000", Some(now)),
+            ("18446744073709551615", Some(now)),
+            ("1000", Some(DateTime::<Utc>::MAX_UTC)),
+        ] {
+            let msg = Incoming {
+                data: bytes::Bytes::new(),
+                attributes: HashMap::from([
+                    (envelope::STAGE.to_string(), "merge".to_string()),
+                    (envelope::ATTEMPT.to_string(), "1".to_string()),
+                    ("retry_after_ms".to_string(), retry_after.to_string()),
+                ]),
+                message_id: "m".into(),
+                publish_time,
+                ordering_key: String::new(),
+                execution: 1,
+            };
+            match router.route(msg) {
+                Route::Run { not_before, .. } => {
+                    if publish_time == Some(now) {
+                        let at = not_before.expect("the schedule's time");
+                        assert!(at - now <= chrono::Duration::seconds(13), "{at}");
+                    }
+                }
+                Route::Reject { .. } => panic!("a valid envelope is routed"),
+            }
+        }
+    }
+}
