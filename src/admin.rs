@@ -226,8 +226,8 @@ async fn require_token(State(state): State<AdminState>, req: Request, next: Next
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| digest(t.trim().as_bytes()));
+        .and_then(bearer_token)
+        .map(|t| digest(t.as_bytes()));
     let ok = match (&state.token_digest, &presented) {
         (Some(want), Some(got)) => constant_time_eq(want, got),
         _ => false,
@@ -241,6 +241,14 @@ async fn require_token(State(state): State<AdminState>, req: Request, next: Next
             .into_response();
     }
     next.run(req).await
+}
+
+/// The token of an `Authorization: Bearer <token>` header. The scheme is
+/// case-insensitive (RFC 7235 §2.1), so `bearer` and `BEARER` work too.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// An error response with a JSON body.
@@ -350,5 +358,28 @@ mod tests {
         assert!(constant_time_eq(&a, &digest(b"secret")));
         assert!(!constant_time_eq(&a, &digest(b"secret ")));
         assert!(!constant_time_eq(&a, &digest(b"")));
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for v in [
+            "Bearer t0k",
+            "bearer t0k",
+            "BEARER t0k",
+            "bEaReR   t0k ",
+            "Bearer\tt0k",
+        ] {
+            assert_eq!(bearer_token(v), Some("t0k"), "{v:?}");
+        }
+        for v in [
+            "Basic t0k",
+            "Bearer",
+            "Bearer ",
+            "Bearert0k",
+            "",
+            "Token t0k",
+        ] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
+        }
     }
 }

@@ -145,6 +145,9 @@ async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
         "database": match &db { Ok(()) => "ok".to_string(), Err(e) => e.clone() },
         "pubsub": match &pubsub { Ok(()) => "ok".to_string(), Err(e) => e.clone() },
         "consumers": consumers,
+        // Detail only: a dead letter that cannot be parked is not fixed by
+        // a restart (see the park stage).
+        "dead_letters_unparked": crate::stages::park::unparked_detail(),
     }));
     let status = if ready {
         StatusCode::OK

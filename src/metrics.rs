@@ -18,6 +18,8 @@ pub struct Metrics {
     pub retry_attempts: IntCounterVec,
     pub dead_letters: IntCounterVec,
     pub dead_letters_parked: IntGauge,
+    pub park_failures: IntCounterVec,
+    pub dead_letters_unparked: IntGauge,
     pub dlq_replayed: IntCounter,
     pub merge_conflicts: IntCounterVec,
     pub inflight: IntGaugeVec,
@@ -102,6 +104,19 @@ impl Metrics {
                 let g = IntGauge::with_opts(opts(
                     "dead_letters_parked",
                     "Parked dead letters not yet replayed.",
+                ))?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            park_failures: counter(
+                "park_failures_total",
+                "Dead letters the park stage could not write, by store error class (database outages excluded).",
+                &["class"],
+            )?,
+            dead_letters_unparked: {
+                let g = IntGauge::with_opts(opts(
+                    "dead_letters_unparked",
+                    "Dead letters that keep failing to park and are held in the dlq subscription.",
                 ))?;
                 registry.register(Box::new(g.clone()))?;
                 g
@@ -204,6 +219,9 @@ impl Metrics {
             for reason in ["invalid", "permanent", "exhausted", "gap"] {
                 self.dead_letters.with_label_values(&[stage, reason]);
             }
+        }
+        for class in ["contention", "data", "permission", "other"] {
+            self.park_failures.with_label_values(&[class]);
         }
         for state in ["idle", "in_use"] {
             self.db_pool_connections.with_label_values(&[state]);

@@ -3,5 +3,8 @@
 
 pub mod envelope;
 pub mod fingerprint;
+#[cfg(test)]
+mod fuzz;
+pub mod limits;
 pub mod merged_event;
 pub mod raw_event;

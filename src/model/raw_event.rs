@@ -8,12 +8,15 @@ use chrono::{DateTime, TimeZone, Timelike, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-/// Maximum object/array nesting depth of a raw event document (SPEC §10).
-pub const MAX_NESTING: usize = 64;
+use crate::model::limits;
 
-/// `record_id` limit: 191 bytes is the longest utf8mb4 string an InnoDB
-/// index prefix of 767 bytes can hold.
-const MAX_RECORD_ID_BYTES: usize = 191;
+/// Maximum object/array nesting depth of a raw event document (SPEC §10);
+/// `changes` is held to the stricter [`limits::CHANGES_MAX_DEPTH`].
+pub const MAX_NESTING: usize = limits::DOCUMENT_MAX_DEPTH;
+
+/// `record_id` limit in bytes (SPEC §3.1): within the column's 191
+/// characters, and what an InnoDB index prefix of 767 bytes can hold.
+const MAX_RECORD_ID_BYTES: usize = limits::RECORD_ID_MAX;
 
 /// The system a raw event came from.
 #[derive(
@@ -119,7 +122,7 @@ pub fn parse_raw_event(data: &[u8]) -> Result<RawEvent, ValidationError> {
             ValidationError::new("data", format!("is not valid JSON: {e}"))
         }
     })?;
-    if depth_exceeds(&doc, MAX_NESTING) {
+    if limits::json_depth(&doc, MAX_NESTING) > MAX_NESTING {
         return Err(nesting_error());
     }
     let Value::Object(mut obj) = doc else {
@@ -170,6 +173,7 @@ pub fn parse_raw_event(data: &[u8]) -> Result<RawEvent, ValidationError> {
             "must not be empty unless `full_snapshot_ref` is set",
         ));
     }
+    check_changes(&changes).map_err(|reason| ValidationError::new("changes", reason))?;
 
     Ok(RawEvent {
         id,
@@ -190,15 +194,36 @@ fn nesting_error() -> ValidationError {
     )
 }
 
-/// True when `v` has more than `limit` nested objects/arrays (a scalar is
-/// depth 0, `{}` depth 1). Recursion is bounded: serde_json already refused
-/// documents deeper than 128, and we stop as soon as the limit is crossed.
-fn depth_exceeds(v: &Value, limit: usize) -> bool {
-    match v {
-        Value::Array(a) => limit == 0 || a.iter().any(|c| depth_exceeds(c, limit - 1)),
-        Value::Object(o) => limit == 0 || o.values().any(|c| depth_exceeds(c, limit - 1)),
-        _ => false,
+/// Whether a change set fits the event store (inline `changes`, or the
+/// changes a `full_snapshot_ref` resolved to): at most
+/// [`limits::CHANGES_MAX_DEPTH`] levels deep and
+/// [`limits::CHANGES_MAX_BYTES`] long as JSON. The error is the reason,
+/// for the caller to attach to the field it checked.
+pub fn check_changes(changes: &Map<String, Value>) -> Result<(), String> {
+    const MAX: usize = limits::CHANGES_MAX_DEPTH;
+    // The map itself is level 1; the cap bounds the walk on hostile input.
+    let depth = 1 + changes
+        .values()
+        .map(|v| limits::json_depth(v, MAX))
+        .max()
+        .unwrap_or(0);
+    if depth > MAX {
+        return Err(format!(
+            "is nested deeper than {MAX} levels (the changes object is level 1): \
+             the event store's JSON columns hold {} levels and the record state \
+             wraps each value in {} more",
+            limits::DB_JSON_MAX_DEPTH,
+            limits::STATE_EXTRA_DEPTH
+        ));
     }
+    let len = limits::json_len(changes);
+    if len > limits::CHANGES_MAX_BYTES {
+        return Err(format!(
+            "is {len} bytes as JSON; the event store takes at most {} bytes of changes",
+            limits::CHANGES_MAX_BYTES
+        ));
+    }
+    Ok(())
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -244,7 +269,7 @@ fn optional_string<'a>(
 fn check_record_type(s: &str) -> Result<(), ValidationError> {
     let b = s.as_bytes();
     let ok = matches!(b.first(), Some(b'a'..=b'z'))
-        && b.len() <= 64
+        && b.len() <= limits::RECORD_TYPE_MAX
         && b.iter()
             .all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'_'));
     if ok {
@@ -252,7 +277,11 @@ fn check_record_type(s: &str) -> Result<(), ValidationError> {
     } else {
         Err(ValidationError::new(
             "record_type",
-            "must match ^[a-z][a-z0-9_]{0,63}$",
+            format!(
+                "must match ^[a-z][a-z0-9_]{{0,{}}}$ (at most {} characters)",
+                limits::RECORD_TYPE_MAX - 1,
+                limits::RECORD_TYPE_MAX
+            ),
         ))
     }
 }
@@ -312,14 +341,23 @@ fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, ValidationError> {
             "must not be a leap second",
         ));
     }
-    // MySQL TIMESTAMP range.
-    let min = Utc.timestamp_opt(1, 0).single();
-    let max = Utc.timestamp_opt(2_147_483_647, 999_999_000).single();
+    // The event store's TIMESTAMP(6) range (docs/: the 2038 limit).
+    let min = Utc.timestamp_opt(limits::TIMESTAMP_MIN_SECS, 0).single();
+    let max = Utc
+        .timestamp_opt(
+            limits::TIMESTAMP_MAX_SECS,
+            limits::TIMESTAMP_MAX_MICROS * 1_000,
+        )
+        .single();
     let in_range = matches!((min, max), (Some(min), Some(max)) if ts >= min && ts <= max);
     if !in_range {
         return Err(ValidationError::new(
             "timestamp",
-            "must be between 1970-01-01T00:00:01Z and 2038-01-19T03:14:07.999999Z",
+            format!(
+                "must be between {} and {} (the event store's TIMESTAMP range)",
+                limits::TIMESTAMP_MIN,
+                limits::TIMESTAMP_MAX
+            ),
         ));
     }
     Ok(ts)
@@ -358,6 +396,12 @@ fn parse_base_version(v: Option<&Value>) -> Result<i64, ValidationError> {
 /// and whether the bucket is ours, is decided when the ref is resolved.
 fn check_snapshot_ref(s: &str) -> Result<(), ValidationError> {
     const F: &str = "full_snapshot_ref";
+    if s.chars().count() > limits::SNAPSHOT_REF_MAX {
+        return Err(ValidationError::new(
+            F,
+            format!("must be at most {} characters", limits::SNAPSHOT_REF_MAX),
+        ));
+    }
     if let Some(rest) = s.strip_prefix("gs://") {
         match rest.split_once('/') {
             Some((bucket, object)) if !bucket.is_empty() && !object.is_empty() => Ok(()),
@@ -560,14 +604,65 @@ mod tests {
         );
     }
 
+    /// A raw event whose `changes` is `{"a": <n nested arrays around 1>}`.
+    fn with_changes_depth(depth: usize) -> String {
+        let n = depth - 1;
+        let inner = format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        format!(
+            r#"{{"source":"suitex","record_type":"t","record_id":"1","base_version":0,"timestamp":"2026-01-01T00:00:00Z","changes":{{"a":{inner}}}}}"#
+        )
+    }
+
     #[test]
     fn nesting_at_limit_accepted() {
-        // Top-level object is level 1, so 63 more levels reach exactly 64.
-        let inner = format!("{}1{}", "[".repeat(62), "]".repeat(62));
+        // An ignored field may nest up to the document limit (64, the top
+        // level counting as 1)…
+        let inner = format!("{}1{}", "[".repeat(63), "]".repeat(63));
         let data = format!(
-            r#"{{"source":"suitex","record_type":"t","record_id":"1","base_version":0,"timestamp":"2026-01-01T00:00:00Z","changes":{{"a":{inner}}}}}"#
+            r#"{{"source":"suitex","record_type":"t","record_id":"1","base_version":0,"timestamp":"2026-01-01T00:00:00Z","changes":{{"a":1}},"extra":{inner}}}"#
         );
-        parse_raw_event(data.as_bytes()).expect("depth 64 ok");
+        parse_raw_event(data.as_bytes()).expect("document depth 64 ok");
+        // …`changes` up to what the event store holds.
+        parse_raw_event(with_changes_depth(limits::CHANGES_MAX_DEPTH).as_bytes())
+            .expect("changes at the store's depth limit");
+    }
+
+    #[test]
+    fn rejects_changes_deeper_than_the_store_holds() {
+        for depth in [limits::CHANGES_MAX_DEPTH + 1, 33, 63] {
+            assert_err(
+                parse_raw_event(with_changes_depth(depth).as_bytes()),
+                "changes",
+                "nested deeper than 29 levels",
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_changes_larger_than_the_store_takes() {
+        let big = "x".repeat(limits::CHANGES_MAX_BYTES);
+        assert_err(
+            with("changes", json!({ "a": big })),
+            "changes",
+            "bytes of changes",
+        );
+        let fits = "x".repeat(limits::CHANGES_MAX_BYTES - 16);
+        with("changes", json!({ "a": fits })).expect("just under the limit");
+    }
+
+    #[test]
+    fn rejects_long_snapshot_ref() {
+        let long = format!("gs://b/{}", "o".repeat(limits::SNAPSHOT_REF_MAX));
+        let mut m = valid();
+        m.insert("full_snapshot_ref".into(), json!(long));
+        assert_err(
+            parse_map(&m),
+            "full_snapshot_ref",
+            "at most 1024 characters",
+        );
+        let fits = format!("gs://b/{}", "ö".repeat(limits::SNAPSHOT_REF_MAX - 7));
+        m.insert("full_snapshot_ref".into(), json!(fits));
+        parse_map(&m).expect("1024 characters (more bytes) fit");
     }
 
     #[test]
@@ -714,7 +809,7 @@ mod tests {
         assert_err(
             with("record_type", json!(long)),
             "record_type",
-            "must match",
+            "at most 64 characters",
         );
     }
 

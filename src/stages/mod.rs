@@ -71,6 +71,29 @@ impl StageError {
     }
 }
 
+/// A store failure as every stage reports it. Data the database refuses
+/// fails the same way every time: `invalid` (naming the column when the
+/// server's message does), never unavailable, never a retry. `what` names
+/// the message kind for the reason (`raw event`, `merged event`, …).
+pub fn store_failure(e: &crate::store::StoreError, what: &str) -> StageError {
+    use crate::store::StoreErrorClass as C;
+    match e.class() {
+        C::Data => StageError::invalid(match e.column() {
+            Some(col) => format!("invalid {what}: the event store refused column `{col}`: {e}"),
+            None => format!("invalid {what}: the event store refused the data: {e}"),
+        }),
+        C::Unavailable | C::Contention => {
+            StageError::unavailable(format!("event store unavailable: {e}"))
+        }
+        // Missing grants are an operator's fix, not the message's fault:
+        // hold it (readiness says why) rather than spend its retries.
+        C::Permission => StageError::unavailable(format!(
+            "event store refused this user (check sql/grants-mysql.sql): {e}"
+        )),
+        C::Other => StageError::transient(format!("event store error: {e}")),
+    }
+}
+
 /// A message as a stage sees it.
 #[derive(Debug, Clone)]
 pub struct Incoming {

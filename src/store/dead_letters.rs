@@ -2,6 +2,7 @@
 //! listing, and a claim → publish → mark protocol so two replays at once
 //! never publish the same row twice.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use chrono::Utc;
@@ -10,6 +11,7 @@ use sqlx::{Any, QueryBuilder, Row};
 
 use super::ledger::{self, AuditRow};
 use super::{get_opt_text, get_text, Store, StoreError};
+use crate::model::limits::{self, truncate_bytes, truncate_chars};
 
 /// A dead letter as the park stage records it.
 #[derive(Debug, Clone)]
@@ -31,6 +33,126 @@ pub struct NewDeadLetter {
     pub delivery_count: Option<i32>,
     /// Set when this is a replayed message that died again: the row to reopen.
     pub replay_of: Option<i64>,
+}
+
+impl NewDeadLetter {
+    /// The fields too long for their columns: [`Store::park`] stores them
+    /// cut to the column's width (on a char boundary). `data` and
+    /// `attributes` always go in whole (LONGBLOB / LONGTEXT).
+    pub fn oversized_fields(&self) -> Vec<&'static str> {
+        Columns::of(self).truncated
+    }
+
+    /// The row to park when the full one was refused: the message's data
+    /// and attributes (all a replay needs) plus why, nothing else.
+    pub fn minimal(&self, why: &str) -> NewDeadLetter {
+        let note = format!("parked without its details: {why}");
+        NewDeadLetter {
+            dlq_message_id: self.dlq_message_id.clone(),
+            origin_message_id: None,
+            stage: self.stage.clone(),
+            reason: self.reason.clone(),
+            attempts: self.attempts,
+            fingerprint: self.fingerprint.clone(),
+            record_type: None,
+            record_id: None,
+            last_error: Some(note.clone()),
+            errors: vec![note],
+            data: self.data.clone(),
+            attributes: self.attributes.clone(),
+            ordering_key: None,
+            source_subscription: None,
+            delivery_count: self.delivery_count,
+            replay_of: self.replay_of,
+        }
+    }
+}
+
+/// A dead letter's column values, each cut to fit its column.
+struct Columns<'a> {
+    dlq_message_id: Cow<'a, str>,
+    origin_message_id: Option<&'a str>,
+    stage: &'a str,
+    reason: &'a str,
+    fingerprint: Option<&'a str>,
+    record_type: Option<&'a str>,
+    record_id: Option<&'a str>,
+    last_error: Option<&'a str>,
+    ordering_key: Option<&'a str>,
+    source_subscription: Option<&'a str>,
+    truncated: Vec<&'static str>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(dl: &'a NewDeadLetter) -> Self {
+        let mut truncated = Vec::new();
+        let mut fit = |name: &'static str, v: &'a str, max: usize| {
+            let cut = truncate_chars(v, max);
+            if cut.len() < v.len() {
+                truncated.push(name);
+            }
+            cut
+        };
+        let origin_message_id = dl
+            .origin_message_id
+            .as_deref()
+            .map(|v| fit("origin_message_id", v, limits::MESSAGE_ID_MAX));
+        let stage = fit("stage", &dl.stage, limits::STAGE_MAX);
+        let reason = fit("reason", &dl.reason, limits::REASON_MAX);
+        let fingerprint = dl
+            .fingerprint
+            .as_deref()
+            .map(|v| fit("fingerprint", v, limits::FINGERPRINT_LEN));
+        let record_type = dl
+            .record_type
+            .as_deref()
+            .map(|v| fit("record_type", v, limits::RECORD_TYPE_MAX));
+        let record_id = dl
+            .record_id
+            .as_deref()
+            .map(|v| fit("record_id", v, limits::RECORD_ID_MAX));
+        let ordering_key = dl
+            .ordering_key
+            .as_deref()
+            .map(|v| fit("ordering_key", v, limits::ORDERING_KEY_MAX));
+        let source_subscription = dl
+            .source_subscription
+            .as_deref()
+            .map(|v| fit("source_subscription", v, limits::SUBSCRIPTION_MAX));
+        let last_error = dl.last_error.as_deref().map(|v| {
+            let cut = truncate_bytes(v, limits::TEXT_MAX_BYTES);
+            if cut.len() < v.len() {
+                truncated.push("last_error");
+            }
+            cut
+        });
+        // The dlq message id is the idempotency key: a cut one keeps a
+        // digest of the whole so two long ids never collide.
+        let dlq_message_id = if dl.dlq_message_id.chars().count() <= limits::MESSAGE_ID_MAX {
+            Cow::Borrowed(dl.dlq_message_id.as_str())
+        } else {
+            truncated.push("dlq_message_id");
+            let digest = crate::model::fingerprint::sha256_hex(dl.dlq_message_id.as_bytes());
+            let keep = limits::MESSAGE_ID_MAX - digest.len() - 1;
+            Cow::Owned(format!(
+                "{}~{digest}",
+                truncate_chars(&dl.dlq_message_id, keep)
+            ))
+        };
+        Columns {
+            dlq_message_id,
+            origin_message_id,
+            stage,
+            reason,
+            fingerprint,
+            record_type,
+            record_id,
+            last_error,
+            ordering_key,
+            source_subscription,
+            truncated,
+        }
+    }
 }
 
 /// A parked row.
@@ -131,8 +253,16 @@ const CLAIM_TTL: chrono::Duration = chrono::Duration::minutes(5);
 
 impl Store {
     /// Parks a dead letter and records the audit row, in one transaction.
-    pub async fn park(&self, dl: &NewDeadLetter, audit: AuditRow) -> Result<Parked, StoreError> {
+    /// Values too long for their columns are stored cut to fit (see
+    /// [`NewDeadLetter::oversized_fields`]); the data is kept whole.
+    pub async fn park(
+        &self,
+        dl: &NewDeadLetter,
+        mut audit: AuditRow,
+    ) -> Result<Parked, StoreError> {
         let d = self.dialect();
+        let c = Columns::of(dl);
+        audit.fit_columns();
         let errors = serde_json::to_string(&dl.errors)
             .map_err(|e| StoreError::Corrupt(format!("errors: {e}")))?;
         let attributes = serde_json::to_string(&dl.attributes)
@@ -147,14 +277,14 @@ impl Store {
                  errors = ?, attributes = ?, replayed_at = NULL, replay_claimed_at = NULL \
                  WHERE id = ? AND dlq_message_id <> ?",
             )
-            .bind(dl.dlq_message_id.clone())
-            .bind(dl.reason.clone())
+            .bind(c.dlq_message_id.to_string())
+            .bind(c.reason.to_string())
             .bind(dl.attempts)
-            .bind(dl.last_error.clone())
+            .bind(c.last_error.map(str::to_string))
             .bind(errors.clone())
             .bind(attributes.clone())
             .bind(row_id)
-            .bind(dl.dlq_message_id.clone())
+            .bind(c.dlq_message_id.to_string())
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -179,20 +309,20 @@ impl Store {
                  source_subscription, delivery_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 d.insert_ignore()
             ))
-            .bind(dl.dlq_message_id.clone())
-            .bind(dl.origin_message_id.clone())
-            .bind(dl.stage.clone())
-            .bind(dl.reason.clone())
+            .bind(c.dlq_message_id.to_string())
+            .bind(c.origin_message_id.map(str::to_string))
+            .bind(c.stage.to_string())
+            .bind(c.reason.to_string())
             .bind(dl.attempts)
-            .bind(dl.fingerprint.clone())
-            .bind(dl.record_type.clone())
-            .bind(dl.record_id.clone())
-            .bind(dl.last_error.clone())
+            .bind(c.fingerprint.map(str::to_string))
+            .bind(c.record_type.map(str::to_string))
+            .bind(c.record_id.map(str::to_string))
+            .bind(c.last_error.map(str::to_string))
             .bind(errors)
             .bind(dl.data.clone())
             .bind(attributes)
-            .bind(dl.ordering_key.clone())
-            .bind(dl.source_subscription.clone())
+            .bind(c.ordering_key.map(str::to_string))
+            .bind(c.source_subscription.map(str::to_string))
             .bind(dl.delivery_count)
             .execute(&mut *tx)
             .await?

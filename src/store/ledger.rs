@@ -7,10 +7,33 @@ use chrono::{DateTime, Utc};
 use sqlx::{Any, AnyConnection, QueryBuilder, Row};
 
 use super::{get_opt_text, get_text, parse_ts, Dialect, StoreError};
+use crate::model::limits;
 use crate::stages::merge::rules::RecordState;
 
 /// Rows per multi-row statement: well under both backends' placeholder limits.
 const CHUNK: usize = 400;
+
+/// Splits `rows` into runs of at most `max_rows` rows whose bound values
+/// add up to about [`limits::STATEMENT_MAX_BYTES`] at most (a run always
+/// has one row), so a batch of large events never builds a statement
+/// bigger than the server's `max_allowed_packet`.
+pub fn statement_chunks<T>(rows: &[T], max_rows: usize, size: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    let max_rows = max_rows.max(1);
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0usize);
+    for (i, r) in rows.iter().enumerate() {
+        let n = size(r);
+        if i > start && (i - start >= max_rows || bytes + n > limits::STATEMENT_MAX_BYTES) {
+            out.push(&rows[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += n;
+    }
+    if start < rows.len() {
+        out.push(&rows[start..]);
+    }
+    out
+}
 
 /// One row of `events`.
 #[derive(Debug, Clone)]
@@ -43,6 +66,30 @@ pub struct AuditRow {
     pub attempt: i32,
     /// This row claims (fingerprint, stage): a second claim fails the unique key.
     pub claim: bool,
+}
+
+impl AuditRow {
+    /// Cuts every text value to its column's width (on a char boundary):
+    /// an audit row about a message that broke the limits must still be
+    /// writable. The fingerprint is not touched (callers pass a real one).
+    pub fn fit_columns(&mut self) {
+        let fit = |v: &mut String, max: usize| {
+            let n = limits::truncate_chars(v, max).len();
+            v.truncate(n);
+        };
+        fit(&mut self.stage, limits::STAGE_MAX);
+        fit(&mut self.outcome, limits::REASON_MAX);
+        for (v, max) in [
+            (&mut self.event_id, limits::EVENT_ID_LEN),
+            (&mut self.record_type, limits::RECORD_TYPE_MAX),
+            (&mut self.record_id, limits::RECORD_ID_MAX),
+            (&mut self.message_id, limits::MESSAGE_ID_MAX),
+        ] {
+            if let Some(v) = v {
+                fit(v, max);
+            }
+        }
+    }
 }
 
 /// A record's projection row.
@@ -167,7 +214,10 @@ pub async fn insert_events_chunked(
     rows: &[EventRow],
     per_statement: usize,
 ) -> Result<(), StoreError> {
-    for chunk in rows.chunks(per_statement.max(1)) {
+    let size = |r: &EventRow| {
+        r.changes.len() + r.record_id.len() + r.full_snapshot_ref.as_ref().map_or(0, String::len)
+    };
+    for chunk in statement_chunks(rows, per_statement, size) {
         let mut q: QueryBuilder<Any> = QueryBuilder::new(
             "INSERT INTO events (id, record_type, record_id, source, `timestamp`, base_version, \
              changes, full_snapshot_ref, processed, sequence_num) ",
@@ -199,7 +249,8 @@ pub async fn insert_audit_chunked(
     rows: &[AuditRow],
     per_statement: usize,
 ) -> Result<(), StoreError> {
-    for chunk in rows.chunks(per_statement.max(1)) {
+    let size = |r: &AuditRow| r.detail.as_ref().map_or(0, String::len) + 256;
+    for chunk in statement_chunks(rows, per_statement, size) {
         let mut q: QueryBuilder<Any> = QueryBuilder::new(
             "INSERT INTO event_audit_log (event_id, fingerprint, record_type, record_id, stage, \
              processing_outcome, detail, message_id, attempt, claim) ",
@@ -227,23 +278,22 @@ pub async fn upsert_states(
     d: Dialect,
     rows: &[(RecordKey, StateRow)],
 ) -> Result<(), StoreError> {
-    for chunk in rows.chunks(CHUNK / 5) {
+    let mut encoded = Vec::with_capacity(rows.len());
+    for (key, s) in rows {
+        let json = serde_json::to_string(&s.state)
+            .map_err(|e| StoreError::Corrupt(format!("state not serialisable: {e}")))?;
+        encoded.push((key, s, json));
+    }
+    for chunk in statement_chunks(&encoded, CHUNK / 5, |(_, _, json)| json.len()) {
         let mut q: QueryBuilder<Any> = QueryBuilder::new(
             "INSERT INTO record_state (record_type, record_id, version, last_seq, state, pending) ",
         );
-        let mut encoded = Vec::with_capacity(chunk.len());
-        for (_, s) in chunk {
-            encoded.push(
-                serde_json::to_string(&s.state)
-                    .map_err(|e| StoreError::Corrupt(format!("state not serialisable: {e}")))?,
-            );
-        }
-        q.push_values(chunk.iter().zip(encoded), |mut b, (((t, id), s), json)| {
+        q.push_values(chunk, |mut b, ((t, id), s, json)| {
             b.push_bind(t.clone())
                 .push_bind(id.clone())
                 .push_bind(s.version)
                 .push_bind(s.last_seq)
-                .push_bind(json)
+                .push_bind(json.clone())
                 .push_bind(s.pending);
         });
         q.push(match d.0 {
@@ -346,4 +396,22 @@ pub async fn record_state(
     let key = (record_type.to_string(), record_id.to_string());
     let mut m = load_states(conn, d, std::slice::from_ref(&key), false).await?;
     Ok(m.remove(&key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_chunks_bound_rows_and_bytes() {
+        let rows: Vec<usize> = vec![1; 10];
+        let c = statement_chunks(&rows, 4, |n| *n);
+        assert_eq!(c.iter().map(|c| c.len()).collect::<Vec<_>>(), [4, 4, 2]);
+        let big = limits::STATEMENT_MAX_BYTES / 2 + 1;
+        let rows = vec![big, big, 1, big, limits::STATEMENT_MAX_BYTES * 3];
+        let c = statement_chunks(&rows, 100, |n| *n);
+        // A row over the budget still goes, alone.
+        assert_eq!(c.iter().map(|c| c.len()).collect::<Vec<_>>(), [1, 2, 1, 1]);
+        assert!(statement_chunks(&[] as &[usize], 4, |n| *n).is_empty());
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod dead_letters;
 pub mod delivery;
+pub mod errors;
 pub mod ledger;
 pub mod merged;
 pub mod outbox;
@@ -16,6 +17,8 @@ use chrono::{DateTime, Utc};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Connection, Executor, Row};
 use tokio::sync::Mutex;
+
+pub use self::errors::{StoreError, StoreErrorClass};
 
 // Migrations are additive (docs/operations.md, "Schema changes"), so
 // `migrate` leaves versions a newer release applied alone instead of
@@ -34,87 +37,6 @@ static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
 pub enum Backend {
     Mysql,
     Sqlite,
-}
-
-/// Errors from the store, classified once: is the database unreachable
-/// (nack and back off), is it a race worth retrying, or is it a real fault?
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database error: {0}")]
-    Sqlx(#[from] sqlx::Error),
-    #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-    #[error("unsupported database url (expected mysql:// or sqlite://)")]
-    UnsupportedUrl,
-    /// The database did not answer within `database.query_timeout` (a
-    /// network that hangs rather than refuses, e.g. during a failover).
-    #[error("the database did not answer within {}", humantime::format_duration(*.0))]
-    TimedOut(Duration),
-}
-
-impl StoreError {
-    /// The database could not be reached or the connection broke: nothing we
-    /// did was applied, and the message must be retried later (nack).
-    pub fn is_unavailable(&self) -> bool {
-        match self {
-            StoreError::Sqlx(e) => {
-                matches!(
-                    e,
-                    sqlx::Error::Io(_)
-                        | sqlx::Error::PoolTimedOut
-                        | sqlx::Error::PoolClosed
-                        | sqlx::Error::Tls(_)
-                        | sqlx::Error::WorkerCrashed
-                        | sqlx::Error::Protocol(_)
-                ) || db_code(e).is_some_and(|c| {
-                    // MySQL: server gone away / lost connection / too many connections / read-only.
-                    matches!(c.as_str(), "2006" | "2013" | "1040" | "1053" | "1290")
-                })
-            }
-            StoreError::TimedOut(_) => true,
-            StoreError::Migrate(_) | StoreError::Corrupt(_) | StoreError::UnsupportedUrl => false,
-        }
-    }
-
-    /// A conflict with a concurrent writer (deadlock, lock timeout, busy
-    /// SQLite file, a unique key claimed by another replica): retrying the
-    /// same work resolves it.
-    pub fn is_contention(&self) -> bool {
-        let StoreError::Sqlx(e) = self else {
-            return false;
-        };
-        if let sqlx::Error::Database(d) = e {
-            if d.is_unique_violation() {
-                return true;
-            }
-        }
-        db_code(e).is_some_and(|c| {
-            matches!(
-                c.as_str(),
-                // MySQL deadlock, lock wait timeout; SQLite BUSY / LOCKED (and extended codes).
-                "1213" | "1205" | "5" | "6" | "261" | "262" | "517" | "773"
-            )
-        })
-    }
-
-    /// Either of the above: worth trying again.
-    pub fn is_transient(&self) -> bool {
-        self.is_unavailable() || self.is_contention()
-    }
-}
-
-/// The server's own error number: MySQL's numeric code (sqlx's `code()` is
-/// the SQLSTATE, which lumps many errors together), SQLite's extended code.
-fn db_code(e: &sqlx::Error) -> Option<String> {
-    match e {
-        sqlx::Error::Database(d) => match d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-            Some(m) => Some(m.number().to_string()),
-            None => d.code().map(|c| c.into_owned()),
-        },
-        _ => None,
-    }
 }
 
 /// SQL that differs between MySQL and SQLite.

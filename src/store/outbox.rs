@@ -46,7 +46,8 @@ impl ConfirmedSet {
 }
 
 pub async fn insert(conn: &mut AnyConnection, rows: &[OutboxRow]) -> Result<(), StoreError> {
-    for chunk in rows.chunks(100) {
+    let size = |r: &OutboxRow| r.payload.len() + r.ordering_key.len();
+    for chunk in super::ledger::statement_chunks(rows, 100, size) {
         let mut q: QueryBuilder<Any> = QueryBuilder::new(
             "INSERT INTO outbox (event_id, topic, ordering_key, payload, attributes, sequence_num) ",
         );

@@ -14,7 +14,8 @@ use std::fmt;
 use sqlx::migrate::Migrator;
 use sqlx::Row;
 
-use super::{db_code, get_text, Backend, Store, StoreError};
+use super::errors::server_code;
+use super::{get_text, Backend, Store, StoreError};
 
 /// One migration, by version and description.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,7 +244,10 @@ pub async fn applied(store: &Store) -> Result<Option<Vec<Applied>>, StoreError> 
 /// MySQL's ER_NO_SUCH_TABLE, SQLite's "no such table" (a plain SQLITE_ERROR).
 fn is_missing_table(backend: Backend, e: &sqlx::Error) -> bool {
     match backend {
-        Backend::Mysql => db_code(e).as_deref() == Some("1146"),
+        Backend::Mysql => match e {
+            sqlx::Error::Database(d) => server_code(d.as_ref()) == Some(1146),
+            _ => false,
+        },
         Backend::Sqlite => match e {
             sqlx::Error::Database(d) => d.message().contains("no such table"),
             _ => false,

@@ -5,6 +5,7 @@ mod support;
 
 mod chart;
 mod cli;
+mod db_limits;
 mod deliver;
 mod demo;
 mod doctor;

@@ -274,6 +274,8 @@ async fn ops_metrics_scrape_after_a_flow_through_every_stage() {
         "backbone_retry_attempts_total",
         "backbone_dead_letters_total",
         "backbone_dead_letters_parked",
+        "backbone_dead_letters_unparked",
+        "backbone_park_failures_total",
         "backbone_dlq_replayed_total",
         "backbone_merge_conflicts_total",
         "backbone_inflight_messages",

@@ -390,11 +390,7 @@ fn resolve_failure(e: ClaimCheckError) -> StageError {
 }
 
 fn store_failure(e: &StoreError) -> StageError {
-    if e.is_transient() {
-        StageError::unavailable(format!("event store unavailable: {e}"))
-    } else {
-        StageError::transient(format!("event store error: {e}"))
-    }
+    super::store_failure(e, "merged event")
 }
 
 impl Stage for DeliverStage {

@@ -164,27 +164,29 @@ async fn worker(store: Store, cfg: Arc<EngineConfig>, mut rx: mpsc::Receiver<Req
             }
         }
         let items: Vec<Item> = batch.iter().map(|r| r.item.clone()).collect();
-        // Contention (deadlock, a replica claiming the same fingerprint,
-        // SQLite busy) is resolved by running the same batch again; anything
-        // else is reported to every submitter.
-        let attempt = || async { store.timed(process(&store, &cfg, &items)).await };
-        let result = attempt
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(20))
-                    .with_max_delay(Duration::from_millis(500))
-                    .with_max_times(4)
-                    .with_jitter(),
-            )
-            .when(|e: &StoreError| e.is_contention())
-            .notify(|e: &StoreError, after: Duration| {
-                tracing::warn!(error = %e, retry_in = ?after, "Merge batch hit contention; retrying it.");
-            })
-            .await;
-        match result {
+        match process_retrying(&store, &cfg, &items).await {
             Ok(decisions) => {
                 for (req, d) in batch.into_iter().zip(decisions) {
                     let _ = req.reply.send(Ok(d));
+                }
+            }
+            // One event the database refuses (a value too long, JSON too
+            // deep…) must not fail the others: run the items one by one,
+            // each in its own transaction, in arrival order (so a record's
+            // events keep their order). The good ones commit; only the
+            // refused one gets the error.
+            Err(e) if e.is_data() && batch.len() > 1 => {
+                tracing::warn!(error = %e, items = batch.len(), "The database refused data in a merge batch; running its items one by one.");
+                for req in batch {
+                    let one = process_retrying(&store, &cfg, std::slice::from_ref(&req.item))
+                        .await
+                        .and_then(|d| {
+                            d.into_iter().next().ok_or_else(|| {
+                                StoreError::Corrupt("merge of one item decided nothing".into())
+                            })
+                        })
+                        .map_err(Arc::new);
+                    let _ = req.reply.send(one);
                 }
             }
             Err(e) => {
@@ -195,6 +197,29 @@ async fn worker(store: Store, cfg: Arc<EngineConfig>, mut rx: mpsc::Receiver<Req
             }
         }
     }
+}
+
+/// [`process`], run again on contention (deadlock, a replica claiming the
+/// same fingerprint, SQLite busy); any other error is returned.
+async fn process_retrying(
+    store: &Store,
+    cfg: &EngineConfig,
+    items: &[Item],
+) -> Result<Vec<Decision>, StoreError> {
+    let attempt = || async { store.timed(process(store, cfg, items)).await };
+    attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(20))
+                .with_max_delay(Duration::from_millis(500))
+                .with_max_times(4)
+                .with_jitter(),
+        )
+        .when(|e: &StoreError| e.is_contention())
+        .notify(|e: &StoreError, after: Duration| {
+            tracing::warn!(error = %e, retry_in = ?after, "Merge batch hit contention; retrying it.");
+        })
+        .await
 }
 
 /// Decides and writes one batch in a single transaction.

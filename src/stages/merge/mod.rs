@@ -13,9 +13,9 @@ use futures::future::BoxFuture;
 use serde_json::{json, Map, Value};
 
 use self::batch::{Decision, EventItem, Item, MergeEngine, STAGE};
-use super::{Failure, Incoming, Outbound, Outcome, Stage, StageError, StageResult};
+use super::{ErrorClass, Failure, Incoming, Outbound, Outcome, Stage, StageError, StageResult};
 use crate::model::fingerprint::{fingerprint, fingerprint_bytes};
-use crate::model::raw_event::parse_raw_event;
+use crate::model::raw_event::{check_changes, parse_raw_event};
 use crate::snapshots::claim_check::shrink;
 use crate::snapshots::{SnapshotError, SnapshotStore};
 use crate::store::ledger::AuditRow;
@@ -95,7 +95,8 @@ impl MergeStage {
             error,
             fingerprint: Some(fp.clone()),
         };
-        let decision = self
+        let record = (ev.record_type.clone(), ev.record_id.clone());
+        let submitted = self
             .engine
             .submit(Item::Event(Box::new(EventItem {
                 event: ev,
@@ -106,8 +107,19 @@ impl MergeStage {
                 data: msg.data.clone(),
                 attributes: msg.attributes.clone(),
             })))
-            .await
-            .map_err(|e| fail(store_failure(&e)))?;
+            .await;
+        let decision = match submitted {
+            Ok(d) => d,
+            Err(e) => {
+                let error = store_failure(&e);
+                if error.class == ErrorClass::Invalid {
+                    // Refused by the database: recorded like any invalid message.
+                    self.audit_failure(msg, Some(record), &fp, "invalid", &error)
+                        .await?;
+                }
+                return Err(fail(error));
+            }
+        };
         let (label, publish) = match decision {
             Decision::Merged { publish, .. } => ("merged", publish),
             Decision::Noop { publish, .. } => ("noop", publish),
@@ -182,7 +194,12 @@ impl MergeStage {
             SnapshotError::Corrupt { .. } => StageError::permanent(e.to_string()),
         })?;
         match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Object(m)) => Ok(m),
+            Ok(Value::Object(m)) => match check_changes(&m) {
+                Ok(()) => Ok(m),
+                Err(reason) => Err(StageError::invalid(format!(
+                    "invalid raw event: field `full_snapshot_ref` points at {reference}, whose changes {reason}"
+                ))),
+            },
             Ok(_) => Err(StageError::invalid(format!(
                 "invalid raw event: field `full_snapshot_ref` points at {reference}, which is not a JSON object"
             ))),
@@ -226,11 +243,7 @@ impl MergeStage {
 }
 
 fn store_failure(e: &crate::store::StoreError) -> StageError {
-    if e.is_transient() {
-        StageError::unavailable(format!("event store unavailable: {e}"))
-    } else {
-        StageError::transient(format!("event store error: {e}"))
-    }
+    super::store_failure(e, "raw event")
 }
 
 impl Stage for MergeStage {

@@ -2,6 +2,19 @@
 //! `dead_letters` (idempotent on redelivery) plus an audit row, and only then
 //! is it acked. Nothing is dropped: if the row cannot be written the message
 //! is nacked and comes back.
+//!
+//! Anything that reaches the dlq can be parked: values too long for their
+//! columns are stored cut (the message data is kept whole), and a row the
+//! database still refuses is parked with its data and attributes alone. A
+//! dead letter that cannot be parked at all (missing grants, a bug) is not
+//! retried in a tight loop: after [`TRIES_BEFORE_HOLD`] failures it is held
+//! for [`HOLD`] before each nack, logged, counted
+//! (`backbone_park_failures_total`, `backbone_dead_letters_unparked`) and
+//! shown in `/readyz`'s detail.
+
+mod unparked;
+
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
@@ -12,22 +25,42 @@ use crate::model::envelope;
 use crate::model::fingerprint::fingerprint_bytes;
 use crate::store::dead_letters::{NewDeadLetter, Parked};
 use crate::store::ledger::AuditRow;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::topology::{ConsumerKind, Topology};
+
+pub use self::unparked::{unparked_count, unparked_detail};
 
 pub const STAGE: &str = "park";
 /// Attribute a replay adds so a replayed message that dies again reopens its
 /// row instead of creating another.
 pub const REPLAY_OF: &str = "replay_of";
 
+/// Failed parks of one dlq message (not counting database outages) before
+/// each further try is held back.
+pub const TRIES_BEFORE_HOLD: u32 = 3;
+/// How long a dead letter that keeps failing to park is held before it is
+/// nacked again (within the subscriber's 60 s lease extension).
+pub const HOLD: Duration = Duration::from_secs(30);
+
 pub struct ParkStage {
     store: Store,
     topology: Topology,
+    hold: Duration,
 }
 
 impl ParkStage {
     pub fn new(store: Store, topology: Topology) -> Self {
-        Self { store, topology }
+        Self {
+            store,
+            topology,
+            hold: HOLD,
+        }
+    }
+
+    /// Another hold than [`HOLD`] (tests).
+    pub fn with_hold(mut self, hold: Duration) -> Self {
+        self.hold = hold;
+        self
     }
 
     /// The stage a broker-dead-lettered message failed in, from the
@@ -89,8 +122,10 @@ impl ParkStage {
             stage,
             reason,
             attempts,
+            // Only a real fingerprint: the attribute may come from anyone.
             fingerprint: Some(
                 a.get(envelope::FINGERPRINT)
+                    .filter(|f| is_fingerprint(f))
                     .cloned()
                     .unwrap_or_else(|| fingerprint_bytes(&msg.data)),
             ),
@@ -115,6 +150,7 @@ impl ParkStage {
 
     async fn run(&self, msg: &Incoming) -> StageResult {
         let dl = self.dead_letter(msg);
+        let truncated = dl.oversized_fields();
         let audit = AuditRow {
             event_id: None,
             fingerprint: dl.fingerprint.clone().unwrap_or_default(),
@@ -124,18 +160,30 @@ impl ParkStage {
             outcome: "parked".to_string(),
             detail: Some(
                 json!({"stage": dl.stage, "reason": dl.reason, "attempts": dl.attempts,
-                       "replay_of": dl.replay_of})
+                       "replay_of": dl.replay_of, "truncated": truncated})
                 .to_string(),
             ),
             message_id: Some(msg.message_id.clone()),
             attempt: dl.attempts,
             claim: false,
         };
-        let parked = self.store.park(&dl, audit).await.map_err(|e| Failure {
-            // Never dead-letter a dead letter: nack and let it come back.
-            error: StageError::unavailable(format!("cannot park dead letter: {e}")),
-            fingerprint: dl.fingerprint.clone(),
-        })?;
+        let result = match self.store.park(&dl, audit.clone()).await {
+            Err(e) if e.is_data() => {
+                // Cutting to the column widths should have made this
+                // impossible; keep the message all the same.
+                tracing::warn!(error = %e, "The database refused a dead letter's details; parking its data and attributes alone.");
+                self.store.park(&dl.minimal(&e.to_string()), audit).await
+            }
+            r => r,
+        };
+        let parked = match result {
+            Ok(p) => p,
+            Err(e) => return Err(self.not_parked(msg, &dl, e).await),
+        };
+        unparked::resolved(&msg.message_id);
+        if !truncated.is_empty() {
+            tracing::warn!(fields = ?truncated, "Dead letter fields were too long for their columns and are stored cut; the message data is kept whole.");
+        }
         match parked {
             Parked::Inserted | Parked::Reopened => {
                 tracing::warn!(stage = %dl.stage, reason = %dl.reason, attempts = dl.attempts, reopened = (parked == Parked::Reopened), "Dead letter parked.");
@@ -149,6 +197,38 @@ impl ParkStage {
         }
         Ok(Outcome::ack("parked", dl.fingerprint))
     }
+
+    /// A dead letter that could not be parked is never acked (it would be
+    /// lost) nor dead-lettered (there is nowhere further): it is nacked. A
+    /// database outage is the consumer's business; any other failure is
+    /// counted per message and, once it repeats, held before the nack so
+    /// it cannot spin.
+    async fn not_parked(&self, msg: &Incoming, dl: &NewDeadLetter, e: StoreError) -> Failure {
+        let failure = Failure {
+            error: StageError::unavailable(format!("cannot park dead letter: {e}")),
+            fingerprint: dl.fingerprint.clone(),
+        };
+        if e.is_unavailable() {
+            return failure;
+        }
+        let class = e.class().as_str();
+        metrics().park_failures.with_label_values(&[class]).inc();
+        let tries = unparked::failed(&msg.message_id, class, &e.to_string());
+        if tries >= TRIES_BEFORE_HOLD {
+            if tries == TRIES_BEFORE_HOLD {
+                tracing::error!(dlq_message_id = %msg.message_id, stage = %dl.stage, reason = %dl.reason, error = %e, tries, hold = ?self.hold,
+                    "A dead letter cannot be parked; it stays in the dlq subscription and is retried every hold period.");
+            }
+            tokio::time::sleep(self.hold).await;
+        }
+        failure
+    }
+}
+
+/// A SPEC §3.2 fingerprint: 64 lowercase hex digits.
+fn is_fingerprint(s: &str) -> bool {
+    s.len() == crate::model::limits::FINGERPRINT_LEN
+        && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// `record_type`/`record_id` from a raw or merged event, if the data is one.

@@ -73,7 +73,8 @@ impl Router for RetryRouter {
             // An operator asked for it: run at once.
             None
         } else {
-            let mut wait = self.schedule.delay(k, &mut rand::rng());
+            let scheduled = self.schedule.delay(k, &mut rand::rng());
+            let mut wait = scheduled;
             if let Some(ms) = msg
                 .attributes
                 .get(envelope::RETRY_AFTER_MS)
@@ -83,14 +84,89 @@ impl Router for RetryRouter {
                 wait = wait.max(Duration::from_millis(ms));
             }
             // Anchored on when execution k−1 failed (the envelope's publish
-            // time), so a restart does not reset the schedule.
+            // time), so a restart does not reset the schedule. The
+            // attribute can say anything: a wait past what a date can
+            // hold falls back to the schedule instead of overflowing.
             let failed_at = msg.publish_time.unwrap_or_else(Utc::now);
-            chrono::Duration::from_std(wait).ok().map(|w| failed_at + w)
+            let at = |d: Duration| {
+                chrono::Duration::from_std(d)
+                    .ok()
+                    .and_then(|w| failed_at.checked_add_signed(w))
+            };
+            at(wait).or_else(|| at(scheduled))
         };
         Route::Run {
             stage,
             msg,
             not_before,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use chrono::DateTime;
+
+    use super::*;
+    use crate::stages::{Outcome, Stage, StageResult};
+
+    struct Noop;
+
+    impl Stage for Noop {
+        fn name(&self) -> &'static str {
+            "merge"
+        }
+        fn handle<'a>(&'a self, _m: &'a Incoming) -> futures::future::BoxFuture<'a, StageResult> {
+            Box::pin(async { Ok(Outcome::ack("noop", None)) })
+        }
+    }
+
+    /// Found by the fuzz campaign: `failed_at + wait` overflowed (a panic
+    /// outside the stage's catch_unwind, killing the retry lane) when the
+    /// attribute asked for a wait no date can hold.
+    #[test]
+    fn absurd_retry_after_falls_back_to_the_schedule() {
+        let mut registry = Registry::default();
+        registry.register(Arc::new(Noop));
+        let router = RetryRouter {
+            registry,
+            schedule: Schedule {
+                initial: Duration::from_secs(10),
+                multiplier: 2.0,
+                max: Duration::from_secs(600),
+                max_attempts: 5,
+            },
+        };
+        let now = Utc::now();
+        for (retry_after, publish_time) in [
+            ("10000000000000000", Some(now)),
+            ("18446744073709551615", Some(now)),
+            ("1000", Some(DateTime::<Utc>::MAX_UTC)),
+        ] {
+            let msg = Incoming {
+                data: bytes::Bytes::new(),
+                attributes: HashMap::from([
+                    (envelope::STAGE.to_string(), "merge".to_string()),
+                    (envelope::ATTEMPT.to_string(), "1".to_string()),
+                    ("retry_after_ms".to_string(), retry_after.to_string()),
+                ]),
+                message_id: "m".into(),
+                publish_time,
+                ordering_key: String::new(),
+                execution: 1,
+            };
+            match router.route(msg) {
+                Route::Run { not_before, .. } => {
+                    if publish_time == Some(now) {
+                        let at = not_before.expect("the schedule's time");
+                        assert!(at - now <= chrono::Duration::seconds(13), "{at}");
+                    }
+                }
+                Route::Reject { .. } => panic!("a valid envelope is routed"),
+            }
         }
     }
 }
