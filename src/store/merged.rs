@@ -19,7 +19,8 @@ pub struct MergedRow {
 }
 
 pub async fn insert(conn: &mut AnyConnection, rows: &[MergedRow]) -> Result<(), StoreError> {
-    for chunk in rows.chunks(100) {
+    // Split by bytes too: a statement must fit `max_allowed_packet`.
+    for chunk in super::ledger::statement_chunks(rows, 100, |r| r.payload.len() + 512) {
         let mut q: QueryBuilder<Any> = QueryBuilder::new(
             "INSERT INTO merged_events (record_type, record_id, sequence_num, version, event_id, \
              payload) ",

@@ -108,29 +108,31 @@ pub async fn load(
 }
 
 pub async fn insert(conn: &mut AnyConnection, rows: &[PendingRow]) -> Result<(), StoreError> {
-    for chunk in rows.chunks(50) {
-        let mut encoded = Vec::with_capacity(chunk.len());
-        for r in chunk {
-            let event = serde_json::to_string(&r.event)
-                .map_err(|e| StoreError::Corrupt(format!("pending event: {e}")))?;
-            let attrs = serde_json::to_string(&r.attributes)
-                .map_err(|e| StoreError::Corrupt(format!("pending attributes: {e}")))?;
-            encoded.push((event, attrs));
-        }
+    let mut all = Vec::with_capacity(rows.len());
+    for r in rows {
+        let event = serde_json::to_string(&r.event)
+            .map_err(|e| StoreError::Corrupt(format!("pending event: {e}")))?;
+        let attrs = serde_json::to_string(&r.attributes)
+            .map_err(|e| StoreError::Corrupt(format!("pending attributes: {e}")))?;
+        all.push((r, (event, attrs)));
+    }
+    // Split by bytes too: a statement must fit `max_allowed_packet`.
+    let size = |(r, (e, a)): &(&PendingRow, (String, String))| r.data.len() + e.len() + a.len() + 512;
+    for chunk in super::ledger::statement_chunks(&all, 50, size) {
         let mut q: QueryBuilder<Any> = QueryBuilder::new(
             "INSERT INTO pending_events (fingerprint, event_id, record_type, record_id, \
              base_version, event, message_id, data, attributes) ",
         );
-        q.push_values(chunk.iter().zip(encoded), |mut b, (r, (event, attrs))| {
+        q.push_values(chunk, |mut b, (r, (event, attrs))| {
             b.push_bind(r.fingerprint.clone())
                 .push_bind(r.event_id.clone())
                 .push_bind(r.record_type.clone())
                 .push_bind(r.record_id.clone())
                 .push_bind(r.base_version)
-                .push_bind(event)
+                .push_bind(event.clone())
                 .push_bind(r.message_id.clone())
                 .push_bind(r.data.clone())
-                .push_bind(attrs);
+                .push_bind(attrs.clone());
         });
         q.build().execute(&mut *conn).await?;
     }
