@@ -4,9 +4,17 @@
 //! they accept or produce keeps its invariants.
 //!
 //! `FUZZ_CASES` sets the number of generated inputs per target (default
-//! 2,000, what CI runs). The long campaign:
-//! `FUZZ_CASES=3400000 cargo nextest run --lib -E 'test(/model::fuzz::/)'`
-//! (three targets, ≥ 10 million inputs in all).
+//! 2,000, what CI runs). The long campaign, 10 million per target, with
+//! this crate optimised (its dependencies keep their dev settings, so only
+//! the crate itself is rebuilt):
+//!
+//! ```sh
+//! FUZZ_CASES=10000000 cargo nextest run --lib --success-output immediate \
+//!   --config 'profile.dev.package.event-backbone.opt-level=3' -E 'test(/model::fuzz::/)'
+//! ```
+//!
+//! On two free cores that takes about 7 min (parser), 1.5 min
+//! (canonical JSON) and 22 min (envelopes); each test prints its count.
 
 use std::collections::HashMap;
 use std::sync::Arc;
