@@ -117,7 +117,8 @@ pub async fn insert(conn: &mut AnyConnection, rows: &[PendingRow]) -> Result<(),
         all.push((r, (event, attrs)));
     }
     // Split by bytes too: a statement must fit `max_allowed_packet`.
-    let size = |(r, (e, a)): &(&PendingRow, (String, String))| r.data.len() + e.len() + a.len() + 512;
+    let size =
+        |(r, (e, a)): &(&PendingRow, (String, String))| r.data.len() + e.len() + a.len() + 512;
     for chunk in super::ledger::statement_chunks(&all, 50, size) {
         let mut q: QueryBuilder<Any> = QueryBuilder::new(
             "INSERT INTO pending_events (fingerprint, event_id, record_type, record_id, \
