@@ -160,7 +160,7 @@ async fn outage(cut: Cut, d: Duration, p: &Params) {
     if let Cut::Database(ProxyMode::Blackhole) = cut {
         // A failover, not a healed partition: the connections that hung
         // belonged to the old server and are reset when the address answers
-        // again (resuming them would hide every missing timeout).
+        // again (resumed, the hung queries would simply finish).
         proxy.refuse();
     }
     proxy.restore();
