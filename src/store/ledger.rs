@@ -154,6 +154,20 @@ pub async fn existing_event_ids(
     Ok(out)
 }
 
+/// Appends `(record_type = ? AND record_id = ?) OR …` for `keys`.
+pub(super) fn push_records(q: &mut QueryBuilder<'_, Any>, keys: &[RecordKey]) {
+    for (i, (t, id)) in keys.iter().enumerate() {
+        if i > 0 {
+            q.push(" OR ");
+        }
+        q.push("(record_type = ");
+        q.push_bind(t.clone());
+        q.push(" AND record_id = ");
+        q.push_bind(id.clone());
+        q.push(")");
+    }
+}
+
 /// Loads the projection rows of `keys`; with `lock`, MySQL locks them until
 /// the transaction ends so replicas serialise per record.
 pub async fn load_states(
@@ -168,16 +182,7 @@ pub async fn load_states(
             "SELECT record_type, record_id, version, last_seq, pending, {} AS state FROM record_state WHERE ",
             d.text("state")
         ));
-        for (i, (t, id)) in chunk.iter().enumerate() {
-            if i > 0 {
-                q.push(" OR ");
-            }
-            q.push("(record_type = ");
-            q.push_bind(t.clone());
-            q.push(" AND record_id = ");
-            q.push_bind(id.clone());
-            q.push(")");
-        }
+        push_records(&mut q, chunk);
         if lock {
             q.push(d.for_update());
         }

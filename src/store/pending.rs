@@ -84,16 +84,7 @@ pub async fn load(
             "SELECT {} FROM pending_events WHERE ",
             select_columns(d)
         ));
-        for (i, (t, id)) in chunk.iter().enumerate() {
-            if i > 0 {
-                q.push(" OR ");
-            }
-            q.push("(record_type = ");
-            q.push_bind(t.clone());
-            q.push(" AND record_id = ");
-            q.push_bind(id.clone());
-            q.push(")");
-        }
+        super::ledger::push_records(&mut q, chunk);
         q.push(" ORDER BY base_version, received_at");
         for row in q.build().fetch_all(&mut *conn).await? {
             match from_row(&row) {
@@ -161,8 +152,6 @@ pub struct Gap {
     pub record_id: String,
     /// The oldest unreported pending event: its message is dead-lettered.
     pub oldest: PendingRow,
-    /// How many events of the record are pending.
-    pub pending: i64,
 }
 
 impl Store {
@@ -216,17 +205,7 @@ impl Store {
                 record_type: p.record_type.clone(),
                 record_id: p.record_id.clone(),
                 oldest: p,
-                pending: 0,
             });
-        }
-        for g in &mut gaps {
-            g.pending = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM pending_events WHERE record_type = ? AND record_id = ?",
-            )
-            .bind(g.record_type.clone())
-            .bind(g.record_id.clone())
-            .fetch_one(self.pool())
-            .await?;
         }
         Ok(gaps)
     }
@@ -262,19 +241,20 @@ impl Store {
         Ok(())
     }
 
-    /// The merged version of a record (0 when unknown).
-    pub async fn record_version(
+    /// A record's merged version and how many of its events are pending
+    /// (zeros when unknown), from its projection row.
+    pub async fn record_progress(
         &self,
         record_type: &str,
         record_id: &str,
-    ) -> Result<i64, StoreError> {
-        let v: Option<i64> = sqlx::query_scalar(
-            "SELECT version FROM record_state WHERE record_type = ? AND record_id = ?",
+    ) -> Result<(i64, i64), StoreError> {
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT version, pending FROM record_state WHERE record_type = ? AND record_id = ?",
         )
         .bind(record_type.to_string())
         .bind(record_id.to_string())
         .fetch_optional(self.pool())
         .await?;
-        Ok(v.unwrap_or(0))
+        Ok(row.unwrap_or_default())
     }
 }

@@ -33,6 +33,14 @@ pub fn stage_name(target: Source) -> &'static str {
     }
 }
 
+/// What [`DeliverStage::plan`] decided.
+enum Plan {
+    /// POST `body`, which carries these versions.
+    Send { body: Bytes, versions: Vec<i64> },
+    /// Nothing to send; acked with this outcome.
+    Done(Outcome),
+}
+
 pub struct DeliverStage {
     target: Source,
     sink: HttpSink,
@@ -93,72 +101,14 @@ impl DeliverStage {
         // One request at a time per record and target in this process, so
         // a retry of an older version never races a newer one (SPEC §4.1 P1).
         let _turn = self.turns.lock(&ev.ordering_key()).await;
-        let target = self.target.as_str();
-        let store_fail = |e: StoreError| Failure {
-            error: store_failure(&e),
-            fingerprint: Some(fp.clone()),
+        let seq = self.position(msg, &ev).await?;
+        let (body, folded) = match self.plan(msg, &ev, seq, body).await? {
+            Plan::Send { body, versions } => (body, versions),
+            Plan::Done(outcome) => return Ok(outcome),
         };
-        let st = self
-            .store
-            .timed(
-                self.store
-                    .delivery_state(target, &ev.record_type, &ev.record_id),
-            )
-            .await
-            .map_err(store_fail)?;
-        let Some(seq) = self.position(msg, &ev).await? else {
-            return self.deliver_untracked(msg, &ev, body).await;
-        };
-        if seq <= st.acked || seq < st.attempted {
-            // The target has (or is being sent) a later merged event, which
-            // carried this one's content: never send it back in time.
-            let detail = json!({"version": ev.version, "sequence_num": seq,
-                "acked_sequence_num": st.acked, "acked_version": st.acked_version,
-                "attempted_sequence_num": st.attempted});
-            self.audit(msg, Some(&ev), &fp, "superseded", detail, false)
-                .await?;
-            return Ok(Outcome::ack("superseded", Some(fp)));
+        if let Some(seq) = seq {
+            self.advance(&ev, seq, false).await?;
         }
-        // Positions in between exist only when the target missed something.
-        let earlier = if st.acked < seq - 1 {
-            self.store
-                .timed(
-                    self.store
-                        .merged_between(&ev.record_type, &ev.record_id, st.acked, seq),
-                )
-                .await
-                .map_err(store_fail)?
-        } else {
-            Vec::new()
-        };
-        let (body, folded) = if !earlier.is_empty() {
-            match self.fold_unacknowledged(&ev, earlier)? {
-                Some((folded, versions)) => {
-                    let bytes = serde_json::to_vec(&folded).map_err(|e| Failure {
-                        error: StageError::transient(format!("folded body: {e}")),
-                        fingerprint: Some(fp.clone()),
-                    })?;
-                    (Bytes::from(bytes), versions)
-                }
-                None => return self.skip(msg, &ev, "nothing routed to this target").await,
-            }
-        } else {
-            if let Route::Skip { reason } = routing::route(&ev, self.target) {
-                return self.skip(msg, &ev, reason).await;
-            }
-            (body, vec![ev.version])
-        };
-        self.store
-            .timed(self.store.delivery_advance(
-                target,
-                &ev.record_type,
-                &ev.record_id,
-                seq,
-                ev.version,
-                false,
-            ))
-            .await
-            .map_err(store_fail)?;
         match self.sink.post(&fp, body).await {
             Ok(d) => {
                 let detail = json!({"status": d.status, "version": ev.version, "versions": folded});
@@ -167,19 +117,11 @@ impl DeliverStage {
                     .await
                 {
                     Ok(()) => {
-                        self.store
-                            .timed(self.store.delivery_advance(
-                                target,
-                                &ev.record_type,
-                                &ev.record_id,
-                                seq,
-                                ev.version,
-                                true,
-                            ))
-                            .await
-                            .map_err(store_fail)?;
+                        if let Some(seq) = seq {
+                            self.advance(&ev, seq, true).await?;
+                        }
                         tracing::info!(
-                            target,
+                            target = self.target.as_str(),
                             status = d.status,
                             version = ev.version,
                             folded = folded.len(),
@@ -213,7 +155,111 @@ impl DeliverStage {
         }
     }
 
-    async fn skip(&self, msg: &Incoming, ev: &MergedEvent, reason: &str) -> StageResult {
+    /// What to send for `ev` (SPEC §4.1): nothing when the target already has
+    /// a later merged event (`superseded`) or nothing is routed to it
+    /// (`skipped`); the event itself when the target is up to date before it;
+    /// otherwise it folded with what the target has not acknowledged. An event
+    /// from before positions were kept (`seq` None) is routed on its own.
+    async fn plan(
+        &self,
+        msg: &Incoming,
+        ev: &MergedEvent,
+        seq: Option<i64>,
+        body: Bytes,
+    ) -> Result<Plan, Failure> {
+        let fp = &ev.fingerprint;
+        let store_fail = |e: StoreError| Failure {
+            error: store_failure(&e),
+            fingerprint: Some(fp.clone()),
+        };
+        let earlier = match seq {
+            None => Vec::new(),
+            Some(seq) => {
+                let st = self
+                    .store
+                    .timed(self.store.delivery_state(
+                        self.target.as_str(),
+                        &ev.record_type,
+                        &ev.record_id,
+                    ))
+                    .await
+                    .map_err(store_fail)?;
+                if seq <= st.acked || seq < st.attempted {
+                    // The target has (or is being sent) a later merged event,
+                    // which carried this one's content: never send it back in time.
+                    let detail = json!({"version": ev.version, "sequence_num": seq,
+                        "acked_sequence_num": st.acked, "acked_version": st.acked_version,
+                        "attempted_sequence_num": st.attempted});
+                    self.audit(msg, Some(ev), fp, "superseded", detail, false)
+                        .await?;
+                    return Ok(Plan::Done(Outcome::ack("superseded", Some(fp.clone()))));
+                }
+                // Positions in between exist only when the target missed something.
+                if st.acked < seq - 1 {
+                    self.store
+                        .timed(self.store.merged_between(
+                            &ev.record_type,
+                            &ev.record_id,
+                            st.acked,
+                            seq,
+                        ))
+                        .await
+                        .map_err(store_fail)?
+                } else {
+                    Vec::new()
+                }
+            }
+        };
+        if earlier.is_empty() {
+            return Ok(match routing::route(ev, self.target) {
+                Route::Skip { reason } => Plan::Done(self.skip(msg, ev, reason).await?),
+                Route::Deliver => Plan::Send {
+                    body,
+                    versions: vec![ev.version],
+                },
+            });
+        }
+        match self.fold_unacknowledged(ev, earlier)? {
+            Some((folded, versions)) => {
+                let bytes = serde_json::to_vec(&folded).map_err(|e| Failure {
+                    error: StageError::transient(format!("folded body: {e}")),
+                    fingerprint: Some(fp.clone()),
+                })?;
+                Ok(Plan::Send {
+                    body: Bytes::from(bytes),
+                    versions,
+                })
+            }
+            None => Ok(Plan::Done(
+                self.skip(msg, ev, "nothing routed to this target").await?,
+            )),
+        }
+    }
+
+    /// Raises the target's attempted (or acknowledged) position for `ev`'s record.
+    async fn advance(&self, ev: &MergedEvent, seq: i64, acked: bool) -> Result<(), Failure> {
+        self.store
+            .timed(self.store.delivery_advance(
+                self.target.as_str(),
+                &ev.record_type,
+                &ev.record_id,
+                seq,
+                ev.version,
+                acked,
+            ))
+            .await
+            .map_err(|e| Failure {
+                error: store_failure(&e),
+                fingerprint: Some(ev.fingerprint.clone()),
+            })
+    }
+
+    async fn skip(
+        &self,
+        msg: &Incoming,
+        ev: &MergedEvent,
+        reason: &str,
+    ) -> Result<Outcome, Failure> {
         let fp = ev.fingerprint.clone();
         self.audit(
             msg,
@@ -276,43 +322,6 @@ impl DeliverStage {
                 error: store_failure(&e),
                 fingerprint: Some(ev.fingerprint.clone()),
             })
-    }
-
-    /// A merged event from before positions were kept: delivered as it is,
-    /// without convergence bookkeeping (there is nothing to compare with).
-    async fn deliver_untracked(
-        &self,
-        msg: &Incoming,
-        ev: &MergedEvent,
-        body: Bytes,
-    ) -> StageResult {
-        let fp = ev.fingerprint.clone();
-        if let Route::Skip { reason } = routing::route(ev, self.target) {
-            return self.skip(msg, ev, reason).await;
-        }
-        match self.sink.post(&fp, body).await {
-            Ok(d) => {
-                let detail = json!({"status": d.status, "version": ev.version, "untracked": true});
-                self.audit(msg, Some(ev), &fp, "delivered", detail, true)
-                    .await?;
-                Ok(Outcome::ack("delivered", Some(fp)))
-            }
-            Err(error) => {
-                self.audit(
-                    msg,
-                    Some(ev),
-                    &fp,
-                    outcome_of(&error),
-                    json!({"error": error.message, "version": ev.version}),
-                    false,
-                )
-                .await?;
-                Err(Failure {
-                    error,
-                    fingerprint: Some(fp),
-                })
-            }
-        }
     }
 
     async fn already_delivered(&self, fp: &str) -> Result<bool, Failure> {

@@ -62,10 +62,10 @@ pub async fn sweep_once(
         {
             continue;
         }
-        let version = store
-            .timed(store.record_version(&gap.record_type, &gap.record_id))
+        let (version, pending) = store
+            .timed(store.record_progress(&gap.record_type, &gap.record_id))
             .await?;
-        let why = describe(&gap, version, timeout);
+        let why = describe(&gap, version, pending, timeout);
         let p = &gap.oldest;
         let info = FailureInfo {
             stage: STAGE,
@@ -98,7 +98,7 @@ pub async fn sweep_once(
                     record_id = %gap.record_id,
                     version,
                     missing = version + 1,
-                    pending = gap.pending,
+                    pending,
                     "Gap dead-lettered: {why}"
                 );
             }
@@ -114,7 +114,7 @@ pub async fn sweep_once(
 }
 
 /// The dead letter's `last_error`: which version is missing and what waits.
-pub fn describe(gap: &Gap, version: i64, timeout: Duration) -> String {
+pub fn describe(gap: &Gap, version: i64, pending: i64, timeout: Duration) -> String {
     format!(
         "gap: record {}:{} is at version {version} and missing version {} for more than {}; \
          {} pending event(s) wait for it (the oldest has base_version {}). They merge as soon \
@@ -123,7 +123,7 @@ pub fn describe(gap: &Gap, version: i64, timeout: Duration) -> String {
         gap.record_id,
         version + 1,
         humantime::format_duration(timeout),
-        gap.pending,
+        pending,
         gap.oldest.base_version,
         version + 1,
     )
