@@ -27,6 +27,9 @@ pub struct Metrics {
     pub consumer_restarts: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub merge_batch_size: Histogram,
+    /// Where a stage's time goes, per step (merge: per batch; delivery: per
+    /// message): what `bench` reports as the cost of each step.
+    pub stage_step_duration: HistogramVec,
     pub outbox_relayed: IntCounter,
     pub db_pool_connections: IntGaugeVec,
     /// Raw events waiting for an earlier version of their record (SPEC §4.1).
@@ -156,6 +159,19 @@ impl Metrics {
                 registry.register(Box::new(h.clone()))?;
                 h
             },
+            stage_step_duration: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "stage_step_duration_seconds",
+                        "Time spent in each step of a stage (merge: per batch transaction; delivery: per message).",
+                    )
+                    .namespace("backbone")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["stage", "step"],
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
             outbox_relayed: {
                 let c = IntCounter::with_opts(opts(
                     "outbox_relayed_total",
@@ -260,4 +276,38 @@ pub fn metrics() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
     // Registration only fails on duplicate names, which the declarations above rule out.
     M.get_or_init(|| Metrics::new().expect("metric declarations are valid"))
+}
+
+/// Times the steps of one unit of a stage's work, for
+/// `backbone_stage_step_duration_seconds`; observed only if the unit
+/// completes, so a failed batch does not skew the figures.
+pub struct StepTimer {
+    stage: &'static str,
+    last: std::time::Instant,
+    steps: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl StepTimer {
+    pub fn start(stage: &'static str) -> Self {
+        Self {
+            stage,
+            last: std::time::Instant::now(),
+            steps: Vec::with_capacity(12),
+        }
+    }
+
+    /// Ends the step `name` (the time since the previous mark).
+    pub fn mark(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.steps.push((name, now - self.last));
+        self.last = now;
+    }
+
+    pub fn observe(self) {
+        let h = &metrics().stage_step_duration;
+        for (name, d) in self.steps {
+            h.with_label_values(&[self.stage, name])
+                .observe(d.as_secs_f64());
+        }
+    }
 }

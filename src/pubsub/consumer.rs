@@ -26,7 +26,9 @@ use crate::metrics::{metrics, stage_label};
 use crate::model::envelope::{self, FailureInfo};
 use crate::model::fingerprint::fingerprint_bytes;
 use crate::outbox_relay::OutboxCompleter;
-use crate::stages::{ErrorClass, Failure, Incoming, Outcome, Route, Router, Stage, StageError};
+use crate::stages::{
+    ErrorClass, Failure, Incoming, Outcome, Route, Router, Stage, StageError, StageResult,
+};
 use crate::supervisor::Health;
 use crate::topology::TopicKind;
 
@@ -45,6 +47,37 @@ pub struct Runtime {
 pub enum Action {
     Ack,
     Nack,
+}
+
+/// What carrying out a stage's result came to.
+struct Settled {
+    action: Action,
+    label: &'static str,
+    /// Outbox ids whose publish the broker confirmed here.
+    confirmed: Vec<String>,
+}
+
+/// The outbox ids a key's lane saw confirmed most recently. A message that
+/// ran while its predecessor's publish was in flight may list that merged
+/// event as a leftover; the lane knows it is out and does not send it twice.
+#[derive(Default)]
+struct Recent(VecDeque<String>);
+
+impl Recent {
+    const KEEP: usize = 64;
+
+    fn contains(&self, id: &str) -> bool {
+        self.0.iter().any(|x| x == id)
+    }
+
+    fn extend(&mut self, ids: Vec<String>) {
+        for id in ids {
+            if self.0.len() == Self::KEEP {
+                self.0.pop_front();
+            }
+            self.0.push_back(id);
+        }
+    }
 }
 
 /// Between two tries of a held message: from 100 ms, doubling, at most 5 s
@@ -141,28 +174,41 @@ impl Drop for Hold<'_> {
 }
 
 impl Runtime {
-    /// Runs `stage` on `msg` and carries out the outcome; returns the broker
-    /// action and the outcome label for metrics. While our infrastructure is
-    /// unreachable the message is held and the stage tried again (SPEC §4.1):
-    /// only shutdown hands it back.
-    pub async fn execute(
+    /// Runs the stage on `msg`. While our infrastructure is unreachable the
+    /// message is held and the stage tried again (SPEC §4.1); `None` when
+    /// shutdown came first (the message is handed back).
+    async fn run_held(
         &self,
         stage: &dyn Stage,
         msg: &Incoming,
         holds: &Holds,
-    ) -> (Action, &'static str) {
+    ) -> Option<StageResult> {
         let mut hold = Hold::new(holds);
-        let result = loop {
+        loop {
             let r = run_stage(stage, msg).await;
             match &r {
                 Err(f) if f.error.class == ErrorClass::Unavailable => {
                     if !hold.wait(&f.error.message).await {
-                        return (Action::Nack, "nacked");
+                        return None;
                     }
                 }
-                _ => break r,
+                _ => return Some(r),
             }
-        };
+        }
+    }
+
+    /// Carries out a stage's result: publishes what it produced, in order
+    /// (skipping outbox rows in `published`: this lane already saw them
+    /// confirmed), or routes the failure. Returns the broker action, the
+    /// outcome label and the outbox ids confirmed here.
+    async fn settle(
+        &self,
+        stage: &str,
+        msg: &Incoming,
+        result: StageResult,
+        holds: &Holds,
+        published: &Recent,
+    ) -> Settled {
         let fp = match &result {
             Ok(o) => o.fingerprint.as_deref(),
             Err(f) => f.fingerprint.as_deref(),
@@ -170,11 +216,18 @@ impl Runtime {
         if let Some(fp) = fp {
             tracing::Span::current().record("fingerprint", fp);
         }
+        let mut hold = Hold::new(holds);
         match result {
-            Ok(outcome) => self.complete(stage, outcome, &mut hold).await,
+            Ok(outcome) => self.complete(stage, outcome, &mut hold, published).await,
             Err(failure) => {
-                self.route_failure_held(stage.name(), msg, failure, &mut hold)
-                    .await
+                let (action, label) = self
+                    .route_failure_held(stage, msg, failure, &mut hold)
+                    .await;
+                Settled {
+                    action,
+                    label,
+                    confirmed: Vec::new(),
+                }
             }
         }
     }
@@ -184,11 +237,27 @@ impl Runtime {
     /// it, but handing it back would let its successors overtake it).
     async fn complete(
         &self,
-        stage: &dyn Stage,
+        stage: &str,
         outcome: Outcome,
         hold: &mut Hold<'_>,
-    ) -> (Action, &'static str) {
+        published: &Recent,
+    ) -> Settled {
+        let mut confirmed = Vec::new();
+        let nacked = |confirmed| Settled {
+            action: Action::Nack,
+            label: "nacked",
+            confirmed,
+        };
         for out in outcome.publish {
+            if out
+                .outbox_id
+                .as_ref()
+                .is_some_and(|id| published.contains(id))
+            {
+                // A leftover read while this lane's previous publish of it
+                // was in flight: it is out already, in order.
+                continue;
+            }
             loop {
                 match self
                     .publishers
@@ -203,27 +272,28 @@ impl Runtime {
                     Ok(_) => {
                         if let Some(id) = &out.outbox_id {
                             self.outbox.done(id.clone());
+                            confirmed.push(id.clone());
                         }
                         break;
                     }
                     Err(e @ PublishFailure::Broker { .. }) => {
                         if !hold.wait(&e.to_string()).await {
-                            return (Action::Nack, "nacked");
+                            return nacked(confirmed);
                         }
                     }
                     Err(e @ PublishFailure::Refused(_)) => {
-                        tracing::error!(stage = stage.name(), error = %e, "Publishing a stage's output was refused; nacking.");
-                        return (Action::Nack, "nacked");
+                        tracing::error!(stage, error = %e, "Publishing a stage's output was refused; nacking.");
+                        return nacked(confirmed);
                     }
                 }
             }
         }
-        tracing::debug!(
-            stage = stage.name(),
-            outcome = outcome.label,
-            "Message processed."
-        );
-        (Action::Ack, outcome.label)
+        tracing::debug!(stage, outcome = outcome.label, "Message processed.");
+        Settled {
+            action: Action::Ack,
+            label: outcome.label,
+            confirmed,
+        }
     }
 
     /// Routes a failed execution: error topic for another try, dlq when it is
@@ -341,7 +411,7 @@ impl Runtime {
 /// Runs the stage once. A panicking stage (a bug tripped by one poison
 /// message) must not take its lane down: it becomes a transient failure, so
 /// the message goes the retry path and is dead-lettered if it keeps panicking.
-async fn run_stage(stage: &dyn Stage, msg: &Incoming) -> crate::stages::StageResult {
+async fn run_stage(stage: &dyn Stage, msg: &Incoming) -> StageResult {
     match AssertUnwindSafe(stage.handle(msg)).catch_unwind().await {
         Ok(r) => r,
         Err(panic) => {
@@ -573,7 +643,7 @@ fn dispatch(ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>, unordered: bool, m: Message
     if unordered || m.ordering_key.is_empty() {
         let ctx = ctx.clone();
         tasks.spawn(async move {
-            handle_one(&ctx.rt, ctx.router.as_ref(), &ctx.label, &ctx.holds, m, h).await;
+            handle_one(&ctx, m, h).await;
         });
         return;
     }
@@ -596,40 +666,101 @@ fn dispatch(ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>, unordered: bool, m: Message
     }
 }
 
-/// Runs a key's messages one after the other until its queue is empty.
+/// Runs a key's messages in order until its queue is empty, one step
+/// ahead: message n+1 runs its stage while message n's outputs are being
+/// published (their confirmation is the slow part of a lane), but n+1
+/// publishes nothing before n's publishes are confirmed, so outputs leave
+/// in order. If n is handed back, n+1 is too: its outputs must not overtake.
 async fn key_worker(ctx: Arc<Ctx>, key: String, first: (Message, Handler)) {
     let mut next = Some(first);
-    while let Some((m, h)) = next {
-        if ctx.stop.is_cancelled() {
-            // Not started before the drain: hand it back.
-            h.nack();
-        } else {
-            let _permit = ctx.permits.clone().acquire_owned().await;
-            handle_one(&ctx.rt, ctx.router.as_ref(), &ctx.label, &ctx.holds, m, h).await;
+    let mut ran: Option<(Begun, Handler)> = None;
+    let mut published = Recent::default();
+    loop {
+        while let Some((m, h)) = next.take() {
+            if ctx.stop.is_cancelled() {
+                // Not started before the drain: hand it back.
+                h.nack();
+            } else {
+                let _permit = ctx.permits.clone().acquire_owned().await;
+                let begun = match ran.take() {
+                    None => begin(&ctx, &m).await,
+                    Some((prev, prev_h)) => {
+                        let (settled, begun) =
+                            tokio::join!(end(&ctx, prev, prev_h, &published), begin(&ctx, &m));
+                        if settled.action == Action::Nack {
+                            end_early(&ctx, begun, h, "nacked");
+                            next = pop(&ctx, &key);
+                            continue;
+                        }
+                        published.extend(settled.confirmed);
+                        begun
+                    }
+                };
+                ran = Some((begun, h));
+            }
+            next = pop(&ctx, &key);
+        }
+        // The queue is empty: settle the last message before giving up the
+        // key, so that a new worker for it cannot overtake its publishes.
+        if let Some((prev, prev_h)) = ran.take() {
+            let settled = end(&ctx, prev, prev_h, &published).await;
+            published.extend(settled.confirmed);
+            next = pop(&ctx, &key);
+            if next.is_some() {
+                continue;
+            }
         }
         let mut q = ctx.queues.lock().unwrap_or_else(|p| p.into_inner());
         next = q.get_mut(&key).and_then(VecDeque::pop_front);
         if next.is_none() {
             q.remove(&key);
+            return;
         }
     }
 }
 
-async fn handle_one(
-    rt: &Runtime,
-    router: &dyn Router,
-    label: &str,
-    holds: &Holds,
-    m: Message,
-    h: Handler,
-) {
-    let stop = &holds.stop;
-    // Processing time starts after a retry's scheduled wait (below).
-    let mut started = Instant::now();
+/// The next queued message of `key`, leaving the key registered.
+fn pop(ctx: &Ctx, key: &str) -> Option<(Message, Handler)> {
+    let mut q = ctx.queues.lock().unwrap_or_else(|p| p.into_inner());
+    q.get_mut(key).and_then(VecDeque::pop_front)
+}
+
+/// A message whose stage has run (or that was settled before it could).
+struct Begun {
+    span: tracing::Span,
+    started: Instant,
+    ran: Ran,
+}
+
+enum Ran {
+    /// The stage ran; its result is still to be carried out.
+    Stage {
+        stage: Arc<dyn Stage>,
+        msg: Incoming,
+        result: StageResult,
+    },
+    /// The router refused the message without running a stage.
+    Rejected {
+        stage: String,
+        msg: Incoming,
+        failure: Failure,
+    },
+    /// Nothing more to do but tell the broker.
+    Done(Action, &'static str),
+}
+
+async fn handle_one(ctx: &Ctx, m: Message, h: Handler) {
+    let begun = begin(ctx, &m).await;
+    end(ctx, begun, h, &Recent::default()).await;
+}
+
+/// Routes the message and runs its stage (holding it through an outage).
+async fn begin(ctx: &Ctx, m: &Message) -> Begun {
+    let stop = &ctx.holds.stop;
     let span = tracing::info_span!(
         "message",
         message_id = %m.message_id,
-        subscription = %label,
+        subscription = %ctx.label,
         ordering_key = %m.ordering_key,
         fingerprint = tracing::field::Empty,
         trace_id = tracing::field::Empty,
@@ -639,15 +770,20 @@ async fn handle_one(
         span.record("trace_id", trace.as_str());
         span.record("span_id", span_id.as_str());
     }
-    let m_inflight = metrics().inflight.with_label_values(&[label]);
-    m_inflight.inc();
-    let (action, outcome) = async {
-        match router.route(Incoming::from(&m)) {
+    metrics().inflight.with_label_values(&[&ctx.label]).inc();
+    // Processing time starts after a retry's scheduled wait (below).
+    let mut started = Instant::now();
+    let ran = async {
+        match ctx.router.route(Incoming::from(m)) {
             Route::Reject {
                 stage,
                 msg,
                 failure,
-            } => rt.route_failure(&stage, &msg, failure, holds).await,
+            } => Ran::Rejected {
+                stage,
+                msg,
+                failure,
+            },
             Route::Run {
                 stage,
                 msg,
@@ -659,36 +795,91 @@ async fn handle_one(
                         tracing::debug!(wait = ?wait, "Holding the message until its retry is due.");
                         // The client keeps extending the lease while we hold it.
                         tokio::select! {
-                            _ = stop.cancelled() => return (Action::Nack, "nacked"),
+                            _ = stop.cancelled() => return Ran::Done(Action::Nack, "nacked"),
                             _ = tokio::time::sleep(wait) => {}
                         }
                         started = Instant::now();
                     }
                 }
-                rt.execute(stage.as_ref(), &msg, holds).await
+                match ctx.rt.run_held(stage.as_ref(), &msg, &ctx.holds).await {
+                    Some(result) => Ran::Stage { stage, msg, result },
+                    None => Ran::Done(Action::Nack, "nacked"),
+                }
             }
         }
     }
-    .instrument(span)
+    .instrument(span.clone())
     .await;
+    Begun { span, started, ran }
+}
+
+/// Carries out what the stage decided, then acks or nacks.
+async fn end(ctx: &Ctx, b: Begun, h: Handler, published: &Recent) -> Settled {
+    let settled = async {
+        match b.ran {
+            Ran::Done(action, label) => Settled {
+                action,
+                label,
+                confirmed: Vec::new(),
+            },
+            Ran::Rejected {
+                stage,
+                msg,
+                failure,
+            } => {
+                let (action, label) = ctx
+                    .rt
+                    .route_failure(&stage, &msg, failure, &ctx.holds)
+                    .await;
+                Settled {
+                    action,
+                    label,
+                    confirmed: Vec::new(),
+                }
+            }
+            Ran::Stage { stage, msg, result } => {
+                ctx.rt
+                    .settle(stage.name(), &msg, result, &ctx.holds, published)
+                    .await
+            }
+        }
+    }
+    .instrument(b.span)
+    .await;
+    tell_broker(ctx, h, settled.action, settled.label, b.started).await;
+    settled
+}
+
+/// Hands back a message whose stage ran but whose predecessor was handed
+/// back: its outputs must not leave first. Its work is committed; the
+/// redelivery finds it a duplicate and publishes what it left.
+fn end_early(ctx: &Ctx, b: Begun, h: Handler, label: &'static str) {
+    h.nack();
+    finish_metrics(ctx, label, b.started);
+}
+
+async fn tell_broker(ctx: &Ctx, h: Handler, action: Action, label: &'static str, started: Instant) {
     match action {
         Action::Ack => h.ack(),
         Action::Nack => {
             h.nack();
-            if !stop.is_cancelled() {
+            if !ctx.holds.stop.is_cancelled() {
                 // Something we depend on is down: slow this lane down rather
                 // than spin on redeliveries.
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }
-    m_inflight.dec();
-    metrics()
-        .messages_processed
-        .with_label_values(&[label, outcome])
+    finish_metrics(ctx, label, started);
+}
+
+fn finish_metrics(ctx: &Ctx, label: &'static str, started: Instant) {
+    let m = metrics();
+    m.inflight.with_label_values(&[&ctx.label]).dec();
+    m.messages_processed
+        .with_label_values(&[&ctx.label, label])
         .inc();
-    metrics()
-        .processing_duration
-        .with_label_values(&[label])
+    m.processing_duration
+        .with_label_values(&[&ctx.label])
         .observe(started.elapsed().as_secs_f64());
 }

@@ -1,6 +1,7 @@
 //! The event store (SPEC §6): one sqlx `Any` pool over MySQL 8 / MariaDB or
 //! SQLite. The SQL is shared; the few dialect differences live in [`Dialect`].
 
+pub mod ceiling;
 pub mod dead_letters;
 pub mod delivery;
 pub mod errors;

@@ -30,7 +30,7 @@ use crate::model::raw_event::{parse_raw_event, Source};
 use crate::pubsub::publisher::Publishers;
 use crate::pubsub::{clients, provision};
 use crate::stages::merge::batch::{EngineConfig, EventItem, Item, MergeEngine};
-use crate::store::Store;
+use crate::store::{ceiling, Store};
 use crate::topology::{ConsumerKind, TopicKind, Topology};
 
 #[derive(Debug, clap::Args)]
@@ -41,8 +41,13 @@ pub struct Args {
     /// Events fed to the stage directly.
     #[arg(long, default_value_t = 20_000)]
     pub stage_events: usize,
+    /// Records (ordering keys) the end-to-end run spreads its events over.
     #[arg(long, default_value_t = 500)]
     pub records: usize,
+    /// Spreads of records the stage capacity is measured at (50 = a few hot
+    /// records).
+    #[arg(long, value_delimiter = ',', default_value = "200,500,50")]
+    pub stage_records: Vec<usize>,
     /// Share of events published twice.
     #[arg(long, default_value_t = 0.05)]
     pub duplicate_rate: f64,
@@ -166,10 +171,46 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
 
 // ---------------------------------------------------------------- stage
 
-async fn stage_capacity(settings: &Settings, args: &Args) -> anyhow::Result<serde_json::Value> {
-    let mut out = serde_json::Map::new();
-    for backend in ["mysql", "sqlite"] {
-        let (url, cleanup, _dir) = match backend {
+/// Steps of a merge batch, as timed by the engine (`stage_step_duration`).
+const MERGE_STEPS: &[&str] = &[
+    "read_lock",
+    "outbox_read",
+    "pending_read",
+    "decide",
+    "write_events",
+    "write_audit",
+    "write_state",
+    "write_outbox",
+    "write_merged",
+    "write_pending",
+    "commit",
+];
+
+/// (sample count, sample sum) of the merge batch-size histogram and of each
+/// merge step: the engine's own figures, read before and after a run.
+fn engine_figures() -> Vec<(u64, f64)> {
+    let m = crate::metrics::metrics();
+    let mut v = vec![(
+        m.merge_batch_size.get_sample_count(),
+        m.merge_batch_size.get_sample_sum(),
+    )];
+    for step in MERGE_STEPS {
+        let h = m.stage_step_duration.with_label_values(&["merge", step]);
+        v.push((h.get_sample_count(), h.get_sample_sum()));
+    }
+    v
+}
+
+/// A scratch store of the bench's own, migrated; dropped by `discard`.
+struct Scratch {
+    store: Store,
+    mysql_db: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Scratch {
+    async fn new(backend: &str, args: &Args) -> anyhow::Result<Self> {
+        let (url, mysql_db, dir) = match backend {
             "mysql" => {
                 let (url, name) = fresh_mysql(&args.mysql_admin_url).await?;
                 (url, Some(name), None)
@@ -182,46 +223,142 @@ async fn stage_capacity(settings: &Settings, args: &Args) -> anyhow::Result<serd
         };
         let store = Store::connect(&url, 16, Duration::from_secs(10)).await?;
         store.migrate().await?;
-        // Baseline: one transaction per message, on a slice of the events.
-        let base_n = (args.stage_events / 10).max(500);
-        let baseline = feed(&store, settings, args, base_n, 1, args.seed + 1).await?;
-        let batched = feed(
-            &store,
-            settings,
-            args,
-            args.stage_events,
-            settings.merge.batch_max,
-            args.seed,
-        )
-        .await?;
-        out.insert(
-            backend.into(),
-            json!({
-                "events": args.stage_events,
-                "records": args.records,
-                "events_per_s": batched,
-                "baseline_one_tx_per_message": {"events": base_n, "events_per_s": baseline},
-                "ratio": batched / baseline,
-            }),
-        );
-        store.close().await;
-        if let Some(name) = cleanup {
+        Ok(Self {
+            store,
+            mysql_db,
+            _dir: dir,
+        })
+    }
+
+    async fn discard(self, args: &Args) {
+        self.store.close().await;
+        if let Some(name) = self.mysql_db {
             drop_mysql(&args.mysql_admin_url, &name).await;
         }
+    }
+}
+
+async fn stage_capacity(settings: &Settings, args: &Args) -> anyhow::Result<serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    for backend in ["mysql", "sqlite"] {
+        let mut per_spread = serde_json::Map::new();
+        for &records in &args.stage_records {
+            let scratch = Scratch::new(backend, args).await?;
+            let r = stage_run(settings, args, backend, records, &scratch).await;
+            scratch.discard(args).await;
+            per_spread.insert(format!("{records}_records"), r?);
+        }
+        out.insert(backend.into(), serde_json::Value::Object(per_spread));
     }
     Ok(serde_json::Value::Object(out))
 }
 
+/// The stage at one spread of records on one backend: one transaction per
+/// message (baseline), the batching engine, and the database ceiling for
+/// the rows the engine wrote (with and without the `merged_events` rows).
+async fn stage_run(
+    settings: &Settings,
+    args: &Args,
+    backend: &str,
+    records: usize,
+    scratch: &Scratch,
+) -> anyhow::Result<serde_json::Value> {
+    let store = &scratch.store;
+    let workers = if store.backend() == crate::store::Backend::Sqlite {
+        1
+    } else {
+        settings.merge.workers
+    };
+    // Baseline: one transaction per message, on a slice of the events.
+    let base_n = (args.stage_events / 10).max(500);
+    let baseline = feed(store, settings, args, records, base_n, 1, args.seed + 1).await?;
+    ceiling::clear_outbox(store).await?;
+    let before = engine_figures();
+    let batched = feed(
+        store,
+        settings,
+        args,
+        records,
+        args.stage_events,
+        settings.merge.batch_max,
+        args.seed,
+    )
+    .await?;
+    let after = engine_figures();
+    let batches = after[0].0 - before[0].0;
+    let per_tx = (after[0].1 - before[0].1) / batches.max(1) as f64;
+    let mut steps = serde_json::Map::new();
+    for (i, step) in MERGE_STEPS.iter().enumerate() {
+        let (n, sum) = (
+            after[i + 1].0 - before[i + 1].0,
+            after[i + 1].1 - before[i + 1].1,
+        );
+        if n > 0 {
+            steps.insert(
+                (*step).into(),
+                json!(((sum / n as f64) * 1e5).round() / 100.0),
+            );
+        }
+    }
+    // The ceiling: the same rows, plain inserts, same transaction sizes.
+    let rows = ceiling::read_run(store, &batched.prefix).await?;
+    ceiling::clear_outbox(store).await?;
+    if rows.events.len() != args.stage_events {
+        bail!(
+            "ceiling: read back {} of {} events",
+            rows.events.len(),
+            args.stage_events
+        );
+    }
+    let per_tx_rows = per_tx.round().max(1.0) as usize;
+    let mut ceilings = Vec::new();
+    for with_merged in [true, false] {
+        let mut rows = rows.clone();
+        if !with_merged {
+            rows.merged.clear();
+        }
+        let target = Scratch::new(backend, args).await?;
+        let took = ceiling::write_run(&target.store, rows, per_tx_rows, workers).await;
+        target.discard(args).await;
+        ceilings.push(args.stage_events as f64 / took?.as_secs_f64());
+    }
+    let (ceiling_rate, without_merged) = (ceilings[0], ceilings[1]);
+    Ok(json!({
+        "events": args.stage_events,
+        "records": records,
+        "events_per_s": batched.rate,
+        "events_per_transaction": (per_tx * 10.0).round() / 10.0,
+        "baseline_one_tx_per_message": {"events": base_n, "events_per_s": baseline.rate},
+        "ratio": batched.rate / baseline.rate,
+        "database_ceiling": {
+            "events_per_s": ceiling_rate,
+            "writers": workers,
+            "without_merged_events_rows_events_per_s": without_merged,
+            "merged_events_write_cost": 1.0 - ceiling_rate / without_merged,
+        },
+        "ratio_to_ceiling": batched.rate / ceiling_rate,
+        "mean_ms_per_batch_by_step": steps,
+    }))
+}
+
+/// What a feed run measured; `prefix` starts the record ids it used.
+struct Fed {
+    rate: f64,
+    prefix: String,
+}
+
 /// Feeds `n` events through a merge engine (one task per record, so each
 /// record's events stay in order) and checks every one was persisted once.
+/// The outbox keeps the run's rows (nothing publishes them).
 async fn feed(
     store: &Store,
     settings: &Settings,
     args: &Args,
+    records: usize,
     n: usize,
     batch_max: usize,
     seed: u64,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Fed> {
     let engine = MergeEngine::start(
         store.clone(),
         EngineConfig {
@@ -239,8 +376,8 @@ async fn feed(
     );
     // Distinct record ids per run so runs don't see each other's state.
     let prefix = uuid::Uuid::new_v4().simple().to_string();
-    let mut per_record: Vec<Vec<Item>> = (0..args.records).map(|_| Vec::new()).collect();
-    for (i, g) in generate(n, args.records, 0.0, args.conflict_rate, seed)
+    let mut per_record: Vec<Vec<Item>> = (0..records).map(|_| Vec::new()).collect();
+    for (i, g) in generate(n, records, 0.0, args.conflict_rate, seed)
         .into_iter()
         .enumerate()
     {
@@ -248,7 +385,7 @@ async fn feed(
         ev.record_id = format!("{prefix}-{}", ev.record_id);
         let changes = ev.changes.clone();
         let fp = crate::model::fingerprint::fingerprint(&ev, &changes);
-        per_record[i % args.records].push(Item::Event(Box::new(EventItem {
+        per_record[i % records].push(Item::Event(Box::new(EventItem {
             event: ev,
             changes,
             fingerprint: fp,
@@ -279,18 +416,14 @@ async fn feed(
         merged += t.await??;
     }
     let secs = started.elapsed().as_secs_f64();
-    let rows: i64 = sqlx::query_scalar(&format!(
-        "SELECT COUNT(*) FROM events WHERE record_id LIKE '{prefix}-%'"
-    ))
-    .fetch_one(store.pool())
-    .await?;
+    let rows = ceiling::events_with_prefix(store, &prefix).await?;
     if merged != n || rows != n as i64 {
         bail!("stage bench lost or doubled events: fed {n}, merged {merged}, rows {rows}");
     }
-    sqlx::query("DELETE FROM outbox")
-        .execute(store.pool())
-        .await?;
-    Ok(n as f64 / secs)
+    Ok(Fed {
+        rate: n as f64 / secs,
+        prefix,
+    })
 }
 
 // ---------------------------------------------------------------- end to end

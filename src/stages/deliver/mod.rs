@@ -93,6 +93,7 @@ impl DeliverStage {
             }
         };
         let fp = ev.fingerprint.clone();
+        let mut steps = crate::metrics::StepTimer::start(stage_name(self.target));
         if self.already_delivered(&fp).await? {
             self.audit(msg, Some(&ev), &fp, "duplicate", json!({}), false)
                 .await?;
@@ -100,26 +101,34 @@ impl DeliverStage {
         }
         // One request at a time per record and target in this process, so
         // a retry of an older version never races a newer one (SPEC §4.1 P1).
+        steps.mark("dedupe_read");
         let _turn = self.turns.lock(&ev.ordering_key()).await;
+        steps.mark("turn_wait");
         let seq = self.position(msg, &ev).await?;
         let (body, folded) = match self.plan(msg, &ev, seq, body).await? {
             Plan::Send { body, versions } => (body, versions),
             Plan::Done(outcome) => return Ok(outcome),
         };
+        steps.mark("state_read");
         if let Some(seq) = seq {
             self.advance(&ev, seq, false).await?;
         }
+        steps.mark("state_write_attempted");
         match self.sink.post(&fp, body).await {
             Ok(d) => {
+                steps.mark("post");
                 let detail = json!({"status": d.status, "version": ev.version, "versions": folded});
                 match self
                     .audit(msg, Some(&ev), &fp, "delivered", detail, true)
                     .await
                 {
                     Ok(()) => {
+                        steps.mark("audit_write");
                         if let Some(seq) = seq {
                             self.advance(&ev, seq, true).await?;
                         }
+                        steps.mark("state_write_acked");
+                        steps.observe();
                         tracing::info!(
                             target = self.target.as_str(),
                             status = d.status,

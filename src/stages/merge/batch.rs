@@ -229,6 +229,7 @@ pub async fn process(
     items: &[Item],
 ) -> Result<Vec<Decision>, StoreError> {
     let d = store.dialect();
+    let mut steps = crate::metrics::StepTimer::start(STAGE);
     let _guard = store.write_guard().await;
     let mut tx = store.pool().begin().await?;
 
@@ -266,6 +267,7 @@ pub async fn process(
     } else {
         ledger::load_states(&mut tx, d, &keys, true).await?
     };
+    steps.mark("read_lock");
     // Merged events of these records committed earlier but not known to be
     // published (a process died before its publish): they go out first, in
     // version order (SPEC §4.1).
@@ -276,6 +278,7 @@ pub async fn process(
         .filter(|k| states.get(*k).is_some_and(|s| s.pending > 0))
         .cloned()
         .collect();
+    steps.mark("outbox_read");
     let mut waiting: HashMap<RecordKey, Vec<Waiting>> = HashMap::new();
     if !with_pending.is_empty() {
         for p in pending::load(&mut tx, d, &with_pending).await? {
@@ -289,6 +292,7 @@ pub async fn process(
         }
     }
 
+    steps.mark("pending_read");
     let mut w = Writes::default();
     let mut decisions = Vec::with_capacity(items.len());
 
@@ -438,18 +442,24 @@ pub async fn process(
         .into_iter()
         .filter(|(k, _)| w.touched.contains(k))
         .collect();
+    steps.mark("decide");
     if !w.events.is_empty() {
         ledger::insert_events(&mut tx, d, &w.events).await?;
     }
+    steps.mark("write_events");
     if !w.audit.is_empty() {
         ledger::insert_audit(&mut tx, &w.audit).await?;
     }
+    steps.mark("write_audit");
     if !state_rows.is_empty() {
         ledger::upsert_states(&mut tx, d, &state_rows).await?;
     }
+    steps.mark("write_state");
     if !w.outbox.is_empty() {
         outbox::insert(&mut tx, &w.outbox).await?;
+        steps.mark("write_outbox");
         merged::insert(&mut tx, &w.merged).await?;
+        steps.mark("write_merged");
     }
     if !w.pending_new.is_empty() {
         pending::insert(&mut tx, &w.pending_new).await?;
@@ -457,7 +467,10 @@ pub async fn process(
     if !w.pending_done.is_empty() {
         pending::delete(&mut tx, &w.pending_done).await?;
     }
+    steps.mark("write_pending");
     tx.commit().await?;
+    steps.mark("commit");
+    steps.observe();
     let m = crate::metrics::metrics();
     m.merge_batch_size.observe(items.len() as f64);
     m.merge_pending
