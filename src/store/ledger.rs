@@ -179,12 +179,32 @@ pub async fn load_states(
     let mut out = HashMap::new();
     for chunk in keys.chunks(CHUNK / 2) {
         let mut q: QueryBuilder<Any> = QueryBuilder::new(format!(
-            "SELECT record_type, record_id, version, last_seq, pending, {} AS state FROM record_state WHERE ",
-            d.text("state")
+            "SELECT s.record_type, s.record_id, s.version, s.last_seq, s.pending, {} AS state FROM ",
+            d.text("s.state")
         ));
-        push_records(&mut q, chunk);
-        if lock {
+        if lock && matches!(d.0, super::Backend::Mysql) {
+            // Locking reads lock every row they scan. With few record types
+            // the optimizer may answer an OR of (type, id) pairs by scanning
+            // the whole type, which locks every record of it and serialises
+            // all merge workers and replicas; a join on a derived list of
+            // keys looks each one up by primary key and locks only those.
+            q.push("(");
+            for (i, (t, id)) in chunk.iter().enumerate() {
+                q.push(if i == 0 {
+                    "SELECT "
+                } else {
+                    " UNION ALL SELECT "
+                });
+                q.push_bind(t.clone());
+                q.push(" AS t, ");
+                q.push_bind(id.clone());
+                q.push(" AS i");
+            }
+            q.push(") k JOIN record_state s ON s.record_type = k.t AND s.record_id = k.i");
             q.push(d.for_update());
+        } else {
+            q.push("record_state s WHERE ");
+            push_records(&mut q, chunk);
         }
         for row in q.build().fetch_all(&mut *conn).await? {
             let key = (get_text(&row, "record_type")?, get_text(&row, "record_id")?);

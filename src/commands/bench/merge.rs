@@ -173,7 +173,9 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
 
 /// Steps of a merge batch, as timed by the engine (`stage_step_duration`).
 const MERGE_STEPS: &[&str] = &[
-    "read_lock",
+    "read_claims",
+    "read_ids",
+    "lock_states",
     "outbox_read",
     "pending_read",
     "decide",
@@ -311,16 +313,20 @@ async fn stage_run(
         );
     }
     let per_tx_rows = per_tx.round().max(1.0) as usize;
-    let mut ceilings = Vec::new();
-    for with_merged in [true, false] {
-        let mut rows = rows.clone();
-        if !with_merged {
-            rows.merged.clear();
+    // Best of two runs each, alternating: a single run of a few seconds
+    // moves with whatever else the machine does.
+    let mut ceilings = [0f64; 2];
+    for _ in 0..2 {
+        for (i, with_merged) in [true, false].into_iter().enumerate() {
+            let mut rows = rows.clone();
+            if !with_merged {
+                rows.merged.clear();
+            }
+            let target = Scratch::new(backend, args).await?;
+            let took = ceiling::write_run(&target.store, rows, per_tx_rows, workers).await;
+            target.discard(args).await;
+            ceilings[i] = ceilings[i].max(args.stage_events as f64 / took?.as_secs_f64());
         }
-        let target = Scratch::new(backend, args).await?;
-        let took = ceiling::write_run(&target.store, rows, per_tx_rows, workers).await;
-        target.discard(args).await;
-        ceilings.push(args.stage_events as f64 / took?.as_secs_f64());
     }
     let (ceiling_rate, without_merged) = (ceilings[0], ceilings[1]);
     Ok(json!({
@@ -359,6 +365,7 @@ async fn feed(
     batch_max: usize,
     seed: u64,
 ) -> anyhow::Result<Fed> {
+    let confirmed = crate::store::outbox::ConfirmedSet::default();
     let engine = MergeEngine::start(
         store.clone(),
         EngineConfig {
@@ -371,9 +378,14 @@ async fn feed(
             } else {
                 settings.merge.workers
             },
-            confirmed: Default::default(),
+            confirmed: confirmed.clone(),
         },
     );
+    // As in the daemon, published outbox rows are deleted in batches (here
+    // each merged event counts as published once decided), so the stage's
+    // outbox read sees what it sees in production, not every row of the run.
+    let (completer, completer_task) =
+        crate::outbox_relay::OutboxCompleter::start(store.clone(), confirmed);
     // Distinct record ids per run so runs don't see each other's state.
     let prefix = uuid::Uuid::new_v4().simple().to_string();
     let mut per_record: Vec<Vec<Item>> = (0..records).map(|_| Vec::new()).collect();
@@ -399,11 +411,17 @@ async fn feed(
     let mut tasks = Vec::new();
     for items in per_record {
         let engine = engine.clone();
+        let completer = completer.clone();
         tasks.push(tokio::spawn(async move {
             let mut merged = 0usize;
             for item in items {
                 match engine.submit(item).await {
-                    Ok(crate::stages::merge::batch::Decision::Merged { .. }) => merged += 1,
+                    Ok(crate::stages::merge::batch::Decision::Merged { publish, .. }) => {
+                        for row in publish {
+                            completer.done(row.event_id);
+                        }
+                        merged += 1
+                    }
                     Ok(other) => anyhow::bail!("unexpected decision {other:?}"),
                     Err(e) => anyhow::bail!("merge failed: {e}"),
                 }
@@ -416,6 +434,9 @@ async fn feed(
         merged += t.await??;
     }
     let secs = started.elapsed().as_secs_f64();
+    drop(engine);
+    drop(completer);
+    let _ = completer_task.await;
     let rows = ceiling::events_with_prefix(store, &prefix).await?;
     if merged != n || rows != n as i64 {
         bail!("stage bench lost or doubled events: fed {n}, merged {merged}, rows {rows}");

@@ -22,6 +22,7 @@ use crate::model::raw_event::Source;
 use crate::snapshots::claim_check::{ClaimCheck, ClaimCheckError};
 use crate::snapshots::SnapshotError;
 use crate::stages::merge::batch::SEQUENCE_ATTRIBUTE;
+use crate::store::delivery::Position;
 use crate::store::ledger::{self, AuditRow};
 use crate::store::{Store, StoreError};
 
@@ -118,16 +119,25 @@ impl DeliverStage {
             Ok(d) => {
                 steps.mark("post");
                 let detail = json!({"status": d.status, "version": ev.version, "versions": folded});
-                match self
-                    .audit(msg, Some(&ev), &fp, "delivered", detail, true)
+                let row = self.audit_row(msg, Some(&ev), &fp, "delivered", detail, true);
+                let at = seq.map(|seq| Position {
+                    target: self.target.as_str(),
+                    record_type: &ev.record_type,
+                    record_id: &ev.record_id,
+                    seq,
+                    version: ev.version,
+                });
+                let done = self
+                    .store
+                    .timed(self.store.delivery_done(&row, at))
                     .await
-                {
+                    .map_err(|e| Failure {
+                        error: store_failure(&e),
+                        fingerprint: Some(fp.clone()),
+                    });
+                match done {
                     Ok(()) => {
-                        steps.mark("audit_write");
-                        if let Some(seq) = seq {
-                            self.advance(&ev, seq, true).await?;
-                        }
-                        steps.mark("state_write_acked");
+                        steps.mark("audit_and_state_write");
                         steps.observe();
                         tracing::info!(
                             target = self.target.as_str(),
@@ -359,18 +369,7 @@ impl DeliverStage {
         detail: serde_json::Value,
         claim: bool,
     ) -> Result<(), Failure> {
-        let row = AuditRow {
-            event_id: ev.map(|e| e.event_id.clone()),
-            fingerprint: fp.to_string(),
-            record_type: ev.map(|e| e.record_type.clone()),
-            record_id: ev.map(|e| e.record_id.clone()),
-            stage: stage_name(self.target).to_string(),
-            outcome: outcome.to_string(),
-            detail: Some(detail.to_string()),
-            message_id: Some(msg.message_id.clone()),
-            attempt: i32::try_from(msg.execution).unwrap_or(i32::MAX),
-            claim,
-        };
+        let row = self.audit_row(msg, ev, fp, outcome, detail, claim);
         let result = self
             .store
             .timed(async {
@@ -383,6 +382,29 @@ impl DeliverStage {
             error: store_failure(&e),
             fingerprint: Some(fp.to_string()),
         })
+    }
+
+    fn audit_row(
+        &self,
+        msg: &Incoming,
+        ev: Option<&MergedEvent>,
+        fp: &str,
+        outcome: &str,
+        detail: serde_json::Value,
+        claim: bool,
+    ) -> AuditRow {
+        AuditRow {
+            event_id: ev.map(|e| e.event_id.clone()),
+            fingerprint: fp.to_string(),
+            record_type: ev.map(|e| e.record_type.clone()),
+            record_id: ev.map(|e| e.record_id.clone()),
+            stage: stage_name(self.target).to_string(),
+            outcome: outcome.to_string(),
+            detail: Some(detail.to_string()),
+            message_id: Some(msg.message_id.clone()),
+            attempt: i32::try_from(msg.execution).unwrap_or(i32::MAX),
+            claim,
+        }
     }
 }
 

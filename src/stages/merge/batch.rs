@@ -246,6 +246,7 @@ pub async fn process(
     } else {
         ledger::claimed(&mut tx, STAGE, &fps).await?
     };
+    steps.mark("read_claims");
     let given_ids: Vec<String> = events
         .iter()
         .filter_map(|e| e.event.id.map(|u| u.to_string()))
@@ -256,6 +257,7 @@ pub async fn process(
     } else {
         ledger::existing_event_ids(&mut tx, &given_refs).await?
     };
+    steps.mark("read_ids");
     let mut keys: Vec<RecordKey> = events
         .iter()
         .map(|e| (e.event.record_type.clone(), e.event.record_id.clone()))
@@ -267,7 +269,7 @@ pub async fn process(
     } else {
         ledger::load_states(&mut tx, d, &keys, true).await?
     };
-    steps.mark("read_lock");
+    steps.mark("lock_states");
     // Merged events of these records committed earlier but not known to be
     // published (a process died before its publish): they go out first, in
     // version order (SPEC §4.1).
