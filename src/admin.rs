@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::explain::{self, ExplainError};
 use crate::history::{self, HistoryError, ListQuery};
 use crate::model::raw_event::Source;
 use crate::pubsub::publisher::Publishers;
@@ -105,6 +106,10 @@ fn record_routes() -> Router<AdminState> {
         .route(
             "/admin/records/{record_type}/{record_id}/state",
             get(record_state),
+        )
+        .route(
+            "/admin/records/{record_type}/{record_id}/explain",
+            get(record_explain),
         )
 }
 
@@ -346,6 +351,40 @@ async fn record_state(
         ));
     }
     Ok(Json(r.view()).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ExplainParams {
+    field: Option<String>,
+}
+
+async fn record_explain(
+    State(state): State<AdminState>,
+    Path((record_type, record_id)): Path<(String, String)>,
+    params: Result<Query<ExplainParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(p) = params.map_err(|e| bad_request(e.body_text()))?;
+    let x = explain::explain_record(
+        &state.store,
+        &state.policy,
+        &record_type,
+        &record_id,
+        p.field.as_deref(),
+    )
+    .await?;
+    Ok(Json(x).into_response())
+}
+
+impl From<ExplainError> for ApiError {
+    fn from(e: ExplainError) -> Self {
+        match e {
+            ExplainError::UnknownRecord { .. } | ExplainError::UnknownField { .. } => {
+                ApiError(StatusCode::NOT_FOUND, e.to_string())
+            }
+            ExplainError::Replay(h) => h.into(),
+            ExplainError::Store(s) => HistoryError::Store(s).into(),
+        }
+    }
 }
 
 #[cfg(test)]

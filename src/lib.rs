@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod dlq;
+pub mod explain;
 pub mod history;
 pub mod http;
 pub mod metrics;

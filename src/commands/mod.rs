@@ -6,6 +6,7 @@ pub mod demo;
 pub mod dlq;
 pub mod doctor;
 pub mod events;
+pub mod explain;
 pub mod migrate;
 pub mod provision;
 pub mod publish;

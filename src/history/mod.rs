@@ -409,6 +409,17 @@ pub fn fold(
     events: &[StoredEvent],
     policy: &MergePolicy,
 ) -> Result<(RecordState, i64), HistoryError> {
+    fold_each(events, policy, |_, _, _| {})
+}
+
+/// [`fold`], calling `seen(event, incoming, result)` after each event is merged:
+/// `explain` learns from it how each conflict was decided, by the very rules
+/// the live stage ran.
+pub fn fold_each(
+    events: &[StoredEvent],
+    policy: &MergePolicy,
+    mut seen: impl FnMut(&StoredEvent, &Incoming<'_>, &rules::MergeResult),
+) -> Result<(RecordState, i64), HistoryError> {
     let mut state = RecordState::default();
     let mut last_seq = 0;
     for e in events {
@@ -438,9 +449,10 @@ pub fn fold(
             base_version: e.base_version,
             changes,
         };
-        rules::merge(&mut state, incoming, policy).map_err(|x| match x {
+        let result = rules::merge(&mut state, incoming, policy).map_err(|x| match x {
             MergeError::BaseVersionAhead { .. } => fail(x.to_string()),
         })?;
+        seen(e, &incoming, &result);
         last_seq = e.sequence_num;
     }
     Ok((state, last_seq))

@@ -5,6 +5,7 @@ pub mod ceiling;
 pub mod dead_letters;
 pub mod delivery;
 pub mod errors;
+pub mod explain;
 pub mod ledger;
 pub mod merged;
 pub mod outbox;

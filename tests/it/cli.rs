@@ -49,6 +49,7 @@ fn cli_bad_usage_exits_2_and_every_subcommand_has_help() {
         "dlq",
         "events",
         "verify",
+        "explain",
         "bench",
         "demo",
     ] {

@@ -9,6 +9,7 @@ mod db_limits;
 mod deliver;
 mod demo;
 mod doctor;
+mod explain;
 mod faults;
 mod faults_support;
 mod history;

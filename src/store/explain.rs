@@ -1,0 +1,129 @@
+//! Reads for `explain`: everything stored about one record (its events, its
+//! projection, its merged events and its audit trail), in one transaction so
+//! a record the daemon is writing meanwhile is seen consistently.
+//!
+//! Each query is an index range on the record: `idx_events_aggregate`, the
+//! `record_state` and `merged_events` primary keys, `idx_audit_record`.
+
+use serde_json::Value;
+use sqlx::Row;
+
+use super::ledger::{self, StateRow, StoredEvent};
+use super::{get_opt_text, get_text, Store, StoreError};
+
+/// One stored merged event (the payload as published, never a claim check).
+#[derive(Debug, Clone)]
+pub struct MergedFact {
+    pub sequence_num: i64,
+    pub version: i64,
+    pub event_id: String,
+    /// JSON text of the merged event.
+    pub payload: String,
+}
+
+/// One audit-log row of the record.
+#[derive(Debug, Clone)]
+pub struct AuditFact {
+    pub id: i64,
+    pub event_id: Option<String>,
+    pub fingerprint: String,
+    pub stage: String,
+    pub outcome: String,
+    pub detail: Option<Value>,
+    pub attempt: i64,
+    /// This row is a (fingerprint, stage) claim.
+    pub claim: bool,
+    /// RFC 3339, microseconds.
+    pub created_at: String,
+}
+
+/// Everything stored about one record.
+#[derive(Debug, Clone, Default)]
+pub struct RecordFacts {
+    /// In sequence order.
+    pub events: Vec<StoredEvent>,
+    pub projection: Option<StateRow>,
+    /// In sequence order.
+    pub merged: Vec<MergedFact>,
+    /// In insertion order (`id`).
+    pub audit: Vec<AuditFact>,
+}
+
+impl Store {
+    pub async fn record_facts(
+        &self,
+        record_type: &str,
+        record_id: &str,
+    ) -> Result<RecordFacts, StoreError> {
+        let d = self.dialect();
+        let mut tx = self.pool().begin().await?;
+        let events = ledger::record_events(&mut tx, d, record_type, record_id, None).await?;
+        let projection = ledger::record_state(&mut tx, d, record_type, record_id).await?;
+
+        let sql = format!(
+            "SELECT sequence_num, version, event_id, {} AS payload FROM merged_events \
+             WHERE record_type = ? AND record_id = ? ORDER BY sequence_num",
+            d.text("payload")
+        );
+        let rows = sqlx::query(&sql)
+            .bind(record_type.to_string())
+            .bind(record_id.to_string())
+            .fetch_all(&mut *tx)
+            .await?;
+        let merged = rows
+            .iter()
+            .map(|r| {
+                Ok(MergedFact {
+                    sequence_num: r.try_get("sequence_num")?,
+                    version: r.try_get("version")?,
+                    event_id: get_text(r, "event_id")?,
+                    payload: get_text(r, "payload")?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+
+        let sql = format!(
+            "SELECT id, event_id, fingerprint, stage, processing_outcome, {} AS detail, \
+             {} AS attempt_i, {} AS claim_i, {} AS created FROM event_audit_log \
+             WHERE record_type = ? AND record_id = ? ORDER BY id",
+            d.text("detail"),
+            d.int("attempt"),
+            d.int("claim"),
+            d.ts("created_at")
+        );
+        let rows = sqlx::query(&sql)
+            .bind(record_type.to_string())
+            .bind(record_id.to_string())
+            .fetch_all(&mut *tx)
+            .await?;
+        let audit = rows
+            .iter()
+            .map(audit_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit().await?;
+        Ok(RecordFacts {
+            events,
+            projection,
+            merged,
+            audit,
+        })
+    }
+}
+
+fn audit_from_row(row: &sqlx::any::AnyRow) -> Result<AuditFact, StoreError> {
+    let detail = get_opt_text(row, "detail")?
+        .map(|t| serde_json::from_str(&t))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("event_audit_log.detail: {e}")))?;
+    Ok(AuditFact {
+        id: row.try_get("id")?,
+        event_id: get_opt_text(row, "event_id")?,
+        fingerprint: get_text(row, "fingerprint")?,
+        stage: get_text(row, "stage")?,
+        outcome: get_text(row, "processing_outcome")?,
+        detail,
+        attempt: row.try_get("attempt_i")?,
+        claim: row.try_get::<Option<i64>, _>("claim_i")?.unwrap_or(0) != 0,
+        created_at: get_text(row, "created")?,
+    })
+}
