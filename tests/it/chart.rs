@@ -866,7 +866,10 @@ fn chart_prometheus_rule_is_opt_in_and_renders_the_tested_rules_file() {
         .flat_map(|g| g["rules"].as_array().expect("rules"))
         .map(|r| r["alert"].as_str().expect("alert"))
         .collect();
-    assert_eq!(admitted, alerts, "values.schema.json prometheusRule.exclude");
+    assert_eq!(
+        admitted, alerts,
+        "values.schema.json prometheusRule.exclude"
+    );
     for group in rules["groups"].as_array().expect("groups") {
         for rule in group["rules"].as_array().expect("rules") {
             let name = rule["alert"].as_str().expect("alert");
