@@ -2,9 +2,12 @@
 # The whole test suite: starts the emulator and fake GCS if needed, then runs
 # every unit and integration test. MariaDB must be up on 127.0.0.1:3306
 # (tests that need it skip with a printed reason when it is not, except in CI).
+# scripts/tools.sh installs promtool if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
+# promtool for tests/it/alerts.rs (Debian's prometheus package).
+scripts/tools.sh
 export PUBSUB_EMULATOR_HOST=${PUBSUB_EMULATOR_HOST:-127.0.0.1:8085}
 export STORAGE_EMULATOR_HOST=${STORAGE_EMULATOR_HOST:-http://127.0.0.1:4443}
 if command -v cargo-nextest >/dev/null 2>&1; then

@@ -24,6 +24,9 @@ use crate::supervisor::Health;
 /// timeout is 3 s; answering 503 in time beats a probe timeout).
 const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Longest a `/metrics` scrape waits for the database.
+const SCRAPE_DB_TIMEOUT: Duration = Duration::from_secs(1);
+
 #[derive(Clone)]
 struct Ctx {
     store: Store,
@@ -108,10 +111,18 @@ async fn metrics_text(State(ctx): State<Ctx>) -> impl IntoResponse {
     g.with_label_values(&["in_use"]).set(size - idle);
     // Dead letters are parked and replayed by every replica and by the CLI:
     // recount them so the gauge is true here too (skipped if the DB is slow).
-    if let Ok(Ok(n)) =
-        tokio::time::timeout(Duration::from_secs(1), ctx.store.pending_dead_letters()).await
-    {
+    // `backbone_ready` says what /readyz would answer now, probes or not; a
+    // database that does not answer within the same second counts as unready.
+    // Both at once, so a hanging database delays a scrape by 1 s, not more.
+    let (parked, ready) = tokio::join!(
+        tokio::time::timeout(SCRAPE_DB_TIMEOUT, ctx.store.pending_dead_letters()),
+        tokio::time::timeout(SCRAPE_DB_TIMEOUT, readiness(&ctx)),
+    );
+    if let Ok(Ok(n)) = parked {
         metrics().dead_letters_parked.set(n);
+    }
+    if ready.is_err() {
+        metrics().ready.set(0);
     }
     (
         [(
@@ -133,12 +144,36 @@ async fn healthz(State(ctx): State<Ctx>) -> impl IntoResponse {
     }
 }
 
-async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
+/// The readiness verdict and what it rests on; also sets `backbone_ready`.
+struct Readiness {
+    ready: bool,
+    db: Result<(), String>,
+    pubsub: Result<(), String>,
+    holding: Option<String>,
+}
+
+async fn readiness(ctx: &Ctx) -> Readiness {
     let db = ctx.db.check().await;
     let pubsub = ctx.health.broker();
-    let consumers = ctx.health.snapshot();
     let holding = ctx.health.holding();
     let ready = db.is_ok() && pubsub.is_ok() && holding.is_none() && ctx.health.all_up();
+    metrics().ready.set(i64::from(ready));
+    Readiness {
+        ready,
+        db,
+        pubsub,
+        holding,
+    }
+}
+
+async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
+    let Readiness {
+        ready,
+        db,
+        pubsub,
+        holding,
+    } = readiness(&ctx).await;
+    let consumers = ctx.health.snapshot();
     let body = Json(json!({
         "ready": ready,
         "holding": holding,

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub merge_gaps: IntCounter,
     /// Messages held in-process while our own infrastructure does not answer.
     pub held_messages: IntGaugeVec,
+    /// What `/readyz` would answer, refreshed on each probe and each scrape.
+    pub ready: IntGauge,
 }
 
 /// Sub-millisecond to 10 s.
@@ -206,8 +208,22 @@ impl Metrics {
                 "Messages held in-process (lease extended) while the database, snapshot store or Pub/Sub does not answer.",
                 &["subscription"],
             )?,
+            ready: {
+                let g = IntGauge::with_opts(opts(
+                    "ready",
+                    "1 while /readyz answers 200 (database and Pub/Sub answer, nothing held, every consumer streams); evaluated on each probe and scrape.",
+                ))?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
             registry,
         };
+        // process_cpu_seconds_total, process_resident_memory_bytes, open fds…:
+        // the dashboard's CPU and memory panels, without a node exporter.
+        #[cfg(target_os = "linux")]
+        m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);

@@ -739,3 +739,260 @@ fn chart_termination_grace_exceeds_the_drain_grace() {
         "deployment.yaml must refuse a terminationGracePeriodSeconds below the drain grace"
     );
 }
+
+// ---------------------------------------------------------------------------
+// (f) the operator's kit: dashboard, alert rules, backlog autoscaling
+
+fn repo_file(path: &str) -> String {
+    read(&Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+}
+
+/// Helm cannot read outside the chart, so it ships copies of the files in
+/// docs/; they must stay byte-for-byte the tested originals.
+#[test]
+fn chart_ships_the_dashboard_and_rules_of_docs_unchanged() {
+    for (copy, original) in [
+        (
+            "files/event-backbone.json",
+            "docs/grafana/event-backbone.json",
+        ),
+        (
+            "files/event-backbone.rules.yml",
+            "docs/alerts/event-backbone.rules.yml",
+        ),
+    ] {
+        assert!(
+            read(&chart_dir().join(copy)) == repo_file(original),
+            "helm/event-backbone/{copy} differs from {original}: cp {original} helm/event-backbone/{copy}"
+        );
+    }
+}
+
+#[test]
+fn chart_dashboard_configmap_is_opt_in_and_labelled_for_the_grafana_sidecar() {
+    let src = template("grafana-dashboard.yaml");
+    assert!(src.starts_with("{{- if .Values.grafanaDashboard.enabled }}"));
+    assert!(src.contains("kind: ConfigMap"));
+    assert!(src.contains("{{ $d.label }}: {{ $d.labelValue | quote }}"));
+    assert!(src.contains(r#"{{- .Files.Get "files/event-backbone.json" | nindent 4 }}"#));
+    let v = &values()["grafanaDashboard"];
+    assert_eq!(v["enabled"], false);
+    assert_eq!(v["label"], "grafana_dashboard");
+    assert_eq!(v["labelValue"], "1");
+
+    let dash: Value =
+        serde_json::from_str(&repo_file("docs/grafana/event-backbone.json")).expect("JSON");
+    assert_eq!(dash["uid"], "event-backbone");
+    let panels = dash["panels"].as_array().expect("panels");
+    let exprs: Vec<&str> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .map(|t| t["expr"].as_str().expect("expr"))
+        .collect();
+    let all = exprs.join("\n");
+    // What the issue asks the dashboard to show.
+    for needle in [
+        "backbone_messages_processed_total",
+        "backbone_messages_received_total",
+        "backbone_retry_attempts_total",
+        "backbone_dead_letters_parked",
+        "backbone_dlq_replayed_total",
+        "backbone_merge_pending",
+        "backbone_merge_gaps_total",
+        "histogram_quantile(0.5, sum by (le, subscription) (rate(backbone_processing_duration_seconds_bucket",
+        "histogram_quantile(0.99, sum by (le, subscription) (rate(backbone_processing_duration_seconds_bucket",
+        "backbone_consumer_up",
+        "backbone_ready",
+        "backbone_held_messages",
+        "backbone_outbox_relayed_total",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(all.contains(needle), "the dashboard never queries {needle}");
+    }
+    // Every query goes through the data source variable and the namespace filter.
+    for p in panels.iter().filter(|p| p["type"] != "row") {
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+    }
+    for e in &exprs {
+        assert!(e.contains(r#"namespace=~"$namespace""#), "{e}");
+    }
+    // No two panels overlap on the 24-column grid.
+    let mut cells = BTreeSet::new();
+    for p in panels {
+        let g = &p["gridPos"];
+        let n = |k: &str| g[k].as_u64().expect("gridPos");
+        assert!(n("x") + n("w") <= 24, "{}", p["title"]);
+        for x in n("x")..n("x") + n("w") {
+            for y in n("y")..n("y") + n("h") {
+                assert!(
+                    cells.insert((x, y)),
+                    "{} overlaps another panel",
+                    p["title"]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn chart_prometheus_rule_is_opt_in_and_renders_the_tested_rules_file() {
+    let src = template("prometheusrule.yaml");
+    assert!(src.starts_with("{{- if .Values.prometheusRule.enabled }}"));
+    assert!(src.contains("kind: PrometheusRule"));
+    assert!(src.contains(r#".Files.Get "files/event-backbone.rules.yml" | fromYaml"#));
+    // The runbook links get the configurable base URL in front.
+    assert!(src.contains(r#"set $rule.annotations "runbook_url""#));
+    assert!(src.contains("$p.runbookBaseUrl"));
+    assert!(src.contains("has $rule.alert $p.exclude"));
+    let v = &values()["prometheusRule"];
+    assert_eq!(v["enabled"], false);
+    assert_eq!(v["runbookBaseUrl"], "");
+
+    // `exclude` admits exactly the alert names of the rules file.
+    let rules: Value =
+        serde_norway::from_str(&repo_file("docs/alerts/event-backbone.rules.yml")).expect("YAML");
+    let admitted: BTreeSet<&str> = schema()["properties"]["prometheusRule"]["properties"]
+        ["exclude"]["items"]["enum"]
+        .as_array()
+        .expect("an enum of alert names")
+        .iter()
+        .map(|n| n.as_str().expect("a name"))
+        .collect();
+    let alerts: BTreeSet<&str> = rules["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().expect("rules"))
+        .map(|r| r["alert"].as_str().expect("alert"))
+        .collect();
+    assert_eq!(
+        admitted, alerts,
+        "values.schema.json prometheusRule.exclude"
+    );
+    for group in rules["groups"].as_array().expect("groups") {
+        for rule in group["rules"].as_array().expect("rules") {
+            let name = rule["alert"].as_str().expect("alert");
+            let mut with_exclude = values();
+            with_exclude["prometheusRule"]["exclude"] = serde_json::json!([name]);
+            assert!(schema_errors(&with_exclude).is_empty(), "{name}");
+            assert!(rule["annotations"]["runbook_url"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("docs/operations.md#")));
+        }
+    }
+}
+
+#[test]
+fn chart_keda_scaled_object_scales_on_the_merge_backlog_with_workload_identity() {
+    let src = template("keda.yaml");
+    assert!(src.contains(r#"{{- include "event-backbone.oneAutoscaler" . }}"#));
+    assert!(src.contains("{{- if .Values.keda.enabled }}"));
+    for needle in [
+        "kind: ScaledObject",
+        "type: gcp-pubsub",
+        "authenticationRef:",
+        "subscriptionName:",
+        "mode: {{ $k.mode }}",
+        "kind: TriggerAuthentication",
+        "podIdentity:\n    provider: gcp",
+    ] {
+        assert!(src.contains(needle), "keda.yaml lacks {needle:?}");
+    }
+    let v = &values()["keda"];
+    assert_eq!(v["enabled"], false);
+    assert_eq!(v["mode"], "SubscriptionSize");
+    assert_eq!(v["triggerAuthentication"]["create"], true);
+
+    // The subscription both autoscalers default to is the merge consumer's.
+    let helper = define("event-backbone.mergeSubscription");
+    let format = helper
+        .split("printf \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a printf format");
+    for env in ["sandbox", "production"] {
+        let topology = event_backbone::topology::Topology::new(env.parse().unwrap(), "p");
+        assert_eq!(
+            format.replace("%s", env),
+            topology.subscription_id(event_backbone::topology::ConsumerKind::Merge)
+        );
+    }
+}
+
+#[test]
+fn chart_hpa_can_scale_on_the_backlog_as_an_external_metric() {
+    let src = template("hpa.yaml");
+    assert!(src.contains(r#"{{- include "event-backbone.oneAutoscaler" . }}"#));
+    for needle in [
+        "type: External",
+        "name: pubsub.googleapis.com|subscription|num_undelivered_messages",
+        "resource.labels.subscription_id:",
+        "type: AverageValue",
+        "{{- with .Values.autoscaling.pubsubBacklog }}",
+    ] {
+        assert!(src.contains(needle), "hpa.yaml lacks {needle:?}");
+    }
+    assert_eq!(values()["autoscaling"]["pubsubBacklog"]["enabled"], false);
+    // Either autoscaler owns the replica count.
+    let deployment = template("deployment.yaml");
+    assert!(
+        deployment.contains("{{- if not (or .Values.autoscaling.enabled .Values.keda.enabled) }}")
+    );
+}
+
+#[test]
+fn chart_refuses_keda_and_the_hpa_together() {
+    let helper = define("event-backbone.oneAutoscaler");
+    assert!(helper.contains("{{- if and .Values.keda.enabled .Values.autoscaling.enabled }}"));
+    assert!(helper.contains("{{- fail"));
+    let with = |keda: bool, hpa: bool| {
+        let mut v = values();
+        v["keda"]["enabled"] = keda.into();
+        v["autoscaling"]["enabled"] = hpa.into();
+        v["autoscaling"]["pubsubBacklog"]["enabled"] = hpa.into();
+        schema_errors(&v)
+    };
+    assert!(with(true, false).is_empty(), "{:?}", with(true, false));
+    assert!(with(false, true).is_empty(), "{:?}", with(false, true));
+    assert!(
+        !with(true, true).is_empty(),
+        "the schema accepted both autoscalers"
+    );
+}
+
+#[test]
+fn chart_schema_rejects_bad_kit_settings() {
+    type Mutation = fn(&mut Value);
+    let cases: [(&str, Mutation); 7] = [
+        ("keda mode typo", |v| {
+            v["keda"]["mode"] = "SubscriptionSise".into()
+        }),
+        ("keda value not a number", |v| {
+            v["keda"]["value"] = "lots".into()
+        }),
+        ("keda auth kind", |v| {
+            v["keda"]["triggerAuthentication"]["kind"] = "Secret".into()
+        }),
+        ("runbook base not a URL", |v| {
+            v["prometheusRule"]["runbookBaseUrl"] = "github.com/x".into()
+        }),
+        ("exclude names no alert", |v| {
+            v["prometheusRule"]["exclude"] = serde_json::json!(["BackboneDeadLetters"])
+        }),
+        ("dashboard key typo", |v| {
+            v["grafanaDashboard"]["lable"] = "x".into()
+        }),
+        ("backlog target zero", |v| {
+            v["autoscaling"]["pubsubBacklog"]["targetAverageValue"] = 0.into()
+        }),
+    ];
+    for (what, mutate) in cases {
+        let mut v = values();
+        mutate(&mut v);
+        assert!(
+            !schema_errors(&v).is_empty(),
+            "the schema accepted values with {what}"
+        );
+    }
+}

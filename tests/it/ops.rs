@@ -3,8 +3,9 @@
 //! killed consumer and of a panicking stage, and a SIGTERM drain under load
 //! on the real binary that loses and duplicates nothing.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,6 +109,24 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 fn must(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     value(scrape, name, labels)
         .unwrap_or_else(|| panic!("no sample {name}{labels:?} in the scrape"))
+}
+
+/// `backbone_*` and `process_*` names in a dashboard or rules file, with
+/// histogram suffixes folded into the family (prometheus-parse's naming).
+fn daemon_metric_names(text: &str) -> BTreeSet<String> {
+    let is_name = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+    let mut out = BTreeSet::new();
+    for prefix in ["backbone_", "process_"] {
+        for (i, _) in text.match_indices(prefix) {
+            if text[..i].chars().next_back().is_some_and(is_name) {
+                continue;
+            }
+            let name: String = text[i..].chars().take_while(|&c| is_name(c)).collect();
+            let family = name.strip_suffix("_bucket").unwrap_or(&name);
+            out.insert(family.to_owned());
+        }
+    }
+    out
 }
 
 async fn metric_now(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -287,6 +306,35 @@ async fn ops_metrics_scrape_after_a_flow_through_every_stage() {
     ] {
         assert!(families.contains(name), "{name} missing from /metrics");
     }
+    // The process collector (prometheus' "process" feature): CPU and memory
+    // for the dashboard without a node exporter.
+    assert!(
+        must(&sc, "process_resident_memory_bytes", &[]) > 1_000_000.0,
+        "resident memory of a running daemon"
+    );
+    // Present; the crate counts whole CPU seconds, so a young process may read 0.
+    assert!(must(&sc, "process_cpu_seconds_total", &[]) >= 0.0);
+    assert!(families.contains("process_open_fds"));
+    assert_eq!(must(&sc, "backbone_ready", &[]), 1.0, "ready, as /readyz");
+    // Every daemon metric the dashboard and the alert rules query is exported.
+    let mut used = BTreeSet::new();
+    for file in [
+        "docs/grafana/event-backbone.json",
+        "docs/alerts/event-backbone.rules.yml",
+    ] {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
+            .expect("readable");
+        used.extend(daemon_metric_names(&text));
+    }
+    assert!(used.len() > 20, "{used:?}");
+    let missing: Vec<_> = used
+        .iter()
+        .filter(|n| !families.contains(n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "queried by the dashboard or the alerts but not exported: {missing:?}"
+    );
     let at_least = |name: &str, labels: &[(&str, &str)], min: f64| {
         let v = must(&sc, name, labels);
         assert!(v >= min, "{name}{labels:?} = {v}, expected ≥ {min}");
@@ -474,6 +522,10 @@ async fn ops_readyz_follows_the_database_without_a_restart() {
     assert_eq!(v["ready"], false);
     assert_ne!(v["database"], "ok", "{v}");
     println!("503 after {:?}: {v}", cut_at.elapsed());
+    // The scrape says the same, and within the scrape's 1 s database bound.
+    let started = Instant::now();
+    assert_eq!(metric_now(d.addr, "backbone_ready", &[]).await, 0.0);
+    assert!(started.elapsed() < Duration::from_secs(3));
     // Liveness is not tied to the database: no restart wanted.
     assert_eq!(get(d.addr, "/healthz").await.0, 200);
     publish_raw(
@@ -488,6 +540,7 @@ async fn ops_readyz_follows_the_database_without_a_restart() {
         ready_is(d.addr, 200, WAIT).await,
         "/readyz did not recover after the database returned"
     );
+    assert_eq!(metric_now(d.addr, "backbone_ready", &[]).await, 1.0);
     assert!(
         eventually(WAIT, || async {
             count(&direct, "SELECT COUNT(*) FROM events").await == 2

@@ -139,3 +139,15 @@ containers and is stopped after them.
   resources:
     {{- toYaml $p.resources | nindent 4 }}
 {{- end }}
+
+{{/* The merge stage's subscription id (src/topology.rs): the backlog autoscaling watches. */}}
+{{- define "event-backbone.mergeSubscription" -}}
+{{- printf "events.raw.%s-merge-sub" .Values.env }}
+{{- end }}
+
+{{/* KEDA and the HPA each own the Deployment's replica count: never both. */}}
+{{- define "event-backbone.oneAutoscaler" -}}
+{{- if and .Values.keda.enabled .Values.autoscaling.enabled }}
+{{- fail "keda.enabled and autoscaling.enabled are exclusive: KEDA creates its own HPA for the Deployment; enable one of them" }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Tools the test suite uses besides cargo: promtool (Debian's `prometheus`
+# package) for tests/it/alerts.rs. Idempotent and quiet when all is there.
+# Never fails the run: a missing tool is reported, and the test that needs it
+# says so (and fails under CI=true).
+set -uo pipefail
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+install_promtool() {
+  have promtool && return 0
+  if ! have apt-get; then
+    echo "tools.sh: promtool is missing and apt-get is not available; install Prometheus' promtool by hand." >&2
+    return 0
+  fi
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "tools.sh: promtool is missing and installing Debian's prometheus package needs root (run: sudo apt-get install --no-install-recommends prometheus)." >&2
+    return 0
+  fi
+  echo "tools.sh: installing promtool (Debian package prometheus) ..."
+  # Keep the package's own Prometheus server from starting: only promtool is
+  # wanted. A policy-rc.d that exits 101 is how Debian says "start nothing";
+  # an existing one (Docker images ship one) is left as it is.
+  local policy=/usr/sbin/policy-rc.d made_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+  fi
+  local log
+  log=$(mktemp)
+  if ! { apt-get install -y -q --no-install-recommends prometheus >"$log" 2>&1 ||
+         { apt-get update -q >>"$log" 2>&1 &&
+           apt-get install -y -q --no-install-recommends prometheus >>"$log" 2>&1; }; }; then
+    echo "tools.sh: apt-get could not install prometheus (promtool); last lines:" >&2
+    tail -n 5 "$log" >&2
+  fi
+  rm -f "$log"
+  [ -n "$made_policy" ] && rm -f "$policy"
+  stop_packaged_prometheus
+  have promtool || echo "tools.sh: promtool is still missing after installing prometheus." >&2
+}
+
+# If the package's service started anyway (a host with systemd and no
+# policy-rc.d), stop it: it listens on 9090, the daemon's metrics port.
+stop_packaged_prometheus() {
+  if have systemctl && [ -d /run/systemd/system ]; then
+    systemctl is-active --quiet prometheus 2>/dev/null &&
+      systemctl disable --now prometheus >/dev/null 2>&1
+  elif [ -x /etc/init.d/prometheus ]; then
+    /etc/init.d/prometheus status >/dev/null 2>&1 &&
+      /etc/init.d/prometheus stop >/dev/null 2>&1
+  fi
+  return 0
+}
+
+install_promtool
