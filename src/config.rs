@@ -4,19 +4,24 @@
 //! `BACKBONE__SECTION__KEY` environment variables. The TOML files are built
 //! into the binary as the base layers, so it runs from any directory; files
 //! in the config dir override them. Secrets are [`SecretString`]s: `Debug`
-//! hides them and [`Settings::redacted`] masks them.
+//! hides them and [`Settings::redacted`] masks them. A key no setting reads
+//! is an error naming it and where it was set ([`strict`]).
+
+mod strict;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use config::{Environment, File, FileFormat};
+use config::{Environment, File, FileFormat, Source};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use crate::stages::merge::rules::ConflictPolicy;
 use crate::topology::{ConsumerKind, Env, Topology};
+
+pub use self::strict::{KeyOrigin, UnknownKey};
 
 /// Prefix of every settings environment variable (`BACKBONE__DATABASE__URL`).
 pub const ENV_PREFIX: &str = "BACKBONE";
@@ -47,11 +52,14 @@ fn embedded_env_file(env: Env) -> &'static str {
 }
 
 /// Why settings could not be loaded. Every variant is a configuration error
-/// (exit code 2); `Invalid` names the offending key.
+/// (exit code 2); `Invalid` and `UnknownKeys` name the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("invalid configuration: `{key}` ({}): {message}", env_var_for_key(.key))]
     Invalid { key: String, message: String },
+    /// Never empty: one entry per key and place it was set.
+    #[error("{}", unknown_keys_message(.0))]
+    UnknownKeys(Vec<UnknownKey>),
     #[error("invalid configuration file `{}`: {message}", .path.display())]
     File { path: PathBuf, message: String },
     #[error("invalid configuration: {message}")]
@@ -66,11 +74,26 @@ impl ConfigError {
         }
     }
 
-    /// The dotted key at fault, when there is one.
+    /// The dotted key at fault (the first, for unknown keys), when there is one.
     pub fn key(&self) -> Option<&str> {
         match self {
             ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::UnknownKeys(keys) => keys.first().map(|k| k.key.as_str()),
             _ => None,
+        }
+    }
+}
+
+/// One key on one line; several as a list, one per line.
+fn unknown_keys_message(keys: &[UnknownKey]) -> String {
+    match keys {
+        [one] => format!("unknown configuration key {one}"),
+        many => {
+            let mut out = format!("{} unknown configuration keys:", many.len());
+            for k in many {
+                out.push_str(&format!("\n  {k}"));
+            }
+            out
         }
     }
 }
@@ -547,19 +570,40 @@ pub fn load() -> Result<Settings, ConfigError> {
 pub fn load_from(dir: &Path, env_vars: &HashMap<String, String>) -> Result<Settings, ConfigError> {
     let env = select_env(env_vars)?;
 
-    let mut builder = config::Config::builder()
-        .add_source(File::from_str(EMBEDDED_DEFAULT, FileFormat::Toml))
-        .add_source(disk_file(dir, "default.toml"))
-        .add_source(File::from_str(embedded_env_file(env), FileFormat::Toml))
-        .add_source(disk_file(dir, &format!("{env}.toml")))
-        .add_source(
-            Environment::with_prefix(ENV_PREFIX)
-                .prefix_separator(ENV_SEPARATOR)
-                .separator(ENV_SEPARATOR)
-                // Helm and shells often render "unset" as an empty string.
-                .ignore_empty(true)
-                .source(Some(env_vars.clone().into_iter().collect())),
-        );
+    // Each layer is read twice: by the builder, and on its own to know
+    // which file or variable set a key the settings do not read.
+    let env_file = format!("{env}.toml");
+    let files: [(Box<dyn Source + Send + Sync>, KeyOrigin); 4] = [
+        (
+            Box::new(File::from_str(EMBEDDED_DEFAULT, FileFormat::Toml)),
+            KeyOrigin::BuiltIn("config/default.toml".to_owned()),
+        ),
+        (
+            Box::new(disk_file(dir, "default.toml")),
+            KeyOrigin::File(dir.join("default.toml")),
+        ),
+        (
+            Box::new(File::from_str(embedded_env_file(env), FileFormat::Toml)),
+            KeyOrigin::BuiltIn(format!("config/{env_file}")),
+        ),
+        (
+            Box::new(disk_file(dir, &env_file)),
+            KeyOrigin::File(dir.join(&env_file)),
+        ),
+    ];
+    let mut builder = config::Config::builder();
+    for (source, _) in &files {
+        // A one-source list: the config crate's way to add a boxed source.
+        builder = builder.add_source(vec![source.clone()]);
+    }
+    let mut builder = builder.add_source(
+        Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator(ENV_SEPARATOR)
+            .separator(ENV_SEPARATOR)
+            // Helm and shells often render "unset" as an empty string.
+            .ignore_empty(true)
+            .source(Some(env_vars.clone().into_iter().collect())),
+    );
     // BACKBONE_ENV chose the files above; the settings must agree with it.
     builder = builder
         .set_override("env", env.as_str())
@@ -573,11 +617,29 @@ pub fn load_from(dir: &Path, env_vars: &HashMap<String, String>) -> Result<Setti
             .map_err(from_config_error)?;
     }
 
-    let settings: Settings = builder
-        .build()
-        .map_err(from_config_error)?
-        .try_deserialize()
-        .map_err(from_config_error)?;
+    let merged = builder.build().map_err(from_config_error)?;
+    let mut ignored = Vec::new();
+    let settings: Settings =
+        serde_ignored::deserialize(merged, |path| ignored.push(strict::segments(&path)))
+            .map_err(from_config_error)?;
+    // Before validation: a misspelt key is the likelier cause of what
+    // validation would report (a required URL "missing", say).
+    if !ignored.is_empty() {
+        let mut layers = Vec::with_capacity(files.len() + 1);
+        for (source, origin) in files {
+            layers.push(
+                strict::Layer::from_source(source.as_ref(), origin).map_err(from_config_error)?,
+            );
+        }
+        layers.push(strict::Layer::from_env_vars(
+            env_vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        ));
+        return Err(ConfigError::UnknownKeys(strict::unknown_keys(
+            &ignored,
+            &layers,
+            &settings.redacted(),
+        )));
+    }
     settings.validate()?;
     Ok(settings)
 }
@@ -1351,6 +1413,133 @@ mod tests {
         assert!(!base
             .get_bool("database.migrate_on_start")
             .expect("default.toml sets database.migrate_on_start"));
+    }
+
+    fn expect_unknown(result: Result<Settings, ConfigError>) -> Vec<UnknownKey> {
+        match result {
+            Err(ConfigError::UnknownKeys(keys)) => {
+                assert!(!keys.is_empty());
+                keys
+            }
+            other => panic!("expected unknown keys, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn misspelt_env_var_is_an_error_naming_it() {
+        let keys = expect_unknown(load_with(&[("BACKBONE__RETRY__MAX_ATEMPTS", "3")]));
+        assert_eq!(
+            keys,
+            [UnknownKey {
+                key: "retry.max_atempts".into(),
+                origin: KeyOrigin::EnvVar("BACKBONE__RETRY__MAX_ATEMPTS".into()),
+                suggestion: Some("retry.max_attempts".into()),
+            }]
+        );
+        let err = load_with(&[("BACKBONE__RETRY__MAX_ATEMPTS", "3")]).unwrap_err();
+        assert_eq!(err.key(), Some("retry.max_atempts"));
+        assert_eq!(
+            err.to_string(),
+            "unknown configuration key `retry.max_atempts` (environment variable \
+             BACKBONE__RETRY__MAX_ATEMPTS); did you mean `retry.max_attempts` \
+             (BACKBONE__RETRY__MAX_ATTEMPTS)?"
+        );
+        // A whole unknown section, and a key with nothing close to it.
+        let keys = expect_unknown(load_with(&[
+            ("BACKBONE__RETYR__MAX_ATTEMPTS", "3"),
+            ("BACKBONE__FROBNICATE", "yes"),
+        ]));
+        assert_eq!(
+            ConfigError::UnknownKeys(keys.clone()).to_string(),
+            "2 unknown configuration keys:\n  \
+             `frobnicate` (environment variable BACKBONE__FROBNICATE)\n  \
+             `retyr.max_attempts` (environment variable BACKBONE__RETYR__MAX_ATTEMPTS); \
+             did you mean `retry.max_attempts` (BACKBONE__RETRY__MAX_ATTEMPTS)?"
+        );
+        let got: Vec<_> = keys
+            .iter()
+            .map(|k| (k.key.as_str(), k.suggestion.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("frobnicate", None),
+                ("retyr.max_attempts", Some("retry.max_attempts"))
+            ]
+        );
+        // Empty means unset, as for known keys.
+        load_with(&[("BACKBONE__RETRY__MAX_ATEMPTS", "")]).unwrap();
+    }
+
+    #[test]
+    fn misspelt_key_in_a_config_file_is_an_error_naming_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("local.toml");
+        std::fs::write(
+            &path,
+            "[retry]\nmax_atempts = 3\n[targets.suitex]\nurl = \"http://127.0.0.1:1/sx\"\n",
+        )
+        .unwrap();
+        let err = load_from(dir.path(), &HashMap::new()).unwrap_err();
+        let keys = expect_unknown(Err(err));
+        assert_eq!(
+            keys,
+            [UnknownKey {
+                key: "retry.max_atempts".into(),
+                origin: KeyOrigin::File(path.clone()),
+                suggestion: Some("retry.max_attempts".into()),
+            }]
+        );
+        let msg = ConfigError::UnknownKeys(keys).to_string();
+        assert_eq!(
+            msg,
+            format!(
+                "unknown configuration key `retry.max_atempts` (file {}); did you mean `retry.max_attempts`?",
+                path.display()
+            )
+        );
+
+        // Reported before validation: the misspelt URL key is the news, not
+        // the "missing" URL it leaves behind.
+        std::fs::write(
+            dir.path().join("default.toml"),
+            "[consumers.suitex]\nenabled = true\n[targets.suitex]\nulr = \"http://x/y\"\n",
+        )
+        .unwrap();
+        std::fs::write(&path, "").unwrap();
+        let keys = expect_unknown(load_from(dir.path(), &HashMap::new()));
+        assert_eq!(keys[0].key, "targets.suitex.ulr");
+        assert_eq!(
+            keys[0].origin,
+            KeyOrigin::File(dir.path().join("default.toml"))
+        );
+        assert_eq!(keys[0].suggestion.as_deref(), Some("targets.suitex.url"));
+
+        // The same key set by a file and a variable: both places are named.
+        let keys = expect_unknown(load_from(
+            dir.path(),
+            &vars(&[("BACKBONE__TARGETS__SUITEX__ULR", "http://x/z")]),
+        ));
+        let origins: Vec<_> = keys.iter().map(|k| k.origin.to_string()).collect();
+        assert_eq!(keys.len(), 2, "{origins:?}");
+        assert!(
+            origins[1].contains("BACKBONE__TARGETS__SUITEX__ULR"),
+            "{origins:?}"
+        );
+    }
+
+    #[test]
+    fn shipped_config_files_have_no_unknown_keys() {
+        // The repo's config/ as a config dir: each file is read from disk
+        // (and built in), for every env.
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
+        for env in Env::ALL {
+            if let Err(e @ ConfigError::UnknownKeys(_)) =
+                load_from(&dir, &vars(&[("BACKBONE_ENV", env.as_str())]))
+            {
+                panic!("{env}: {e}");
+            }
+        }
     }
 
     #[test]

@@ -4,7 +4,9 @@
 use serde_json::json;
 
 use crate::config::Settings;
+use crate::model::raw_event::Source;
 use crate::pubsub::publisher::Publishers;
+use crate::stages::deliver;
 use crate::store::dead_letters::{DeadLetter, DlqFilter};
 
 #[derive(Debug, clap::Args)]
@@ -18,26 +20,77 @@ pub struct Filters {
     /// Only these row ids (repeatable).
     #[arg(long = "id")]
     pub ids: Vec<i64>,
-    /// Only this stage (merge, deliver.netsuite, deliver.suitex).
-    #[arg(long)]
-    pub stage: Option<String>,
+    /// Only this stage.
+    #[arg(long, value_enum)]
+    pub stage: Option<Stage>,
     #[arg(long)]
     pub record_type: Option<String>,
     #[arg(long)]
     pub record_id: Option<String>,
-    /// Only this dead reason (invalid, permanent, exhausted, gap).
-    #[arg(long)]
-    pub reason: Option<String>,
+    /// Only this dead reason.
+    #[arg(long, value_enum)]
+    pub reason: Option<Reason>,
+}
+
+/// The stages a dead letter is parked for: a typo must be a usage error, not
+/// a filter that matches nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stage {
+    Merge,
+    #[value(name = "deliver.netsuite")]
+    DeliverNetsuite,
+    #[value(name = "deliver.suitex")]
+    DeliverSuitex,
+    /// An error envelope the retry router could not route.
+    Retry,
+    /// A broker dead letter from a subscription the park stage does not know.
+    Unknown,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Merge => crate::stages::merge::batch::STAGE,
+            Stage::DeliverNetsuite => deliver::stage_name(Source::Netsuite),
+            Stage::DeliverSuitex => deliver::stage_name(Source::Suitex),
+            Stage::Retry => "retry",
+            Stage::Unknown => "unknown",
+        }
+    }
+}
+
+/// The `dead_reason` values the stages and the runtime write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Reason {
+    /// The message can never be processed as it is.
+    Invalid,
+    /// The target refused it for good.
+    Permanent,
+    /// Retries used up.
+    Exhausted,
+    /// A missing version was not filled in time.
+    Gap,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Invalid => "invalid",
+            Reason::Permanent => "permanent",
+            Reason::Exhausted => "exhausted",
+            Reason::Gap => "gap",
+        }
+    }
 }
 
 impl Filters {
     fn filter(&self, include_replayed: bool) -> DlqFilter {
         DlqFilter {
             ids: self.ids.clone(),
-            stage: self.stage.clone(),
+            stage: self.stage.map(|s| s.as_str().to_owned()),
             record_type: self.record_type.clone(),
             record_id: self.record_id.clone(),
-            reason: self.reason.clone(),
+            reason: self.reason.map(|r| r.as_str().to_owned()),
             include_replayed,
         }
     }

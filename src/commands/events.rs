@@ -42,8 +42,8 @@ pub struct ListArgs {
     /// Only events before this sequence number (the next-page cursor).
     #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
     pub before_seq: Option<i64>,
-    /// Only events from this source (suitex or netsuite).
-    #[arg(long, value_parser = parse_source)]
+    /// Only events from this source.
+    #[arg(long, value_parser = source_parser())]
     pub source: Option<Source>,
     /// Only events whose timestamp is at or after this instant (RFC 3339).
     #[arg(long, value_parser = parse_time)]
@@ -68,9 +68,12 @@ pub struct ReplayArgs {
     pub json: bool,
 }
 
-fn parse_source(s: &str) -> Result<Source, String> {
-    s.parse()
-        .map_err(|e: crate::model::raw_event::UnknownSource| e.to_string())
+/// The sources as clap's possible values, so `--help` and a typo's error
+/// list them.
+fn source_parser() -> impl clap::builder::TypedValueParser<Value = Source> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new([Source::Suitex.as_str(), Source::Netsuite.as_str()])
+        .try_map(|s| s.parse::<Source>())
 }
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {

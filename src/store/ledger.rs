@@ -423,6 +423,35 @@ pub async fn record_state(
     Ok(m.remove(&key))
 }
 
+/// How many events have `record_type`.
+pub async fn count_events_of_type(
+    conn: &mut AnyConnection,
+    record_type: &str,
+) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE record_type = ?")
+            .bind(record_type.to_string())
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}
+
+/// The record type of some event whose type is not `record_type`, if there
+/// is one. Two ranges rather than `<>` so both backends seek the
+/// `(record_type, …)` index instead of scanning `record_type`'s own rows.
+pub async fn other_record_type(
+    conn: &mut AnyConnection,
+    record_type: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT record_type FROM events WHERE record_type < ? OR record_type > ? LIMIT 1",
+    )
+    .bind(record_type.to_string())
+    .bind(record_type.to_string())
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

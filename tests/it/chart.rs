@@ -639,6 +639,50 @@ fn chart_defaults_load_as_a_valid_configuration() {
     }
 }
 
+/// Every `BACKBONE__*` variable the chart sets, through the binary's own
+/// strict key check (the one `run` and `check-config` apply): the
+/// configmap's as values.yaml renders them; the rest (Secret-fed tokens,
+/// variables rendered only when a value is set) with a stand-in value of
+/// the right kind.
+#[test]
+fn chart_env_passes_the_strict_key_check() {
+    let values = values();
+    let defaults = settings_keys();
+    let stand_in = |var: &str| -> String {
+        let key = key_of_env_var(var).expect("starts with BACKBONE__");
+        match lookup(&defaults, &segments(&key)) {
+            Some(Value::String(s)) if s != "[redacted]" => s.clone(),
+            Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string(),
+            _ if key.ends_with(".url") => "https://stand-in.example/hook".to_owned(),
+            _ => "stand-in-secret".to_owned(),
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut seen = 0;
+    for env in ["sandbox", "production"] {
+        let mut vars = chart_default_env(&values, env);
+        for (_, src) in templates() {
+            for var in backbone_env_vars(&src) {
+                seen += 1;
+                let value = stand_in(&var);
+                vars.entry(var).or_insert(value);
+            }
+        }
+        if let Err(e) = config::load_from(dir.path(), &vars) {
+            panic!("the chart's environment for {env} does not load: {e}");
+        }
+        // The check is live: one misspelt variable among them fails.
+        vars.insert("BACKBONE__RETRY__MAX_ATEMPTS".to_owned(), "3".to_owned());
+        match config::load_from(dir.path(), &vars) {
+            Err(e @ config::ConfigError::UnknownKeys(_)) => {
+                assert_eq!(e.key(), Some("retry.max_atempts"), "{e}");
+            }
+            other => panic!("a misspelt variable was accepted: {other:?}"),
+        }
+    }
+    assert!(seen > 40, "only {seen} BACKBONE__ variables found");
+}
+
 // ---------------------------------------------------------------------------
 // (e) which pod holds which database credentials
 

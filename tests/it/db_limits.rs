@@ -279,7 +279,7 @@ async fn permission_errors_are_classified_permission_mariadb() {
     let db = tdb.name.clone().unwrap();
     let user = apply_shipped_grants(&db).await;
     let worker = Store::connect(
-        &format!("mysql://{user}:pw@127.0.0.1:3306/{db}"),
+        &mariadb_url_as(&user, "pw", &db),
         2,
         Duration::from_secs(10),
     )
@@ -295,7 +295,7 @@ async fn permission_errors_are_classified_permission_mariadb() {
     );
     assert!(e.to_string().contains("1142"), "{e}");
     let denied = Store::connect(
-        &format!("mysql://{user}:wrong@127.0.0.1:3306/{db}"),
+        &mariadb_url_as(&user, "wrong", &db),
         1,
         Duration::from_secs(10),
     )
@@ -615,7 +615,9 @@ async fn unparkable_dead_letter_is_bounded_and_surfaced_mariadb() {
     };
     let db = tdb.name.clone().unwrap();
     let user = apply_shipped_grants(&db).await;
-    let mut admin = sqlx::MySqlConnection::connect(MARIADB_ADMIN).await.unwrap();
+    let mut admin = sqlx::MySqlConnection::connect(&mariadb_admin_url())
+        .await
+        .unwrap();
     sqlx::query(&format!(
         "REVOKE INSERT ON {db}.dead_letters FROM '{user}'@'%'"
     ))
@@ -623,7 +625,7 @@ async fn unparkable_dead_letter_is_bounded_and_surfaced_mariadb() {
     .await
     .unwrap();
     let worker = Store::connect(
-        &format!("mysql://{user}:pw@127.0.0.1:3306/{db}"),
+        &mariadb_url_as(&user, "pw", &db),
         2,
         Duration::from_secs(10),
     )

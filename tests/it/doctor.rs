@@ -190,7 +190,7 @@ async fn doctor_reports_the_runtime_users_grants_mariadb() {
     let snap_url = d.settings.snapshots.url.clone();
     let worker = settings(
         &d.settings.pubsub.project_id,
-        &format!("mysql://{user}:pw@127.0.0.1:3306/{db}"),
+        &mariadb_url_as(&user, "pw", &db),
         &[("BACKBONE__SNAPSHOTS__URL", &snap_url)],
     );
     let checks = doctor::checks(&worker).await;

@@ -112,8 +112,8 @@ async fn outage(cut: Cut, d: Duration, p: &Params) {
     let name = b.tdb.name.clone().expect("a MariaDB database name");
     let (proxy, env) = match cut {
         Cut::Database(_) => {
-            let proxy = Proxy::start("127.0.0.1:3306").await;
-            let via = format!("mysql://root@127.0.0.1:{}/{name}", proxy.port);
+            let proxy = Proxy::start(&mariadb_addr()).await;
+            let via = mariadb_url_via(proxy.port, &name);
             let env = daemon_env(
                 &b.project,
                 &via,

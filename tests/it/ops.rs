@@ -494,8 +494,8 @@ async fn ops_readyz_follows_the_database_without_a_restart() {
         return;
     };
     let name = tdb.name.clone().expect("a MariaDB database name");
-    let proxy = Proxy::start("127.0.0.1:3306").await;
-    let via_proxy = format!("mysql://root@127.0.0.1:{}/{name}", proxy.port);
+    let proxy = Proxy::start(&mariadb_addr()).await;
+    let via_proxy = mariadb_url_via(proxy.port, &name);
     let project = unique_project();
     let s = settings(
         &project,

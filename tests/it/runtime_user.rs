@@ -60,7 +60,7 @@ fn migrate_as_admin(root_url: &str) -> String {
 }
 
 fn runtime_url(user: &str, db: &str) -> String {
-    format!("mysql://{user}:pw@127.0.0.1:3306/{db}")
+    mariadb_url_as(user, "pw", db)
 }
 
 /// The daemon as a child process.
@@ -401,7 +401,7 @@ async fn grants_on_existing_tables(db: &str) -> String {
             .replace("event_backbone.", &format!("{db}."))
             .replace("'sync_worker'", &format!("'{user}'"))
             .replace("'change-me'", "'pw'");
-    let mut admin = sqlx::MySqlConnection::connect(MARIADB_ADMIN)
+    let mut admin = sqlx::MySqlConnection::connect(&mariadb_admin_url())
         .await
         .expect("admin connection");
     let sql: String = grants

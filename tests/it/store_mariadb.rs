@@ -127,7 +127,7 @@ async fn sync_worker_cannot_update_or_delete_the_ledger_mariadb() {
     let db = tdb.name.clone().unwrap();
     let user = apply_shipped_grants(&db).await;
     let worker = Store::connect(
-        &format!("mysql://{user}:pw@127.0.0.1:3306/{db}"),
+        &mariadb_url_as(&user, "pw", &db),
         2,
         Duration::from_secs(10),
     )
@@ -157,4 +157,45 @@ async fn sync_worker_cannot_update_or_delete_the_ledger_mariadb() {
         );
     }
     drop_user(&user).await;
+}
+
+async fn database_exists(name: &str) -> bool {
+    use sqlx::Connection;
+    let mut admin = sqlx::MySqlConnection::connect(&mariadb_admin_url())
+        .await
+        .expect("admin connection");
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+    )
+    .bind(name)
+    .fetch_one(&mut admin)
+    .await
+    .expect("count schemata");
+    n == 1
+}
+
+/// A test's database goes when its guard does, even with a migrated store
+/// still connected to it and after a panic.
+#[tokio::test]
+async fn test_databases_are_dropped_with_their_guard() {
+    let Some((tdb, store)) = migrated(Db::Mariadb).await else {
+        return;
+    };
+    let name = tdb.name.clone().expect("a MariaDB database");
+    assert!(database_exists(&name).await);
+    drop(tdb);
+    assert!(!database_exists(&name).await, "{name} is still there");
+    store.close().await;
+
+    let Some(tdb) = fresh_db(Db::Mariadb).await else {
+        return;
+    };
+    let name = tdb.name.clone().expect("a MariaDB database");
+    let panicked = std::thread::spawn(move || {
+        let _guard = tdb;
+        panic!("a failing test");
+    })
+    .join();
+    assert!(panicked.is_err());
+    assert!(!database_exists(&name).await, "{name} is still there");
 }

@@ -65,7 +65,110 @@ pub struct TestDb {
     pub name: Option<String>,
 }
 
-pub const MARIADB_ADMIN: &str = "mysql://root@127.0.0.1:3306/mysql";
+impl Drop for TestDb {
+    /// Drops the MariaDB database, best effort: a test that fails or
+    /// panics must not leave its database behind either.
+    fn drop(&mut self) {
+        let Some(name) = self.name.take() else {
+            return;
+        };
+        // Drop cannot await, and the test's runtime may be single-threaded
+        // or already gone: a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                use sqlx::Connection;
+                let drop_db = async {
+                    let mut admin = sqlx::MySqlConnection::connect(&mariadb_admin_url()).await?;
+                    // A daemon still in a transaction holds metadata locks:
+                    // give up rather than hang the test.
+                    sqlx::query("SET SESSION lock_wait_timeout = 5")
+                        .execute(&mut admin)
+                        .await?;
+                    sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
+                        .execute(&mut admin)
+                        .await?;
+                    admin.close().await
+                };
+                match tokio::time::timeout(Duration::from_secs(15), drop_db).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => eprintln!("note: test database {name} was not dropped: {e}"),
+                    Err(_) => eprintln!("note: test database {name} was not dropped: timed out"),
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Points the tests at another MariaDB/MySQL server than root without a
+/// password on 127.0.0.1:3306: a `mysql://user:password@host:port` URL (a
+/// database in it is ignored; each test makes its own).
+pub const ENV_TEST_MYSQL_URL: &str = "BACKBONE_TEST_MYSQL_URL";
+const DEFAULT_TEST_MYSQL_URL: &str = "mysql://root@127.0.0.1:3306";
+
+/// The test server's URL, from [`ENV_TEST_MYSQL_URL`] or the default.
+fn mariadb_server() -> url::Url {
+    let raw = std::env::var(ENV_TEST_MYSQL_URL)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_TEST_MYSQL_URL.to_owned());
+    match url::Url::parse(raw.trim()) {
+        Ok(u) if u.scheme() == "mysql" && u.host_str().is_some() => u,
+        _ => panic!("{ENV_TEST_MYSQL_URL} must be a mysql://user:password@host:port URL"),
+    }
+}
+
+/// Database `db` on the test server, as the server URL's (admin) user.
+pub fn mariadb_url(db: &str) -> String {
+    let mut u = mariadb_server();
+    u.set_path(&format!("/{db}"));
+    u.to_string()
+}
+
+/// Database `db` on the test server as another user (a runtime user the
+/// test created).
+pub fn mariadb_url_as(user: &str, password: &str, db: &str) -> String {
+    let mut u = mariadb_server();
+    // Cannot fail: the URL has a host (checked in `mariadb_server`).
+    let _ = u.set_username(user);
+    let _ = u.set_password(Some(password));
+    u.set_path(&format!("/{db}"));
+    u.to_string()
+}
+
+/// Database `db` through a proxy on 127.0.0.1:`port` in front of the test
+/// server, as the server URL's user.
+pub fn mariadb_url_via(port: u16, db: &str) -> String {
+    let mut u = mariadb_server();
+    // Cannot fail: the URL has a host (checked in `mariadb_server`).
+    let _ = u.set_host(Some("127.0.0.1"));
+    let _ = u.set_port(Some(port));
+    u.set_path(&format!("/{db}"));
+    u.to_string()
+}
+
+/// The administrator's connection (database `mysql`).
+pub fn mariadb_admin_url() -> String {
+    mariadb_url("mysql")
+}
+
+/// `host:port` of the test server, for proxies in front of it.
+pub fn mariadb_addr() -> String {
+    let u = mariadb_server();
+    let host = u.host_str().unwrap_or("127.0.0.1");
+    format!("{host}:{}", u.port().unwrap_or(3306))
+}
+
+/// The server, its password masked, for messages.
+fn mariadb_server_shown() -> String {
+    event_backbone::config::mask_url_password(mariadb_server().as_str())
+}
 
 /// A fresh database. On a machine without MariaDB the MariaDB variant
 /// returns None after printing why (CI sets CI=true and then it must exist).
@@ -82,14 +185,18 @@ pub async fn fresh_db(kind: Db) -> Option<TestDb> {
         }
         Db::Mariadb => {
             use sqlx::Connection;
-            let conn = sqlx::MySqlConnection::connect(MARIADB_ADMIN).await;
+            let conn = sqlx::MySqlConnection::connect(&mariadb_admin_url()).await;
             let mut conn = match conn {
                 Ok(c) => c,
                 Err(e) => {
+                    let server = mariadb_server_shown();
                     if std::env::var("CI").is_ok() {
-                        panic!("MariaDB is required in CI but unreachable: {e}");
+                        panic!("MariaDB is required in CI but unreachable at {server}: {e}");
                     }
-                    eprintln!("SKIPPED: MariaDB is not reachable at 127.0.0.1:3306 ({e}); this test needs it.");
+                    eprintln!(
+                        "SKIPPED: MariaDB is not reachable at {server} ({e}); this test needs it \
+                         (set {ENV_TEST_MYSQL_URL} to use another server)."
+                    );
                     return None;
                 }
             };
@@ -99,7 +206,7 @@ pub async fn fresh_db(kind: Db) -> Option<TestDb> {
                 .await
                 .expect("create test database");
             Some(TestDb {
-                url: format!("mysql://root@127.0.0.1:3306/{name}"),
+                url: mariadb_url(&name),
                 _dir: None,
                 name: Some(name),
             })
@@ -378,7 +485,7 @@ pub async fn apply_shipped_grants(db: &str) -> String {
             .replace("event_backbone.", &format!("{db}."))
             .replace("'sync_worker'", &format!("'{user}'"))
             .replace("'change-me'", "'pw'");
-    let mut admin = sqlx::MySqlConnection::connect(MARIADB_ADMIN)
+    let mut admin = sqlx::MySqlConnection::connect(&mariadb_admin_url())
         .await
         .expect("admin connection");
     for stmt in grants
@@ -401,7 +508,7 @@ pub async fn apply_shipped_grants(db: &str) -> String {
 /// Drops a user made by [`apply_shipped_grants`].
 pub async fn drop_user(user: &str) {
     use sqlx::Connection;
-    let mut admin = sqlx::MySqlConnection::connect(MARIADB_ADMIN)
+    let mut admin = sqlx::MySqlConnection::connect(&mariadb_admin_url())
         .await
         .expect("admin connection");
     sqlx::query(&format!("DROP USER '{user}'@'%'"))

@@ -5,7 +5,9 @@
 //! `events list` query (last 100 events with audit rows) and a full replay.
 //!
 //! Point it at a scratch database: events are immutable, so a load cannot be
-//! undone. A second run on the same database reuses the loaded data.
+//! undone. It refuses to load into a database that already holds other
+//! events unless `--allow-existing-data` says so. A second run on the same
+//! database reuses the loaded data.
 
 use std::time::{Duration, Instant};
 
@@ -53,6 +55,26 @@ pub struct Args {
     /// Also time `verify` over the loaded records.
     #[arg(long)]
     pub verify: bool,
+    /// Load even though the database already holds events other than the
+    /// bench's (they cannot be deleted afterwards).
+    #[arg(long)]
+    pub allow_existing_data: bool,
+}
+
+/// Why the bench will not load.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadRefused {
+    #[error(
+        "refusing to load {events} bench events into a database that already holds other events \
+         (e.g. record type `{other}`): events cannot be deleted, so the bench rows would stay \
+         there for good. Point BACKBONE__DATABASE__URL at a scratch database, or pass \
+         --allow-existing-data to load anyway."
+    )]
+    ExistingData { events: u64, other: String },
+    #[error(
+        "the database holds {existing} bench events, not {wanted}; events cannot be deleted, so use a fresh database"
+    )]
+    OtherBenchSize { existing: i64, wanted: u64 },
 }
 
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
@@ -189,20 +211,29 @@ impl Stats {
 
 /// Loads the bench data unless it is already there.
 async fn load(store: &Store, policy: &MergePolicy, args: &Args) -> anyhow::Result<Value> {
-    let existing: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE record_type = ?")
-        .bind(RECORD_TYPE)
-        .fetch_one(store.pool())
-        .await?;
+    let mut conn = store.pool().acquire().await?;
+    let existing = ledger::count_events_of_type(&mut conn, RECORD_TYPE).await?;
     if existing as u64 == args.events {
         eprintln!("Reusing the {existing} bench events already loaded.");
         return Ok(json!({"skipped": true, "existing_events": existing}));
     }
     if existing != 0 {
-        bail!(
-            "the database holds {existing} bench events, not {}; events cannot be deleted, so use a fresh database",
-            args.events
-        );
+        return Err(LoadRefused::OtherBenchSize {
+            existing,
+            wanted: args.events,
+        }
+        .into());
     }
+    if !args.allow_existing_data {
+        if let Some(other) = ledger::other_record_type(&mut conn, RECORD_TYPE).await? {
+            return Err(LoadRefused::ExistingData {
+                events: args.events,
+                other,
+            }
+            .into());
+        }
+    }
+    drop(conn);
     eprintln!(
         "Loading {} events over {} records into {:?} ...",
         args.events,

@@ -57,15 +57,33 @@ pub struct Args {
     /// MariaDB/MySQL server for the runs (a fresh database is created).
     #[arg(long, default_value = "mysql://root@127.0.0.1:3306/mysql")]
     pub mysql_admin_url: String,
-    /// Database for the end-to-end run: mysql or sqlite.
-    #[arg(long, default_value = "mysql")]
-    pub e2e_db: String,
+    /// Database for the end-to-end run.
+    #[arg(long, value_enum, default_value_t = E2eDb::Mysql)]
+    pub e2e_db: E2eDb,
     #[arg(long)]
     pub skip_e2e: bool,
     #[arg(long)]
     pub skip_stage: bool,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+}
+
+/// The database behind the end-to-end run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum E2eDb {
+    /// A fresh database on `--mysql-admin-url`'s server.
+    Mysql,
+    /// A temporary SQLite file.
+    Sqlite,
+}
+
+impl E2eDb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            E2eDb::Mysql => "mysql",
+            E2eDb::Sqlite => "sqlite",
+        }
+    }
 }
 
 /// One generated raw event and whether it is sent twice.
@@ -483,7 +501,7 @@ async fn end_to_end(settings: &Settings, args: &Args) -> anyhow::Result<serde_js
     let forward_rate = baseline(&topo, &ep, &gens, true).await?;
 
     // The daemon.
-    let (db_url, cleanup, _dir) = if args.e2e_db == "sqlite" {
+    let (db_url, cleanup, _dir) = if args.e2e_db == E2eDb::Sqlite {
         let dir = tempfile::tempdir()?;
         (
             format!("sqlite://{}/e2e.db?mode=rwc", dir.path().display()),
@@ -591,7 +609,7 @@ async fn end_to_end(settings: &Settings, args: &Args) -> anyhow::Result<serde_js
     }
     let rate = total_msgs as f64 / secs;
     Ok(json!({
-        "database": args.e2e_db,
+        "database": args.e2e_db.as_str(),
         "raw_messages": total_msgs,
         "unique_events": expected,
         "duplicates": dups,
