@@ -3,6 +3,7 @@
 
 mod support;
 
+mod bench_pipeline;
 mod chart;
 mod cli;
 mod db_limits;
