@@ -82,10 +82,15 @@ fn bench_pipeline_small_backlog_on_sqlite_prints_its_figures() {
         "pipeline_messages_per_s",
         "ratio",
     ] {
-        assert!(json[figure].as_f64().is_some_and(|v| v > 0.0), "{figure}: {json:#}");
+        assert!(
+            json[figure].as_f64().is_some_and(|v| v > 0.0),
+            "{figure}: {json:#}"
+        );
     }
     assert!(
-        json["daemon_peak_rss_mib"].as_f64().is_some_and(|v| v > 1.0),
+        json["daemon_peak_rss_mib"]
+            .as_f64()
+            .is_some_and(|v| v > 1.0),
         "{json:#}"
     );
     assert!(

@@ -391,7 +391,9 @@ async fn bench(
     let final_metrics = watch.scrape().await.unwrap_or_default();
     // Nothing more to measure of the daemon: stop it before the baseline runs.
     scratch.stop_daemon().await;
-    let ready = drained.ready.map(|r| r.duration_since(started).as_secs_f64());
+    let ready = drained
+        .ready
+        .map(|r| r.duration_since(started).as_secs_f64());
 
     let store = Store::connect(&db_url, 2, Duration::from_secs(10)).await?;
     let merged = store.merged_all().await?;
@@ -451,10 +453,7 @@ async fn bench(
     } else {
         drained.done
     };
-    let drain_seconds = end
-        .duration_since(started)
-        .as_secs_f64()
-        .max(1e-6);
+    let drain_seconds = end.duration_since(started).as_secs_f64().max(1e-6);
     let pipeline_messages = raw_messages + 2 * merged.len();
 
     merge::teardown(&topo, ep, &[]).await;
@@ -675,7 +674,10 @@ struct DaemonWiring<'a> {
 /// Starts this binary's `run` with the bench's own configuration (inherited
 /// environment and config dir) pointed at the scratch topology, database and
 /// stand-ins, every consumer on.
-fn spawn_daemon(settings: &Settings, w: &DaemonWiring<'_>) -> anyhow::Result<tokio::process::Child> {
+fn spawn_daemon(
+    settings: &Settings,
+    w: &DaemonWiring<'_>,
+) -> anyhow::Result<tokio::process::Child> {
     let exe = std::env::current_exe().context("locating this binary to start the daemon")?;
     let out = std::fs::File::create(w.log)?;
     let err = out.try_clone()?;
