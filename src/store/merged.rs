@@ -2,7 +2,7 @@
 //! merge transaction. A delivery folds in the versions its target has not
 //! acknowledged yet (SPEC §4.1), so it reads them back from here.
 
-use sqlx::{Any, AnyConnection, QueryBuilder};
+use sqlx::{Any, AnyConnection, QueryBuilder, Row};
 
 use super::{get_text, Store, StoreError};
 
@@ -61,6 +61,29 @@ impl Store {
             .fetch_all(self.pool())
             .await?;
         rows.iter().map(|r| get_text(r, "payload")).collect()
+    }
+
+    /// Every merged event, by record and position (`bench pipeline` checks
+    /// each delivery against them).
+    pub async fn merged_all(&self) -> Result<Vec<MergedRow>, StoreError> {
+        let sql = format!(
+            "SELECT record_type, record_id, sequence_num, version, event_id, {} AS payload \
+             FROM merged_events ORDER BY record_type, record_id, sequence_num",
+            self.dialect().text("payload")
+        );
+        let rows = sqlx::query(&sql).fetch_all(self.pool()).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(MergedRow {
+                    record_type: get_text(r, "record_type")?,
+                    record_id: get_text(r, "record_id")?,
+                    sequence_num: r.try_get("sequence_num")?,
+                    version: r.try_get("version")?,
+                    event_id: get_text(r, "event_id")?,
+                    payload: get_text(r, "payload")?,
+                })
+            })
+            .collect()
     }
 
     /// The position of a merged event (for messages published before the

@@ -4,6 +4,7 @@
 mod support;
 
 mod alerts;
+mod bench_pipeline;
 mod chart;
 mod cli;
 mod db_limits;

@@ -87,17 +87,17 @@ impl E2eDb {
 }
 
 /// One generated raw event and whether it is sent twice.
-struct Gen {
-    id: uuid::Uuid,
+pub(super) struct Gen {
+    pub(super) id: uuid::Uuid,
     /// The ordering key.
-    key: String,
-    json: String,
-    duplicate: bool,
+    pub(super) key: String,
+    pub(super) json: String,
+    pub(super) duplicate: bool,
 }
 
 /// Per-record histories: base versions follow the merged version, some
 /// events are stale (conflicts), some are sent twice (duplicates).
-fn generate(n: usize, records: usize, dup: f64, conflict: f64, seed: u64) -> Vec<Gen> {
+pub(super) fn generate(n: usize, records: usize, dup: f64, conflict: f64, seed: u64) -> Vec<Gen> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut version = vec![0i64; records];
     let t0 = Utc
@@ -141,7 +141,7 @@ fn generate(n: usize, records: usize, dup: f64, conflict: f64, seed: u64) -> Vec
     out
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -149,7 +149,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-async fn fresh_mysql(admin_url: &str) -> anyhow::Result<(String, String)> {
+pub(super) async fn fresh_mysql(admin_url: &str) -> anyhow::Result<(String, String)> {
     let mut conn = sqlx::MySqlConnection::connect(admin_url)
         .await
         .with_context(|| format!("connecting to {admin_url}"))?;
@@ -164,7 +164,7 @@ async fn fresh_mysql(admin_url: &str) -> anyhow::Result<(String, String)> {
     Ok((format!("{base}/{name}"), name))
 }
 
-async fn drop_mysql(admin_url: &str, name: &str) {
+pub(super) async fn drop_mysql(admin_url: &str, name: &str) {
     if let Ok(mut conn) = sqlx::MySqlConnection::connect(admin_url).await {
         let _ = sqlx::query(&format!("DROP DATABASE {name}"))
             .execute(&mut conn)
@@ -626,7 +626,7 @@ async fn end_to_end(settings: &Settings, args: &Args) -> anyhow::Result<serde_js
 
 /// Deletes a bench topology's subscriptions and topics: the emulator keeps
 /// every undelivered copy, and leftovers slow later runs down.
-async fn teardown(t: &Topology, ep: &clients::Endpoint, extra_subs: &[String]) {
+pub(super) async fn teardown(t: &Topology, ep: &clients::Endpoint, extra_subs: &[String]) {
     if let Ok(admin) = clients::subscription_admin(ep).await {
         let subs = ConsumerKind::all()
             .into_iter()

@@ -3,6 +3,7 @@
 
 pub mod history;
 pub mod merge;
+pub mod pipeline;
 
 use crate::config::Settings;
 
@@ -19,11 +20,15 @@ pub enum Which {
     Merge(merge::Args),
     /// Event history: load a large event store, then time `events list` and replay.
     History(history::Args),
+    /// The whole daemon (all five consumers) draining a raw backlog into two
+    /// stand-in targets, vs an ack-only drain of the same messages.
+    Pipeline(pipeline::Args),
 }
 
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
     match args.which {
         Which::Merge(a) => merge::run(settings, a).await,
         Which::History(a) => history::run(settings, a).await,
+        Which::Pipeline(a) => pipeline::run(settings, a).await,
     }
 }

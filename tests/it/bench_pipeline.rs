@@ -1,0 +1,100 @@
+//! `bench pipeline` end to end on a small backlog (SQLite): the daemon runs
+//! as a child process with all five consumers, the run exits 0 and prints
+//! its figures. Never asserts on speed.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+#[test]
+fn bench_pipeline_small_backlog_on_sqlite_prints_its_figures() {
+    let host = emulator_host();
+    let bench = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_event-backbone"))
+            .args([
+                "bench",
+                "pipeline",
+                "--events",
+                "300",
+                "--records",
+                "20",
+                "--database",
+                "sqlite",
+                "--stall-timeout",
+                "60s",
+            ])
+            .args(extra)
+            .env("BACKBONE_ENV", "local")
+            .env("BACKBONE_CONFIG_DIR", config_dir())
+            .env("PUBSUB_EMULATOR_HOST", &host)
+            .env("BACKBONE__LOG__LEVEL", "warn")
+            .output()
+            .expect("run event-backbone bench pipeline");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "stdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        stdout
+    };
+
+    let text = bench(&[]);
+    for figure in [
+        "events/s",
+        "netsuite:",
+        "suitex:",
+        "raw publish -> delivered p50",
+        "p99",
+        "peak RSS",
+        "ack-only baseline:",
+        "ratio (pipeline msg/s / ack-only msg/s):",
+        "exactly once",
+    ] {
+        assert!(text.contains(figure), "missing `{figure}` in:\n{text}");
+    }
+
+    let json: Value = serde_json::from_str(&bench(&["--json", "--seed", "7"]))
+        .expect("--json prints one JSON document");
+    assert_eq!(json["failures"], 0, "{json:#}");
+    let events = json["events"].as_u64().expect("events");
+    assert_eq!(json["merged_events"].as_u64(), Some(events), "{json:#}");
+    assert!(json["raw_messages"].as_u64() >= Some(events), "{json:#}");
+    let mut routed = 0;
+    for target in ["netsuite", "suitex"] {
+        let t = &json["targets"][target];
+        assert_eq!(t["requests"], t["expected"], "{target}: {json:#}");
+        routed += t["expected"].as_u64().expect("expected");
+        if t["expected"].as_u64() > Some(0) {
+            assert!(
+                t["latency_ms_raw_publish_to_delivered"]["p99"].is_number(),
+                "{json:#}"
+            );
+        }
+    }
+    assert!(routed > 0, "{json:#}");
+    for figure in [
+        "drain_seconds",
+        "drain_events_per_s",
+        "pipeline_messages_per_s",
+        "ratio",
+    ] {
+        assert!(
+            json[figure].as_f64().is_some_and(|v| v > 0.0),
+            "{figure}: {json:#}"
+        );
+    }
+    assert!(
+        json["daemon_peak_rss_mib"]
+            .as_f64()
+            .is_some_and(|v| v > 1.0),
+        "{json:#}"
+    );
+    assert!(
+        json["baseline_ack_only"]["messages_per_s"].as_f64() > Some(0.0),
+        "{json:#}"
+    );
+}
