@@ -897,8 +897,8 @@ fn chart_prometheus_rule_is_opt_in_and_renders_the_tested_rules_file() {
     let rules: Value =
         serde_norway::from_str(&repo_file("docs/alerts/event-backbone.rules.yml")).expect("YAML");
     let schema = schema();
-    let admitted: BTreeSet<&str> = schema["properties"]["prometheusRule"]["properties"]
-        ["exclude"]["items"]["enum"]
+    let admitted: BTreeSet<&str> = schema["properties"]["prometheusRule"]["properties"]["exclude"]
+        ["items"]["enum"]
         .as_array()
         .expect("an enum of alert names")
         .iter()

@@ -540,10 +540,13 @@ async fn publish_backlog(
     Ok(out)
 }
 
+/// One message to publish: its data and attributes.
+type Message = (Bytes, HashMap<String, String>);
+
 /// Publishes the merged events to the merged topic as the daemon does: each
 /// record's in order under its ordering key, with the same attributes.
 async fn publish_merged(publishers: &Arc<Publishers>, merged: &[MergedRow]) -> anyhow::Result<()> {
-    let mut by_key: HashMap<String, Vec<(Bytes, HashMap<String, String>)>> = HashMap::new();
+    let mut by_key: HashMap<String, Vec<Message>> = HashMap::new();
     for row in merged {
         let ev: MergedEvent = serde_json::from_str(&row.payload)
             .with_context(|| format!("stored merged event {} is unreadable", row.event_id))?;
