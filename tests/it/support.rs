@@ -72,6 +72,11 @@ impl Drop for TestDb {
         let Some(name) = self.name.take() else {
             return;
         };
+        // Kept for a post-mortem when asked (a failing fault run).
+        if std::env::var("BACKBONE_TEST_KEEP_DB").is_ok_and(|v| v == "1") {
+            eprintln!("BACKBONE_TEST_KEEP_DB=1: keeping database {name}");
+            return;
+        }
         // Drop cannot await, and the test's runtime may be single-threaded
         // or already gone: a thread with a runtime of its own.
         let _ = std::thread::spawn(move || {
