@@ -4,6 +4,7 @@
 pub mod ceiling;
 pub mod dead_letters;
 pub mod delivery;
+pub mod delivery_log;
 pub mod errors;
 pub mod explain;
 pub mod ledger;

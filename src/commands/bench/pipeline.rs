@@ -117,6 +117,13 @@ struct Baseline {
 }
 
 #[derive(Debug, Serialize)]
+struct StepMean {
+    step: String,
+    mean_ms: f64,
+    count: f64,
+}
+
+#[derive(Debug, Serialize)]
 struct Report {
     database: String,
     records: usize,
@@ -138,6 +145,10 @@ struct Report {
     daemon_peak_rss_mib: Option<f64>,
     daemon_retry_attempts: f64,
     daemon_dead_letters: f64,
+    /// Mean time per step of each stage, from the daemon's
+    /// `backbone_stage_step_duration_seconds` (merge: per batch; delivery:
+    /// per message): where the drain's time went.
+    steps: BTreeMap<String, Vec<StepMean>>,
     baseline_ack_only: Option<Baseline>,
     /// pipeline_messages_per_s / baseline messages_per_s (= baseline seconds
     /// / drain seconds: both drain the same messages).
@@ -197,6 +208,18 @@ impl Report {
             "  daemon retries: {}, dead letters: {}",
             self.daemon_retry_attempts, self.daemon_dead_letters
         ));
+        for (stage, steps) in &self.steps {
+            let total: f64 = steps.iter().map(|s| s.mean_ms).sum();
+            let parts: Vec<String> = steps
+                .iter()
+                .map(|s| format!("{} {:.2}", s.step, s.mean_ms))
+                .collect();
+            let n = steps.first().map_or(0.0, |s| s.count);
+            line(format!(
+                "  steps {stage} (ms, mean of {n:.0}; total {total:.2}): {}",
+                parts.join(", ")
+            ));
+        }
         match (&self.baseline_ack_only, self.ratio) {
             (Some(b), Some(r)) => {
                 line(format!(
@@ -481,6 +504,7 @@ async fn bench(
         daemon_peak_rss_mib: peak_rss,
         daemon_retry_attempts: counter_sum(&final_metrics, "backbone_retry_attempts_total", &[]),
         daemon_dead_letters: counter_sum(&final_metrics, "backbone_dead_letters_total", &[]),
+        steps: step_means(&final_metrics),
         ratio: baseline
             .as_ref()
             .map(|b| pipeline_messages_per_s / b.messages_per_s),
@@ -784,6 +808,70 @@ fn counter_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Per stage, the mean of each step of `backbone_stage_step_duration_seconds`,
+/// in the order the steps run (the order the exposition lists them is
+/// alphabetical).
+fn step_means(text: &str) -> BTreeMap<String, Vec<StepMean>> {
+    const ORDER: [&str; 19] = [
+        "read_claims",
+        "read_ids",
+        "lock_states",
+        "outbox_read",
+        "pending_read",
+        "decide",
+        "write_events",
+        "write_audit",
+        "write_state",
+        "write_outbox",
+        "write_merged",
+        "write_pending",
+        "commit",
+        "turn_wait",
+        "state_read",
+        "plan",
+        "state_write_attempted",
+        "post",
+        "audit_and_state_write",
+    ];
+    const NAME: &str = "backbone_stage_step_duration_seconds";
+    let mut out: BTreeMap<String, Vec<StepMean>> = BTreeMap::new();
+    for l in text.lines() {
+        let Some(lbls) = l
+            .strip_prefix(NAME)
+            .and_then(|r| r.strip_prefix("_count{"))
+            .and_then(|r| r.split_once('}'))
+            .map(|(l, _)| l)
+        else {
+            continue;
+        };
+        let label = |k: &str| {
+            lbls.split(',').find_map(|p| {
+                p.strip_prefix(k)
+                    .and_then(|v| v.strip_prefix("=\""))
+                    .and_then(|v| v.strip_suffix('"'))
+            })
+        };
+        let (Some(stage), Some(step)) = (label("stage"), label("step")) else {
+            continue;
+        };
+        let pick = [("stage", stage), ("step", step)];
+        let count = counter_sum(text, &format!("{NAME}_count"), &pick);
+        if count > 0.0 {
+            let sum = counter_sum(text, &format!("{NAME}_sum"), &pick);
+            out.entry(stage.to_string()).or_default().push(StepMean {
+                step: step.to_string(),
+                mean_ms: sum / count * 1000.0,
+                count,
+            });
+        }
+    }
+    let rank = |s: &str| ORDER.iter().position(|o| *o == s).unwrap_or(ORDER.len());
+    for steps in out.values_mut() {
+        steps.sort_by_key(|s| rank(&s.step));
+    }
+    out
+}
+
 fn processed(text: &str, sub: &str, outcomes: &[&str]) -> f64 {
     outcomes
         .iter()
@@ -1012,6 +1100,24 @@ async fn ack_only(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn step_means_are_per_stage_in_run_order() {
+        let text = "backbone_stage_step_duration_seconds_sum{stage=\"deliver.suitex\",step=\"post\"} 2\n\
+backbone_stage_step_duration_seconds_count{stage=\"deliver.suitex\",step=\"post\"} 4\n\
+backbone_stage_step_duration_seconds_sum{stage=\"deliver.suitex\",step=\"state_read\"} 0.4\n\
+backbone_stage_step_duration_seconds_count{stage=\"deliver.suitex\",step=\"state_read\"} 4\n\
+backbone_stage_step_duration_seconds_sum{stage=\"merge\",step=\"commit\"} 1\n\
+backbone_stage_step_duration_seconds_count{stage=\"merge\",step=\"commit\"} 0\n";
+        let m = step_means(text);
+        let d: Vec<(&str, f64)> = m["deliver.suitex"]
+            .iter()
+            .map(|s| (s.step.as_str(), s.mean_ms))
+            .collect();
+        assert_eq!(d, vec![("state_read", 100.0), ("post", 500.0)]);
+        // A step never observed is left out, and so is a stage without any.
+        assert!(!m.contains_key("merge"));
+    }
 
     #[test]
     fn counter_sum_matches_labels() {

@@ -22,9 +22,13 @@ use crate::model::raw_event::Source;
 use crate::snapshots::claim_check::{ClaimCheck, ClaimCheckError};
 use crate::snapshots::SnapshotError;
 use crate::stages::merge::batch::SEQUENCE_ATTRIBUTE;
-use crate::store::delivery::Position;
+use crate::store::delivery::DeliveryState;
+use crate::store::delivery_log::{DeliveryLog, DeliveryWrite, PositionRow, ViewKey};
 use crate::store::ledger::{self, AuditRow};
 use crate::store::{Store, StoreError};
+
+/// Writers of each target's delivery bookkeeping (see `store::delivery_log`).
+const LOG_WORKERS: usize = 2;
 
 /// The stage name (and audit `stage`) for a target.
 pub fn stage_name(target: Source) -> &'static str {
@@ -49,6 +53,8 @@ pub struct DeliverStage {
     claim_check: ClaimCheck,
     /// Serialises this target's deliveries per record in this process.
     turns: turns::Turns,
+    /// Started on first use, inside the runtime.
+    log: std::sync::OnceLock<DeliveryLog>,
 }
 
 impl DeliverStage {
@@ -59,6 +65,38 @@ impl DeliverStage {
             store,
             claim_check,
             turns: turns::Turns::default(),
+            log: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn log(&self) -> &DeliveryLog {
+        self.log
+            .get_or_init(|| {
+                DeliveryLog::start(
+                    self.store.clone(),
+                    LOG_WORKERS,
+                    stage_name(self.target),
+                    self.target.as_str(),
+                )
+            })
+    }
+
+    /// Writes through the group commit; a failure is the stage's.
+    async fn write(&self, w: DeliveryWrite, fp: &str) -> Result<(), Failure> {
+        self.log().write(w).await.map_err(|e| Failure {
+            error: store_failure(&e),
+            fingerprint: Some(fp.to_string()),
+        })
+    }
+
+    fn position_row(&self, ev: &MergedEvent, seq: i64, acked: bool) -> PositionRow {
+        PositionRow {
+            target: self.target.as_str().to_string(),
+            record_type: ev.record_type.clone(),
+            record_id: ev.record_id.clone(),
+            seq,
+            version: ev.version,
+            acked,
         }
     }
 
@@ -95,24 +133,26 @@ impl DeliverStage {
         };
         let fp = ev.fingerprint.clone();
         let mut steps = crate::metrics::StepTimer::start(stage_name(self.target));
-        if self.already_delivered(&fp).await? {
+        // One request at a time per record and target in this process, so
+        // a retry of an older version never races a newer one (SPEC §4.1 P1).
+        let _turn = self.turns.lock(&ev.ordering_key()).await;
+        steps.mark("turn_wait");
+        let seq = self.position(msg, &ev).await?;
+        let (delivered, st) = self.view(&ev).await?;
+        steps.mark("state_read");
+        if delivered {
             self.audit(msg, Some(&ev), &fp, "duplicate", json!({}), false)
                 .await?;
             return Ok(Outcome::ack("duplicate", Some(fp)));
         }
-        // One request at a time per record and target in this process, so
-        // a retry of an older version never races a newer one (SPEC §4.1 P1).
-        steps.mark("dedupe_read");
-        let _turn = self.turns.lock(&ev.ordering_key()).await;
-        steps.mark("turn_wait");
-        let seq = self.position(msg, &ev).await?;
-        let (body, folded) = match self.plan(msg, &ev, seq, body).await? {
+        let (body, folded) = match self.plan(msg, &ev, seq, st, body).await? {
             Plan::Send { body, versions } => (body, versions),
             Plan::Done(outcome) => return Ok(outcome),
         };
-        steps.mark("state_read");
+        steps.mark("plan");
         if let Some(seq) = seq {
-            self.advance(&ev, seq, false).await?;
+            let at = self.position_row(&ev, seq, false);
+            self.write(DeliveryWrite::Attempted(at), &fp).await?;
         }
         steps.mark("state_write_attempted");
         match self.sink.post(&fp, body).await {
@@ -120,22 +160,8 @@ impl DeliverStage {
                 steps.mark("post");
                 let detail = json!({"status": d.status, "version": ev.version, "versions": folded});
                 let row = self.audit_row(msg, Some(&ev), &fp, "delivered", detail, true);
-                let at = seq.map(|seq| Position {
-                    target: self.target.as_str(),
-                    record_type: &ev.record_type,
-                    record_id: &ev.record_id,
-                    seq,
-                    version: ev.version,
-                });
-                let done = self
-                    .store
-                    .timed(self.store.delivery_done(&row, at))
-                    .await
-                    .map_err(|e| Failure {
-                        error: store_failure(&e),
-                        fingerprint: Some(fp.clone()),
-                    });
-                match done {
+                let at = seq.map(|seq| self.position_row(&ev, seq, true));
+                match self.write(DeliveryWrite::Done(row, at), &fp).await {
                     Ok(()) => {
                         steps.mark("audit_and_state_write");
                         steps.observe();
@@ -184,6 +210,7 @@ impl DeliverStage {
         msg: &Incoming,
         ev: &MergedEvent,
         seq: Option<i64>,
+        st: DeliveryState,
         body: Bytes,
     ) -> Result<Plan, Failure> {
         let fp = &ev.fingerprint;
@@ -194,15 +221,6 @@ impl DeliverStage {
         let earlier = match seq {
             None => Vec::new(),
             Some(seq) => {
-                let st = self
-                    .store
-                    .timed(self.store.delivery_state(
-                        self.target.as_str(),
-                        &ev.record_type,
-                        &ev.record_id,
-                    ))
-                    .await
-                    .map_err(store_fail)?;
                 if seq <= st.acked || seq < st.attempted {
                     // The target has (or is being sent) a later merged event,
                     // which carried this one's content: never send it back in time.
@@ -255,22 +273,18 @@ impl DeliverStage {
         }
     }
 
-    /// Raises the target's attempted (or acknowledged) position for `ev`'s record.
-    async fn advance(&self, ev: &MergedEvent, seq: i64, acked: bool) -> Result<(), Failure> {
-        self.store
-            .timed(self.store.delivery_advance(
-                self.target.as_str(),
-                &ev.record_type,
-                &ev.record_id,
-                seq,
-                ev.version,
-                acked,
-            ))
-            .await
-            .map_err(|e| Failure {
-                error: store_failure(&e),
-                fingerprint: Some(ev.fingerprint.clone()),
-            })
+    /// Whether this target's claim on `ev` exists (delivered before) and
+    /// where the target stands for its record: one read.
+    async fn view(&self, ev: &MergedEvent) -> Result<(bool, DeliveryState), Failure> {
+        let key = ViewKey {
+            fingerprint: ev.fingerprint.clone(),
+            record_type: ev.record_type.clone(),
+            record_id: ev.record_id.clone(),
+        };
+        self.log().view(key).await.map_err(|e| Failure {
+            error: store_failure(&e),
+            fingerprint: Some(ev.fingerprint.clone()),
+        })
     }
 
     async fn skip(
@@ -370,18 +384,12 @@ impl DeliverStage {
         claim: bool,
     ) -> Result<(), Failure> {
         let row = self.audit_row(msg, ev, fp, outcome, detail, claim);
-        let result = self
-            .store
-            .timed(async {
-                let _guard = self.store.write_guard().await;
-                let mut conn = self.store.pool().acquire().await?;
-                ledger::insert_audit(&mut conn, std::slice::from_ref(&row)).await
-            })
-            .await;
-        result.map_err(|e| Failure {
-            error: store_failure(&e),
-            fingerprint: Some(fp.to_string()),
-        })
+        let w = if claim {
+            DeliveryWrite::Done(row, None)
+        } else {
+            DeliveryWrite::Audit(row)
+        };
+        self.write(w, fp).await
     }
 
     fn audit_row(
