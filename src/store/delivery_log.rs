@@ -214,7 +214,11 @@ async fn reader(
             Ok(views) => {
                 for ((k, reply), _) in batch.into_iter().zip(0..) {
                     let v = views
-                        .get(&(k.fingerprint.clone(), k.record_type.clone(), k.record_id.clone()))
+                        .get(&(
+                            k.fingerprint.clone(),
+                            k.record_type.clone(),
+                            k.record_id.clone(),
+                        ))
                         .copied()
                         .unwrap_or_default();
                     let _ = reply.send(Ok(v));
@@ -251,7 +255,11 @@ async fn read_views(
             " AND a.claim = 1) AS claimed, d.acked_seq, d.acked_version, d.attempted_seq FROM (",
         );
         for (i, k) in chunk.iter().enumerate() {
-            q.push(if i == 0 { "SELECT " } else { " UNION ALL SELECT " });
+            q.push(if i == 0 {
+                "SELECT "
+            } else {
+                " UNION ALL SELECT "
+            });
             q.push_bind(k.fingerprint.clone());
             q.push(" AS f, ");
             q.push_bind(k.record_type.clone());

@@ -540,6 +540,12 @@ async fn end_to_end(settings: &Settings, args: &Args) -> anyhow::Result<serde_js
     // delivery work in this run but not in the baseline's. Completion is read
     // from the database (every event stored, outbox empty = every merged
     // event's publish confirmed); latency is raw publish → stored.
+    // The process-wide counter also counts the forward-only baseline's
+    // publishes, made earlier in this process: count from here.
+    let published_before = crate::metrics::metrics()
+        .published
+        .with_label_values(&["merged"])
+        .get();
     let app = Application::build(s.clone()).await?;
     let store = app.store.clone();
     let shutdown = CancellationToken::new();
@@ -579,7 +585,8 @@ async fn end_to_end(settings: &Settings, args: &Args) -> anyhow::Result<serde_js
     let published = crate::metrics::metrics()
         .published
         .with_label_values(&["merged"])
-        .get();
+        .get()
+        - published_before;
     let stored = sqlx::query(&format!(
         "SELECT id, {} AS created FROM events",
         store.dialect().ts("created_at")

@@ -1103,7 +1103,8 @@ mod tests {
 
     #[test]
     fn step_means_are_per_stage_in_run_order() {
-        let text = "backbone_stage_step_duration_seconds_sum{stage=\"deliver.suitex\",step=\"post\"} 2\n\
+        let text =
+            "backbone_stage_step_duration_seconds_sum{stage=\"deliver.suitex\",step=\"post\"} 2\n\
 backbone_stage_step_duration_seconds_count{stage=\"deliver.suitex\",step=\"post\"} 4\n\
 backbone_stage_step_duration_seconds_sum{stage=\"deliver.suitex\",step=\"state_read\"} 0.4\n\
 backbone_stage_step_duration_seconds_count{stage=\"deliver.suitex\",step=\"state_read\"} 4\n\

@@ -70,15 +70,14 @@ impl DeliverStage {
     }
 
     fn log(&self) -> &DeliveryLog {
-        self.log
-            .get_or_init(|| {
-                DeliveryLog::start(
-                    self.store.clone(),
-                    LOG_WORKERS,
-                    stage_name(self.target),
-                    self.target.as_str(),
-                )
-            })
+        self.log.get_or_init(|| {
+            DeliveryLog::start(
+                self.store.clone(),
+                LOG_WORKERS,
+                stage_name(self.target),
+                self.target.as_str(),
+            )
+        })
     }
 
     /// Writes through the group commit; a failure is the stage's.
