@@ -9,6 +9,7 @@ mod chart;
 mod cli;
 mod db_limits;
 mod deliver;
+mod delivery_log;
 mod demo;
 mod doctor;
 mod explain;
