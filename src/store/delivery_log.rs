@@ -71,7 +71,10 @@ impl DeliveryWrite {
     }
 }
 
-type Reply = oneshot::Sender<Result<(), Arc<StoreError>>>;
+/// Where a worker answers one request.
+type Reply<R> = oneshot::Sender<Result<R, Arc<StoreError>>>;
+/// A worker's queue of requests.
+type Inbox<T, R> = mpsc::Sender<(T, Reply<R>)>;
 
 /// A delivery's question before it runs: its merged event's fingerprint and record.
 #[derive(Debug, Clone)]
@@ -85,14 +88,12 @@ pub struct ViewKey {
 /// the target stands for the record.
 pub type View = (bool, DeliveryState);
 
-type ViewReply = oneshot::Sender<Result<View, Arc<StoreError>>>;
-
 /// Handle to one target's writers and readers; cheap to clone. Workers stop
 /// when every handle is dropped.
 #[derive(Clone)]
 pub struct DeliveryLog {
-    senders: Arc<Vec<mpsc::Sender<(DeliveryWrite, Reply)>>>,
-    readers: Arc<Vec<mpsc::Sender<(ViewKey, ViewReply)>>>,
+    senders: Arc<Vec<Inbox<DeliveryWrite, ()>>>,
+    readers: Arc<Vec<Inbox<ViewKey, View>>>,
 }
 
 impl DeliveryLog {
@@ -127,38 +128,37 @@ impl DeliveryLog {
 
     /// Reads what a delivery needs before it runs (see [`View`]).
     pub async fn view(&self, key: ViewKey) -> Result<View, Arc<StoreError>> {
-        let shard = {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (key.record_type.as_str(), key.record_id.as_str()).hash(&mut h);
-            (h.finish() % self.readers.len() as u64) as usize
-        };
-        let closed = || Arc::new(StoreError::Sqlx(sqlx::Error::PoolClosed));
-        let (reply, rx) = oneshot::channel();
-        self.readers[shard]
-            .send((key, reply))
-            .await
-            .map_err(|_| closed())?;
-        rx.await.map_err(|_| closed())?
+        let record = (key.record_type.clone(), key.record_id.clone());
+        ask(&self.readers, &record, key).await
     }
 
     /// Writes `w` and returns once it is committed.
     pub async fn write(&self, w: DeliveryWrite) -> Result<(), Arc<StoreError>> {
-        let shard = {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            w.record().hash(&mut h);
-            (h.finish() % self.senders.len() as u64) as usize
-        };
-        let closed = || Arc::new(StoreError::Sqlx(sqlx::Error::PoolClosed));
-        let (reply, rx) = oneshot::channel();
-        self.senders[shard]
-            .send((w, reply))
-            .await
-            .map_err(|_| closed())?;
-        rx.await.map_err(|_| closed())?
+        let (t, id) = w.record();
+        let record = (t.to_string(), id.to_string());
+        ask(&self.senders, &record, w).await
     }
 }
 
-async fn worker(store: Store, mut rx: mpsc::Receiver<(DeliveryWrite, Reply)>) {
+/// Hands `item` to the worker that owns `record` and waits for its answer.
+async fn ask<T, R>(
+    workers: &[Inbox<T, R>],
+    record: &(String, String),
+    item: T,
+) -> Result<R, Arc<StoreError>> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    record.hash(&mut h);
+    let shard = (h.finish() % workers.len() as u64) as usize;
+    let closed = || Arc::new(StoreError::Sqlx(sqlx::Error::PoolClosed));
+    let (reply, rx) = oneshot::channel();
+    workers[shard]
+        .send((item, reply))
+        .await
+        .map_err(|_| closed())?;
+    rx.await.map_err(|_| closed())?
+}
+
+async fn worker(store: Store, mut rx: mpsc::Receiver<(DeliveryWrite, Reply<()>)>) {
     while let Some(first) = rx.recv().await {
         // No linger: what queued while the last commit ran is the batch.
         let mut batch = vec![first];
@@ -199,7 +199,7 @@ async fn worker(store: Store, mut rx: mpsc::Receiver<(DeliveryWrite, Reply)>) {
 async fn reader(
     store: Store,
     who: Arc<(String, String)>,
-    mut rx: mpsc::Receiver<(ViewKey, ViewReply)>,
+    mut rx: mpsc::Receiver<(ViewKey, Reply<View>)>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -303,19 +303,8 @@ async fn write_retrying(store: &Store, writes: &[DeliveryWrite]) -> Result<(), S
                 .with_jitter(),
         )
         // A claim someone else holds will not go away: the batch is split.
-        .when(|e: &StoreError| e.is_contention() && !is_unique(e))
+        .when(|e: &StoreError| e.is_contention() && !e.is_unique_violation())
         .await
-}
-
-/// A unique key refused the row: a fingerprint claimed before.
-fn is_unique(e: &StoreError) -> bool {
-    match e {
-        StoreError::Sqlx(sqlx::Error::Database(d)) => matches!(
-            super::errors::server_code(d.as_ref()),
-            Some(1062 | 1022 | 1169 | 1586 | 1859 | 2067 | 1555)
-        ),
-        _ => false,
-    }
 }
 
 /// Writes a batch in one transaction: every audit row in one insert, and the

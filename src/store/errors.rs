@@ -71,6 +71,18 @@ impl StoreError {
         self.class() == StoreErrorClass::Unavailable
     }
 
+    /// A unique key refused the row (a fingerprint claimed before, by this
+    /// or another replica): the same write will be refused again.
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            StoreError::Sqlx(sqlx::Error::Database(d)) => matches!(
+                server_code(d.as_ref()),
+                Some(1062 | 1022 | 1169 | 1586 | 1859 | 2067 | 1555)
+            ),
+            _ => false,
+        }
+    }
+
     /// A conflict with a concurrent writer: retrying the same work resolves it.
     pub fn is_contention(&self) -> bool {
         self.class() == StoreErrorClass::Contention

@@ -190,7 +190,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
 // ---------------------------------------------------------------- stage
 
 /// Steps of a merge batch, as timed by the engine (`stage_step_duration`).
-const MERGE_STEPS: &[&str] = &[
+pub(super) const MERGE_STEPS: &[&str] = &[
     "read_claims",
     "read_ids",
     "lock_states",

@@ -812,20 +812,8 @@ fn counter_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// in the order the steps run (the order the exposition lists them is
 /// alphabetical).
 fn step_means(text: &str) -> BTreeMap<String, Vec<StepMean>> {
-    const ORDER: [&str; 19] = [
-        "read_claims",
-        "read_ids",
-        "lock_states",
-        "outbox_read",
-        "pending_read",
-        "decide",
-        "write_events",
-        "write_audit",
-        "write_state",
-        "write_outbox",
-        "write_merged",
-        "write_pending",
-        "commit",
+    // Merge's steps, then a delivery's.
+    const DELIVERY_STEPS: [&str; 6] = [
         "turn_wait",
         "state_read",
         "plan",
@@ -865,7 +853,13 @@ fn step_means(text: &str) -> BTreeMap<String, Vec<StepMean>> {
             });
         }
     }
-    let rank = |s: &str| ORDER.iter().position(|o| *o == s).unwrap_or(ORDER.len());
+    let rank = |s: &str| {
+        merge::MERGE_STEPS
+            .iter()
+            .chain(DELIVERY_STEPS.iter())
+            .position(|o| *o == s)
+            .unwrap_or(usize::MAX)
+    };
     for steps in out.values_mut() {
         steps.sort_by_key(|s| rank(&s.step));
     }
