@@ -4,6 +4,7 @@
 mod support;
 
 mod alerts;
+mod architecture;
 mod bench_pipeline;
 mod chart;
 mod cli;
@@ -16,6 +17,7 @@ mod explain;
 mod faults;
 mod faults_support;
 mod history;
+mod image;
 mod merge_e2e;
 mod ops;
 mod retry_dlq;
