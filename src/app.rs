@@ -226,12 +226,12 @@ impl Application {
         // The gauge must show what is parked from the first scrape on, not
         // only after this process parks something.
         match self.store.pending_dead_letters().await {
-            Ok(n) => crate::metrics::metrics().dead_letters_parked.set(n),
+            Ok(n) => crate::metrics::set_dead_letters_parked(n),
             Err(e) => {
                 tracing::warn!(error = %e, "Could not count parked dead letters at startup.")
             }
         }
-        crate::metrics::metrics().prime(
+        crate::metrics::prime(
             &consumers
                 .iter()
                 .map(|c| c.spec.label.clone())

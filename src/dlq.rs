@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::metrics::metrics;
+use crate::internal_events::{emit, DeadLetterReplayed};
 use crate::model::envelope;
 use crate::pubsub::publisher::Publishers;
 use crate::stages::park::REPLAY_OF;
@@ -87,7 +87,7 @@ pub async fn replay(
         match published {
             Ok(_) => {
                 store.mark_replayed(dl.id).await?;
-                metrics().dlq_replayed.inc();
+                emit(DeadLetterReplayed);
                 report.replayed.push(dl.id);
             }
             Err(e) => {
@@ -97,7 +97,7 @@ pub async fn replay(
         }
     }
     if let Ok(n) = store.pending_dead_letters().await {
-        metrics().dead_letters_parked.set(n);
+        crate::metrics::set_dead_letters_parked(n);
     }
     tracing::info!(
         replayed = report.replayed.len(),

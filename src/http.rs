@@ -16,7 +16,7 @@ use sqlx::{AnyConnection, Connection};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::metrics::metrics;
+use crate::metrics;
 use crate::store::Store;
 use crate::supervisor::Health;
 
@@ -106,9 +106,7 @@ async fn metrics_text(State(ctx): State<Ctx>) -> impl IntoResponse {
     let pool = ctx.store.pool();
     let idle = pool.num_idle() as i64;
     let size = i64::from(pool.size());
-    let g = &metrics().db_pool_connections;
-    g.with_label_values(&["idle"]).set(idle);
-    g.with_label_values(&["in_use"]).set(size - idle);
+    metrics::set_db_pool_connections(idle, size - idle);
     // Dead letters are parked and replayed by every replica and by the CLI:
     // recount them so the gauge is true here too (skipped if the DB is slow).
     // `backbone_ready` says what /readyz would answer now, probes or not; a
@@ -119,17 +117,17 @@ async fn metrics_text(State(ctx): State<Ctx>) -> impl IntoResponse {
         tokio::time::timeout(SCRAPE_DB_TIMEOUT, readiness(&ctx)),
     );
     if let Ok(Ok(n)) = parked {
-        metrics().dead_letters_parked.set(n);
+        metrics::set_dead_letters_parked(n);
     }
     if ready.is_err() {
-        metrics().ready.set(0);
+        metrics::set_ready(false);
     }
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        metrics().render(),
+        metrics::render(),
     )
 }
 
@@ -157,7 +155,7 @@ async fn readiness(ctx: &Ctx) -> Readiness {
     let pubsub = ctx.health.broker();
     let holding = ctx.health.holding();
     let ready = db.is_ok() && pubsub.is_ok() && holding.is_none() && ctx.health.all_up();
-    metrics().ready.set(i64::from(ready));
+    metrics::set_ready(ready);
     Readiness {
         ready,
         db,

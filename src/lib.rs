@@ -14,6 +14,7 @@ pub mod dlq;
 pub mod explain;
 pub mod history;
 pub mod http;
+pub mod internal_events;
 pub mod metrics;
 pub mod model;
 pub mod outbox_relay;

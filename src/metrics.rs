@@ -294,6 +294,103 @@ pub fn metrics() -> &'static Metrics {
     M.get_or_init(|| Metrics::new().expect("metric declarations are valid"))
 }
 
+// Readings rather than events: gauges set to what is true now. Counted
+// events go through `crate::internal_events`.
+
+/// Parked dead letters not yet replayed (recounted from the database).
+pub fn set_dead_letters_parked(n: i64) {
+    metrics().dead_letters_parked.set(n);
+}
+
+/// Dead letters this process keeps failing to park.
+pub fn set_dead_letters_unparked(n: usize) {
+    metrics().dead_letters_unparked.set(n as i64);
+}
+
+/// Raw events stored as pending (recounted from the database).
+pub fn set_merge_pending(n: i64) {
+    metrics().merge_pending.set(n);
+}
+
+/// The database pool's connections by state.
+pub fn set_db_pool_connections(idle: i64, in_use: i64) {
+    let g = &metrics().db_pool_connections;
+    g.with_label_values(&["idle"]).set(idle);
+    g.with_label_values(&["in_use"]).set(in_use);
+}
+
+/// What `/readyz` would answer now.
+pub fn set_ready(ready: bool) {
+    metrics().ready.set(i64::from(ready));
+}
+
+/// Whether consumer `subscription` has a working stream.
+pub fn set_consumer_up(subscription: &str, up: bool) {
+    metrics()
+        .consumer_up
+        .with_label_values(&[subscription])
+        .set(i64::from(up));
+}
+
+/// Messages consumer `subscription` holds for an outage.
+pub fn set_held_messages(subscription: &str, n: usize) {
+    metrics()
+        .held_messages
+        .with_label_values(&[subscription])
+        .set(n as i64);
+}
+
+/// A message of `subscription` started processing (in flight until
+/// [`inflight_ended`]).
+pub fn inflight_started(subscription: &str) {
+    metrics().inflight.with_label_values(&[subscription]).inc();
+}
+
+/// A message of `subscription` was acked or nacked.
+pub fn inflight_ended(subscription: &str) {
+    metrics().inflight.with_label_values(&[subscription]).dec();
+}
+
+/// Primes every bounded series (see [`Metrics::prime`]).
+pub fn prime(subscriptions: &[String]) {
+    metrics().prime(subscriptions);
+}
+
+/// The `/metrics` text.
+pub fn render() -> String {
+    metrics().render()
+}
+
+// Reads, for `bench` and tests that compare figures before and after.
+
+/// Messages published to topic kind `topic` by this process.
+pub fn published_count(topic: &str) -> u64 {
+    metrics().published.with_label_values(&[topic]).get()
+}
+
+/// What `backbone_consumer_up` reads for `subscription`.
+pub fn consumer_up(subscription: &str) -> i64 {
+    metrics()
+        .consumer_up
+        .with_label_values(&[subscription])
+        .get()
+}
+
+/// (sample count, sample sum) of the merge batch-size histogram, then of
+/// each of the merge `steps`.
+pub fn merge_figures(steps: &[&str]) -> Vec<(u64, f64)> {
+    let m = metrics();
+    let mut v = vec![(
+        m.merge_batch_size.get_sample_count(),
+        m.merge_batch_size.get_sample_sum(),
+    )];
+    for step in steps {
+        let h = m.stage_step_duration.with_label_values(&["merge", step]);
+        v.push((h.get_sample_count(), h.get_sample_sum()));
+    }
+    v
+}
+
 /// Times the steps of one unit of a stage's work, for
 /// `backbone_stage_step_duration_seconds`; observed only if the unit
 /// completes, so a failed batch does not skew the figures.

@@ -12,7 +12,7 @@ use google_cloud_pubsub::error::PublishError;
 use google_cloud_pubsub::model::Message;
 
 use super::clients::{self, ClientError, Endpoint};
-use crate::metrics::metrics;
+use crate::internal_events::{emit, PublishFailed, PublishRefused, Published};
 use crate::topology::{TopicKind, Topology, TopologyError};
 
 #[derive(Debug, thiserror::Error)]
@@ -86,11 +86,7 @@ impl Publishers {
         let kind = match self.topology.check_publish_target(topic) {
             Ok(k) => k,
             Err(e) => {
-                metrics()
-                    .publish_errors
-                    .with_label_values(&["refused"])
-                    .inc();
-                tracing::error!(topic, error = %e, "Refused to publish to a topic outside this environment.");
+                emit(PublishRefused { topic, error: &e });
                 return Err(e.into());
             }
         };
@@ -126,11 +122,11 @@ impl Publishers {
             .await;
         match result {
             Ok(id) => {
-                metrics().published.with_label_values(&[label]).inc();
+                emit(Published { topic: label });
                 Ok(id)
             }
             Err(source) => {
-                metrics().publish_errors.with_label_values(&[label]).inc();
+                emit(PublishFailed { topic: label });
                 Err(PublishFailure::Broker {
                     topic: path,
                     source,

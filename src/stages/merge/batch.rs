@@ -16,6 +16,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use super::rules::{self, Incoming, MergeError, MergePolicy};
+use crate::internal_events::{emit, MergeBatchCommitted, MergeConflictResolved};
 use crate::model::fingerprint::format_timestamp;
 use crate::model::merged_event::MergedEvent;
 use crate::model::raw_event::RawEvent;
@@ -473,14 +474,12 @@ pub async fn process(
     tx.commit().await?;
     steps.mark("commit");
     steps.observe();
-    let m = crate::metrics::metrics();
-    m.merge_batch_size.observe(items.len() as f64);
-    m.merge_pending
-        .add(w.pending_added - w.pending_done.len() as i64);
+    emit(MergeBatchCommitted {
+        messages: items.len(),
+        pending_delta: w.pending_added - w.pending_done.len() as i64,
+    });
     for (record_type, rule) in &w.conflicts {
-        m.merge_conflicts
-            .with_label_values(&[record_type.as_str(), rule])
-            .inc();
+        emit(MergeConflictResolved { record_type, rule });
     }
     Ok(decisions)
 }

@@ -11,7 +11,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::batch::STAGE;
-use crate::metrics::metrics;
+use crate::internal_events::{emit, GapDeadLettered};
 use crate::model::envelope::{self, FailureInfo};
 use crate::pubsub::publisher::Publishers;
 use crate::store::pending::Gap;
@@ -49,9 +49,7 @@ pub async fn sweep_once(
     publishers: &Publishers,
     timeout: Duration,
 ) -> Result<usize, StoreError> {
-    metrics()
-        .merge_pending
-        .set(store.timed(store.pending_count()).await?);
+    crate::metrics::set_merge_pending(store.timed(store.pending_count()).await?);
     let gaps = store.timed(store.open_gaps(timeout, PER_PASS)).await?;
     let mut reported = 0;
     for gap in gaps {
@@ -88,19 +86,14 @@ pub async fn sweep_once(
         {
             Ok(_) => {
                 reported += 1;
-                metrics().merge_gaps.inc();
-                metrics()
-                    .dead_letters
-                    .with_label_values(&[STAGE, "gap"])
-                    .inc();
-                tracing::warn!(
-                    record_type = %gap.record_type,
-                    record_id = %gap.record_id,
+                emit(GapDeadLettered {
+                    stage: STAGE,
+                    record_type: &gap.record_type,
+                    record_id: &gap.record_id,
                     version,
-                    missing = version + 1,
                     pending,
-                    "Gap dead-lettered: {why}"
-                );
+                    why: &why,
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Could not publish a gap dead letter; it is reported on the next pass.");

@@ -20,7 +20,7 @@ use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
 use super::{Failure, Incoming, Outcome, Stage, StageError, StageResult};
-use crate::metrics::metrics;
+use crate::internal_events::{emit, DeadLetterHeld, ParkFailed};
 use crate::model::envelope;
 use crate::model::fingerprint::fingerprint_bytes;
 use crate::store::dead_letters::{NewDeadLetter, Parked};
@@ -193,7 +193,7 @@ impl ParkStage {
             }
         }
         if let Ok(n) = self.store.pending_dead_letters().await {
-            metrics().dead_letters_parked.set(n);
+            crate::metrics::set_dead_letters_parked(n);
         }
         Ok(Outcome::ack("parked", dl.fingerprint))
     }
@@ -212,12 +212,18 @@ impl ParkStage {
             return failure;
         }
         let class = e.class().as_str();
-        metrics().park_failures.with_label_values(&[class]).inc();
+        emit(ParkFailed { class });
         let tries = unparked::failed(&msg.message_id, class, &e.to_string());
         if tries >= TRIES_BEFORE_HOLD {
             if tries == TRIES_BEFORE_HOLD {
-                tracing::error!(dlq_message_id = %msg.message_id, stage = %dl.stage, reason = %dl.reason, error = %e, tries, hold = ?self.hold,
-                    "A dead letter cannot be parked; it stays in the dlq subscription and is retried every hold period.");
+                emit(DeadLetterHeld {
+                    dlq_message_id: &msg.message_id,
+                    stage: &dl.stage,
+                    reason: &dl.reason,
+                    error: &e,
+                    tries,
+                    hold: self.hold,
+                });
             }
             tokio::time::sleep(self.hold).await;
         }

@@ -9,7 +9,7 @@ use std::sync::{LazyLock, Mutex};
 use serde_json::{json, Value};
 
 use super::TRIES_BEFORE_HOLD;
-use crate::metrics::metrics;
+use crate::metrics::set_dead_letters_unparked;
 
 /// Ids tracked at most (a flood of failures must not grow memory).
 const MAX_TRACKED: usize = 10_000;
@@ -50,7 +50,7 @@ pub(super) fn failed(message_id: &str, class: &'static str, error: &str) -> u32 
     e.class = class;
     e.error = crate::model::envelope::truncate(error, 512);
     let tries = e.tries;
-    metrics().dead_letters_unparked.set(held(&t) as i64);
+    set_dead_letters_unparked(held(&t));
     tries
 }
 
@@ -58,7 +58,7 @@ pub(super) fn failed(message_id: &str, class: &'static str, error: &str) -> u32 
 pub(super) fn resolved(message_id: &str) {
     let mut t = table();
     if t.remove(message_id).is_some() {
-        metrics().dead_letters_unparked.set(held(&t) as i64);
+        set_dead_letters_unparked(held(&t));
     }
 }
 
