@@ -5,3 +5,4 @@ pub mod clients;
 pub mod consumer;
 pub mod provision;
 pub mod publisher;
+pub mod trace_context;
