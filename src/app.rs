@@ -9,10 +9,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::model::raw_event::Source;
-use crate::outbox_relay::{self, OutboxCompleter};
 use crate::pubsub::clients::{self, Endpoint};
-use crate::pubsub::consumer::{ConsumerSpec, Runtime};
 use crate::pubsub::publisher::Publishers;
+use crate::runtime::consumer::{ConsumerSpec, Runtime};
+use crate::runtime::health::Health;
+use crate::runtime::outbox_relay::{self, OutboxCompleter};
+use crate::runtime::supervisor::{Supervised, Supervisor};
 use crate::snapshots::claim_check::ClaimCheck;
 use crate::snapshots::gcs::{GcsSnapshots, ENV_VAR_STORAGE_EMULATOR_HOST};
 use crate::snapshots::{local::LocalSnapshots, SnapshotStore};
@@ -26,7 +28,6 @@ use crate::stages::retry::RetryRouter;
 use crate::stages::{Direct, Registry, Router, Stage};
 use crate::store::outbox::ConfirmedSet;
 use crate::store::Store;
-use crate::supervisor::{Health, Supervised, Supervisor};
 use crate::topology::{ConsumerKind, TopicKind, Topology};
 
 /// The merge policy from configuration (validated already).
