@@ -140,15 +140,7 @@ impl Supervisor {
             let c2 = c.clone();
             let sd = shutdown.clone();
             let task = tokio::spawn(async move {
-                consumer::run(
-                    &me.subscriber,
-                    &c2.spec,
-                    me.runtime.clone(),
-                    sd,
-                    me.grace,
-                    || {},
-                )
-                .await
+                consumer::run(&me.subscriber, &c2.spec, me.runtime.clone(), sd, me.grace).await
             });
             self.health.track(&label, task.abort_handle());
             let outcome = task.await;

@@ -26,7 +26,6 @@ pub async fn run(
     rt: Arc<Runtime>,
     shutdown: CancellationToken,
     grace: Duration,
-    on_streaming: impl Fn(),
 ) -> Result<(), ConsumerError> {
     let mut stream = subscriber
         .subscribe(spec.subscription.clone())
@@ -51,7 +50,6 @@ pub async fn run(
         permits: Arc::new(Semaphore::new(spec.lanes.max(1))),
     });
     let mut tasks = JoinSet::new();
-    let mut announced = false;
     let result = loop {
         // Reap finished tasks so the set stays small; a task that died by a
         // panic in the runtime itself stops the consumer (the supervisor
@@ -79,13 +77,7 @@ pub async fn run(
             n = stream.next(), if !paused => n,
         };
         match next {
-            Some(Ok((m, h))) => {
-                if !announced {
-                    announced = true;
-                    on_streaming();
-                }
-                dispatch(&ctx, &mut tasks, spec.lanes == 0, m, h);
-            }
+            Some(Ok((m, h))) => dispatch(&ctx, &mut tasks, spec.lanes == 0, m, h),
             Some(Err(e)) => {
                 let not_found = e
                     .status()
