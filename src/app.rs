@@ -22,7 +22,7 @@ use crate::stages::deliver;
 use crate::stages::merge::batch::{EngineConfig, MergeEngine};
 use crate::stages::merge::rules::{ConflictPolicy, MergePolicy};
 use crate::stages::merge::MergeStage;
-use crate::stages::park::ParkStage;
+use crate::stages::park::{self, ParkStage};
 use crate::stages::retry::schedule::Schedule;
 use crate::stages::retry::RetryRouter;
 use crate::stages::{Direct, Registry, Router, Stage};
@@ -137,6 +137,7 @@ impl Application {
                 registry.register(stage);
             }
         }
+        registry.register(Arc::new(ParkStage::new(store.clone(), topology.clone())));
         Ok(Self {
             settings,
             topology,
@@ -169,10 +170,7 @@ impl Application {
                 registry: self.registry.clone(),
                 schedule: self.schedule(),
             })),
-            ConsumerKind::Park => direct(Some(Arc::new(ParkStage::new(
-                self.store.clone(),
-                self.topology.clone(),
-            )))),
+            ConsumerKind::Park => direct(self.registry.get(park::STAGE)),
         }
     }
 
