@@ -9,10 +9,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::model::raw_event::Source;
-use crate::outbox_relay::{self, OutboxCompleter};
 use crate::pubsub::clients::{self, Endpoint};
-use crate::pubsub::consumer::{ConsumerSpec, Runtime};
 use crate::pubsub::publisher::Publishers;
+use crate::runtime::consumer::{ConsumerSpec, Runtime};
+use crate::runtime::health::Health;
+use crate::runtime::outbox_relay::{self, OutboxCompleter};
+use crate::runtime::supervisor::{Supervised, Supervisor};
 use crate::snapshots::claim_check::ClaimCheck;
 use crate::snapshots::gcs::{GcsSnapshots, ENV_VAR_STORAGE_EMULATOR_HOST};
 use crate::snapshots::{local::LocalSnapshots, SnapshotStore};
@@ -20,13 +22,12 @@ use crate::stages::deliver;
 use crate::stages::merge::batch::{EngineConfig, MergeEngine};
 use crate::stages::merge::rules::{ConflictPolicy, MergePolicy};
 use crate::stages::merge::MergeStage;
-use crate::stages::park::ParkStage;
+use crate::stages::park::{self, ParkStage};
 use crate::stages::retry::schedule::Schedule;
 use crate::stages::retry::RetryRouter;
 use crate::stages::{Direct, Registry, Router, Stage};
 use crate::store::outbox::ConfirmedSet;
 use crate::store::Store;
-use crate::supervisor::{Health, Supervised, Supervisor};
 use crate::topology::{ConsumerKind, TopicKind, Topology};
 
 /// The merge policy from configuration (validated already).
@@ -136,6 +137,7 @@ impl Application {
                 registry.register(stage);
             }
         }
+        registry.register(Arc::new(ParkStage::new(store.clone(), topology.clone())));
         Ok(Self {
             settings,
             topology,
@@ -168,10 +170,7 @@ impl Application {
                 registry: self.registry.clone(),
                 schedule: self.schedule(),
             })),
-            ConsumerKind::Park => direct(Some(Arc::new(ParkStage::new(
-                self.store.clone(),
-                self.topology.clone(),
-            )))),
+            ConsumerKind::Park => direct(self.registry.get(park::STAGE)),
         }
     }
 

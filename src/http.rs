@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::metrics;
+use crate::runtime::health::Health;
 use crate::store::Store;
-use crate::supervisor::Health;
 
 /// Longest a readiness check waits for the database (the chart's probe
 /// timeout is 3 s; answering 503 in time beats a probe timeout).

@@ -1,8 +1,9 @@
 //! event-backbone: the sync engine between SuiteX and NetSuite.
 //!
-//! Data flows one way: the consumer runtime (`pubsub`) pulls a message, a
-//! stage (`stages`) decides what should happen, and the runtime acts on that
-//! outcome (ack, publish, route to error/dlq).
+//! Data flows one way: the consumer runtime (`runtime`) pulls a message
+//! through the broker adapter (`pubsub`), a stage (`stages`) decides what
+//! should happen, and the runtime acts on that outcome (ack, publish, route
+//! to error/dlq).
 
 pub mod admin;
 pub mod app;
@@ -17,11 +18,10 @@ pub mod http;
 pub mod internal_events;
 pub mod metrics;
 pub mod model;
-pub mod outbox_relay;
 pub mod pubsub;
+pub mod runtime;
 pub mod snapshots;
 pub mod stages;
 pub mod store;
-pub mod supervisor;
 pub mod telemetry;
 pub mod topology;

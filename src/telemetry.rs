@@ -7,7 +7,7 @@
 //! message. When the message carried a W3C trace context (the
 //! `googclient_traceparent` attribute the Google client libraries add with
 //! OpenTelemetry on, or a plain `traceparent`; see
-//! [`crate::pubsub::consumer::trace_context`]) the line is linked to that
+//! [`crate::pubsub::trace_context::trace_context`]) the line is linked to that
 //! trace. Payload bodies are only ever logged at debug level, and secrets never.
 
 use std::fmt;
@@ -206,7 +206,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::pubsub::consumer::trace_context;
+    use crate::pubsub::trace_context::trace_context;
 
     /// Collects what the subscriber writes.
     #[derive(Clone, Default)]

@@ -403,7 +403,7 @@ async fn feed(
     // each merged event counts as published once decided), so the stage's
     // outbox read sees what it sees in production, not every row of the run.
     let (completer, completer_task) =
-        crate::outbox_relay::OutboxCompleter::start(store.clone(), confirmed);
+        crate::runtime::outbox_relay::OutboxCompleter::start(store.clone(), confirmed);
     // Distinct record ids per run so runs don't see each other's state.
     let prefix = uuid::Uuid::new_v4().simple().to_string();
     let mut per_record: Vec<Vec<Item>> = (0..records).map(|_| Vec::new()).collect();

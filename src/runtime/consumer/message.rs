@@ -1,0 +1,177 @@
+//! One message's way through a consumer: route it and run its stage
+//! (`begin`), then carry out the result and tell the broker (`end`), with
+//! its span, in-flight gauge and processing time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::subscriber::handler::Handler;
+use tracing::Instrument;
+
+use super::executor::Settled;
+use super::lanes::Recent;
+use super::{Action, Ctx};
+use crate::metrics::metrics;
+use crate::pubsub::trace_context::trace_context;
+use crate::stages::{Failure, Incoming, Route, Stage, StageResult};
+
+/// A message whose stage has run (or that was settled before it could).
+pub(super) struct Begun {
+    span: tracing::Span,
+    started: Instant,
+    ran: Ran,
+}
+
+enum Ran {
+    /// The stage ran; its result is still to be carried out.
+    Stage {
+        stage: Arc<dyn Stage>,
+        msg: Incoming,
+        result: StageResult,
+    },
+    /// The router refused the message without running a stage.
+    Rejected {
+        stage: String,
+        msg: Incoming,
+        failure: Failure,
+    },
+    /// Nothing more to do but tell the broker.
+    Done(Action, &'static str),
+}
+
+pub(super) async fn handle_one(ctx: &Ctx, m: Message, h: Handler) {
+    let begun = begin(ctx, &m).await;
+    end(ctx, begun, h, &Recent::default()).await;
+}
+
+/// Routes the message and runs its stage (holding it through an outage).
+pub(super) async fn begin(ctx: &Ctx, m: &Message) -> Begun {
+    let stop = &ctx.holds.stop;
+    let span = tracing::info_span!(
+        "message",
+        message_id = %m.message_id,
+        subscription = %ctx.label,
+        ordering_key = %m.ordering_key,
+        fingerprint = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    if let Some((trace, span_id)) = trace_context(&m.attributes) {
+        span.record("trace_id", trace.as_str());
+        span.record("span_id", span_id.as_str());
+    }
+    metrics().inflight.with_label_values(&[&ctx.label]).inc();
+    // Processing time starts after a retry's scheduled wait (below).
+    let mut started = Instant::now();
+    let ran = async {
+        match ctx.router.route(Incoming::from(m)) {
+            Route::Reject {
+                stage,
+                msg,
+                failure,
+            } => Ran::Rejected {
+                stage,
+                msg,
+                failure,
+            },
+            Route::Run {
+                stage,
+                msg,
+                not_before,
+            } => {
+                if let Some(at) = not_before {
+                    let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                    if !wait.is_zero() {
+                        tracing::debug!(wait = ?wait, "Holding the message until its retry is due.");
+                        // The client keeps extending the lease while we hold it.
+                        tokio::select! {
+                            _ = stop.cancelled() => return Ran::Done(Action::Nack, "nacked"),
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                        started = Instant::now();
+                    }
+                }
+                match ctx.rt.run_held(stage.as_ref(), &msg, &ctx.holds).await {
+                    Some(result) => Ran::Stage { stage, msg, result },
+                    None => Ran::Done(Action::Nack, "nacked"),
+                }
+            }
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    Begun { span, started, ran }
+}
+
+/// Carries out what the stage decided, then acks or nacks.
+pub(super) async fn end(ctx: &Ctx, b: Begun, h: Handler, published: &Recent) -> Settled {
+    let settled = async {
+        match b.ran {
+            Ran::Done(action, label) => Settled {
+                action,
+                label,
+                confirmed: Vec::new(),
+            },
+            Ran::Rejected {
+                stage,
+                msg,
+                failure,
+            } => {
+                let (action, label) = ctx
+                    .rt
+                    .route_failure(&stage, &msg, failure, &ctx.holds)
+                    .await;
+                Settled {
+                    action,
+                    label,
+                    confirmed: Vec::new(),
+                }
+            }
+            Ran::Stage { stage, msg, result } => {
+                ctx.rt
+                    .settle(stage.name(), &msg, result, &ctx.holds, published)
+                    .await
+            }
+        }
+    }
+    .instrument(b.span)
+    .await;
+    tell_broker(ctx, h, settled.action, settled.label, b.started).await;
+    settled
+}
+
+/// Hands back a message whose stage ran but whose predecessor was handed
+/// back: its outputs must not leave first. Its work is committed; the
+/// redelivery finds it a duplicate and publishes what it left.
+pub(super) fn end_early(ctx: &Ctx, b: Begun, h: Handler, label: &'static str) {
+    h.nack();
+    finish_metrics(ctx, label, b.started);
+}
+
+async fn tell_broker(ctx: &Ctx, h: Handler, action: Action, label: &'static str, started: Instant) {
+    match action {
+        Action::Ack => h.ack(),
+        Action::Nack => {
+            h.nack();
+            if !ctx.holds.stop.is_cancelled() {
+                // Something we depend on is down: slow this lane down rather
+                // than spin on redeliveries.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    finish_metrics(ctx, label, started);
+}
+
+fn finish_metrics(ctx: &Ctx, label: &'static str, started: Instant) {
+    let m = metrics();
+    m.inflight.with_label_values(&[&ctx.label]).dec();
+    m.messages_processed
+        .with_label_values(&[&ctx.label, label])
+        .inc();
+    m.processing_duration
+        .with_label_values(&[&ctx.label])
+        .observe(started.elapsed().as_secs_f64());
+}

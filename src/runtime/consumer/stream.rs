@@ -1,0 +1,127 @@
+//! The streaming-pull loop of one consumer: pull while no message is held
+//! for an outage, hand each message to its lane, and drain on shutdown.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use google_cloud_pubsub::client::Subscriber;
+use google_cloud_pubsub::subscriber::ShutdownBehavior;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::hold::Holds;
+use super::lanes::dispatch;
+use super::{ConsumerError, ConsumerSpec, Ctx, Runtime};
+
+/// How far each lease extension reaches (see `run`).
+const LEASE_EXTENSION: Duration = Duration::from_secs(20);
+
+/// Pulls until `shutdown` fires or the stream fails. On shutdown, in-flight
+/// messages get `grace` to finish; the rest are nacked.
+pub async fn run(
+    subscriber: &Subscriber,
+    spec: &ConsumerSpec,
+    rt: Arc<Runtime>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> Result<(), ConsumerError> {
+    let mut stream = subscriber
+        .subscribe(spec.subscription.clone())
+        .set_max_outstanding_messages(spec.max_outstanding)
+        // Leases are extended 20 s at a time for as long as a message is
+        // held (an outage, a retry's backoff; up to the client's 60-minute
+        // max lease), so the messages of a replica that died come back
+        // within about 20 s rather than a minute.
+        .set_max_lease_extension(LEASE_EXTENSION)
+        .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
+        .build();
+    let stop_work = CancellationToken::new();
+    let stop_holds = CancellationToken::new();
+    let rt_health = rt.health.clone();
+    let ctx = Arc::new(Ctx {
+        rt,
+        router: spec.router.clone(),
+        label: spec.label.clone(),
+        stop: stop_work.clone(),
+        holds: Holds::new(spec.label.clone(), rt_health, stop_holds.clone()),
+        queues: Mutex::new(HashMap::new()),
+        permits: Arc::new(Semaphore::new(spec.lanes.max(1))),
+    });
+    let mut tasks = JoinSet::new();
+    let result = loop {
+        // Reap finished tasks so the set stays small; a task that died by a
+        // panic in the runtime itself stops the consumer (the supervisor
+        // restarts it) rather than leaving its ordering key stuck.
+        let mut died = false;
+        while let Some(done) = tasks.try_join_next() {
+            died |= done.err().is_some_and(|e| e.is_panic());
+        }
+        if died {
+            break Err(ConsumerError::LaneDied(spec.label.clone()));
+        }
+        // Flow control (SPEC §4.1): while a message is held for an outage,
+        // pull nothing new; what is pulled would only wait or fail too.
+        let paused = ctx.holds.paused();
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            Some(Err(e)) = tasks.join_next(), if !tasks.is_empty() => {
+                if e.is_panic() {
+                    break Err(ConsumerError::LaneDied(spec.label.clone()));
+                }
+                continue;
+            }
+            _ = ctx.holds.released.notified(), if paused => continue,
+            _ = tokio::time::sleep(Duration::from_millis(500)), if paused => continue,
+            n = stream.next(), if !paused => n,
+        };
+        match next {
+            Some(Ok((m, h))) => dispatch(&ctx, &mut tasks, spec.lanes == 0, m, h),
+            Some(Err(e)) => {
+                let not_found = e
+                    .status()
+                    .is_some_and(|s| s.code == google_cloud_gax::error::rpc::Code::NotFound);
+                break Err(ConsumerError::Stream {
+                    subscription: spec.label.clone(),
+                    message: e.to_string(),
+                    not_found,
+                });
+            }
+            None => break Err(ConsumerError::Ended(spec.label.clone())),
+        }
+    };
+    // Drain. Held retries are handed back at once (their schedule survives
+    // in the envelope). Messages the client already holds are processed
+    // within the grace rather than nacked: each one finished here is one
+    // that does not depend on the broker's redelivery. No new pull is
+    // waited for: a message counts as held only if it is there within 20 ms.
+    let deadline = tokio::time::Instant::now() + grace;
+    stop_holds.cancel();
+    if result.is_ok() {
+        let buffered_until = tokio::time::Instant::now() + grace / 2;
+        while tokio::time::Instant::now() < buffered_until {
+            match tokio::time::timeout(Duration::from_millis(20), stream.next()).await {
+                Ok(Some(Ok((m, h)))) => dispatch(&ctx, &mut tasks, spec.lanes == 0, m, h),
+                _ => break,
+            }
+        }
+    }
+    let drained = tokio::time::timeout_at(deadline, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        // Queued-but-unstarted messages are nacked; what still runs is
+        // dropped (→ nack by the client).
+        stop_work.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        tracing::warn!(subscription = %spec.label, "Drain grace elapsed; unfinished messages are handed back for redelivery.");
+        tasks.abort_all();
+    }
+    stream.shutdown_token().shutdown().await;
+    result
+}
