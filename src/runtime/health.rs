@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::metrics::metrics;
+use crate::metrics;
 
 /// Per-consumer streaming state, shared with the HTTP health endpoints.
 #[derive(Default)]
@@ -36,10 +36,7 @@ pub struct ConsumerState {
 impl Health {
     pub fn set(&self, label: &str, up: bool, detail: impl Into<String>) {
         let broker_up = self.broker_up();
-        metrics()
-            .consumer_up
-            .with_label_values(&[label])
-            .set(i64::from(up && broker_up));
+        metrics::set_consumer_up(label, up && broker_up);
         self.consumers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -70,10 +67,7 @@ impl Health {
                 .unwrap_or_else(|p| p.into_inner())
                 .iter()
             {
-                metrics()
-                    .consumer_up
-                    .with_label_values(&[label])
-                    .set(i64::from(state.up && broker_up));
+                metrics::set_consumer_up(label, state.up && broker_up);
             }
         }
     }
@@ -92,10 +86,7 @@ impl Health {
         let e = h.entry(label.to_string()).or_insert((0, String::new()));
         e.0 += 1;
         e.1 = reason.to_string();
-        metrics()
-            .held_messages
-            .with_label_values(&[label])
-            .set(e.0 as i64);
+        metrics::set_held_messages(label, e.0);
     }
 
     /// The latest reason a held message of `label` is still waiting for.
@@ -123,10 +114,7 @@ impl Health {
         if left == 0 {
             h.remove(label);
         }
-        metrics()
-            .held_messages
-            .with_label_values(&[label])
-            .set(left as i64);
+        metrics::set_held_messages(label, left);
     }
 
     /// `Some(what)` while any consumer holds messages for an outage.
@@ -221,7 +209,7 @@ mod tests {
     fn an_unreachable_broker_makes_every_consumer_unready_until_it_answers() {
         let h = Health::default();
         let label = "unit-broker-sub";
-        let gauge = || metrics().consumer_up.with_label_values(&[label]).get();
+        let gauge = || metrics::consumer_up(label);
         h.set(label, true, "streaming");
         assert!(h.all_up());
         assert_eq!(gauge(), 1);

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::metrics;
+use crate::internal_events::{emit, OutboxRelayed};
 use crate::pubsub::publisher::Publishers;
 use crate::snapshots::claim_check::ClaimCheck;
 use crate::store::outbox::ConfirmedSet;
@@ -111,7 +111,7 @@ pub async fn relay_once(
         publishers
             .publish(&row.topic, data, row.attributes, &row.ordering_key)
             .await?;
-        metrics().outbox_relayed.inc();
+        emit(OutboxRelayed);
         completer.done(row.event_id);
         n += 1;
     }

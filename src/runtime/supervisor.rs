@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::consumer::{self, ConsumerError, ConsumerSpec, Runtime};
 use super::health::Health;
-use crate::metrics::metrics;
+use crate::internal_events::{emit, ConsumerRestarting};
 use crate::pubsub::provision::is_not_found;
 
 /// Everything one supervised consumer needs.
@@ -166,12 +166,12 @@ impl Supervisor {
                 failures = 0;
             }
             failures += 1;
-            metrics()
-                .consumer_restarts
-                .with_label_values(&[&label])
-                .inc();
             let wait = backoff(failures);
-            tracing::warn!(subscription = %label, reason = %reason, restart_in = ?wait, "Consumer stopped; restarting it.");
+            emit(ConsumerRestarting {
+                subscription: &label,
+                reason: &reason,
+                restart_in: wait,
+            });
             self.health
                 .set(&label, false, format!("restarting: {reason}"));
             if sleep_or_shutdown(wait, &shutdown).await {

@@ -10,7 +10,7 @@ use futures::FutureExt;
 use super::hold::{Hold, Holds};
 use super::lanes::Recent;
 use super::{Action, Runtime};
-use crate::metrics::{metrics, stage_label};
+use crate::internal_events::{emit, DeadLettered, SentToRetry};
 use crate::model::envelope::{self, FailureInfo};
 use crate::model::fingerprint::fingerprint_bytes;
 use crate::pubsub::publisher::PublishFailure;
@@ -242,18 +242,19 @@ impl Runtime {
         }
         match dead_reason {
             Some(reason) => {
-                metrics()
-                    .dead_letters
-                    .with_label_values(&[stage_label(stage), reason])
-                    .inc();
-                tracing::warn!(stage, reason, attempt = msg.execution, error = %err, "Message dead-lettered.");
+                emit(DeadLettered {
+                    stage,
+                    reason,
+                    attempt: msg.execution,
+                    error: &err,
+                });
             }
             None => {
-                metrics()
-                    .retry_attempts
-                    .with_label_values(&[stage_label(stage)])
-                    .inc();
-                tracing::info!(stage, attempt = msg.execution, error = %err, "Message failed; sent to the retry path.");
+                emit(SentToRetry {
+                    stage,
+                    attempt: msg.execution,
+                    error: &err,
+                });
             }
         }
         (Action::Ack, label)

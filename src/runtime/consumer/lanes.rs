@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 
 use super::message::{begin, end, end_early, handle_one, Begun};
 use super::{Action, Ctx};
-use crate::metrics::metrics;
+use crate::internal_events::{emit, MessageReceived};
 
 /// The outbox ids a key's lane saw confirmed most recently. A message that
 /// ran while its predecessor's publish was in flight may list that merged
@@ -46,10 +46,9 @@ pub(super) fn dispatch(
     m: Message,
     h: Handler,
 ) {
-    metrics()
-        .messages_received
-        .with_label_values(&[&ctx.label])
-        .inc();
+    emit(MessageReceived {
+        subscription: &ctx.label,
+    });
     if unordered || m.ordering_key.is_empty() {
         let ctx = ctx.clone();
         tasks.spawn(async move {

@@ -13,7 +13,8 @@ use tracing::Instrument;
 use super::executor::Settled;
 use super::lanes::Recent;
 use super::{Action, Ctx};
-use crate::metrics::metrics;
+use crate::internal_events::{emit, MessageProcessed};
+use crate::metrics;
 use crate::pubsub::trace_context::trace_context;
 use crate::stages::{Failure, Incoming, Route, Stage, StageResult};
 
@@ -62,7 +63,7 @@ pub(super) async fn begin(ctx: &Ctx, m: &Message) -> Begun {
         span.record("trace_id", trace.as_str());
         span.record("span_id", span_id.as_str());
     }
-    metrics().inflight.with_label_values(&[&ctx.label]).inc();
+    metrics::inflight_started(&ctx.label);
     // Processing time starts after a retry's scheduled wait (below).
     let mut started = Instant::now();
     let ran = async {
@@ -166,12 +167,10 @@ async fn tell_broker(ctx: &Ctx, h: Handler, action: Action, label: &'static str,
 }
 
 fn finish_metrics(ctx: &Ctx, label: &'static str, started: Instant) {
-    let m = metrics();
-    m.inflight.with_label_values(&[&ctx.label]).dec();
-    m.messages_processed
-        .with_label_values(&[&ctx.label, label])
-        .inc();
-    m.processing_duration
-        .with_label_values(&[&ctx.label])
-        .observe(started.elapsed().as_secs_f64());
+    metrics::inflight_ended(&ctx.label);
+    emit(MessageProcessed {
+        subscription: &ctx.label,
+        outcome: label,
+        elapsed: started.elapsed(),
+    });
 }
