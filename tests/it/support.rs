@@ -601,6 +601,11 @@ impl TestApp {
         &self.admin.as_ref().expect("Overrides::admin").0
     }
 
+    /// The admin API's bearer token ([`Overrides::admin`]).
+    pub fn admin_token(&self) -> &str {
+        &self.admin.as_ref().expect("Overrides::admin").1
+    }
+
     /// The folder `file://` snapshots go to ([`Overrides::local_snapshots`]).
     pub fn snapshots_dir(&self) -> &std::path::Path {
         self.snapshots
