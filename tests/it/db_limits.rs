@@ -699,14 +699,10 @@ async fn unparkable_dead_letter_is_bounded_and_surfaced_mariadb() {
 /// the same run is merged, and nothing goes to the retry path.
 #[tokio::test]
 async fn hostile_raw_events_end_in_dlq_list_mariadb() {
-    let Some(tdb) = fresh_db(Db::Mariadb).await else {
+    let Some(app) = TestApp::spawn(Db::Mariadb, Overrides::new()).await else {
         return;
     };
-    let project = unique_project();
-    let s = settings(&project, &tdb.url, &[]);
-    let t = s.topology();
-    let running = start(s.clone()).await;
-    let store = event_backbone::app::connect_store(&s).await.unwrap();
+    let (t, store) = (app.topology.clone(), app.store.clone());
     let p = publishers(&t).await;
     let long_type = raw_event(
         "suitex",
@@ -812,7 +808,7 @@ async fn hostile_raw_events_end_in_dlq_list_mariadb() {
         "no retries"
     );
     assert_eq!(event_backbone::stages::park::unparked_count(), 0);
-    running.stop().await;
+    app.stop().await;
 }
 
 // ---- generated extreme-but-valid events through the real store ----
@@ -1136,18 +1132,14 @@ fn hostile_text(i: usize) -> String {
 /// many of each (default 64; the issue used 300).
 #[tokio::test]
 async fn hostile_mix_is_accounted_for_mariadb() {
-    let Some(tdb) = fresh_db(Db::Mariadb).await else {
+    let Some(app) = TestApp::spawn(Db::Mariadb, Overrides::new()).await else {
         return;
     };
     let n: usize = std::env::var("HOSTILE_MIX")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(64);
-    let project = unique_project();
-    let s = settings(&project, &tdb.url, &[]);
-    let t = s.topology();
-    let running = start(s.clone()).await;
-    let store = event_backbone::app::connect_store(&s).await.unwrap();
+    let (t, store) = (app.topology.clone(), app.store.clone());
     let p = publishers(&t).await;
     let mut expect_parked = 0;
     let mut expect_stored = 0;
@@ -1227,5 +1219,5 @@ async fn hostile_mix_is_accounted_for_mariadb() {
         "no dead letter was nacked"
     );
     assert_eq!(event_backbone::stages::park::unparked_count(), 0);
-    running.stop().await;
+    app.stop().await;
 }

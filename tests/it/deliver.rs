@@ -153,59 +153,33 @@ pub const NS: &str = "/netsuite/merged-events";
 pub const SX: &str = "/suitex/merged-events";
 
 pub struct Deployed {
-    pub topology: Topology,
-    pub app: Running,
+    pub app: TestApp,
     pub sink: Sink,
-    pub store: Store,
-    /// Keeps the database (a temp file on SQLite) for the test's length.
-    _db: TestDb,
-    /// The local snapshot folder (`file://…`) unless the test chose a bucket.
-    pub snapshots_dir: tempfile::TempDir,
 }
 
 /// Starts the daemon with both delivery consumers on, a 1 s target timeout,
-/// fast retries and snapshots in a temp folder, plus `extra` overrides.
+/// fast retries and snapshots in a temp folder, plus `extra` overrides;
+/// `before_start` runs once the project is known (to tap topics first).
 pub async fn deploy_with(
     db: Db,
     extra: &[(&str, &str)],
     before_start: impl AsyncFnOnce(&Topology),
 ) -> Option<Deployed> {
-    let tdb = fresh_db(db).await?;
-    let project = unique_project();
     let sink = Sink::start().await;
-    let snaps = tempfile::tempdir().unwrap();
-    let (ns, sx, snap_url) = (
-        sink.url(NS),
-        sink.url(SX),
-        format!("file://{}", snaps.path().display()),
-    );
-    let mut vars: Vec<(&str, &str)> = vec![
-        ("BACKBONE__TARGETS__NETSUITE__URL", &ns),
-        ("BACKBONE__TARGETS__NETSUITE__TOKEN", "ns-token"),
-        ("BACKBONE__TARGETS__NETSUITE__TIMEOUT", "1s"),
-        ("BACKBONE__TARGETS__SUITEX__URL", &sx),
-        ("BACKBONE__TARGETS__SUITEX__TOKEN", "sx-token"),
-        ("BACKBONE__TARGETS__SUITEX__TIMEOUT", "1s"),
-        ("BACKBONE__CONSUMERS__NETSUITE__ENABLED", "true"),
-        ("BACKBONE__CONSUMERS__SUITEX__ENABLED", "true"),
-        ("BACKBONE__RETRY__INITIAL_BACKOFF", "100ms"),
-        ("BACKBONE__RETRY__MAX_BACKOFF", "1s"),
-        ("BACKBONE__SNAPSHOTS__URL", &snap_url),
-    ];
-    vars.extend_from_slice(extra);
-    let s = settings(&project, &tdb.url, &vars);
-    let topology = s.topology();
-    let store = event_backbone::app::connect_store(&s).await.unwrap();
-    before_start(&topology).await;
-    let app = start(s).await;
-    Some(Deployed {
-        topology,
-        app,
-        sink,
-        store,
-        _db: tdb,
-        snapshots_dir: snaps,
-    })
+    let overrides = Overrides::new()
+        .targets(&sink.url(NS), &sink.url(SX))
+        .local_snapshots()
+        .vars(&[
+            ("BACKBONE__TARGETS__NETSUITE__TIMEOUT", "1s"),
+            ("BACKBONE__TARGETS__SUITEX__TIMEOUT", "1s"),
+            ("BACKBONE__RETRY__INITIAL_BACKOFF", "100ms"),
+            ("BACKBONE__RETRY__MAX_BACKOFF", "1s"),
+        ])
+        .vars(extra);
+    let mut app = TestApp::prepare(db, overrides).await?;
+    before_start(&app.topology).await;
+    app.start().await;
+    Some(Deployed { app, sink })
 }
 
 pub async fn deploy(db: Db) -> Option<Deployed> {
@@ -266,7 +240,7 @@ async fn delivered_once_per_fingerprint(db: Db) {
         return;
     };
     let merged_tap = merged_tap_holder.get().unwrap();
-    let p = publishers(&d.topology).await;
+    let p = publishers(&d.app.topology).await;
     publish_raw(
         &p,
         &suitex_event("42", json!({"name": "Nouveau café", "budget": 1200})),
@@ -307,14 +281,14 @@ async fn delivered_once_per_fingerprint(db: Db) {
     .unwrap();
     assert!(
         eventually(WAIT, || async {
-            audit_count(&d.store, "deliver.netsuite", "duplicate").await == 1
+            audit_count(&d.app.store, "deliver.netsuite", "duplicate").await == 1
         })
         .await,
         "the redelivery is recorded as a duplicate"
     );
     assert!(
         eventually(WAIT, || async {
-            audit_count(&d.store, "deliver.suitex", "skipped").await == 2
+            audit_count(&d.app.store, "deliver.suitex", "skipped").await == 2
         })
         .await,
         "suitex skips its own change both times (no echo)"
@@ -327,7 +301,7 @@ async fn delivered_once_per_fingerprint(db: Db) {
     );
     assert_eq!(d.sink.requests(SX).len(), 0, "no echo to the source");
     assert_eq!(
-        count(&d.store, &format!(
+        count(&d.app.store, &format!(
             "SELECT COUNT(*) FROM event_audit_log WHERE stage = 'deliver.netsuite' AND processing_outcome = 'delivered' AND claim = 1 AND fingerprint = '{fp}'"
         ))
         .await,
@@ -348,7 +322,7 @@ async fn deliver_once_per_fingerprint_and_skips_echoes_mariadb() {
 
 async fn worked_example(db: Db) {
     let Some(d) = deploy(db).await else { return };
-    let p = publishers(&d.topology).await;
+    let p = publishers(&d.app.topology).await;
     for e in history_to_v7() {
         publish_raw(&p, &e).await;
     }
@@ -395,7 +369,7 @@ async fn worked_example(db: Db) {
     assert_eq!(versions, (1..=8).collect::<Vec<_>>());
     assert!(
         eventually(WAIT, || async {
-            audit_count(&d.store, "deliver.netsuite", "skipped").await == 7
+            audit_count(&d.app.store, "deliver.netsuite", "skipped").await == 7
         })
         .await
     );
@@ -425,7 +399,7 @@ async fn failing_delivery(
     })
     .await?;
     d.sink.script(NS, replies);
-    let p = publishers(&d.topology).await;
+    let p = publishers(&d.app.topology).await;
     publish_raw(&p, &suitex_event("7", json!({"name": "X"}))).await;
     let msgs = holder.get().unwrap().collect(1, WAIT).await;
     assert_eq!(msgs.len(), 1, "a message on {topic:?}");
@@ -450,7 +424,7 @@ async fn five_hundred_then_ok(db: Db) {
         "the data is the merged event, unchanged"
     );
     assert_eq!(
-        audit_count(&d.store, "deliver.netsuite", "transient").await,
+        audit_count(&d.app.store, "deliver.netsuite", "transient").await,
         1
     );
     if consumer_streaming("retry-sub").await {
@@ -462,7 +436,7 @@ async fn five_hundred_then_ok(db: Db) {
         );
         assert!(
             eventually(WAIT, || async {
-                audit_count(&d.store, "deliver.netsuite", "delivered").await == 1
+                audit_count(&d.app.store, "deliver.netsuite", "delivered").await == 1
             })
             .await
         );
@@ -496,7 +470,7 @@ async fn bad_request_is_permanent(db: Db) {
     );
     assert!(last.len() <= 1024, "bounded excerpt: {}", last.len());
     assert_eq!(
-        audit_count(&d.store, "deliver.netsuite", "permanent").await,
+        audit_count(&d.app.store, "deliver.netsuite", "permanent").await,
         1
     );
     assert_eq!(
@@ -507,7 +481,7 @@ async fn bad_request_is_permanent(db: Db) {
     if consumer_streaming("dlq.local-sub").await {
         assert!(
             eventually(WAIT, || async {
-                count(&d.store, "SELECT COUNT(*) FROM dead_letters").await == 1
+                count(&d.app.store, "SELECT COUNT(*) FROM dead_letters").await == 1
             })
             .await,
             "the dead letter is parked"
@@ -594,7 +568,7 @@ async fn deliver_connection_refused_is_transient() {
     else {
         return;
     };
-    let p = publishers(&d.topology).await;
+    let p = publishers(&d.app.topology).await;
     publish_raw(&p, &suitex_event("9", json!({"name": "X"}))).await;
     let msgs = holder.get().unwrap().collect(1, WAIT).await;
     assert_eq!(msgs.len(), 1);

@@ -3,47 +3,23 @@
 //! missing or differs, or the schema is not migrated.
 
 use event_backbone::commands::doctor::{self, Check};
-use event_backbone::config::Settings;
 use event_backbone::pubsub::clients;
-use event_backbone::pubsub::provision::provision;
 use event_backbone::topology::{ConsumerKind, TopicKind};
 use google_cloud_pubsub::model::Subscription;
 
 use crate::support::*;
 
-struct Deployment {
-    settings: Settings,
-    _db: TestDb,
-    _snapshots: tempfile::TempDir,
-}
-
-/// A fresh project and database; provisioned and migrated when asked.
-async fn deployment(db: Db, provisioned: bool, migrated: bool) -> Option<Deployment> {
-    let tdb = fresh_db(db).await?;
-    let snapshots = tempfile::tempdir().expect("tempdir");
-    let snap_url = format!("file://{}", snapshots.path().display());
-    let settings = settings(
-        &unique_project(),
-        &tdb.url,
-        &[("BACKBONE__SNAPSHOTS__URL", &snap_url)],
-    );
+/// A fresh project and database, not running; provisioned and migrated
+/// when asked.
+async fn deployment(db: Db, provisioned: bool, migrated: bool) -> Option<TestApp> {
+    let app = TestApp::prepare(db, Overrides::new().local_snapshots()).await?;
     if provisioned {
-        provision(&settings.topology(), &endpoint())
-            .await
-            .expect("provision");
+        app.provision().await;
     }
     if migrated {
-        let store = event_backbone::app::connect_store(&settings)
-            .await
-            .expect("connect");
-        store.migrate().await.expect("migrate");
-        store.close().await;
+        app.migrate().await;
     }
-    Some(Deployment {
-        settings,
-        _db: tdb,
-        _snapshots: snapshots,
-    })
+    Some(app)
 }
 
 fn report(checks: &[Check]) -> String {
@@ -185,7 +161,7 @@ async fn doctor_reports_the_runtime_users_grants_mariadb() {
     let Some(d) = deployment(Db::Mariadb, true, true).await else {
         return;
     };
-    let db = d._db.name.clone().expect("a MariaDB database name");
+    let db = d.db_name().to_string();
     let user = apply_shipped_grants(&db).await;
     let snap_url = d.settings.snapshots.url.clone();
     let worker = settings(
@@ -211,15 +187,13 @@ async fn doctor_reports_the_runtime_users_grants_mariadb() {
 /// row) and its database probes are rolled back.
 #[tokio::test]
 async fn doctor_leaves_no_trace_on_a_running_daemon() {
-    let Some(d) = deployment(Db::Sqlite, true, true).await else {
+    let Some(mut d) = deployment(Db::Sqlite, true, true).await else {
         return;
     };
-    let running = start(d.settings.clone()).await;
+    d.start().await;
     let checks = doctor::checks(&d.settings).await;
     assert!(failed(&checks).is_empty(), "{}", report(&checks));
-    let store = event_backbone::app::connect_store(&d.settings)
-        .await
-        .expect("connect");
+    let store = d.store.clone();
     // Give the merge consumer time to receive and ack the probe.
     let probe_seen = eventually(std::time::Duration::from_secs(10), || async {
         event_backbone::metrics::metrics()
@@ -243,5 +217,5 @@ async fn doctor_leaves_no_trace_on_a_running_daemon() {
         probe_seen,
         "the merge consumer should ack the probe as `probe`"
     );
-    running.stop().await;
+    d.stop().await;
 }

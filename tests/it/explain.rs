@@ -91,37 +91,18 @@ fn assert_status_explained(x: &Value) {
 }
 
 async fn worked_example(db: Db) {
-    let Some(tdb) = fresh_db(db).await else {
+    let sink = Sink::start().await;
+    let overrides = Overrides::new()
+        .targets(&sink.url(NS), &sink.url(SX))
+        .local_snapshots()
+        .admin(TOKEN);
+    let Some(app) = TestApp::spawn(db, overrides).await else {
         return;
     };
-    let db_url = tdb.url.clone();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let sink = Sink::start().await;
-    let snaps = tempfile::tempdir().unwrap();
-    let (ns, sx, snap_url) = (
-        sink.url(NS),
-        sink.url(SX),
-        format!("file://{}", snaps.path().display()),
-    );
-    let s = settings(
-        &unique_project(),
-        &db_url,
-        &[
-            ("BACKBONE__TARGETS__NETSUITE__URL", &ns),
-            ("BACKBONE__TARGETS__NETSUITE__TOKEN", "ns-token"),
-            ("BACKBONE__TARGETS__SUITEX__URL", &sx),
-            ("BACKBONE__TARGETS__SUITEX__TOKEN", "sx-token"),
-            ("BACKBONE__CONSUMERS__NETSUITE__ENABLED", "true"),
-            ("BACKBONE__CONSUMERS__SUITEX__ENABLED", "true"),
-            ("BACKBONE__SNAPSHOTS__URL", &snap_url),
-            ("BACKBONE__HTTP__ADMIN_TOKEN", TOKEN),
-            ("BACKBONE__HTTP__ADMIN_ADDR", &addr),
-        ],
-    );
-    let topology = s.topology();
-    let store = event_backbone::app::connect_store(&s).await.unwrap();
-    let app = start(s).await;
-    let p = publishers(&topology).await;
+    let db_url = app.db_url().to_string();
+    let addr = app.admin_addr().to_string();
+    let (topology, store) = (&app.topology, &app.store);
+    let p = publishers(topology).await;
     for e in history_to_v7() {
         publish_raw(&p, &e).await;
     }
@@ -142,9 +123,9 @@ async fn worked_example(db: Db) {
     assert_eq!(sink.wait_for(SX, 8, WAIT).await.len(), 8);
     // The audit row follows the target's 2xx: wait until every delivery is recorded.
     let settled = eventually(WAIT, || async {
-        audit_count(&store, "deliver.suitex", "delivered").await == 8
-            && audit_count(&store, "deliver.netsuite", "delivered").await == 1
-            && audit_count(&store, "deliver.netsuite", "skipped").await == 7
+        audit_count(store, "deliver.suitex", "delivered").await == 8
+            && audit_count(store, "deliver.netsuite", "delivered").await == 1
+            && audit_count(store, "deliver.netsuite", "skipped").await == 7
     })
     .await;
     assert!(settled, "every delivery audited");

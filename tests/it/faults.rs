@@ -9,9 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use event_backbone::pubsub::provision::provision;
 use event_backbone::store::Store;
-use event_backbone::topology::{TopicKind, Topology};
+use event_backbone::topology::TopicKind;
 use rand::Rng;
 use serde_json::json;
 
@@ -22,32 +21,14 @@ use crate::support::*;
 const READY: Duration = Duration::from_secs(45);
 
 /// A fresh MariaDB database migrated as root, a provisioned project, and a
-/// direct store for the test's own reads. None (skipped) without MariaDB
-/// outside CI.
-struct Bench {
-    tdb: TestDb,
-    project: String,
-    topology: Topology,
-    store: Store,
-}
-
-async fn mariadb_bench() -> Option<Bench> {
-    let tdb = fresh_db(Db::Mariadb).await?;
-    let project = unique_project();
-    let s = settings(&project, &tdb.url, &[]);
-    let topology = s.topology();
-    provision(&topology, &endpoint()).await.expect("provision");
-    let store = event_backbone::app::connect_store(&s)
-        .await
-        .expect("direct store");
+/// direct store for the test's own reads; the daemon is the real binary.
+/// None (skipped) without MariaDB outside CI.
+async fn mariadb_bench() -> Option<TestApp> {
+    let b = TestApp::prepare(Db::Mariadb, Overrides::new()).await?;
+    b.provision().await;
     // The daemon may not migrate by itself (schema gate): do it as root.
-    store.migrate().await.expect("migrate");
-    Some(Bench {
-        tdb,
-        project,
-        topology,
-        store,
-    })
+    b.migrate().await;
+    Some(b)
 }
 
 fn secs(d: Duration) -> String {
@@ -109,7 +90,7 @@ async fn outage(cut: Cut, d: Duration, p: &Params) {
     let Some(b) = mariadb_bench().await else {
         return;
     };
-    let name = b.tdb.name.clone().expect("a MariaDB database name");
+    let name = b.db_name().to_string();
     let (proxy, env) = match cut {
         Cut::Database(_) => {
             let proxy = Proxy::start(&mariadb_addr()).await;
@@ -127,7 +108,7 @@ async fn outage(cut: Cut, d: Duration, p: &Params) {
             let via = format!("127.0.0.1:{}", proxy.port);
             let env = daemon_env(
                 &b.project,
-                &b.tdb.url,
+                b.db_url(),
                 &via,
                 &[("BACKBONE__PUBSUB__PROBE_INTERVAL", "1s")],
             );
@@ -314,24 +295,17 @@ async fn faults_sigkill_under_load_with_flaky_targets() {
     let sink = FlakySink::start(p.target_fail, p.target_slow).await;
     let merged = tap_ordered(&b.topology, TopicKind::Merged).await;
     let (ns, sx) = (sink.url(NS), sink.url(SX));
-    let env = daemon_env(
-        &b.project,
-        &b.tdb.url,
-        &emulator_host(),
-        &[
-            ("BACKBONE__TARGETS__NETSUITE__URL", &ns),
-            ("BACKBONE__TARGETS__NETSUITE__TOKEN", "ns-token"),
-            ("BACKBONE__TARGETS__NETSUITE__TIMEOUT", "1s"),
-            ("BACKBONE__TARGETS__SUITEX__URL", &sx),
-            ("BACKBONE__TARGETS__SUITEX__TOKEN", "sx-token"),
-            ("BACKBONE__TARGETS__SUITEX__TIMEOUT", "1s"),
-            ("BACKBONE__CONSUMERS__NETSUITE__ENABLED", "true"),
-            ("BACKBONE__CONSUMERS__SUITEX__ENABLED", "true"),
-            // The relay is the backstop after a crash; keep the wait short.
-            ("BACKBONE__OUTBOX__RELAY_AFTER", "5s"),
-            ("BACKBONE__OUTBOX__RELAY_INTERVAL", "1s"),
-        ],
-    );
+    let mut vars = target_vars(&ns, &sx).to_vec();
+    vars.extend([
+        ("BACKBONE__TARGETS__NETSUITE__TIMEOUT", "1s"),
+        ("BACKBONE__TARGETS__SUITEX__TIMEOUT", "1s"),
+        ("BACKBONE__CONSUMERS__NETSUITE__ENABLED", "true"),
+        ("BACKBONE__CONSUMERS__SUITEX__ENABLED", "true"),
+        // The relay is the backstop after a crash; keep the wait short.
+        ("BACKBONE__OUTBOX__RELAY_AFTER", "5s"),
+        ("BACKBONE__OUTBOX__RELAY_INTERVAL", "1s"),
+    ]);
+    let env = daemon_env(&b.project, b.db_url(), &emulator_host(), &vars);
     let mut daemon = BinDaemon::spawn(env, log_path("sigkill", &b.project));
     assert!(
         ready_within(daemon.metrics, READY).await,
@@ -397,7 +371,7 @@ async fn faults_sigkill_under_load_with_flaky_targets() {
     let mut replay = "not needed".to_string();
     let mut replay_settled = Duration::ZERO;
     if before_replay.pending > 0 {
-        let env = daemon_env(&b.project, &b.tdb.url, &emulator_host(), &[]);
+        let env = daemon_env(&b.project, b.db_url(), &emulator_host(), &[]);
         let (ok, out) = dlq_replay_cli(&env).await;
         assert!(ok, "event-backbone dlq replay failed: {out}");
         replay = out.lines().last().unwrap_or_default().to_string();
@@ -537,11 +511,10 @@ async fn faults_sigkill_under_load_with_flaky_targets() {
 // ---------------------------------------------------------------------------
 // d. Gaps (in-process, SQLite)
 
-/// The daemon in-process on SQLite with a known metrics port, plus taps on
-/// the merged (ordered), error and dlq topics.
+/// The daemon in-process on SQLite, plus taps on the merged (ordered),
+/// error and dlq topics.
 struct GapRig {
-    _db: TestDb,
-    app: Running,
+    app: TestApp,
     store: Store,
     metrics: std::net::SocketAddr,
     publishers: std::sync::Arc<event_backbone::pubsub::publisher::Publishers>,
@@ -551,32 +524,27 @@ struct GapRig {
 }
 
 async fn gap_rig(extra: &[(&str, &str)]) -> GapRig {
-    let tdb = fresh_db(Db::Sqlite).await.expect("sqlite");
-    let project = unique_project();
-    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port())
-        .parse()
-        .expect("address");
-    let addr = metrics.to_string();
-    let mut vars: Vec<(&str, &str)> = vec![
-        ("BACKBONE__HTTP__METRICS_ADDR", addr.as_str()),
-        ("BACKBONE__MERGE__GAP_CHECK_INTERVAL", "500ms"),
-        ("BACKBONE__RETRY__INITIAL_BACKOFF", "200ms"),
-        ("BACKBONE__RETRY__MAX_BACKOFF", "2s"),
-    ];
-    vars.extend_from_slice(extra);
-    let s = settings(&project, &tdb.url, &vars);
-    let t = s.topology();
-    let store = event_backbone::app::connect_store(&s).await.expect("store");
-    store.migrate().await.expect("migrate");
+    let overrides = Overrides::new()
+        .vars(&[
+            ("BACKBONE__MERGE__GAP_CHECK_INTERVAL", "500ms"),
+            ("BACKBONE__RETRY__INITIAL_BACKOFF", "200ms"),
+            ("BACKBONE__RETRY__MAX_BACKOFF", "2s"),
+        ])
+        .vars(extra);
+    let mut app = TestApp::prepare(Db::Sqlite, overrides)
+        .await
+        .expect("sqlite");
+    app.migrate().await;
+    let t = app.topology.clone();
     let merged = tap_ordered(&t, TopicKind::Merged).await;
     let error = tap(&t, TopicKind::Error).await;
     let dlq = tap(&t, TopicKind::Dlq).await;
-    let app = start(s).await;
+    app.start().await;
+    let metrics = app.metrics_addr();
     assert!(ready_within(metrics, READY).await, "never ready");
     GapRig {
-        _db: tdb,
+        store: app.store.clone(),
         app,
-        store,
         metrics,
         publishers: publishers(&t).await,
         merged,

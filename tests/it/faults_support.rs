@@ -203,33 +203,28 @@ pub fn publish_spread(
 // ---------------------------------------------------------------------------
 // The real binary
 
-/// `BACKBONE_*` environment for `event-backbone run`: local env, fast retry
-/// timings, the given database and Pub/Sub endpoint, plus `extra`.
+/// `BACKBONE_*` environment for `event-backbone run`: the tests' base
+/// variables ([`base_vars`]) with the given Pub/Sub endpoint, fast retry
+/// timings and plain-text logs, plus `extra`.
 pub fn daemon_env(
     project: &str,
     db_url: &str,
     pubsub_host: &str,
     extra: &[(&str, &str)],
 ) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = [
-        ("BACKBONE_ENV", "local"),
+    let config = config_dir().display().to_string();
+    let mut env = base_vars(project, db_url);
+    for (k, v) in [
         ("PUBSUB_EMULATOR_HOST", pubsub_host),
-        ("BACKBONE__PUBSUB__PROJECT_ID", project),
-        ("BACKBONE__DATABASE__URL", db_url),
-        ("BACKBONE__SHUTDOWN__GRACE", "5s"),
         ("BACKBONE__RETRY__INITIAL_BACKOFF", "200ms"),
         ("BACKBONE__RETRY__MAX_BACKOFF", "2s"),
         ("BACKBONE__LOG__LEVEL", "warn,event_backbone=info"),
         ("NO_COLOR", "1"),
+        ("BACKBONE_CONFIG_DIR", &config),
     ]
     .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    env.push((
-        "BACKBONE_CONFIG_DIR".into(),
-        config_dir().display().to_string(),
-    ));
-    for (k, v) in extra {
+    .chain(extra)
+    {
         env.retain(|(ek, _)| ek != k);
         env.push((k.to_string(), v.to_string()));
     }

@@ -205,16 +205,12 @@ fn expected(sent: &[Sent], keep: impl Fn(&Sent) -> bool) -> Vec<i64> {
 }
 
 async fn randomized_flow(db: Db) {
-    let Some(tdb) = fresh_db(db).await else {
+    let Some(app) = TestApp::spawn(db, Overrides::new()).await else {
         return;
     };
-    let project = unique_project();
-    let s = settings(&project, &tdb.url, &[]);
-    let t = s.topology();
-    let policy = event_backbone::app::merge_policy(&s);
-    let store = event_backbone::app::connect_store(&s).await.unwrap();
-    let app = start(s).await;
-    let p = publishers(&t).await;
+    let policy = event_backbone::app::merge_policy(&app.settings);
+    let store = app.store.clone();
+    let p = publishers(&app.topology).await;
     let flow = random_flow(&p, 0x6_1571, 60).await;
     wait_flow(&store, &flow).await;
     assert!(flow.duplicates > 0, "the seed produces duplicates");
@@ -411,11 +407,11 @@ async fn randomized_flow(db: Db) {
             (r_b, "mismatch", vec![])
         ]
     );
-    let (code, out) = cli(&tdb.url, &["verify", "--json"]);
+    let (code, out) = cli(app.db_url(), &["verify", "--json"]);
     assert_eq!(code, 1, "verify exits 1 on drift: {out}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["drift"].as_array().unwrap().len(), 2);
-    let (code, _) = cli(&tdb.url, &["verify", "--record-type", "other"]);
+    let (code, _) = cli(app.db_url(), &["verify", "--record-type", "other"]);
     assert_eq!(code, 0, "no records of that type: no drift");
     app.stop().await;
 }
@@ -438,24 +434,13 @@ fn at(h: u32, m: u32) -> String {
 }
 
 async fn hand_cases(db: Db) {
-    let Some(tdb) = fresh_db(db).await else {
+    let Some(app) = TestApp::spawn(db, Overrides::new().admin(TOKEN)).await else {
         return;
     };
-    let project = unique_project();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let s = settings(
-        &project,
-        &tdb.url,
-        &[
-            ("BACKBONE__HTTP__ADMIN_TOKEN", TOKEN),
-            ("BACKBONE__HTTP__ADMIN_ADDR", &addr),
-        ],
-    );
-    let t = s.topology();
-    let policy = event_backbone::app::merge_policy(&s);
-    let store = event_backbone::app::connect_store(&s).await.unwrap();
-    let app = start(s).await;
-    let p = publishers(&t).await;
+    let addr = app.admin_addr().to_string();
+    let policy = event_backbone::app::merge_policy(&app.settings);
+    let store = app.store.clone();
+    let p = publishers(&app.topology).await;
 
     let e =
         |src: &str, base: i64, ts: String, c: Value| raw_event(src, "project", "42", base, &ts, c);
@@ -546,7 +531,7 @@ async fn hand_cases(db: Db) {
 
     // CLI.
     let (code, out) = cli(
-        &tdb.url,
+        app.db_url(),
         &[
             "events",
             "replay",
@@ -567,7 +552,7 @@ async fn hand_cases(db: Db) {
         (Some(1), Some(1))
     );
     let (code, out) = cli(
-        &tdb.url,
+        app.db_url(),
         &[
             "events",
             "list",
@@ -587,7 +572,7 @@ async fn hand_cases(db: Db) {
         (Some(true), Some(4))
     );
     let (code, out) = cli(
-        &tdb.url,
+        app.db_url(),
         &[
             "events",
             "list",
@@ -605,7 +590,7 @@ async fn hand_cases(db: Db) {
         "{out}"
     );
     let (code, _) = cli(
-        &tdb.url,
+        app.db_url(),
         &[
             "events",
             "list",
@@ -618,7 +603,7 @@ async fn hand_cases(db: Db) {
         ],
     );
     assert_eq!(code, 2, "a limit over 1000 is bad usage");
-    let (code, _) = cli(&tdb.url, &["verify"]);
+    let (code, _) = cli(app.db_url(), &["verify"]);
     assert_eq!(code, 0);
 
     // Admin API: bearer token required, JSON with it.
@@ -726,16 +711,16 @@ async fn history_hand_cases_earlier_seq_cli_admin_mariadb() {
 
 #[tokio::test]
 async fn history_admin_api_is_disabled_without_a_token() {
-    let tdb = fresh_db(Db::Sqlite).await.unwrap();
-    let s = settings(
-        &unique_project(),
-        &tdb.url,
-        &[("BACKBONE__HTTP__ADMIN_ADDR", "127.0.0.1:0")],
-    );
-    let store = event_backbone::app::connect_store(&s).await.unwrap();
-    let state = AdminState::new(store, &s);
+    let app = TestApp::prepare(
+        Db::Sqlite,
+        Overrides::new().set("BACKBONE__HTTP__ADMIN_ADDR", "127.0.0.1:0"),
+    )
+    .await
+    .unwrap();
+    let s = &app.settings;
+    let state = AdminState::new(app.store.clone(), s);
     assert!(!state.enabled());
-    let h = admin::serve(&s, state, tokio_util::sync::CancellationToken::new())
+    let h = admin::serve(s, state, tokio_util::sync::CancellationToken::new())
         .await
         .unwrap();
     assert!(h.is_none());

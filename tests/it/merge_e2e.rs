@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use event_backbone::app::Application;
 use event_backbone::model::envelope;
 use event_backbone::pubsub::publisher::{PublishFailure, Publishers};
 use event_backbone::stages::Incoming;
@@ -18,15 +17,12 @@ use crate::support::*;
 const WAIT: Duration = Duration::from_secs(30);
 
 async fn worked_example(db: Db) {
-    let Some(tdb) = fresh_db(db).await else {
+    let Some(app) = TestApp::spawn(db, Overrides::new()).await else {
         return;
     };
-    let project = unique_project();
-    let s = settings(&project, &tdb.url, &[]);
-    let t = s.topology();
-    let app = start(s).await;
-    let merged_tap = tap(&t, TopicKind::Merged).await;
-    let p = publishers(&t).await;
+    let t = &app.topology;
+    let merged_tap = tap(t, TopicKind::Merged).await;
+    let p = publishers(t).await;
     for e in history_to_v7() {
         publish_raw(&p, &e).await;
     }
@@ -71,9 +67,7 @@ async fn worked_example(db: Db) {
         .collect();
     assert_eq!(versions, (1..=8).collect::<Vec<_>>());
 
-    let store = event_backbone::app::connect_store(&settings(&project, &tdb.url, &[]))
-        .await
-        .unwrap();
+    let store = app.store.clone();
     assert_eq!(count(&store, "SELECT COUNT(*) FROM events").await, 8);
     assert_eq!(
         count(&store, "SELECT MAX(sequence_num) FROM events WHERE record_type = 'project' AND record_id = '42'").await,
@@ -109,18 +103,16 @@ async fn spec_worked_example_mariadb() {
 }
 
 async fn duplicates(db: Db) {
-    let Some(tdb) = fresh_db(db).await else {
+    let Some(mut app) = TestApp::prepare(db, Overrides::new()).await else {
         return;
     };
-    let project = unique_project();
-    let s = settings(&project, &tdb.url, &[]);
-    let t = s.topology();
+    let t = app.topology.clone();
     let merged_tap = tap(&t, TopicKind::Merged).await;
-    let store = event_backbone::app::connect_store(&s).await.unwrap();
+    let store = app.store.clone();
 
     // A redelivered message: the same broker message handled twice.
-    let app = Application::build(s.clone()).await.unwrap();
-    let merge = app.registry.get("merge").unwrap();
+    let built = app.build().await;
+    let merge = built.registry.get("merge").unwrap();
     let ev = raw_event(
         "suitex",
         "task",
@@ -147,11 +139,11 @@ async fn duplicates(db: Db) {
     assert_eq!(second.publish.len(), 1, "only the unconfirmed merged event");
     assert_eq!(second.publish[0].outbox_id, first.publish[0].outbox_id);
     assert_eq!(second.publish[0].data, first.publish[0].data);
-    drop(app);
+    drop(built);
 
     // A publisher retry: the same event published twice through the broker,
     // plus the same event with its keys in another order (same fingerprint).
-    let running = start(s.clone()).await;
+    app.start().await;
     let p = publishers(&t).await;
     let ev2 = raw_event(
         "netsuite",
@@ -186,7 +178,7 @@ async fn duplicates(db: Db) {
     assert_eq!(got.len(), 1, "one merged event per fingerprint: {got:?}");
     assert_eq!(json(&got[0])["record_id"], "8");
     assert_eq!(count(&store, "SELECT COUNT(*) FROM events").await, 2);
-    running.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test]
@@ -200,22 +192,16 @@ async fn duplicates_make_one_row_and_one_merged_event_mariadb() {
 }
 
 async fn racing_replicas(db: Db) {
-    let Some(tdb) = fresh_db(db).await else {
+    let overrides = Overrides::new().vars(&[
+        ("BACKBONE__RETRY__INITIAL_BACKOFF", "100ms"),
+        ("BACKBONE__RETRY__MAX_BACKOFF", "500ms"),
+    ]);
+    let Some(mut app) = TestApp::spawn(db, overrides).await else {
         return;
     };
-    let project = unique_project();
-    let s = settings(
-        &project,
-        &tdb.url,
-        &[
-            ("BACKBONE__RETRY__INITIAL_BACKOFF", "100ms"),
-            ("BACKBONE__RETRY__MAX_BACKOFF", "500ms"),
-        ],
-    );
-    let t = s.topology();
-    let a = start(s.clone()).await;
-    let b = start(s.clone()).await;
-    let p = publishers(&t).await;
+    // A second replica on the same database and project.
+    app.start().await;
+    let p = publishers(&app.topology).await;
     // 40 records × 5 events, every event published twice, interleaved, so
     // both replicas see copies of the same fingerprints at the same time.
     let mut events = Vec::new();
@@ -249,7 +235,7 @@ async fn racing_replicas(db: Db) {
     for s in sends {
         s.await.unwrap();
     }
-    let store = event_backbone::app::connect_store(&s).await.unwrap();
+    let store = app.store.clone();
     assert!(
         eventually(Duration::from_secs(60), || async {
             count(&store, "SELECT COUNT(*) FROM event_audit_log WHERE stage = 'merge' AND processing_outcome IN ('merged', 'duplicate')").await >= 400
@@ -278,8 +264,7 @@ async fn racing_replicas(db: Db) {
         .await,
         40
     );
-    a.stop().await;
-    b.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,23 +278,18 @@ async fn two_replicas_racing_on_duplicates_mariadb() {
 }
 
 async fn crash_between_commit_and_publish(db: Db) {
-    let Some(tdb) = fresh_db(db).await else {
+    let overrides = Overrides::new().vars(&[
+        ("BACKBONE__OUTBOX__RELAY_AFTER", "1s"),
+        ("BACKBONE__OUTBOX__RELAY_INTERVAL", "200ms"),
+    ]);
+    let Some(mut app) = TestApp::prepare(db, overrides).await else {
         return;
     };
-    let project = unique_project();
-    let s = settings(
-        &project,
-        &tdb.url,
-        &[
-            ("BACKBONE__OUTBOX__RELAY_AFTER", "1s"),
-            ("BACKBONE__OUTBOX__RELAY_INTERVAL", "200ms"),
-        ],
-    );
-    let t = s.topology();
+    let t = app.topology.clone();
     let merged_tap = tap(&t, TopicKind::Merged).await;
     // Injected fault: the stage commits, then the process "dies" before the
     // runtime publishes (we never hand the outcome to the runtime).
-    let app = Application::build(s.clone()).await.unwrap();
+    let built = app.build().await;
     let ev = raw_event(
         "suitex",
         "crash",
@@ -326,7 +306,7 @@ async fn crash_between_commit_and_publish(db: Db) {
         ordering_key: "crash:1".into(),
         execution: 1,
     };
-    let outcome = app
+    let outcome = built
         .registry
         .get("merge")
         .unwrap()
@@ -334,12 +314,12 @@ async fn crash_between_commit_and_publish(db: Db) {
         .await
         .unwrap();
     assert_eq!(outcome.label, "merged");
-    let store = app.store.clone();
+    let store = built.store.clone();
     assert_eq!(count(&store, "SELECT COUNT(*) FROM outbox").await, 1);
-    drop(app);
+    drop(built);
 
     // Restart; the broker redelivers the raw message (we publish it again).
-    let running = start(s.clone()).await;
+    app.start().await;
     let p = publishers(&t).await;
     publish_raw(&p, &ev).await;
     let got = merged_tap.collect(1, WAIT).await;
@@ -372,7 +352,7 @@ async fn crash_between_commit_and_publish(db: Db) {
         })
         .await
     );
-    running.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test]
@@ -387,20 +367,15 @@ async fn crash_after_commit_before_publish_mariadb() {
 
 /// SPEC §10 rows for the merge stage's input.
 async fn bad_inputs(db: Db) {
-    let Some(tdb) = fresh_db(db).await else {
+    let overrides = Overrides::new().set("BACKBONE__CONSUMERS__RETRY__ENABLED", "false");
+    let Some(mut app) = TestApp::prepare(db, overrides).await else {
         return;
     };
-    let project = unique_project();
-    let s = settings(
-        &project,
-        &tdb.url,
-        &[("BACKBONE__CONSUMERS__RETRY__ENABLED", "false")],
-    );
-    let t = s.topology();
+    let t = app.topology.clone();
     let dlq_tap = tap(&t, TopicKind::Dlq).await;
     let error_tap = tap(&t, TopicKind::Error).await;
     let merged_tap = tap(&t, TopicKind::Merged).await;
-    let running = start(s.clone()).await;
+    app.start().await;
     let p = publishers(&t).await;
 
     let ok = |ts: &str| raw_event("suitex", "bad", "1", 0, ts, json!({"a": 1}));
@@ -539,7 +514,7 @@ async fn bad_inputs(db: Db) {
         .expect("id reuse is dead-lettered as permanent");
     assert_eq!(json(reused)["changes"]["v"], 2);
 
-    let store = event_backbone::app::connect_store(&s).await.unwrap();
+    let store = app.store.clone();
     assert!(
         eventually(WAIT, || async {
             count(
@@ -594,7 +569,7 @@ async fn bad_inputs(db: Db) {
         "a gap is not a failure"
     );
     assert_eq!(count(&store, "SELECT COUNT(*) FROM events").await, 2);
-    running.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test]

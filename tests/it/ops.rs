@@ -6,14 +6,10 @@
 use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use event_backbone::app::Application;
-use event_backbone::config::Settings;
-use event_backbone::pubsub::provision::provision;
-use event_backbone::runtime::health::Health;
 use event_backbone::stages::{Incoming, Stage, StageResult};
 use event_backbone::store::dead_letters::DlqFilter;
 use event_backbone::store::Store;
@@ -22,7 +18,6 @@ use futures::future::BoxFuture;
 use futures::StreamExt;
 use prometheus_parse::{Sample, Scrape, Value};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 use crate::deliver::{Reply, Sink, NS, SX};
 use crate::support::*;
@@ -31,39 +26,6 @@ const WAIT: Duration = Duration::from_secs(45);
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-/// An in-process daemon plus what the tests need to watch it.
-struct Booted {
-    app: Running,
-    health: Arc<Health>,
-    addr: SocketAddr,
-}
-
-/// Provisions, builds (letting the test adjust the application), runs, and
-/// waits until the metrics port is bound.
-async fn boot(s: Settings, adjust: impl FnOnce(&mut Application)) -> Booted {
-    provision(&s.topology(), &endpoint())
-        .await
-        .expect("provision");
-    let mut app = Application::build(s).await.expect("build application");
-    adjust(&mut app);
-    let health = app.health.clone();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(app.run(shutdown.clone()));
-    assert!(
-        eventually(Duration::from_secs(15), || async {
-            health.metrics_addr().is_some()
-        })
-        .await,
-        "the metrics port was never bound"
-    );
-    let addr = health.metrics_addr().expect("bound above");
-    Booted {
-        app: Running { shutdown, task },
-        health,
-        addr,
-    }
-}
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let client = reqwest::Client::builder()
@@ -145,34 +107,17 @@ fn event(source: &str, rid: &str, base: i64, ts: &str, changes: serde_json::Valu
 /// raw message → dlq → parked, and a replay of what was parked.
 #[tokio::test]
 async fn ops_metrics_scrape_after_a_flow_through_every_stage() {
-    let tdb = fresh_db(Db::Sqlite).await.expect("sqlite");
-    let project = unique_project();
     let sink = Sink::start().await;
-    let snaps = tempfile::tempdir().expect("tempdir");
-    let (ns, sx, snap_url) = (
-        sink.url(NS),
-        sink.url(SX),
-        format!("file://{}", snaps.path().display()),
-    );
-    let s = settings(
-        &project,
-        &tdb.url,
-        &[
-            ("BACKBONE__TARGETS__NETSUITE__URL", &ns),
-            ("BACKBONE__TARGETS__NETSUITE__TOKEN", "ns-token"),
-            ("BACKBONE__TARGETS__SUITEX__URL", &sx),
-            ("BACKBONE__TARGETS__SUITEX__TOKEN", "sx-token"),
-            ("BACKBONE__CONSUMERS__NETSUITE__ENABLED", "true"),
-            ("BACKBONE__CONSUMERS__SUITEX__ENABLED", "true"),
+    let overrides = Overrides::new()
+        .targets(&sink.url(NS), &sink.url(SX))
+        .vars(&[
             ("BACKBONE__RETRY__INITIAL_BACKOFF", "100ms"),
             ("BACKBONE__RETRY__MAX_BACKOFF", "1s"),
-            ("BACKBONE__SNAPSHOTS__URL", &snap_url),
-        ],
-    );
-    let t = s.topology();
-    let store = event_backbone::app::connect_store(&s).await.expect("store");
-    let d = boot(s, |_| {}).await;
-    assert!(ready_is(d.addr, 200, WAIT).await, "never ready");
+        ])
+        .local_snapshots();
+    let d = TestApp::spawn(Db::Sqlite, overrides).await.expect("sqlite");
+    let (t, store, addr) = (d.topology.clone(), d.store.clone(), d.metrics_addr());
+    assert!(ready_is(addr, 200, WAIT).await, "never ready");
     let p = publishers(&t).await;
 
     // m1 from netsuite: suitex must learn it; its first POST fails with 500.
@@ -259,7 +204,7 @@ async fn ops_metrics_scrape_after_a_flow_through_every_stage() {
         .collect();
     assert!(
         eventually(WAIT, || async {
-            let sc = scrape(d.addr).await;
+            let sc = scrape(addr).await;
             let pending = count(
                 &store,
                 "SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NULL",
@@ -280,7 +225,7 @@ async fn ops_metrics_scrape_after_a_flow_through_every_stage() {
         "in-flight gauges never settled at 0 / parked gauge never matched the table"
     );
 
-    let sc = scrape(d.addr).await;
+    let sc = scrape(addr).await;
     // Every family of SPEC §8 (and ours) is present.
     let families: HashSet<&str> = sc.samples.iter().map(|s| s.metric.as_str()).collect();
     for name in [
@@ -451,7 +396,7 @@ async fn ops_metrics_scrape_after_a_flow_through_every_stage() {
             );
         }
     }
-    d.app.stop().await;
+    d.stop().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -461,14 +406,14 @@ async fn ops_metrics_scrape_after_a_flow_through_every_stage() {
 /// stored, then cuts `proxy` (in front of `what`) and waits up to 15 s for
 /// `/readyz` to answer 503. Returns when the cut happened.
 async fn store_one_then_cut(
-    d: &Booted,
+    addr: SocketAddr,
     p: &event_backbone::pubsub::publisher::Publishers,
     store: &Store,
     first: &str,
     proxy: &Proxy,
     what: &str,
 ) -> Instant {
-    assert!(ready_is(d.addr, 200, WAIT).await, "never ready");
+    assert!(ready_is(addr, 200, WAIT).await, "never ready");
     publish_raw(p, first).await;
     assert!(
         eventually(WAIT, || async {
@@ -479,7 +424,7 @@ async fn store_one_then_cut(
     proxy.cut();
     let cut_at = Instant::now();
     assert!(
-        ready_is(d.addr, 503, Duration::from_secs(15)).await,
+        ready_is(addr, 503, Duration::from_secs(15)).await,
         "/readyz stayed 200 with {what} cut off"
     );
     cut_at
@@ -490,29 +435,20 @@ async fn store_one_then_cut(
 /// stored once afterwards.
 #[tokio::test]
 async fn ops_readyz_follows_the_database_without_a_restart() {
-    let Some(tdb) = fresh_db(Db::Mariadb).await else {
+    let proxy = Proxy::start(&mariadb_addr()).await;
+    let overrides = Overrides::new()
+        .database_via(proxy.port)
+        .set("BACKBONE__DATABASE__CONNECT_TIMEOUT", "1s");
+    let Some(d) = TestApp::spawn(Db::Mariadb, overrides).await else {
         return;
     };
-    let name = tdb.name.clone().expect("a MariaDB database name");
-    let proxy = Proxy::start(&mariadb_addr()).await;
-    let via_proxy = mariadb_url_via(proxy.port, &name);
-    let project = unique_project();
-    let s = settings(
-        &project,
-        &via_proxy,
-        &[("BACKBONE__DATABASE__CONNECT_TIMEOUT", "1s")],
-    );
-    let t = s.topology();
     // The test reads the database directly, not through the proxy.
-    let direct = Store::connect(&tdb.url, 2, Duration::from_secs(5))
-        .await
-        .expect("direct store");
-    let d = boot(s, |_| {}).await;
+    let (t, direct, addr) = (d.topology.clone(), d.store.clone(), d.metrics_addr());
     let p = publishers(&t).await;
     let first = event("netsuite", "r1", 0, "2025-01-01T10:00:00Z", json!({"a": 1}));
-    let cut_at = store_one_then_cut(&d, &p, &direct, &first, &proxy, "the database").await;
+    let cut_at = store_one_then_cut(addr, &p, &direct, &first, &proxy, "the database").await;
     let started = Instant::now();
-    let (status, body) = get(d.addr, "/readyz").await;
+    let (status, body) = get(addr, "/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -524,10 +460,10 @@ async fn ops_readyz_follows_the_database_without_a_restart() {
     println!("503 after {:?}: {v}", cut_at.elapsed());
     // The scrape says the same, and within the scrape's 1 s database bound.
     let started = Instant::now();
-    assert_eq!(metric_now(d.addr, "backbone_ready", &[]).await, 0.0);
+    assert_eq!(metric_now(addr, "backbone_ready", &[]).await, 0.0);
     assert!(started.elapsed() < Duration::from_secs(3));
     // Liveness is not tied to the database: no restart wanted.
-    assert_eq!(get(d.addr, "/healthz").await.0, 200);
+    assert_eq!(get(addr, "/healthz").await.0, 200);
     publish_raw(
         &p,
         &event("netsuite", "r2", 0, "2025-01-01T10:00:01Z", json!({"a": 2})),
@@ -537,10 +473,10 @@ async fn ops_readyz_follows_the_database_without_a_restart() {
 
     proxy.restore();
     assert!(
-        ready_is(d.addr, 200, WAIT).await,
+        ready_is(addr, 200, WAIT).await,
         "/readyz did not recover after the database returned"
     );
-    assert_eq!(metric_now(d.addr, "backbone_ready", &[]).await, 1.0);
+    assert_eq!(metric_now(addr, "backbone_ready", &[]).await, 1.0);
     assert!(
         eventually(WAIT, || async {
             count(&direct, "SELECT COUNT(*) FROM events").await == 2
@@ -548,7 +484,7 @@ async fn ops_readyz_follows_the_database_without_a_restart() {
         .await,
         "the event published during the outage was not stored after it"
     );
-    assert!(!d.app.task.is_finished(), "the daemon must not have exited");
+    assert!(!d.daemon_exited(), "the daemon must not have exited");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         count(
@@ -558,7 +494,7 @@ async fn ops_readyz_follows_the_database_without_a_restart() {
         .await,
         1
     );
-    d.app.stop().await;
+    d.stop().await;
 }
 
 /// Pub/Sub unreachable (the daemon talks to the emulator through a proxy
@@ -568,41 +504,37 @@ async fn ops_readyz_follows_the_database_without_a_restart() {
 /// proxy is restored, with no restart of the daemon.
 #[tokio::test]
 async fn ops_pubsub_outage_drops_readiness_and_loses_nothing() {
-    let tdb = fresh_db(Db::Sqlite).await.expect("sqlite");
     let proxy = Proxy::start(emulator_host()).await;
-    let project = unique_project();
     let via_proxy = format!("127.0.0.1:{}", proxy.port);
-    let s = settings(
-        &project,
-        &tdb.url,
-        &[
-            ("PUBSUB_EMULATOR_HOST", via_proxy.as_str()),
-            ("BACKBONE__PUBSUB__PROBE_INTERVAL", "1s"),
-        ],
-    );
-    let t = s.topology();
-    let store = event_backbone::app::connect_store(&s).await.expect("store");
+    let overrides = Overrides::new()
+        .set("PUBSUB_EMULATOR_HOST", via_proxy)
+        .set("BACKBONE__PUBSUB__PROBE_INTERVAL", "1s");
+    let mut d = TestApp::prepare(Db::Sqlite, overrides)
+        .await
+        .expect("sqlite");
+    let (t, store) = (d.topology.clone(), d.store.clone());
     let merged = tap(&t, TopicKind::Merged).await;
-    let d = boot(s, |_| {}).await;
+    d.start().await;
+    let addr = d.metrics_addr();
     // The test publishes straight to the emulator, around the proxy.
     let p = publishers(&t).await;
     let first = event("suitex", "po1", 0, "2025-01-01T10:00:00Z", json!({"a": 1}));
-    let cut_at = store_one_then_cut(&d, &p, &store, &first, &proxy, "Pub/Sub").await;
-    let (_, body) = get(d.addr, "/readyz").await;
+    let cut_at = store_one_then_cut(addr, &p, &store, &first, &proxy, "Pub/Sub").await;
+    let (_, body) = get(addr, "/readyz").await;
     let v: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
     assert_ne!(v["pubsub"], "ok", "{v}");
     assert_eq!(v["database"], "ok", "{v}");
     println!("503 after {:?}: {v}", cut_at.elapsed());
     assert_eq!(
         metric_now(
-            d.addr,
+            addr,
             "backbone_consumer_up",
             &[("subscription", &t.subscription_id(ConsumerKind::Merge))]
         )
         .await,
         0.0
     );
-    assert_eq!(get(d.addr, "/healthz").await.0, 200, "no restart wanted");
+    assert_eq!(get(addr, "/healthz").await.0, 200, "no restart wanted");
     for i in 0..5 {
         publish_raw(
             &p,
@@ -626,7 +558,7 @@ async fn ops_pubsub_outage_drops_readiness_and_loses_nothing() {
     proxy.restore();
     let restored_at = Instant::now();
     assert!(
-        ready_is(d.addr, 200, WAIT).await,
+        ready_is(addr, 200, WAIT).await,
         "/readyz did not recover after Pub/Sub returned"
     );
     assert!(
@@ -641,7 +573,7 @@ async fn ops_pubsub_outage_drops_readiness_and_loses_nothing() {
         "ready again and all stored {:?} after the restore",
         restored_at.elapsed()
     );
-    assert!(!d.app.task.is_finished(), "the daemon must not have exited");
+    assert!(!d.daemon_exited(), "the daemon must not have exited");
     assert_eq!(
         count(&store, "SELECT COUNT(DISTINCT record_id) FROM events").await,
         6
@@ -663,7 +595,7 @@ async fn ops_pubsub_outage_drops_readiness_and_loses_nothing() {
         .await,
         "outbox rows were left unpublished"
     );
-    d.app.stop().await;
+    d.stop().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -674,46 +606,38 @@ async fn ops_pubsub_outage_drops_readiness_and_loses_nothing() {
 /// it is down and returns, and the restarted consumer processes messages.
 #[tokio::test]
 async fn ops_killed_consumer_is_restarted_counted_and_ready_again() {
-    let tdb = fresh_db(Db::Sqlite).await.expect("sqlite");
-    let project = unique_project();
-    let s = settings(&project, &tdb.url, &[]);
-    let t = s.topology();
-    let store = event_backbone::app::connect_store(&s).await.expect("store");
-    let d = boot(s, |_| {}).await;
-    assert!(ready_is(d.addr, 200, WAIT).await, "never ready");
+    let d = TestApp::spawn(Db::Sqlite, Overrides::new())
+        .await
+        .expect("sqlite");
+    let (t, store, addr) = (d.topology.clone(), d.store.clone(), d.metrics_addr());
+    assert!(ready_is(addr, 200, WAIT).await, "never ready");
     let merge = t.subscription_id(ConsumerKind::Merge);
     let labels = [("subscription", merge.as_str())];
-    let before = metric_now(d.addr, "backbone_consumer_restarts_total", &labels).await;
+    let before = metric_now(addr, "backbone_consumer_restarts_total", &labels).await;
 
     assert!(
-        d.health.kill_consumer(&merge),
+        d.health().kill_consumer(&merge),
         "no merge consumer task to kill"
     );
     // Down for at least the first restart backoff (0.5 s).
     assert!(
         eventually(Duration::from_secs(5), || async {
-            d.health.snapshot().get(&merge).is_some_and(|c| !c.up)
+            d.health().snapshot().get(&merge).is_some_and(|c| !c.up)
         })
         .await,
         "the killed consumer was never reported down"
     );
-    assert_eq!(get(d.addr, "/readyz").await.0, 503);
-    assert!(
-        ready_is(d.addr, 200, WAIT).await,
-        "readiness never returned"
-    );
-    let after = metric_now(d.addr, "backbone_consumer_restarts_total", &labels).await;
+    assert_eq!(get(addr, "/readyz").await.0, 503);
+    assert!(ready_is(addr, 200, WAIT).await, "readiness never returned");
+    let after = metric_now(addr, "backbone_consumer_restarts_total", &labels).await;
     assert_eq!(after, before + 1.0, "the restart was not counted");
-    assert_eq!(
-        metric_now(d.addr, "backbone_consumer_up", &labels).await,
-        1.0
-    );
+    assert_eq!(metric_now(addr, "backbone_consumer_up", &labels).await, 1.0);
     // Not asserted here: that the restarted stream receives new messages.
     // In-process, the emulator (0.8.20) delivers nothing to a second stream
     // on a subscription whose first stream was dropped (reproduced with a
     // bare client too); across processes it does (see the SIGTERM test).
     let _ = (&store, &t);
-    d.app.stop().await;
+    d.stop().await;
 }
 
 /// The real merge stage, except that it panics on record `poison`.
@@ -737,27 +661,23 @@ impl Stage for PanicsOnPoison {
 /// the other messages on the same consumer are merged; nothing restarts.
 #[tokio::test]
 async fn ops_a_panicking_stage_neither_kills_the_consumer_nor_loses_the_message() {
-    let tdb = fresh_db(Db::Sqlite).await.expect("sqlite");
-    let project = unique_project();
-    let s = settings(
-        &project,
-        &tdb.url,
-        &[
-            ("BACKBONE__RETRY__MAX_ATTEMPTS", "3"),
-            ("BACKBONE__RETRY__INITIAL_BACKOFF", "100ms"),
-            ("BACKBONE__RETRY__MAX_BACKOFF", "200ms"),
-            // One lane: the poison message and the good ones share it.
-            ("BACKBONE__CONSUMERS__MERGE__LANES", "1"),
-        ],
-    );
-    let t = s.topology();
-    let store = event_backbone::app::connect_store(&s).await.expect("store");
-    let d = boot(s, |app| {
+    let overrides = Overrides::new().vars(&[
+        ("BACKBONE__RETRY__MAX_ATTEMPTS", "3"),
+        ("BACKBONE__RETRY__INITIAL_BACKOFF", "100ms"),
+        ("BACKBONE__RETRY__MAX_BACKOFF", "200ms"),
+        // One lane: the poison message and the good ones share it.
+        ("BACKBONE__CONSUMERS__MERGE__LANES", "1"),
+    ]);
+    let mut d = TestApp::prepare(Db::Sqlite, overrides)
+        .await
+        .expect("sqlite");
+    d.start_with(|app| {
         let merge = app.registry.get("merge").expect("merge stage");
         app.registry.register(Arc::new(PanicsOnPoison(merge)));
     })
     .await;
-    assert!(ready_is(d.addr, 200, WAIT).await, "never ready");
+    let (t, store, addr) = (d.topology.clone(), d.store.clone(), d.metrics_addr());
+    assert!(ready_is(addr, 200, WAIT).await, "never ready");
     let p = publishers(&t).await;
     publish_raw(
         &p,
@@ -805,15 +725,15 @@ async fn ops_a_panicking_stage_neither_kills_the_consumer_nor_loses_the_message(
     let merge = t.subscription_id(ConsumerKind::Merge);
     assert_eq!(
         metric_now(
-            d.addr,
+            addr,
             "backbone_consumer_restarts_total",
             &[("subscription", &merge)]
         )
         .await,
         0.0
     );
-    assert_eq!(get(d.addr, "/readyz").await.0, 200);
-    d.app.stop().await;
+    assert_eq!(get(addr, "/readyz").await.0, 200);
+    d.stop().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -821,57 +741,24 @@ async fn ops_a_panicking_stage_neither_kills_the_consumer_nor_loses_the_message(
 
 /// The daemon as a child process with its metrics on a known port.
 struct Daemon {
-    child: Child,
+    process: ChildDaemon,
     metrics: SocketAddr,
 }
 
 impl Daemon {
-    fn spawn(project: &str, db_url: &str, grace: &str) -> Daemon {
+    fn spawn(app: &TestApp, grace: &str) -> Daemon {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port())
             .parse()
             .expect("socket address");
-        let child = Command::new(env!("CARGO_BIN_EXE_event-backbone"))
-            .arg("run")
-            .env("BACKBONE_ENV", "local")
-            .env("PUBSUB_EMULATOR_HOST", emulator_host())
-            .env("BACKBONE__PUBSUB__PROJECT_ID", project)
-            .env("BACKBONE__DATABASE__URL", db_url)
-            .env("BACKBONE__HTTP__METRICS_ADDR", metrics.to_string())
-            .env("BACKBONE__SHUTDOWN__GRACE", grace)
-            .env("BACKBONE_CONFIG_DIR", config_dir())
+        let process = ChildDaemon::spawn(
+            app.daemon_command(&[
+                ("BACKBONE__HTTP__METRICS_ADDR", &metrics.to_string()),
+                ("BACKBONE__SHUTDOWN__GRACE", grace),
+            ])
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn event-backbone run");
-        Daemon { child, metrics }
-    }
-
-    fn sigterm(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill -TERM");
-    }
-
-    /// Waits up to `within` for the exit; None when it did not exit.
-    async fn exit_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+            .stderr(Stdio::inherit()),
+        );
+        Daemon { process, metrics }
     }
 }
 
@@ -886,15 +773,14 @@ impl Drop for Daemon {
 async fn ops_sigterm_under_load_drains_and_loses_nothing() {
     const N: usize = 400;
     const GRACE: Duration = Duration::from_secs(5);
-    let tdb = fresh_db(Db::Sqlite).await.expect("sqlite");
-    let project = unique_project();
-    let s = settings(&project, &tdb.url, &[]);
-    let t = s.topology();
-    provision(&t, &endpoint()).await.expect("provision");
-    let store = event_backbone::app::connect_store(&s).await.expect("store");
-    store.migrate().await.expect("migrate");
+    let app = TestApp::prepare(Db::Sqlite, Overrides::new())
+        .await
+        .expect("sqlite");
+    app.provision().await;
+    app.migrate().await;
+    let (t, store) = (app.topology.clone(), app.store.clone());
     let merged = tap(&t, TopicKind::Merged).await;
-    let mut first = Daemon::spawn(&project, &tdb.url, "5s");
+    let mut first = Daemon::spawn(&app, "5s");
     assert!(
         ready_is(first.metrics, 200, WAIT).await,
         "first daemon never ready"
@@ -952,9 +838,10 @@ async fn ops_sigterm_under_load_drains_and_loses_nothing() {
         "the load never started to be merged"
     );
     let stored_at_signal = count(&store, "SELECT COUNT(*) FROM events").await;
-    first.sigterm();
+    first.process.sigterm();
     let signalled = Instant::now();
     let status = first
+        .process
         .exit_within(GRACE + Duration::from_secs(5))
         .await
         .expect("the daemon did not exit within its grace (plus teardown)");
@@ -982,7 +869,7 @@ async fn ops_sigterm_under_load_drains_and_loses_nothing() {
     );
     publisher.await.expect("publisher task");
 
-    let second = Daemon::spawn(&project, &tdb.url, "5s");
+    let second = Daemon::spawn(&app, "5s");
     assert!(
         ready_is(second.metrics, 200, WAIT).await,
         "second daemon never ready"
@@ -1042,8 +929,9 @@ async fn ops_sigterm_under_load_drains_and_loses_nothing() {
         "outbox rows were left unpublished"
     );
     let mut second = second;
-    second.sigterm();
+    second.process.sigterm();
     let status = second
+        .process
         .exit_within(GRACE + Duration::from_secs(5))
         .await
         .expect("the second daemon did not exit");

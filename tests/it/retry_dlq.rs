@@ -3,7 +3,7 @@
 //! real binary for the signal tests.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -46,19 +46,13 @@ fn parse_ts(s: &str) -> DateTime<Utc> {
 }
 
 async fn exhausted_after_five(db: Db) {
-    let Some(tdb) = fresh_db(db).await else {
-        return;
-    };
-    let project = unique_project();
     let snaps = MissingSnapshots::new();
     let (k, v) = snaps.setting();
-    let mut overrides = FAST.to_vec();
-    overrides.push((k, &v));
-    let s = settings(&project, &tdb.url, &overrides);
-    let t = s.topology();
-    let running = start(s.clone()).await;
-    let store = event_backbone::app::connect_store(&s).await.unwrap();
-    let p = publishers(&t).await;
+    let Some(app) = TestApp::spawn(db, Overrides::new().vars(FAST).set(k, v)).await else {
+        return;
+    };
+    let store = app.store.clone();
+    let p = publishers(&app.topology).await;
     // Its snapshot never appears: transient every time.
     publish_raw(&p, &snaps.event("suitex", "retry", "r1", 0, "r1")).await;
     assert!(
@@ -104,7 +98,7 @@ async fn exhausted_after_five(db: Db) {
         count(&store, "SELECT COUNT(*) FROM event_audit_log WHERE stage = 'park' AND processing_outcome = 'parked'").await,
         1
     );
-    running.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test]
@@ -118,26 +112,20 @@ async fn always_transient_runs_exactly_five_times_then_parks_mariadb() {
 }
 
 async fn fails_twice_then_succeeds(db: Db) {
-    let Some(tdb) = fresh_db(db).await else {
-        return;
-    };
-    let project = unique_project();
     let snaps = MissingSnapshots::new();
     let (k, v) = snaps.setting();
-    let s = settings(
-        &project,
-        &tdb.url,
-        &[
+    let overrides = Overrides::new()
+        .vars(&[
             ("BACKBONE__RETRY__INITIAL_BACKOFF", "1s"),
             ("BACKBONE__RETRY__MAX_BACKOFF", "2s"),
-            (k, &v),
-        ],
-    );
-    let t = s.topology();
-    let running = start(s.clone()).await;
-    let store = event_backbone::app::connect_store(&s).await.unwrap();
-    let p = publishers(&t).await;
-    let merged = tap(&t, TopicKind::Merged).await;
+        ])
+        .set(k, v);
+    let Some(app) = TestApp::spawn(db, overrides).await else {
+        return;
+    };
+    let store = app.store.clone();
+    let p = publishers(&app.topology).await;
+    let merged = tap(&app.topology, TopicKind::Merged).await;
     publish_raw(&p, &snaps.event("suitex", "retry", "r2", 0, "r2")).await;
     assert!(
         eventually(Duration::from_secs(20), || async {
@@ -157,7 +145,7 @@ async fn fails_twice_then_succeeds(db: Db) {
     assert_eq!(audit_times(&store, "r2", "transient").await.len(), 2);
     assert_eq!(count(&store, "SELECT COUNT(*) FROM dead_letters").await, 0);
     assert_eq!(count(&store, "SELECT version FROM record_state").await, 1);
-    running.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test]
@@ -172,13 +160,11 @@ async fn fails_twice_then_succeeds_mariadb() {
 
 #[tokio::test]
 async fn invalid_message_is_parked_after_one_execution() {
-    let tdb = fresh_db(Db::Sqlite).await.unwrap();
-    let project = unique_project();
-    let s = settings(&project, &tdb.url, FAST);
-    let t = s.topology();
-    let running = start(s.clone()).await;
-    let store = event_backbone::app::connect_store(&s).await.unwrap();
-    let p = publishers(&t).await;
+    let app = TestApp::spawn(Db::Sqlite, Overrides::new().vars(FAST))
+        .await
+        .unwrap();
+    let store = app.store.clone();
+    let p = publishers(&app.topology).await;
     p.publish_to(
         TopicKind::Raw,
         Bytes::from_static(b"definitely not json"),
@@ -209,7 +195,7 @@ async fn invalid_message_is_parked_after_one_execution() {
         1,
         "exactly one execution"
     );
-    running.stop().await;
+    app.stop().await;
 }
 
 /// The broker itself dead-letters a message nacked past max delivery
@@ -217,16 +203,13 @@ async fn invalid_message_is_parked_after_one_execution() {
 /// this happens on an ordered one). The park consumer records its source.
 #[tokio::test]
 async fn broker_dead_lettered_message_is_parked_with_its_source() {
-    let tdb = fresh_db(Db::Sqlite).await.unwrap();
-    let project = unique_project();
-    let s = settings(
-        &project,
-        &tdb.url,
-        &[("BACKBONE__CONSUMERS__RETRY__ENABLED", "false")],
-    );
-    let t = s.topology();
-    let running = start(s.clone()).await;
-    let store = event_backbone::app::connect_store(&s).await.unwrap();
+    let app = TestApp::spawn(
+        Db::Sqlite,
+        Overrides::new().set("BACKBONE__CONSUMERS__RETRY__ENABLED", "false"),
+    )
+    .await
+    .unwrap();
+    let (t, store) = (app.topology.clone(), app.store.clone());
     let p = publishers(&t).await;
     p.publish_to(
         TopicKind::Error,
@@ -280,54 +263,17 @@ async fn broker_dead_lettered_message_is_parked_with_its_source() {
     );
     assert_eq!(dl.reason, "exhausted");
     assert_eq!(dl.record_id.as_deref(), Some("b1"));
-    running.stop().await;
+    app.stop().await;
 }
 
-/// The daemon as a child process (the real binary, real signals).
-struct Daemon {
-    child: Child,
-}
-
-impl Daemon {
-    fn spawn(project: &str, db_url: &str, extra: &[(&str, &str)]) -> Daemon {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_event-backbone"));
-        cmd.arg("run")
-            .env("BACKBONE_ENV", "local")
-            .env("PUBSUB_EMULATOR_HOST", emulator_host())
-            .env("BACKBONE__PUBSUB__PROJECT_ID", project)
-            .env("BACKBONE__DATABASE__URL", db_url)
-            .env("BACKBONE__HTTP__METRICS_ADDR", "127.0.0.1:0")
-            .env("BACKBONE__SHUTDOWN__GRACE", "3s")
-            .env("BACKBONE_CONFIG_DIR", config_dir())
+/// The daemon as a child process (the real binary, real signals): the
+/// app's settings, a 3 s drain.
+fn spawn_daemon(app: &TestApp) -> ChildDaemon {
+    ChildDaemon::spawn(
+        app.daemon_command(&[("BACKBONE__SHUTDOWN__GRACE", "3s")])
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        Daemon {
-            child: cmd.spawn().expect("spawn event-backbone run"),
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-
-    fn wait(mut self) -> std::process::ExitStatus {
-        self.child.wait().expect("wait")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            .stderr(Stdio::inherit()),
+    )
 }
 
 /// Parked rows with this replay count that are pending again.
@@ -351,21 +297,16 @@ async fn pending(store: &Store) -> i64 {
 /// back (replay count grows); once it is cleared they succeed.
 #[tokio::test]
 async fn sigusr1_replays_parked_dead_letters() {
-    let tdb = fresh_db(Db::Sqlite).await.unwrap();
-    let project = unique_project();
     let snaps = MissingSnapshots::new();
     let (k, v) = snaps.setting();
-    let mut overrides = FAST.to_vec();
-    overrides.push((k, &v));
-    let s = settings(&project, &tdb.url, &overrides);
-    let t = s.topology();
-    event_backbone::pubsub::provision::provision(&t, &endpoint())
+    let app = TestApp::prepare(Db::Sqlite, Overrides::new().vars(FAST).set(k, v))
         .await
         .unwrap();
-    let store = event_backbone::app::connect_store(&s).await.unwrap();
-    store.migrate().await.unwrap();
-    let daemon = Daemon::spawn(&project, &tdb.url, &overrides);
-    let p = publishers(&t).await;
+    app.provision().await;
+    app.migrate().await;
+    let store = app.store.clone();
+    let daemon = spawn_daemon(&app);
+    let p = publishers(&app.topology).await;
     // Fault: the snapshots of two records' events are missing.
     for r in ["s1", "s2"] {
         publish_raw(&p, &snaps.event("suitex", "sig", r, 0, r)).await;
@@ -435,27 +376,21 @@ async fn sigusr1_replays_parked_dead_letters() {
 /// the message is retried (here: parked once its attempts are used up).
 #[tokio::test]
 async fn kill_while_retry_is_held_loses_nothing() {
-    let tdb = fresh_db(Db::Sqlite).await.unwrap();
-    let project = unique_project();
-    let slow: &[(&str, &str)] = &[
-        ("BACKBONE__RETRY__INITIAL_BACKOFF", "3s"),
-        ("BACKBONE__RETRY__MAX_BACKOFF", "3s"),
-        ("BACKBONE__RETRY__MAX_ATTEMPTS", "2"),
-    ];
     let snaps = MissingSnapshots::new();
     let (k, v) = snaps.setting();
-    let mut slow = slow.to_vec();
-    slow.push((k, &v));
-    let slow = &slow[..];
-    let s = settings(&project, &tdb.url, slow);
-    let t = s.topology();
-    event_backbone::pubsub::provision::provision(&t, &endpoint())
-        .await
-        .unwrap();
-    let store = event_backbone::app::connect_store(&s).await.unwrap();
-    store.migrate().await.unwrap();
-    let daemon = Daemon::spawn(&project, &tdb.url, slow);
-    let p = publishers(&t).await;
+    let slow = Overrides::new()
+        .vars(&[
+            ("BACKBONE__RETRY__INITIAL_BACKOFF", "3s"),
+            ("BACKBONE__RETRY__MAX_BACKOFF", "3s"),
+            ("BACKBONE__RETRY__MAX_ATTEMPTS", "2"),
+        ])
+        .set(k, v);
+    let app = TestApp::prepare(Db::Sqlite, slow).await.unwrap();
+    app.provision().await;
+    app.migrate().await;
+    let store = app.store.clone();
+    let daemon = spawn_daemon(&app);
+    let p = publishers(&app.topology).await;
     publish_raw(&p, &snaps.event("suitex", "kill", "k1", 0, "k1")).await;
     assert!(
         eventually(Duration::from_secs(20), || async {
@@ -470,7 +405,7 @@ async fn kill_while_retry_is_held_loses_nothing() {
     daemon.signal("-KILL");
     let _ = daemon.wait();
     assert_eq!(count(&store, "SELECT COUNT(*) FROM dead_letters").await, 0);
-    let _daemon = Daemon::spawn(&project, &tdb.url, slow);
+    let _daemon = spawn_daemon(&app);
     // The held lease expires, the message is redelivered to the new process,
     // runs its second and last execution, and is parked: about 60 s (the
     // lease the killed process last extended). The stock emulator jar takes
@@ -496,19 +431,13 @@ async fn kill_while_retry_is_held_loses_nothing() {
 /// `dry_run` lists without publishing, a real replay republishes.
 #[tokio::test]
 async fn admin_dlq_endpoints_need_the_token_and_honour_dry_run() {
-    let tdb = fresh_db(Db::Sqlite).await.unwrap();
-    let project = unique_project();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut overrides: Vec<(&str, &str)> = FAST.to_vec();
-    overrides.push(("BACKBONE__HTTP__ADMIN_ADDR", &addr));
-    overrides.push(("BACKBONE__HTTP__ADMIN_TOKEN", "s3cret-token"));
-    let s = settings(&project, &tdb.url, &overrides);
-    let t = s.topology();
-    let error_tap = tap(&t, TopicKind::Error).await;
-    let running = start(s.clone()).await;
-    let store = event_backbone::app::connect_store(&s).await.unwrap();
-    let p = publishers(&t).await;
+    let overrides = Overrides::new().vars(FAST).admin("s3cret-token");
+    let mut app = TestApp::prepare(Db::Sqlite, overrides).await.unwrap();
+    let error_tap = tap(&app.topology, TopicKind::Error).await;
+    app.start().await;
+    let addr = app.admin_addr().to_string();
+    let store = app.store.clone();
+    let p = publishers(&app.topology).await;
     p.publish_to(
         TopicKind::Raw,
         Bytes::from_static(b"<xml/>"),
@@ -597,7 +526,7 @@ async fn admin_dlq_endpoints_need_the_token_and_honour_dry_run() {
         .await
     );
     assert_eq!(count(&store, "SELECT COUNT(*) FROM dead_letters").await, 1);
-    running.stop().await;
+    app.stop().await;
 }
 
 /// `processing_duration_seconds` measures the work, not a retry's scheduled
@@ -605,22 +534,16 @@ async fn admin_dlq_endpoints_need_the_token_and_honour_dry_run() {
 /// (slow-processing alerts would fire whenever retries wait).
 #[tokio::test]
 async fn processing_time_excludes_the_retry_hold() {
-    let tdb = fresh_db(Db::Sqlite).await.unwrap();
-    let project = unique_project();
     let snaps = MissingSnapshots::new();
     let (k, v) = snaps.setting();
-    let s = settings(
-        &project,
-        &tdb.url,
-        &[
+    let overrides = Overrides::new()
+        .vars(&[
             ("BACKBONE__RETRY__INITIAL_BACKOFF", "3s"),
             ("BACKBONE__RETRY__MAX_BACKOFF", "3s"),
-            (k, &v),
-        ],
-    );
-    let t = s.topology();
-    let running = start(s.clone()).await;
-    let store = event_backbone::app::connect_store(&s).await.unwrap();
+        ])
+        .set(k, v);
+    let app = TestApp::spawn(Db::Sqlite, overrides).await.unwrap();
+    let (t, store) = (app.topology.clone(), app.store.clone());
     let p = publishers(&t).await;
     publish_raw(&p, &snaps.event("suitex", "hist", "h1", 0, "h1")).await;
     assert!(
@@ -654,5 +577,5 @@ async fn processing_time_excludes_the_retry_hold() {
         h.get_sample_sum(),
         h.get_sample_count()
     );
-    running.stop().await;
+    app.stop().await;
 }

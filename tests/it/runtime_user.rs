@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use event_backbone::commands::doctor::{self, Status};
@@ -63,57 +63,22 @@ fn runtime_url(user: &str, db: &str) -> String {
     mariadb_url_as(user, "pw", db)
 }
 
-/// The daemon as a child process.
-struct Daemon {
-    child: Child,
-}
-
-impl Daemon {
-    fn spawn(vars: &[(&str, &str)]) -> Daemon {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_event-backbone"));
-        cmd.arg("run")
-            .env("BACKBONE_ENV", "production")
-            .env("BACKBONE_CONFIG_DIR", config_dir())
-            .env("PUBSUB_EMULATOR_HOST", emulator_host())
-            .env("BACKBONE__LOG__FORMAT", "text")
-            .env("BACKBONE__SHUTDOWN__GRACE", "5s")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        for (k, v) in vars {
-            cmd.env(k, v);
-        }
-        Daemon {
-            child: cmd.spawn().expect("spawn event-backbone run"),
-        }
+/// The daemon as a child process, in the production env layer.
+fn spawn_daemon(vars: &[(&str, &str)]) -> ChildDaemon {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_event-backbone"));
+    cmd.arg("run")
+        .env("BACKBONE_ENV", "production")
+        .env("BACKBONE_CONFIG_DIR", config_dir())
+        .env("PUBSUB_EMULATOR_HOST", emulator_host())
+        .env("BACKBONE__LOG__FORMAT", "text")
+        .env("BACKBONE__SHUTDOWN__GRACE", "5s")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in vars {
+        cmd.env(k, v);
     }
-
-    fn sigterm(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill -TERM");
-    }
-
-    async fn exit_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    ChildDaemon::spawn(&mut cmd)
 }
 
 async fn ready(metrics: SocketAddr) -> bool {
@@ -179,26 +144,23 @@ async fn runtime_user_runs_the_whole_flow_mariadb() {
         admin.to_string(),
     );
     // Everything but the daemon's own HTTP addresses, for the CLI commands too.
-    let common: Vec<(&str, &str)> = vec![
+    let mut common: Vec<(&str, &str)> = vec![
         ("BACKBONE__PUBSUB__PROJECT_ID", &project),
         ("BACKBONE__DATABASE__URL", &url),
         ("BACKBONE__SNAPSHOTS__URL", &snap_url),
-        ("BACKBONE__TARGETS__NETSUITE__URL", &ns),
-        ("BACKBONE__TARGETS__NETSUITE__TOKEN", "ns-token"),
         ("BACKBONE__TARGETS__NETSUITE__TIMEOUT", "2s"),
-        ("BACKBONE__TARGETS__SUITEX__URL", &sx),
-        ("BACKBONE__TARGETS__SUITEX__TOKEN", "sx-token"),
         ("BACKBONE__TARGETS__SUITEX__TIMEOUT", "2s"),
         ("BACKBONE__RETRY__INITIAL_BACKOFF", "100ms"),
         ("BACKBONE__RETRY__MAX_BACKOFF", "1s"),
     ];
+    common.extend(target_vars(&ns, &sx));
     let mut daemon_vars = common.clone();
     daemon_vars.extend([
         ("BACKBONE__HTTP__METRICS_ADDR", metrics_s.as_str()),
         ("BACKBONE__HTTP__ADMIN_ADDR", admin_s.as_str()),
         ("BACKBONE__HTTP__ADMIN_TOKEN", ADMIN_TOKEN),
     ]);
-    let mut daemon = Daemon::spawn(&daemon_vars);
+    let mut daemon = spawn_daemon(&daemon_vars);
     assert!(ready(metrics).await, "the daemon never became ready");
     // Observes as root: the runtime user may read but not everything here.
     let root = Store::connect(&tdb.url, 2, Duration::from_secs(5))
@@ -513,22 +475,14 @@ async fn runtime_user_refuses_a_schema_one_migration_behind_mariadb() {
 /// passes with a warning, and `migrate` leaves the unknown version alone.
 #[tokio::test]
 async fn runtime_schema_ahead_of_the_binary_runs_with_a_warning() {
-    let tdb = fresh_db(Db::Sqlite).await.expect("sqlite");
-    let project = unique_project();
-    let snaps = tempfile::tempdir().expect("tempdir");
-    let snap_url = format!("file://{}", snaps.path().display());
-    let s = settings(
-        &project,
-        &tdb.url,
-        &[
-            ("BACKBONE__SNAPSHOTS__URL", &snap_url),
-            ("BACKBONE__DATABASE__MIGRATE_ON_START", "false"),
-        ],
-    );
-    let store = event_backbone::app::connect_store(&s)
+    let overrides = Overrides::new()
+        .local_snapshots()
+        .set("BACKBONE__DATABASE__MIGRATE_ON_START", "false");
+    let app = TestApp::prepare(Db::Sqlite, overrides)
         .await
-        .expect("connect");
-    store.migrate().await.expect("migrate");
+        .expect("sqlite");
+    let (s, store) = (&app.settings, &app.store);
+    app.migrate().await;
     let next = store
         .migrator()
         .iter()
@@ -544,15 +498,13 @@ async fn runtime_schema_ahead_of_the_binary_runs_with_a_warning() {
     .execute(store.pool())
     .await
     .expect("a migration from the future");
-    let status = schema::inspect(&store).await.expect("inspect");
+    let status = schema::inspect(store).await.expect("inspect");
     assert!(status.is_ahead() && !status.is_behind(), "{status:?}");
     let unknown = format!("{next} (from a newer release)");
 
     // doctor: a warning, not a failure.
-    provision(&s.topology(), &endpoint())
-        .await
-        .expect("provision");
-    let checks = doctor::checks(&s).await;
+    app.provision().await;
+    let checks = doctor::checks(s).await;
     let check = checks
         .iter()
         .find(|c| c.name == "database: migrations applied")
@@ -563,17 +515,11 @@ async fn runtime_schema_ahead_of_the_binary_runs_with_a_warning() {
     // run: starts, warns naming the version, drains on SIGTERM.
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let log = tempfile::NamedTempFile::new().expect("log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_event-backbone"))
-        .arg("run")
-        .env("BACKBONE_ENV", "local")
-        .env("BACKBONE_CONFIG_DIR", config_dir())
-        .env("PUBSUB_EMULATOR_HOST", emulator_host())
-        .env("BACKBONE__PUBSUB__PROJECT_ID", &project)
-        .env("BACKBONE__DATABASE__URL", &tdb.url)
-        .env("BACKBONE__DATABASE__MIGRATE_ON_START", "false")
-        .env("BACKBONE__SNAPSHOTS__URL", &snap_url)
-        .env("BACKBONE__HTTP__METRICS_ADDR", metrics.to_string())
-        .env("BACKBONE__SHUTDOWN__GRACE", "3s")
+    let mut child = app
+        .daemon_command(&[
+            ("BACKBONE__HTTP__METRICS_ADDR", &metrics.to_string()),
+            ("BACKBONE__SHUTDOWN__GRACE", "3s"),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log.reopen().expect("log handle"))
@@ -600,7 +546,7 @@ async fn runtime_schema_ahead_of_the_binary_runs_with_a_warning() {
         .arg("migrate")
         .env("BACKBONE_ENV", "local")
         .env("BACKBONE_CONFIG_DIR", config_dir())
-        .env("BACKBONE__DATABASE__URL", &tdb.url)
+        .env("BACKBONE__DATABASE__URL", app.db_url())
         .output()
         .expect("run migrate");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

@@ -138,12 +138,12 @@ async fn big_raw_by_reference(db: Db, kind: Kind) {
             format!("gs://{b}/raw/changes-42.json")
         }
         None => {
-            let dir = d.snapshots_dir.path().join("raw");
+            let dir = d.app.snapshots_dir().join("raw");
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("changes-42.json"), data).unwrap();
             format!(
                 "file://{}/raw/changes-42.json",
-                d.snapshots_dir.path().display()
+                d.app.snapshots_dir().display()
             )
         }
     };
@@ -152,7 +152,7 @@ async fn big_raw_by_reference(db: Db, kind: Kind) {
         "timestamp": "2026-03-13T20:00:00.123456Z", "changes": {}, "full_snapshot_ref": reference,
     })
     .to_string();
-    let p = publishers(&d.topology).await;
+    let p = publishers(&d.app.topology).await;
     publish_raw(&p, &raw).await;
 
     let got = d.sink.wait_for(NS, 1, WAIT).await;
@@ -194,7 +194,7 @@ async fn big_raw_by_reference(db: Db, kind: Kind) {
         .starts_with(expected_scheme));
     assert_eq!(
         count(
-            &d.store,
+            &d.app.store,
             "SELECT COUNT(*) FROM events WHERE full_snapshot_ref IS NOT NULL"
         )
         .await,
@@ -202,7 +202,7 @@ async fn big_raw_by_reference(db: Db, kind: Kind) {
     );
     assert!(
         eventually(WAIT, || async {
-            audit_count(&d.store, "deliver.suitex", "skipped").await == 1
+            audit_count(&d.app.store, "deliver.suitex", "skipped").await == 1
         })
         .await
     );
@@ -229,7 +229,7 @@ async fn big_merged_payload_as_reference(db: Db, kind: Kind) {
     let Some((d, bucket)) = deploy_snap(db, kind, &merged).await else {
         return;
     };
-    let p = publishers(&d.topology).await;
+    let p = publishers(&d.app.topology).await;
     // One big change from each side, so each consumer resolves and delivers one.
     let from_suitex = raw_event(
         "suitex",
@@ -285,8 +285,8 @@ async fn big_merged_payload_as_reference(db: Db, kind: Kind) {
     assert_eq!(ns[0].json()["origin"], "suitex");
     assert!(
         eventually(WAIT, || async {
-            audit_count(&d.store, "deliver.netsuite", "skipped").await == 1
-                && audit_count(&d.store, "deliver.suitex", "skipped").await == 1
+            audit_count(&d.app.store, "deliver.netsuite", "skipped").await == 1
+                && audit_count(&d.app.store, "deliver.suitex", "skipped").await == 1
         })
         .await
     );
@@ -374,7 +374,7 @@ async fn snapshot_gcs_foreign_bucket_is_permanent_and_missing_object_is_transien
     else {
         return;
     };
-    let p = publishers(&d.topology).await;
+    let p = publishers(&d.app.topology).await;
     let with_ref = |rid: &str, r: &str| {
         json!({
             "source": "suitex", "record_type": "project", "record_id": rid, "base_version": 0,

@@ -6,7 +6,9 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +18,8 @@ use event_backbone::config::{self, Settings};
 use event_backbone::pubsub::clients::{self, Endpoint};
 use event_backbone::pubsub::provision::provision;
 use event_backbone::pubsub::publisher::Publishers;
+use event_backbone::store::Store;
+use event_backbone::runtime::health::Health;
 use event_backbone::topology::{TopicKind, Topology};
 use google_cloud_pubsub::model::{Message, Subscription};
 use tokio_util::sync::CancellationToken;
@@ -233,32 +237,179 @@ pub fn config_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
 }
 
-/// Settings for a test: local env, the emulator, the given database, fast
-/// retry timings, and any extra `BACKBONE__…` overrides.
+/// The variables every test boot starts from: local env, the emulator, the
+/// test's project and database, metrics on a port the OS picks, a short
+/// drain. [`settings`] loads them in-process; [`daemon_command`] hands them
+/// to the real binary.
+pub fn base_vars(project: &str, db_url: &str) -> Vec<(String, String)> {
+    [
+        ("BACKBONE_ENV", "local".to_string()),
+        ("PUBSUB_EMULATOR_HOST", emulator_host()),
+        ("BACKBONE__PUBSUB__PROJECT_ID", project.to_string()),
+        ("BACKBONE__DATABASE__URL", db_url.to_string()),
+        ("BACKBONE__HTTP__METRICS_ADDR", "127.0.0.1:0".to_string()),
+        ("BACKBONE__SHUTDOWN__GRACE", "5s".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Settings for a test: [`base_vars`] and any extra `BACKBONE__…`
+/// overrides, loaded and validated as `run` loads them.
 pub fn settings(project: &str, db_url: &str, extra: &[(&str, &str)]) -> Settings {
     init_tracing();
-    let mut vars: HashMap<String, String> = HashMap::from([
-        ("BACKBONE_ENV".into(), "local".into()),
-        ("PUBSUB_EMULATOR_HOST".into(), emulator_host()),
-        ("BACKBONE__PUBSUB__PROJECT_ID".into(), project.into()),
-        ("BACKBONE__DATABASE__URL".into(), db_url.into()),
-        ("BACKBONE__HTTP__METRICS_ADDR".into(), "127.0.0.1:0".into()),
-        ("BACKBONE__SHUTDOWN__GRACE".into(), "5s".into()),
-    ]);
+    let mut vars: HashMap<String, String> = base_vars(project, db_url).into_iter().collect();
     for (k, v) in extra {
         vars.insert(k.to_string(), v.to_string());
     }
     config::load_from(&config_dir(), &vars).expect("test settings are valid")
 }
 
+/// `event-backbone run` (the real binary) with [`base_vars`] plus `extra`;
+/// the caller chooses where its output goes.
+pub fn daemon_command(project: &str, db_url: &str, extra: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_event-backbone"));
+    cmd.arg("run")
+        .env("BACKBONE_CONFIG_DIR", config_dir())
+        .envs(base_vars(project, db_url))
+        .envs(extra.iter().copied());
+    cmd
+}
+
+/// The real binary as a child process, killed and reaped when dropped (a
+/// failing test leaves no daemon behind).
+pub struct ChildDaemon {
+    child: std::process::Child,
+}
+
+impl ChildDaemon {
+    pub fn spawn(cmd: &mut Command) -> ChildDaemon {
+        ChildDaemon {
+            child: cmd.spawn().expect("spawn event-backbone"),
+        }
+    }
+
+    /// Sends `sig` (as `kill` spells it: `-TERM`, `-USR1`, `-KILL`).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    pub fn sigterm(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Waits up to `within` for the exit; None when it did not exit.
+    pub async fn exit_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for ChildDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Both targets' URLs and tokens (`ns-token`, `sx-token`).
+pub fn target_vars<'a>(ns_url: &'a str, sx_url: &'a str) -> [(&'static str, &'a str); 4] {
+    [
+        ("BACKBONE__TARGETS__NETSUITE__URL", ns_url),
+        ("BACKBONE__TARGETS__NETSUITE__TOKEN", "ns-token"),
+        ("BACKBONE__TARGETS__SUITEX__URL", sx_url),
+        ("BACKBONE__TARGETS__SUITEX__TOKEN", "sx-token"),
+    ]
+}
+
 pub fn endpoint() -> Endpoint {
     Endpoint::from_emulator_host(Some(&emulator_host()))
 }
 
-/// A running application plus handles to stop it.
+// ---------------------------------------------------------------------------
+// Booting the daemon: the one place a test gets a fresh database, its
+// settings, a provisioned project and a running daemon.
+
+/// How long a booted daemon may take to bind its port and answer `/readyz` 200.
+const BOOT: Duration = Duration::from_secs(45);
+
+/// A test's settings on top of [`base_vars`], as `BACKBONE__…` variables (so
+/// they go through the same loading and validation as production's). Later
+/// values win.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    vars: Vec<(String, String)>,
+    admin_token: Option<String>,
+    local_snapshots: bool,
+    db_proxy_port: Option<u16>,
+}
+
+impl Overrides {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn set(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.vars.push((key.to_string(), value.into()));
+        self
+    }
+
+    pub fn vars(mut self, vars: &[(&str, &str)]) -> Self {
+        self.vars
+            .extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self
+    }
+
+    /// Both targets at these URLs ([`target_vars`]), their consumers on.
+    pub fn targets(self, ns_url: &str, sx_url: &str) -> Self {
+        self.vars(&target_vars(ns_url, sx_url)).vars(&[
+            ("BACKBONE__CONSUMERS__NETSUITE__ENABLED", "true"),
+            ("BACKBONE__CONSUMERS__SUITEX__ENABLED", "true"),
+        ])
+    }
+
+    /// The admin API on a free port, behind `token` ([`TestApp::admin_addr`]).
+    pub fn admin(mut self, token: &str) -> Self {
+        self.admin_token = Some(token.to_string());
+        self
+    }
+
+    /// Snapshots in a temp folder the app keeps ([`TestApp::snapshots_dir`]);
+    /// a later `BACKBONE__SNAPSHOTS__URL` still wins.
+    pub fn local_snapshots(mut self) -> Self {
+        self.local_snapshots = true;
+        self
+    }
+
+    /// The daemon reaches MariaDB through a proxy on 127.0.0.1:`port`; the
+    /// test's own store connects directly.
+    pub fn database_via(mut self, port: u16) -> Self {
+        self.db_proxy_port = Some(port);
+        self
+    }
+}
+
+/// A running daemon (in-process) plus handles to watch and stop it.
 pub struct Running {
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub health: Arc<Health>,
 }
 
 impl Running {
@@ -268,17 +419,219 @@ impl Running {
     }
 }
 
-/// Provisions the topology and starts the daemon.
-pub async fn start(settings: Settings) -> Running {
-    provision(&settings.topology(), &endpoint())
-        .await
-        .expect("provision");
-    let app = Application::build(settings)
-        .await
-        .expect("build application");
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(app.run(shutdown.clone()));
-    Running { shutdown, task }
+/// One test's deployment: a fresh database (dropped with the app, unless
+/// `BACKBONE_TEST_KEEP_DB=1`), its settings, a store for the test's own
+/// reads, and the daemons started on it (in-process, as `run` boots them).
+pub struct TestApp {
+    pub project: String,
+    pub settings: Settings,
+    pub topology: Topology,
+    /// The test's own connection (not the daemon's pool).
+    pub store: Store,
+    /// The `BACKBONE__…` overrides the settings were loaded with (also
+    /// handed to the real binary by [`TestApp::daemon_command`]).
+    vars: Vec<(String, String)>,
+    admin: Option<(String, String)>,
+    daemons: Vec<Running>,
+    snapshots: Option<tempfile::TempDir>,
+    /// Last: dropped after the daemons are told to stop.
+    db: TestDb,
+}
+
+impl Drop for TestApp {
+    /// A test that fails before [`TestApp::stop`] still stops its daemons
+    /// (they would otherwise hold the database being dropped).
+    fn drop(&mut self) {
+        for d in &self.daemons {
+            d.shutdown.cancel();
+        }
+    }
+}
+
+impl TestApp {
+    /// A fresh database, settings with `overrides`, a provisioned project,
+    /// and the daemon running and ready. None (the test skips) when MariaDB
+    /// is asked for and absent outside CI.
+    pub async fn spawn(db: Db, overrides: Overrides) -> Option<TestApp> {
+        let mut app = Self::prepare(db, overrides).await?;
+        app.start().await;
+        Some(app)
+    }
+
+    /// Everything [`TestApp::spawn`] does but starting a daemon: for tests
+    /// that tap topics, build the application by hand or run the real
+    /// binary first.
+    pub async fn prepare(db: Db, o: Overrides) -> Option<TestApp> {
+        let tdb = fresh_db(db).await?;
+        let project = unique_project();
+        let mut vars = Vec::new();
+        let snapshots = o.local_snapshots.then(|| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let url = format!("file://{}", dir.path().display());
+            vars.push(("BACKBONE__SNAPSHOTS__URL".to_string(), url));
+            dir
+        });
+        let admin = o.admin_token.map(|token| {
+            let addr = format!("127.0.0.1:{}", free_port());
+            vars.push(("BACKBONE__HTTP__ADMIN_ADDR".to_string(), addr.clone()));
+            vars.push(("BACKBONE__HTTP__ADMIN_TOKEN".to_string(), token.clone()));
+            (addr, token)
+        });
+        if let Some(port) = o.db_proxy_port {
+            let name = tdb.name.as_deref().expect("a proxy stands before MariaDB");
+            vars.push((
+                "BACKBONE__DATABASE__URL".to_string(),
+                mariadb_url_via(port, name),
+            ));
+        }
+        vars.extend(o.vars);
+        let borrowed: Vec<(&str, &str)> =
+            vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let settings = settings(&project, &tdb.url, &borrowed);
+        let store = if o.db_proxy_port.is_some() {
+            Store::connect(&tdb.url, 2, Duration::from_secs(5))
+                .await
+                .expect("direct store")
+        } else {
+            event_backbone::app::connect_store(&settings)
+                .await
+                .expect("store")
+        };
+        Some(TestApp {
+            project,
+            topology: settings.topology(),
+            settings,
+            store,
+            vars,
+            admin,
+            daemons: Vec::new(),
+            snapshots,
+            db: tdb,
+        })
+    }
+
+    /// Provisions the topology, builds the application as `run` does, runs
+    /// it, and waits until it answers `/readyz` 200. Called again, it starts
+    /// another replica on the same database and project.
+    pub async fn start(&mut self) {
+        self.start_with(|_| {}).await;
+    }
+
+    /// [`TestApp::start`], letting the test adjust the built application
+    /// (e.g. swap a stage) before it runs.
+    pub async fn start_with(&mut self, adjust: impl FnOnce(&mut Application)) {
+        self.provision().await;
+        let mut app = self.build().await;
+        adjust(&mut app);
+        let health = app.health.clone();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(app.run(shutdown.clone()));
+        self.daemons.push(Running {
+            shutdown,
+            task,
+            health: health.clone(),
+        });
+        assert!(
+            eventually(BOOT, || async { health.metrics_addr().is_some() }).await,
+            "the metrics port was never bound"
+        );
+        let addr = health.metrics_addr().expect("bound above");
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("http client");
+        let ready = eventually(BOOT, || async {
+            client
+                .get(format!("http://{addr}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        assert!(ready, "the daemon never became ready");
+    }
+
+    /// The application built from the settings, not running (a test drives
+    /// its stages by hand).
+    pub async fn build(&self) -> Application {
+        Application::build(self.settings.clone())
+            .await
+            .expect("build application")
+    }
+
+    pub async fn provision(&self) {
+        provision(&self.topology, &endpoint())
+            .await
+            .expect("provision");
+    }
+
+    /// Migrates as the test (for daemons that may not migrate themselves).
+    pub async fn migrate(&self) {
+        self.store.migrate().await.expect("migrate");
+    }
+
+    /// Stops every daemon, then drops the database.
+    pub async fn stop(mut self) {
+        for d in std::mem::take(&mut self.daemons) {
+            d.stop().await;
+        }
+    }
+
+    fn first(&self) -> &Running {
+        self.daemons.first().expect("the daemon was started")
+    }
+
+    /// The first daemon's health (consumers, readiness, its metrics port).
+    pub fn health(&self) -> Arc<Health> {
+        self.first().health.clone()
+    }
+
+    /// Where the first daemon serves `/metrics`, `/healthz` and `/readyz`.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.first().health.metrics_addr().expect("bound at start")
+    }
+
+    /// The first daemon's task ended (it must not, short of a stop).
+    pub fn daemon_exited(&self) -> bool {
+        self.first().task.is_finished()
+    }
+
+    /// `host:port` of the admin API ([`Overrides::admin`]).
+    pub fn admin_addr(&self) -> &str {
+        &self.admin.as_ref().expect("Overrides::admin").0
+    }
+
+    /// The admin API's bearer token ([`Overrides::admin`]).
+    pub fn admin_token(&self) -> &str {
+        &self.admin.as_ref().expect("Overrides::admin").1
+    }
+
+    /// The folder `file://` snapshots go to ([`Overrides::local_snapshots`]).
+    pub fn snapshots_dir(&self) -> &std::path::Path {
+        self.snapshots
+            .as_ref()
+            .expect("Overrides::local_snapshots")
+            .path()
+    }
+
+    /// The database as the test's administrator reaches it (never the proxy).
+    pub fn db_url(&self) -> &str {
+        &self.db.url
+    }
+
+    /// The MariaDB database's name.
+    pub fn db_name(&self) -> &str {
+        self.db.name.as_deref().expect("a MariaDB database")
+    }
+
+    /// `event-backbone run` (the real binary) with this app's settings:
+    /// [`base_vars`] and the overrides, plus `extra`.
+    pub fn daemon_command(&self, extra: &[(&str, &str)]) -> Command {
+        let mut cmd = daemon_command(&self.project, &self.db.url, &[]);
+        cmd.envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra.iter().copied());
+        cmd
+    }
 }
 
 /// A publisher for the test's topology.
