@@ -10,6 +10,7 @@ pub mod errors;
 pub mod explain;
 pub mod history;
 pub mod ledger;
+pub mod ledger_probe;
 pub mod merged;
 pub mod outbox;
 pub mod pending;

@@ -9,7 +9,7 @@ use tokio::sync::Mutex;
 /// Why a probe failed: the driver's own words, shown as they are.
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
-pub struct ProbeError(#[from] sqlx::Error);
+pub struct ProbeError(#[from] pub(super) sqlx::Error);
 
 /// One lazily opened connection used only to ask `SELECT 1`.
 pub struct Probe {
