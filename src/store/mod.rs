@@ -16,6 +16,7 @@ pub mod outbox;
 pub mod pending;
 pub mod probe;
 pub mod schema;
+pub mod story;
 
 use std::sync::Arc;
 use std::time::Duration;
