@@ -2,6 +2,7 @@
 //! SQLite. The SQL is shared; the few dialect differences live in [`Dialect`].
 
 pub mod audit;
+pub mod bench;
 pub mod ceiling;
 pub mod dead_letters;
 pub mod delivery;
@@ -16,6 +17,7 @@ pub mod outbox;
 pub mod pending;
 pub mod probe;
 pub mod schema;
+pub mod scratch;
 pub mod story;
 
 use std::sync::Arc;

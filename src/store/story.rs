@@ -87,17 +87,21 @@ impl Store {
         record_type: &str,
         record_id: &str,
     ) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE record_type = ? AND record_id = ?")
-                .bind(record_type.to_string())
-                .bind(record_id.to_string())
-                .fetch_one(self.pool())
-                .await?,
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM events WHERE record_type = ? AND record_id = ?",
         )
+        .bind(record_type.to_string())
+        .bind(record_id.to_string())
+        .fetch_one(self.pool())
+        .await?)
     }
 
     /// A record's projected version (0 when it has no projection).
-    pub async fn record_version(&self, record_type: &str, record_id: &str) -> Result<i64, StoreError> {
+    pub async fn record_version(
+        &self,
+        record_type: &str,
+        record_id: &str,
+    ) -> Result<i64, StoreError> {
         let mut conn = self.pool().acquire().await?;
         let state = ledger::record_state(&mut conn, self.dialect(), record_type, record_id).await?;
         Ok(state.map(|s| s.version).unwrap_or(0))

@@ -128,7 +128,11 @@ async fn publish_and_pull(
     }
 }
 
-pub(super) async fn subscription(t: &Topology, ep: &Endpoint, kind: ConsumerKind) -> Result<String, String> {
+pub(super) async fn subscription(
+    t: &Topology,
+    ep: &Endpoint,
+    kind: ConsumerKind,
+) -> Result<String, String> {
     let admin = clients::subscription_admin(ep)
         .await
         .map_err(|e| e.to_string())?;

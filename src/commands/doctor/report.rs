@@ -46,7 +46,6 @@ impl std::fmt::Display for Check {
     }
 }
 
-
 /// Prints every check and the summary; 0 when none failed, else 1.
 pub(super) fn print(results: &[Check]) -> i32 {
     for c in results {

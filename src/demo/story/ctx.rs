@@ -147,7 +147,11 @@ impl Ctx<'_> {
         Ok(self.store.stage_audit(stage, fp).await?)
     }
 
-    pub(super) async fn version(&self, record_type: &str, record_id: &str) -> Result<i64, DemoError> {
+    pub(super) async fn version(
+        &self,
+        record_type: &str,
+        record_id: &str,
+    ) -> Result<i64, DemoError> {
         Ok(self.store.record_version(record_type, record_id).await?)
     }
 
@@ -176,9 +180,15 @@ impl Ctx<'_> {
             )
             .await?;
         let event_id = claim.event_id.unwrap_or_default();
-        let row = self.store.persisted_event(&event_id).await?.ok_or_else(|| {
-            DemoError::Unexpected(format!("the audit log names event {event_id}, which is not in `events`"))
-        })?;
+        let row = self
+            .store
+            .persisted_event(&event_id)
+            .await?
+            .ok_or_else(|| {
+                DemoError::Unexpected(format!(
+                    "the audit log names event {event_id}, which is not in `events`"
+                ))
+            })?;
         Ok(Persisted {
             event_id,
             sequence_num: row.sequence_num,
@@ -189,7 +199,11 @@ impl Ctx<'_> {
 
     /// Waits until the delivery stage for `target` finished with `sent`
     /// (delivered or skipped) and returns its audit rows.
-    pub(super) async fn delivery(&self, target: Source, sent: &Sent) -> Result<Vec<Audit>, DemoError> {
+    pub(super) async fn delivery(
+        &self,
+        target: Source,
+        sent: &Sent,
+    ) -> Result<Vec<Audit>, DemoError> {
         let stage = stage_name(target);
         let fp = sent.fingerprint.as_str();
         self.wait_for(
@@ -226,7 +240,11 @@ impl Ctx<'_> {
         Ok(self.stand_in(target).received_for(&sent.fingerprint))
     }
 
-    pub(super) async fn expect_skipped(&self, target: Source, sent: &Sent) -> Result<(), DemoError> {
+    pub(super) async fn expect_skipped(
+        &self,
+        target: Source,
+        sent: &Sent,
+    ) -> Result<(), DemoError> {
         let rows = self.delivery(target, sent).await?;
         let last = rows.last().map(|a| a.outcome.as_str()).unwrap_or("");
         expect(last == "skipped", || {

@@ -619,4 +619,3 @@ async fn step_dead_letter_and_replay(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<
     );
     Ok(())
 }
-
