@@ -1,8 +1,6 @@
 //! Command-line interface: one binary, one subcommand per task (SPEC §7).
 //! Exit codes: 0 ok, 1 runtime failure, 2 bad usage or invalid configuration.
 
-use std::path::PathBuf;
-
 use clap::{Parser, Subcommand};
 
 use crate::commands;
@@ -99,19 +97,6 @@ async fn dispatch(cmd: Command) -> i32 {
         Err(e) => {
             eprintln!("error: {e:#}");
             1
-        }
-    }
-}
-
-/// Reads a file, or stdin when the path is absent or `-`.
-pub fn read_input(path: Option<&PathBuf>) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    match path {
-        Some(p) if p.as_os_str() != "-" => std::fs::read(p),
-        _ => {
-            let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf)?;
-            Ok(buf)
         }
     }
 }

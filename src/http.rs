@@ -10,14 +10,13 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
-use sqlx::{AnyConnection, Connection};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::metrics;
 use crate::runtime::health::Health;
+use crate::store::probe::Probe;
 use crate::store::Store;
 
 /// Longest a readiness check waits for the database (the chart's probe
@@ -34,30 +33,14 @@ struct Ctx {
     db: Arc<DbProbe>,
 }
 
-/// Readiness's view of the database, over its own connection: a pool whose
-/// connections are all busy in merge batches is not a database that is
-/// down, and must not make the pod unready under load.
-struct DbProbe {
-    url: SecretString,
-    conn: tokio::sync::Mutex<Option<AnyConnection>>,
-}
+/// Readiness's view of the database, over its own connection (see [`Probe`]).
+struct DbProbe(Probe);
 
 impl DbProbe {
     /// `SELECT 1`, reconnecting when needed; a broken or timed-out
     /// connection is dropped so the next check starts afresh.
     async fn check(&self) -> Result<(), String> {
-        let attempt = async {
-            let mut guard = self.conn.lock().await;
-            // Taken out while in use: an error or a timeout drops it.
-            let mut conn = match guard.take() {
-                Some(c) => c,
-                None => AnyConnection::connect(self.url.expose_secret()).await?,
-            };
-            sqlx::query("SELECT 1").execute(&mut conn).await?;
-            *guard = Some(conn);
-            Ok::<(), sqlx::Error>(())
-        };
-        match tokio::time::timeout(DB_CHECK_TIMEOUT, attempt).await {
+        match tokio::time::timeout(DB_CHECK_TIMEOUT, self.0.ping()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!(
@@ -82,10 +65,7 @@ pub async fn serve(
         .with_state(Ctx {
             store,
             health: health.clone(),
-            db: Arc::new(DbProbe {
-                url: settings.database.url.clone(),
-                conn: tokio::sync::Mutex::new(None),
-            }),
+            db: Arc::new(DbProbe(Probe::new(settings.database.url.clone()))),
         });
     let listener = tokio::net::TcpListener::bind(&settings.http.metrics_addr)
         .await

@@ -1,4 +1,4 @@
-//! One file per subcommand.
+//! One file per subcommand, plus `input` (what a command reads from a file or stdin).
 
 pub mod bench;
 pub mod check_config;
@@ -7,6 +7,7 @@ pub mod dlq;
 pub mod doctor;
 pub mod events;
 pub mod explain;
+pub mod input;
 pub mod migrate;
 pub mod provision;
 pub mod publish;

@@ -20,7 +20,7 @@ pub struct Args {
 }
 
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
-    let data = crate::cli::read_input(args.file.as_ref())?;
+    let data = super::input::read_input(args.file.as_ref())?;
     let ordering_key = match parse_raw_event(&data) {
         Ok(ev) => ev.ordering_key(),
         Err(e) if args.allow_invalid => {

@@ -631,6 +631,7 @@ mod tests {
             stage: stage.into(),
             outcome: outcome.into(),
             detail: Some(detail),
+            message_id: None,
             attempt: 1,
             claim: outcome == "merged" || outcome == "delivered",
             created_at: format!("2026-12-01T19:00:{id:02}.000000Z"),

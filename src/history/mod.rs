@@ -1,12 +1,8 @@
 //! Event history (SPEC §7 `events list|replay`, `verify`, admin record
 //! endpoints): read a record's events with their audit trail, and rebuild its
 //! merged state at any sequence number by folding the stored events through
-//! the same [`rules::merge`] the live stage runs.
-//!
-//! Every single-record query is an index range on `idx_events_aggregate`
-//! (record_type, record_id, sequence_num) or on the audit log's
-//! `idx_audit_record_event` (record_type, record_id, event_id): cost grows
-//! with the page, never with the table.
+//! the same [`rules::merge`] the live stage runs. The queries are the
+//! store's ([`crate::store::history`]).
 
 pub mod verify;
 
@@ -16,15 +12,16 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use sqlx::{Any, AnyConnection, QueryBuilder, Row};
 
 use crate::model::fingerprint::fingerprint;
 use crate::model::raw_event::{RawEvent, Source};
 use crate::stages::merge::rules::{
     self, FieldState, Incoming, MergeError, MergePolicy, RecordState,
 };
-use crate::store::ledger::{self, event_columns, StoredEvent};
-use crate::store::{get_opt_text, get_text, Backend, Dialect, Store, StoreError};
+use crate::store::audit::AuditFact;
+use crate::store::history::{EventPageQuery, HistoryReader};
+use crate::store::ledger::StoredEvent;
+use crate::store::{Store, StoreError};
 
 /// Events per page when the caller does not say.
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -47,12 +44,6 @@ pub enum HistoryError {
         seq: i64,
         reason: String,
     },
-}
-
-impl From<sqlx::Error> for HistoryError {
-    fn from(e: sqlx::Error) -> Self {
-        HistoryError::Store(StoreError::Sqlx(e))
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -84,21 +75,9 @@ impl Default for ListQuery {
     }
 }
 
-/// One audit-log row about an event.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct AuditEntry {
-    pub id: i64,
-    pub event_id: Option<String>,
-    pub fingerprint: String,
-    pub stage: String,
-    pub outcome: String,
-    pub detail: Option<Value>,
-    pub message_id: Option<String>,
-    pub attempt: i64,
-    pub created_at: String,
-    #[serde(skip)]
-    claim: bool,
-}
+/// One audit-log row about an event (the store's type, which `explain`
+/// reads too).
+pub type AuditEntry = AuditFact;
 
 /// An event with its fingerprint and everything the audit log says about it.
 #[derive(Debug, Clone, Serialize)]
@@ -131,39 +110,17 @@ pub async fn list(
     if q.limit == 0 || q.limit > MAX_LIMIT {
         return Err(HistoryError::BadLimit(q.limit));
     }
-    let d = store.dialect();
-    let mut conn = store.pool().acquire().await?;
-    let mut sql: QueryBuilder<Any> = QueryBuilder::new(format!(
-        "SELECT {} FROM events WHERE record_type = ",
-        event_columns(d)
-    ));
-    sql.push_bind(record_type.to_string());
-    sql.push(" AND record_id = ");
-    sql.push_bind(record_id.to_string());
-    if let Some(s) = q.before_seq {
-        sql.push(" AND sequence_num < ");
-        sql.push_bind(s);
-    }
-    if let Some(s) = q.source {
-        sql.push(" AND source = ");
-        sql.push_bind(s.as_str().to_string());
-    }
-    if let Some(t) = &q.since {
-        sql.push(" AND `timestamp` >= ");
-        sql.push_bind(d.ts_value(t));
-    }
-    if let Some(t) = &q.until {
-        sql.push(" AND `timestamp` < ");
-        sql.push_bind(d.ts_value(t));
-    }
+    let record = (record_type, record_id);
+    let mut reader = store.history_reader().await?;
     // One extra row tells whether another page exists without a COUNT.
-    sql.push(" ORDER BY sequence_num DESC LIMIT ");
-    sql.push_bind(i64::from(q.limit) + 1);
-    let rows = sql.build().fetch_all(&mut *conn).await?;
-    let mut events = rows
-        .iter()
-        .map(StoredEvent::from_row)
-        .collect::<Result<Vec<_>, _>>()?;
+    let page = EventPageQuery {
+        limit: i64::from(q.limit) + 1,
+        before_seq: q.before_seq,
+        source: q.source.map(|s| s.as_str()),
+        since: q.since.as_ref(),
+        until: q.until.as_ref(),
+    };
+    let mut events = reader.events_newest_first(record, &page).await?;
     let more = events.len() > q.limit as usize;
     events.truncate(q.limit as usize);
     let next_before_seq = if more {
@@ -171,7 +128,7 @@ pub async fn list(
     } else {
         None
     };
-    let events = attach_audit(&mut conn, d, (record_type, record_id), events).await?;
+    let events = attach_audit(&mut reader, record, events).await?;
     Ok(EventPage {
         record_type: record_type.to_string(),
         record_id: record_id.to_string(),
@@ -181,91 +138,17 @@ pub async fn list(
     })
 }
 
-fn audit_columns(d: Dialect) -> String {
-    format!(
-        "id, event_id, fingerprint, stage, processing_outcome, {} AS detail, message_id, \
-         {} AS attempt_i, {} AS claim_i, {} AS created",
-        d.text("detail"),
-        d.int("attempt"),
-        d.int("claim"),
-        d.ts("created_at")
-    )
-}
-
-fn audit_from_row(row: &sqlx::any::AnyRow) -> Result<AuditEntry, StoreError> {
-    let detail = get_opt_text(row, "detail")?
-        .map(|t| serde_json::from_str(&t))
-        .transpose()
-        .map_err(|e| StoreError::Corrupt(format!("event_audit_log.detail: {e}")))?;
-    Ok(AuditEntry {
-        id: row.try_get("id")?,
-        event_id: get_opt_text(row, "event_id")?,
-        fingerprint: get_text(row, "fingerprint")?,
-        stage: get_text(row, "stage")?,
-        outcome: get_text(row, "processing_outcome")?,
-        detail,
-        message_id: get_opt_text(row, "message_id")?,
-        attempt: row.try_get("attempt_i")?,
-        created_at: get_text(row, "created")?,
-        claim: row.try_get::<Option<i64>, _>("claim_i")?.unwrap_or(0) != 0,
-    })
-}
-
-/// Audit rows of one record: those naming one of `event_ids`, or (with
-/// `fingerprints`) those naming no event whose fingerprint is listed.
-///
-/// Both are ranges of `idx_audit_record_event`. MySQL is told to ignore the
-/// single-column indexes: with a long IN list its range optimizer would
-/// otherwise probe each of them once per value to estimate costs, and those
-/// probes land on random, usually cold, pages.
-async fn audit_rows(
-    conn: &mut AnyConnection,
-    d: Dialect,
-    (record_type, record_id): (&str, &str),
-    event_ids: &[&str],
-    fingerprints: Option<&[&str]>,
-) -> Result<Vec<AuditEntry>, StoreError> {
-    let values = fingerprints.unwrap_or(event_ids);
-    if values.is_empty() {
-        return Ok(Vec::new());
-    }
-    let hint = match d.0 {
-        Backend::Mysql => " IGNORE INDEX (idx_audit_event, idx_audit_fingerprint, uq_audit_claim)",
-        Backend::Sqlite => "",
-    };
-    let mut q: QueryBuilder<Any> = QueryBuilder::new(format!(
-        "SELECT {} FROM event_audit_log{hint} WHERE record_type = ",
-        audit_columns(d)
-    ));
-    q.push_bind(record_type.to_string());
-    q.push(" AND record_id = ");
-    q.push_bind(record_id.to_string());
-    q.push(if fingerprints.is_some() {
-        " AND event_id IS NULL AND fingerprint IN ("
-    } else {
-        " AND event_id IN ("
-    });
-    let mut sep = q.separated(", ");
-    for v in values {
-        sep.push_bind(v.to_string());
-    }
-    q.push(")");
-    let rows = q.build().fetch_all(&mut *conn).await?;
-    rows.iter().map(audit_from_row).collect()
-}
-
 /// Joins each event to its audit rows: those naming its id (its claim,
 /// deliveries), and the record's rows of its fingerprint that name no event
 /// (duplicates, failed executions). Rows without a record are unparseable
 /// messages, fingerprinted over raw bytes: they never match an event.
 async fn attach_audit(
-    conn: &mut AnyConnection,
-    d: Dialect,
+    reader: &mut HistoryReader,
     record: (&str, &str),
     events: Vec<StoredEvent>,
 ) -> Result<Vec<EventEntry>, StoreError> {
     let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-    let by_id = audit_rows(conn, d, record, &ids, None).await?;
+    let by_id = reader.audit_of_events(record, &ids).await?;
     // The merge stage's claim row is where an event's fingerprint is stored.
     let mut fp_of: HashMap<String, String> = HashMap::new();
     for a in by_id.iter().filter(|a| a.claim && a.stage == "merge") {
@@ -283,7 +166,7 @@ async fn attach_audit(
     let mut fps: Vec<&str> = fp_of.values().map(String::as_str).collect();
     fps.sort_unstable();
     fps.dedup();
-    let by_fp = audit_rows(conn, d, record, &ids, Some(&fps)).await?;
+    let by_fp = reader.audit_of_fingerprints(record, &fps).await?;
     let mut all: BTreeMap<i64, AuditEntry> = BTreeMap::new();
     for a in by_id.into_iter().chain(by_fp) {
         all.insert(a.id, a);
@@ -387,10 +270,7 @@ pub async fn replay(
     to_seq: Option<i64>,
 ) -> Result<Replayed, HistoryError> {
     let started = Instant::now();
-    let mut conn = store.pool().acquire().await?;
-    let events =
-        ledger::record_events(&mut conn, store.dialect(), record_type, record_id, to_seq).await?;
-    drop(conn);
+    let events = store.record_events(record_type, record_id, to_seq).await?;
     let (state, last_seq) = fold(&events, policy)?;
     Ok(Replayed {
         record_type: record_type.to_string(),

@@ -5,12 +5,11 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
-use sqlx::{Any, QueryBuilder};
 
 use super::{fold, HistoryError};
 use crate::stages::merge::rules::MergePolicy;
-use crate::store::ledger::{self, RecordKey};
-use crate::store::{get_text, Store};
+use crate::store::ledger::RecordKey;
+use crate::store::Store;
 
 /// Records whose keys are read per query while walking the event store.
 const KEY_PAGE: i64 = 500;
@@ -69,14 +68,16 @@ pub async fn verify(
     };
     let mut after: Option<RecordKey> = None;
     loop {
-        let keys = event_keys(store, record_type, after.as_ref()).await?;
+        let keys = store
+            .event_record_keys(record_type, after.as_ref(), KEY_PAGE)
+            .await?;
         let Some(last) = keys.last().cloned() else {
             break;
         };
         check_all(store, policy, keys, &mut report).await?;
         after = Some(last);
     }
-    let orphans = orphan_projections(store, record_type).await?;
+    let orphans = store.orphan_projections(record_type).await?;
     check_all(store, policy, orphans, &mut report).await?;
     report
         .drift
@@ -108,72 +109,16 @@ async fn check_all(
     Ok(())
 }
 
-/// The next page of distinct record keys in the event store, in index order
-/// (a loose scan of `idx_events_aggregate`).
-async fn event_keys(
-    store: &Store,
-    record_type: Option<&str>,
-    after: Option<&RecordKey>,
-) -> Result<Vec<RecordKey>, HistoryError> {
-    let mut q: QueryBuilder<Any> =
-        QueryBuilder::new("SELECT record_type, record_id FROM events WHERE 1 = 1");
-    if let Some(t) = record_type {
-        q.push(" AND record_type = ");
-        q.push_bind(t.to_string());
-    }
-    if let Some((t, id)) = after {
-        q.push(" AND (record_type > ");
-        q.push_bind(t.clone());
-        q.push(" OR (record_type = ");
-        q.push_bind(t.clone());
-        q.push(" AND record_id > ");
-        q.push_bind(id.clone());
-        q.push("))");
-    }
-    q.push(" GROUP BY record_type, record_id ORDER BY record_type, record_id LIMIT ");
-    q.push_bind(KEY_PAGE);
-    let rows = q.build().fetch_all(store.pool()).await?;
-    rows.iter()
-        .map(|r| Ok((get_text(r, "record_type")?, get_text(r, "record_id")?)))
-        .collect::<Result<_, crate::store::StoreError>>()
-        .map_err(HistoryError::from)
-}
-
-/// Projection rows of records that have no events at all.
-async fn orphan_projections(
-    store: &Store,
-    record_type: Option<&str>,
-) -> Result<Vec<RecordKey>, HistoryError> {
-    let mut q: QueryBuilder<Any> = QueryBuilder::new(
-        // An anti-join: both backends probe idx_events_aggregate per projection
-        // row (MariaDB materialises the whole index for the NOT EXISTS form).
-        "SELECT s.record_type, s.record_id FROM record_state s LEFT JOIN events e \
-         ON e.record_type = s.record_type AND e.record_id = s.record_id WHERE e.record_id IS NULL",
-    );
-    if let Some(t) = record_type {
-        q.push(" AND s.record_type = ");
-        q.push_bind(t.to_string());
-    }
-    let rows = q.build().fetch_all(store.pool()).await?;
-    rows.iter()
-        .map(|r| Ok((get_text(r, "record_type")?, get_text(r, "record_id")?)))
-        .collect::<Result<_, crate::store::StoreError>>()
-        .map_err(HistoryError::from)
-}
-
-/// Compares one record's projection with a replay of its events. Both are
-/// read in one transaction so a record the daemon is writing meanwhile is
-/// seen consistently (event rows and projection commit together).
+/// Compares one record's projection with a replay of its events (both read
+/// in one transaction: [`Store::record_with_projection`]).
 async fn check_record(
     store: &Store,
     policy: &MergePolicy,
     (record_type, record_id): RecordKey,
 ) -> Result<(usize, Option<Drift>), HistoryError> {
-    let d = store.dialect();
-    let mut tx = store.pool().begin().await?;
-    let projection = ledger::record_state(&mut tx, d, &record_type, &record_id).await?;
-    let events = ledger::record_events(&mut tx, d, &record_type, &record_id, None).await?;
-    tx.commit().await?;
+    let (projection, events) = store
+        .record_with_projection(&record_type, &record_id)
+        .await?;
 
     let drift = |kind, projection, replay, fields, detail: String| Drift {
         record_type: record_type.clone(),

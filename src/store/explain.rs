@@ -5,11 +5,11 @@
 //! Each query is an index range on the record: `idx_events_aggregate`, the
 //! `record_state` and `merged_events` primary keys, `idx_audit_record`.
 
-use serde_json::Value;
 use sqlx::Row;
 
+use super::audit::audit_columns;
 use super::ledger::{self, StateRow, StoredEvent};
-use super::{get_opt_text, get_text, Store, StoreError};
+use super::{get_text, Store, StoreError};
 
 /// One stored merged event (the payload as published, never a claim check).
 #[derive(Debug, Clone)]
@@ -21,21 +21,8 @@ pub struct MergedFact {
     pub payload: String,
 }
 
-/// One audit-log row of the record.
-#[derive(Debug, Clone)]
-pub struct AuditFact {
-    pub id: i64,
-    pub event_id: Option<String>,
-    pub fingerprint: String,
-    pub stage: String,
-    pub outcome: String,
-    pub detail: Option<Value>,
-    pub attempt: i64,
-    /// This row is a (fingerprint, stage) claim.
-    pub claim: bool,
-    /// RFC 3339, microseconds.
-    pub created_at: String,
-}
+/// One audit-log row of the record (the type history reads too).
+pub use super::audit::AuditFact;
 
 /// Everything stored about one record.
 #[derive(Debug, Clone, Default)]
@@ -83,13 +70,8 @@ impl Store {
             .collect::<Result<Vec<_>, StoreError>>()?;
 
         let sql = format!(
-            "SELECT id, event_id, fingerprint, stage, processing_outcome, {} AS detail, \
-             {} AS attempt_i, {} AS claim_i, {} AS created FROM event_audit_log \
-             WHERE record_type = ? AND record_id = ? ORDER BY id",
-            d.text("detail"),
-            d.int("attempt"),
-            d.int("claim"),
-            d.ts("created_at")
+            "SELECT {} FROM event_audit_log WHERE record_type = ? AND record_id = ? ORDER BY id",
+            audit_columns(d)
         );
         let rows = sqlx::query(&sql)
             .bind(record_type.to_string())
@@ -98,7 +80,7 @@ impl Store {
             .await?;
         let audit = rows
             .iter()
-            .map(audit_from_row)
+            .map(AuditFact::from_row)
             .collect::<Result<Vec<_>, _>>()?;
         tx.commit().await?;
         Ok(RecordFacts {
@@ -108,22 +90,4 @@ impl Store {
             audit,
         })
     }
-}
-
-fn audit_from_row(row: &sqlx::any::AnyRow) -> Result<AuditFact, StoreError> {
-    let detail = get_opt_text(row, "detail")?
-        .map(|t| serde_json::from_str(&t))
-        .transpose()
-        .map_err(|e| StoreError::Corrupt(format!("event_audit_log.detail: {e}")))?;
-    Ok(AuditFact {
-        id: row.try_get("id")?,
-        event_id: get_opt_text(row, "event_id")?,
-        fingerprint: get_text(row, "fingerprint")?,
-        stage: get_text(row, "stage")?,
-        outcome: get_text(row, "processing_outcome")?,
-        detail,
-        attempt: row.try_get("attempt_i")?,
-        claim: row.try_get::<Option<i64>, _>("claim_i")?.unwrap_or(0) != 0,
-        created_at: get_text(row, "created")?,
-    })
 }

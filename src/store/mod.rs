@@ -1,17 +1,24 @@
 //! The event store (SPEC §6): one sqlx `Any` pool over MySQL 8 / MariaDB or
 //! SQLite. The SQL is shared; the few dialect differences live in [`Dialect`].
 
+pub mod audit;
+pub mod bench;
 pub mod ceiling;
 pub mod dead_letters;
 pub mod delivery;
 pub mod delivery_log;
 pub mod errors;
 pub mod explain;
+pub mod history;
 pub mod ledger;
+pub mod ledger_probe;
 pub mod merged;
 pub mod outbox;
 pub mod pending;
+pub mod probe;
 pub mod schema;
+pub mod scratch;
+pub mod story;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -35,7 +35,7 @@ use crate::pubsub::{clients, provision};
 use crate::stages::deliver::routing::{self, Route};
 use crate::stages::merge::batch::SEQUENCE_ATTRIBUTE;
 use crate::store::merged::MergedRow;
-use crate::store::Store;
+use crate::store::{scratch, Store};
 use crate::topology::{ConsumerKind, TopicKind, Topology};
 
 #[derive(Debug, clap::Args)]
@@ -276,7 +276,7 @@ impl Scratch {
             merge::teardown(&t, ep, &[]).await;
         }
         if let Some((admin, name)) = self.mysql.take() {
-            merge::drop_mysql(&admin, &name).await;
+            scratch::drop_mysql(&admin, &name).await;
         }
         self.dir.take();
     }
@@ -347,7 +347,7 @@ async fn bench(
     let db_url = if args.database == "sqlite" {
         format!("sqlite://{}/pipeline.db?mode=rwc", dir_path.display())
     } else {
-        let (url, name) = merge::fresh_mysql(&args.mysql_admin_url).await?;
+        let (url, name) = scratch::create_mysql(&args.mysql_admin_url).await?;
         scratch.mysql = Some((args.mysql_admin_url.clone(), name));
         url
     };

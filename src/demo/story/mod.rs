@@ -3,28 +3,27 @@
 //! the merged topic, with bounded waits) and narrates it; anything other than
 //! the expected result ends the story with an error.
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::sync::Arc;
+mod ctx;
+mod summary;
+
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
-use sqlx::Row;
-use tokio_util::sync::CancellationToken;
 
-use super::observer::MergedObserver;
-use super::targets::{Received, StandIn};
-use super::{DemoError, Narrator, RunFiles, SUITEX_FAILURES};
-use crate::model::fingerprint::{fingerprint, fingerprint_bytes};
-use crate::model::raw_event::{parse_raw_event, Source};
-use crate::pubsub::publisher::Publishers;
+pub use self::ctx::Ctx;
+use self::ctx::Sent;
+use self::summary::summary;
+pub use self::summary::where_to_look;
+use super::targets::Received;
+use super::{DemoError, Narrator, SUITEX_FAILURES};
+use crate::model::fingerprint::fingerprint_bytes;
+use crate::model::raw_event::Source;
 use crate::snapshots::local::LocalSnapshots;
 use crate::snapshots::SnapshotStore;
 use crate::stages::deliver::stage_name;
-use crate::store::dead_letters::{DeadLetter, DlqFilter};
-use crate::store::{get_opt_text, get_text, Store};
-use crate::topology::{TopicKind, Topology};
+use crate::store::dead_letters::DlqFilter;
+use crate::topology::TopicKind;
 
 pub const NETSUITE_TOKEN: &str = "demo-netsuite-token";
 pub const SUITEX_TOKEN: &str = "demo-suitex-token";
@@ -36,53 +35,6 @@ const WAIT: Duration = Duration::from_secs(20);
 const WAIT_EXHAUSTED: Duration = Duration::from_secs(40);
 /// Silence that shows nothing more is coming (the duplicate).
 const QUIET: Duration = Duration::from_millis(1500);
-
-/// What the story works with.
-pub struct Ctx<'a> {
-    pub store: Store,
-    pub publishers: Arc<Publishers>,
-    pub netsuite: &'a StandIn,
-    pub suitex: &'a StandIn,
-    pub observer: &'a MergedObserver,
-    pub snapshots_url: String,
-    pub threshold: u64,
-    pub max_attempts: u32,
-    pub topology: Topology,
-    pub interrupt: &'a CancellationToken,
-    pub metrics_addr: String,
-}
-
-/// A raw event the story published.
-#[derive(Debug, Clone)]
-struct Sent {
-    fingerprint: String,
-    record_type: String,
-    record_id: String,
-}
-
-impl Sent {
-    fn record(&self) -> String {
-        format!("{} {}", self.record_type, self.record_id)
-    }
-}
-
-/// One audit row.
-#[derive(Debug, Clone)]
-struct Audit {
-    outcome: String,
-    attempt: i64,
-    event_id: Option<String>,
-    detail: Option<String>,
-}
-
-/// The persisted event behind a merge.
-#[derive(Debug, Clone)]
-struct Persisted {
-    event_id: String,
-    sequence_num: i64,
-    full_snapshot_ref: Option<String>,
-    changes_len: i64,
-}
 
 fn short(fp: &str) -> &str {
     fp.get(..12).unwrap_or(fp)
@@ -116,310 +68,6 @@ fn filler(bytes: usize) -> String {
     const S: &str =
         "The supplier shall deliver the services described in the attached statement of work. ";
     S.repeat(bytes / S.len() + 1)
-}
-
-impl Ctx<'_> {
-    fn stand_in(&self, t: Source) -> &StandIn {
-        match t {
-            Source::Netsuite => self.netsuite,
-            Source::Suitex => self.suitex,
-        }
-    }
-
-    /// Polls `f` every 100 ms until it yields a value, `within` passes or the
-    /// demo is interrupted.
-    async fn wait_for<T, F, Fut>(
-        &self,
-        what: impl Into<String>,
-        within: Duration,
-        mut f: F,
-    ) -> Result<T, DemoError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<Option<T>, DemoError>>,
-    {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if let Some(v) = f().await? {
-                return Ok(v);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(DemoError::Timeout {
-                    what: what.into(),
-                    after: within,
-                });
-            }
-            tokio::select! {
-                _ = self.interrupt.cancelled() => return Err(DemoError::Interrupted),
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            }
-        }
-    }
-
-    async fn pause(&self, d: Duration) -> Result<(), DemoError> {
-        tokio::select! {
-            _ = self.interrupt.cancelled() => Err(DemoError::Interrupted),
-            _ = tokio::time::sleep(d) => Ok(()),
-        }
-    }
-
-    /// Publishes a raw event to `events.raw.{env}` with its ordering key.
-    /// `resolved` are the changes behind a `full_snapshot_ref`.
-    async fn send(
-        &self,
-        raw: &Value,
-        resolved: Option<&Map<String, Value>>,
-    ) -> Result<Sent, DemoError> {
-        self.send_bytes(Bytes::from(raw.to_string()), resolved)
-            .await
-    }
-
-    async fn send_bytes(
-        &self,
-        data: Bytes,
-        resolved: Option<&Map<String, Value>>,
-    ) -> Result<Sent, DemoError> {
-        let ev = parse_raw_event(&data)
-            .map_err(|e| DemoError::Unexpected(format!("the story's own event is invalid: {e}")))?;
-        let changes = resolved.unwrap_or(&ev.changes);
-        let sent = Sent {
-            fingerprint: fingerprint(&ev, changes),
-            record_type: ev.record_type.clone(),
-            record_id: ev.record_id.clone(),
-        };
-        self.publish(data, &ev.ordering_key()).await?;
-        Ok(sent)
-    }
-
-    async fn publish(&self, data: Bytes, ordering_key: &str) -> Result<(), DemoError> {
-        self.publishers
-            .publish_to(TopicKind::Raw, data, HashMap::new(), ordering_key)
-            .await
-            .map(|_| ())
-            .map_err(|e| DemoError::Unexpected(format!("publishing to the raw topic failed: {e}")))
-    }
-
-    async fn audit(&self, stage: &str, fp: &str) -> Result<Vec<Audit>, DemoError> {
-        let rows = sqlx::query(
-            "SELECT processing_outcome, attempt, event_id, detail FROM event_audit_log \
-             WHERE stage = ? AND fingerprint = ? ORDER BY id",
-        )
-        .bind(stage.to_string())
-        .bind(fp.to_string())
-        .fetch_all(self.store.pool())
-        .await
-        .map_err(crate::store::StoreError::from)?;
-        rows.iter()
-            .map(|r| {
-                Ok(Audit {
-                    outcome: get_text(r, "processing_outcome")?,
-                    attempt: r
-                        .try_get("attempt")
-                        .map_err(crate::store::StoreError::from)?,
-                    event_id: get_opt_text(r, "event_id")?,
-                    detail: get_opt_text(r, "detail")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn count(&self, sql: &str, binds: &[&str]) -> Result<i64, DemoError> {
-        let mut q = sqlx::query_scalar::<_, i64>(sql);
-        for b in binds {
-            q = q.bind(b.to_string());
-        }
-        Ok(q.fetch_one(self.store.pool())
-            .await
-            .map_err(crate::store::StoreError::from)?)
-    }
-
-    async fn version(&self, record_type: &str, record_id: &str) -> Result<i64, DemoError> {
-        let mut conn = self
-            .store
-            .pool()
-            .acquire()
-            .await
-            .map_err(crate::store::StoreError::from)?;
-        let state = crate::store::ledger::record_state(
-            &mut conn,
-            self.store.dialect(),
-            record_type,
-            record_id,
-        )
-        .await?;
-        Ok(state.map(|s| s.version).unwrap_or(0))
-    }
-
-    /// Waits for the merge stage to persist `sent`.
-    async fn persisted(&self, sent: &Sent) -> Result<Persisted, DemoError> {
-        let fp = sent.fingerprint.as_str();
-        let claim = self
-            .wait_for(
-                format!("the merge stage to persist {}", sent.record()),
-                WAIT,
-                || async move {
-                    let rows = self.audit("merge", fp).await?;
-                    if let Some(bad) = rows
-                        .iter()
-                        .find(|a| a.outcome == "invalid" || a.outcome == "permanent")
-                    {
-                        return Err(DemoError::Unexpected(format!(
-                            "the merge stage rejected {fp}: {}",
-                            bad.detail.clone().unwrap_or_default()
-                        )));
-                    }
-                    Ok(rows
-                        .into_iter()
-                        .find(|a| a.outcome == "merged" || a.outcome == "noop"))
-                },
-            )
-            .await?;
-        let event_id = claim.event_id.unwrap_or_default();
-        let row = sqlx::query(
-            "SELECT sequence_num, full_snapshot_ref, length(changes) AS changes_len FROM events WHERE id = ?",
-        )
-        .bind(event_id.clone())
-        .fetch_optional(self.store.pool())
-        .await
-        .map_err(crate::store::StoreError::from)?
-        .ok_or_else(|| {
-            DemoError::Unexpected(format!("the audit log names event {event_id}, which is not in `events`"))
-        })?;
-        Ok(Persisted {
-            event_id,
-            sequence_num: row
-                .try_get("sequence_num")
-                .map_err(crate::store::StoreError::from)?,
-            full_snapshot_ref: get_opt_text(&row, "full_snapshot_ref")?,
-            changes_len: row
-                .try_get("changes_len")
-                .map_err(crate::store::StoreError::from)?,
-        })
-    }
-
-    /// Waits until the delivery stage for `target` finished with `sent`
-    /// (delivered or skipped) and returns its audit rows.
-    async fn delivery(&self, target: Source, sent: &Sent) -> Result<Vec<Audit>, DemoError> {
-        let stage = stage_name(target);
-        let fp = sent.fingerprint.as_str();
-        self.wait_for(
-            format!("{} to handle {}", stage, sent.record()),
-            WAIT,
-            || async move {
-                let rows = self.audit(stage, fp).await?;
-                let done = rows.iter().any(|a| {
-                    matches!(
-                        a.outcome.as_str(),
-                        "delivered" | "skipped" | "permanent" | "invalid"
-                    )
-                });
-                Ok(done.then_some(rows))
-            },
-        )
-        .await
-    }
-
-    async fn expect_delivered(
-        &self,
-        target: Source,
-        sent: &Sent,
-    ) -> Result<Vec<Received>, DemoError> {
-        let rows = self.delivery(target, sent).await?;
-        let last = rows.last().map(|a| a.outcome.as_str()).unwrap_or("");
-        expect(last == "delivered", || {
-            format!(
-                "{} was not delivered to {} (audit: {last})",
-                sent.record(),
-                target_name(target)
-            )
-        })?;
-        Ok(self.stand_in(target).received_for(&sent.fingerprint))
-    }
-
-    async fn expect_skipped(&self, target: Source, sent: &Sent) -> Result<(), DemoError> {
-        let rows = self.delivery(target, sent).await?;
-        let last = rows.last().map(|a| a.outcome.as_str()).unwrap_or("");
-        expect(last == "skipped", || {
-            format!(
-                "{} should not go back to {} (audit: {last})",
-                sent.record(),
-                target_name(target)
-            )
-        })
-    }
-
-    async fn dead_letter(&self, fp: &str) -> Result<Option<DeadLetter>, DemoError> {
-        let all = self
-            .store
-            .dead_letters(
-                &DlqFilter {
-                    include_replayed: true,
-                    ..Default::default()
-                },
-                1000,
-            )
-            .await?;
-        Ok(all
-            .into_iter()
-            .find(|d| d.fingerprint.as_deref() == Some(fp)))
-    }
-
-    /// "persisted … (sequence n); <record> is now vN".
-    async fn narrate_persisted(
-        &self,
-        n: &mut Narrator,
-        sent: &Sent,
-        p: &Persisted,
-    ) -> Result<i64, DemoError> {
-        let v = self.version(&sent.record_type, &sent.record_id).await?;
-        n.fact(
-            "persisted",
-            format!(
-                "event {} (sequence {}, fingerprint {}…); {} is now v{v}",
-                p.event_id,
-                p.sequence_num,
-                short(&sent.fingerprint),
-                sent.record()
-            ),
-        );
-        Ok(v)
-    }
-
-    /// Narrates a creation that goes to the other system only.
-    async fn new_record(
-        &self,
-        n: &mut Narrator,
-        sent: &Sent,
-        origin: Source,
-    ) -> Result<(), DemoError> {
-        let p = self.persisted(sent).await?;
-        let v = self.narrate_persisted(n, sent, &p).await?;
-        expect(v == 1, || {
-            format!("{} should be v1, is v{v}", sent.record())
-        })?;
-        let other = match origin {
-            Source::Netsuite => Source::Suitex,
-            Source::Suitex => Source::Netsuite,
-        };
-        let got = self.expect_delivered(other, sent).await?;
-        n.fact(
-            "delivered",
-            format!(
-                "to {}: HTTP {} on attempt 1 (bearer token and Idempotency-Key sent)",
-                target_name(other),
-                got.last().map(|r| r.status).unwrap_or(0)
-            ),
-        );
-        self.expect_skipped(origin, sent).await?;
-        n.fact(
-            "skipped",
-            format!(
-                "{}: it is the origin, so nothing is echoed back",
-                target_name(origin)
-            ),
-        );
-        Ok(())
-    }
 }
 
 /// The raw event JSON the sources publish.
@@ -496,12 +144,7 @@ async fn step_duplicate(ctx: &Ctx<'_>, n: &mut Narrator, e1: &Sent) -> Result<()
     })
     .await?;
     ctx.pause(QUIET).await?;
-    let events = ctx
-        .count(
-            "SELECT COUNT(*) FROM events WHERE record_type = ? AND record_id = ?",
-            &["project", "42"],
-        )
-        .await?;
+    let events = ctx.store.count_record_events("project", "42").await?;
     let merged = ctx.observer.for_fingerprint(&e1.fingerprint).len();
     let delivered = ctx.netsuite.received_for(&e1.fingerprint).len();
     let v = ctx.version("project", "42").await?;
@@ -975,122 +618,4 @@ async fn step_dead_letter_and_replay(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<
         ),
     );
     Ok(())
-}
-
-async fn summary(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<(), DemoError> {
-    let events = ctx.count("SELECT COUNT(*) FROM events", &[]).await?;
-    let records = ctx.count("SELECT COUNT(*) FROM record_state", &[]).await?;
-    let delivered = ctx
-        .count(
-            "SELECT COUNT(*) FROM event_audit_log WHERE processing_outcome = 'delivered'",
-            &[],
-        )
-        .await?;
-    let failed = ctx
-        .count(
-            "SELECT COUNT(*) FROM event_audit_log WHERE processing_outcome = 'transient' AND stage LIKE 'deliver.%'",
-            &[],
-        )
-        .await?;
-    let parked = ctx.count("SELECT COUNT(*) FROM dead_letters", &[]).await?;
-    let replayed = ctx
-        .count(
-            "SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NOT NULL",
-            &[],
-        )
-        .await?;
-    let merged = ctx.observer.all();
-    let claim_checked = merged
-        .iter()
-        .filter(|m| m.full_snapshot_ref.is_some())
-        .count();
-    n.line("");
-    n.line("In all");
-    n.kv("Ledger", format!("{events} events for {records} records"));
-    n.kv(
-        "Merged",
-        format!(
-            "{} merged events published ({claim_checked} as claim checks)",
-            merged.len()
-        ),
-    );
-    n.kv(
-        "Deliveries",
-        format!("{delivered} delivered, {failed} failed attempts retried or dead-lettered"),
-    );
-    n.kv(
-        "Dead letters",
-        format!("{parked} parked, {replayed} replayed"),
-    );
-    let scraped = scrape_metrics(&ctx.metrics_addr).await;
-    match scraped {
-        Ok(lines) if !lines.is_empty() => {
-            n.line("");
-            n.line(format!(
-                "A few metrics, scraped from http://{}/metrics:",
-                ctx.metrics_addr
-            ));
-            for l in lines {
-                n.line(format!("  {l}"));
-            }
-        }
-        Ok(_) => {}
-        Err(e) => n.line(format!("(Scraping the metrics endpoint failed: {e}.)")),
-    }
-    Ok(())
-}
-
-/// The metric lines worth showing after the story.
-async fn scrape_metrics(addr: &str) -> Result<Vec<String>, reqwest::Error> {
-    const SHOWN: &[&str] = &[
-        "backbone_merge_conflicts_total",
-        "backbone_retry_attempts_total",
-        "backbone_dead_letters_total",
-        "backbone_dead_letters_parked",
-        "backbone_dlq_replayed_total",
-    ];
-    let text = reqwest::Client::new()
-        .get(format!("http://{addr}/metrics"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.ends_with(" 0"))
-        .filter(|l| {
-            SHOWN
-                .iter()
-                .any(|m| l.strip_prefix(m).is_some_and(|r| r.starts_with(['{', ' '])))
-        })
-        .map(str::to_string)
-        .collect())
-}
-
-pub fn where_to_look(metrics_addr: &str, files: &RunFiles, keep_running: bool, n: &mut Narrator) {
-    let db_env = format!("BACKBONE__DATABASE__URL='{}'", files.database_url());
-    n.line("");
-    n.line("Where to look");
-    n.kv(
-        "Metrics",
-        format!(
-            "curl {metrics_addr}/metrics{}",
-            if keep_running {
-                ""
-            } else {
-                "   (while the daemon runs: add --keep-running to keep it up)"
-            }
-        ),
-    );
-    n.kv("Database", files.database.display().to_string());
-    n.kv(
-        "History",
-        format!("{db_env} event-backbone events list --record-type project --record-id 42"),
-    );
-    n.kv(
-        "Dead letters",
-        format!("{db_env} event-backbone dlq list --all"),
-    );
-    n.kv("Daemon log", files.log.display().to_string());
 }

@@ -1,0 +1,38 @@
+//! What `bench merge`'s end-to-end run reads back to decide it is complete
+//! and to time it (the ceiling's reads are in [`super::ceiling`]).
+
+use chrono::{DateTime, Utc};
+
+use super::{get_text, parse_ts, Store, StoreError};
+
+impl Store {
+    /// All events stored.
+    pub async fn count_events(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM events")
+            .fetch_one(self.pool())
+            .await?)
+    }
+
+    /// Audit rows whose outcome is `outcome`.
+    pub async fn count_audit_outcome(&self, outcome: &str) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM event_audit_log WHERE processing_outcome = ?")
+                .bind(outcome.to_string())
+                .fetch_one(self.pool())
+                .await?,
+        )
+    }
+
+    /// Every event's id and when it was stored.
+    pub async fn event_stored_times(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT id, {} AS created FROM events",
+            self.dialect().ts("created_at")
+        ))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| Ok((get_text(row, "id")?, parse_ts(&get_text(row, "created")?)?)))
+            .collect()
+    }
+}
