@@ -152,10 +152,7 @@ async fn measure(
     // event's publish confirmed); latency is raw publish → stored.
     // The process-wide counter also counts the forward-only baseline's
     // publishes, made earlier in this process: count from here.
-    let published_before = crate::metrics::metrics()
-        .published
-        .with_label_values(&["merged"])
-        .get();
+    let published_before = crate::metrics::published_count("merged");
     let app = Application::build(s.clone()).await?;
     let store = app.store.clone();
     let shutdown = CancellationToken::new();
@@ -185,11 +182,7 @@ async fn measure(
     let secs = finished.duration_since(started).as_secs_f64();
     let rows = store.count_events().await?;
     let dup_rows = store.count_audit_outcome("duplicate").await?;
-    let published = crate::metrics::metrics()
-        .published
-        .with_label_values(&["merged"])
-        .get()
-        - published_before;
+    let published = crate::metrics::published_count("merged") - published_before;
     let stored = store.event_stored_times().await?;
     let mut lat: Vec<f64> = Vec::with_capacity(stored.len());
     for (id, created) in &stored {

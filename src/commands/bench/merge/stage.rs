@@ -33,16 +33,7 @@ pub(in crate::commands::bench) const MERGE_STEPS: &[&str] = &[
 /// (sample count, sample sum) of the merge batch-size histogram and of each
 /// merge step: the engine's own figures, read before and after a run.
 fn engine_figures() -> Vec<(u64, f64)> {
-    let m = crate::metrics::metrics();
-    let mut v = vec![(
-        m.merge_batch_size.get_sample_count(),
-        m.merge_batch_size.get_sample_sum(),
-    )];
-    for step in MERGE_STEPS {
-        let h = m.stage_step_duration.with_label_values(&["merge", step]);
-        v.push((h.get_sample_count(), h.get_sample_sum()));
-    }
-    v
+    crate::metrics::merge_figures(MERGE_STEPS)
 }
 
 /// A scratch store of the bench's own, migrated; dropped by `discard`.
