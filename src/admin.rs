@@ -28,7 +28,7 @@ use crate::explain::{self, ExplainError};
 use crate::history::{self, HistoryError, ListQuery};
 use crate::model::raw_event::Source;
 use crate::pubsub::publisher::Publishers;
-use crate::stages::merge::rules::MergePolicy;
+use crate::model::rules::MergePolicy;
 use crate::store::dead_letters::DlqFilter;
 use crate::store::Store;
 

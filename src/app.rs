@@ -18,7 +18,7 @@ use crate::snapshots::gcs::{GcsSnapshots, ENV_VAR_STORAGE_EMULATOR_HOST};
 use crate::snapshots::{local::LocalSnapshots, SnapshotStore};
 use crate::stages::deliver;
 use crate::stages::merge::batch::{EngineConfig, MergeEngine};
-use crate::stages::merge::rules::{ConflictPolicy, MergePolicy};
+use crate::model::rules::{ConflictPolicy, MergePolicy};
 use crate::stages::merge::MergeStage;
 use crate::stages::park::ParkStage;
 use crate::stages::retry::schedule::Schedule;

@@ -18,7 +18,7 @@ use config::{Environment, File, FileFormat, Source};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-pub use crate::stages::merge::rules::ConflictPolicy;
+pub use crate::model::rules::ConflictPolicy;
 use crate::topology::{ConsumerKind, Env, Topology};
 
 pub use self::strict::{KeyOrigin, UnknownKey};

@@ -26,7 +26,7 @@ use crate::model::merged_event::MergedEvent;
 use crate::model::raw_event::Source;
 use crate::stages::deliver::stage_name;
 use crate::stages::merge::batch::STAGE as MERGE_STAGE;
-use crate::stages::merge::rules::{Conflict, ConflictPolicy, MergePolicy};
+use crate::model::rules::{Conflict, ConflictPolicy, MergePolicy};
 use crate::stages::park::STAGE as PARK_STAGE;
 use crate::store::explain::{AuditFact, RecordFacts};
 use crate::store::{Store, StoreError};

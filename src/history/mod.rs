@@ -20,7 +20,7 @@ use sqlx::{Any, AnyConnection, QueryBuilder, Row};
 
 use crate::model::fingerprint::fingerprint;
 use crate::model::raw_event::{RawEvent, Source};
-use crate::stages::merge::rules::{
+use crate::model::rules::{
     self, FieldState, Incoming, MergeError, MergePolicy, RecordState,
 };
 use crate::store::ledger::{self, event_columns, StoredEvent};

@@ -8,7 +8,7 @@ use serde::Serialize;
 use sqlx::{Any, QueryBuilder};
 
 use super::{fold, HistoryError};
-use crate::stages::merge::rules::MergePolicy;
+use crate::model::rules::MergePolicy;
 use crate::store::ledger::{self, RecordKey};
 use crate::store::{get_text, Store};
 

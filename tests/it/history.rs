@@ -10,7 +10,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use event_backbone::admin::{self, AdminState};
 use event_backbone::history::{self, verify::verify, HistoryError, ListQuery};
 use event_backbone::model::raw_event::Source;
-use event_backbone::stages::merge::rules::{self, Incoming, MergePolicy, RecordState};
+use event_backbone::model::rules::{self, Incoming, MergePolicy, RecordState};
 use event_backbone::store::ledger::{self, StateRow};
 use event_backbone::store::Store;
 use rand::rngs::StdRng;

@@ -22,7 +22,7 @@ use crate::config::Settings;
 use crate::history::{self, ListQuery};
 use crate::model::fingerprint::fingerprint;
 use crate::model::raw_event::{RawEvent, Source};
-use crate::stages::merge::rules::{self, Incoming, MergePolicy, RecordState};
+use crate::model::rules::{self, Incoming, MergePolicy, RecordState};
 use crate::store::ledger::{self, StateRow};
 use crate::store::{Dialect, Store};
 

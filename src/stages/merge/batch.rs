@@ -15,7 +15,7 @@ use backon::{ExponentialBuilder, Retryable};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use super::rules::{self, Incoming, MergeError, MergePolicy};
+use crate::model::rules::{self, Incoming, MergeError, MergePolicy};
 use crate::model::fingerprint::format_timestamp;
 use crate::model::merged_event::MergedEvent;
 use crate::model::raw_event::RawEvent;

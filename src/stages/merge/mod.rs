@@ -4,7 +4,6 @@
 
 pub mod batch;
 pub mod gaps;
-pub mod rules;
 
 use std::sync::Arc;
 

@@ -4,6 +4,8 @@
 //! routed by the runtime to the error topic with attempt k, or to the dlq as
 //! `exhausted` once k reaches `retry.max_attempts`.
 
+#[cfg(test)]
+mod fuzz;
 pub mod schedule;
 
 use std::time::Duration;
