@@ -27,8 +27,8 @@ use crate::config::Settings;
 use crate::explain::{self, ExplainError};
 use crate::history::{self, HistoryError, ListQuery};
 use crate::model::raw_event::Source;
-use crate::pubsub::publisher::Publishers;
 use crate::model::rules::MergePolicy;
+use crate::pubsub::publisher::Publishers;
 use crate::store::dead_letters::DlqFilter;
 use crate::store::Store;
 

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::model::raw_event::Source;
+use crate::model::rules::{ConflictPolicy, MergePolicy};
 use crate::outbox_relay::{self, OutboxCompleter};
 use crate::pubsub::clients::{self, Endpoint};
 use crate::pubsub::consumer::{ConsumerSpec, Runtime};
@@ -18,7 +19,6 @@ use crate::snapshots::gcs::{GcsSnapshots, ENV_VAR_STORAGE_EMULATOR_HOST};
 use crate::snapshots::{local::LocalSnapshots, SnapshotStore};
 use crate::stages::deliver;
 use crate::stages::merge::batch::{EngineConfig, MergeEngine};
-use crate::model::rules::{ConflictPolicy, MergePolicy};
 use crate::stages::merge::MergeStage;
 use crate::stages::park::ParkStage;
 use crate::stages::retry::schedule::Schedule;

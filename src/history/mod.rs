@@ -20,9 +20,7 @@ use sqlx::{Any, AnyConnection, QueryBuilder, Row};
 
 use crate::model::fingerprint::fingerprint;
 use crate::model::raw_event::{RawEvent, Source};
-use crate::model::rules::{
-    self, FieldState, Incoming, MergeError, MergePolicy, RecordState,
-};
+use crate::model::rules::{self, FieldState, Incoming, MergeError, MergePolicy, RecordState};
 use crate::store::ledger::{self, event_columns, StoredEvent};
 use crate::store::{get_opt_text, get_text, Backend, Dialect, Store, StoreError};
 

@@ -15,10 +15,10 @@ use backon::{ExponentialBuilder, Retryable};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::model::rules::{self, Incoming, MergeError, MergePolicy};
 use crate::model::fingerprint::format_timestamp;
 use crate::model::merged_event::MergedEvent;
 use crate::model::raw_event::RawEvent;
+use crate::model::rules::{self, Incoming, MergeError, MergePolicy};
 use crate::store::ledger::{self, AuditRow, EventRow, RecordKey, StateRow};
 use crate::store::merged::{self, MergedRow};
 use crate::store::outbox::{self, ConfirmedSet, OutboxRow};
