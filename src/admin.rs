@@ -56,7 +56,7 @@ impl AdminState {
             .map(|t| digest(t.as_bytes()));
         Self {
             store,
-            policy: Arc::new(crate::app::merge_policy(settings)),
+            policy: Arc::new(settings.merge_policy()),
             settings: Arc::new(settings.clone()),
             publishers: None,
             token_digest,

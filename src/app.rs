@@ -9,7 +9,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::model::raw_event::Source;
-use crate::model::rules::{ConflictPolicy, MergePolicy};
 use crate::outbox_relay::{self, OutboxCompleter};
 use crate::pubsub::clients::{self, Endpoint};
 use crate::pubsub::consumer::{ConsumerSpec, Runtime};
@@ -28,22 +27,6 @@ use crate::store::outbox::ConfirmedSet;
 use crate::store::Store;
 use crate::supervisor::{Health, Supervised, Supervisor};
 use crate::topology::{ConsumerKind, TopicKind, Topology};
-
-/// The merge policy from configuration (validated already).
-pub fn merge_policy(s: &Settings) -> MergePolicy {
-    MergePolicy {
-        conflict_policy: match s.merge.conflict_policy {
-            crate::config::ConflictPolicy::LastWriterWins => ConflictPolicy::LastWriterWins,
-            crate::config::ConflictPolicy::SourcePriority => ConflictPolicy::SourcePriority,
-        },
-        source_priority: s
-            .merge
-            .source_priority
-            .iter()
-            .filter_map(|p| p.parse::<Source>().ok())
-            .collect(),
-    }
-}
 
 pub fn endpoint(s: &Settings) -> Endpoint {
     Endpoint::from_emulator_host(s.pubsub.emulator_host.as_deref())
@@ -106,7 +89,7 @@ impl Application {
         let engine = MergeEngine::start(
             store.clone(),
             EngineConfig {
-                policy: merge_policy(&settings),
+                policy: settings.merge_policy(),
                 merged_topic: topology.topic_path(TopicKind::Merged),
                 batch_max: settings.merge.batch_max,
                 linger: settings.merge.batch_linger,

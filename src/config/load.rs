@@ -261,6 +261,7 @@ mod tests {
     use super::super::test_support::{expect_invalid, expect_unknown, load_with, vars};
     use super::super::{ConflictPolicy, LogFormat, UnknownKey};
     use super::*;
+    use crate::model::raw_event::Source;
     use crate::topology::{ConsumerKind, Topology};
 
     #[test]
@@ -281,7 +282,7 @@ mod tests {
         assert_eq!(s.retry.multiplier, 2.0);
         assert_eq!(s.retry.max_backoff, Duration::from_secs(600));
         assert_eq!(s.merge.conflict_policy, ConflictPolicy::LastWriterWins);
-        assert_eq!(s.merge.source_priority, ["netsuite", "suitex"]);
+        assert_eq!(s.merge.source_priority, [Source::Netsuite, Source::Suitex]);
         assert_eq!(s.merge.batch_max, 500);
         assert_eq!(s.merge.batch_linger, Duration::from_millis(2));
         assert_eq!(s.merge.workers, 2);

@@ -2,7 +2,9 @@
 //! as arrays or comma-separated strings, humantime durations.
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Deserializer, Serializer};
+use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+use crate::model::raw_event::Source;
 
 pub(super) const REDACTED: &str = "[redacted]";
 
@@ -43,7 +45,7 @@ pub(super) fn serialize_redacted_opt<S: Serializer>(
 
 /// A list given either as a TOML array or as one comma-separated string (the
 /// only way to write a list in an environment variable).
-pub(super) fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
@@ -59,6 +61,12 @@ pub(super) fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>
         .map(|s| s.trim().to_lowercase())
         .filter(|s| !s.is_empty())
         .collect())
+}
+
+/// `merge.source_priority`: a list of source names, parsed and checked here
+/// so the settings carry the typed order.
+pub(super) fn source_priority<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Source>, D::Error> {
+    super::validate::source_priority(&string_list(d)?).map_err(D::Error::custom)
 }
 
 /// Durations as humantime strings ("250ms", "10s").
@@ -89,9 +97,9 @@ mod tests {
     #[test]
     fn source_priority_accepts_a_comma_list() {
         let s = load_with(&[("BACKBONE__MERGE__SOURCE_PRIORITY", "suitex, netsuite")]).unwrap();
-        assert_eq!(s.merge.source_priority, ["suitex", "netsuite"]);
+        assert_eq!(s.merge.source_priority, [Source::Suitex, Source::Netsuite]);
         let s = load_with(&[("BACKBONE__MERGE__SOURCE_PRIORITY", "NetSuite,SuiteX")]).unwrap();
-        assert_eq!(s.merge.source_priority, ["netsuite", "suitex"]);
+        assert_eq!(s.merge.source_priority, [Source::Netsuite, Source::Suitex]);
     }
 
     #[test]

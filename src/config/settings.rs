@@ -6,9 +6,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::serde_helpers::{
-    duration_str, mask_url_password, serialize_masked_url, serialize_redacted_opt, string_list,
+    duration_str, mask_url_password, serialize_masked_url, serialize_redacted_opt, source_priority,
 };
 use super::ConflictPolicy;
+use crate::model::raw_event::Source;
+use crate::model::rules::MergePolicy;
 use crate::topology::{ConsumerKind, Env, Topology};
 
 /// The whole configuration. `Serialize` writes secrets as `"[redacted]"`.
@@ -98,8 +100,8 @@ pub struct RetrySettings {
 pub struct MergeSettings {
     pub conflict_policy: ConflictPolicy,
     /// Highest priority first; a permutation of `netsuite`, `suitex`.
-    #[serde(deserialize_with = "string_list")]
-    pub source_priority: Vec<String>,
+    #[serde(deserialize_with = "source_priority")]
+    pub source_priority: Vec<Source>,
     pub batch_max: usize,
     #[serde(with = "duration_str")]
     pub batch_linger: Duration,
@@ -212,5 +214,13 @@ impl Settings {
 
     pub fn topology(&self) -> Topology {
         Topology::new(self.env, self.pubsub.project_id.clone())
+    }
+
+    /// The merge policy the stage, replay, verify and explain fold with.
+    pub fn merge_policy(&self) -> MergePolicy {
+        MergePolicy {
+            conflict_policy: self.merge.conflict_policy,
+            source_priority: self.merge.source_priority.clone(),
+        }
     }
 }

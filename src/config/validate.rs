@@ -7,6 +7,7 @@ use secrecy::ExposeSecret;
 
 use super::error::invalid;
 use super::{ConfigError, Settings};
+use crate::model::raw_event::Source;
 use crate::topology::ConsumerKind;
 
 /// Pub/Sub rejects messages over 10 MB, so a larger threshold could never apply.
@@ -107,17 +108,6 @@ impl Settings {
             ));
         }
 
-        let mut sources = self.merge.source_priority.clone();
-        sources.sort();
-        if sources != ["netsuite", "suitex"] {
-            return Err(invalid(
-                "merge.source_priority",
-                format!(
-                    "must list netsuite and suitex once each, highest priority first; got [{}]",
-                    self.merge.source_priority.join(", ")
-                ),
-            ));
-        }
         if self.merge.batch_max < 1 {
             return Err(invalid("merge.batch_max", "must be at least 1"));
         }
@@ -227,6 +217,23 @@ impl Settings {
             return Err(invalid("log.level", "must not be empty"));
         }
         Ok(())
+    }
+}
+
+/// `merge.source_priority` as written (trimmed, lowercased) → the typed
+/// order. Runs while deserialising, so the settings hold the typed value.
+pub(super) fn source_priority(items: &[String]) -> Result<Vec<Source>, String> {
+    let mut sorted: Vec<&str> = items.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    match sorted[..] {
+        ["netsuite", "suitex"] => items
+            .iter()
+            .map(|s| s.parse::<Source>().map_err(|e| e.to_string()))
+            .collect(),
+        _ => Err(format!(
+            "must list netsuite and suitex once each, highest priority first; got [{}]",
+            items.join(", ")
+        )),
     }
 }
 

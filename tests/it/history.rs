@@ -211,7 +211,7 @@ async fn randomized_flow(db: Db) {
     let project = unique_project();
     let s = settings(&project, &tdb.url, &[]);
     let t = s.topology();
-    let policy = event_backbone::app::merge_policy(&s);
+    let policy = s.merge_policy();
     let store = event_backbone::app::connect_store(&s).await.unwrap();
     let app = start(s).await;
     let p = publishers(&t).await;
@@ -452,7 +452,7 @@ async fn hand_cases(db: Db) {
         ],
     );
     let t = s.topology();
-    let policy = event_backbone::app::merge_policy(&s);
+    let policy = s.merge_policy();
     let store = event_backbone::app::connect_store(&s).await.unwrap();
     let app = start(s).await;
     let p = publishers(&t).await;

@@ -86,7 +86,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
         .migrate()
         .await
         .context("migrating the bench database")?;
-    let policy = crate::app::merge_policy(&settings);
+    let policy = settings.merge_policy();
 
     let load = load(&store, &policy, &args).await?;
     // Separate samples, so neither measurement runs on pages the other

@@ -387,7 +387,7 @@ async fn feed(
     let engine = MergeEngine::start(
         store.clone(),
         EngineConfig {
-            policy: app::merge_policy(settings),
+            policy: settings.merge_policy(),
             merged_topic: "projects/bench-proj/topics/events.merged.local".into(),
             batch_max,
             linger: settings.merge.batch_linger,
