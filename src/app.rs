@@ -26,7 +26,7 @@ use crate::stages::{Direct, Registry, Router, Stage};
 use crate::store::outbox::ConfirmedSet;
 use crate::store::Store;
 use crate::supervisor::{Health, Supervised, Supervisor};
-use crate::topology::{ConsumerKind, TopicKind, Topology};
+use crate::topology::{ConsumerKind, StageName, TopicKind, Topology};
 
 pub fn endpoint(s: &Settings) -> Endpoint {
     Endpoint::from_emulator_host(s.pubsub.emulator_host.as_deref())
@@ -142,11 +142,9 @@ impl Application {
         let direct =
             |stage: Option<Arc<dyn Stage>>| stage.map(|s| Arc::new(Direct(s)) as Arc<dyn Router>);
         match kind {
-            ConsumerKind::Merge => direct(self.registry.get("merge")),
-            ConsumerKind::Netsuite => {
-                direct(self.registry.get(deliver::stage_name(Source::Netsuite)))
+            ConsumerKind::Merge | ConsumerKind::Netsuite | ConsumerKind::Suitex => {
+                direct(self.registry.get(StageName::of_consumer(kind).as_str()))
             }
-            ConsumerKind::Suitex => direct(self.registry.get(deliver::stage_name(Source::Suitex))),
             ConsumerKind::Retry => Some(Arc::new(RetryRouter {
                 registry: self.registry.clone(),
                 schedule: self.schedule(),

@@ -26,6 +26,7 @@ use crate::store::delivery::DeliveryState;
 use crate::store::delivery_log::{DeliveryLog, DeliveryWrite, PositionRow, ViewKey};
 use crate::store::ledger::{self, AuditRow};
 use crate::store::{Store, StoreError};
+use crate::topology::StageName;
 
 /// Writers of each target's delivery bookkeeping (see `store::delivery_log`).
 const LOG_WORKERS: usize = 2;
@@ -33,9 +34,10 @@ const LOG_WORKERS: usize = 2;
 /// The stage name (and audit `stage`) for a target.
 pub fn stage_name(target: Source) -> &'static str {
     match target {
-        Source::Netsuite => "deliver.netsuite",
-        Source::Suitex => "deliver.suitex",
+        Source::Netsuite => StageName::DeliverNetsuite,
+        Source::Suitex => StageName::DeliverSuitex,
     }
+    .as_str()
 }
 
 /// What [`DeliverStage::plan`] decided.

@@ -24,8 +24,9 @@ use crate::store::merged::{self, MergedRow};
 use crate::store::outbox::{self, ConfirmedSet, OutboxRow};
 use crate::store::pending::{self, PendingEvent, PendingRow};
 use crate::store::{Store, StoreError};
+use crate::topology::StageName;
 
-pub const STAGE: &str = "merge";
+pub const STAGE: &str = StageName::Merge.as_str();
 /// Attribute of merged messages: the producing event's `sequence_num`.
 pub const SEQUENCE_ATTRIBUTE: &str = "sequence_num";
 
