@@ -7,7 +7,7 @@ use anyhow::Context;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use crate::config::{Settings, Target};
 use crate::model::raw_event::Source;
 use crate::outbox_relay::{self, OutboxCompleter};
 use crate::pubsub::clients::{self, Endpoint};
@@ -27,6 +27,15 @@ use crate::store::outbox::ConfirmedSet;
 use crate::store::Store;
 use crate::supervisor::{Health, Supervised, Supervisor};
 use crate::topology::{ConsumerKind, StageName, TopicKind, Topology};
+
+/// A target's delivery settings; none while its URL is unset.
+fn deliver_settings(t: &Target) -> Option<deliver::DeliverSettings> {
+    Some(deliver::DeliverSettings {
+        url: t.url.clone()?,
+        token: t.token.clone(),
+        timeout: t.timeout,
+    })
+}
 
 pub fn endpoint(s: &Settings) -> Endpoint {
     Endpoint::from_emulator_host(s.pubsub.emulator_host.as_deref())
@@ -65,7 +74,6 @@ pub struct Application {
     pub registry: Registry,
     pub health: Arc<Health>,
     endpoint: Endpoint,
-    engine: MergeEngine,
     claim_check: ClaimCheck,
     /// Outbox rows published but not yet deleted (engine and completer share it).
     confirmed: ConfirmedSet,
@@ -115,8 +123,13 @@ impl Application {
             (Source::Netsuite, &settings.targets.netsuite),
             (Source::Suitex, &settings.targets.suitex),
         ] {
-            if let Some(stage) = deliver::build(target, cfg, store.clone(), claim_check.clone())? {
-                registry.register(stage);
+            if let Some(settings) = deliver_settings(cfg) {
+                registry.register(deliver::build(
+                    target,
+                    settings,
+                    store.clone(),
+                    claim_check.clone(),
+                )?);
             }
         }
         Ok(Self {
@@ -127,14 +140,9 @@ impl Application {
             registry,
             health: Arc::new(Health::default()),
             endpoint,
-            engine,
             claim_check,
             confirmed,
         })
-    }
-
-    pub fn engine(&self) -> &MergeEngine {
-        &self.engine
     }
 
     /// How each consumer picks the stage for a message (None: not built).
