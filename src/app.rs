@@ -123,10 +123,10 @@ impl Application {
             (Source::Netsuite, &settings.targets.netsuite),
             (Source::Suitex, &settings.targets.suitex),
         ] {
-            if let Some(settings) = deliver_settings(cfg) {
+            if let Some(delivery) = deliver_settings(cfg) {
                 registry.register(deliver::build(
                     target,
-                    settings,
+                    delivery,
                     store.clone(),
                     claim_check.clone(),
                 )?);
