@@ -3,13 +3,13 @@
 //! Layers, each overriding the one before: `default.toml` → `{env}.toml` →
 //! `BACKBONE__SECTION__KEY` environment variables. The TOML files are built
 //! into the binary as the base layers, so it runs from any directory; files
-//! in the config dir override them. Secrets are [`SecretString`]s: `Debug`
+//! in the config dir override them. Secrets are [`SecretString`](secrecy::SecretString)s: `Debug`
 //! hides them and [`Settings::redacted`] masks them. A key no setting reads
-//! is an error naming it and where it was set ([`strict`]).
+//! is an error naming it and where it was set (`strict`).
 //!
-//! One concern per file: [`settings`] (the structs), [`load`] (layering and
-//! error translation), [`validate`] (checks types cannot express),
-//! [`serde_helpers`] (durations, lists, redaction) and [`error`].
+//! One concern per file: `settings` (the structs), `load` (layering and
+//! error translation), `validate` (checks types cannot express),
+//! `serde_helpers` (durations, lists, redaction) and `error`.
 
 mod error;
 mod load;
