@@ -27,8 +27,8 @@ use crate::config::Settings;
 use crate::explain::{self, ExplainError};
 use crate::history::{self, HistoryError, ListQuery};
 use crate::model::raw_event::Source;
+use crate::model::rules::MergePolicy;
 use crate::pubsub::publisher::Publishers;
-use crate::stages::merge::rules::MergePolicy;
 use crate::store::dead_letters::DlqFilter;
 use crate::store::Store;
 
@@ -56,7 +56,7 @@ impl AdminState {
             .map(|t| digest(t.as_bytes()));
         Self {
             store,
-            policy: Arc::new(crate::app::merge_policy(settings)),
+            policy: Arc::new(settings.merge_policy()),
             settings: Arc::new(settings.clone()),
             publishers: None,
             token_digest,

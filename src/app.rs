@@ -7,7 +7,7 @@ use anyhow::Context;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use crate::config::{Settings, Target};
 use crate::model::raw_event::Source;
 use crate::pubsub::clients::{self, Endpoint};
 use crate::pubsub::publisher::Publishers;
@@ -20,7 +20,6 @@ use crate::snapshots::gcs::{GcsSnapshots, ENV_VAR_STORAGE_EMULATOR_HOST};
 use crate::snapshots::{local::LocalSnapshots, SnapshotStore};
 use crate::stages::deliver;
 use crate::stages::merge::batch::{EngineConfig, MergeEngine};
-use crate::stages::merge::rules::{ConflictPolicy, MergePolicy};
 use crate::stages::merge::MergeStage;
 use crate::stages::park::{self, ParkStage};
 use crate::stages::retry::schedule::Schedule;
@@ -28,22 +27,15 @@ use crate::stages::retry::RetryRouter;
 use crate::stages::{Direct, Registry, Router, Stage};
 use crate::store::outbox::ConfirmedSet;
 use crate::store::Store;
-use crate::topology::{ConsumerKind, TopicKind, Topology};
+use crate::topology::{ConsumerKind, StageName, TopicKind, Topology};
 
-/// The merge policy from configuration (validated already).
-pub fn merge_policy(s: &Settings) -> MergePolicy {
-    MergePolicy {
-        conflict_policy: match s.merge.conflict_policy {
-            crate::config::ConflictPolicy::LastWriterWins => ConflictPolicy::LastWriterWins,
-            crate::config::ConflictPolicy::SourcePriority => ConflictPolicy::SourcePriority,
-        },
-        source_priority: s
-            .merge
-            .source_priority
-            .iter()
-            .filter_map(|p| p.parse::<Source>().ok())
-            .collect(),
-    }
+/// A target's delivery settings; none while its URL is unset.
+fn deliver_settings(t: &Target) -> Option<deliver::DeliverSettings> {
+    Some(deliver::DeliverSettings {
+        url: t.url.clone()?,
+        token: t.token.clone(),
+        timeout: t.timeout,
+    })
 }
 
 pub fn endpoint(s: &Settings) -> Endpoint {
@@ -83,7 +75,6 @@ pub struct Application {
     pub registry: Registry,
     pub health: Arc<Health>,
     endpoint: Endpoint,
-    engine: MergeEngine,
     claim_check: ClaimCheck,
     /// Outbox rows published but not yet deleted (engine and completer share it).
     confirmed: ConfirmedSet,
@@ -107,7 +98,7 @@ impl Application {
         let engine = MergeEngine::start(
             store.clone(),
             EngineConfig {
-                policy: merge_policy(&settings),
+                policy: settings.merge_policy(),
                 merged_topic: topology.topic_path(TopicKind::Merged),
                 batch_max: settings.merge.batch_max,
                 linger: settings.merge.batch_linger,
@@ -133,8 +124,13 @@ impl Application {
             (Source::Netsuite, &settings.targets.netsuite),
             (Source::Suitex, &settings.targets.suitex),
         ] {
-            if let Some(stage) = deliver::build(target, cfg, store.clone(), claim_check.clone())? {
-                registry.register(stage);
+            if let Some(delivery) = deliver_settings(cfg) {
+                registry.register(deliver::build(
+                    target,
+                    delivery,
+                    store.clone(),
+                    claim_check.clone(),
+                )?);
             }
         }
         registry.register(Arc::new(ParkStage::new(store.clone(), topology.clone())));
@@ -146,14 +142,9 @@ impl Application {
             registry,
             health: Arc::new(Health::default()),
             endpoint,
-            engine,
             claim_check,
             confirmed,
         })
-    }
-
-    pub fn engine(&self) -> &MergeEngine {
-        &self.engine
     }
 
     /// How each consumer picks the stage for a message (None: not built).
@@ -161,11 +152,9 @@ impl Application {
         let direct =
             |stage: Option<Arc<dyn Stage>>| stage.map(|s| Arc::new(Direct(s)) as Arc<dyn Router>);
         match kind {
-            ConsumerKind::Merge => direct(self.registry.get("merge")),
-            ConsumerKind::Netsuite => {
-                direct(self.registry.get(deliver::stage_name(Source::Netsuite)))
+            ConsumerKind::Merge | ConsumerKind::Netsuite | ConsumerKind::Suitex => {
+                direct(self.registry.get(StageName::of_consumer(kind).as_str()))
             }
-            ConsumerKind::Suitex => direct(self.registry.get(deliver::stage_name(Source::Suitex))),
             ConsumerKind::Retry => Some(Arc::new(RetryRouter {
                 registry: self.registry.clone(),
                 schedule: self.schedule(),

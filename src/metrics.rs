@@ -8,6 +8,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::topology::StageName;
+
 pub struct Metrics {
     pub registry: Registry,
     pub messages_received: IntCounterVec,
@@ -246,7 +248,7 @@ impl Metrics {
             self.publish_errors.with_label_values(&[topic]);
         }
         self.publish_errors.with_label_values(&["refused"]);
-        for stage in STAGES {
+        for stage in STAGES.map(StageName::as_str) {
             self.retry_attempts.with_label_values(&[stage]);
             for reason in ["invalid", "permanent", "exhausted", "gap"] {
                 self.dead_letters.with_label_values(&[stage, reason]);
@@ -269,22 +271,23 @@ impl Metrics {
     }
 }
 
-/// Stages that run handlers (the `stage` label's values besides `other`).
-const STAGES: [&str; 4] = ["merge", "deliver.netsuite", "deliver.suitex", "park"];
+/// Stages that run handlers (the `stage` label's values besides `retry`,
+/// whose router rejects bad envelopes, and `other`).
+const STAGES: [StageName; 4] = [
+    StageName::Merge,
+    StageName::DeliverNetsuite,
+    StageName::DeliverSuitex,
+    StageName::Park,
+];
 
 /// The `stage` label for a stage name. Names can come from a message's
 /// attributes (the retry envelope), so anything unknown is folded into
 /// `other` to keep the label bounded.
 pub fn stage_label(stage: &str) -> &'static str {
-    match stage {
-        "merge" => "merge",
-        "deliver.netsuite" => "deliver.netsuite",
-        "deliver.suitex" => "deliver.suitex",
-        // The retry router rejects envelopes as stage `retry`.
-        "retry" => "retry",
-        "park" => "park",
-        _ => "other",
-    }
+    stage
+        .parse::<StageName>()
+        .map(StageName::as_str)
+        .unwrap_or("other")
 }
 
 /// The process-wide metrics.

@@ -180,6 +180,76 @@ impl FromStr for ConsumerKind {
     }
 }
 
+/// A stage by the name it goes by on the wire: the `stage` attribute of
+/// error envelopes, the `stage` column of the audit log and dead letters,
+/// the `stage` label of metrics. Declared here, once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StageName {
+    Merge,
+    DeliverNetsuite,
+    DeliverSuitex,
+    /// The retry router: names envelopes it cannot route.
+    Retry,
+    Park,
+}
+
+impl StageName {
+    pub const ALL: [StageName; 5] = [
+        StageName::Merge,
+        StageName::DeliverNetsuite,
+        StageName::DeliverSuitex,
+        StageName::Retry,
+        StageName::Park,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StageName::Merge => "merge",
+            StageName::DeliverNetsuite => "deliver.netsuite",
+            StageName::DeliverSuitex => "deliver.suitex",
+            StageName::Retry => "retry",
+            StageName::Park => "park",
+        }
+    }
+
+    /// The stage a consumer runs.
+    pub const fn of_consumer(kind: ConsumerKind) -> StageName {
+        match kind {
+            ConsumerKind::Merge => StageName::Merge,
+            ConsumerKind::Netsuite => StageName::DeliverNetsuite,
+            ConsumerKind::Suitex => StageName::DeliverSuitex,
+            ConsumerKind::Retry => StageName::Retry,
+            ConsumerKind::Park => StageName::Park,
+        }
+    }
+}
+
+impl fmt::Display for StageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stage name that is not one of [`StageName::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown stage `{value}`; expected one of: merge, deliver.netsuite, deliver.suitex, retry, park")]
+pub struct ParseStageNameError {
+    pub value: String,
+}
+
+impl FromStr for StageName {
+    type Err = ParseStageNameError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|n| n.as_str() == s)
+            .ok_or_else(|| ParseStageNameError {
+                value: s.to_owned(),
+            })
+    }
+}
+
 /// The settings a subscription must have; `provision` creates it from this and
 /// `doctor` compares the live resource against it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -561,5 +631,28 @@ mod tests {
         let all = t.subscription_specs();
         assert_eq!(all.len(), 5);
         assert!(all.iter().all(|s| s.ack_deadline_seconds == 60));
+    }
+
+    #[test]
+    fn stage_names_are_the_wire_values_and_parse_back() {
+        let names: Vec<_> = StageName::ALL.iter().map(|n| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "merge",
+                "deliver.netsuite",
+                "deliver.suitex",
+                "retry",
+                "park"
+            ]
+        );
+        for n in StageName::ALL {
+            assert_eq!(n.as_str().parse::<StageName>(), Ok(n));
+        }
+        assert!("deliver".parse::<StageName>().is_err());
+        assert_eq!(
+            StageName::of_consumer(ConsumerKind::Netsuite),
+            StageName::DeliverNetsuite
+        );
     }
 }

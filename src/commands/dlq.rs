@@ -8,6 +8,7 @@ use crate::model::raw_event::Source;
 use crate::pubsub::publisher::Publishers;
 use crate::stages::deliver;
 use crate::store::dead_letters::{DeadLetter, DlqFilter};
+use crate::topology::StageName;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -53,7 +54,7 @@ impl Stage {
             Stage::Merge => crate::stages::merge::batch::STAGE,
             Stage::DeliverNetsuite => deliver::stage_name(Source::Netsuite),
             Stage::DeliverSuitex => deliver::stage_name(Source::Suitex),
-            Stage::Retry => "retry",
+            Stage::Retry => StageName::Retry.as_str(),
             Stage::Unknown => "unknown",
         }
     }

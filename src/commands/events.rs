@@ -103,7 +103,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
             0
         }
         Which::Replay(a) => {
-            let policy = crate::app::merge_policy(&settings);
+            let policy = settings.merge_policy();
             let r = history::replay(
                 &store,
                 &policy,

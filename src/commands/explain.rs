@@ -22,7 +22,7 @@ pub struct Args {
 
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
     let store = crate::app::connect_store(&settings).await?;
-    let policy = crate::app::merge_policy(&settings);
+    let policy = settings.merge_policy();
     let result = explain::explain_record(
         &store,
         &policy,

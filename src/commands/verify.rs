@@ -16,7 +16,7 @@ pub struct Args {
 
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
     let store = crate::app::connect_store(&settings).await?;
-    let policy = crate::app::merge_policy(&settings);
+    let policy = settings.merge_policy();
     let report = verify(&store, &policy, args.record_type.as_deref()).await?;
     store.close().await;
     if args.json {

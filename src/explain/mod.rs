@@ -24,12 +24,11 @@ use crate::history::{self, HistoryError};
 use crate::model::fingerprint::format_timestamp;
 use crate::model::merged_event::MergedEvent;
 use crate::model::raw_event::Source;
+use crate::model::rules::{Conflict, ConflictPolicy, MergePolicy};
 use crate::stages::deliver::stage_name;
-use crate::stages::merge::batch::STAGE as MERGE_STAGE;
-use crate::stages::merge::rules::{Conflict, ConflictPolicy, MergePolicy};
-use crate::stages::park::STAGE as PARK_STAGE;
 use crate::store::explain::{AuditFact, RecordFacts};
 use crate::store::{Store, StoreError};
+use crate::topology::StageName;
 
 /// The targets, in the order they are shown.
 pub const TARGETS: [Source; 2] = [Source::Netsuite, Source::Suitex];
@@ -477,7 +476,7 @@ impl<'a> AuditIndex<'a> {
         let seq_of_fp: HashMap<&str, i64> = facts
             .audit
             .iter()
-            .filter(|a| a.stage == MERGE_STAGE && a.claim)
+            .filter(|a| a.stage == StageName::Merge.as_str() && a.claim)
             .filter_map(|a| {
                 let seq = seq_of_id.get(a.event_id.as_deref()?)?;
                 Some((a.fingerprint.as_str(), *seq))
@@ -489,7 +488,7 @@ impl<'a> AuditIndex<'a> {
             .filter_map(|a| {
                 let seq = if a.stage.starts_with("deliver.") {
                     seq_of_id.get(a.event_id.as_deref()?)
-                } else if a.stage == PARK_STAGE {
+                } else if a.stage == StageName::Park.as_str() {
                     seq_of_fp.get(a.fingerprint.as_str())
                 } else {
                     None
@@ -505,7 +504,7 @@ impl<'a> AuditIndex<'a> {
         let stage = stage_name(target);
         self.rows.iter().filter(move |(_, a)| {
             a.stage == stage
-                || (a.stage == PARK_STAGE
+                || (a.stage == StageName::Park.as_str()
                     && a.detail
                         .as_ref()
                         .and_then(|d| d.get("stage"))

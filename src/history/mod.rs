@@ -15,13 +15,12 @@ use serde_json::{Map, Value};
 
 use crate::model::fingerprint::fingerprint;
 use crate::model::raw_event::{RawEvent, Source};
-use crate::stages::merge::rules::{
-    self, FieldState, Incoming, MergeError, MergePolicy, RecordState,
-};
+use crate::model::rules::{self, FieldState, Incoming, MergeError, MergePolicy, RecordState};
 use crate::store::audit::AuditFact;
 use crate::store::history::{EventPageQuery, HistoryReader};
 use crate::store::ledger::StoredEvent;
 use crate::store::{Store, StoreError};
+use crate::topology::StageName;
 
 /// Events per page when the caller does not say.
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -151,7 +150,10 @@ async fn attach_audit(
     let by_id = reader.audit_of_events(record, &ids).await?;
     // The merge stage's claim row is where an event's fingerprint is stored.
     let mut fp_of: HashMap<String, String> = HashMap::new();
-    for a in by_id.iter().filter(|a| a.claim && a.stage == "merge") {
+    for a in by_id
+        .iter()
+        .filter(|a| a.claim && a.stage == StageName::Merge.as_str())
+    {
         if let Some(id) = &a.event_id {
             fp_of.insert(id.clone(), a.fingerprint.clone());
         }

@@ -7,7 +7,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::{fold, HistoryError};
-use crate::stages::merge::rules::MergePolicy;
+use crate::model::rules::MergePolicy;
 use crate::store::ledger::RecordKey;
 use crate::store::Store;
 

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::model::raw_event::Source;
-use crate::stages::merge::rules::Conflict;
+use crate::model::rules::Conflict;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MergedEvent {

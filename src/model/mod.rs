@@ -1,10 +1,12 @@
-//! Message contracts (SPEC §3): raw events, fingerprints, merged events,
-//! error envelopes.
+//! The domain: message contracts (SPEC §3: raw events, fingerprints, merged
+//! events, error envelopes) and the merge rules (SPEC §5). Imports nothing
+//! else from the crate.
 
 pub mod envelope;
 pub mod fingerprint;
 #[cfg(test)]
-mod fuzz;
+pub(crate) mod fuzz;
 pub mod limits;
 pub mod merged_event;
 pub mod raw_event;
+pub mod rules;

@@ -94,6 +94,19 @@ pub fn store_failure(e: &crate::store::StoreError, what: &str) -> StageError {
     }
 }
 
+/// A snapshot failure as every stage reports it (SPEC §10): not readable
+/// yet → transient, the store down → unavailable, another env's bucket or
+/// wrong content → permanent.
+pub fn snapshot_failure(e: &crate::snapshots::SnapshotError) -> StageError {
+    use crate::snapshots::SnapshotError as E;
+    let message = e.to_string();
+    match e {
+        E::Unavailable { .. } => StageError::transient(message),
+        E::Unreachable { .. } => StageError::unavailable(message),
+        E::Refused { .. } | E::Corrupt { .. } => StageError::permanent(message),
+    }
+}
+
 /// A message as a stage sees it.
 #[derive(Debug, Clone)]
 pub struct Incoming {

@@ -8,7 +8,7 @@ use sqlx::{Any, AnyConnection, QueryBuilder, Row};
 
 use super::{get_opt_text, get_text, parse_ts, Dialect, StoreError};
 use crate::model::limits;
-use crate::stages::merge::rules::RecordState;
+use crate::model::rules::RecordState;
 
 /// Rows per multi-row statement: well under both backends' placeholder limits.
 const CHUNK: usize = 400;

@@ -10,10 +10,10 @@ use bytes::Bytes;
 use event_backbone::model::fingerprint::fingerprint;
 use event_backbone::model::limits;
 use event_backbone::model::raw_event::{parse_raw_event, RawEvent};
+use event_backbone::model::rules::MergePolicy;
 use event_backbone::stages::merge::batch::{
     process, Decision, EngineConfig, EventItem, Item, MergeEngine,
 };
-use event_backbone::stages::merge::rules::MergePolicy;
 use event_backbone::stages::park::ParkStage;
 use event_backbone::stages::{ErrorClass, Incoming, Stage};
 use event_backbone::store::dead_letters::NewDeadLetter;

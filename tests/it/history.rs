@@ -10,7 +10,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use event_backbone::admin::{self, AdminState};
 use event_backbone::history::{self, verify::verify, HistoryError, ListQuery};
 use event_backbone::model::raw_event::Source;
-use event_backbone::stages::merge::rules::{self, Incoming, MergePolicy, RecordState};
+use event_backbone::model::rules::{self, Incoming, MergePolicy, RecordState};
 use event_backbone::store::ledger::{self, StateRow};
 use event_backbone::store::Store;
 use rand::rngs::StdRng;
@@ -208,7 +208,7 @@ async fn randomized_flow(db: Db) {
     let Some(app) = TestApp::spawn(db, Overrides::new()).await else {
         return;
     };
-    let policy = event_backbone::app::merge_policy(&app.settings);
+    let policy = app.settings.merge_policy();
     let store = app.store.clone();
     let p = publishers(&app.topology).await;
     let flow = random_flow(&p, 0x6_1571, 60).await;
@@ -438,7 +438,7 @@ async fn hand_cases(db: Db) {
         return;
     };
     let addr = app.admin_addr().to_string();
-    let policy = event_backbone::app::merge_policy(&app.settings);
+    let policy = app.settings.merge_policy();
     let store = app.store.clone();
     let p = publishers(&app.topology).await;
 

@@ -22,9 +22,10 @@ use crate::config::Settings;
 use crate::history::{self, ListQuery};
 use crate::model::fingerprint::fingerprint;
 use crate::model::raw_event::{RawEvent, Source};
-use crate::stages::merge::rules::{self, Incoming, MergePolicy, RecordState};
+use crate::model::rules::{self, Incoming, MergePolicy, RecordState};
 use crate::store::ledger::{self, StateRow};
 use crate::store::{Dialect, Store};
+use crate::topology::StageName;
 
 /// The record type every bench row uses, so its rows are recognisable.
 const RECORD_TYPE: &str = "bench_history";
@@ -86,7 +87,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
         .migrate()
         .await
         .context("migrating the bench database")?;
-    let policy = crate::app::merge_policy(&settings);
+    let policy = settings.merge_policy();
 
     let load = load(&store, &policy, &args).await?;
     // Separate samples, so neither measurement runs on pages the other
@@ -369,7 +370,7 @@ fn generate(
                     fingerprint: fp.clone(),
                     record_type: Some(RECORD_TYPE.to_string()),
                     record_id: Some(id.clone()),
-                    stage: "merge".to_string(),
+                    stage: StageName::Merge.as_str().to_string(),
                     outcome: outcome.to_string(),
                     detail: Some(detail.to_string()),
                     message_id: Some(format!("bench-{r}-{i}")),

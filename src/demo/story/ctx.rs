@@ -19,7 +19,7 @@ use crate::pubsub::publisher::Publishers;
 use crate::stages::deliver::stage_name;
 use crate::store::dead_letters::{DeadLetter, DlqFilter};
 use crate::store::Store;
-use crate::topology::{TopicKind, Topology};
+use crate::topology::{StageName, TopicKind, Topology};
 
 /// One audit row.
 pub(super) type Audit = crate::store::story::StageAudit;
@@ -163,7 +163,7 @@ impl Ctx<'_> {
                 format!("the merge stage to persist {}", sent.record()),
                 WAIT,
                 || async move {
-                    let rows = self.audit("merge", fp).await?;
+                    let rows = self.audit(StageName::Merge.as_str(), fp).await?;
                     if let Some(bad) = rows
                         .iter()
                         .find(|a| a.outcome == "invalid" || a.outcome == "permanent")

@@ -23,7 +23,7 @@ use crate::snapshots::local::LocalSnapshots;
 use crate::snapshots::SnapshotStore;
 use crate::stages::deliver::stage_name;
 use crate::store::dead_letters::DlqFilter;
-use crate::topology::TopicKind;
+use crate::topology::{StageName, TopicKind};
 
 pub const NETSUITE_TOKEN: &str = "demo-netsuite-token";
 pub const SUITEX_TOKEN: &str = "demo-suitex-token";
@@ -139,7 +139,7 @@ async fn step_duplicate(ctx: &Ctx<'_>, n: &mut Narrator, e1: &Sent) -> Result<()
     let again = ctx.send(&project_42_created(), None).await?;
     let fp = again.fingerprint.clone();
     ctx.wait_for("the merge stage to see the duplicate", WAIT, || async {
-        let rows = ctx.audit("merge", &fp).await?;
+        let rows = ctx.audit(StageName::Merge.as_str(), &fp).await?;
         Ok(rows.iter().any(|a| a.outcome == "duplicate").then_some(()))
     })
     .await?;
@@ -419,12 +419,15 @@ async fn step_malformed(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<(), DemoError
             ctx.dead_letter(&fp)
         })
         .await?;
-    expect(dl.reason == "invalid" && dl.stage == "merge", || {
-        format!(
-            "the malformed message should be dead-lettered as invalid by merge, got {} by {}",
-            dl.reason, dl.stage
-        )
-    })?;
+    expect(
+        dl.reason == "invalid" && dl.stage == StageName::Merge.as_str(),
+        || {
+            format!(
+                "the malformed message should be dead-lettered as invalid by merge, got {} by {}",
+                dl.reason, dl.stage
+            )
+        },
+    )?;
     n.fact(
         "dead-lettered",
         format!(

@@ -13,7 +13,7 @@ use serde_json::Map;
 
 use crate::model::merged_event::MergedEvent;
 use crate::model::raw_event::Source;
-use crate::stages::merge::rules::Conflict;
+use crate::model::rules::Conflict;
 
 /// Folds `versions` (in version order, the last one is the version being
 /// delivered) for `target`. `None` when nothing in them is routed to it.
@@ -71,7 +71,7 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
-    use crate::stages::merge::rules::ConflictPolicy;
+    use crate::model::rules::ConflictPolicy;
 
     fn ev(version: i64, origin: Source, applied: Value, conflicts: Vec<Conflict>) -> MergedEvent {
         let Value::Object(applied) = applied else {

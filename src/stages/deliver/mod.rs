@@ -8,34 +8,42 @@ pub mod routing;
 pub mod turns;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use secrecy::SecretString;
 use serde_json::json;
 
 use self::http_sink::HttpSink;
 use self::routing::Route;
-use super::{Failure, Incoming, Outcome, Stage, StageError, StageResult};
+use super::{
+    snapshot_failure, store_failure, Failure, Incoming, Outcome, Stage, StageError, StageResult,
+};
 use crate::model::fingerprint::fingerprint_bytes;
 use crate::model::merged_event::MergedEvent;
 use crate::model::raw_event::Source;
 use crate::snapshots::claim_check::{ClaimCheck, ClaimCheckError};
-use crate::snapshots::SnapshotError;
 use crate::stages::merge::batch::SEQUENCE_ATTRIBUTE;
 use crate::store::delivery::DeliveryState;
 use crate::store::delivery_log::{DeliveryLog, DeliveryWrite, PositionRow, ViewKey};
 use crate::store::ledger::{self, AuditRow};
 use crate::store::{Store, StoreError};
+use crate::topology::StageName;
 
 /// Writers of each target's delivery bookkeeping (see `store::delivery_log`).
 const LOG_WORKERS: usize = 2;
 
+/// What this stage reads, as its store failures name it.
+const MERGED_EVENT: &str = "merged event";
+
 /// The stage name (and audit `stage`) for a target.
 pub fn stage_name(target: Source) -> &'static str {
     match target {
-        Source::Netsuite => "deliver.netsuite",
-        Source::Suitex => "deliver.suitex",
+        Source::Netsuite => StageName::DeliverNetsuite,
+        Source::Suitex => StageName::DeliverSuitex,
     }
+    .as_str()
 }
 
 /// What [`DeliverStage::plan`] decided.
@@ -83,7 +91,7 @@ impl DeliverStage {
     /// Writes through the group commit; a failure is the stage's.
     async fn write(&self, w: DeliveryWrite, fp: &str) -> Result<(), Failure> {
         self.log().write(w).await.map_err(|e| Failure {
-            error: store_failure(&e),
+            error: store_failure(&e, MERGED_EVENT),
             fingerprint: Some(fp.to_string()),
         })
     }
@@ -97,10 +105,6 @@ impl DeliverStage {
             version: ev.version,
             acked,
         }
-    }
-
-    pub fn target(&self) -> Source {
-        self.target
     }
 
     async fn run(&self, msg: &Incoming) -> StageResult {
@@ -214,7 +218,7 @@ impl DeliverStage {
     ) -> Result<Plan, Failure> {
         let fp = &ev.fingerprint;
         let store_fail = |e: StoreError| Failure {
-            error: store_failure(&e),
+            error: store_failure(&e, MERGED_EVENT),
             fingerprint: Some(fp.clone()),
         };
         let earlier = match seq {
@@ -281,7 +285,7 @@ impl DeliverStage {
             record_id: ev.record_id.clone(),
         };
         self.log().view(key).await.map_err(|e| Failure {
-            error: store_failure(&e),
+            error: store_failure(&e, MERGED_EVENT),
             fingerprint: Some(ev.fingerprint.clone()),
         })
     }
@@ -351,7 +355,7 @@ impl DeliverStage {
             )
             .await
             .map_err(|e| Failure {
-                error: store_failure(&e),
+                error: store_failure(&e, MERGED_EVENT),
                 fingerprint: Some(ev.fingerprint.clone()),
             })
     }
@@ -365,7 +369,7 @@ impl DeliverStage {
             })
             .await
             .map_err(|e| Failure {
-                error: store_failure(&e),
+                error: store_failure(&e, MERGED_EVENT),
                 fingerprint: Some(fp.to_string()),
             })?;
         Ok(claimed.contains(fp))
@@ -419,25 +423,13 @@ fn outcome_of(e: &StageError) -> &'static str {
     e.dead_reason().unwrap_or("transient")
 }
 
-/// Snapshot problems classified as SPEC §10 says: unreadable → transient,
-/// another env's bucket or wrong content → permanent.
+/// A message that is not a merged event is invalid; snapshot problems are
+/// classified as for every stage.
 fn resolve_failure(e: ClaimCheckError) -> StageError {
     match &e {
         ClaimCheckError::Malformed(_) => StageError::invalid(e.to_string()),
-        ClaimCheckError::Snapshot(SnapshotError::Unavailable { .. }) => {
-            StageError::transient(e.to_string())
-        }
-        ClaimCheckError::Snapshot(SnapshotError::Unreachable { .. }) => {
-            StageError::unavailable(e.to_string())
-        }
-        ClaimCheckError::Snapshot(
-            SnapshotError::Refused { .. } | SnapshotError::Corrupt { .. },
-        ) => StageError::permanent(e.to_string()),
+        ClaimCheckError::Snapshot(s) => snapshot_failure(s),
     }
-}
-
-fn store_failure(e: &StoreError) -> StageError {
-    super::store_failure(e, "merged event")
 }
 
 impl Stage for DeliverStage {
@@ -450,26 +442,33 @@ impl Stage for DeliverStage {
     }
 }
 
-/// Builds the stage for `target` when its URL is configured.
+/// Where and how one target is delivered to (the composition root fills it
+/// from `targets.*`; a target without a URL gets no stage).
+#[derive(Debug, Clone)]
+pub struct DeliverSettings {
+    pub url: String,
+    /// Bearer token sent with each delivery.
+    pub token: Option<SecretString>,
+    pub timeout: Duration,
+}
+
+/// Builds the stage for `target`.
 pub fn build(
     target: Source,
-    settings: &crate::config::Target,
+    settings: DeliverSettings,
     store: Store,
     claim_check: ClaimCheck,
-) -> Result<Option<Arc<DeliverStage>>, http_sink::SinkBuildError> {
-    let Some(url) = settings.url.clone() else {
-        return Ok(None);
-    };
+) -> Result<Arc<DeliverStage>, http_sink::SinkBuildError> {
     let sink = HttpSink::new(
         target.as_str(),
-        url,
-        settings.token.clone(),
+        settings.url,
+        settings.token,
         settings.timeout,
     )?;
-    Ok(Some(Arc::new(DeliverStage::new(
+    Ok(Arc::new(DeliverStage::new(
         target,
         sink,
         store,
         claim_check,
-    ))))
+    )))
 }

@@ -41,7 +41,7 @@ mod tests {
     use serde_json::{json, Map, Value};
 
     use super::*;
-    use crate::stages::merge::rules::{
+    use crate::model::rules::{
         merge, Conflict, ConflictPolicy, FieldState, Incoming, MergePolicy, RecordState,
     };
 

@@ -15,18 +15,19 @@ use backon::{ExponentialBuilder, Retryable};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use super::rules::{self, Incoming, MergeError, MergePolicy};
 use crate::internal_events::{emit, MergeBatchCommitted, MergeConflictResolved};
 use crate::model::fingerprint::format_timestamp;
 use crate::model::merged_event::MergedEvent;
 use crate::model::raw_event::RawEvent;
+use crate::model::rules::{self, Incoming, MergeError, MergePolicy};
 use crate::store::ledger::{self, AuditRow, EventRow, RecordKey, StateRow};
 use crate::store::merged::{self, MergedRow};
 use crate::store::outbox::{self, ConfirmedSet, OutboxRow};
 use crate::store::pending::{self, PendingEvent, PendingRow};
 use crate::store::{Store, StoreError};
+use crate::topology::StageName;
 
-pub const STAGE: &str = "merge";
+pub const STAGE: &str = StageName::Merge.as_str();
 /// Attribute of merged messages: the producing event's `sequence_num`.
 pub const SEQUENCE_ATTRIBUTE: &str = "sequence_num";
 

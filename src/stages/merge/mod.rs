@@ -4,7 +4,6 @@
 
 pub mod batch;
 pub mod gaps;
-pub mod rules;
 
 use std::sync::Arc;
 
@@ -13,11 +12,14 @@ use futures::future::BoxFuture;
 use serde_json::{json, Map, Value};
 
 use self::batch::{Decision, EventItem, Item, MergeEngine, STAGE};
-use super::{ErrorClass, Failure, Incoming, Outbound, Outcome, Stage, StageError, StageResult};
+use super::{
+    snapshot_failure, store_failure, ErrorClass, Failure, Incoming, Outbound, Outcome, Stage,
+    StageError, StageResult,
+};
 use crate::model::fingerprint::{fingerprint, fingerprint_bytes};
 use crate::model::raw_event::{check_changes, parse_raw_event};
 use crate::snapshots::claim_check::shrink;
-use crate::snapshots::{SnapshotError, SnapshotStore};
+use crate::snapshots::SnapshotStore;
 use crate::store::ledger::AuditRow;
 use crate::store::outbox::OutboxRow;
 use crate::topology::TopicKind;
@@ -30,6 +32,9 @@ pub const PROBE_ATTRIBUTE: &str = "backbone_doctor_probe";
 
 /// The SPEC §3.3 default (1 MiB).
 pub const DEFAULT_CLAIM_CHECK_THRESHOLD: u64 = 1_048_576;
+
+/// What this stage reads, as its store failures name it.
+const RAW_EVENT: &str = "raw event";
 
 pub struct MergeStage {
     engine: MergeEngine,
@@ -111,7 +116,7 @@ impl MergeStage {
         let decision = match submitted {
             Ok(d) => d,
             Err(e) => {
-                let error = store_failure(&e);
+                let error = store_failure(&e, RAW_EVENT);
                 if error.class == ErrorClass::Invalid {
                     // Refused by the database: recorded like any invalid message.
                     self.audit_failure(msg, Some(record), &fp, "invalid", &error)
@@ -187,12 +192,11 @@ impl MergeStage {
 
     /// Snapshot changes must be a JSON object, like inline `changes`.
     async fn resolve(&self, reference: &str) -> Result<Map<String, Value>, StageError> {
-        let bytes = self.snapshots.get(reference).await.map_err(|e| match e {
-            SnapshotError::Unavailable { .. } => StageError::transient(e.to_string()),
-            SnapshotError::Unreachable { .. } => StageError::unavailable(e.to_string()),
-            SnapshotError::Refused { .. } => StageError::permanent(e.to_string()),
-            SnapshotError::Corrupt { .. } => StageError::permanent(e.to_string()),
-        })?;
+        let bytes = self
+            .snapshots
+            .get(reference)
+            .await
+            .map_err(|e| snapshot_failure(&e))?;
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Object(m)) => match check_changes(&m) {
                 Ok(()) => Ok(m),
@@ -236,14 +240,10 @@ impl MergeStage {
             .await
             .map(|_| ())
             .map_err(|e| Failure {
-                error: store_failure(&e),
+                error: store_failure(&e, RAW_EVENT),
                 fingerprint: Some(fp.to_string()),
             })
     }
-}
-
-fn store_failure(e: &crate::store::StoreError) -> StageError {
-    super::store_failure(e, "raw event")
 }
 
 impl Stage for MergeStage {

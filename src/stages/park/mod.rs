@@ -26,11 +26,11 @@ use crate::model::fingerprint::fingerprint_bytes;
 use crate::store::dead_letters::{NewDeadLetter, Parked};
 use crate::store::ledger::AuditRow;
 use crate::store::{Store, StoreError};
-use crate::topology::{ConsumerKind, Topology};
+use crate::topology::{ConsumerKind, StageName, Topology};
 
 pub use self::unparked::{unparked_count, unparked_detail};
 
-pub const STAGE: &str = "park";
+pub const STAGE: &str = StageName::Park.as_str();
 /// Attribute a replay adds so a replayed message that dies again reopens its
 /// row instead of creating another.
 pub const REPLAY_OF: &str = "replay_of";
@@ -67,13 +67,13 @@ impl ParkStage {
     /// subscription the broker names.
     fn stage_of_subscription(&self, sub: &str) -> String {
         let id = sub.rsplit('/').next().unwrap_or(sub);
-        for (kind, stage) in [
-            (ConsumerKind::Merge, "merge"),
-            (ConsumerKind::Netsuite, "deliver.netsuite"),
-            (ConsumerKind::Suitex, "deliver.suitex"),
+        for kind in [
+            ConsumerKind::Merge,
+            ConsumerKind::Netsuite,
+            ConsumerKind::Suitex,
         ] {
             if id == self.topology.subscription_id(kind) {
-                return stage.to_string();
+                return StageName::of_consumer(kind).to_string();
             }
         }
         "unknown".to_string()

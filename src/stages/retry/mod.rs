@@ -4,6 +4,8 @@
 //! routed by the runtime to the error topic with attempt k, or to the dlq as
 //! `exhausted` once k reaches `retry.max_attempts`.
 
+#[cfg(test)]
+mod fuzz;
 pub mod schedule;
 
 use std::time::Duration;
@@ -13,6 +15,7 @@ use chrono::Utc;
 use self::schedule::Schedule;
 use super::{Failure, Incoming, Registry, Route, Router, StageError};
 use crate::model::envelope;
+use crate::topology::StageName;
 
 pub struct RetryRouter {
     pub registry: Registry,
@@ -36,7 +39,7 @@ impl Router for RetryRouter {
     fn route(&self, mut msg: Incoming) -> Route {
         let Some(stage_name) = msg.attributes.get(envelope::STAGE).cloned() else {
             return self.reject(
-                "retry",
+                StageName::Retry.as_str(),
                 msg,
                 "error envelope has no `stage` attribute; cannot tell which stage to retry".into(),
             );

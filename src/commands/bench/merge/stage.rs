@@ -7,7 +7,6 @@ use anyhow::bail;
 use serde_json::json;
 
 use super::{generate, Args};
-use crate::app;
 use crate::config::Settings;
 use crate::model::raw_event::parse_raw_event;
 use crate::stages::merge::batch::{EngineConfig, EventItem, Item, MergeEngine};
@@ -217,7 +216,7 @@ async fn feed(
     let engine = MergeEngine::start(
         store.clone(),
         EngineConfig {
-            policy: app::merge_policy(settings),
+            policy: settings.merge_policy(),
             merged_topic: "projects/bench-proj/topics/events.merged.local".into(),
             batch_max,
             linger: settings.merge.batch_linger,

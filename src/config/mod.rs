@@ -1,0 +1,40 @@
+//! Layered settings (SPEC §8).
+//!
+//! Layers, each overriding the one before: `default.toml` → `{env}.toml` →
+//! `BACKBONE__SECTION__KEY` environment variables. The TOML files are built
+//! into the binary as the base layers, so it runs from any directory; files
+//! in the config dir override them. Secrets are [`SecretString`](secrecy::SecretString)s: `Debug`
+//! hides them and [`Settings::redacted`] masks them. A key no setting reads
+//! is an error naming it and where it was set (`strict`).
+//!
+//! One concern per file: `settings` (the structs), `load` (layering and
+//! error translation), `validate` (checks types cannot express),
+//! `serde_helpers` (durations, lists, redaction) and `error`.
+
+mod error;
+mod load;
+mod serde_helpers;
+mod settings;
+mod strict;
+#[cfg(test)]
+mod test_support;
+mod validate;
+
+pub use crate::model::rules::ConflictPolicy;
+
+pub use self::error::{env_var_for_key, ConfigError};
+pub use self::load::{load, load_from};
+pub use self::serde_helpers::mask_url_password;
+pub use self::settings::*;
+pub use self::strict::{KeyOrigin, UnknownKey};
+
+/// Prefix of every settings environment variable (`BACKBONE__DATABASE__URL`).
+pub const ENV_PREFIX: &str = "BACKBONE";
+/// Separates the prefix and each key segment in an environment variable name.
+pub const ENV_SEPARATOR: &str = "__";
+/// Picks the environment (and so the `{env}.toml` layer).
+pub const ENV_VAR_ENV: &str = "BACKBONE_ENV";
+/// Overrides the directory searched for `default.toml` and `{env}.toml`.
+pub const ENV_VAR_CONFIG_DIR: &str = "BACKBONE_CONFIG_DIR";
+/// The emulator convention shared with gcloud and other Pub/Sub clients.
+pub const ENV_VAR_PUBSUB_EMULATOR_HOST: &str = "PUBSUB_EMULATOR_HOST";
