@@ -155,8 +155,11 @@ impl Application {
             ConsumerKind::Merge | ConsumerKind::Netsuite | ConsumerKind::Suitex => {
                 direct(self.registry.get(StageName::of_consumer(kind).as_str()))
             }
+            // Park's failures are held, never sent to the error topic, so
+            // an envelope naming it is not a retry: rejected, as before park
+            // was registered.
             ConsumerKind::Retry => Some(Arc::new(RetryRouter {
-                registry: self.registry.clone(),
+                registry: self.registry.without(park::STAGE),
                 schedule: self.schedule(),
             })),
             ConsumerKind::Park => direct(self.registry.get(park::STAGE)),

@@ -179,6 +179,12 @@ impl Registry {
     pub fn get(&self, name: &str) -> Option<Arc<dyn Stage>> {
         self.stages.get(name).cloned()
     }
+    /// The same registry without `name`.
+    pub fn without(&self, name: &str) -> Registry {
+        let mut stages = self.stages.clone();
+        stages.remove(name);
+        Registry { stages }
+    }
     pub fn names(&self) -> Vec<&'static str> {
         let mut v: Vec<_> = self.stages.keys().copied().collect();
         v.sort_unstable();

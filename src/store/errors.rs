@@ -54,6 +54,11 @@ impl StoreErrorClass {
 }
 
 impl StoreError {
+    /// The pool (or a worker holding it) is gone: the process is shutting down.
+    pub fn pool_closed() -> Self {
+        StoreError::Sqlx(sqlx::Error::PoolClosed)
+    }
+
     /// The class of this error (see [`StoreErrorClass`]).
     pub fn class(&self) -> StoreErrorClass {
         match self {

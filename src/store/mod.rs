@@ -17,6 +17,8 @@ pub mod outbox;
 pub mod pending;
 pub mod probe;
 pub mod schema;
+#[cfg(test)]
+mod schema_limits;
 pub mod scratch;
 pub mod story;
 

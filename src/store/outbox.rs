@@ -185,3 +185,40 @@ impl Store {
         Ok(n)
     }
 }
+
+/// Unpublished outbox rows of `keys` by ordering key, in version order,
+/// leaving out those this process already saw confirmed.
+pub async fn unpublished_by_key(
+    conn: &mut AnyConnection,
+    d: super::Dialect,
+    keys: &[super::ledger::RecordKey],
+    confirmed: &ConfirmedSet,
+) -> Result<HashMap<String, Vec<OutboxRow>>, StoreError> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let okeys: Vec<String> = keys
+        .iter()
+        .map(|(t, id)| crate::model::raw_event::ordering_key(t, id))
+        .collect();
+    let ids: Vec<String> = unpublished(conn, &okeys)
+        .await?
+        .into_iter()
+        .filter(|(id, _, _)| !confirmed.contains(id))
+        .map(|(id, _, _)| id)
+        .collect();
+    let mut by_key: HashMap<String, Vec<OutboxRow>> = HashMap::new();
+    if ids.is_empty() {
+        return Ok(by_key);
+    }
+    for row in rows(conn, d, &ids).await? {
+        by_key
+            .entry(row.ordering_key.clone())
+            .or_default()
+            .push(row);
+    }
+    for rows in by_key.values_mut() {
+        rows.sort_by_key(|r| r.sequence_num);
+    }
+    Ok(by_key)
+}

@@ -133,7 +133,7 @@ impl MergeEngine {
             Item::Audit(a) => shard_of(&a.fingerprint, "", self.senders.len()),
         };
         let (reply, rx) = oneshot::channel();
-        let closed = || Arc::new(StoreError::Sqlx(sqlx::Error::PoolClosed));
+        let closed = || Arc::new(StoreError::pool_closed());
         self.senders[shard]
             .send(Request { item, reply })
             .await
@@ -275,7 +275,7 @@ pub async fn process(
     // Merged events of these records committed earlier but not known to be
     // published (a process died before its publish): they go out first, in
     // version order (SPEC §4.1).
-    let mut leftovers = unpublished_by_key(&mut tx, d, &keys, &cfg.confirmed).await?;
+    let mut leftovers = outbox::unpublished_by_key(&mut tx, d, &keys, &cfg.confirmed).await?;
     // Pending events, only for records that have some.
     let with_pending: Vec<RecordKey> = keys
         .iter()
@@ -681,41 +681,4 @@ fn release_pending(
             publish.push(row);
         }
     }
-}
-
-/// Unpublished outbox rows of `keys` by ordering key, in version order,
-/// leaving out those this process already saw confirmed.
-async fn unpublished_by_key(
-    conn: &mut sqlx::AnyConnection,
-    d: crate::store::Dialect,
-    keys: &[RecordKey],
-    confirmed: &ConfirmedSet,
-) -> Result<HashMap<String, Vec<OutboxRow>>, StoreError> {
-    if keys.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let okeys: Vec<String> = keys
-        .iter()
-        .map(|(t, id)| crate::model::raw_event::ordering_key(t, id))
-        .collect();
-    let ids: Vec<String> = outbox::unpublished(conn, &okeys)
-        .await?
-        .into_iter()
-        .filter(|(id, _, _)| !confirmed.contains(id))
-        .map(|(id, _, _)| id)
-        .collect();
-    let mut by_key: HashMap<String, Vec<OutboxRow>> = HashMap::new();
-    if ids.is_empty() {
-        return Ok(by_key);
-    }
-    for row in outbox::rows(conn, d, &ids).await? {
-        by_key
-            .entry(row.ordering_key.clone())
-            .or_default()
-            .push(row);
-    }
-    for rows in by_key.values_mut() {
-        rows.sort_by_key(|r| r.sequence_num);
-    }
-    Ok(by_key)
 }
