@@ -147,3 +147,20 @@ fn the_builder_gets_every_file_the_compile_reads() {
         ".dockerignore hides {hidden:?} from COPY"
     );
 }
+
+/// One reqwest: ours is the version the Google crates pull, so the image
+/// (and every build) compiles one HTTP client stack, not two.
+#[test]
+fn one_reqwest_in_the_lock() {
+    let lock = std::fs::read_to_string(root().join("Cargo.lock")).expect("read Cargo.lock");
+    let versions: Vec<&str> = lock
+        .split("[[package]]")
+        .filter(|p| p.contains("\nname = \"reqwest\"\n"))
+        .filter_map(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+        .collect();
+    assert_eq!(
+        versions.len(),
+        1,
+        "reqwest versions in Cargo.lock: {versions:?}"
+    );
+}
