@@ -176,19 +176,31 @@ async fn ensure_topic(
     Ok(())
 }
 
-async fn ensure_subscription(
+/// How the live subscription differs from `spec` (empty: not at all);
+/// `Ok(None)` when it does not exist. Shared by `provision` and `doctor`.
+pub async fn subscription_drift(
     admin: &SubscriptionAdmin,
     spec: &SubscriptionSpec,
-    report: &mut Report,
-) -> Result<(), ProvisionError> {
+) -> Result<Option<Vec<String>>, google_cloud_pubsub::Error> {
     match admin
         .get_subscription()
         .set_subscription(spec.name.clone())
         .send()
         .await
     {
-        Ok(live) => {
-            let diff = differences(&live, spec);
+        Ok(live) => Ok(Some(differences(&live, spec))),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+async fn ensure_subscription(
+    admin: &SubscriptionAdmin,
+    spec: &SubscriptionSpec,
+    report: &mut Report,
+) -> Result<(), ProvisionError> {
+    match subscription_drift(admin, spec).await {
+        Ok(Some(diff)) => {
             if diff.is_empty() {
                 report.unchanged.push(spec.name.clone());
             } else {
@@ -196,7 +208,7 @@ async fn ensure_subscription(
             }
             return Ok(());
         }
-        Err(e) if is_not_found(&e) => {}
+        Ok(None) => {}
         Err(source) => {
             return Err(ProvisionError::Api {
                 action: "reading subscription",

@@ -2,8 +2,6 @@
 //! daemon, the emulator and both stand-in targets: the CLI (text and
 //! `--json`) and `GET /admin/records/{type}/{id}/explain`.
 
-use std::process::Command;
-
 use serde_json::{json, Value};
 
 use crate::deliver::{audit_count, Sink, NS, SX, WAIT};
@@ -13,14 +11,7 @@ const TOKEN: &str = "explain-test-token";
 
 /// Runs the built binary against the test database: (exit code, stdout, stderr).
 fn cli(db_url: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_event-backbone"))
-        .args(args)
-        .env("BACKBONE_ENV", "local")
-        .env("BACKBONE_CONFIG_DIR", config_dir())
-        .env("BACKBONE__DATABASE__URL", db_url)
-        .env("BACKBONE__LOG__LEVEL", "warn")
-        .output()
-        .expect("run event-backbone");
+    let out = cli_on(db_url, args);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -3,7 +3,6 @@
 //! emulator, on SQLite and MariaDB.
 
 use std::collections::{HashMap, HashSet};
-use std::process::Command;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -50,14 +49,7 @@ async fn wait_seq(store: &Store, rtype: &str, rid: &str, seq: i64) -> StateRow {
 
 /// Runs the built binary against the test database.
 fn cli(db_url: &str, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_event-backbone"))
-        .args(args)
-        .env("BACKBONE_ENV", "local")
-        .env("BACKBONE_CONFIG_DIR", config_dir())
-        .env("BACKBONE__DATABASE__URL", db_url)
-        .env("BACKBONE__LOG__LEVEL", "warn")
-        .output()
-        .expect("run event-backbone");
+    let out = cli_on(db_url, args);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -29,13 +29,10 @@ const ADMIN_TOKEN: &str = "runtime-user-admin-token";
 /// `event-backbone <args>` with the production env layer, the emulator and
 /// `vars` on top; waits for it and returns what it printed.
 fn cli(args: &[&str], vars: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_event-backbone"));
+    let mut cmd = binary("production");
     cmd.args(args)
-        .env("BACKBONE_ENV", "production")
-        .env("BACKBONE_CONFIG_DIR", config_dir())
         .env("PUBSUB_EMULATOR_HOST", emulator_host())
-        .env("BACKBONE__LOG__FORMAT", "text")
-        .stdin(Stdio::null());
+        .env("BACKBONE__LOG__FORMAT", "text");
     for (k, v) in vars {
         cmd.env(k, v);
     }
@@ -65,14 +62,11 @@ fn runtime_url(user: &str, db: &str) -> String {
 
 /// The daemon as a child process, in the production env layer.
 fn spawn_daemon(vars: &[(&str, &str)]) -> ChildDaemon {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_event-backbone"));
+    let mut cmd = binary("production");
     cmd.arg("run")
-        .env("BACKBONE_ENV", "production")
-        .env("BACKBONE_CONFIG_DIR", config_dir())
         .env("PUBSUB_EMULATOR_HOST", emulator_host())
         .env("BACKBONE__LOG__FORMAT", "text")
         .env("BACKBONE__SHUTDOWN__GRACE", "5s")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     for (k, v) in vars {
@@ -542,10 +536,8 @@ async fn runtime_schema_ahead_of_the_binary_runs_with_a_warning() {
     );
 
     // migrate (an older binary's hook Job after a rollback): no error.
-    let out = Command::new(env!("CARGO_BIN_EXE_event-backbone"))
+    let out = binary("local")
         .arg("migrate")
-        .env("BACKBONE_ENV", "local")
-        .env("BACKBONE_CONFIG_DIR", config_dir())
         .env("BACKBONE__DATABASE__URL", app.db_url())
         .output()
         .expect("run migrate");

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -269,12 +269,32 @@ pub fn settings(project: &str, db_url: &str, extra: &[(&str, &str)]) -> Settings
 /// `event-backbone run` (the real binary) with [`base_vars`] plus `extra`;
 /// the caller chooses where its output goes.
 pub fn daemon_command(project: &str, db_url: &str, extra: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_event-backbone"));
+    let mut cmd = binary("local");
     cmd.arg("run")
-        .env("BACKBONE_CONFIG_DIR", config_dir())
         .envs(base_vars(project, db_url))
         .envs(extra.iter().copied());
     cmd
+}
+
+/// The real binary in env layer `env` (`local`, `production`…), reading
+/// this repo's config/, with no stdin.
+pub fn binary(env: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_event-backbone"));
+    cmd.env("BACKBONE_ENV", env)
+        .env("BACKBONE_CONFIG_DIR", config_dir())
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// A one-off command (`explain`, `events`, `verify`…) of the local env
+/// layer against `db_url`, logging warnings only; waits for it.
+pub fn cli_on(db_url: &str, args: &[&str]) -> Output {
+    binary("local")
+        .args(args)
+        .env("BACKBONE__DATABASE__URL", db_url)
+        .env("BACKBONE__LOG__LEVEL", "warn")
+        .output()
+        .expect("run event-backbone")
 }
 
 /// The real binary as a child process, killed and reaped when dropped (a

@@ -10,7 +10,7 @@ use google_cloud_pubsub::model::{ExpirationPolicy, Subscription};
 use serde_json::json;
 
 use crate::pubsub::clients::{self, Endpoint};
-use crate::pubsub::provision::{differences, is_not_found};
+use crate::pubsub::provision::{is_not_found, subscription_drift};
 use crate::pubsub::publisher::Publishers;
 use crate::stages::merge::PROBE_ATTRIBUTE;
 use crate::topology::{ConsumerKind, TopicKind, Topology};
@@ -137,14 +137,8 @@ pub(super) async fn subscription(
         .await
         .map_err(|e| e.to_string())?;
     let spec = t.subscription_spec(kind);
-    match admin
-        .get_subscription()
-        .set_subscription(spec.name.clone())
-        .send()
-        .await
-    {
-        Ok(live) => {
-            let diff = differences(&live, &spec);
+    match subscription_drift(&admin, &spec).await {
+        Ok(Some(diff)) => {
             if diff.is_empty() {
                 Ok(format!(
                     "exists with the settings `provision` gives it (consumer {kind})"
@@ -156,7 +150,7 @@ pub(super) async fn subscription(
                 ))
             }
         }
-        Err(e) if is_not_found(&e) => Err(format!(
+        Ok(None) => Err(format!(
             "does not exist, so the {kind} consumer cannot run; run `event-backbone provision`"
         )),
         Err(e) => Err(format!("cannot read it: {e}")),
