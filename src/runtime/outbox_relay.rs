@@ -30,17 +30,7 @@ impl OutboxCompleter {
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
         let handle = tokio::spawn(async move {
             let mut batch = Vec::new();
-            while let Some(id) = rx.recv().await {
-                batch.push(id);
-                while batch.len() < 500 {
-                    match rx.try_recv() {
-                        Ok(id) => batch.push(id),
-                        Err(_) => break,
-                    }
-                }
-                if batch.is_empty() {
-                    continue;
-                }
+            while rx.recv_many(&mut batch, 500).await > 0 {
                 // A failed delete only means the relay publishes the row
                 // once more later; downstream dedupes by fingerprint.
                 match store.timed(store.outbox_delete(&batch)).await {

@@ -159,15 +159,10 @@ async fn ask<T, R>(
 }
 
 async fn worker(store: Store, mut rx: mpsc::Receiver<(DeliveryWrite, Reply<()>)>) {
-    while let Some(first) = rx.recv().await {
-        // No linger: what queued while the last commit ran is the batch.
-        let mut batch = vec![first];
-        while batch.len() < BATCH_MAX {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    // No linger: what queued while the last commit ran is the batch.
+    while rx.recv_many(&mut batch, BATCH_MAX).await > 0 {
+        let batch = std::mem::take(&mut batch);
         let writes: Vec<DeliveryWrite> = batch.iter().map(|(w, _)| w.clone()).collect();
         match write_retrying(&store, &writes).await {
             Ok(()) => {
@@ -201,14 +196,9 @@ async fn reader(
     who: Arc<(String, String)>,
     mut rx: mpsc::Receiver<(ViewKey, Reply<View>)>,
 ) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < BATCH_MAX {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    while rx.recv_many(&mut batch, BATCH_MAX).await > 0 {
+        let batch = std::mem::take(&mut batch);
         let keys: Vec<&ViewKey> = batch.iter().map(|(k, _)| k).collect();
         match store.timed(read_views(&store, &who.0, &who.1, &keys)).await {
             Ok(views) => {
