@@ -6,6 +6,7 @@ pub mod bench;
 pub mod ceiling;
 pub mod dead_letters;
 pub mod delivery;
+pub mod delivery_lease;
 pub mod delivery_log;
 pub mod errors;
 pub mod explain;

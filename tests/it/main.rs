@@ -24,3 +24,4 @@ mod retry_dlq;
 mod runtime_user;
 mod snapshots;
 mod store_mariadb;
+mod targets;
