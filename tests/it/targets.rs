@@ -323,6 +323,14 @@ async fn gauge(app: &TestApp, name: &str, target: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// A scale knob for a longer run by hand (the defaults keep CI short).
+fn env_or(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn records(n: usize, odd_only: Option<bool>) -> Vec<String> {
     (0..n)
         .filter(|r| odd_only.is_none_or(|odd| (r % 2 == 1) == odd))
@@ -356,7 +364,8 @@ async fn bulk_import(db: Db) {
     let Some(app) = deploy(db, &ns.url(), &sx.url(), &[]).await else {
         return;
     };
-    let (n, versions) = (200, 2);
+    let n = env_or("TARGETS_BULK_RECORDS", 200);
+    let versions = env_or("TARGETS_BULK_VERSIONS", 2) as i64;
     let t = Instant::now();
     publish_flow(&app, n, versions, true, Duration::ZERO).await;
     // suitex-sourced (even) records go to NetSuite, the others to SuiteX.
@@ -365,7 +374,12 @@ async fn bulk_import(db: Db) {
     let ns_done = converged(&app, &ns, &to_ns, versions).await;
     let sx_done = converged(&app, &sx, &to_sx, versions).await;
     let took = t.elapsed();
-    eprintln!("bulk import of {n} records × {versions} versions in {took:?}");
+    let rate = |t: &Target| t.count(200) as f64 / took.as_secs_f64();
+    eprintln!(
+        "bulk import of {n} records × {versions} versions in {took:?}: netsuite {:.0} ok/s (its capacity: 5 / 40 ms = 125/s), suitex {:.0} ok/s (capacity 25/s)",
+        rate(&ns),
+        rate(&sx)
+    );
     eprintln!("  {}", ns.summary("netsuite (5 in flight, 40 ms)"));
     eprintln!("  {}", sx.summary("suitex (25 req/s, 40 ms)"));
     eprintln!(
@@ -406,10 +420,18 @@ async fn maintenance_window(db: Db) {
     let Some(app) = deploy(db, &ns.url(), &sx.url(), &[]).await else {
         return;
     };
-    let (n, versions) = (40, 3);
-    // 120 events at about 10/s: the window lasts the whole flow and more.
+    // 120 events at about 10/s over 40 records by default; the window
+    // lasts the whole flow and `TARGETS_WINDOW_SECS` more (3).
+    let n = env_or("TARGETS_RECORDS", 40);
+    let versions = env_or("TARGETS_VERSIONS", 3) as i64;
+    let t = Instant::now();
     publish_flow(&app, n, versions, true, Duration::from_millis(100)).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(env_or("TARGETS_WINDOW_SECS", 3) as u64)).await;
+    eprintln!(
+        "maintenance window: {} events over {n} records at ~10/s, targets down for {:?}",
+        n as i64 * versions,
+        t.elapsed()
+    );
     let open_ns = gauge(&app, "backbone_target_circuit_open", "netsuite").await;
     let open_sx = gauge(&app, "backbone_target_circuit_open", "suitex").await;
     let held = gauge(&app, "backbone_target_held", "netsuite").await;
