@@ -7,6 +7,7 @@ mod alerts;
 mod architecture;
 mod bench_pipeline;
 mod chart;
+mod chart_helm;
 mod cli;
 mod db_limits;
 mod deliver;
