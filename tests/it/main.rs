@@ -21,6 +21,7 @@ mod history;
 mod image;
 mod merge_e2e;
 mod ops;
+mod prometheus_live;
 mod retry_dlq;
 mod runtime_user;
 mod snapshots;
