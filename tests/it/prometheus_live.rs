@@ -38,7 +38,7 @@ use crate::support::*;
 /// What every rule's `for:` becomes in the test's copy of the rules.
 const TEST_FOR: &str = "2s";
 /// Longest wait for an alert to fire or resolve, or Prometheus to start.
-const ALERT_WAIT: Duration = Duration::from_secs(45);
+const ALERT_WAIT: Duration = Duration::from_secs(60);
 /// The `namespace` label the scrape gives the daemon's series.
 const NAMESPACE: &str = "it";
 
