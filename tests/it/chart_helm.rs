@@ -437,7 +437,14 @@ fn chart_helm_defaults_render_lint_and_validate() {
 #[test]
 fn chart_helm_production_with_every_option_on() {
     let Some(py) = helm_python() else { return };
-    let a = &helm(&py, &[case("production", production_values())])[0];
+    let answers = helm(
+        &py,
+        &[
+            case("production", production_values()),
+            case("defaults", json!({})),
+        ],
+    );
+    let (a, defaults) = (&answers[0], &answers[1]);
     let kinds = assert_clean(a);
     for kind in [
         "Job",
@@ -476,7 +483,6 @@ fn chart_helm_production_with_every_option_on() {
     // Every BACKBONE__ variable a template names is set in this render or
     // the defaults' (so check-config saw them all).
     let mut rendered: BTreeSet<String> = BTreeSet::new();
-    let defaults = &helm(&py, &[case("defaults", json!({}))])[0];
     for (answer, obj, c) in [
         (a, deployment, "event-backbone"),
         (a, job, "migrate"),

@@ -103,7 +103,8 @@ impl Expect {
     }
 }
 
-/// Condition → the alerts it fires, in the order the test drives them.
+/// Condition → the alerts it fires, in the order the test drives them. A
+/// case starts once its alerts are inactive (an earlier one may share them).
 const CASES: &[(Condition, &[Expect])] = &[
     (
         Condition::DeadLetterParked,
@@ -128,9 +129,9 @@ const CASES: &[(Condition, &[Expect])] = &[
     ),
     (
         Condition::SlowTarget,
-        // rate(…[5m]): resolves 5 minutes later.
-        // A message held through the database outage above fires it on the
-        // merge subscription too (its 9 s count): this case asks for the
+        // rate(…[5m]): resolves 5 minutes later. The message held through
+        // the database outage above fires it on the merge subscription too
+        // (its processing time counts the hold): this case asks for the
         // delivery's.
         &[fires("BackboneSlowProcessing", &["subscription"], false).on(ConsumerKind::Netsuite)],
     ),
