@@ -4,7 +4,7 @@
 //! second and evaluates the shipped rules every second. The test makes real
 //! conditions happen (a dead letter parked, a consumer crash-looping,
 //! Pub/Sub cut off, the database down, a slow target, a gap in a record's
-//! versions) and asserts through Prometheus' HTTP
+//! versions, the database refusing dead letters) and asserts through Prometheus' HTTP
 //! API that the matching alerts go pending and firing with their labels and
 //! runbook_url, and that those whose expression has no range window resolve
 //! when the condition ends. Then every query of every panel of the Grafana
@@ -71,6 +71,9 @@ enum Condition {
     /// A record's version 1 arrives without its version 0 and waits past
     /// `merge.gap_timeout` (3 s here): dead-lettered `gap` and parked.
     MergeGap,
+    /// The database refuses dead letters (a schema behind the binary: the
+    /// `dead_letters` table renamed away) while a delivery is dead-lettered.
+    ParkRefused,
 }
 
 /// An alert a condition must fire: its name, the labels it must carry
@@ -143,6 +146,11 @@ const CASES: &[(Condition, &[Expect])] = &[
             fires("BackboneMergeGaps", &[], false),
             fires("BackboneDeadLettersWaiting", &[], false),
         ],
+    ),
+    (
+        Condition::ParkRefused,
+        // increase(backbone_park_failures_total[15m]) keeps it 15 minutes.
+        &[fires("BackboneDeadLettersUnparked", &[], false)],
     ),
 ];
 
@@ -229,6 +237,11 @@ impl Condition {
                 );
                 publish_raw(&w.publishers, &ev).await;
             }
+            Condition::ParkRefused => {
+                rename(w, "dead_letters", "dead_letters_away").await;
+                w.sink.script(NS, &[Reply::Status(400)]);
+                w.publish("suitex").await;
+            }
         }
     }
 
@@ -258,8 +271,19 @@ impl Condition {
             Condition::ConsumerCrashLoop | Condition::SlowTarget | Condition::MergeGap => {}
             Condition::PubsubCut => w.pubsub_proxy.restore(),
             Condition::DatabaseDown => w.db_proxy.restore(),
+            // The dead letter is parked at its next delivery, after the
+            // park stage's hold; the test does not wait for it.
+            Condition::ParkRefused => rename(w, "dead_letters_away", "dead_letters").await,
         }
     }
+}
+
+/// Renames a table of the test's database, as the test's administrator.
+async fn rename(w: &World, from: &str, to: &str) {
+    sqlx::query(&format!("RENAME TABLE {from} TO {to}"))
+        .execute(w.app.store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("RENAME TABLE {from} TO {to}: {e}"));
 }
 
 // ---------------------------------------------------------------------------
