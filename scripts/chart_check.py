@@ -9,8 +9,7 @@ into target/services/venv by scripts/tools.sh.
 
 Reads a JSON request on stdin:
   {"chart": DIR, "kube_version": "1.31.0",
-   "cases": [{"name": N, "values": {...}, "release": R, "namespace": NS,
-              "skip_schema_validation": false}]}
+   "cases": [{"name": N, "values": {...}, "release": R, "namespace": NS}]}
 and prints one JSON answer per case:
   {"name": N, "render_error": null | MESSAGE,
    "lint": {"messages": [{"severity", "path", "error"}], "errors": [...]},
@@ -77,10 +76,8 @@ def run(chart_dir, kube_version, case):
         strict=True,
         namespace=case.get("namespace", "default"),
         kube_version=f"v{kube_version}",
-        skip_schema_validation=case.get("skip_schema_validation", False),
     )
-    if case.get("skip_schema_validation"):
-        return answer  # render() always checks the schema: lint alone says it
+    # Lint only logs `fail` and `required`: a refusal shows as a render error.
     with helm.Chart.load(chart_dir) as chart:
         try:
             manifests = chart.render(
