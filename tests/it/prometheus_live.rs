@@ -74,6 +74,12 @@ enum Condition {
     /// The database refuses dead letters (a schema behind the binary: the
     /// `dead_letters` table renamed away) while a delivery is dead-lettered.
     ParkRefused,
+    /// The netsuite target refuses connections while deliveries to it
+    /// arrive: its circuit opens (SPEC §4.2).
+    TargetCircuitOpen,
+    /// The netsuite target answers 429 (`Retry-After: 0`) to a burst of
+    /// requests: throttling, paced, no attempt consumed.
+    TargetThrottled,
 }
 
 /// An alert a condition must fire: its name, the labels it must carry
@@ -148,6 +154,15 @@ const CASES: &[(Condition, &[Expect])] = &[
         ],
     ),
     (
+        Condition::TargetCircuitOpen,
+        &[fires("BackboneTargetCircuitOpen", &["target"], true)],
+    ),
+    (
+        Condition::TargetThrottled,
+        // rate(…[5m]): resolves minutes later.
+        &[fires("BackboneTargetThrottled", &["target"], false)],
+    ),
+    (
         Condition::ParkRefused,
         // increase(backbone_park_failures_total[15m]) keeps it 15 minutes.
         &[fires("BackboneDeadLettersUnparked", &[], false)],
@@ -160,6 +175,7 @@ struct World {
     sink: Sink,
     db_proxy: Proxy,
     pubsub_proxy: Proxy,
+    target_proxy: Proxy,
     publishers: std::sync::Arc<Publishers>,
     seq: u32,
 }
@@ -237,6 +253,18 @@ impl Condition {
                 );
                 publish_raw(&w.publishers, &ev).await;
             }
+            Condition::TargetCircuitOpen => {
+                w.target_proxy.refuse();
+                for _ in 0..5 {
+                    w.publish("suitex").await;
+                }
+            }
+            Condition::TargetThrottled => {
+                // rate() over the series' life so far (minutes): enough 429s
+                // to stay above 1/s for the rule's `for`.
+                w.sink.script(NS, &vec![Reply::RetryAfter(429, 0); 800]);
+                w.publish("suitex").await;
+            }
             Condition::ParkRefused => {
                 rename(w, "dead_letters", "dead_letters_away").await;
                 w.sink.script(NS, &[Reply::Status(400)]);
@@ -274,6 +302,9 @@ impl Condition {
             // The dead letter is parked at its next delivery, after the
             // park stage's hold; the test does not wait for it.
             Condition::ParkRefused => rename(w, "dead_letters_away", "dead_letters").await,
+            Condition::TargetCircuitOpen => w.target_proxy.restore(),
+            // The script runs out by itself.
+            Condition::TargetThrottled => {}
         }
     }
 }
@@ -487,10 +518,12 @@ async fn prometheus_live_alerts_fire_and_resolve_and_every_dashboard_query_evalu
     let started = Instant::now();
     let (rules, shipped) = test_rules();
     let sink = Sink::start().await;
+    let target_proxy = Proxy::start(sink.addr.to_string()).await;
+    let ns_url = format!("http://127.0.0.1:{}{NS}", target_proxy.port);
     let db_proxy = Proxy::start(&mariadb_addr()).await;
     let pubsub_proxy = Proxy::start(emulator_host()).await;
     let overrides = Overrides::new()
-        .targets(&sink.url(NS), &sink.url(SX))
+        .targets(&ns_url, &sink.url(SX))
         .database_via(db_proxy.port)
         .vars(&[
             (
@@ -504,6 +537,7 @@ async fn prometheus_live_alerts_fire_and_resolve_and_every_dashboard_query_evalu
             ("BACKBONE__TARGETS__NETSUITE__TIMEOUT", "10s"),
             ("BACKBONE__MERGE__GAP_TIMEOUT", "3s"),
             ("BACKBONE__MERGE__GAP_CHECK_INTERVAL", "1s"),
+            ("BACKBONE__TARGETS__NETSUITE__PROBE_MAX_INTERVAL", "1s"),
         ])
         .local_snapshots();
     let Some(app) = TestApp::spawn(Db::Mariadb, overrides).await else {
@@ -522,6 +556,7 @@ async fn prometheus_live_alerts_fire_and_resolve_and_every_dashboard_query_evalu
         sink,
         db_proxy,
         pubsub_proxy,
+        target_proxy,
         publishers,
         seq: 0,
     };

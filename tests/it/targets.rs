@@ -250,26 +250,33 @@ async fn deploy(db: Db, ns: &str, sx: &str, extra: &[(&str, &str)]) -> Option<Te
 /// for even records and the other source for odd ones when `mixed`.
 async fn publish_flow(app: &TestApp, records: usize, versions: i64, mixed: bool, pace: Duration) {
     let p = publishers(&app.topology).await;
+    let event = |r: usize, v: i64| {
+        let source = if mixed && r % 2 == 1 {
+            "netsuite"
+        } else {
+            "suitex"
+        };
+        let ts = format!("2026-03-13T10:{:02}:{:02}.{:06}Z", v % 60, r % 60, r);
+        raw_event(
+            source,
+            "project",
+            &format!("p{r:04}"),
+            v,
+            &ts,
+            json!({"name": format!("n{r}-v{}", v + 1), "step": v + 1}),
+        )
+    };
     for v in 0..versions {
+        if pace.is_zero() {
+            // A bulk import: each version of every record at once (a record's
+            // versions stay in order: one round per version).
+            let round: Vec<String> = (0..records).map(|r| event(r, v)).collect();
+            futures::future::join_all(round.iter().map(|ev| publish_raw(&p, ev))).await;
+            continue;
+        }
         for r in 0..records {
-            let source = if mixed && r % 2 == 1 {
-                "netsuite"
-            } else {
-                "suitex"
-            };
-            let ts = format!("2026-03-13T10:{:02}:{:02}.{:06}Z", v % 60, r % 60, r);
-            let ev = raw_event(
-                source,
-                "project",
-                &format!("p{r:04}"),
-                v,
-                &ts,
-                json!({"name": format!("n{r}-v{}", v + 1), "step": v + 1}),
-            );
-            publish_raw(&p, &ev).await;
-            if !pace.is_zero() {
-                tokio::time::sleep(pace).await;
-            }
+            publish_raw(&p, &event(r, v)).await;
+            tokio::time::sleep(pace).await;
         }
     }
 }
@@ -470,9 +477,12 @@ async fn maintenance_window(db: Db) {
         "every record reached its last version at its target"
     );
     assert_eq!(dead_letters(&app).await, 0, "nothing dead-lettered");
+    // Before the circuit opens, a failure with nothing else going to the
+    // target for a second is taken as the message's own: at most the first
+    // one per target spends an attempt (it is held on its retry).
     let spent = spent_attempts(&app).await;
     eprintln!("  failed executions recorded: {spent}");
-    assert_eq!(spent, 0, "no attempt spent on the target's outage");
+    assert!(spent <= 2, "{spent} attempts spent on the target's outage");
     assert_eq!(
         gauge(&app, "backbone_target_circuit_open", "netsuite").await,
         Some(0.0)

@@ -608,7 +608,8 @@ fn pacing_answer(f: &SinkFailure) -> Answer {
         Signal::Rejected(_) => Answer::Rejected,
         Signal::Unreachable => failed(Kind::Unreachable, true),
         Signal::Timeout => failed(Kind::Failed, true),
-        Signal::Server(s) => failed(Kind::Failed, s == 503 || s == 408),
+        Signal::Server(503) => failed(Kind::Unavailable, true),
+        Signal::Server(s) => failed(Kind::Failed, s == 408),
         Signal::Broken => failed(Kind::Failed, false),
     }
 }

@@ -7,7 +7,8 @@
 //! record that always fails is that record's problem, whatever else is
 //! going on, and goes through the retry schedule and the DLQ. A refused
 //! connection opens the circuit at once: nothing was sent, so it is never
-//! about the message. Pure: the caller passes the clock.
+//! about the message; two 503s (the target saying it is unavailable) over
+//! two records do too. Pure: the caller passes the clock.
 
 use std::time::{Duration, Instant};
 
@@ -19,9 +20,15 @@ const FIRST_PROBE: Duration = Duration::from_secs(1);
 pub enum Failure {
     /// The connection was refused: the target is not there.
     Unreachable,
+    /// A 503 without `Retry-After`: the target says it is unavailable
+    /// (a maintenance window); two over two records open the circuit.
+    Unavailable,
     /// A 5xx, a timeout, a reset: maybe the target, maybe the message.
     Failed,
 }
+
+/// 503s in a failure run (over two records) that open the circuit.
+const UNAVAILABLE_OPENS: u32 = 2;
 
 /// What a failure did to the circuit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +54,7 @@ pub struct Circuit {
     probe_max: Duration,
     /// Failures since the last success, and whether they span two records.
     failures: u32,
+    unavailable: u32,
     first_record: Option<u64>,
     several_records: bool,
     open: Option<Open>,
@@ -58,6 +66,7 @@ impl Circuit {
             threshold: threshold.max(1),
             probe_max,
             failures: 0,
+            unavailable: 0,
             first_record: None,
             several_records: false,
             open: None,
@@ -84,6 +93,7 @@ impl Circuit {
     /// how long the circuit had been open when this closed it.
     pub fn success(&mut self, now: Instant) -> Option<Duration> {
         self.failures = 0;
+        self.unavailable = 0;
         self.first_record = None;
         self.several_records = false;
         self.open
@@ -111,7 +121,11 @@ impl Circuit {
             Some(r) if r != record => self.several_records = true,
             Some(_) => {}
         }
-        let everything = self.failures >= self.threshold && self.several_records;
+        if kind == Failure::Unavailable {
+            self.unavailable = self.unavailable.saturating_add(1);
+        }
+        let everything = self.several_records
+            && (self.failures >= self.threshold || self.unavailable >= UNAVAILABLE_OPENS);
         if kind == Failure::Unreachable || everything {
             let delay = FIRST_PROBE.min(self.probe_max);
             self.open = Some(Open {
@@ -164,6 +178,19 @@ mod tests {
             assert_eq!(c.success(t), None, "was never open");
         }
         assert!(!c.is_open());
+    }
+
+    #[test]
+    fn two_503s_over_two_records_open_it() {
+        let mut c = Circuit::new(5, 30 * S);
+        let t = Instant::now();
+        assert_eq!(c.failure(t, 1, Failure::Unavailable), AfterFailure::Counted);
+        assert_eq!(
+            c.failure(t, 1, Failure::Unavailable),
+            AfterFailure::Counted,
+            "one record"
+        );
+        assert_eq!(c.failure(t, 2, Failure::Unavailable), AfterFailure::Opened);
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub struct PacingSettings {
 /// A failed request after which no other request to the target started or
 /// ended for this long, and none is out or waiting, has nobody to compare
 /// with: its failure is its own.
-const QUIET: Duration = Duration::from_millis(500);
+const QUIET: Duration = Duration::from_secs(1);
 
 /// Shutdown came while a delivery waited: hand the message back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
