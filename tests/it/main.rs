@@ -18,6 +18,7 @@ mod faults;
 mod faults_support;
 mod history;
 mod image;
+mod mcp;
 mod merge_e2e;
 mod ops;
 mod retry_dlq;
