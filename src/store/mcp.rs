@@ -133,6 +133,12 @@ impl Store {
     ) -> Result<(Vec<StoredEvent>, i64), StoreError> {
         let d = self.dialect();
         let mut conn = self.pool().acquire().await?;
+        // Counted first: an event committed between the two reads then
+        // shows in the page, and the total is raised to cover it (the other
+        // order could answer a total with an empty page).
+        let mut c: QueryBuilder<Any> = QueryBuilder::new("SELECT COUNT(*) AS n FROM events");
+        push_filter(&mut c, d, record, f);
+        let counted: i64 = c.build().fetch_one(&mut *conn).await?.try_get("n")?;
         let mut q: QueryBuilder<Any> =
             QueryBuilder::new(format!("SELECT {} FROM events", event_columns(d)));
         push_filter(&mut q, d, record, f);
@@ -145,9 +151,7 @@ impl Store {
             .iter()
             .map(StoredEvent::from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let mut c: QueryBuilder<Any> = QueryBuilder::new("SELECT COUNT(*) AS n FROM events");
-        push_filter(&mut c, d, record, f);
-        let total: i64 = c.build().fetch_one(&mut *conn).await?.try_get("n")?;
+        let total = counted.max(f.offset + events.len() as i64);
         Ok((events, total))
     }
 

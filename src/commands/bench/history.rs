@@ -211,7 +211,11 @@ impl Stats {
 }
 
 /// Loads the bench data unless it is already there (`bench mcp` reuses it).
-pub(super) async fn load(store: &Store, policy: &MergePolicy, args: &Args) -> anyhow::Result<Value> {
+pub(super) async fn load(
+    store: &Store,
+    policy: &MergePolicy,
+    args: &Args,
+) -> anyhow::Result<Value> {
     let mut conn = store.pool().acquire().await?;
     let existing = ledger::count_events_of_type(&mut conn, RECORD_TYPE).await?;
     if existing as u64 == args.events {
