@@ -28,7 +28,7 @@ const TARGET_EMIT_P99_MS: f64 = 10.0;
 const EMIT_TYPE: &str = "bench_mcp";
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub struct McpBenchArgs {
     #[command(flatten)]
     pub load: hist::Args,
     /// emit_event calls timed (0 skips them; they need the Pub/Sub emulator
@@ -37,7 +37,7 @@ pub struct Args {
     pub emits: usize,
 }
 
-pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
+pub async fn run(settings: Settings, args: McpBenchArgs) -> anyhow::Result<i32> {
     let a = &args.load;
     if a.records == 0 || a.events < a.records {
         bail!("--events must be at least --records, and --records at least 1");

@@ -22,7 +22,7 @@ pub enum Which {
     /// Event history: load a large event store, then time `events list` and replay.
     History(history::Args),
     /// The MCP tools on the same store: query_events, replay_events, emit_event.
-    Mcp(mcp::Args),
+    Mcp(mcp::McpBenchArgs),
     /// The whole daemon (all five consumers) draining a raw backlog into two
     /// stand-in targets, vs an ack-only drain of the same messages.
     Pipeline(pipeline::Args),
