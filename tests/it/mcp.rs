@@ -255,3 +255,17 @@ async fn mcp_python_sdk_over_stdio_and_http_sqlite() {
 async fn mcp_python_sdk_over_stdio_and_http_mariadb() {
     over_both_transports(Db::Mariadb).await;
 }
+
+/// `mcp` and `bench mcp` parse (clap checks its definitions on first use).
+#[test]
+fn mcp_commands_have_help() {
+    for args in [&["mcp", "--help"][..], &["bench", "mcp", "--help"]] {
+        let out = binary("local").args(args).output().expect("run");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("Usage"),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
