@@ -292,7 +292,8 @@ impl Application {
         let admin = crate::admin::serve(
             &self.settings,
             crate::admin::AdminState::new(self.store.clone(), &self.settings)
-                .with_publishers(self.publishers.clone()),
+                .with_publishers(self.publishers.clone())
+                .with_health(self.health.clone()),
             shutdown.clone(),
         )
         .await?;

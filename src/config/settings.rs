@@ -28,6 +28,7 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     pub outbox: OutboxSettings,
     pub log: LogSettings,
+    pub mcp: McpSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -209,6 +210,18 @@ pub struct ShutdownSettings {
     /// Time in-flight work gets after SIGTERM before the rest is nacked.
     #[serde(with = "duration_str")]
     pub grace: Duration,
+}
+
+/// The MCP server: `event-backbone mcp` (stdio) and `/mcp` on the admin
+/// listener. Read-only unless a write switch is on.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct McpSettings {
+    /// Serve `/mcp` on the admin listener (same bearer token, same address).
+    pub http_enabled: bool,
+    /// Offer `replay_dead_letters` (it still replays only with `confirm: true`).
+    pub allow_replay: bool,
+    /// Offer `emit_event` (publishes a raw event to events.raw.{env}).
+    pub allow_emit: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -13,6 +13,7 @@ pub mod explain;
 pub mod history;
 pub mod ledger;
 pub mod ledger_probe;
+pub mod mcp;
 pub mod merged;
 pub mod outbox;
 pub mod pending;

@@ -19,6 +19,7 @@ mod faults;
 mod faults_support;
 mod history;
 mod image;
+mod mcp;
 mod merge_e2e;
 mod ops;
 mod prometheus_live;
