@@ -44,6 +44,11 @@ pub struct Readiness {
     pub consumers: Value,
     /// Messages held for an outage (SPEC 4.1), per consumer; null when none.
     pub holding: Option<String>,
+    /// The daemon's pacing of each target (SPEC 4.2), as `/readyz` lists it;
+    /// shown under each target's `live`.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub targets: Vec<Value>,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -93,8 +98,9 @@ pub struct TargetState {
     /// nor superseded.
     pub last_failure_at: Option<String>,
     pub last_failure_outcome: Option<String>,
-    /// Live delivery state (concurrency limit, in flight, circuit) when the
-    /// daemon keeps one; empty otherwise.
+    /// The daemon's pacing of the target (SPEC 4.2): `concurrency_limit`,
+    /// `inflight`, `held`, `circuit_open`, `circuit_open_for_seconds`,
+    /// `paused_for_seconds`, `mean_rtt_ms`; empty when no daemon answered.
     pub live: BTreeMap<String, Value>,
 }
 
@@ -176,6 +182,11 @@ impl Ctx {
                 pubsub: Some(pubsub),
                 consumers: serde_json::to_value(h.snapshot()).unwrap_or(Value::Null),
                 holding,
+                targets: h
+                    .targets()
+                    .iter()
+                    .filter_map(|t| serde_json::to_value(t).ok())
+                    .collect(),
             };
         }
         // Apart from the daemon: ask its /readyz, on the host this server
@@ -193,6 +204,7 @@ impl Ctx {
             pubsub: None,
             consumers: Value::Object(Default::default()),
             holding: None,
+            targets: Vec::new(),
         };
         let client = match reqwest::Client::builder().timeout(READYZ_TIMEOUT).build() {
             Ok(c) => c,
@@ -223,6 +235,11 @@ impl Ctx {
                 .get("holding")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
+            targets: body
+                .get("targets")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
         }
     }
 }
@@ -279,7 +296,19 @@ pub async fn target_state(ctx: &Ctx, readiness: &Readiness) -> Result<Vec<Target
             last_delivered_at,
             last_failure_at: last_failure.as_ref().map(|f| f.0.clone()),
             last_failure_outcome: last_failure.map(|f| f.1),
-            live: BTreeMap::new(),
+            // Concurrency limit, in flight, held, circuit, Retry-After pause.
+            live: readiness
+                .targets
+                .iter()
+                .find(|t| t.get("target").and_then(Value::as_str) == Some(target.as_str()))
+                .and_then(Value::as_object)
+                .map(|o| {
+                    o.iter()
+                        .filter(|(k, _)| k.as_str() != "target")
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
         });
     }
     Ok(out)
