@@ -52,6 +52,8 @@ pub struct Behaviour {
 #[derive(Debug, Clone)]
 pub struct Hit {
     pub record: String,
+    /// When the request arrived.
+    pub at: Instant,
     pub status: u16,
     pub body: Value,
 }
@@ -90,6 +92,7 @@ async fn answer(State(s): State<Arc<TargetState>>, body: Bytes) -> Response {
         ev["record_id"].as_str().unwrap_or("?")
     );
     let version = ev["version"].as_i64().unwrap_or(-1);
+    let at = Instant::now();
     let b = lock(&s.behaviour).clone();
     let now_inflight = s.inflight.fetch_add(1, Ordering::SeqCst) + 1;
     s.peak.fetch_max(now_inflight, Ordering::SeqCst);
@@ -125,6 +128,7 @@ async fn answer(State(s): State<Arc<TargetState>>, body: Bytes) -> Response {
     }
     lock(&s.hits).push(Hit {
         record: record.clone(),
+        at,
         status,
         body: ev,
     });
@@ -564,9 +568,22 @@ async fn targets_retry_after_pauses_every_delivery_to_the_target() {
     eprintln!("{} in {:?}", ns.summary("netsuite (3 req/s)"), t.elapsed());
     assert!(done);
     assert_eq!(spent_attempts(&app).await, 0, "a 429 spends no attempt");
-    // Each Retry-After: 1 pauses everything for a second: far fewer 429s
-    // than one per waiting request per backoff.
-    assert!(ns.count(429) <= 6, "{}", ns.summary("netsuite"));
+    // Each `Retry-After: 1` pauses every delivery for a second: after a 429,
+    // only requests already on their way arrive within that second.
+    let hits = ns.hits();
+    for h in hits.iter().filter(|h| h.status == 429) {
+        let early: Vec<Duration> = hits
+            .iter()
+            .filter(|o| o.at > h.at)
+            .map(|o| o.at - h.at)
+            .filter(|d| *d > Duration::from_millis(50) && *d < Duration::from_millis(950))
+            .collect();
+        assert!(
+            early.is_empty(),
+            "requests {early:?} after a 429 that asked for 1 s"
+        );
+    }
+    assert!(ns.count(429) <= 12, "{}", ns.summary("netsuite"));
     app.stop().await;
 }
 
