@@ -20,6 +20,7 @@ pub mod schema;
 #[cfg(test)]
 mod schema_limits;
 pub mod scratch;
+pub mod sizes;
 pub mod story;
 
 use std::sync::Arc;

@@ -4,6 +4,7 @@
 pub mod history;
 pub mod merge;
 pub mod pipeline;
+pub mod storage;
 
 use crate::config::Settings;
 
@@ -23,6 +24,9 @@ pub enum Which {
     /// The whole daemon (all five consumers) draining a raw backlog into two
     /// stand-in targets, vs an ack-only drain of the same messages.
     Pipeline(pipeline::Args),
+    /// Bytes per event on disk, per table and index, after a run through
+    /// merge and both deliveries (SPEC §6.1).
+    Storage(storage::Args),
 }
 
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
@@ -30,5 +34,6 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
         Which::Merge(a) => merge::run(settings, a).await,
         Which::History(a) => history::run(settings, a).await,
         Which::Pipeline(a) => pipeline::run(settings, a).await,
+        Which::Storage(a) => storage::run(settings, a).await,
     }
 }
