@@ -4,7 +4,7 @@
 //!
 //! Every single-record query is an index range on `idx_events_aggregate`
 //! (record_type, record_id, sequence_num) or on the audit log's
-//! `idx_audit_record_event` (record_type, record_id, event_id): cost grows
+//! `idx_audit_record` (record_type, record_id, event_id): cost grows
 //! with the page, never with the table.
 
 use chrono::{DateTime, Utc};
@@ -184,8 +184,8 @@ impl HistoryReader {
 /// Audit rows of one record: those naming one of `values` as event id, or
 /// (with `by_fingerprint`) those naming no event whose fingerprint is listed.
 ///
-/// Both are ranges of `idx_audit_record_event`. MySQL is told to ignore the
-/// single-column indexes: with a long IN list its range optimizer would
+/// Both are ranges of `idx_audit_record`. MySQL is told to ignore the
+/// indexes led by event id and fingerprint: with a long IN list its range optimizer would
 /// otherwise probe each of them once per value to estimate costs, and those
 /// probes land on random, usually cold, pages.
 async fn audit_rows(
@@ -199,7 +199,7 @@ async fn audit_rows(
         return Ok(Vec::new());
     }
     let hint = match d.0 {
-        Backend::Mysql => " IGNORE INDEX (idx_audit_event, idx_audit_fingerprint, uq_audit_claim)",
+        Backend::Mysql => " IGNORE INDEX (idx_audit_event, idx_audit_fingerprint)",
         Backend::Sqlite => "",
     };
     let mut q: QueryBuilder<Any> = QueryBuilder::new(format!(

@@ -272,6 +272,11 @@ impl Scratch {
         }
     }
 
+    /// Leaves the MariaDB database out of the teardown; its URL.
+    pub(super) fn keep_mysql(&mut self) -> Option<String> {
+        self.mysql.take().and(self.db_url.clone())
+    }
+
     pub(super) async fn teardown(&mut self, ep: &clients::Endpoint) {
         self.stop_daemon().await;
         self.stop_targets.cancel();

@@ -44,6 +44,9 @@ pub struct Args {
     pub measure_only: Option<String>,
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub stall_timeout: Duration,
+    /// Leave the MariaDB database in place (its URL is printed) to look at it.
+    #[arg(long)]
+    pub keep_database: bool,
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
@@ -157,6 +160,11 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
     if outcome.is_err() {
         if let Some(tail) = scratch.log_tail(30) {
             eprintln!("--- last lines of the daemon's log ---\n{tail}\n---");
+        }
+    }
+    if args.keep_database {
+        if let Some(url) = scratch.keep_mysql() {
+            eprintln!("kept the database: {url}");
         }
     }
     scratch.teardown(&ep).await;
