@@ -27,6 +27,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub shutdown: ShutdownSettings,
     pub outbox: OutboxSettings,
+    pub retention: RetentionSettings,
     pub log: LogSettings,
 }
 
@@ -181,6 +182,20 @@ pub struct OutboxSettings {
     /// How often the relay looks.
     #[serde(with = "duration_str")]
     pub relay_interval: Duration,
+}
+
+/// Retention with archival (SPEC §6.1, `event-backbone archive`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RetentionSettings {
+    /// Rows younger than this stay in the database; `archive` moves older
+    /// ones to the snapshot bucket (its `--older-than` default).
+    #[serde(with = "duration_str")]
+    pub keep: Duration,
+    /// Events per archive segment (one object, one manifest).
+    pub segment_events: usize,
+    /// Rows removed per transaction once a segment is verified: small, so
+    /// the merge stage never waits long on the archiver.
+    pub delete_batch: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -33,6 +33,8 @@ pub struct RecordFacts {
     pub merged: Vec<MergedFact>,
     /// In insertion order (`id`).
     pub audit: Vec<AuditFact>,
+    /// The state after the record's archived events, if some are (SPEC §6.1).
+    pub checkpoint: Option<super::archive::Checkpoint>,
 }
 
 impl Store {
@@ -81,12 +83,14 @@ impl Store {
             .iter()
             .map(AuditFact::from_row)
             .collect::<Result<Vec<_>, _>>()?;
+        let checkpoint = super::archive::checkpoint(&mut tx, d, record_type, record_id).await?;
         tx.commit().await?;
         Ok(RecordFacts {
             events,
             projection,
             merged,
             audit,
+            checkpoint,
         })
     }
 }

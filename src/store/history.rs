@@ -29,6 +29,13 @@ pub struct EventPageQuery<'a> {
     pub until: Option<&'a DateTime<Utc>>,
 }
 
+/// A record's projection, its stored events and its archive checkpoint.
+pub type RecordWithProjection = (
+    Option<StateRow>,
+    Vec<StoredEvent>,
+    Option<super::archive::Checkpoint>,
+);
+
 /// One pooled connection for the several reads of one history page.
 pub struct HistoryReader {
     conn: PoolConnection<Any>,
@@ -55,20 +62,21 @@ impl Store {
         ledger::record_events(&mut conn, self.dialect(), record_type, record_id, to_seq).await
     }
 
-    /// A record's projection and its events, read in one transaction so a
+    /// A record's projection, its events and its checkpoint, read in one transaction so a
     /// record the daemon is writing meanwhile is seen consistently (event
     /// rows and projection commit together).
     pub async fn record_with_projection(
         &self,
         record_type: &str,
         record_id: &str,
-    ) -> Result<(Option<StateRow>, Vec<StoredEvent>), StoreError> {
+    ) -> Result<RecordWithProjection, StoreError> {
         let d = self.dialect();
         let mut tx = self.pool().begin().await?;
         let projection = ledger::record_state(&mut tx, d, record_type, record_id).await?;
         let events = ledger::record_events(&mut tx, d, record_type, record_id, None).await?;
+        let checkpoint = super::archive::checkpoint(&mut tx, d, record_type, record_id).await?;
         tx.commit().await?;
-        Ok((projection, events))
+        Ok((projection, events, checkpoint))
     }
 
     /// Up to `page` distinct record keys in the event store after `after`, in
