@@ -345,3 +345,136 @@ async fn archive_half_history_replays_verifies_explains_and_restores_sqlite() {
 async fn archive_half_history_replays_verifies_explains_and_restores_mariadb() {
     half_archived(Db::Mariadb).await;
 }
+
+/// SIGKILL of `event-backbone archive` once its first segment is recorded
+/// (rows half removed), then a second run: every event is either still in
+/// the database or in exactly one recorded segment, and history is intact.
+async fn killed_and_rerun(db: Db) {
+    let Some(tdb) = fresh_db(db).await else {
+        return;
+    };
+    let store = Store::connect(&tdb.url, 4, Duration::from_secs(10))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    const RECORDS: usize = 30;
+    const PER: i64 = 20;
+    for v in 0..PER {
+        let items: Vec<Item> = (0..RECORDS)
+            .map(|r| {
+                item(
+                    &format!("r{r}"),
+                    if v % 2 == 0 {
+                        Source::Netsuite
+                    } else {
+                        Source::Suitex
+                    },
+                    v,
+                    v as u32,
+                    json!({"status": format!("s{v}"), format!("f{v}"): v}),
+                )
+            })
+            .collect();
+        batch::process(&store, &cfg(), &items).await.unwrap();
+    }
+    for r in 0..RECORDS {
+        settle(&store, &format!("r{r}")).await;
+    }
+    let policy = MergePolicy::default();
+    let mut heads = Vec::new();
+    for r in 0..RECORDS {
+        heads.push(
+            history::replay(&store, &policy, T, &format!("r{r}"), None)
+                .await
+                .unwrap()
+                .state,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cutoff = event_backbone::model::fingerprint::format_timestamp(&Utc::now());
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        let mut cmd = binary("local");
+        cmd.args(["archive", "--before", &cutoff])
+            .env("BACKBONE__DATABASE__URL", &tdb.url)
+            .env(
+                "BACKBONE__SNAPSHOTS__URL",
+                format!("file://{}", dir.path().display()),
+            )
+            .env("BACKBONE__RETENTION__SEGMENT_EVENTS", "100")
+            .env("BACKBONE__RETENTION__DELETE_BATCH", "1")
+            .env("BACKBONE__LOG__LEVEL", "warn")
+            .stdout(std::process::Stdio::null());
+        cmd
+    };
+    let mut child = run().spawn().unwrap();
+    let recorded = eventually(Duration::from_secs(60), || async {
+        count(&store, "SELECT COUNT(*) FROM archive_segments").await > 0
+    })
+    .await;
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(recorded, "no segment was recorded before the kill");
+    let left_after_kill = count(&store, "SELECT COUNT(*) FROM events").await;
+    assert!(
+        left_after_kill > 0,
+        "the run finished before the kill: nothing was tested"
+    );
+    let out = run().output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every event is archived exactly once: the coverage ranges of each
+    // record are disjoint and together 1..=PER; the manifests' counts add up.
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM events").await,
+        0,
+        "left after kill: {left_after_kill}"
+    );
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM merged_events").await, 0);
+    assert_eq!(
+        count(&store, "SELECT CAST(COALESCE(SUM(row_count), 0) AS SIGNED) FROM archive_segment_tables WHERE table_name = 'events'").await,
+        RECORDS as i64 * PER
+    );
+    assert_eq!(
+        count(&store, "SELECT CAST(COALESCE(SUM(removed), 0) AS SIGNED) FROM archive_segment_tables WHERE table_name = 'events'").await,
+        RECORDS as i64 * PER
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM archive_segments WHERE removed_at IS NULL"
+        )
+        .await,
+        0
+    );
+    for (r, head) in heads.iter().enumerate() {
+        let ranges = store.archived_ranges(T, &format!("r{r}")).await.unwrap();
+        let mut next = 1;
+        for g in &ranges {
+            assert_eq!(g.from_seq, next, "r{r}: {ranges:?}");
+            next = g.to_seq + 1;
+        }
+        assert_eq!(next, PER + 1, "r{r}: {ranges:?}");
+        let back = history::replay(&store, &policy, T, &format!("r{r}"), None)
+            .await
+            .unwrap();
+        assert_eq!(&back.state, head, "r{r}");
+    }
+    let v = verify(&store, &policy, None).await.unwrap();
+    assert!(v.clean(), "{:?}", v.drift);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn archive_sigkill_then_rerun_loses_nothing_and_archives_nothing_twice_sqlite() {
+    killed_and_rerun(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn archive_sigkill_then_rerun_loses_nothing_and_archives_nothing_twice_mariadb() {
+    killed_and_rerun(Db::Mariadb).await;
+}
