@@ -122,6 +122,7 @@ async fn act(settings: &Settings, store: &crate::store::Store, args: Args) -> an
                 cutoff,
                 segment_events: settings.retention.segment_events,
                 delete_batch: settings.retention.delete_batch,
+                pace: settings.retention.pace,
                 dry_run: args.dry_run,
             };
             let r =

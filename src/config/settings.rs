@@ -196,6 +196,11 @@ pub struct RetentionSettings {
     /// Rows removed per transaction once a segment is verified: small, so
     /// the merge stage never waits long on the archiver.
     pub delete_batch: usize,
+    /// Pause after each unit of archive work (a removal transaction, a
+    /// segment built), as a multiple of the time it took: 1.0 keeps the
+    /// archiver busy at most half the time, leaving the database and the CPU
+    /// to the merge stage.
+    pub pace: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -222,6 +222,9 @@ impl Settings {
                 "must be between 1 and 10000",
             ));
         }
+        if !(0.0..=100.0).contains(&self.retention.pace) {
+            return Err(invalid("retention.pace", "must be between 0 and 100"));
+        }
         if self.shutdown.grace.is_zero() {
             return Err(invalid("shutdown.grace", "must be greater than 0"));
         }

@@ -64,6 +64,8 @@ pub struct Options {
     pub cutoff: DateTime<Utc>,
     pub segment_events: usize,
     pub delete_batch: usize,
+    /// Pause after each unit of work, as a multiple of its time (`retention.pace`).
+    pub pace: f64,
     /// Say what would be archived; write and remove nothing.
     pub dry_run: bool,
 }
@@ -158,7 +160,9 @@ pub async fn run(
     };
     if !opts.dry_run {
         for s in store.unremoved_segments().await? {
-            store.remove_covered(&s, opts.delete_batch).await?;
+            store
+                .remove_covered(&s, opts.delete_batch, opts.pace)
+                .await?;
             report.finished_earlier.push(s.id);
         }
     }
@@ -174,7 +178,10 @@ pub async fn run(
         };
         after = Some(last.key.clone());
         for c in page {
-            let Some(part) = plan(store, policy, &c, opts, &mut report.held).await? else {
+            let began = Instant::now();
+            let planned = plan(store, policy, &c, opts, &mut report.held).await?;
+            pause(began, opts.pace).await;
+            let Some(part) = planned else {
                 continue;
             };
             in_segment += part.rows.events.len();
@@ -194,6 +201,13 @@ pub async fn run(
     }
     report.elapsed_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
     Ok(report)
+}
+
+/// Sleeps `pace` times as long as the work begun at `started` took.
+pub async fn pause(started: Instant, pace: f64) {
+    if pace > 0.0 {
+        tokio::time::sleep(started.elapsed().mul_f64(pace)).await;
+    }
 }
 
 /// What of `c` may be archived now, read and folded into its checkpoint;
@@ -439,6 +453,7 @@ async fn flush(
     opts: &Options,
     mut parts: Vec<Part>,
 ) -> Result<SegmentReport, ArchiveError> {
+    let began = Instant::now();
     let cutoff = crate::model::fingerprint::format_timestamp(&opts.cutoff);
     let count = |f: fn(&Part) -> usize| parts.iter().map(f).sum::<usize>();
     let (events, audit, merged) = (
@@ -520,6 +535,7 @@ async fn flush(
             checkpoints: &checkpoints,
         })
         .await?;
+    pause(began, opts.pace).await;
     let info = SegmentInfo {
         id: sha,
         reference: reference.clone(),
@@ -528,7 +544,9 @@ async fn flush(
         removed_at: None,
         restored_at: None,
     };
-    report.removed = store.remove_covered(&info, opts.delete_batch).await?;
+    report.removed = store
+        .remove_covered(&info, opts.delete_batch, opts.pace)
+        .await?;
     report.reference = reference;
     Ok(report)
 }

@@ -481,11 +481,18 @@ impl Store {
     /// audit rows first (the trigger looks at their events), then merged
     /// events, then events; marks the segment removed. Safe to run again.
     /// Returns the rows removed per table.
+    /// After each transaction it pauses `pace` times as long as it took.
     pub async fn remove_covered(
         &self,
         segment: &SegmentInfo,
         batch: usize,
+        pace: f64,
     ) -> Result<[u64; 3], StoreError> {
+        let pause = |began: std::time::Instant| async move {
+            if pace > 0.0 {
+                tokio::time::sleep(began.elapsed().mul_f64(pace)).await;
+            }
+        };
         let d = self.dialect();
         let cutoff = super::parse_ts(&segment.cutoff)?;
         let batch = batch.max(1) as i64;
@@ -505,7 +512,8 @@ impl Store {
                 if ids.is_empty() {
                     break;
                 }
-                let _guard = self.write_guard().await;
+                let began = std::time::Instant::now();
+                let guard = self.write_guard().await;
                 let mut q: QueryBuilder<Any> =
                     QueryBuilder::new("DELETE FROM event_audit_log WHERE id IN (");
                 let mut sep = q.separated(", ");
@@ -514,12 +522,15 @@ impl Store {
                 }
                 q.push(")");
                 removed[0] += q.build().execute(self.pool()).await?.rows_affected();
+                drop(guard);
+                pause(began).await;
             }
             for (i, table) in ["merged_events", "events"].into_iter().enumerate() {
                 let mut lo = from;
                 while lo <= to {
                     let hi = (lo + batch - 1).min(to);
-                    let _guard = self.write_guard().await;
+                    let began = std::time::Instant::now();
+                    let guard = self.write_guard().await;
                     removed[i + 1] += sqlx::query(&format!(
                         "DELETE FROM {table} WHERE record_type = ? AND record_id = ? \
                          AND sequence_num >= ? AND sequence_num <= ?"
@@ -531,6 +542,8 @@ impl Store {
                     .execute(self.pool())
                     .await?
                     .rows_affected();
+                    drop(guard);
+                    pause(began).await;
                     lo = hi + 1;
                 }
             }

@@ -184,6 +184,7 @@ async fn half_archived(db: Db) {
         cutoff,
         segment_events: 1000,
         delete_batch: 2,
+        pace: 0.0,
         dry_run: false,
     };
     let report = archive::run(&store, &snaps, &policy, &opts).await.unwrap();
