@@ -43,4 +43,5 @@ GRANT SELECT ON event_backbone._sqlx_migrations TO 'event_archiver'@'%';
 GRANT SELECT, INSERT, UPDATE ON event_backbone.archive_segments TO 'event_archiver'@'%';
 GRANT SELECT, INSERT ON event_backbone.archive_coverage TO 'event_archiver'@'%';
 GRANT SELECT, INSERT ON event_backbone.archive_segment_tables TO 'event_archiver'@'%';
+GRANT SELECT, INSERT ON event_backbone.archive_dead_letters TO 'event_archiver'@'%';
 GRANT SELECT, INSERT, UPDATE ON event_backbone.record_checkpoints TO 'event_archiver'@'%';

@@ -44,6 +44,14 @@ CREATE TABLE IF NOT EXISTS archive_segment_tables (
     PRIMARY KEY (segment_id, table_name)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
+-- Replayed dead letters a segment holds, by id (dead_letters is not
+-- immutable; the ids say exactly which rows the segment took).
+CREATE TABLE IF NOT EXISTS archive_dead_letters (
+    segment_id     CHAR(64) NOT NULL,
+    dead_letter_id BIGINT   NOT NULL,
+    PRIMARY KEY (segment_id, dead_letter_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
 -- Per record, its merged state (version, values, per-field provenance) after
 -- the last archived event: history, replay, verify and explain go on from it.
 CREATE TABLE IF NOT EXISTS record_checkpoints (

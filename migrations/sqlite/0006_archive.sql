@@ -27,6 +27,12 @@ CREATE TABLE IF NOT EXISTS archive_segment_tables (
     removed_by  TEXT    NULL,
     PRIMARY KEY (segment_id, table_name)
 );
+CREATE TABLE IF NOT EXISTS archive_dead_letters (
+    segment_id     TEXT    NOT NULL,
+    dead_letter_id INTEGER NOT NULL,
+    PRIMARY KEY (segment_id, dead_letter_id)
+);
+
 CREATE TABLE IF NOT EXISTS record_checkpoints (
     record_type  TEXT    NOT NULL,
     record_id    TEXT    NOT NULL,

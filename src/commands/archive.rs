@@ -95,10 +95,11 @@ async fn act(settings: &Settings, store: &crate::store::Store, args: Args) -> an
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 println!(
-                    "Restored {} events, {} audit rows, {} merged events from {} segments.",
+                    "Restored {} events, {} audit rows, {} merged events, {} dead letters from {} segments.",
                     r.inserted[0],
                     r.inserted[1],
                     r.inserted[2],
+                    r.inserted[3],
                     r.segments.len()
                 );
             }
@@ -147,8 +148,8 @@ async fn act(settings: &Settings, store: &crate::store::Store, args: Args) -> an
                 }
                 for s in &r.segments {
                     println!(
-                        "  segment {}: {} records, {} events, {} audit rows, {} merged events, {} bytes ({} uncompressed){}",
-                        s.id, s.records, s.events, s.audit, s.merged, s.bytes, s.uncompressed_bytes,
+                        "  segment {}: {} records, {} events, {} audit rows, {} merged events, {} dead letters, {} bytes ({} uncompressed){}",
+                        s.id, s.records, s.events, s.audit, s.merged, s.dead_letters, s.bytes, s.uncompressed_bytes,
                         if s.reference.is_empty() { String::new() } else { format!(" at {}", s.reference) }
                     );
                 }

@@ -31,8 +31,8 @@ use crate::model::rules::{MergePolicy, RecordState};
 use crate::snapshots::{SnapshotError, SnapshotStore};
 use crate::stages::deliver::routing::{self, Route};
 use crate::store::archive::{
-    AuditArchived, Candidate, Checkpoint, Coverage, MergedArchived, RecordRows, SegmentInfo,
-    SegmentRecord,
+    AuditArchived, Candidate, Checkpoint, Coverage, DeadLetterArchived, MergedArchived, RecordRows,
+    SegmentInfo, SegmentRecord,
 };
 use crate::store::ledger::{RecordKey, StoredEvent};
 use crate::store::{Store, StoreError};
@@ -78,6 +78,8 @@ enum Line {
         format: String,
         cutoff: String,
         records: Vec<Coverage>,
+        #[serde(default)]
+        dead_letters: usize,
     },
     Event(StoredEvent),
     Audit(AuditArchived),
@@ -88,6 +90,7 @@ enum Line {
         row: MergedArchived,
     },
     Checkpoint(Checkpoint),
+    DeadLetter(DeadLetterArchived),
 }
 
 /// A segment's manifest, recorded in the database and written beside it.
@@ -102,6 +105,8 @@ pub struct Manifest {
     pub cutoff: String,
     pub tables: std::collections::BTreeMap<String, i64>,
     pub records: Vec<Coverage>,
+    /// Ids of the replayed dead letters it holds.
+    pub dead_letters: Vec<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -114,8 +119,9 @@ pub struct SegmentReport {
     pub events: usize,
     pub audit: usize,
     pub merged: usize,
-    /// Rows removed (audit, merged, events); zero on a dry run.
-    pub removed: [u64; 3],
+    pub dead_letters: usize,
+    /// Rows removed (audit, merged, events, dead letters); zero on a dry run.
+    pub removed: [u64; 4],
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -187,7 +193,14 @@ pub async fn run(
             in_segment += part.rows.events.len();
             parts.push(part);
             if in_segment >= opts.segment_events {
-                let seg = flush(store, snapshots, opts, std::mem::take(&mut parts)).await?;
+                let seg = flush(
+                    store,
+                    snapshots,
+                    opts,
+                    std::mem::take(&mut parts),
+                    Vec::new(),
+                )
+                .await?;
                 report.events += seg.events;
                 report.segments.push(seg);
                 in_segment = 0;
@@ -195,9 +208,23 @@ pub async fn run(
         }
     }
     if !parts.is_empty() {
-        let seg = flush(store, snapshots, opts, parts).await?;
+        let seg = flush(store, snapshots, opts, parts, Vec::new()).await?;
         report.events += seg.events;
         report.segments.push(seg);
+    }
+    // Replayed dead letters parked before the cutoff, in segments of their own.
+    loop {
+        let limit = i64::try_from(opts.segment_events).unwrap_or(i64::MAX);
+        let dead = store.archive_dead_letters(&opts.cutoff, limit).await?;
+        if dead.is_empty() {
+            break;
+        }
+        let full = dead.len() as i64 == limit;
+        let seg = flush(store, snapshots, opts, Vec::new(), dead).await?;
+        report.segments.push(seg);
+        if opts.dry_run || !full {
+            break;
+        }
     }
     report.elapsed_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
     Ok(report)
@@ -316,7 +343,11 @@ async fn plan(
 }
 
 /// Gzip'd JSON lines of a segment: header, rows, checkpoints.
-fn encode(cutoff: &str, parts: &[Part]) -> Result<(Vec<u8>, usize), ArchiveError> {
+fn encode(
+    cutoff: &str,
+    parts: &[Part],
+    dead: &[DeadLetterArchived],
+) -> Result<(Vec<u8>, usize), ArchiveError> {
     let mut text = Vec::new();
     let mut line = |l: &Line| -> Result<(), ArchiveError> {
         serde_json::to_writer(&mut text, l).map_err(|e| ArchiveError::Other(e.to_string()))?;
@@ -327,7 +358,11 @@ fn encode(cutoff: &str, parts: &[Part]) -> Result<(Vec<u8>, usize), ArchiveError
         format: FORMAT.into(),
         cutoff: cutoff.into(),
         records: parts.iter().map(|p| p.coverage.clone()).collect(),
+        dead_letters: dead.len(),
     })?;
+    for d in dead {
+        line(&Line::DeadLetter(d.clone()))?;
+    }
     for p in parts {
         for e in &p.rows.events {
             line(&Line::Event(e.clone()))?;
@@ -359,6 +394,7 @@ pub struct Decoded {
     pub records: Vec<Coverage>,
     pub rows: Vec<(RecordKey, RecordRows)>,
     pub checkpoints: Vec<Checkpoint>,
+    pub dead_letters: Vec<DeadLetterArchived>,
 }
 
 /// Parses a segment's bytes (gzip'd JSON lines).
@@ -373,6 +409,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, String> {
         format,
         cutoff,
         records,
+        dead_letters: dead_count,
     } = serde_json::from_str(first).map_err(|e| format!("header: {e}"))?
     else {
         return Err("the first line is not a header".into());
@@ -401,6 +438,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, String> {
             .ok_or(format!("row of {k:?}, a record the header does not list"))
     };
     let mut checkpoints = Vec::new();
+    let mut dead_letters = Vec::new();
     for (n, l) in lines.enumerate() {
         match serde_json::from_str::<Line>(l).map_err(|e| format!("line {}: {e}", n + 2))? {
             Line::Header { .. } => return Err(format!("line {}: a second header", n + 2)),
@@ -421,7 +459,14 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, String> {
                 rows[i].1.merged.push(row);
             }
             Line::Checkpoint(c) => checkpoints.push(c),
+            Line::DeadLetter(d) => dead_letters.push(d),
         }
+    }
+    if dead_letters.len() != dead_count {
+        return Err(format!(
+            "{} dead letters, the header says {dead_count}",
+            dead_letters.len()
+        ));
     }
     for (c, (_, r)) in records.iter().zip(&rows) {
         let counts = (
@@ -443,6 +488,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, String> {
         records,
         rows,
         checkpoints,
+        dead_letters,
     })
 }
 
@@ -452,6 +498,7 @@ async fn flush(
     snapshots: &dyn SnapshotStore,
     opts: &Options,
     mut parts: Vec<Part>,
+    dead: Vec<DeadLetterArchived>,
 ) -> Result<SegmentReport, ArchiveError> {
     let began = Instant::now();
     let cutoff = crate::model::fingerprint::format_timestamp(&opts.cutoff);
@@ -464,7 +511,7 @@ async fn flush(
     // The checkpoint names its segment, which is the hash of the bytes that
     // hold the checkpoint: the segment's checkpoints name none; the rows
     // written to the database name the segment.
-    let (bytes, uncompressed) = encode(&cutoff, &parts)?;
+    let (bytes, uncompressed) = encode(&cutoff, &parts, &dead)?;
     let sha = crate::model::fingerprint::sha256_hex(&bytes);
     let mut report = SegmentReport {
         id: sha.clone(),
@@ -475,7 +522,8 @@ async fn flush(
         events,
         audit,
         merged,
-        removed: [0; 3],
+        dead_letters: dead.len(),
+        removed: [0; 4],
     };
     if opts.dry_run {
         return Ok(report);
@@ -494,13 +542,17 @@ async fn flush(
     }
     let decoded = decode(&back).map_err(fail)?;
     let records: Vec<Coverage> = parts.iter().map(|p| p.coverage.clone()).collect();
-    if decoded.records != records || decoded.checkpoints.len() != parts.len() {
+    if decoded.records != records
+        || decoded.checkpoints.len() != parts.len()
+        || decoded.dead_letters.len() != dead.len()
+    {
         return Err(fail("its manifest differs from what was written".into()));
     }
     let tables = [
         ("events", events as i64),
         ("event_audit_log", audit as i64),
         ("merged_events", merged as i64),
+        ("dead_letters", dead.len() as i64),
     ];
     let manifest = Manifest {
         format: FORMAT.into(),
@@ -512,6 +564,7 @@ async fn flush(
         cutoff: cutoff.clone(),
         tables: tables.iter().map(|(t, n)| (t.to_string(), *n)).collect(),
         records,
+        dead_letters: dead.iter().map(|d| d.row.id).collect(),
     };
     let manifest_json =
         serde_json::to_string(&manifest).map_err(|e| ArchiveError::Other(e.to_string()))?;
@@ -533,6 +586,7 @@ async fn flush(
             tables: &tables,
             coverage: &manifest.records,
             checkpoints: &checkpoints,
+            dead_letters: &manifest.dead_letters,
         })
         .await?;
     pause(began, opts.pace).await;
@@ -555,8 +609,9 @@ async fn flush(
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoreReport {
     pub segments: Vec<String>,
-    /// Rows inserted (events, audit, merged); rows already there are skipped.
-    pub inserted: [u64; 3],
+    /// Rows inserted (events, audit, merged, dead letters); rows already
+    /// there are skipped.
+    pub inserted: [u64; 4],
 }
 
 /// Brings the rows of one segment (or of every segment covering one
@@ -585,7 +640,7 @@ pub async fn restore(
     }
     let mut report = RestoreReport {
         segments: Vec::new(),
-        inserted: [0; 3],
+        inserted: [0; 4],
     };
     for sid in ids {
         let info = store
@@ -610,8 +665,18 @@ pub async fn restore(
             .collect();
         // A whole segment back marks it restored; one record of it does not.
         let whole = record.is_none();
+        let dead: Vec<DeadLetterArchived> = decoded
+            .dead_letters
+            .into_iter()
+            .filter(|d| {
+                record.is_none_or(|(rt, rid)| {
+                    d.row.record_type.as_deref() == Some(rt)
+                        && d.row.record_id.as_deref() == Some(rid)
+                })
+            })
+            .collect();
         let n = store
-            .restore_rows(&rows, whole.then_some(info.id.as_str()))
+            .restore_rows(&rows, &dead, whole.then_some(info.id.as_str()))
             .await?;
         for (a, b) in report.inserted.iter_mut().zip(n) {
             *a += b;

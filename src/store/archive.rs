@@ -60,6 +60,14 @@ pub struct MergedArchived {
     pub created_at: String,
 }
 
+/// A replayed dead letter as archived (its data as hex).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetterArchived {
+    #[serde(flatten)]
+    pub row: super::dead_letters::DeadLetter,
+    pub data_hex: String,
+}
+
 /// Everything of one record a segment takes.
 #[derive(Debug, Clone, Default)]
 pub struct RecordRows {
@@ -125,6 +133,8 @@ pub struct SegmentRecord<'a> {
     pub tables: &'a [(&'a str, i64)],
     pub coverage: &'a [Coverage],
     pub checkpoints: &'a [Checkpoint],
+    /// Ids of the replayed dead letters it holds.
+    pub dead_letters: &'a [i64],
 }
 
 /// The audit rows of a record an archive up to `to_seq` with `cutoff` takes:
@@ -375,6 +385,15 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        for id in s.dead_letters {
+            sqlx::query(
+                "INSERT INTO archive_dead_letters (segment_id, dead_letter_id) VALUES (?, ?)",
+            )
+            .bind(s.id.to_string())
+            .bind(*id)
+            .execute(&mut *tx)
+            .await?;
+        }
         for cp in s.checkpoints {
             let state = serde_json::to_string(&cp.state)
                 .map_err(|e| StoreError::Corrupt(format!("checkpoint state: {e}")))?;
@@ -487,7 +506,7 @@ impl Store {
         segment: &SegmentInfo,
         batch: usize,
         pace: f64,
-    ) -> Result<[u64; 3], StoreError> {
+    ) -> Result<[u64; 4], StoreError> {
         let pause = |began: std::time::Instant| async move {
             if pace > 0.0 {
                 tokio::time::sleep(began.elapsed().mul_f64(pace)).await;
@@ -496,7 +515,7 @@ impl Store {
         let d = self.dialect();
         let cutoff = super::parse_ts(&segment.cutoff)?;
         let batch = batch.max(1) as i64;
-        let mut removed = [0u64; 3];
+        let mut removed = [0u64; 4];
         for ((t, id), from, to) in self.segment_coverage(&segment.id).await? {
             loop {
                 let ids: Vec<i64> = sqlx::query_scalar(&format!(
@@ -549,6 +568,16 @@ impl Store {
             }
         }
         let _guard = self.write_guard().await;
+        // Only replayed ones: a row replayed and dead again is pending once
+        // more (reopened) and stays.
+        removed[3] = sqlx::query(
+            "DELETE FROM dead_letters WHERE replayed_at IS NOT NULL AND id IN \
+             (SELECT dead_letter_id FROM archive_dead_letters WHERE segment_id = ?)",
+        )
+        .bind(segment.id.clone())
+        .execute(self.pool())
+        .await?
+        .rows_affected();
         sqlx::query(&format!(
             "UPDATE archive_segments SET removed_at = {} WHERE id = ?",
             d.now()
@@ -557,6 +586,35 @@ impl Store {
         .execute(self.pool())
         .await?;
         Ok(removed)
+    }
+
+    /// Up to `limit` dead letters replayed and parked before `cutoff` that
+    /// no segment holds yet, by id.
+    pub async fn archive_dead_letters(
+        &self,
+        cutoff: &chrono::DateTime<chrono::Utc>,
+        limit: i64,
+    ) -> Result<Vec<DeadLetterArchived>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM dead_letters WHERE replayed_at IS NOT NULL AND parked_at < ? \
+             AND NOT EXISTS (SELECT 1 FROM archive_dead_letters a WHERE a.dead_letter_id = dead_letters.id) \
+             ORDER BY id LIMIT ?",
+            super::dead_letters::columns(self)
+        );
+        sqlx::query(&sql)
+            .bind(self.dialect().ts_value(cutoff))
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(|r| {
+                let row = super::dead_letters::from_row(r)?;
+                Ok(DeadLetterArchived {
+                    data_hex: hex::encode(&row.data),
+                    row,
+                })
+            })
+            .collect()
     }
 
     /// A record's checkpoint, if part of its history is archived.
@@ -603,13 +661,56 @@ impl Store {
     pub async fn restore_rows(
         &self,
         rows: &[(RecordKey, RecordRows)],
+        dead: &[DeadLetterArchived],
         segment_id: Option<&str>,
-    ) -> Result<[u64; 3], StoreError> {
+    ) -> Result<[u64; 4], StoreError> {
         let d = self.dialect();
         let ins = d.insert_ignore();
         let _guard = self.write_guard().await;
         let mut tx = self.pool().begin().await?;
-        let mut n = [0u64; 3];
+        let mut n = [0u64; 4];
+        for x in dead {
+            let r = &x.row;
+            let data = hex::decode(&x.data_hex)
+                .map_err(|e| StoreError::Corrupt(format!("archived dead letter {}: {e}", r.id)))?;
+            let errors =
+                serde_json::to_string(&r.errors).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let attributes = serde_json::to_string(&r.attributes)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let ts = |s: &Option<String>| -> Result<Option<String>, StoreError> {
+                s.as_deref()
+                    .map(|t| Ok(d.ts_value(&super::parse_ts(t)?)))
+                    .transpose()
+            };
+            n[3] += sqlx::query(&format!(
+                "{ins} INTO dead_letters (id, dlq_message_id, origin_message_id, stage, reason, \
+                 attempts, fingerprint, record_type, record_id, last_error, errors, data, \
+                 attributes, ordering_key, source_subscription, delivery_count, parked_at, \
+                 replay_count, replayed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ))
+            .bind(r.id)
+            .bind(r.dlq_message_id.clone())
+            .bind(r.origin_message_id.clone())
+            .bind(r.stage.clone())
+            .bind(r.reason.clone())
+            .bind(r.attempts)
+            .bind(r.fingerprint.clone())
+            .bind(r.record_type.clone())
+            .bind(r.record_id.clone())
+            .bind(r.last_error.clone())
+            .bind(errors)
+            .bind(data)
+            .bind(attributes)
+            .bind(r.ordering_key.clone())
+            .bind(r.source_subscription.clone())
+            .bind(r.delivery_count)
+            .bind(d.ts_value(&super::parse_ts(&r.parked_at)?))
+            .bind(r.replay_count)
+            .bind(ts(&r.replayed_at)?)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
         for ((t, id), r) in rows {
             for e in &r.events {
                 n[0] += sqlx::query(&format!(

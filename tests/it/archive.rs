@@ -150,6 +150,21 @@ async fn half_archived(db: Db) {
 
     merge(&admin, "42", 0, 6).await;
     merge(&admin, "held", 0, 3).await;
+    // A dead letter of 42 replayed before the cutoff goes with the archive;
+    // one never replayed stays.
+    for (msg, replayed) in [("dl-1", true), ("dl-2", false)] {
+        sqlx::query(&format!(
+            "INSERT INTO dead_letters (dlq_message_id, stage, reason, record_type, record_id, errors, \
+             data, attributes, replayed_at) VALUES (?, 'deliver.netsuite', 'exhausted', ?, 'x', '[]', ?, '{{}}', {})",
+            if replayed { admin.dialect().now() } else { "NULL" }
+        ))
+        .bind(msg)
+        .bind(T)
+        .bind(vec![0u8, 159, 146, 150])
+        .execute(admin.pool())
+        .await
+        .unwrap();
+    }
     tokio::time::sleep(Duration::from_millis(30)).await;
     let cutoff: DateTime<Utc> = Utc::now();
     tokio::time::sleep(Duration::from_millis(30)).await;
@@ -188,10 +203,22 @@ async fn half_archived(db: Db) {
         dry_run: false,
     };
     let report = archive::run(&store, &snaps, &policy, &opts).await.unwrap();
-    assert_eq!(report.segments.len(), 1, "{report:?}");
+    assert_eq!(report.segments.len(), 2, "{report:?}");
     let seg = &report.segments[0];
     assert_eq!((seg.records, seg.events, seg.merged), (1, 6, 6), "{seg:?}");
-    assert_eq!(seg.removed, [seg.audit as u64, 6, 6], "{seg:?}");
+    assert_eq!(seg.removed, [seg.audit as u64, 6, 6, 0], "{seg:?}");
+    // The replayed dead letter, in a segment of its own.
+    let dl = &report.segments[1];
+    assert_eq!(
+        (dl.records, dl.dead_letters, dl.removed),
+        (0, 1, [0, 0, 0, 1]),
+        "{dl:?}"
+    );
+    let dead = |store: &Store| {
+        let store = store.clone();
+        async move { count(&store, "SELECT COUNT(*) FROM dead_letters").await }
+    };
+    assert_eq!(dead(&admin).await, 1);
     assert!(
         report.held.iter().any(|h| h.record_id == "held"),
         "{:?}",
@@ -278,7 +305,18 @@ async fn half_archived(db: Db) {
     let r = archive::restore(&store, &snaps, Some(&seg.id), None)
         .await
         .unwrap();
-    assert_eq!(r.inserted, [6, seg.audit as u64, 6]);
+    assert_eq!(r.inserted, [6, seg.audit as u64, 6, 0]);
+    let r = archive::restore(&store, &snaps, Some(&dl.id), None)
+        .await
+        .unwrap();
+    assert_eq!(r.inserted, [0, 0, 0, 1]);
+    assert_eq!(dead(&admin).await, 2);
+    let back: Vec<u8> =
+        sqlx::query_scalar("SELECT data FROM dead_letters WHERE dlq_message_id = 'dl-1'")
+            .fetch_one(admin.pool())
+            .await
+            .unwrap();
+    assert_eq!(back, vec![0u8, 159, 146, 150]);
     assert_eq!(n(&admin, ev, "42").await, 12);
     let restored = history::replay(&admin, &policy, T, "42", Some(3))
         .await
