@@ -29,6 +29,9 @@ CREATE TABLE IF NOT EXISTS archive_coverage (
     to_seq       BIGINT       NOT NULL,
     audit_before TIMESTAMP(6) NOT NULL,
     PRIMARY KEY (record_type, record_id, segment_id),
+    -- Two runs at once cannot both cover a record from the same sequence:
+    -- nothing is archived twice.
+    UNIQUE KEY uq_archive_coverage_from (record_type, record_id, from_seq),
     KEY idx_archive_coverage_segment (segment_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 

@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS archive_coverage (
     PRIMARY KEY (record_type, record_id, segment_id)
 );
 CREATE INDEX IF NOT EXISTS idx_archive_coverage_segment ON archive_coverage (segment_id);
+CREATE UNIQUE INDEX IF NOT EXISTS uq_archive_coverage_from ON archive_coverage (record_type, record_id, from_seq);
 CREATE TABLE IF NOT EXISTS archive_segment_tables (
     segment_id  TEXT    NOT NULL,
     table_name  TEXT    NOT NULL,
