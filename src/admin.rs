@@ -26,9 +26,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::explain::{self, ExplainError};
 use crate::history::{self, HistoryError, ListQuery};
+use crate::mcp;
 use crate::model::raw_event::Source;
 use crate::model::rules::MergePolicy;
 use crate::pubsub::publisher::Publishers;
+use crate::runtime::health::Health;
 use crate::store::dead_letters::DlqFilter;
 use crate::store::Store;
 
@@ -43,6 +45,10 @@ pub struct AdminState {
     pub publishers: Option<Arc<Publishers>>,
     /// SHA-256 of the admin token; `None` refuses every request.
     token_digest: Option<[u8; 32]>,
+    /// The daemon's readiness, for the MCP `pipeline_status` tool.
+    pub health: Option<Arc<Health>>,
+    /// Ends the MCP sessions at shutdown.
+    pub shutdown: CancellationToken,
 }
 
 impl AdminState {
@@ -60,7 +66,29 @@ impl AdminState {
             settings: Arc::new(settings.clone()),
             publishers: None,
             token_digest,
+            health: None,
+            shutdown: CancellationToken::new(),
         }
+    }
+
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// The MCP endpoint's view of this server (`mcp.http_enabled`).
+    fn mcp(&self) -> Option<mcp::Ctx> {
+        if !self.settings.mcp.http_enabled {
+            return None;
+        }
+        let mut ctx = mcp::Ctx::new(self.store.clone(), &self.settings, mcp::Transport::Http);
+        if let Some(p) = &self.publishers {
+            ctx = ctx.with_publishers(p.clone());
+        }
+        if let Some(h) = &self.health {
+            ctx = ctx.with_health(h.clone());
+        }
+        Some(ctx)
     }
 
     pub fn with_publishers(mut self, publishers: Arc<Publishers>) -> Self {
@@ -87,11 +115,17 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
         == 0
 }
 
-/// Every admin route, behind the bearer-token check.
+/// Every admin route, behind the bearer-token check; `/mcp` too (the
+/// MCP streamable HTTP transport) unless `mcp.http_enabled` is off.
 pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .merge(record_routes())
-        .merge(dlq_routes())
+    let mut routes = Router::new().merge(record_routes()).merge(dlq_routes());
+    if let Some(ctx) = state.mcp() {
+        routes = routes.nest_service(
+            mcp::http::PATH,
+            mcp::http::service(ctx, &state.settings.http.admin_addr, state.shutdown.clone()),
+        );
+    }
+    routes
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
@@ -215,6 +249,8 @@ pub async fn serve(
         .map(|a| a.to_string())
         .unwrap_or_else(|_| addr.clone());
     tracing::info!(addr = %local, "Serving the admin API (bearer token required).");
+    let mut state = state;
+    state.shutdown = shutdown.clone();
     let app = router(state);
     Ok(Some(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)

@@ -2,6 +2,7 @@
 //! tests boot it — store, clients, stages, supervisor, relay, HTTP.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
@@ -19,6 +20,7 @@ use crate::snapshots::claim_check::ClaimCheck;
 use crate::snapshots::gcs::{GcsSnapshots, ENV_VAR_STORAGE_EMULATOR_HOST};
 use crate::snapshots::{local::LocalSnapshots, SnapshotStore};
 use crate::stages::deliver;
+use crate::stages::deliver::pacing::{Pacer, PacingSettings};
 use crate::stages::merge::batch::{EngineConfig, MergeEngine};
 use crate::stages::merge::MergeStage;
 use crate::stages::park::{self, ParkStage};
@@ -35,7 +37,23 @@ fn deliver_settings(t: &Target) -> Option<deliver::DeliverSettings> {
         url: t.url.clone()?,
         token: t.token.clone(),
         timeout: t.timeout,
+        lease_ttl: t.lease_ttl,
     })
+}
+
+/// How a target is paced (SPEC §4.2).
+pub fn pacing_settings(t: &Target) -> PacingSettings {
+    PacingSettings {
+        initial_concurrency: t.initial_concurrency,
+        max_concurrency: t.max_concurrency,
+        rate_limit: (t.rate_limit > 0.0).then_some(t.rate_limit),
+        rate_burst: t.rate_burst,
+        max_retry_after: t.max_retry_after,
+        circuit_failures: t.circuit_failures,
+        probe_max_interval: t.probe_max_interval,
+        // Long enough for the other requests in flight to answer.
+        verdict_wait: (t.timeout + Duration::from_secs(1)).min(Duration::from_secs(30)),
+    }
 }
 
 pub fn endpoint(s: &Settings) -> Endpoint {
@@ -78,6 +96,9 @@ pub struct Application {
     claim_check: ClaimCheck,
     /// Outbox rows published but not yet deleted (engine and completer share it).
     confirmed: ConfirmedSet,
+    /// Each delivery target's pacer, and what ends their waits at shutdown.
+    pub pacers: Vec<Arc<Pacer>>,
+    stop_pacing: CancellationToken,
 }
 
 impl Application {
@@ -116,6 +137,8 @@ impl Application {
             settings.snapshots.claim_check_threshold_bytes,
         );
         let mut registry = Registry::default();
+        let stop_pacing = CancellationToken::new();
+        let mut pacers = Vec::new();
         registry.register(Arc::new(
             MergeStage::new(engine.clone(), snapshots)
                 .with_claim_check_threshold(settings.snapshots.claim_check_threshold_bytes),
@@ -125,25 +148,32 @@ impl Application {
             (Source::Suitex, &settings.targets.suitex),
         ] {
             if let Some(delivery) = deliver_settings(cfg) {
+                let pacer = Pacer::new(target.as_str(), pacing_settings(cfg), stop_pacing.clone());
+                pacers.push(pacer.clone());
                 registry.register(deliver::build(
                     target,
                     delivery,
                     store.clone(),
                     claim_check.clone(),
+                    pacer,
                 )?);
             }
         }
         registry.register(Arc::new(ParkStage::new(store.clone(), topology.clone())));
+        let health = Arc::new(Health::default());
+        health.set_targets(pacers.clone());
         Ok(Self {
             settings,
             topology,
             store,
             publishers,
             registry,
-            health: Arc::new(Health::default()),
+            health,
             endpoint,
             claim_check,
             confirmed,
+            pacers,
+            stop_pacing,
         })
     }
 
@@ -262,7 +292,8 @@ impl Application {
         let admin = crate::admin::serve(
             &self.settings,
             crate::admin::AdminState::new(self.store.clone(), &self.settings)
-                .with_publishers(self.publishers.clone()),
+                .with_publishers(self.publishers.clone())
+                .with_health(self.health.clone()),
             shutdown.clone(),
         )
         .await?;
@@ -272,7 +303,17 @@ impl Application {
             consumers = consumers.len(),
             "event-backbone is running."
         );
+        // Deliveries waiting for a target are handed back at shutdown.
+        let stop_pacing = self.stop_pacing.clone();
+        let pacing_stopper = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                stop_pacing.cancel();
+            }
+        });
         supervisor.run(consumers, shutdown.clone()).await;
+        pacing_stopper.abort();
         let _ = relay.await;
         let _ = sweeper.await;
         drop(completer);

@@ -44,6 +44,8 @@ pub enum Command {
     Demo(commands::demo::Args),
     /// Check Pub/Sub, the event store and the snapshot store with the configured credentials.
     Doctor,
+    /// Serve the event store to an assistant over MCP on stdio (`run` also serves it at /mcp on the admin listener).
+    Mcp,
 }
 
 /// Parses arguments, runs the command, returns the process exit code.
@@ -94,6 +96,7 @@ async fn dispatch(cmd: Command) -> i32 {
         Command::Archive(a) => commands::archive::run(settings, a).await,
         Command::Demo(a) => commands::demo::run(settings, a).await,
         Command::Doctor => commands::doctor::run(settings).await,
+        Command::Mcp => commands::mcp::run(settings).await,
     };
     match result {
         Ok(code) => code,

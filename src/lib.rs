@@ -16,6 +16,7 @@ pub mod explain;
 pub mod history;
 pub mod http;
 pub mod internal_events;
+pub mod mcp;
 pub mod metrics;
 pub mod model;
 pub mod pubsub;

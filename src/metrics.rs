@@ -41,6 +41,14 @@ pub struct Metrics {
     pub held_messages: IntGaugeVec,
     /// What `/readyz` would answer, refreshed on each probe and each scrape.
     pub ready: IntGauge,
+    /// Per target (SPEC §4.2): the adaptive concurrency limit, requests in
+    /// flight, whether its circuit is open, deliveries held for it.
+    pub target_concurrency_limit: IntGaugeVec,
+    pub target_inflight: IntGaugeVec,
+    pub target_circuit_open: IntGaugeVec,
+    pub target_held: IntGaugeVec,
+    pub target_throttled: IntCounterVec,
+    pub target_probes: IntCounterVec,
 }
 
 /// Sub-millisecond to 10 s.
@@ -218,6 +226,36 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            target_concurrency_limit: gauge(
+                "target_concurrency_limit",
+                "The adaptive concurrency limit of a delivery target in this process.",
+                &["target"],
+            )?,
+            target_inflight: gauge(
+                "target_inflight",
+                "Requests to a delivery target in flight from this process.",
+                &["target"],
+            )?,
+            target_circuit_open: gauge(
+                "target_circuit_open",
+                "1 while a target's circuit is open: it fails every request, its deliveries are held and probed.",
+                &["target"],
+            )?,
+            target_held: gauge(
+                "target_held",
+                "Deliveries held for a target: its circuit is open or a Retry-After pauses it.",
+                &["target"],
+            )?,
+            target_throttled: counter(
+                "target_throttled_total",
+                "Answers that asked us to slow down (429, 503 with Retry-After); no attempt consumed.",
+                &["target"],
+            )?,
+            target_probes: counter(
+                "target_probes_total",
+                "Probe requests sent to a target whose circuit is open.",
+                &["target"],
+            )?,
             registry,
         };
         // process_cpu_seconds_total, process_resident_memory_bytes, open fds…:
@@ -259,6 +297,10 @@ impl Metrics {
         }
         for state in ["idle", "in_use"] {
             self.db_pool_connections.with_label_values(&[state]);
+        }
+        for target in ["netsuite", "suitex"] {
+            self.target_throttled.with_label_values(&[target]);
+            self.target_probes.with_label_values(&[target]);
         }
     }
 
@@ -345,6 +387,22 @@ pub fn set_held_messages(subscription: &str, n: usize) {
 
 /// A message of `subscription` started processing (in flight until
 /// [`inflight_ended`]).
+/// A target's pacing state (SPEC §4.2).
+pub fn set_target_state(target: &str, limit: usize, inflight: usize, open: bool, held: usize) {
+    let m = metrics();
+    let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    m.target_concurrency_limit
+        .with_label_values(&[target])
+        .set(as_i64(limit));
+    m.target_inflight
+        .with_label_values(&[target])
+        .set(as_i64(inflight));
+    m.target_circuit_open
+        .with_label_values(&[target])
+        .set(i64::from(open));
+    m.target_held.with_label_values(&[target]).set(as_i64(held));
+}
+
 pub fn inflight_started(subscription: &str) {
     metrics().inflight.with_label_values(&[subscription]).inc();
 }

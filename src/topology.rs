@@ -17,6 +17,9 @@ pub const ACK_DEADLINE_SECONDS: i32 = 60;
 pub const MAX_DELIVERY_ATTEMPTS: i32 = 5;
 /// Broker redelivery backoff on the error subscription.
 pub const RETRY_MIN_BACKOFF: Duration = Duration::from_secs(10);
+/// Message retention of every subscription, set explicitly by `provision`
+/// (Pub/Sub's default, written down so a held target relies on it).
+pub const MESSAGE_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const RETRY_MAX_BACKOFF: Duration = Duration::from_secs(600);
 
 /// The deployment environment; the suffix of every topic name.
@@ -265,6 +268,9 @@ pub struct SubscriptionSpec {
     pub max_delivery_attempts: Option<i32>,
     pub retry_min_backoff: Option<Duration>,
     pub retry_max_backoff: Option<Duration>,
+    /// How long unacked messages are kept: a target held through a long
+    /// outage keeps its messages for this long (SPEC §4.2).
+    pub message_retention: Duration,
 }
 
 /// Why a publish target was refused. Nothing is sent in either case.
@@ -351,6 +357,7 @@ impl Topology {
             max_delivery_attempts: dead_letter.then_some(MAX_DELIVERY_ATTEMPTS),
             retry_min_backoff: retry_policy.then_some(RETRY_MIN_BACKOFF),
             retry_max_backoff: retry_policy.then_some(RETRY_MAX_BACKOFF),
+            message_retention: MESSAGE_RETENTION,
         }
     }
 
@@ -578,6 +585,7 @@ mod tests {
                 max_delivery_attempts: Some(5),
                 retry_min_backoff: None,
                 retry_max_backoff: None,
+                message_retention: MESSAGE_RETENTION,
             }
         );
 
@@ -596,6 +604,7 @@ mod tests {
                     max_delivery_attempts: Some(5),
                     retry_min_backoff: None,
                     retry_max_backoff: None,
+                    message_retention: MESSAGE_RETENTION,
                 }
             );
         }
@@ -611,6 +620,7 @@ mod tests {
                 max_delivery_attempts: Some(5),
                 retry_min_backoff: Some(Duration::from_secs(10)),
                 retry_max_backoff: Some(Duration::from_secs(600)),
+                message_retention: MESSAGE_RETENTION,
             }
         );
 
@@ -625,6 +635,7 @@ mod tests {
                 max_delivery_attempts: None,
                 retry_min_backoff: None,
                 retry_max_backoff: None,
+                message_retention: MESSAGE_RETENTION,
             }
         );
 

@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod events;
 pub mod explain;
 pub mod input;
+pub mod mcp;
 pub mod migrate;
 pub mod provision;
 pub mod publish;

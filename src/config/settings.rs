@@ -29,6 +29,7 @@ pub struct Settings {
     pub outbox: OutboxSettings,
     pub retention: RetentionSettings,
     pub log: LogSettings,
+    pub mcp: McpSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -131,6 +132,27 @@ pub struct Target {
     pub token: Option<SecretString>,
     #[serde(with = "duration_str")]
     pub timeout: Duration,
+    /// Pacing (SPEC §4.2): the adaptive concurrency limit starts here…
+    pub initial_concurrency: usize,
+    /// …and never exceeds this.
+    pub max_concurrency: usize,
+    /// Optional hard cap in requests per second (0 = none).
+    pub rate_limit: f64,
+    /// Requests the rate cap lets through at once after a quiet spell.
+    pub rate_burst: u32,
+    /// A `Retry-After` longer than this pauses the target for this long.
+    #[serde(with = "duration_str")]
+    pub max_retry_after: Duration,
+    /// Consecutive failures (5xx, timeouts, resets) over at least two
+    /// records, with no success in between, that open the circuit.
+    pub circuit_failures: u32,
+    /// Longest wait between two probes of an open circuit.
+    #[serde(with = "duration_str")]
+    pub probe_max_interval: Duration,
+    /// How long a database lease on a (target, record) delivery lasts when
+    /// its holder dies; renewed with every request.
+    #[serde(with = "duration_str")]
+    pub lease_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -208,6 +230,18 @@ pub struct ShutdownSettings {
     /// Time in-flight work gets after SIGTERM before the rest is nacked.
     #[serde(with = "duration_str")]
     pub grace: Duration,
+}
+
+/// The MCP server: `event-backbone mcp` (stdio) and `/mcp` on the admin
+/// listener. Read-only unless a write switch is on.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct McpSettings {
+    /// Serve `/mcp` on the admin listener (same bearer token, same address).
+    pub http_enabled: bool,
+    /// Offer `replay_dead_letters` (it still replays only with `confirm: true`).
+    pub allow_replay: bool,
+    /// Offer `emit_event` (publishes a raw event to events.raw.{env}).
+    pub allow_emit: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

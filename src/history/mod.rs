@@ -162,7 +162,7 @@ pub async fn list(
 /// deliveries), and the record's rows of its fingerprint that name no event
 /// (duplicates, failed executions). Rows without a record are unparseable
 /// messages, fingerprinted over raw bytes: they never match an event.
-async fn attach_audit(
+pub async fn attach_audit(
     reader: &mut HistoryReader,
     record: (&str, &str),
     events: Vec<StoredEvent>,

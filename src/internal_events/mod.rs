@@ -18,6 +18,7 @@ mod outbox;
 mod park;
 mod publish;
 mod retry;
+mod target;
 
 pub use self::consumer::{ConsumerRestarting, MessageProcessed, MessageReceived};
 pub use self::dlq::{DeadLetterReplayed, DeadLettered};
@@ -26,6 +27,7 @@ pub use self::outbox::OutboxRelayed;
 pub use self::park::{DeadLetterHeld, ParkFailed};
 pub use self::publish::{PublishFailed, PublishRefused, Published};
 pub use self::retry::SentToRetry;
+pub use self::target::{CircuitClosed, CircuitOpened, TargetProbed, TargetThrottled};
 
 /// Something that happened, with what it writes to the log and the metrics.
 pub trait InternalEvent {

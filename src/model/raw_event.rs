@@ -266,7 +266,7 @@ fn optional_string<'a>(
 }
 
 /// `^[a-z][a-z0-9_]{0,63}$`, checked by hand (no regex dependency).
-fn check_record_type(s: &str) -> Result<(), ValidationError> {
+pub fn check_record_type(s: &str) -> Result<(), ValidationError> {
     let b = s.as_bytes();
     let ok = matches!(b.first(), Some(b'a'..=b'z'))
         && b.len() <= limits::RECORD_TYPE_MAX
@@ -286,7 +286,7 @@ fn check_record_type(s: &str) -> Result<(), ValidationError> {
     }
 }
 
-fn check_record_id(s: &str) -> Result<(), ValidationError> {
+pub fn check_record_id(s: &str) -> Result<(), ValidationError> {
     if s.is_empty() {
         return Err(ValidationError::new("record_id", "must not be empty"));
     }

@@ -44,7 +44,8 @@ pub fn subscription_resource(spec: &SubscriptionSpec) -> Subscription {
         .set_name(spec.name.clone())
         .set_topic(spec.topic.clone())
         .set_ack_deadline_seconds(spec.ack_deadline_seconds)
-        .set_enable_message_ordering(spec.enable_message_ordering);
+        .set_enable_message_ordering(spec.enable_message_ordering)
+        .set_message_retention_duration(wkt_duration(spec.message_retention));
     if let Some(dlq) = &spec.dead_letter_topic {
         s = s.set_dead_letter_policy(
             DeadLetterPolicy::new()
@@ -88,6 +89,16 @@ pub fn differences(live: &Subscription, spec: &SubscriptionSpec) -> Vec<String> 
         "enable_message_ordering",
         live.enable_message_ordering.to_string(),
         spec.enable_message_ordering.to_string(),
+    );
+    // Unset reads as Pub/Sub's default, which is what we set.
+    check(
+        "message_retention_duration",
+        format!(
+            "{}s",
+            secs(&live.message_retention_duration)
+                .unwrap_or(crate::topology::MESSAGE_RETENTION.as_secs() as i64)
+        ),
+        format!("{}s", spec.message_retention.as_secs()),
     );
     let live_dlq = live.dead_letter_policy.as_ref();
     check(

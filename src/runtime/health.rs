@@ -4,10 +4,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::metrics;
+use crate::stages::deliver::pacing::{Pacer, TargetSnapshot};
 
 /// Per-consumer streaming state, shared with the HTTP health endpoints.
 #[derive(Default)]
@@ -25,6 +26,9 @@ pub struct Health {
     /// Messages each consumer holds because the database, the snapshot
     /// store or Pub/Sub does not answer (SPEC §4.1), and the latest reason.
     holds: Mutex<BTreeMap<String, (usize, String)>>,
+    /// The delivery targets' pacers: shown by `/readyz` as detail only — a
+    /// target's outage is not ours, so it never makes the pod unready.
+    targets: Mutex<Vec<Arc<Pacer>>>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -34,6 +38,21 @@ pub struct ConsumerState {
 }
 
 impl Health {
+    /// Registers the delivery targets whose state `/readyz` shows.
+    pub fn set_targets(&self, pacers: Vec<Arc<Pacer>>) {
+        *self.targets.lock().unwrap_or_else(|p| p.into_inner()) = pacers;
+    }
+
+    /// Each delivery target's pace, circuit and held deliveries.
+    pub fn targets(&self) -> Vec<TargetSnapshot> {
+        self.targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|p| p.snapshot())
+            .collect()
+    }
+
     pub fn set(&self, label: &str, up: bool, detail: impl Into<String>) {
         let broker_up = self.broker_up();
         metrics::set_consumer_up(label, up && broker_up);

@@ -164,6 +164,11 @@ pub trait Stage: Send + Sync + 'static {
     /// The `stage` attribute of error envelopes (`merge`, `deliver.netsuite`, …).
     fn name(&self) -> &'static str;
     fn handle<'a>(&'a self, msg: &'a Incoming) -> BoxFuture<'a, StageResult>;
+    /// Whether the consumer should pull new messages for this stage (a
+    /// delivery target whose circuit is open takes none; SPEC §4.2).
+    fn accepting(&self) -> bool {
+        true
+    }
 }
 
 /// Stages by name.
@@ -212,6 +217,12 @@ pub enum Route {
 /// retry consumer reads the stage and attempt from the error envelope.
 pub trait Router: Send + Sync + 'static {
     fn route(&self, msg: Incoming) -> Route;
+    /// Whether the consumer should pull new messages now. The retry router
+    /// always does: a held target's envelopes wait in its stage without
+    /// stopping the other stages' retries (within flow control).
+    fn accepting(&self) -> bool {
+        true
+    }
 }
 
 /// A consumer that always runs the same stage.
@@ -224,5 +235,8 @@ impl Router for Direct {
             msg,
             not_before: None,
         }
+    }
+    fn accepting(&self) -> bool {
+        self.0.accepting()
     }
 }

@@ -23,6 +23,7 @@ use sqlx::{Any, AnyConnection, QueryBuilder};
 use tokio::sync::{mpsc, oneshot};
 
 use super::delivery::DeliveryState;
+use super::delivery_lease::Lease;
 use super::ledger::{self, AuditRow};
 use super::{get_text, Backend, Store, StoreError};
 
@@ -52,6 +53,16 @@ pub enum DeliveryWrite {
     /// The target acknowledged: the audit claim and the acknowledged
     /// position, committed together (a claim another replica won fails both).
     Done(AuditRow, Option<PositionRow>),
+    /// Gives the (target, record) delivery lease back.
+    Release(Lease),
+}
+
+/// What a delivery hands a writer: a write, and the lease to release in the
+/// same transaction (SPEC §4.2: released with its bookkeeping).
+#[derive(Debug, Clone)]
+struct Submission {
+    write: DeliveryWrite,
+    release: Option<Lease>,
 }
 
 impl DeliveryWrite {
@@ -67,6 +78,7 @@ impl DeliveryWrite {
             DeliveryWrite::Attempted(p) | DeliveryWrite::Done(_, Some(p)) => {
                 (p.record_type.as_str(), p.record_id.as_str())
             }
+            DeliveryWrite::Release(l) => (l.record_type.as_str(), l.record_id.as_str()),
         }
     }
 }
@@ -92,7 +104,7 @@ pub type View = (bool, DeliveryState);
 /// when every handle is dropped.
 #[derive(Clone)]
 pub struct DeliveryLog {
-    senders: Arc<Vec<Inbox<DeliveryWrite, ()>>>,
+    senders: Arc<Vec<Inbox<Submission, ()>>>,
     readers: Arc<Vec<Inbox<ViewKey, View>>>,
 }
 
@@ -134,9 +146,30 @@ impl DeliveryLog {
 
     /// Writes `w` and returns once it is committed.
     pub async fn write(&self, w: DeliveryWrite) -> Result<(), Arc<StoreError>> {
-        let (t, id) = w.record();
+        self.submit(Submission {
+            write: w,
+            release: None,
+        })
+        .await
+    }
+
+    /// Writes `w` and releases `lease` in the same transaction.
+    pub async fn write_releasing(
+        &self,
+        w: DeliveryWrite,
+        lease: Lease,
+    ) -> Result<(), Arc<StoreError>> {
+        self.submit(Submission {
+            write: w,
+            release: Some(lease),
+        })
+        .await
+    }
+
+    async fn submit(&self, s: Submission) -> Result<(), Arc<StoreError>> {
+        let (t, id) = s.write.record();
         let record = (t.to_string(), id.to_string());
-        ask(&self.senders, &record, w).await
+        ask(&self.senders, &record, s).await
     }
 }
 
@@ -158,12 +191,12 @@ async fn ask<T, R>(
     rx.await.map_err(|_| closed())?
 }
 
-async fn worker(store: Store, mut rx: mpsc::Receiver<(DeliveryWrite, Reply<()>)>) {
+async fn worker(store: Store, mut rx: mpsc::Receiver<(Submission, Reply<()>)>) {
     let mut batch = Vec::with_capacity(BATCH_MAX);
     // No linger: what queued while the last commit ran is the batch.
     while rx.recv_many(&mut batch, BATCH_MAX).await > 0 {
         let batch = std::mem::take(&mut batch);
-        let writes: Vec<DeliveryWrite> = batch.iter().map(|(w, _)| w.clone()).collect();
+        let writes: Vec<Submission> = batch.iter().map(|(w, _)| w.clone()).collect();
         match write_retrying(&store, &writes).await {
             Ok(()) => {
                 for (_, reply) in batch {
@@ -282,7 +315,7 @@ async fn read_views(
 }
 
 /// [`write_batch`], again on a deadlock or lock timeout.
-async fn write_retrying(store: &Store, writes: &[DeliveryWrite]) -> Result<(), StoreError> {
+async fn write_retrying(store: &Store, writes: &[Submission]) -> Result<(), StoreError> {
     let attempt = || async { store.timed(write_batch(store, writes)).await };
     attempt
         .retry(
@@ -299,8 +332,9 @@ async fn write_retrying(store: &Store, writes: &[DeliveryWrite]) -> Result<(), S
 
 /// Writes a batch in one transaction: every audit row in one insert, and the
 /// positions folded per record (highest attempted, highest acknowledged).
-async fn write_batch(store: &Store, writes: &[DeliveryWrite]) -> Result<(), StoreError> {
+async fn write_batch(store: &Store, submissions: &[Submission]) -> Result<(), StoreError> {
     let mut audits: Vec<AuditRow> = Vec::new();
+    let mut releases: Vec<&Lease> = Vec::new();
     // (target, type, id) → (acked seq, its version, attempted seq); a
     // BTreeMap so every transaction locks rows in the same order.
     let mut positions: BTreeMap<(String, String, String), (i64, i64, i64)> = BTreeMap::new();
@@ -314,8 +348,8 @@ async fn write_batch(store: &Store, writes: &[DeliveryWrite]) -> Result<(), Stor
         }
         e.2 = e.2.max(p.seq);
     };
-    for w in writes {
-        match w {
+    for sub in submissions {
+        match &sub.write {
             DeliveryWrite::Audit(a) => audits.push(a.clone()),
             DeliveryWrite::Attempted(p) => raise(p),
             DeliveryWrite::Done(a, p) => {
@@ -324,7 +358,9 @@ async fn write_batch(store: &Store, writes: &[DeliveryWrite]) -> Result<(), Stor
                     raise(p);
                 }
             }
+            DeliveryWrite::Release(l) => releases.push(l),
         }
+        releases.extend(sub.release.as_ref());
     }
     let _guard = store.write_guard().await;
     let mut tx = store.pool().begin().await?;
@@ -336,6 +372,9 @@ async fn write_batch(store: &Store, writes: &[DeliveryWrite]) -> Result<(), Stor
         for chunk in rows.chunks(200) {
             upsert_positions(&mut tx, store.backend(), chunk).await?;
         }
+    }
+    for chunk in releases.chunks(100) {
+        release_leases(&mut tx, chunk).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -379,5 +418,29 @@ async fn upsert_positions(
         }
     });
     q.build().execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Releases leases this process holds: one statement per chunk (a lease
+/// another replica took over after ours expired is left alone).
+async fn release_leases(conn: &mut AnyConnection, leases: &[&Lease]) -> Result<(), StoreError> {
+    let mut q: QueryBuilder<Any> = QueryBuilder::new(
+        "UPDATE delivery_state SET lease_holder = NULL, lease_until = NULL WHERE ",
+    );
+    for (i, l) in leases.iter().enumerate() {
+        if i > 0 {
+            q.push(" OR ");
+        }
+        q.push("(target = ");
+        q.push_bind(l.target.clone());
+        q.push(" AND record_type = ");
+        q.push_bind(l.record_type.clone());
+        q.push(" AND record_id = ");
+        q.push_bind(l.record_id.clone());
+        q.push(" AND lease_holder = ");
+        q.push_bind(l.holder);
+        q.push(")");
+    }
+    q.build().execute(conn).await?;
     Ok(())
 }

@@ -28,6 +28,7 @@ const LAYERS: &[(&str, usize)] = &[
     ("telemetry", 5),
     ("commands", 6),
     ("demo", 6),
+    ("mcp", 5),
     ("cli", 6),
 ];
 

@@ -524,59 +524,45 @@ async fn deliver_timeout_is_transient() {
     d.app.stop().await;
 }
 
+/// SPEC §4.2: a 429 with Retry-After is pacing — no error envelope, no
+/// attempt spent; the same delivery goes again once the pause is over.
 #[tokio::test]
-async fn deliver_429_passes_retry_after_to_the_retry_path() {
-    let Some((d, m)) =
-        failing_delivery(Db::Sqlite, &[Reply::RetryAfter(429, 2)], TopicKind::Error).await
-    else {
-        return;
-    };
-    assert_eq!(m.attributes["stage"], "deliver.netsuite");
-    assert!(
-        m.attributes["last_error"].contains("HTTP 429"),
-        "{:?}",
-        m.attributes
-    );
-    assert_eq!(m.attributes["retry_after_ms"], "2000");
-    if consumer_streaming("retry-sub").await {
-        // Retry-After is a lower bound: the backoff alone would be 100 ms.
-        let got = d.sink.wait_for(NS, 2, WAIT).await;
-        assert_eq!(got.len(), 2, "delivered on the retry");
-        let waited = got[1].at - got[0].at;
-        assert!(waited >= Duration::from_secs(2), "retried after {waited:?}");
-    }
-    d.app.stop().await;
-}
-
-#[tokio::test]
-async fn deliver_connection_refused_is_transient() {
-    // A port nobody listens on: bind, note it, close it.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
-    let url = format!("http://{dead}/netsuite");
+async fn deliver_429_with_retry_after_is_pacing_not_a_failure() {
     let holder = std::sync::OnceLock::new();
-    let Some(d) = deploy_with(
-        Db::Sqlite,
-        &[("BACKBONE__TARGETS__NETSUITE__URL", &url)],
-        async |t| {
-            let _ = holder.set(tap(t, TopicKind::Error).await);
-        },
-    )
+    let Some(d) = deploy_with(Db::Sqlite, &[], async |t| {
+        let _ = holder.set(tap(t, TopicKind::Error).await);
+    })
     .await
     else {
         return;
     };
+    d.sink.script(NS, &[Reply::RetryAfter(429, 2)]);
     let p = publishers(&d.app.topology).await;
-    publish_raw(&p, &suitex_event("9", json!({"name": "X"}))).await;
-    let msgs = holder.get().unwrap().collect(1, WAIT).await;
-    assert_eq!(msgs.len(), 1);
-    assert_eq!(msgs[0].attributes["stage"], "deliver.netsuite");
+    publish_raw(&p, &suitex_event("7", json!({"name": "X"}))).await;
+    let got = d.sink.wait_for(NS, 2, WAIT).await;
+    assert_eq!(got.len(), 2, "sent again after the pause");
+    let waited = got[1].at - got[0].at;
+    assert!(waited >= Duration::from_secs(2), "resent after {waited:?}");
+    assert_eq!(
+        got[0].header("idempotency-key"),
+        got[1].header("idempotency-key")
+    );
     assert!(
-        msgs[0].attributes["last_error"].contains("could not connect"),
-        "{:?}",
-        msgs[0].attributes
+        eventually(WAIT, || async {
+            audit_count(&d.app.store, "deliver.netsuite", "delivered").await == 1
+        })
+        .await
+    );
+    let envelopes = holder.get().unwrap().drain(Duration::from_secs(1)).await;
+    assert!(
+        envelopes.is_empty(),
+        "no error envelope: {}",
+        envelopes.len()
+    );
+    assert_eq!(
+        audit_count(&d.app.store, "deliver.netsuite", "transient").await,
+        0,
+        "no attempt spent"
     );
     d.app.stop().await;
 }

@@ -28,7 +28,7 @@ use crate::store::{Dialect, Store};
 use crate::topology::StageName;
 
 /// The record type every bench row uses, so its rows are recognisable.
-const RECORD_TYPE: &str = "bench_history";
+pub(super) const RECORD_TYPE: &str = "bench_history";
 /// Targets from the issue (MariaDB, a machine like the CI box).
 const TARGET_LIST_P99_MS: f64 = 5.0;
 const TARGET_REPLAY_P99_MS: f64 = 20.0;
@@ -171,19 +171,19 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn record_id(n: u64) -> String {
+pub(super) fn record_id(n: u64) -> String {
     format!("r{n:07}")
 }
 
-struct Stats {
-    p50_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
-    mean_ms: f64,
+pub(super) struct Stats {
+    pub(super) p50_ms: f64,
+    pub(super) p99_ms: f64,
+    pub(super) max_ms: f64,
+    pub(super) mean_ms: f64,
 }
 
 impl Stats {
-    fn of(v: &mut [Duration]) -> Stats {
+    pub(super) fn of(v: &mut [Duration]) -> Stats {
         v.sort_unstable();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let at = |q: f64| {
@@ -203,15 +203,19 @@ impl Stats {
         }
     }
 
-    fn json(&self) -> Value {
+    pub(super) fn json(&self) -> Value {
         let r = |x: f64| (x * 1000.0).round() / 1000.0;
         json!({"p50_ms": r(self.p50_ms), "p99_ms": r(self.p99_ms),
                "max_ms": r(self.max_ms), "mean_ms": r(self.mean_ms)})
     }
 }
 
-/// Loads the bench data unless it is already there.
-async fn load(store: &Store, policy: &MergePolicy, args: &Args) -> anyhow::Result<Value> {
+/// Loads the bench data unless it is already there (`bench mcp` reuses it).
+pub(super) async fn load(
+    store: &Store,
+    policy: &MergePolicy,
+    args: &Args,
+) -> anyhow::Result<Value> {
     let mut conn = store.pool().acquire().await?;
     let existing = ledger::count_events_of_type(&mut conn, RECORD_TYPE).await?;
     if existing as u64 == args.events {

@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod history;
+pub mod mcp;
 pub mod merge;
 pub mod pipeline;
 pub mod storage;
@@ -22,6 +23,8 @@ pub enum Which {
     Merge(merge::Args),
     /// Event history: load a large event store, then time `events list` and replay.
     History(history::Args),
+    /// The MCP tools on the same store: query_events, replay_events, emit_event.
+    Mcp(mcp::McpBenchArgs),
     /// The whole daemon (all five consumers) draining a raw backlog into two
     /// stand-in targets, vs an ack-only drain of the same messages.
     Pipeline(pipeline::Args),
@@ -36,6 +39,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
     match args.which {
         Which::Merge(a) => merge::run(settings, a).await,
         Which::History(a) => history::run(settings, a).await,
+        Which::Mcp(a) => mcp::run(settings, a).await,
         Which::Pipeline(a) => pipeline::run(settings, a).await,
         Which::Storage(a) => storage::run(settings, a).await,
         Which::Archive(a) => archive::run(settings, a).await,

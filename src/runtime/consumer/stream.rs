@@ -17,6 +17,9 @@ use super::{ConsumerError, ConsumerSpec, Ctx, Runtime};
 
 /// How far each lease extension reaches (see `run`).
 const LEASE_EXTENSION: Duration = Duration::from_secs(20);
+/// The longest a message is held with its lease extended: the
+/// subscriptions' message retention (`provision` sets 7 days).
+const MAX_LEASE: Duration = crate::topology::MESSAGE_RETENTION;
 
 /// Pulls until `shutdown` fires or the stream fails. On shutdown, in-flight
 /// messages get `grace` to finish; the rest are nacked.
@@ -31,10 +34,13 @@ pub async fn run(
         .subscribe(spec.subscription.clone())
         .set_max_outstanding_messages(spec.max_outstanding)
         // Leases are extended 20 s at a time for as long as a message is
-        // held (an outage, a retry's backoff; up to the client's 60-minute
-        // max lease), so the messages of a replica that died come back
+        // held (an outage, a retry's backoff, a target held; up to
+        // MAX_LEASE), so the messages of a replica that died come back
         // within about 20 s rather than a minute.
         .set_max_lease_extension(LEASE_EXTENSION)
+        // A held delivery (a target's maintenance window lasts hours, SPEC
+        // §4.2) keeps its lease for as long as the subscription keeps it.
+        .set_max_lease(MAX_LEASE)
         .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
         .build();
     let stop_work = CancellationToken::new();
@@ -62,8 +68,9 @@ pub async fn run(
             break Err(ConsumerError::LaneDied(spec.label.clone()));
         }
         // Flow control (SPEC §4.1): while a message is held for an outage,
-        // pull nothing new; what is pulled would only wait or fail too.
-        let paused = ctx.holds.paused();
+        // pull nothing new; what is pulled would only wait or fail too. The
+        // same while the stage's target is held or paused (SPEC §4.2).
+        let paused = ctx.holds.paused() || !ctx.router.accepting();
         let next = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             Some(Err(e)) = tasks.join_next(), if !tasks.is_empty() => {

@@ -40,6 +40,33 @@ pub struct Delivered {
     pub status: u16,
 }
 
+/// How a request failed, as pacing reads it (SPEC §4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// 429, or 503 with `Retry-After`: the target asks us to slow down.
+    Throttled {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    /// The connection was refused: nobody listens there.
+    Unreachable,
+    /// No answer within the timeout.
+    Timeout,
+    /// A 5xx (or 408).
+    Server(u16),
+    /// Reset or broken mid-request.
+    Broken,
+    /// Another 4xx: the target refuses this message.
+    Rejected(u16),
+}
+
+/// A failed request: the stage's error and what it says about the target.
+#[derive(Debug, Clone)]
+pub struct SinkFailure {
+    pub error: StageError,
+    pub signal: Signal,
+}
+
 impl HttpSink {
     pub fn new(
         target: &'static str,
@@ -69,7 +96,7 @@ impl HttpSink {
     }
 
     /// POSTs `body` (the merged event JSON) with the idempotency key.
-    pub async fn post(&self, fingerprint: &str, body: Bytes) -> Result<Delivered, StageError> {
+    pub async fn post(&self, fingerprint: &str, body: Bytes) -> Result<Delivered, SinkFailure> {
         let mut req = self
             .client
             .post(&self.url)
@@ -93,19 +120,37 @@ impl HttpSink {
         }
         let retry_after = retry_after(resp.headers());
         let excerpt = body_excerpt(resp).await;
-        Err(classify(self.target, status, &excerpt, retry_after))
+        let signal = match status {
+            429 => Signal::Throttled {
+                status,
+                retry_after,
+            },
+            503 if retry_after.is_some() => Signal::Throttled {
+                status,
+                retry_after,
+            },
+            408 | 500..=599 => Signal::Server(status),
+            _ => Signal::Rejected(status),
+        };
+        Err(SinkFailure {
+            error: classify(self.target, status, &excerpt, retry_after),
+            signal,
+        })
     }
 
-    fn request_error(&self, e: &reqwest::Error) -> StageError {
-        let what = if e.is_timeout() {
-            format!(
-                "timed out after {}",
-                humantime::format_duration(self.timeout)
+    fn request_error(&self, e: &reqwest::Error) -> SinkFailure {
+        let (what, signal) = if e.is_timeout() {
+            (
+                format!(
+                    "timed out after {}",
+                    humantime::format_duration(self.timeout)
+                ),
+                Signal::Timeout,
             )
         } else if e.is_connect() {
-            "could not connect".to_string()
+            ("could not connect".to_string(), Signal::Unreachable)
         } else {
-            "request failed".to_string()
+            ("request failed".to_string(), Signal::Broken)
         };
         // reqwest's Display hides the cause (e.g. "connection refused").
         let mut cause = String::new();
@@ -114,10 +159,13 @@ impl HttpSink {
             cause = s.to_string();
             src = s.source();
         }
-        StageError::transient(format!(
-            "delivery to {} ({}) {what}: {cause}",
-            self.target, self.url
-        ))
+        SinkFailure {
+            error: StageError::transient(format!(
+                "delivery to {} ({}) {what}: {cause}",
+                self.target, self.url
+            )),
+            signal,
+        }
     }
 }
 

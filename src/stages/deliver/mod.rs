@@ -4,6 +4,7 @@
 
 pub mod fold;
 pub mod http_sink;
+pub mod pacing;
 pub mod routing;
 pub mod turns;
 
@@ -15,7 +16,8 @@ use futures::future::BoxFuture;
 use secrecy::SecretString;
 use serde_json::json;
 
-use self::http_sink::HttpSink;
+use self::http_sink::{HttpSink, Signal, SinkFailure};
+use self::pacing::{Answer, Pacer, Stopped, Verdict};
 use self::routing::Route;
 use super::{
     snapshot_failure, store_failure, Failure, Incoming, Outcome, Stage, StageError, StageResult,
@@ -26,7 +28,8 @@ use crate::model::raw_event::Source;
 use crate::snapshots::claim_check::{ClaimCheck, ClaimCheckError};
 use crate::stages::merge::batch::SEQUENCE_ATTRIBUTE;
 use crate::store::delivery::DeliveryState;
-use crate::store::delivery_log::{DeliveryLog, DeliveryWrite, PositionRow, ViewKey};
+use crate::store::delivery_lease::{self, Lease};
+use crate::store::delivery_log::{DeliveryLog, DeliveryWrite, PositionRow, View, ViewKey};
 use crate::store::ledger::{self, AuditRow};
 use crate::store::{Store, StoreError};
 use crate::topology::StageName;
@@ -36,6 +39,11 @@ const LOG_WORKERS: usize = 2;
 
 /// What this stage reads, as its store failures name it.
 const MERGED_EVENT: &str = "merged event";
+
+/// Between two sends of a request the target throttled without saying for
+/// how long, and between two looks at a lease another replica holds.
+const AGAIN_MIN: Duration = Duration::from_millis(100);
+const AGAIN_MAX: Duration = Duration::from_secs(5);
 
 /// The stage name (and audit `stage`) for a target.
 pub fn stage_name(target: Source) -> &'static str {
@@ -63,10 +71,22 @@ pub struct DeliverStage {
     turns: turns::Turns,
     /// Started on first use, inside the runtime.
     log: std::sync::OnceLock<DeliveryLog>,
+    /// The target's pace, shared by the live and retry consumers (SPEC §4.2).
+    pacer: Arc<Pacer>,
+    /// This process's id on delivery leases, and how long one lasts.
+    holder: i64,
+    lease_ttl: Duration,
 }
 
 impl DeliverStage {
-    pub fn new(target: Source, sink: HttpSink, store: Store, claim_check: ClaimCheck) -> Self {
+    pub fn new(
+        target: Source,
+        sink: HttpSink,
+        store: Store,
+        claim_check: ClaimCheck,
+        pacer: Arc<Pacer>,
+        lease_ttl: Duration,
+    ) -> Self {
         Self {
             target,
             sink,
@@ -74,7 +94,14 @@ impl DeliverStage {
             claim_check,
             turns: turns::Turns::default(),
             log: std::sync::OnceLock::new(),
+            pacer,
+            holder: delivery_lease::new_holder(),
+            lease_ttl,
         }
+    }
+
+    pub fn pacer(&self) -> &Arc<Pacer> {
+        &self.pacer
     }
 
     fn log(&self) -> &DeliveryLog {
@@ -137,69 +164,205 @@ impl DeliverStage {
         let fp = ev.fingerprint.clone();
         let mut steps = crate::metrics::StepTimer::start(stage_name(self.target));
         // One request at a time per record and target in this process, so
-        // a retry of an older version never races a newer one (SPEC §4.1 P1).
+        // a retry of an older version never races a newer one (SPEC §4.1 P1);
+        // the lease below does the same across replicas (SPEC §4.2).
         let _turn = self.turns.lock(&ev.ordering_key()).await;
         steps.mark("turn_wait");
         let seq = self.position(msg, &ev).await?;
-        let (delivered, st) = self.view(&ev).await?;
+        let record = record_hash(&ev);
+        let mut again = again_delays();
+        let mut view = self.view(&ev).await?;
         steps.mark("state_read");
-        if delivered {
-            self.audit(msg, Some(&ev), &fp, "duplicate", json!({}), false)
-                .await?;
-            return Ok(Outcome::ack("duplicate", Some(fp)));
-        }
-        let (body, folded) = match self.plan(msg, &ev, seq, st, body).await? {
-            Plan::Send { body, versions } => (body, versions),
-            Plan::Done(outcome) => return Ok(outcome),
-        };
-        steps.mark("plan");
-        if let Some(seq) = seq {
-            let at = self.position_row(&ev, seq, false);
-            self.write(DeliveryWrite::Attempted(at), &fp).await?;
-        }
-        steps.mark("state_write_attempted");
-        match self.sink.post(&fp, body).await {
-            Ok(d) => {
-                steps.mark("post");
-                let detail = json!({"status": d.status, "version": ev.version, "versions": folded});
-                let row = self.audit_row(msg, Some(&ev), &fp, "delivered", detail, true);
-                let at = seq.map(|seq| self.position_row(&ev, seq, true));
-                match self.write(DeliveryWrite::Done(row, at), &fp).await {
-                    Ok(()) => {
-                        steps.mark("audit_and_state_write");
-                        steps.observe();
-                        tracing::info!(
-                            target = self.target.as_str(),
-                            status = d.status,
-                            version = ev.version,
-                            folded = folded.len(),
-                            "Merged event delivered."
-                        );
-                        Ok(Outcome::ack("delivered", Some(fp)))
-                    }
-                    // Another replica delivered the same fingerprint at the same
-                    // time; the target dedupes on Idempotency-Key.
-                    Err(_) if self.already_delivered(&fp).await? => {
-                        Ok(Outcome::ack("duplicate", Some(fp)))
-                    }
-                    Err(f) => Err(f),
+        loop {
+            // Decided without the lease: nothing to send needs no permit.
+            let (delivered, st) = view;
+            if delivered {
+                self.audit(msg, Some(&ev), &fp, "duplicate", json!({}), false)
+                    .await?;
+                return Ok(Outcome::ack("duplicate", Some(fp)));
+            }
+            let (out, folded) = match self.plan(msg, &ev, seq, st, body.clone()).await? {
+                Plan::Send { body, versions } => (body, versions),
+                Plan::Done(outcome) => return Ok(outcome),
+            };
+            steps.mark("plan");
+            // Waits through throttling and outages; never fails for it.
+            let permit = self.pacer.acquire().await.map_err(|e| stopped(e, &fp))?;
+            steps.mark("permit_wait");
+            let lease = self.lease(&ev);
+            if !self.take_lease(&lease, &fp).await? {
+                // Another replica is delivering this record: wait its turn.
+                drop(permit);
+                let d = again.next().unwrap_or(AGAIN_MAX);
+                self.pacer.sleep(d).await.map_err(|e| stopped(e, &fp))?;
+                view = self.view(&ev).await?;
+                continue;
+            }
+            // Under the lease, what the target has may have moved on while
+            // this delivery waited: decide again if it did.
+            let now = match self.view(&ev).await {
+                Ok(v) => v,
+                Err(f) => {
+                    self.release(lease).await;
+                    return Err(f);
+                }
+            };
+            if now != view {
+                self.release(lease).await;
+                drop(permit);
+                view = now;
+                continue;
+            }
+            steps.mark("lease");
+            if let Some(seq) = seq {
+                let at = self.position_row(&ev, seq, false);
+                if let Err(f) = self.write(DeliveryWrite::Attempted(at), &fp).await {
+                    self.release(lease).await;
+                    return Err(f);
                 }
             }
-            Err(error) => {
-                self.audit(
-                    msg,
-                    Some(&ev),
-                    &fp,
-                    outcome_of(&error),
-                    json!({"error": error.message, "version": ev.version}),
-                    false,
-                )
-                .await?;
-                Err(Failure {
-                    error,
-                    fingerprint: Some(fp),
-                })
+            steps.mark("state_write_attempted");
+            let answer = self.sink.post(&fp, out).await;
+            steps.mark("post");
+            let (pace, why) = match &answer {
+                Ok(_) => (Answer::Success, ""),
+                Err(f) => (pacing_answer(f), f.error.message.as_str()),
+            };
+            let verdict = self.pacer.finish(permit, record, pace, why);
+            let failure = match answer {
+                Ok(d) => {
+                    let detail =
+                        json!({"status": d.status, "version": ev.version, "versions": folded});
+                    let row = self.audit_row(msg, Some(&ev), &fp, "delivered", detail, true);
+                    let at = seq.map(|seq| self.position_row(&ev, seq, true));
+                    let done = self
+                        .log()
+                        .write_releasing(DeliveryWrite::Done(row, at), lease.clone())
+                        .await;
+                    return match done {
+                        Ok(()) => {
+                            steps.mark("audit_and_state_write");
+                            steps.observe();
+                            tracing::info!(
+                                target = self.target.as_str(),
+                                status = d.status,
+                                version = ev.version,
+                                folded = folded.len(),
+                                "Merged event delivered."
+                            );
+                            Ok(Outcome::ack("delivered", Some(fp)))
+                        }
+                        Err(e) => {
+                            // The release rolled back with the claim.
+                            self.release(lease).await;
+                            // Another replica delivered the same fingerprint
+                            // at the same time; the target dedupes on
+                            // Idempotency-Key.
+                            if self.already_delivered(&fp).await? {
+                                Ok(Outcome::ack("duplicate", Some(fp)))
+                            } else {
+                                Err(Failure {
+                                    error: store_failure(&e, MERGED_EVENT),
+                                    fingerprint: Some(fp),
+                                })
+                            }
+                        }
+                    };
+                }
+                Err(f) => f,
+            };
+            match verdict {
+                // The target refused this message (a 4xx): permanent.
+                Verdict::Proceed => {
+                    let row = self.audit_row(
+                        msg,
+                        Some(&ev),
+                        &fp,
+                        outcome_of(&failure.error),
+                        json!({"error": failure.error.message, "version": ev.version}),
+                        false,
+                    );
+                    self.log()
+                        .write_releasing(DeliveryWrite::Audit(row), lease)
+                        .await
+                        .map_err(|e| Failure {
+                            error: store_failure(&e, MERGED_EVENT),
+                            fingerprint: Some(fp.clone()),
+                        })?;
+                    return Err(Failure {
+                        error: failure.error,
+                        fingerprint: Some(fp),
+                    });
+                }
+                // Paced or held: sent again when the target allows, with
+                // nothing recorded and no attempt spent.
+                Verdict::Again => {
+                    self.release(lease).await;
+                    if let Signal::Throttled {
+                        retry_after: None, ..
+                    } = failure.signal
+                    {
+                        let d = again.next().unwrap_or(AGAIN_MAX);
+                        self.pacer.sleep(d).await.map_err(|e| stopped(e, &fp))?;
+                    }
+                    view = self.view(&ev).await?;
+                    continue;
+                }
+                Verdict::Undecided(mark) => {
+                    self.release(lease).await;
+                    if self
+                        .pacer
+                        .verdict(mark)
+                        .await
+                        .map_err(|e| stopped(e, &fp))?
+                    {
+                        // The circuit opened: an outage, not this message.
+                        view = self.view(&ev).await?;
+                        continue;
+                    }
+                    // The target serves others: this failure is the
+                    // message's own and takes the retry schedule.
+                    self.audit(
+                        msg,
+                        Some(&ev),
+                        &fp,
+                        outcome_of(&failure.error),
+                        json!({"error": failure.error.message, "version": ev.version}),
+                        false,
+                    )
+                    .await?;
+                    return Err(Failure {
+                        error: failure.error,
+                        fingerprint: Some(fp),
+                    });
+                }
             }
+        }
+    }
+
+    fn lease(&self, ev: &MergedEvent) -> Lease {
+        Lease {
+            target: self.target.as_str().to_string(),
+            record_type: ev.record_type.clone(),
+            record_id: ev.record_id.clone(),
+            holder: self.holder,
+        }
+    }
+
+    async fn take_lease(&self, lease: &Lease, fp: &str) -> Result<bool, Failure> {
+        self.store
+            .take_delivery_lease(lease, self.lease_ttl)
+            .await
+            .map_err(|e| Failure {
+                error: store_failure(&e, MERGED_EVENT),
+                fingerprint: Some(fp.to_string()),
+            })
+    }
+
+    /// Gives a lease back; if the database does not answer, it expires.
+    async fn release(&self, lease: Lease) {
+        if let Err(e) = self.log().write(DeliveryWrite::Release(lease)).await {
+            tracing::debug!(error = %e, "Could not release a delivery lease; it expires on its own.");
         }
     }
 
@@ -278,7 +441,7 @@ impl DeliverStage {
 
     /// Whether this target's claim on `ev` exists (delivered before) and
     /// where the target stands for its record: one read.
-    async fn view(&self, ev: &MergedEvent) -> Result<(bool, DeliveryState), Failure> {
+    async fn view(&self, ev: &MergedEvent) -> Result<View, Failure> {
         let key = ViewKey {
             fingerprint: ev.fingerprint.clone(),
             record_type: ev.record_type.clone(),
@@ -419,6 +582,56 @@ impl DeliverStage {
     }
 }
 
+/// The message goes back to the broker at shutdown (nack), never failed.
+fn stopped(e: Stopped, fp: &str) -> Failure {
+    Failure {
+        error: StageError::unavailable(e.to_string()),
+        fingerprint: Some(fp.to_string()),
+    }
+}
+
+/// What a failed request says about the target, for pacing.
+fn pacing_answer(f: &SinkFailure) -> Answer {
+    use self::pacing::circuit::Failure as Kind;
+    let failed = |kind, back_pressure| Answer::Failed {
+        kind,
+        back_pressure,
+    };
+    match f.signal {
+        Signal::Throttled {
+            status,
+            retry_after,
+        } => Answer::Throttled {
+            status,
+            retry_after,
+        },
+        Signal::Rejected(_) => Answer::Rejected,
+        Signal::Unreachable => failed(Kind::Unreachable, true),
+        Signal::Timeout => failed(Kind::Failed, true),
+        Signal::Server(503) => failed(Kind::Unavailable, true),
+        Signal::Server(s) => failed(Kind::Failed, s == 408),
+        Signal::Broken => failed(Kind::Failed, false),
+    }
+}
+
+/// The circuit tells records apart by this.
+fn record_hash(ev: &MergedEvent) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&ev.record_type, &ev.record_id).hash(&mut h);
+    h.finish()
+}
+
+fn again_delays() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(AGAIN_MIN)
+        .with_max_delay(AGAIN_MAX)
+        .without_max_times()
+        .with_jitter()
+        .build()
+}
+
 fn outcome_of(e: &StageError) -> &'static str {
     e.dead_reason().unwrap_or("transient")
 }
@@ -440,6 +653,12 @@ impl Stage for DeliverStage {
     fn handle<'a>(&'a self, msg: &'a Incoming) -> BoxFuture<'a, StageResult> {
         Box::pin(self.run(msg))
     }
+
+    /// Nothing new is pulled for a target whose circuit is open or that
+    /// asked us to wait (SPEC §4.2); what is held waits in the pacer.
+    fn accepting(&self) -> bool {
+        self.pacer.accepting()
+    }
 }
 
 /// Where and how one target is delivered to (the composition root fills it
@@ -450,6 +669,7 @@ pub struct DeliverSettings {
     /// Bearer token sent with each delivery.
     pub token: Option<SecretString>,
     pub timeout: Duration,
+    pub lease_ttl: Duration,
 }
 
 /// Builds the stage for `target`.
@@ -458,6 +678,7 @@ pub fn build(
     settings: DeliverSettings,
     store: Store,
     claim_check: ClaimCheck,
+    pacer: Arc<Pacer>,
 ) -> Result<Arc<DeliverStage>, http_sink::SinkBuildError> {
     let sink = HttpSink::new(
         target.as_str(),
@@ -470,5 +691,7 @@ pub fn build(
         sink,
         store,
         claim_check,
+        pacer,
+        settings.lease_ttl,
     )))
 }

@@ -1,0 +1,121 @@
+//! Pacing a delivery target (SPEC §4.2): throttled answers, probes of an
+//! open circuit, the circuit opening and closing.
+
+use std::time::Duration;
+
+use super::InternalEvent;
+use crate::metrics::metrics;
+
+/// The target answered 429, or 503 with `Retry-After`: the delivery is sent
+/// again when the target allows, without consuming an attempt.
+pub struct TargetThrottled<'a> {
+    pub target: &'a str,
+    pub status: u16,
+    /// The pause it asked for, after the cap.
+    pub pause: Option<Duration>,
+}
+
+impl InternalEvent for TargetThrottled<'_> {
+    fn emit(self) {
+        metrics()
+            .target_throttled
+            .with_label_values(&[self.target])
+            .inc();
+        match self.pause {
+            Some(pause) => tracing::info!(
+                target = self.target,
+                status = self.status,
+                pause = ?pause,
+                "The target asked us to wait (Retry-After): pausing every delivery to it."
+            ),
+            None => tracing::debug!(
+                target = self.target,
+                status = self.status,
+                "The target throttled a request; it is sent again at a lower concurrency."
+            ),
+        }
+    }
+}
+
+/// One probe request went to a target whose circuit is open.
+pub struct TargetProbed<'a> {
+    pub target: &'a str,
+}
+
+impl InternalEvent for TargetProbed<'_> {
+    fn emit(self) {
+        metrics()
+            .target_probes
+            .with_label_values(&[self.target])
+            .inc();
+        tracing::info!(target = self.target, "Probing the target (circuit open).");
+    }
+}
+
+/// The target failed every request: its deliveries are held from now on.
+pub struct CircuitOpened<'a> {
+    pub target: &'a str,
+    pub error: &'a str,
+}
+
+impl InternalEvent for CircuitOpened<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            target = self.target,
+            error = self.error,
+            "The target fails every request: circuit open. Its deliveries are held (no attempt consumed, nothing dead-lettered) and one probe at a time tests it."
+        );
+    }
+}
+
+/// A probe (or a straggler) succeeded: held deliveries resume.
+pub struct CircuitClosed<'a> {
+    pub target: &'a str,
+    pub open_for: Duration,
+    pub limit: usize,
+}
+
+impl InternalEvent for CircuitClosed<'_> {
+    fn emit(self) {
+        tracing::info!(
+            target = self.target,
+            open_for = ?self.open_for,
+            limit = self.limit,
+            "The target answers again: circuit closed; its held deliveries resume."
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{emit, test_support::logged};
+    use super::*;
+
+    #[test]
+    fn throttled_and_probes_count_per_target() {
+        let t = || {
+            metrics()
+                .target_throttled
+                .with_label_values(&["netsuite"])
+                .get()
+        };
+        let p = || {
+            metrics()
+                .target_probes
+                .with_label_values(&["netsuite"])
+                .get()
+        };
+        let (t0, p0) = (t(), p());
+        let lines = logged(|| {
+            emit(TargetThrottled {
+                target: "netsuite",
+                status: 429,
+                pause: Some(Duration::from_secs(2)),
+            });
+            emit(TargetProbed { target: "netsuite" });
+        });
+        assert_eq!((t() - t0, p() - p0), (1, 1));
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0]["level"], "INFO");
+    }
+}

@@ -1,0 +1,272 @@
+//! The adaptive concurrency limit of one target: additive increase while
+//! answers come back within the latency the target has shown, multiplicative
+//! decrease on back pressure (429, 503, a timeout) or a latency jump. The
+//! shape is Vector's adaptive request concurrency: the limit is judged once
+//! per round trip (a window as long as the mean RTT), against an EWMA of the
+//! past windows' mean RTT and its deviation. Unlike Vector, back pressure
+//! lowers the limit at once rather than at the window's end (SPEC §4.2), at
+//! most once per window so one burst of 429s does not collapse it to 1.
+//!
+//! Pure: the caller passes the clock, so the tests drive it exactly.
+
+use std::time::{Duration, Instant};
+
+/// Vector's defaults, found by its simulations.
+const DECREASE_RATIO: f64 = 0.9;
+const EWMA_ALPHA: f64 = 0.4;
+const RTT_DEVIATION_SCALE: f64 = 2.5;
+
+/// What a response did to the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Unchanged,
+    Increased(usize),
+    Decreased(usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct Aimd {
+    limit: usize,
+    max: usize,
+    /// EWMA of past windows' mean RTT (seconds) and its variance.
+    past: Option<(f64, f64)>,
+    /// This window's RTTs.
+    sum: f64,
+    count: u32,
+    window_end: Option<Instant>,
+    /// Whether requests wanted more than the limit in this window: only
+    /// then is there evidence for a higher one.
+    reached_limit: bool,
+    back_pressure: bool,
+    decreased: bool,
+}
+
+impl Aimd {
+    pub fn new(initial: usize, max: usize) -> Self {
+        let max = max.max(1);
+        Self {
+            limit: initial.clamp(1, max),
+            max,
+            past: None,
+            sum: 0.0,
+            count: 0,
+            window_end: None,
+            reached_limit: false,
+            back_pressure: false,
+            decreased: false,
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// The mean RTT the target has shown, once it has shown one.
+    pub fn mean_rtt(&self) -> Option<Duration> {
+        self.past.map(|(m, _)| Duration::from_secs_f64(m))
+    }
+
+    /// A request starts with `inflight` requests (itself included) out.
+    pub fn started(&mut self, inflight: usize) {
+        if inflight >= self.limit {
+            self.reached_limit = true;
+        }
+    }
+
+    /// Restarts the limit (after an outage): the RTT history is kept.
+    pub fn reset(&mut self, initial: usize) {
+        self.limit = initial.clamp(1, self.max);
+        self.start_window(None);
+    }
+
+    /// A response came back after `rtt`; `back_pressure` for 429, 503, a
+    /// timeout or a refused connection; `rtt` is only judged for successes.
+    pub fn record(&mut self, now: Instant, rtt: Option<Duration>, back_pressure: bool) -> Change {
+        let mut change = Change::Unchanged;
+        if let Some(rtt) = rtt {
+            self.sum += rtt.as_secs_f64();
+            self.count += 1;
+        }
+        // A window that has ended is judged with this answer's RTT; its back
+        // pressure counts in the next window.
+        if let (Some((mean, var)), Some(end)) = (self.past, self.window_end) {
+            if now >= end {
+                change = self.judge_window(now, mean, var);
+            }
+        }
+        if back_pressure {
+            self.back_pressure = true;
+            if !self.decreased {
+                change = self.decrease();
+            }
+        }
+        if self.past.is_none() && self.count > 0 {
+            // The first measurement sets the baseline and the window.
+            let c = self.sum / f64::from(self.count);
+            self.past = Some((c, 0.0));
+            self.start_window(Some(now + Duration::from_secs_f64(c)));
+        }
+        change
+    }
+
+    fn judge_window(&mut self, now: Instant, mean: f64, var: f64) -> Change {
+        let mut change = Change::Unchanged;
+        let current = (self.count > 0).then(|| self.sum / f64::from(self.count));
+        // A jump must be clear of noise: 2.5 deviations, and a quarter of
+        // the mean while the deviation is still unknown.
+        let threshold = (var.sqrt() * RTT_DEVIATION_SCALE).max(mean * 0.25);
+        if self.limit < self.max
+            && self.reached_limit
+            && !self.back_pressure
+            && current.is_some_and(|c| c <= mean)
+        {
+            self.limit += 1;
+            change = Change::Increased(self.limit);
+        } else if !self.decreased && current.is_some_and(|c| c >= mean + threshold) {
+            // A latency jump: the target is queueing our requests.
+            change = self.decrease();
+        }
+        let (mean, var) = match current {
+            Some(c) => {
+                let diff = c - mean;
+                let incr = EWMA_ALPHA * diff;
+                (mean + incr, (1.0 - EWMA_ALPHA) * (var + diff * incr))
+            }
+            None => (mean, var),
+        };
+        self.past = Some((mean, var));
+        self.start_window(Some(now + Duration::from_secs_f64(mean)));
+        change
+    }
+
+    fn decrease(&mut self) -> Change {
+        self.decreased = true;
+        if self.limit <= 1 {
+            return Change::Unchanged;
+        }
+        let next = ((self.limit as f64) * DECREASE_RATIO) as usize;
+        self.limit = next.clamp(1, self.limit - 1);
+        Change::Decreased(self.limit)
+    }
+
+    fn start_window(&mut self, end: Option<Instant>) {
+        self.sum = 0.0;
+        self.count = 0;
+        self.window_end = end;
+        self.reached_limit = false;
+        self.back_pressure = false;
+        self.decreased = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+    /// 1/64 s: sums of it are exact in binary, so "as fast as before" is exact.
+    const RTT: Duration = Duration::from_micros(15_625);
+
+    /// Runs `rounds` windows of answers taking `rtt`, always wanting more
+    /// than the limit; returns the limit after each window.
+    fn run(a: &mut Aimd, t: &mut Instant, rounds: usize, rtt: Duration, bp: bool) -> Vec<usize> {
+        let mut out = Vec::new();
+        for _ in 0..rounds {
+            let n = a.limit();
+            for _ in 0..n {
+                a.started(n);
+            }
+            *t += rtt;
+            for _ in 0..n {
+                a.record(*t, (!bp).then_some(rtt), bp);
+            }
+            out.push(a.limit());
+        }
+        out
+    }
+
+    #[test]
+    fn steady_quick_answers_grow_the_limit_by_one_per_round_trip_up_to_the_max() {
+        let mut a = Aimd::new(4, 8);
+        let mut t = Instant::now();
+        let limits = run(&mut a, &mut t, 10, RTT, false);
+        // The first window only measures; then +1 per window, capped.
+        assert_eq!(limits, vec![4, 5, 6, 7, 8, 8, 8, 8, 8, 8]);
+    }
+
+    #[test]
+    fn back_pressure_lowers_at_once_and_only_once_per_window() {
+        let mut a = Aimd::new(20, 64);
+        let t = Instant::now();
+        assert_eq!(
+            a.record(t, Some(40 * MS), false),
+            Change::Unchanged,
+            "baseline"
+        );
+        // Twenty 429s in one window: one decrease, not twenty.
+        let mut changes = Vec::new();
+        for _ in 0..20 {
+            changes.push(a.record(t + MS, None, true));
+        }
+        assert_eq!(changes[0], Change::Decreased(18));
+        assert!(changes[1..].iter().all(|c| *c == Change::Unchanged));
+        // The next window may lower it again.
+        let later = t + 100 * MS;
+        assert_eq!(a.record(later, None, true), Change::Decreased(16));
+        assert_eq!(a.limit(), 16);
+    }
+
+    #[test]
+    fn the_limit_never_falls_below_one() {
+        let mut a = Aimd::new(2, 64);
+        let mut t = Instant::now();
+        a.record(t, Some(10 * MS), false);
+        for _ in 0..10 {
+            t += 50 * MS;
+            a.record(t, None, true);
+        }
+        assert_eq!(a.limit(), 1);
+    }
+
+    #[test]
+    fn a_latency_jump_lowers_the_limit() {
+        let mut a = Aimd::new(10, 64);
+        let mut t = Instant::now();
+        // Stable 40 ms without reaching the limit: no growth, a tight baseline.
+        for _ in 0..10 {
+            t += 40 * MS;
+            a.record(t, Some(40 * MS), false);
+        }
+        assert_eq!(a.limit(), 10);
+        t += 400 * MS;
+        a.record(t, Some(400 * MS), false);
+        assert_eq!(a.limit(), 9, "ten times slower answers are back pressure");
+    }
+
+    #[test]
+    fn no_growth_without_demand() {
+        let mut a = Aimd::new(4, 64);
+        let mut t = Instant::now();
+        for _ in 0..20 {
+            t += 10 * MS;
+            a.started(1);
+            a.record(t, Some(10 * MS), false);
+        }
+        assert_eq!(
+            a.limit(),
+            4,
+            "one request at a time is no evidence for more"
+        );
+    }
+
+    #[test]
+    fn reset_restarts_from_the_initial_limit() {
+        let mut a = Aimd::new(4, 64);
+        let mut t = Instant::now();
+        run(&mut a, &mut t, 6, RTT, false);
+        assert!(a.limit() > 4);
+        a.reset(4);
+        assert_eq!(a.limit(), 4);
+        assert!(a.mean_rtt().is_some(), "the RTT history is kept");
+    }
+}
