@@ -17,3 +17,31 @@ GRANT SELECT ON event_backbone._sqlx_migrations TO 'sync_worker'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON event_backbone.pending_events TO 'sync_worker'@'%';
 GRANT SELECT, INSERT ON event_backbone.merged_events TO 'sync_worker'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON event_backbone.delivery_state TO 'sync_worker'@'%';
+-- SPEC §6.1 (migration 0006): the runtime user reads archive checkpoints and
+-- coverage (history answers from checkpoint + remaining events); it never
+-- removes anything.
+GRANT SELECT ON event_backbone.record_checkpoints TO 'sync_worker'@'%';
+GRANT SELECT ON event_backbone.archive_segments TO 'sync_worker'@'%';
+GRANT SELECT ON event_backbone.archive_coverage TO 'sync_worker'@'%';
+
+-- The archiver (`event-backbone archive`, the chart's CronJob): a separate
+-- user that may DELETE ledger rows, which the database allows only for rows
+-- a recorded, verified archive segment covers (migration 0006's triggers
+-- refuse the rest with the ledger's own message, and count every removal
+-- against the segment's manifest). INSERT on the ledger is for
+-- `archive restore`. No DDL, no UPDATE on the ledger.
+CREATE USER IF NOT EXISTS 'event_archiver'@'%' IDENTIFIED BY 'change-me';
+GRANT SELECT, INSERT, DELETE ON event_backbone.events TO 'event_archiver'@'%';
+GRANT SELECT, INSERT, DELETE ON event_backbone.event_audit_log TO 'event_archiver'@'%';
+GRANT SELECT, INSERT, DELETE ON event_backbone.merged_events TO 'event_archiver'@'%';
+GRANT SELECT, INSERT, DELETE ON event_backbone.dead_letters TO 'event_archiver'@'%';
+GRANT SELECT ON event_backbone.record_state TO 'event_archiver'@'%';
+GRANT SELECT ON event_backbone.pending_events TO 'event_archiver'@'%';
+GRANT SELECT ON event_backbone.outbox TO 'event_archiver'@'%';
+GRANT SELECT ON event_backbone.delivery_state TO 'event_archiver'@'%';
+GRANT SELECT ON event_backbone._sqlx_migrations TO 'event_archiver'@'%';
+GRANT SELECT, INSERT, UPDATE ON event_backbone.archive_segments TO 'event_archiver'@'%';
+GRANT SELECT, INSERT ON event_backbone.archive_coverage TO 'event_archiver'@'%';
+GRANT SELECT, INSERT ON event_backbone.archive_segment_tables TO 'event_archiver'@'%';
+GRANT SELECT, INSERT ON event_backbone.archive_dead_letters TO 'event_archiver'@'%';
+GRANT SELECT, INSERT, UPDATE ON event_backbone.record_checkpoints TO 'event_archiver'@'%';

@@ -306,6 +306,8 @@ impl From<HistoryError> for ApiError {
         match e {
             HistoryError::BadLimit(_) => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
             HistoryError::Replay { .. } => ApiError(StatusCode::CONFLICT, e.to_string()),
+            // Archived history (SPEC §6.1): there, but not in the database.
+            HistoryError::Archived { .. } => ApiError(StatusCode::GONE, e.to_string()),
             HistoryError::Store(ref s) => {
                 tracing::error!(error = %s, "An admin history read failed.");
                 ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())

@@ -38,6 +38,8 @@ pub enum Command {
     Verify(commands::verify::Args),
     /// Why each field of a record holds its value: the event that set it, its conflicts, its deliveries.
     Explain(commands::explain::Args),
+    /// Retention: move rows older than `retention.keep` to the snapshot bucket, leaving checkpoints; restore them.
+    Archive(commands::archive::Args),
     /// Run the scripted story of SPEC §9 on the embedded default (emulator, SQLite, stand-in targets).
     Demo(commands::demo::Args),
     /// Check Pub/Sub, the event store and the snapshot store with the configured credentials.
@@ -91,6 +93,7 @@ async fn dispatch(cmd: Command) -> i32 {
         Command::Events(a) => commands::events::run(settings, a).await,
         Command::Verify(a) => commands::verify::run(settings, a).await,
         Command::Explain(a) => commands::explain::run(settings, a).await,
+        Command::Archive(a) => commands::archive::run(settings, a).await,
         Command::Demo(a) => commands::demo::run(settings, a).await,
         Command::Doctor => commands::doctor::run(settings).await,
         Command::Mcp => commands::mcp::run(settings).await,

@@ -27,6 +27,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub shutdown: ShutdownSettings,
     pub outbox: OutboxSettings,
+    pub retention: RetentionSettings,
     pub log: LogSettings,
     pub mcp: McpSettings,
 }
@@ -203,6 +204,25 @@ pub struct OutboxSettings {
     /// How often the relay looks.
     #[serde(with = "duration_str")]
     pub relay_interval: Duration,
+}
+
+/// Retention with archival (SPEC §6.1, `event-backbone archive`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RetentionSettings {
+    /// Rows younger than this stay in the database; `archive` moves older
+    /// ones to the snapshot bucket (its `--older-than` default).
+    #[serde(with = "duration_str")]
+    pub keep: Duration,
+    /// Events per archive segment (one object, one manifest).
+    pub segment_events: usize,
+    /// Rows removed per transaction once a segment is verified: small, so
+    /// the merge stage never waits long on the archiver.
+    pub delete_batch: usize,
+    /// Pause after each unit of archive work (a removal transaction, a
+    /// segment built), as a multiple of the time it took: 1.0 keeps the
+    /// archiver busy at most half the time, leaving the database and the CPU
+    /// to the merge stage.
+    pub pace: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

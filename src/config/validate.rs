@@ -254,6 +254,21 @@ impl Settings {
         if self.outbox.relay_interval.is_zero() {
             return Err(invalid("outbox.relay_interval", "must be greater than 0"));
         }
+        if self.retention.keep < std::time::Duration::from_secs(3600) {
+            return Err(invalid("retention.keep", "must be at least 1h"));
+        }
+        if self.retention.segment_events == 0 {
+            return Err(invalid("retention.segment_events", "must be at least 1"));
+        }
+        if !(1..=10_000).contains(&self.retention.delete_batch) {
+            return Err(invalid(
+                "retention.delete_batch",
+                "must be between 1 and 10000",
+            ));
+        }
+        if !(0.0..=100.0).contains(&self.retention.pace) {
+            return Err(invalid("retention.pace", "must be between 0 and 100"));
+        }
         if self.shutdown.grace.is_zero() {
             return Err(invalid("shutdown.grace", "must be greater than 0"));
         }

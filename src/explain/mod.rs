@@ -219,7 +219,7 @@ pub fn explain(
     policy: &MergePolicy,
     field: Option<&str>,
 ) -> Result<Explanation, ExplainError> {
-    if facts.events.is_empty() && facts.projection.is_none() {
+    if facts.events.is_empty() && facts.projection.is_none() && facts.checkpoint.is_none() {
         return Err(ExplainError::UnknownRecord {
             record_type: record_type.to_string(),
             record_id: record_id.to_string(),
@@ -229,8 +229,39 @@ pub fn explain(
     let stored = stored_conflicts(facts, &mut warnings);
 
     let mut held: HashMap<String, Held> = HashMap::new();
+    // Archived history (SPEC §6.1): the replay starts at the checkpoint, whose
+    // fields name the archive segment instead of the event that set them.
+    let (start, events) = history::from_checkpoint(facts.checkpoint.clone(), &facts.events, None)?;
+    if start.1 > 0 {
+        let segment = facts
+            .checkpoint
+            .as_ref()
+            .map(|c| c.segment_id.clone())
+            .unwrap_or_default();
+        warnings.push(format!(
+            "events up to sequence {} are archived (segment {segment}): fields last set by them \
+             are explained from its checkpoint; `event-backbone archive restore --segment \
+             {segment}` brings them back",
+            start.1
+        ));
+        for (f, fs) in &start.0.fields {
+            held.insert(
+                f.clone(),
+                Held {
+                    event: EventRef {
+                        event_id: format!("archived:{segment}"),
+                        sequence_num: start.1,
+                        version: fs.version,
+                        source: fs.source,
+                        timestamp: format_timestamp(&fs.timestamp),
+                    },
+                    value: fs.value.clone(),
+                },
+            );
+        }
+    }
     let mut conflicts: BTreeMap<String, Vec<ConflictView>> = BTreeMap::new();
-    let (state, last_seq) = history::fold_each(&facts.events, policy, |e, inc, r| {
+    let (state, last_seq) = history::fold_each_from(start, events, policy, |e, inc, r| {
         let me = EventRef {
             event_id: e.id.clone(),
             sequence_num: e.sequence_num,
@@ -704,6 +735,7 @@ mod tests {
             }),
             merged,
             audit: audit_rows,
+            checkpoint: None,
         }
     }
 

@@ -4,6 +4,7 @@
 //! the same [`rules::merge`] the live stage runs. The queries are the
 //! store's ([`crate::store::history`]).
 
+pub mod archive;
 pub mod verify;
 
 use std::collections::{BTreeMap, HashMap};
@@ -42,6 +43,20 @@ pub enum HistoryError {
         record_id: String,
         seq: i64,
         reason: String,
+    },
+    /// The state asked for lies before the record's checkpoint: those
+    /// events are in an archive segment, not in the database.
+    #[error(
+        "{record_type}/{record_id} at sequence {seq} is archived: events up to sequence {through} \
+         are in archive segment {segment}; `event-backbone archive restore --segment {segment}` \
+         brings them back"
+    )]
+    Archived {
+        record_type: String,
+        record_id: String,
+        seq: i64,
+        through: i64,
+        segment: String,
     },
 }
 
@@ -97,6 +112,9 @@ pub struct EventPage {
     pub more: bool,
     /// Pass as `before_seq` to get the next page.
     pub next_before_seq: Option<i64>,
+    /// Where the record's archived events are (SPEC §6.1), oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub archived: Vec<crate::store::archive::ArchivedRange>,
 }
 
 /// A record's events newest first, filtered and paged.
@@ -128,12 +146,15 @@ pub async fn list(
         None
     };
     let events = attach_audit(&mut reader, record, events).await?;
+    drop(reader);
+    let archived = store.archived_ranges(record_type, record_id).await?;
     Ok(EventPage {
         record_type: record_type.to_string(),
         record_id: record_id.to_string(),
         events,
         more,
         next_before_seq,
+        archived,
     })
 }
 
@@ -272,8 +293,10 @@ pub async fn replay(
     to_seq: Option<i64>,
 ) -> Result<Replayed, HistoryError> {
     let started = Instant::now();
+    let checkpoint = store.checkpoint(record_type, record_id).await?;
     let events = store.record_events(record_type, record_id, to_seq).await?;
-    let (state, last_seq) = fold(&events, policy)?;
+    let (start, events) = from_checkpoint(checkpoint, &events, to_seq)?;
+    let (state, last_seq) = fold_each_from(start, events, policy, |_, _, _| {})?;
     Ok(Replayed {
         record_type: record_type.to_string(),
         record_id: record_id.to_string(),
@@ -283,6 +306,34 @@ pub async fn replay(
         state,
         elapsed: started.elapsed(),
     })
+}
+
+/// Where a fold of `events` (a record's, up to `to_seq`) starts: at the
+/// beginning when the record's first event is stored (never archived, or
+/// restored), else at its checkpoint, skipping stored events it already
+/// holds. Asking for a state before the checkpoint is [`HistoryError::Archived`].
+pub fn from_checkpoint(
+    checkpoint: Option<crate::store::archive::Checkpoint>,
+    events: &[StoredEvent],
+    to_seq: Option<i64>,
+) -> Result<((RecordState, i64), &[StoredEvent]), HistoryError> {
+    let Some(cp) = checkpoint else {
+        return Ok(((RecordState::default(), 0), events));
+    };
+    if events.first().is_some_and(|e| e.sequence_num == 1) {
+        return Ok(((RecordState::default(), 0), events));
+    }
+    if let Some(seq) = to_seq.filter(|s| *s < cp.sequence_num) {
+        return Err(HistoryError::Archived {
+            record_type: cp.record_type,
+            record_id: cp.record_id,
+            seq,
+            through: cp.sequence_num,
+            segment: cp.segment_id,
+        });
+    }
+    let rest = events.partition_point(|e| e.sequence_num <= cp.sequence_num);
+    Ok(((cp.state, cp.sequence_num), &events[rest..]))
 }
 
 /// Folds events (in sequence order, starting at 1, without gaps) through the
@@ -300,10 +351,19 @@ pub fn fold(
 pub fn fold_each(
     events: &[StoredEvent],
     policy: &MergePolicy,
+    seen: impl FnMut(&StoredEvent, &Incoming<'_>, &rules::MergeResult),
+) -> Result<(RecordState, i64), HistoryError> {
+    fold_each_from((RecordState::default(), 0), events, policy, seen)
+}
+
+/// [`fold_each`] from a given state and the sequence_num it stands at (a
+/// checkpoint of archived history, SPEC §6.1).
+pub fn fold_each_from(
+    (mut state, mut last_seq): (RecordState, i64),
+    events: &[StoredEvent],
+    policy: &MergePolicy,
     mut seen: impl FnMut(&StoredEvent, &Incoming<'_>, &rules::MergeResult),
 ) -> Result<(RecordState, i64), HistoryError> {
-    let mut state = RecordState::default();
-    let mut last_seq = 0;
     for e in events {
         let fail = |reason: String| HistoryError::Replay {
             record_type: e.record_type.clone(),

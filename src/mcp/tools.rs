@@ -68,7 +68,10 @@ impl From<HistoryError> for ToolError {
         match e {
             HistoryError::Store(s) => s.into(),
             HistoryError::BadLimit(_) => ToolError::Invalid(e.to_string()),
-            HistoryError::Replay { .. } => ToolError::Failed(e.to_string()),
+            // Archived (SPEC §6.1): the message names the segment and `archive restore`.
+            HistoryError::Replay { .. } | HistoryError::Archived { .. } => {
+                ToolError::Failed(e.to_string())
+            }
         }
     }
 }

@@ -108,7 +108,10 @@ fn split_gs(url: &str) -> Option<(&str, &str)> {
 
 /// For our own content-addressed names, the SHA-256 of the content.
 fn expected_sha256(object: &str) -> Option<&str> {
-    let hex = object.rsplit_once("sha256/")?.1.strip_suffix(".json")?;
+    let rest = object.rsplit_once("sha256/")?.1;
+    let hex = rest
+        .strip_suffix(".json")
+        .or_else(|| rest.strip_suffix(".jsonl.gz"))?;
     (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
 }
 
@@ -160,6 +163,39 @@ impl SnapshotStore for GcsSnapshots {
     fn put(&self, data: Bytes) -> BoxFuture<'_, Result<String, SnapshotError>> {
         Box::pin(async move {
             let name = format!("{}{}", self.prefix, object_name(&data));
+            self.write(name, data, "application/json").await
+        })
+    }
+
+    fn put_archive(
+        &self,
+        data: Bytes,
+        suffix: &'static str,
+    ) -> BoxFuture<'_, Result<String, SnapshotError>> {
+        Box::pin(async move {
+            let name = format!(
+                "{}{}",
+                self.prefix,
+                super::archive_object_name(&data, suffix)
+            );
+            let kind = if suffix.ends_with(".gz") {
+                "application/gzip"
+            } else {
+                "application/json"
+            };
+            self.write(name, data, kind).await
+        })
+    }
+}
+
+impl GcsSnapshots {
+    async fn write(
+        &self,
+        name: String,
+        data: Bytes,
+        content_type: &'static str,
+    ) -> Result<String, SnapshotError> {
+        {
             let reference = format!("gs://{}/{}", self.bucket, name);
             // Generation 0 means "only if absent": the same content is
             // written once, and a retried upload cannot overwrite anything.
@@ -167,7 +203,7 @@ impl SnapshotStore for GcsSnapshots {
                 .client
                 .write_object(self.bucket_path(), name.clone(), data)
                 .set_if_generation_match(0)
-                .set_content_type("application/json")
+                .set_content_type(content_type)
                 .send_buffered()
                 .await;
             match written {
@@ -178,7 +214,7 @@ impl SnapshotStore for GcsSnapshots {
                     reason: e.to_string(),
                 }),
             }
-        })
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-use super::{object_name, SnapshotError, SnapshotStore};
+use super::{archive_object_name, object_name, SnapshotError, SnapshotStore};
 
 #[derive(Debug, Clone)]
 pub struct LocalSnapshots {
@@ -71,8 +71,21 @@ impl SnapshotStore for LocalSnapshots {
     }
 
     fn put(&self, data: Bytes) -> BoxFuture<'_, Result<String, SnapshotError>> {
-        Box::pin(async move {
-            let name = object_name(&data);
+        Box::pin(async move { self.write(object_name(&data), data).await })
+    }
+
+    fn put_archive(
+        &self,
+        data: Bytes,
+        suffix: &'static str,
+    ) -> BoxFuture<'_, Result<String, SnapshotError>> {
+        Box::pin(async move { self.write(archive_object_name(&data, suffix), data).await })
+    }
+}
+
+impl LocalSnapshots {
+    async fn write(&self, name: String, data: Bytes) -> Result<String, SnapshotError> {
+        {
             let path = self.root.join(&name);
             let reference = format!("file://{}/{}", self.root.display(), name);
             let unavailable = |e: std::io::Error| SnapshotError::Unreachable {
@@ -92,7 +105,7 @@ impl SnapshotStore for LocalSnapshots {
             tokio::fs::write(&tmp, &data).await.map_err(unavailable)?;
             tokio::fs::rename(&tmp, &path).await.map_err(unavailable)?;
             Ok(reference)
-        })
+        }
     }
 }
 

@@ -33,6 +33,22 @@ pub trait SnapshotStore: Send + Sync + 'static {
     /// Writes `data` under a name derived from its content and returns the
     /// reference; writing the same content twice writes one object.
     fn put(&self, data: Bytes) -> BoxFuture<'_, Result<String, SnapshotError>>;
+    /// Writes an archive segment or manifest (SPEC §6.1) under
+    /// [`archive_object_name`]: a prefix of its own, so a lifecycle rule on
+    /// the claim checks' `sha256/` never touches the archive.
+    fn put_archive(
+        &self,
+        data: Bytes,
+        suffix: &'static str,
+    ) -> BoxFuture<'_, Result<String, SnapshotError>>;
+}
+
+/// `archive/sha256/<hex><suffix>`: an archive object's content-addressed name.
+pub fn archive_object_name(data: &[u8], suffix: &str) -> String {
+    format!(
+        "archive/sha256/{}{suffix}",
+        crate::model::fingerprint::sha256_hex(data)
+    )
 }
 
 /// `sha256/<hex>.json`: the content-addressed object name.

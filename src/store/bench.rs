@@ -36,3 +36,22 @@ impl Store {
             .collect()
     }
 }
+
+impl Store {
+    /// `bench archive`: every record as if both targets had acknowledged
+    /// its head (a store fed without deliveries), and no outbox left.
+    pub async fn bench_settle_deliveries(&self) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM outbox")
+            .execute(self.pool())
+            .await?;
+        sqlx::query(
+            "INSERT INTO delivery_state (target, record_type, record_id, acked_seq, acked_version, \
+             attempted_seq) SELECT t.target, s.record_type, s.record_id, s.last_seq, s.version, \
+             s.last_seq FROM record_state s CROSS JOIN (SELECT 'netsuite' AS target UNION ALL \
+             SELECT 'suitex' AS target) t",
+        )
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+}

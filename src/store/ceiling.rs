@@ -98,23 +98,15 @@ pub async fn read_run(store: &Store, prefix: &str) -> Result<RunRows, StoreError
     out.states = ledger::load_states(&mut conn, d, &keys, false).await?;
     drop(conn);
     let sql = format!(
-        "SELECT record_type, record_id, sequence_num, version, event_id, {} AS payload \
-         FROM merged_events WHERE record_id LIKE ? ORDER BY record_type, record_id, sequence_num",
-        d.text("payload")
+        "{} WHERE m.record_id LIKE ? ORDER BY m.record_type, m.record_id, m.sequence_num",
+        super::merged::select_sql(d)
     );
     for row in sqlx::query(&sql)
         .bind(like.clone())
         .fetch_all(store.pool())
         .await?
     {
-        out.merged.push(MergedRow {
-            record_type: get_text(&row, "record_type")?,
-            record_id: get_text(&row, "record_id")?,
-            sequence_num: row.try_get("sequence_num")?,
-            version: row.try_get("version")?,
-            event_id: get_text(&row, "event_id")?,
-            payload: get_text(&row, "payload")?,
-        });
+        out.merged.push(super::merged::from_row(&row)?);
     }
     // The outbox row of a merged event carries the same payload; the run's
     // own rows are deleted once published, so they are rebuilt here.

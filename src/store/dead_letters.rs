@@ -156,7 +156,7 @@ impl<'a> Columns<'a> {
 }
 
 /// A parked row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DeadLetter {
     pub id: i64,
     pub dlq_message_id: String,
@@ -204,7 +204,7 @@ pub enum Parked {
     AlreadyParked,
 }
 
-fn columns(store: &Store) -> String {
+pub(super) fn columns(store: &Store) -> String {
     let d = store.dialect();
     format!(
         "id, dlq_message_id, origin_message_id, stage, reason, attempts, fingerprint, record_type, \
@@ -218,7 +218,7 @@ fn columns(store: &Store) -> String {
     )
 }
 
-fn from_row(row: &sqlx::any::AnyRow) -> Result<DeadLetter, StoreError> {
+pub(super) fn from_row(row: &sqlx::any::AnyRow) -> Result<DeadLetter, StoreError> {
     let corrupt =
         |c: &str, e: serde_json::Error| StoreError::Corrupt(format!("dead_letters.{c}: {e}"));
     Ok(DeadLetter {

@@ -3,13 +3,12 @@
 //! a record the daemon is writing meanwhile is seen consistently.
 //!
 //! Each query is an index range on the record: `idx_events_aggregate`, the
-//! `record_state` and `merged_events` primary keys, `idx_audit_record`.
-
-use sqlx::Row;
+//! `record_state` and `merged_events` primary keys (each merged event joined
+//! to its event by `idx_events_aggregate`), `idx_audit_record`.
 
 use super::audit::audit_columns;
 use super::ledger::{self, StateRow, StoredEvent};
-use super::{get_text, Store, StoreError};
+use super::{Store, StoreError};
 
 /// One stored merged event (the payload as published, never a claim check).
 #[derive(Debug, Clone)]
@@ -34,6 +33,8 @@ pub struct RecordFacts {
     pub merged: Vec<MergedFact>,
     /// In insertion order (`id`).
     pub audit: Vec<AuditFact>,
+    /// The state after the record's archived events, if some are (SPEC §6.1).
+    pub checkpoint: Option<super::archive::Checkpoint>,
 }
 
 impl Store {
@@ -48,9 +49,8 @@ impl Store {
         let projection = ledger::record_state(&mut tx, d, record_type, record_id).await?;
 
         let sql = format!(
-            "SELECT sequence_num, version, event_id, {} AS payload FROM merged_events \
-             WHERE record_type = ? AND record_id = ? ORDER BY sequence_num",
-            d.text("payload")
+            "{} WHERE m.record_type = ? AND m.record_id = ? ORDER BY m.sequence_num",
+            super::merged::select_sql(d)
         );
         let rows = sqlx::query(&sql)
             .bind(record_type.to_string())
@@ -60,11 +60,12 @@ impl Store {
         let merged = rows
             .iter()
             .map(|r| {
+                let m = super::merged::from_row(r)?;
                 Ok(MergedFact {
-                    sequence_num: r.try_get("sequence_num")?,
-                    version: r.try_get("version")?,
-                    event_id: get_text(r, "event_id")?,
-                    payload: get_text(r, "payload")?,
+                    sequence_num: m.sequence_num,
+                    version: m.version,
+                    event_id: m.event_id,
+                    payload: m.payload,
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -82,12 +83,14 @@ impl Store {
             .iter()
             .map(AuditFact::from_row)
             .collect::<Result<Vec<_>, _>>()?;
+        let checkpoint = super::archive::checkpoint(&mut tx, d, record_type, record_id).await?;
         tx.commit().await?;
         Ok(RecordFacts {
             events,
             projection,
             merged,
             audit,
+            checkpoint,
         })
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! Every single-record query is an index range on `idx_events_aggregate`
 //! (record_type, record_id, sequence_num) or on the audit log's
-//! `idx_audit_record_event` (record_type, record_id, event_id): cost grows
+//! `idx_audit_record` (record_type, record_id, event_id): cost grows
 //! with the page, never with the table.
 
 use chrono::{DateTime, Utc};
@@ -28,6 +28,13 @@ pub struct EventPageQuery<'a> {
     /// Event timestamp < until (exclusive).
     pub until: Option<&'a DateTime<Utc>>,
 }
+
+/// A record's projection, its stored events and its archive checkpoint.
+pub type RecordWithProjection = (
+    Option<StateRow>,
+    Vec<StoredEvent>,
+    Option<super::archive::Checkpoint>,
+);
 
 /// One pooled connection for the several reads of one history page.
 pub struct HistoryReader {
@@ -55,20 +62,21 @@ impl Store {
         ledger::record_events(&mut conn, self.dialect(), record_type, record_id, to_seq).await
     }
 
-    /// A record's projection and its events, read in one transaction so a
+    /// A record's projection, its events and its checkpoint, read in one transaction so a
     /// record the daemon is writing meanwhile is seen consistently (event
     /// rows and projection commit together).
     pub async fn record_with_projection(
         &self,
         record_type: &str,
         record_id: &str,
-    ) -> Result<(Option<StateRow>, Vec<StoredEvent>), StoreError> {
+    ) -> Result<RecordWithProjection, StoreError> {
         let d = self.dialect();
         let mut tx = self.pool().begin().await?;
         let projection = ledger::record_state(&mut tx, d, record_type, record_id).await?;
         let events = ledger::record_events(&mut tx, d, record_type, record_id, None).await?;
+        let checkpoint = super::archive::checkpoint(&mut tx, d, record_type, record_id).await?;
         tx.commit().await?;
-        Ok((projection, events))
+        Ok((projection, events, checkpoint))
     }
 
     /// Up to `page` distinct record keys in the event store after `after`, in
@@ -184,8 +192,8 @@ impl HistoryReader {
 /// Audit rows of one record: those naming one of `values` as event id, or
 /// (with `by_fingerprint`) those naming no event whose fingerprint is listed.
 ///
-/// Both are ranges of `idx_audit_record_event`. MySQL is told to ignore the
-/// single-column indexes: with a long IN list its range optimizer would
+/// Both are ranges of `idx_audit_record`. MySQL is told to ignore the
+/// indexes led by event id and fingerprint: with a long IN list its range optimizer would
 /// otherwise probe each of them once per value to estimate costs, and those
 /// probes land on random, usually cold, pages.
 async fn audit_rows(
@@ -199,7 +207,7 @@ async fn audit_rows(
         return Ok(Vec::new());
     }
     let hint = match d.0 {
-        Backend::Mysql => " IGNORE INDEX (idx_audit_event, idx_audit_fingerprint, uq_audit_claim)",
+        Backend::Mysql => " IGNORE INDEX (idx_audit_event, idx_audit_fingerprint)",
         Backend::Sqlite => "",
     };
     let mut q: QueryBuilder<Any> = QueryBuilder::new(format!(

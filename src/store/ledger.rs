@@ -337,8 +337,8 @@ pub async fn upsert_states(
     Ok(())
 }
 
-/// A stored event as read back by history queries.
-#[derive(Debug, Clone, serde::Serialize)]
+/// A stored event as read back by history queries (and archived as such).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StoredEvent {
     pub id: String,
     pub record_type: String,

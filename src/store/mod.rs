@@ -1,6 +1,7 @@
 //! The event store (SPEC §6): one sqlx `Any` pool over MySQL 8 / MariaDB or
 //! SQLite. The SQL is shared; the few dialect differences live in [`Dialect`].
 
+pub mod archive;
 pub mod audit;
 pub mod bench;
 pub mod ceiling;
@@ -22,6 +23,7 @@ pub mod schema;
 #[cfg(test)]
 mod schema_limits;
 pub mod scratch;
+pub mod sizes;
 pub mod story;
 
 use std::sync::Arc;

@@ -5,6 +5,7 @@ mod support;
 
 mod alerts;
 mod architecture;
+mod archive;
 mod bench_pipeline;
 mod chart;
 mod chart_helm;

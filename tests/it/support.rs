@@ -862,6 +862,8 @@ pub async fn apply_shipped_grants(db: &str) -> String {
             .expect("grants file")
             .replace("event_backbone.", &format!("{db}."))
             .replace("'sync_worker'", &format!("'{user}'"))
+            // The archiver of the same grants file: `{user}_ar`.
+            .replace("'event_archiver'", &format!("'{user}_ar'"))
             .replace("'change-me'", "'pw'");
     let mut admin = sqlx::MySqlConnection::connect(&mariadb_admin_url())
         .await
@@ -893,6 +895,9 @@ pub async fn drop_user(user: &str) {
         .execute(&mut admin)
         .await
         .expect("drop user");
+    let _ = sqlx::query(&format!("DROP USER IF EXISTS '{user}_ar'@'%'"))
+        .execute(&mut admin)
+        .await;
 }
 
 /// A transient merge fault a test can clear: raw events whose changes live

@@ -92,6 +92,31 @@ $(DB_PASSWORD) because DB_PASSWORD is defined just before it.
 {{- end }}
 
 {{/*
+The archiver's database URL (archive.user, archive.secret): only the
+archive CronJob reads it; the archiver may DELETE only rows a recorded
+archive segment covers (sql/grants-mysql.sql, migration 0006).
+*/}}
+{{- define "event-backbone.archiverDatabaseEnv" -}}
+{{- $db := .Values.database }}
+{{- $s := .Values.archive.secret }}
+{{- if $s.urlKey }}
+- name: BACKBONE__DATABASE__URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "archive.secret.name is required when archive.enabled" $s.name }}
+      key: {{ $s.urlKey }}
+{{- else }}
+- name: DB_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "archive.secret.name is required when archive.enabled" $s.name }}
+      key: {{ $s.passwordKey }}
+- name: BACKBONE__DATABASE__URL
+  value: {{ printf "mysql://%s:$(DB_PASSWORD)@%s:%d/%s" .Values.archive.user $db.host (int $db.port) $db.name | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
 Cloud SQL Auth Proxy as a native sidecar: an init container with
 restartPolicy Always starts (and passes its startup probe) before the app
 containers and is stopped after them.

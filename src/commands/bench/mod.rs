@@ -1,10 +1,12 @@
 //! `event-backbone bench`: figures, fail-closed (any error, lost or doubled
 //! event makes it exit non-zero). One file per benchmark.
 
+pub mod archive;
 pub mod history;
 pub mod mcp;
 pub mod merge;
 pub mod pipeline;
+pub mod storage;
 
 use crate::config::Settings;
 
@@ -26,6 +28,11 @@ pub enum Which {
     /// The whole daemon (all five consumers) draining a raw backlog into two
     /// stand-in targets, vs an ack-only drain of the same messages.
     Pipeline(pipeline::Args),
+    /// Merge throughput while `archive` runs on the same database, vs without.
+    Archive(archive::Args),
+    /// Bytes per event on disk, per table and index, after a run through
+    /// merge and both deliveries (SPEC §6.1).
+    Storage(storage::Args),
 }
 
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
@@ -34,5 +41,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
         Which::History(a) => history::run(settings, a).await,
         Which::Mcp(a) => mcp::run(settings, a).await,
         Which::Pipeline(a) => pipeline::run(settings, a).await,
+        Which::Storage(a) => storage::run(settings, a).await,
+        Which::Archive(a) => archive::run(settings, a).await,
     }
 }

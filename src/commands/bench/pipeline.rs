@@ -124,20 +124,20 @@ struct StepMean {
 }
 
 #[derive(Debug, Serialize)]
-struct Report {
-    database: String,
-    records: usize,
+pub(super) struct Report {
+    pub(super) database: String,
+    pub(super) records: usize,
     /// Unique raw events; `raw_messages` adds the duplicates.
-    events: usize,
-    duplicates: usize,
-    raw_messages: usize,
-    merged_events: usize,
+    pub(super) events: usize,
+    pub(super) duplicates: usize,
+    pub(super) raw_messages: usize,
+    pub(super) merged_events: usize,
     backlog_publish_seconds: f64,
     daemon_ready_seconds: Option<f64>,
     /// Daemon start → the last expected delivery arrived at either target.
-    drain_seconds: f64,
+    pub(super) drain_seconds: f64,
     /// raw_messages / drain_seconds.
-    drain_events_per_s: f64,
+    pub(super) drain_events_per_s: f64,
     /// (raw_messages + 2 × merged_events) / drain_seconds: the same messages
     /// the baseline drains.
     pipeline_messages_per_s: f64,
@@ -155,8 +155,8 @@ struct Report {
     ratio: Option<f64>,
     /// Lost, doubled, unexpected, reordered or unreadable deliveries, missing
     /// merged events, pending raw events and parked dead letters.
-    failures: usize,
-    failure_detail: Vec<String>,
+    pub(super) failures: usize,
+    pub(super) failure_detail: Vec<String>,
 }
 
 impl Report {
@@ -252,8 +252,11 @@ impl Report {
 
 /// Everything the run creates, removed by [`Scratch::teardown`] on every path.
 #[derive(Default)]
-struct Scratch {
+pub(super) struct Scratch {
     daemon: Option<tokio::process::Child>,
+    /// The daemon's database, for a caller that reads it before teardown
+    /// (`bench storage`).
+    pub(super) db_url: Option<String>,
     daemon_log: Option<PathBuf>,
     topologies: Vec<Topology>,
     mysql: Option<(String, String)>,
@@ -269,7 +272,12 @@ impl Scratch {
         }
     }
 
-    async fn teardown(&mut self, ep: &clients::Endpoint) {
+    /// Leaves the MariaDB database out of the teardown; its URL.
+    pub(super) fn keep_mysql(&mut self) -> Option<String> {
+        self.mysql.take().and(self.db_url.clone())
+    }
+
+    pub(super) async fn teardown(&mut self, ep: &clients::Endpoint) {
         self.stop_daemon().await;
         self.stop_targets.cancel();
         for t in self.topologies.drain(..) {
@@ -282,7 +290,7 @@ impl Scratch {
     }
 
     /// The end of the daemon's log, for a failed run.
-    fn log_tail(&self, lines: usize) -> Option<String> {
+    pub(super) fn log_tail(&self, lines: usize) -> Option<String> {
         let text = std::fs::read_to_string(self.daemon_log.as_ref()?).ok()?;
         let all: Vec<&str> = text.lines().collect();
         Some(all[all.len().saturating_sub(lines)..].join("\n"))
@@ -324,7 +332,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-async fn bench(
+pub(super) async fn bench(
     settings: &Settings,
     args: &Args,
     ep: &clients::Endpoint,
@@ -354,6 +362,7 @@ async fn bench(
     let store = Store::connect(&db_url, 2, Duration::from_secs(10)).await?;
     store.migrate().await?;
     store.close().await;
+    scratch.db_url = Some(db_url.clone());
 
     let topo = Topology::new(settings.env, unique_project());
     scratch.topologies.push(topo.clone());

@@ -17,7 +17,7 @@ mod stage;
 
 pub(in crate::commands::bench) use self::baseline::teardown;
 pub(in crate::commands::bench) use self::generate::{generate, percentile, Gen};
-pub(in crate::commands::bench) use self::stage::MERGE_STEPS;
+pub(in crate::commands::bench) use self::stage::{feed, MERGE_STEPS};
 
 use crate::config::Settings;
 

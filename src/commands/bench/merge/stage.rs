@@ -120,13 +120,22 @@ async fn stage_run(
     };
     // Baseline: one transaction per message, on a slice of the events.
     let base_n = (args.stage_events / 10).max(500);
-    let baseline = feed(store, settings, args, records, base_n, 1, args.seed + 1).await?;
+    let baseline = feed(
+        store,
+        settings,
+        args.conflict_rate,
+        records,
+        base_n,
+        1,
+        args.seed + 1,
+    )
+    .await?;
     ceiling::clear_outbox(store).await?;
     let before = engine_figures();
     let batched = feed(
         store,
         settings,
-        args,
+        args.conflict_rate,
         records,
         args.stage_events,
         settings.merge.batch_max,
@@ -195,18 +204,18 @@ async fn stage_run(
 }
 
 /// What a feed run measured; `prefix` starts the record ids it used.
-struct Fed {
-    rate: f64,
-    prefix: String,
+pub(in crate::commands::bench) struct Fed {
+    pub(in crate::commands::bench) rate: f64,
+    pub(in crate::commands::bench) prefix: String,
 }
 
 /// Feeds `n` events through a merge engine (one task per record, so each
 /// record's events stay in order) and checks every one was persisted once.
 /// The outbox keeps the run's rows (nothing publishes them).
-async fn feed(
+pub(in crate::commands::bench) async fn feed(
     store: &Store,
     settings: &Settings,
-    args: &Args,
+    conflict_rate: f64,
     records: usize,
     n: usize,
     batch_max: usize,
@@ -236,7 +245,7 @@ async fn feed(
     // Distinct record ids per run so runs don't see each other's state.
     let prefix = uuid::Uuid::new_v4().simple().to_string();
     let mut per_record: Vec<Vec<Item>> = (0..records).map(|_| Vec::new()).collect();
-    for (i, g) in generate(n, records, 0.0, args.conflict_rate, seed)
+    for (i, g) in generate(n, records, 0.0, conflict_rate, seed)
         .into_iter()
         .enumerate()
     {

@@ -1,0 +1,163 @@
+//! `event-backbone archive`: retention with archival (SPEC §6.1). Moves
+//! rows older than `--older-than` (default `retention.keep`) to the
+//! snapshot bucket and leaves a checkpoint per record; `archive restore`
+//! brings them back; `archive list` shows the recorded segments. Run it with
+//! the archiver's database user (sql/grants-mysql.sql), not the runtime one.
+
+use anyhow::{bail, Context};
+
+use crate::config::Settings;
+use crate::history::archive::{self, Options};
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Args {
+    #[command(subcommand)]
+    pub action: Option<Action>,
+    /// Archive rows older than this (e.g. `90d`); default `retention.keep`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub older_than: Option<std::time::Duration>,
+    /// Archive rows created before this instant (RFC 3339) instead.
+    #[arg(long, conflicts_with = "older_than")]
+    pub before: Option<String>,
+    /// Say what would be archived; write and remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Action {
+    /// Bring archived rows back into the database (for an audit).
+    Restore {
+        /// A segment's id (its SHA-256, or a unique prefix of it).
+        #[arg(long, required_unless_present = "record")]
+        segment: Option<String>,
+        /// Every archived row of one record, as `type/id`.
+        #[arg(long)]
+        record: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The recorded archive segments.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
+    let store = crate::app::connect_store(&settings).await?;
+    let result = act(&settings, &store, args).await;
+    store.close().await;
+    result
+}
+
+async fn act(settings: &Settings, store: &crate::store::Store, args: Args) -> anyhow::Result<i32> {
+    match args.action {
+        Some(Action::List { json }) => {
+            let segs = store.segments().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&segs)?);
+            } else {
+                for s in &segs {
+                    let state = match (&s.removed_at, &s.restored_at) {
+                        (_, Some(r)) => format!("restored {r}"),
+                        (Some(r), None) => format!("removed {r}"),
+                        (None, None) => "recorded, rows not yet removed".into(),
+                    };
+                    println!(
+                        "{} {} bytes, cutoff {}, {state}: {}",
+                        s.id, s.bytes, s.cutoff, s.reference
+                    );
+                }
+                println!("{} segments.", segs.len());
+            }
+            Ok(0)
+        }
+        Some(Action::Restore {
+            segment,
+            record,
+            json,
+        }) => {
+            let record = match &record {
+                Some(r) => Some(
+                    r.split_once('/')
+                        .with_context(|| format!("--record {r:?} is not type/id"))?,
+                ),
+                None => None,
+            };
+            let snapshots = crate::app::snapshot_store(settings).await?;
+            let r = archive::restore(store, snapshots.as_ref(), segment.as_deref(), record).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "Restored {} events, {} audit rows, {} merged events, {} dead letters from {} segments.",
+                    r.inserted[0],
+                    r.inserted[1],
+                    r.inserted[2],
+                    r.inserted[3],
+                    r.segments.len()
+                );
+            }
+            Ok(0)
+        }
+        None => {
+            let cutoff = match (&args.before, args.older_than) {
+                (Some(b), _) => chrono::DateTime::parse_from_rfc3339(b)
+                    .with_context(|| format!("--before {b:?} is not RFC 3339"))?
+                    .with_timezone(&chrono::Utc),
+                (None, d) => {
+                    let keep = d.unwrap_or(settings.retention.keep);
+                    let Ok(keep) = chrono::Duration::from_std(keep) else {
+                        bail!("--older-than is too large");
+                    };
+                    chrono::Utc::now() - keep
+                }
+            };
+            let snapshots = crate::app::snapshot_store(settings).await?;
+            let opts = Options {
+                cutoff,
+                segment_events: settings.retention.segment_events,
+                delete_batch: settings.retention.delete_batch,
+                pace: settings.retention.pace,
+                dry_run: args.dry_run,
+            };
+            let r =
+                archive::run(store, snapshots.as_ref(), &settings.merge_policy(), &opts).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                let verb = if r.dry_run {
+                    "Would archive"
+                } else {
+                    "Archived"
+                };
+                println!(
+                    "{verb} {} events in {} segments (rows created before {}) in {:.0} ms.",
+                    r.events,
+                    r.segments.len(),
+                    r.cutoff,
+                    r.elapsed_ms
+                );
+                for s in &r.finished_earlier {
+                    println!("  finished removing segment {s} (an earlier run stopped part-way)");
+                }
+                for s in &r.segments {
+                    println!(
+                        "  segment {}: {} records, {} events, {} audit rows, {} merged events, {} dead letters, {} bytes ({} uncompressed){}",
+                        s.id, s.records, s.events, s.audit, s.merged, s.dead_letters, s.bytes, s.uncompressed_bytes,
+                        if s.reference.is_empty() { String::new() } else { format!(" at {}", s.reference) }
+                    );
+                }
+                for h in &r.held {
+                    println!("  kept {}/{}: {}", h.record_type, h.record_id, h.reason);
+                }
+            }
+            Ok(0)
+        }
+    }
+}
