@@ -292,7 +292,9 @@ async fn scalar(store: &Store, sql: &str) -> i64 {
 /// Every record reached `versions` in the store and the target
 /// acknowledged it (for the records routed to it).
 async fn converged(app: &TestApp, target: &Target, records: &[String], versions: i64) -> bool {
-    eventually(WAIT, || async {
+    // Scaled up by hand (TARGETS_*), a run takes longer than the default.
+    let within = WAIT.max(Duration::from_millis(100) * (records.len() as u32 * versions as u32));
+    eventually(within, || async {
         let merged = scalar(
             &app.store,
             &format!("SELECT COUNT(*) FROM record_state WHERE version = {versions}"),
