@@ -163,7 +163,7 @@ impl Settings {
             {
                 return Err(invalid(
                     &key("initial_concurrency"),
-                    &format!(
+                    format!(
                         "must be between 1 and targets.{name}.max_concurrency ({})",
                         target.max_concurrency
                     ),
@@ -193,7 +193,7 @@ impl Settings {
             if target.lease_ttl <= target.timeout {
                 return Err(invalid(
                     &key("lease_ttl"),
-                    &format!("must be longer than targets.{name}.timeout"),
+                    format!("must be longer than targets.{name}.timeout"),
                 ));
             }
         }

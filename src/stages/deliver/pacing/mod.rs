@@ -225,7 +225,7 @@ impl Pacer {
     /// a `Retry-After` pauses it, so its consumer pulls nothing new.
     pub fn accepting(&self) -> bool {
         let st = self.lock();
-        !st.circuit.is_open() && !st.paused_until.is_some_and(|u| u > Instant::now())
+        !st.circuit.is_open() && st.paused_until.is_none_or(|u| u <= Instant::now())
     }
 
     pub fn snapshot(&self) -> TargetSnapshot {
