@@ -33,14 +33,30 @@ pub struct Publishers {
     topology: Topology,
     base: BasePublisher,
     by_topic: Mutex<HashMap<String, Publisher>>,
+    /// How long a publish may wait to share a batch.
+    delay: Duration,
 }
+
+/// The daemon's batching delay: its publishes come in bursts.
+const BATCH_DELAY: Duration = Duration::from_millis(5);
 
 impl Publishers {
     pub async fn new(topology: Topology, ep: &Endpoint) -> Result<Self, ClientError> {
+        Self::with_delay(topology, ep, BATCH_DELAY).await
+    }
+
+    /// Publishers that wait at most `delay` to batch (zero for one-off
+    /// publishes, such as an operator's MCP `emit_event`).
+    pub async fn with_delay(
+        topology: Topology,
+        ep: &Endpoint,
+        delay: Duration,
+    ) -> Result<Self, ClientError> {
         Ok(Self {
             topology,
             base: clients::base_publisher(ep).await?,
             by_topic: Mutex::new(HashMap::new()),
+            delay,
         })
     }
 
@@ -57,7 +73,7 @@ impl Publishers {
             .or_insert_with(|| {
                 self.base
                     .publisher(topic_path.to_string())
-                    .set_delay_threshold(Duration::from_millis(5))
+                    .set_delay_threshold(self.delay)
                     .build()
             })
             .clone()
