@@ -10,6 +10,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sqlx::AnyConnection;
+
+use super::delivery::DeliveryState;
 use super::{Store, StoreError};
 
 /// One (target, record) lease as its holder knows it.
@@ -27,6 +30,98 @@ pub fn new_holder() -> i64 {
     (rand::random::<u64>() >> 1) as i64
 }
 
+/// A delivery's claim on its next request, made in one statement with the
+/// group commit (see `delivery_log`): the lease, taken only while the target
+/// still stands where the delivery planned from, and the attempted position
+/// raised with it. One durable write before the POST where there were three
+/// (lease, a re-read under it, the attempted position).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub lease: Lease,
+    /// How long the lease lasts from the moment it is written.
+    pub ttl: Duration,
+    /// Where the delivery saw the target stand when it planned.
+    pub expect: DeliveryState,
+    /// The position this request carries (`None` for a merged event from
+    /// before positions were kept: the attempted position stays).
+    pub attempted: Option<i64>,
+}
+
+impl Claim {
+    fn attempted_after(&self) -> i64 {
+        self.attempted
+            .map_or(self.expect.attempted, |s| s.max(self.expect.attempted))
+    }
+}
+
+/// Makes `c` on `conn` (inside the caller's transaction). `Ok(false)`: the
+/// target moved on since the delivery planned, or another live replica holds
+/// the lease; the delivery reads again and decides again.
+pub(super) async fn claim(conn: &mut AnyConnection, c: &Claim) -> Result<bool, StoreError> {
+    let now = now_ms();
+    let until = now.saturating_add(i64::try_from(c.ttl.as_millis()).unwrap_or(i64::MAX));
+    let attempted = c.attempted_after();
+    let l = &c.lease;
+    let updated = sqlx::query(
+        "UPDATE delivery_state SET lease_holder = ?, lease_until = ?, attempted_seq = ? \
+         WHERE target = ? AND record_type = ? AND record_id = ? \
+         AND acked_seq = ? AND attempted_seq = ? \
+         AND (lease_holder IS NULL OR lease_holder = ? OR lease_until < ?)",
+    )
+    .bind(l.holder)
+    .bind(until)
+    .bind(attempted)
+    .bind(&l.target)
+    .bind(&l.record_type)
+    .bind(&l.record_id)
+    .bind(c.expect.acked)
+    .bind(c.expect.attempted)
+    .bind(l.holder)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if updated > 0 {
+        return Ok(true);
+    }
+    if c.expect == DeliveryState::default() {
+        // The record's first delivery to this target: no row yet, unless
+        // another replica made it a moment ago (then nothing is written).
+        // A plain INSERT: MySQL's `ON DUPLICATE KEY UPDATE` reports a
+        // found row as affected under CLIENT_FOUND_ROWS, which would read as
+        // taken. A duplicate fails only this statement, not the transaction.
+        let inserted = sqlx::query(
+            "INSERT INTO delivery_state (target, record_type, record_id, acked_seq, \
+             acked_version, attempted_seq, lease_holder, lease_until) \
+             VALUES (?, ?, ?, 0, 0, ?, ?, ?)",
+        )
+        .bind(&l.target)
+        .bind(&l.record_type)
+        .bind(&l.record_id)
+        .bind(attempted)
+        .bind(l.holder)
+        .bind(until)
+        .execute(&mut *conn)
+        .await;
+        let inserted = match inserted {
+            Ok(r) => r.rows_affected(),
+            Err(e) => {
+                let e = StoreError::from(e);
+                if !e.is_unique_violation() {
+                    return Err(e);
+                }
+                0
+            }
+        };
+        if inserted > 0 {
+            return Ok(true);
+        }
+    }
+    // Rows matched, not changed, on both backends (sqlx sets MySQL's
+    // CLIENT_FOUND_ROWS): no match means refused.
+    Ok(false)
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -35,76 +130,6 @@ fn now_ms() -> i64 {
 }
 
 impl Store {
-    /// Takes `lease` for `ttl` if it is free, expired or already ours.
-    /// `Ok(false)`: another live holder has it.
-    pub async fn take_delivery_lease(
-        &self,
-        lease: &Lease,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        self.timed(async {
-            let now = now_ms();
-            let until = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-            let _guard = self.write_guard().await;
-            let mut conn = self.pool().acquire().await?;
-            let taken = sqlx::query(
-                "UPDATE delivery_state SET lease_holder = ?, lease_until = ? \
-                 WHERE target = ? AND record_type = ? AND record_id = ? \
-                 AND (lease_holder IS NULL OR lease_holder = ? OR lease_until < ?)",
-            )
-            .bind(lease.holder)
-            .bind(until)
-            .bind(&lease.target)
-            .bind(&lease.record_type)
-            .bind(&lease.record_id)
-            .bind(lease.holder)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-            if taken > 0 {
-                return Ok(true);
-            }
-            // No row yet (the record's first delivery to this target), or
-            // someone else's lease.
-            let inserted = sqlx::query(
-                "INSERT INTO delivery_state (target, record_type, record_id, acked_seq, \
-                 acked_version, attempted_seq, lease_holder, lease_until) \
-                 VALUES (?, ?, ?, 0, 0, 0, ?, ?)",
-            )
-            .bind(&lease.target)
-            .bind(&lease.record_type)
-            .bind(&lease.record_id)
-            .bind(lease.holder)
-            .bind(until)
-            .execute(&mut *conn)
-            .await;
-            match inserted {
-                Ok(_) => Ok(true),
-                Err(e) => {
-                    let e = StoreError::from(e);
-                    if !e.is_unique_violation() {
-                        return Err(e);
-                    }
-                    // MySQL counts only changed rows: our own lease renewed
-                    // within the same millisecond reads as 0 above.
-                    let holder: Option<i64> = sqlx::query_scalar(
-                        "SELECT lease_holder FROM delivery_state \
-                         WHERE target = ? AND record_type = ? AND record_id = ?",
-                    )
-                    .bind(&lease.target)
-                    .bind(&lease.record_type)
-                    .bind(&lease.record_id)
-                    .fetch_optional(&mut *conn)
-                    .await?
-                    .flatten();
-                    Ok(holder == Some(lease.holder))
-                }
-            }
-        })
-        .await
-    }
-
     /// Who holds the (target, record) lease now, if anyone (tests, `explain`).
     pub async fn delivery_lease_holder(
         &self,

@@ -23,7 +23,7 @@ use sqlx::{Any, AnyConnection, QueryBuilder};
 use tokio::sync::{mpsc, oneshot};
 
 use super::delivery::DeliveryState;
-use super::delivery_lease::Lease;
+use super::delivery_lease::{self, Claim, Lease};
 use super::ledger::{self, AuditRow};
 use super::{get_text, Backend, Store, StoreError};
 
@@ -48,13 +48,18 @@ pub struct PositionRow {
 pub enum DeliveryWrite {
     /// An audit row that claims nothing (superseded, skipped, a failure…).
     Audit(AuditRow),
-    /// A request is about to start for this position.
-    Attempted(PositionRow),
+    /// Raises a position: attempted, and acknowledged too with `acked` (a
+    /// skipped merged event: the target is up to date through it).
+    Position(PositionRow),
     /// The target acknowledged: the audit claim and the acknowledged
     /// position, committed together (a claim another replica won fails both).
     Done(AuditRow, Option<PositionRow>),
     /// Gives the (target, record) delivery lease back.
     Release(Lease),
+    /// Takes the lease and raises the attempted position, if the target
+    /// still stands where the delivery planned (see [`Claim`]); its answer
+    /// says whether it did.
+    Claim(Claim),
 }
 
 /// What a delivery hands a writer: a write, and the lease to release in the
@@ -75,10 +80,12 @@ impl DeliveryWrite {
         }
         match self {
             DeliveryWrite::Audit(a) | DeliveryWrite::Done(a, None) => of_audit(a),
-            DeliveryWrite::Attempted(p) | DeliveryWrite::Done(_, Some(p)) => {
+            DeliveryWrite::Position(p) | DeliveryWrite::Done(_, Some(p)) => {
                 (p.record_type.as_str(), p.record_id.as_str())
             }
-            DeliveryWrite::Release(l) => (l.record_type.as_str(), l.record_id.as_str()),
+            DeliveryWrite::Release(l) | DeliveryWrite::Claim(Claim { lease: l, .. }) => {
+                (l.record_type.as_str(), l.record_id.as_str())
+            }
         }
     }
 }
@@ -104,7 +111,7 @@ pub type View = (bool, DeliveryState);
 /// when every handle is dropped.
 #[derive(Clone)]
 pub struct DeliveryLog {
-    senders: Arc<Vec<Inbox<Submission, ()>>>,
+    senders: Arc<Vec<Inbox<Submission, bool>>>,
     readers: Arc<Vec<Inbox<ViewKey, View>>>,
 }
 
@@ -151,6 +158,18 @@ impl DeliveryLog {
             release: None,
         })
         .await
+        .map(|_| ())
+    }
+
+    /// Makes `c` with the next group commit: `Ok(true)` once the lease is
+    /// held and the attempted position durable, `Ok(false)` if the target
+    /// moved on or another replica holds the lease.
+    pub async fn claim(&self, c: Claim) -> Result<bool, Arc<StoreError>> {
+        self.submit(Submission {
+            write: DeliveryWrite::Claim(c),
+            release: None,
+        })
+        .await
     }
 
     /// Writes `w` and releases `lease` in the same transaction.
@@ -164,9 +183,10 @@ impl DeliveryLog {
             release: Some(lease),
         })
         .await
+        .map(|_| ())
     }
 
-    async fn submit(&self, s: Submission) -> Result<(), Arc<StoreError>> {
+    async fn submit(&self, s: Submission) -> Result<bool, Arc<StoreError>> {
         let (t, id) = s.write.record();
         let record = (t.to_string(), id.to_string());
         ask(&self.senders, &record, s).await
@@ -191,16 +211,16 @@ async fn ask<T, R>(
     rx.await.map_err(|_| closed())?
 }
 
-async fn worker(store: Store, mut rx: mpsc::Receiver<(Submission, Reply<()>)>) {
+async fn worker(store: Store, mut rx: mpsc::Receiver<(Submission, Reply<bool>)>) {
     let mut batch = Vec::with_capacity(BATCH_MAX);
     // No linger: what queued while the last commit ran is the batch.
     while rx.recv_many(&mut batch, BATCH_MAX).await > 0 {
         let batch = std::mem::take(&mut batch);
         let writes: Vec<Submission> = batch.iter().map(|(w, _)| w.clone()).collect();
         match write_retrying(&store, &writes).await {
-            Ok(()) => {
-                for (_, reply) in batch {
-                    let _ = reply.send(Ok(()));
+            Ok(answers) => {
+                for ((_, reply), ok) in batch.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(ok));
                 }
             }
             // One write refused (a claim another replica won, a value the
@@ -210,6 +230,7 @@ async fn worker(store: Store, mut rx: mpsc::Receiver<(Submission, Reply<()>)>) {
                     let one = store
                         .timed(write_batch(&store, std::slice::from_ref(&w)))
                         .await
+                        .map(|a| a.first().copied().unwrap_or(true))
                         .map_err(Arc::new);
                     let _ = reply.send(one);
                 }
@@ -315,7 +336,7 @@ async fn read_views(
 }
 
 /// [`write_batch`], again on a deadlock or lock timeout.
-async fn write_retrying(store: &Store, writes: &[Submission]) -> Result<(), StoreError> {
+async fn write_retrying(store: &Store, writes: &[Submission]) -> Result<Vec<bool>, StoreError> {
     let attempt = || async { store.timed(write_batch(store, writes)).await };
     attempt
         .retry(
@@ -330,11 +351,14 @@ async fn write_retrying(store: &Store, writes: &[Submission]) -> Result<(), Stor
         .await
 }
 
-/// Writes a batch in one transaction: every audit row in one insert, and the
-/// positions folded per record (highest attempted, highest acknowledged).
-async fn write_batch(store: &Store, submissions: &[Submission]) -> Result<(), StoreError> {
+/// Writes a batch in one transaction: every audit row in one insert, the
+/// positions folded per record (highest attempted, highest acknowledged),
+/// the releases, then each claim; answers each submission (a claim may say
+/// no, every other write says yes).
+async fn write_batch(store: &Store, submissions: &[Submission]) -> Result<Vec<bool>, StoreError> {
     let mut audits: Vec<AuditRow> = Vec::new();
     let mut releases: Vec<&Lease> = Vec::new();
+    let mut claims: Vec<(usize, &Claim)> = Vec::new();
     // (target, type, id) → (acked seq, its version, attempted seq); a
     // BTreeMap so every transaction locks rows in the same order.
     let mut positions: BTreeMap<(String, String, String), (i64, i64, i64)> = BTreeMap::new();
@@ -348,10 +372,10 @@ async fn write_batch(store: &Store, submissions: &[Submission]) -> Result<(), St
         }
         e.2 = e.2.max(p.seq);
     };
-    for sub in submissions {
+    for (i, sub) in submissions.iter().enumerate() {
         match &sub.write {
             DeliveryWrite::Audit(a) => audits.push(a.clone()),
-            DeliveryWrite::Attempted(p) => raise(p),
+            DeliveryWrite::Position(p) => raise(p),
             DeliveryWrite::Done(a, p) => {
                 audits.push(a.clone());
                 if let Some(p) = p {
@@ -359,6 +383,7 @@ async fn write_batch(store: &Store, submissions: &[Submission]) -> Result<(), St
                 }
             }
             DeliveryWrite::Release(l) => releases.push(l),
+            DeliveryWrite::Claim(c) => claims.push((i, c)),
         }
         releases.extend(sub.release.as_ref());
     }
@@ -376,8 +401,18 @@ async fn write_batch(store: &Store, submissions: &[Submission]) -> Result<(), St
     for chunk in releases.chunks(100) {
         release_leases(&mut tx, chunk).await?;
     }
+    let mut answers = vec![true; submissions.len()];
+    // In record order, as the positions above, so two transactions lock
+    // rows in the same order.
+    claims.sort_by(|a, b| {
+        let key = |c: &Claim| (c.lease.record_type.clone(), c.lease.record_id.clone());
+        key(a.1).cmp(&key(b.1))
+    });
+    for (i, c) in claims {
+        answers[i] = delivery_lease::claim(&mut tx, c).await?;
+    }
     tx.commit().await?;
-    Ok(())
+    Ok(answers)
 }
 
 type PositionEntry = ((String, String, String), (i64, i64, i64));

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use event_backbone::store::delivery::DeliveryState;
+use event_backbone::store::delivery_lease::{Claim, Lease};
 use event_backbone::store::delivery_log::{DeliveryLog, DeliveryWrite, PositionRow, ViewKey};
 use event_backbone::store::ledger::AuditRow;
 use event_backbone::store::Store;
@@ -70,7 +72,7 @@ async fn group_commit(db: Db) {
         let log = log.clone();
         let rec = format!("r{i}");
         writes.push(tokio::spawn(async move {
-            log.write(DeliveryWrite::Attempted(at(&rec, 2, false)))
+            log.write(DeliveryWrite::Position(at(&rec, 2, false)))
                 .await
                 .map_err(|e| e.to_string())
         }));
@@ -153,6 +155,145 @@ async fn group_commit(db: Db) {
     assert_eq!(got[2].1.acked, 3);
     assert!(got[3].0);
     assert_eq!(got[3].1.acked, 0, "a record never delivered stands at 0");
+}
+
+fn claim_of(holder: i64, record: &str, expect: DeliveryState, seq: i64, ttl_ms: u64) -> Claim {
+    Claim {
+        lease: Lease {
+            target: "netsuite".into(),
+            record_type: "project".into(),
+            record_id: record.into(),
+            holder,
+        },
+        ttl: Duration::from_millis(ttl_ms),
+        expect,
+        attempted: Some(seq),
+    }
+}
+
+fn state(acked: i64, acked_version: i64, attempted: i64) -> DeliveryState {
+    DeliveryState {
+        acked,
+        acked_version,
+        attempted,
+    }
+}
+
+/// The claim before a POST (SPEC §4.2): the lease and the attempted position
+/// in one write, refused when another live replica holds the lease or the
+/// target moved on since the delivery planned; an expired lease is taken over.
+async fn claims(db: Db) {
+    let Some(tdb) = fresh_db(db).await else {
+        return;
+    };
+    let store = Store::connect(&tdb.url, 4, Duration::from_secs(10))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let log = DeliveryLog::start(store.clone(), 2, STAGE, "netsuite");
+    let (a, b) = (11, 22);
+    let fresh = DeliveryState::default();
+
+    // The record's first delivery: no row yet.
+    assert!(log
+        .claim(claim_of(a, "c1", fresh, 1, 60_000))
+        .await
+        .unwrap());
+    let first = store
+        .delivery_position("netsuite", "project", "c1")
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        Some(state(0, 0, 1)),
+        "attempted raised with the lease"
+    );
+    assert_eq!(
+        store
+            .delivery_lease_holder("netsuite", "project", "c1")
+            .await
+            .unwrap()
+            .map(|h| h.0),
+        Some(a)
+    );
+    // Replica b planned from the same (now stale) state: refused.
+    assert!(!log
+        .claim(claim_of(b, "c1", fresh, 1, 60_000))
+        .await
+        .unwrap());
+    // b read again: the lease is a's, still refused.
+    assert!(!log
+        .claim(claim_of(b, "c1", state(0, 0, 1), 1, 60_000))
+        .await
+        .unwrap());
+    // a's answer: acknowledged and released in one transaction.
+    log.write_releasing(
+        DeliveryWrite::Done(claim(&"e".repeat(64), "c1"), Some(at("c1", 1, true))),
+        Lease {
+            target: "netsuite".into(),
+            record_type: "project".into(),
+            record_id: "c1".into(),
+            holder: a,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        store
+            .delivery_lease_holder("netsuite", "project", "c1")
+            .await
+            .unwrap(),
+        None
+    );
+    // b with a stale plan (acked 0) is refused; with the current one it goes.
+    assert!(!log
+        .claim(claim_of(b, "c1", state(0, 0, 1), 2, 60_000))
+        .await
+        .unwrap());
+    assert!(log
+        .claim(claim_of(b, "c1", state(1, 10, 1), 2, 1))
+        .await
+        .unwrap());
+    // b died holding it: once its lease passed, a takes over.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(log
+        .claim(claim_of(a, "c1", state(1, 10, 2), 2, 60_000))
+        .await
+        .unwrap());
+    assert_eq!(
+        store
+            .delivery_position("netsuite", "project", "c1")
+            .await
+            .unwrap(),
+        Some(state(1, 10, 2))
+    );
+
+    // Many records at once share commits; each gets its own answer.
+    let mut all = Vec::new();
+    for i in 0..40 {
+        let log = log.clone();
+        all.push(tokio::spawn(async move {
+            let rec = format!("m{}", i % 20);
+            log.claim(claim_of(100 + i, &rec, DeliveryState::default(), 1, 60_000))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut won = 0;
+    for t in all {
+        won += usize::from(t.await.unwrap());
+    }
+    assert_eq!(won, 20, "one claim per record");
+}
+
+#[tokio::test]
+async fn delivery_log_claims_mariadb() {
+    claims(Db::Mariadb).await;
+}
+
+#[tokio::test]
+async fn delivery_log_claims_sqlite() {
+    claims(Db::Sqlite).await;
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use event_backbone::snapshots::SnapshotStore;
 use event_backbone::topology::TopicKind;
 use serde_json::{json, Value};
 
-use crate::deliver::{audit_count, deploy_with, Deployed, NS, SX, WAIT};
+use crate::deliver::{deploy_with, skipped_count, Deployed, NS, SX, WAIT};
 use crate::support::*;
 
 const MIB: usize = 1024 * 1024;
@@ -202,7 +202,7 @@ async fn big_raw_by_reference(db: Db, kind: Kind) {
     );
     assert!(
         eventually(WAIT, || async {
-            audit_count(&d.app.store, "deliver.suitex", "skipped").await == 1
+            skipped_count(&d.app, "suitex").await == 1
         })
         .await
     );
@@ -285,8 +285,8 @@ async fn big_merged_payload_as_reference(db: Db, kind: Kind) {
     assert_eq!(ns[0].json()["origin"], "suitex");
     assert!(
         eventually(WAIT, || async {
-            audit_count(&d.app.store, "deliver.netsuite", "skipped").await == 1
-                && audit_count(&d.app.store, "deliver.suitex", "skipped").await == 1
+            skipped_count(&d.app, "netsuite").await == 1
+                && skipped_count(&d.app, "suitex").await == 1
         })
         .await
     );

@@ -822,11 +822,12 @@ fn counter_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// alphabetical).
 fn step_means(text: &str) -> BTreeMap<String, Vec<StepMean>> {
     // Merge's steps, then a delivery's.
-    const DELIVERY_STEPS: [&str; 6] = [
+    const DELIVERY_STEPS: [&str; 7] = [
         "turn_wait",
         "state_read",
         "plan",
-        "state_write_attempted",
+        "permit_wait",
+        "claim",
         "post",
         "audit_and_state_write",
     ];

@@ -28,7 +28,7 @@ use crate::model::raw_event::Source;
 use crate::snapshots::claim_check::{ClaimCheck, ClaimCheckError};
 use crate::stages::merge::batch::SEQUENCE_ATTRIBUTE;
 use crate::store::delivery::DeliveryState;
-use crate::store::delivery_lease::{self, Lease};
+use crate::store::delivery_lease::{self, Claim, Lease};
 use crate::store::delivery_log::{DeliveryLog, DeliveryWrite, PositionRow, View, ViewKey};
 use crate::store::ledger::{self, AuditRow};
 use crate::store::{Store, StoreError};
@@ -189,39 +189,51 @@ impl DeliverStage {
             // Waits through throttling and outages; never fails for it.
             let permit = self.pacer.acquire().await.map_err(|e| stopped(e, &fp))?;
             steps.mark("permit_wait");
+            // The lease and the attempted position in one durable write,
+            // made only if the target still stands where `plan` saw it.
             let lease = self.lease(&ev);
-            if !self.take_lease(&lease, &fp).await? {
-                // Another replica is delivering this record: wait its turn.
-                drop(permit);
-                let d = again.next().unwrap_or(AGAIN_MAX);
-                self.pacer.sleep(d).await.map_err(|e| stopped(e, &fp))?;
-                view = self.view(&ev).await?;
-                continue;
-            }
-            // Under the lease, what the target has may have moved on while
-            // this delivery waited: decide again if it did.
-            let now = match self.view(&ev).await {
-                Ok(v) => v,
-                Err(f) => {
-                    self.release(lease).await;
-                    return Err(f);
-                }
+            let claim = Claim {
+                lease: lease.clone(),
+                ttl: self.lease_ttl,
+                expect: st,
+                attempted: seq,
             };
-            if now != view {
-                self.release(lease).await;
+            let claimed = self.log().claim(claim).await.map_err(|e| Failure {
+                error: store_failure(&e, MERGED_EVENT),
+                fingerprint: Some(fp.clone()),
+            })?;
+            if !claimed {
                 drop(permit);
-                view = now;
+                let now = self.view(&ev).await?;
+                if now == view {
+                    // Another replica is delivering this record: wait its turn.
+                    let d = again.next().unwrap_or(AGAIN_MAX);
+                    self.pacer.sleep(d).await.map_err(|e| stopped(e, &fp))?;
+                    view = self.view(&ev).await?;
+                } else {
+                    // The target moved on while this delivery waited.
+                    view = now;
+                }
                 continue;
             }
-            steps.mark("lease");
-            if let Some(seq) = seq {
-                let at = self.position_row(&ev, seq, false);
-                if let Err(f) = self.write(DeliveryWrite::Attempted(at), &fp).await {
+            if seq.is_none() {
+                // Without a position, only the claim row says whether another
+                // replica delivered it meanwhile.
+                let now = match self.view(&ev).await {
+                    Ok(v) => v,
+                    Err(f) => {
+                        self.release(lease).await;
+                        return Err(f);
+                    }
+                };
+                if now != view {
                     self.release(lease).await;
-                    return Err(f);
+                    drop(permit);
+                    view = now;
+                    continue;
                 }
             }
-            steps.mark("state_write_attempted");
+            steps.mark("claim");
             let answer = self.sink.post(&fp, out).await;
             steps.mark("post");
             let (pace, why) = match &answer {
@@ -349,16 +361,6 @@ impl DeliverStage {
         }
     }
 
-    async fn take_lease(&self, lease: &Lease, fp: &str) -> Result<bool, Failure> {
-        self.store
-            .take_delivery_lease(lease, self.lease_ttl)
-            .await
-            .map_err(|e| Failure {
-                error: store_failure(&e, MERGED_EVENT),
-                fingerprint: Some(fp.to_string()),
-            })
-    }
-
     /// Gives a lease back; if the database does not answer, it expires.
     async fn release(&self, lease: Lease) {
         if let Err(e) = self.log().write(DeliveryWrite::Release(lease)).await {
@@ -387,7 +389,13 @@ impl DeliverStage {
         let earlier = match seq {
             None => Vec::new(),
             Some(seq) => {
-                if seq <= st.acked || seq < st.attempted {
+                if seq == st.acked {
+                    // Acknowledged through exactly this event without its
+                    // claim (which `view` checked): it was skipped before
+                    // (a redelivery), and is skipped again.
+                    return Ok(Plan::Done(Outcome::ack("skipped", Some(fp.clone()))));
+                }
+                if seq < st.acked || seq < st.attempted {
                     // The target has (or is being sent) a later merged event,
                     // which carried this one's content: never send it back in time.
                     let detail = json!({"version": ev.version, "sequence_num": seq,
@@ -415,7 +423,7 @@ impl DeliverStage {
         };
         if earlier.is_empty() {
             return Ok(match routing::route(ev, self.target) {
-                Route::Skip { reason } => Plan::Done(self.skip(msg, ev, reason).await?),
+                Route::Skip { reason } => Plan::Done(self.skip(msg, ev, seq, reason).await?),
                 Route::Deliver => Plan::Send {
                     body,
                     versions: vec![ev.version],
@@ -434,7 +442,8 @@ impl DeliverStage {
                 })
             }
             None => Ok(Plan::Done(
-                self.skip(msg, ev, "nothing routed to this target").await?,
+                self.skip(msg, ev, seq, "nothing routed to this target")
+                    .await?,
             )),
         }
     }
@@ -453,22 +462,42 @@ impl DeliverStage {
         })
     }
 
+    /// Nothing for the target (SPEC §4: no echo back to the source). The
+    /// target is then up to date through `ev`, which is what its position
+    /// records: no audit row (routing is a pure function of the merged event,
+    /// and `explain` recomputes it), and the next delivery does not fold
+    /// what was skipped. An event without a position keeps its audit row.
     async fn skip(
         &self,
         msg: &Incoming,
         ev: &MergedEvent,
+        seq: Option<i64>,
         reason: &str,
     ) -> Result<Outcome, Failure> {
         let fp = ev.fingerprint.clone();
-        self.audit(
-            msg,
-            Some(ev),
-            &fp,
-            "skipped",
-            json!({ "reason": reason }),
-            false,
-        )
-        .await?;
+        match seq {
+            Some(seq) => {
+                let at = self.position_row(ev, seq, true);
+                self.write(DeliveryWrite::Position(at), &fp).await?;
+                tracing::debug!(
+                    target = self.target.as_str(),
+                    version = ev.version,
+                    reason,
+                    "Merged event skipped."
+                );
+            }
+            None => {
+                self.audit(
+                    msg,
+                    Some(ev),
+                    &fp,
+                    "skipped",
+                    json!({ "reason": reason }),
+                    false,
+                )
+                .await?
+            }
+        }
         Ok(Outcome::ack("skipped", Some(fp)))
     }
 
