@@ -10,10 +10,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::AnyConnection;
+use std::collections::HashSet;
+
+use sqlx::{Any, AnyConnection, QueryBuilder, Row};
 
 use super::delivery::DeliveryState;
-use super::{Store, StoreError};
+use super::{Backend, Store, StoreError};
 
 /// One (target, record) lease as its holder knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -54,10 +56,127 @@ impl Claim {
     }
 }
 
-/// Makes `c` on `conn` (inside the caller's transaction). `Ok(false)`: the
-/// target moved on since the delivery planned, or another live replica holds
-/// the lease; the delivery reads again and decides again.
-pub(super) async fn claim(conn: &mut AnyConnection, c: &Claim) -> Result<bool, StoreError> {
+/// Makes `claims` on `conn` (inside the caller's transaction), answering
+/// each: `false` when the target moved on since the delivery planned or
+/// another live replica holds the lease (the delivery reads again and
+/// decides again). On MySQL three statements per 100 claims, whatever their
+/// number; on SQLite (in process, no round trips) one claim at a time.
+pub(super) async fn claim_all(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    claims: &[&Claim],
+) -> Result<Vec<bool>, StoreError> {
+    let mut answers = Vec::with_capacity(claims.len());
+    if backend == Backend::Sqlite || claims.len() == 1 {
+        for c in claims {
+            answers.push(claim(conn, c).await?);
+        }
+        return Ok(answers);
+    }
+    for chunk in claims.chunks(100) {
+        answers.extend(claim_chunk(conn, chunk).await?);
+    }
+    Ok(answers)
+}
+
+/// A derived table of the claims: index, key, holder, until, expected and new positions.
+fn push_claims(q: &mut QueryBuilder<'_, Any>, claims: &[(usize, &Claim, i64)]) {
+    for (n, (i, c, until)) in claims.iter().enumerate() {
+        q.push(if n == 0 {
+            "SELECT "
+        } else {
+            " UNION ALL SELECT "
+        });
+        q.push_bind(*i as i64);
+        q.push(" AS i, ");
+        q.push_bind(c.lease.target.clone());
+        q.push(" AS t, ");
+        q.push_bind(c.lease.record_type.clone());
+        q.push(" AS rt, ");
+        q.push_bind(c.lease.record_id.clone());
+        q.push(" AS ri, ");
+        q.push_bind(c.lease.holder);
+        q.push(" AS h, ");
+        q.push_bind(*until);
+        q.push(" AS u, ");
+        q.push_bind(c.expect.acked);
+        q.push(" AS ea, ");
+        q.push_bind(c.expect.attempted);
+        q.push(" AS et, ");
+        q.push_bind(c.attempted_after());
+        q.push(" AS na");
+    }
+}
+
+async fn claim_chunk(conn: &mut AnyConnection, chunk: &[&Claim]) -> Result<Vec<bool>, StoreError> {
+    let now = now_ms();
+    // One claim per record in a statement (the stage's turns make a second
+    // impossible; if one came, it is refused and reads again).
+    let mut seen = HashSet::new();
+    let rows: Vec<(usize, &Claim, i64)> = chunk
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| seen.insert((&c.lease.target, &c.lease.record_type, &c.lease.record_id)))
+        .map(|(i, c)| {
+            let ttl = i64::try_from(c.ttl.as_millis()).unwrap_or(i64::MAX);
+            (i, *c, now.saturating_add(ttl))
+        })
+        .collect();
+    let mut q: QueryBuilder<Any> = QueryBuilder::new("UPDATE delivery_state d JOIN (");
+    push_claims(&mut q, &rows);
+    q.push(
+        ") k ON d.target = k.t AND d.record_type = k.rt AND d.record_id = k.ri \
+         SET d.lease_holder = k.h, d.lease_until = k.u, d.attempted_seq = k.na \
+         WHERE d.acked_seq = k.ea AND d.attempted_seq = k.et \
+         AND (d.lease_holder IS NULL OR d.lease_holder = k.h OR d.lease_until < ",
+    );
+    q.push_bind(now);
+    q.push(")");
+    q.build().execute(&mut *conn).await?;
+    // The records' first deliveries: no row yet, unless another replica made
+    // it a moment ago (then nothing is written and the read below says so).
+    let fresh: Vec<&(usize, &Claim, i64)> = rows
+        .iter()
+        .filter(|(_, c, _)| c.expect == DeliveryState::default())
+        .collect();
+    if !fresh.is_empty() {
+        let mut q: QueryBuilder<Any> = QueryBuilder::new(
+            "INSERT IGNORE INTO delivery_state (target, record_type, record_id, acked_seq, \
+             acked_version, attempted_seq, lease_holder, lease_until) ",
+        );
+        q.push_values(fresh, |mut b, (_, c, until)| {
+            b.push_bind(c.lease.target.clone())
+                .push_bind(c.lease.record_type.clone())
+                .push_bind(c.lease.record_id.clone())
+                .push_bind(0i64)
+                .push_bind(0i64)
+                .push_bind(c.attempted_after())
+                .push_bind(c.lease.holder)
+                .push_bind(*until);
+        });
+        q.build().execute(&mut *conn).await?;
+    }
+    // Which rows now carry exactly what each claim wrote.
+    let mut q: QueryBuilder<Any> = QueryBuilder::new("SELECT k.i AS i FROM (");
+    push_claims(&mut q, &rows);
+    q.push(
+        ") k JOIN delivery_state d ON d.target = k.t AND d.record_type = k.rt \
+         AND d.record_id = k.ri \
+         WHERE d.lease_holder = k.h AND d.lease_until = k.u AND d.attempted_seq = k.na \
+         AND d.acked_seq = k.ea",
+    );
+    let mut answers = vec![false; chunk.len()];
+    for row in q.build().fetch_all(&mut *conn).await? {
+        let i: i64 = row.try_get("i")?;
+        if let Some(a) = usize::try_from(i).ok().and_then(|i| answers.get_mut(i)) {
+            *a = true;
+        }
+    }
+    Ok(answers)
+}
+
+/// Makes one claim on `conn` (inside the caller's transaction).
+async fn claim(conn: &mut AnyConnection, c: &Claim) -> Result<bool, StoreError> {
     let now = now_ms();
     let until = now.saturating_add(i64::try_from(c.ttl.as_millis()).unwrap_or(i64::MAX));
     let attempted = c.attempted_after();

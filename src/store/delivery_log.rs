@@ -408,8 +408,10 @@ async fn write_batch(store: &Store, submissions: &[Submission]) -> Result<Vec<bo
         let key = |c: &Claim| (c.lease.record_type.clone(), c.lease.record_id.clone());
         key(a.1).cmp(&key(b.1))
     });
-    for (i, c) in claims {
-        answers[i] = delivery_lease::claim(&mut tx, c).await?;
+    let (index, list): (Vec<usize>, Vec<&Claim>) = claims.into_iter().unzip();
+    let got = delivery_lease::claim_all(&mut tx, store.backend(), &list).await?;
+    for (i, ok) in index.into_iter().zip(got) {
+        answers[i] = ok;
     }
     tx.commit().await?;
     Ok(answers)

@@ -151,6 +151,8 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
         mysql_admin_url: args.mysql_admin_url.clone(),
         skip_baseline: true,
         stall_timeout: args.stall_timeout,
+        target_latency: Duration::ZERO,
+        target_concurrency: None,
         json: false,
         seed: args.seed,
     };

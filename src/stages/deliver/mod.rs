@@ -4,6 +4,7 @@
 
 pub mod fold;
 pub mod http_sink;
+mod known;
 pub mod pacing;
 pub mod routing;
 pub mod turns;
@@ -73,6 +74,8 @@ pub struct DeliverStage {
     log: std::sync::OnceLock<DeliveryLog>,
     /// The target's pace, shared by the live and retry consumers (SPEC §4.2).
     pacer: Arc<Pacer>,
+    /// Where this process last left the target, per record.
+    known: known::Known,
     /// This process's id on delivery leases, and how long one lasts.
     holder: i64,
     lease_ttl: Duration,
@@ -93,6 +96,7 @@ impl DeliverStage {
             store,
             claim_check,
             turns: turns::Turns::default(),
+            known: known::Known::default(),
             log: std::sync::OnceLock::new(),
             pacer,
             holder: delivery_lease::new_holder(),
@@ -171,7 +175,13 @@ impl DeliverStage {
         let seq = self.position(msg, &ev).await?;
         let record = record_hash(&ev);
         let mut again = again_delays();
-        let mut view = self.view(&ev).await?;
+        // Where this process last left the target for the record, if this
+        // event comes after it; otherwise (or unknown) read it. The claim
+        // below checks it against the database either way.
+        let mut view = match self.known.view(&ev, seq) {
+            Some(v) => v,
+            None => self.view(&ev).await?,
+        };
         steps.mark("state_read");
         loop {
             // Decided without the lease: nothing to send needs no permit.
@@ -186,9 +196,6 @@ impl DeliverStage {
                 Plan::Done(outcome) => return Ok(outcome),
             };
             steps.mark("plan");
-            // Waits through throttling and outages; never fails for it.
-            let permit = self.pacer.acquire().await.map_err(|e| stopped(e, &fp))?;
-            steps.mark("permit_wait");
             // The lease and the attempted position in one durable write,
             // made only if the target still stands where `plan` saw it.
             let lease = self.lease(&ev);
@@ -203,7 +210,7 @@ impl DeliverStage {
                 fingerprint: Some(fp.clone()),
             })?;
             if !claimed {
-                drop(permit);
+                self.known.forget(&ev);
                 let now = self.view(&ev).await?;
                 if now == view {
                     // Another replica is delivering this record: wait its turn.
@@ -228,12 +235,39 @@ impl DeliverStage {
                 };
                 if now != view {
                     self.release(lease).await;
-                    drop(permit);
                     view = now;
                     continue;
                 }
             }
             steps.mark("claim");
+            if let Some(seq) = seq {
+                self.known.set(
+                    &ev,
+                    DeliveryState {
+                        attempted: st.attempted.max(seq),
+                        ..st
+                    },
+                );
+            }
+            // The permit after the claim: it bounds requests in flight at the
+            // target, not bookkeeping. Waits through throttling and outages;
+            // never fails for it.
+            let waited = std::time::Instant::now();
+            let permit = match self.pacer.acquire().await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.release(lease).await;
+                    return Err(stopped(e, &fp));
+                }
+            };
+            steps.mark("permit_wait");
+            if waited.elapsed() > self.lease_ttl / 2 {
+                // Held so long the lease may run out mid-request: claim afresh.
+                drop(permit);
+                self.release(lease).await;
+                view = self.view(&ev).await?;
+                continue;
+            }
             let answer = self.sink.post(&fp, out).await;
             steps.mark("post");
             let (pace, why) = match &answer {
@@ -253,6 +287,16 @@ impl DeliverStage {
                         .await;
                     return match done {
                         Ok(()) => {
+                            if let Some(seq) = seq {
+                                self.known.set(
+                                    &ev,
+                                    DeliveryState {
+                                        acked: seq,
+                                        acked_version: ev.version,
+                                        attempted: st.attempted.max(seq),
+                                    },
+                                );
+                            }
                             steps.mark("audit_and_state_write");
                             steps.observe();
                             tracing::info!(
@@ -265,6 +309,7 @@ impl DeliverStage {
                             Ok(Outcome::ack("delivered", Some(fp)))
                         }
                         Err(e) => {
+                            self.known.forget(&ev);
                             // The release rolled back with the claim.
                             self.release(lease).await;
                             // Another replica delivered the same fingerprint
@@ -479,6 +524,14 @@ impl DeliverStage {
             Some(seq) => {
                 let at = self.position_row(ev, seq, true);
                 self.write(DeliveryWrite::Position(at), &fp).await?;
+                self.known.set(
+                    ev,
+                    DeliveryState {
+                        acked: seq,
+                        acked_version: ev.version,
+                        attempted: seq,
+                    },
+                );
                 tracing::debug!(
                     target = self.target.as_str(),
                     version = ev.version,

@@ -1,0 +1,90 @@
+//! The backlog, published before the daemon starts (and again for the baseline).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use bytes::Bytes;
+
+use super::super::merge::Gen;
+use crate::model::merged_event::MergedEvent;
+use crate::pubsub::publisher::Publishers;
+use crate::stages::merge::batch::SEQUENCE_ATTRIBUTE;
+use crate::store::merged::MergedRow;
+use crate::topology::TopicKind;
+
+/// Publishes every generated message (duplicates twice, right after the
+/// original), each record's in order on its own task, the records
+/// concurrently. Returns when each event's first copy was handed to the
+/// publisher, by event id.
+pub(super) async fn publish_backlog(
+    publishers: &Arc<Publishers>,
+    gens: &[Gen],
+) -> anyhow::Result<HashMap<String, Instant>> {
+    let mut by_key: HashMap<String, Vec<(String, Bytes, bool)>> = HashMap::new();
+    for g in gens {
+        by_key.entry(g.key.clone()).or_default().push((
+            g.id.to_string(),
+            Bytes::from(g.json.clone()),
+            g.duplicate,
+        ));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (key, msgs) in by_key {
+        let p = publishers.clone();
+        tasks.spawn(async move {
+            let mut times = Vec::with_capacity(msgs.len());
+            for (id, data, duplicate) in msgs {
+                times.push((id, Instant::now()));
+                for _ in 0..(1 + usize::from(duplicate)) {
+                    p.publish_to(TopicKind::Raw, data.clone(), HashMap::new(), &key)
+                        .await?;
+                }
+            }
+            Ok::<_, anyhow::Error>(times)
+        });
+    }
+    let mut out = HashMap::with_capacity(gens.len());
+    while let Some(r) = tasks.join_next().await {
+        out.extend(r??);
+    }
+    Ok(out)
+}
+
+/// One message to publish: its data and attributes.
+type Message = (Bytes, HashMap<String, String>);
+
+/// Publishes the merged events to the merged topic as the daemon does: each
+/// record's in order under its ordering key, with the same attributes.
+pub(super) async fn publish_merged(
+    publishers: &Arc<Publishers>,
+    merged: &[MergedRow],
+) -> anyhow::Result<()> {
+    let mut by_key: HashMap<String, Vec<Message>> = HashMap::new();
+    for row in merged {
+        let ev: MergedEvent = serde_json::from_str(&row.payload)
+            .with_context(|| format!("stored merged event {} is unreadable", row.event_id))?;
+        let mut attributes = ev.attributes();
+        attributes.insert(SEQUENCE_ATTRIBUTE.to_string(), row.sequence_num.to_string());
+        by_key
+            .entry(ev.ordering_key())
+            .or_default()
+            .push((Bytes::from(row.payload.clone()), attributes));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (key, msgs) in by_key {
+        let p = publishers.clone();
+        tasks.spawn(async move {
+            for (data, attributes) in msgs {
+                p.publish_to(TopicKind::Merged, data, attributes, &key)
+                    .await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
+}
