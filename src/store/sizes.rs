@@ -131,11 +131,29 @@ async fn mysql_trees(
     .iter()
     .map(|r| get_text(r, "t"))
     .collect::<Result<_, _>>()?;
+    // A compressed table's pages are KEY_BLOCK_SIZE KiB on disk (0007).
+    let mut physical: BTreeMap<String, i64> = BTreeMap::new();
+    for r in sqlx::query(
+        "SELECT CAST(table_name AS CHAR) AS t, CAST(row_format AS CHAR) AS f, \
+         CAST(create_options AS CHAR) AS o FROM information_schema.tables \
+         WHERE table_schema = ? AND table_type = 'BASE TABLE'",
+    )
+    .bind(db.clone())
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        let format = super::get_opt_text(&r, "f")?.unwrap_or_default();
+        let options = super::get_opt_text(&r, "o")?.unwrap_or_default();
+        if format.eq_ignore_ascii_case("compressed") {
+            physical.insert(get_text(&r, "t")?, zip_page_size(&options, page_size));
+        }
+    }
     let mut trees = Trees::new();
     for t in names {
         if SKIP.contains(&t.as_str()) {
             continue;
         }
+        let page_size = physical.get(&t).copied().unwrap_or(page_size);
         // Persistent statistics are recomputed here, so the page counts
         // below are the ones of the table as it is now.
         sqlx::query(&format!("ANALYZE TABLE {t}"))
@@ -181,10 +199,22 @@ async fn mysql_trees(
         trees.insert(t, (data, indexes));
     }
     Ok((
-        "ANALYZE TABLE, then mysql.innodb_index_stats: size (allocated pages) and n_leaf_pages × innodb_page_size",
+        "ANALYZE TABLE, then mysql.innodb_index_stats: size (allocated pages) and n_leaf_pages × the page size on disk (innodb_page_size; KEY_BLOCK_SIZE for a compressed table)",
         page_size,
         trees,
     ))
+}
+
+/// The on-disk page of a compressed table: `key_block_size=N` (KiB) from its
+/// create options, else half the page (InnoDB's default for COMPRESSED).
+fn zip_page_size(create_options: &str, page_size: i64) -> i64 {
+    create_options
+        .to_ascii_lowercase()
+        .split_whitespace()
+        .find_map(|o| o.strip_prefix("key_block_size="))
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|k| *k > 0)
+        .map_or(page_size / 2, |k| k * 1024)
 }
 
 async fn sqlite_trees(
@@ -248,4 +278,17 @@ async fn sqlite_trees(
         page_size,
         trees,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::zip_page_size;
+
+    #[test]
+    fn compressed_page_size_comes_from_the_create_options() {
+        assert_eq!(zip_page_size("row_format=COMPRESSED key_block_size=8", 16384), 8192);
+        assert_eq!(zip_page_size("row_format=COMPRESSED KEY_BLOCK_SIZE=4", 16384), 4096);
+        assert_eq!(zip_page_size("row_format=COMPRESSED", 16384), 8192);
+        assert_eq!(zip_page_size("", 16384), 8192);
+    }
 }
