@@ -286,8 +286,14 @@ mod tests {
 
     #[test]
     fn compressed_page_size_comes_from_the_create_options() {
-        assert_eq!(zip_page_size("row_format=COMPRESSED key_block_size=8", 16384), 8192);
-        assert_eq!(zip_page_size("row_format=COMPRESSED KEY_BLOCK_SIZE=4", 16384), 4096);
+        assert_eq!(
+            zip_page_size("row_format=COMPRESSED key_block_size=8", 16384),
+            8192
+        );
+        assert_eq!(
+            zip_page_size("row_format=COMPRESSED KEY_BLOCK_SIZE=4", 16384),
+            4096
+        );
         assert_eq!(zip_page_size("row_format=COMPRESSED", 16384), 8192);
         assert_eq!(zip_page_size("", 16384), 8192);
     }

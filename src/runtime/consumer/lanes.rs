@@ -2,6 +2,7 @@
 //! order, and records in parallel; unordered messages run on their own.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use google_cloud_pubsub::model::Message;
@@ -62,6 +63,7 @@ pub(super) fn dispatch(
         match q.get_mut(&key) {
             Some(queue) => {
                 queue.push_back((m, h));
+                ctx.queued.fetch_add(1, Ordering::AcqRel);
                 None
             }
             None => {
@@ -121,6 +123,9 @@ async fn key_worker(ctx: Arc<Ctx>, key: String, first: (Message, Handler)) {
         }
         let mut q = ctx.queues.lock().unwrap_or_else(|p| p.into_inner());
         next = q.get_mut(&key).and_then(VecDeque::pop_front);
+        if next.is_some() {
+            ctx.queued.fetch_sub(1, Ordering::AcqRel);
+        }
         if next.is_none() {
             q.remove(&key);
             return;
@@ -131,5 +136,9 @@ async fn key_worker(ctx: Arc<Ctx>, key: String, first: (Message, Handler)) {
 /// The next queued message of `key`, leaving the key registered.
 fn pop(ctx: &Ctx, key: &str) -> Option<(Message, Handler)> {
     let mut q = ctx.queues.lock().unwrap_or_else(|p| p.into_inner());
-    q.get_mut(key).and_then(VecDeque::pop_front)
+    let next = q.get_mut(key).and_then(VecDeque::pop_front);
+    if next.is_some() {
+        ctx.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+    next
 }

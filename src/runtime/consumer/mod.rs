@@ -102,6 +102,10 @@ struct Ctx {
     /// Messages waiting behind the one in progress, per ordering key; a key
     /// is present while its worker runs.
     queues: Mutex<HashMap<String, VecDeque<(Message, Handler)>>>,
+    /// How many messages wait in `queues`: nothing new is pulled while it
+    /// is at `max_outstanding`, so memory does not follow a backlog (the
+    /// emulator does not hold its side of the flow control).
+    queued: std::sync::atomic::AtomicUsize,
     /// Bounds how many ordering keys are processed at once (`lanes`).
     permits: Arc<Semaphore>,
 }

@@ -53,8 +53,13 @@ pub async fn run(
         stop: stop_work.clone(),
         holds: Holds::new(spec.label.clone(), rt_health, stop_holds.clone()),
         queues: Mutex::new(HashMap::new()),
+        queued: std::sync::atomic::AtomicUsize::new(0),
         permits: Arc::new(Semaphore::new(spec.lanes.max(1))),
     });
+    let queue_limit = usize::try_from(spec.max_outstanding)
+        .ok()
+        .filter(|n| *n > 0)
+        .unwrap_or(usize::MAX);
     let mut tasks = JoinSet::new();
     let result = loop {
         // Reap finished tasks so the set stays small; a task that died by a
@@ -71,6 +76,9 @@ pub async fn run(
         // pull nothing new; what is pulled would only wait or fail too. The
         // same while the stage's target is held or paused (SPEC §4.2).
         let paused = ctx.holds.paused() || !ctx.router.accepting();
+        // Client-side flow control: what waits behind its key's message in
+        // progress stays under max_outstanding.
+        let full = ctx.queued.load(std::sync::atomic::Ordering::Acquire) >= queue_limit;
         let next = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             Some(Err(e)) = tasks.join_next(), if !tasks.is_empty() => {
@@ -81,7 +89,8 @@ pub async fn run(
             }
             _ = ctx.holds.released.notified(), if paused => continue,
             _ = tokio::time::sleep(Duration::from_millis(500)), if paused => continue,
-            n = stream.next(), if !paused => n,
+            _ = tokio::time::sleep(Duration::from_millis(5)), if !paused && full => continue,
+            n = stream.next(), if !paused && !full => n,
         };
         match next {
             Some(Ok((m, h))) => dispatch(&ctx, &mut tasks, spec.lanes == 0, m, h),
