@@ -49,15 +49,22 @@ fn key(fp: &str, record: &str) -> ViewKey {
     }
 }
 
-async fn group_commit(db: Db) {
-    let Some(tdb) = fresh_db(db).await else {
-        return;
-    };
+/// A fresh migrated store and a delivery log on it (the database lives as
+/// long as the returned `TestDb`).
+async fn open(db: Db) -> Option<(TestDb, Store, DeliveryLog)> {
+    let tdb = fresh_db(db).await?;
     let store = Store::connect(&tdb.url, 4, Duration::from_secs(10))
         .await
         .unwrap();
     store.migrate().await.unwrap();
     let log = DeliveryLog::start(store.clone(), 2, STAGE, "netsuite");
+    Some((tdb, store, log))
+}
+
+async fn group_commit(db: Db) {
+    let Some((_tdb, store, log)) = open(db).await else {
+        return;
+    };
 
     // Another replica delivered fp "a…" first.
     let (fa, fb, fc) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
@@ -183,14 +190,9 @@ fn state(acked: i64, acked_version: i64, attempted: i64) -> DeliveryState {
 /// in one write, refused when another live replica holds the lease or the
 /// target moved on since the delivery planned; an expired lease is taken over.
 async fn claims(db: Db) {
-    let Some(tdb) = fresh_db(db).await else {
+    let Some((_tdb, store, log)) = open(db).await else {
         return;
     };
-    let store = Store::connect(&tdb.url, 4, Duration::from_secs(10))
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    let log = DeliveryLog::start(store.clone(), 2, STAGE, "netsuite");
     let (a, b) = (11, 22);
     let fresh = DeliveryState::default();
 
