@@ -55,3 +55,82 @@ impl Store {
         Ok(())
     }
 }
+
+/// What `bench archive` checks once the archive ran: every old event in
+/// exactly one recorded, fully removed segment.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ArchiveTotals {
+    pub segments: i64,
+    pub segments_not_removed: i64,
+    /// `archive_segment_tables` summed per table: (rows recorded, removed).
+    pub events: (i64, i64),
+    pub audit: (i64, i64),
+    pub merged: (i64, i64),
+    /// Records whose coverage ranges do not add up to one run from 1
+    /// (a gap or an overlap: something lost or archived twice).
+    pub records_covered: i64,
+    pub records_with_broken_coverage: i64,
+    pub checkpoints: i64,
+    /// Segment sizes in bytes: smallest, median, largest.
+    pub segment_bytes: (i64, i64, i64),
+}
+
+impl Store {
+    pub async fn bench_archive_totals(&self) -> Result<ArchiveTotals, StoreError> {
+        let one = |sql: &'static str| async move {
+            let n: i64 = sqlx::query_scalar(sql).fetch_one(self.pool()).await?;
+            Ok::<i64, StoreError>(n)
+        };
+        let table = |name: &'static str| async move {
+            let row = sqlx::query(
+                "SELECT CAST(COALESCE(SUM(row_count), 0) AS SIGNED) AS n, \
+                 CAST(COALESCE(SUM(removed), 0) AS SIGNED) AS r \
+                 FROM archive_segment_tables WHERE table_name = ?",
+            )
+            .bind(name)
+            .fetch_one(self.pool())
+            .await?;
+            use sqlx::Row;
+            Ok::<(i64, i64), StoreError>((row.try_get("n")?, row.try_get("r")?))
+        };
+        let coverage = sqlx::query_as::<_, (i64, i64)>(
+            "SELECT CAST(COUNT(*) AS SIGNED), \
+             CAST(COALESCE(SUM(CASE WHEN lo = 1 AND n = hi THEN 0 ELSE 1 END), 0) AS SIGNED) \
+             FROM (SELECT MIN(from_seq) AS lo, MAX(to_seq) AS hi, \
+             SUM(to_seq - from_seq + 1) AS n FROM archive_coverage \
+             GROUP BY record_type, record_id) c",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        let mut sizes: Vec<i64> = sqlx::query_scalar("SELECT bytes FROM archive_segments")
+            .fetch_all(self.pool())
+            .await?;
+        sizes.sort_unstable();
+        let pick = |i: usize| sizes.get(i).copied().unwrap_or(0);
+        Ok(ArchiveTotals {
+            segments: one("SELECT COUNT(*) FROM archive_segments").await?,
+            segments_not_removed: one(
+                "SELECT COUNT(*) FROM archive_segments WHERE removed_at IS NULL",
+            )
+            .await?,
+            events: table("events").await?,
+            audit: table("event_audit_log").await?,
+            merged: table("merged_events").await?,
+            records_covered: coverage.0,
+            records_with_broken_coverage: coverage.1,
+            checkpoints: one("SELECT COUNT(*) FROM record_checkpoints").await?,
+            segment_bytes: (
+                pick(0),
+                pick(sizes.len() / 2),
+                pick(sizes.len().saturating_sub(1)),
+            ),
+        })
+    }
+
+    /// Recorded archive segments (`bench archive` kills its run after some).
+    pub async fn count_segments(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM archive_segments")
+            .fetch_one(self.pool())
+            .await?)
+    }
+}

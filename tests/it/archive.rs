@@ -14,12 +14,15 @@ use event_backbone::history::{self, verify::verify, HistoryError};
 use event_backbone::model::fingerprint::fingerprint;
 use event_backbone::model::raw_event::{RawEvent, Source};
 use event_backbone::model::rules::MergePolicy;
+use event_backbone::snapshots::gcs::GcsSnapshots;
 use event_backbone::snapshots::local::LocalSnapshots;
+use event_backbone::snapshots::SnapshotStore;
 use event_backbone::stages::merge::batch::{self, EngineConfig, EventItem, Item};
 use event_backbone::store::outbox::ConfirmedSet;
 use event_backbone::store::Store;
 use serde_json::{json, Map, Value};
 
+use crate::snapshots::{fresh_bucket, gcs_host, objects};
 use crate::support::*;
 
 const T: &str = "project";
@@ -124,7 +127,75 @@ async fn n(store: &Store, sql: &str, id: &str) -> i64 {
         .unwrap()
 }
 
-async fn half_archived(db: Db) {
+/// Where the segments go: a local folder, or a bucket of fake-gcs-server
+/// through the official client (production's path).
+#[derive(Clone, Copy, Debug)]
+enum Bucket {
+    Folder,
+    Gcs,
+}
+
+/// The snapshot store of `bucket`, its `snapshots.url` and what lists its
+/// objects' names.
+struct Snaps {
+    store: Box<dyn SnapshotStore>,
+    url: String,
+    gcs_bucket: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Snaps {
+    async fn open(bucket: Bucket) -> Snaps {
+        let dir = tempfile::tempdir().unwrap();
+        match bucket {
+            Bucket::Folder => {
+                let url = format!("file://{}", dir.path().display());
+                Snaps {
+                    store: Box::new(LocalSnapshots::new(&url)),
+                    url,
+                    gcs_bucket: None,
+                    _dir: dir,
+                }
+            }
+            Bucket::Gcs => {
+                let name = fresh_bucket().await;
+                let url = format!("gs://{name}");
+                Snaps {
+                    store: Box::new(GcsSnapshots::new(&url, Some(&gcs_host())).await.unwrap()),
+                    url,
+                    gcs_bucket: Some(name),
+                    _dir: dir,
+                }
+            }
+        }
+    }
+
+    /// The archive objects written, by name (segments and manifests).
+    async fn archive_objects(&self) -> Vec<String> {
+        let mut names: Vec<String> = match &self.gcs_bucket {
+            Some(b) => objects(b).await.into_iter().map(|(n, _)| n).collect(),
+            None => walk(self._dir.path(), self._dir.path()),
+        };
+        names.retain(|n| n.starts_with("archive/"));
+        names.sort();
+        names
+    }
+}
+
+fn walk(root: &std::path::Path, dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(root, &p));
+        } else {
+            out.push(p.strip_prefix(root).unwrap().display().to_string());
+        }
+    }
+    out
+}
+
+async fn half_archived(db: Db, bucket: Bucket) {
     let Some(tdb) = fresh_db(db).await else {
         return;
     };
@@ -193,8 +264,8 @@ async fn half_archived(db: Db) {
         .await
         .unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    let snaps = LocalSnapshots::new(&format!("file://{}", dir.path().display()));
+    let bucket = Snaps::open(bucket).await;
+    let snaps = bucket.store.as_ref();
     let opts = Options {
         cutoff,
         segment_events: 1000,
@@ -202,7 +273,7 @@ async fn half_archived(db: Db) {
         pace: 0.0,
         dry_run: false,
     };
-    let report = archive::run(&store, &snaps, &policy, &opts).await.unwrap();
+    let report = archive::run(&store, snaps, &policy, &opts).await.unwrap();
     assert_eq!(report.segments.len(), 2, "{report:?}");
     let seg = &report.segments[0];
     assert_eq!((seg.records, seg.events, seg.merged), (1, 6, 6), "{seg:?}");
@@ -214,6 +285,21 @@ async fn half_archived(db: Db) {
         (0, 1, [0, 0, 0, 1]),
         "{dl:?}"
     );
+    // Each segment is in the bucket under its own hash, a manifest beside it
+    // (two objects per segment, nothing else under archive/).
+    let names = bucket.archive_objects().await;
+    assert_eq!(names.len(), 2 * report.segments.len(), "{names:?}");
+    for s in &report.segments {
+        let object = format!("archive/sha256/{}.jsonl.gz", s.id);
+        assert!(names.contains(&object), "{object} not in {names:?}");
+        assert!(s.reference.ends_with(&object), "{s:?}");
+        let back = snaps.get(&s.reference).await.unwrap();
+        assert_eq!(
+            event_backbone::model::fingerprint::sha256_hex(&back),
+            s.id,
+            "{s:?}"
+        );
+    }
     let dead = |store: &Store| {
         let store = store.clone();
         async move { count(&store, "SELECT COUNT(*) FROM dead_letters").await }
@@ -298,15 +384,15 @@ async fn half_archived(db: Db) {
     );
 
     // A second run finds nothing new: nothing is archived twice.
-    let second = archive::run(&store, &snaps, &policy, &opts).await.unwrap();
+    let second = archive::run(&store, snaps, &policy, &opts).await.unwrap();
     assert!(second.segments.is_empty(), "{second:?}");
 
     // Restore brings every row back; history replays from the beginning.
-    let r = archive::restore(&store, &snaps, Some(&seg.id), None)
+    let r = archive::restore(&store, snaps, Some(&seg.id), None)
         .await
         .unwrap();
     assert_eq!(r.inserted, [6, seg.audit as u64, 6, 0]);
-    let r = archive::restore(&store, &snaps, Some(&dl.id), None)
+    let r = archive::restore(&store, snaps, Some(&dl.id), None)
         .await
         .unwrap();
     assert_eq!(r.inserted, [0, 0, 0, 1]);
@@ -377,18 +463,25 @@ async fn half_archived(db: Db) {
 
 #[tokio::test]
 async fn archive_half_history_replays_verifies_explains_and_restores_sqlite() {
-    half_archived(Db::Sqlite).await;
+    half_archived(Db::Sqlite, Bucket::Folder).await;
 }
 
 #[tokio::test]
 async fn archive_half_history_replays_verifies_explains_and_restores_mariadb() {
-    half_archived(Db::Mariadb).await;
+    half_archived(Db::Mariadb, Bucket::Folder).await;
+}
+
+/// The same against fake-gcs-server through the official client, as the
+/// archiver of the shipped grants: production's path.
+#[tokio::test]
+async fn archive_half_history_to_gcs_replays_verifies_explains_and_restores_mariadb() {
+    half_archived(Db::Mariadb, Bucket::Gcs).await;
 }
 
 /// SIGKILL of `event-backbone archive` once its first segment is recorded
 /// (rows half removed), then a second run: every event is either still in
 /// the database or in exactly one recorded segment, and history is intact.
-async fn killed_and_rerun(db: Db) {
+async fn killed_and_rerun(db: Db, bucket: Bucket) {
     let Some(tdb) = fresh_db(db).await else {
         return;
     };
@@ -431,15 +524,12 @@ async fn killed_and_rerun(db: Db) {
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
     let cutoff = event_backbone::model::fingerprint::format_timestamp(&Utc::now());
-    let dir = tempfile::tempdir().unwrap();
+    let bucket = Snaps::open(bucket).await;
     let run = || {
         let mut cmd = binary("local");
         cmd.args(["archive", "--before", &cutoff])
             .env("BACKBONE__DATABASE__URL", &tdb.url)
-            .env(
-                "BACKBONE__SNAPSHOTS__URL",
-                format!("file://{}", dir.path().display()),
-            )
+            .env("BACKBONE__SNAPSHOTS__URL", &bucket.url)
             .env("BACKBONE__RETENTION__SEGMENT_EVENTS", "100")
             .env("BACKBONE__RETENTION__DELETE_BATCH", "1")
             .env("BACKBONE__LOG__LEVEL", "warn")
@@ -505,15 +595,101 @@ async fn killed_and_rerun(db: Db) {
     }
     let v = verify(&store, &policy, None).await.unwrap();
     assert!(v.clean(), "{:?}", v.drift);
+    // Every recorded segment is in the bucket; a segment the killed run
+    // wrote but never recorded may be there too (unreferenced, harmless).
+    let names = bucket.archive_objects().await;
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM archive_segments ORDER BY id")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert!(!ids.is_empty());
+    for id in &ids {
+        let object = format!("archive/sha256/{id}.jsonl.gz");
+        assert!(names.contains(&object), "{object} not in {names:?}");
+    }
     store.close().await;
 }
 
 #[tokio::test]
 async fn archive_sigkill_then_rerun_loses_nothing_and_archives_nothing_twice_sqlite() {
-    killed_and_rerun(Db::Sqlite).await;
+    killed_and_rerun(Db::Sqlite, Bucket::Folder).await;
 }
 
 #[tokio::test]
 async fn archive_sigkill_then_rerun_loses_nothing_and_archives_nothing_twice_mariadb() {
-    killed_and_rerun(Db::Mariadb).await;
+    killed_and_rerun(Db::Mariadb, Bucket::Folder).await;
+}
+
+/// The CLI against fake-gcs-server (`gs://` and STORAGE_EMULATOR_HOST, as
+/// in a cluster with the real bucket), killed and re-run.
+#[tokio::test]
+async fn archive_to_gcs_sigkill_then_rerun_loses_nothing_and_archives_nothing_twice_mariadb() {
+    killed_and_rerun(Db::Mariadb, Bucket::Gcs).await;
+}
+
+/// `bench archive` on a small store, to a fake-gcs-server bucket, its first
+/// archive process SIGKILLed after two segments: the bench checks every old
+/// event ended in exactly one removed segment and history verifies, and
+/// exits 0 with its figures. Never asserts on speed.
+#[tokio::test]
+async fn bench_archive_killed_and_rerun_to_gcs_prints_its_figures_mariadb() {
+    // Only to learn whether MariaDB is here (the bench makes its own database).
+    if fresh_db(Db::Mariadb).await.is_none() {
+        return;
+    }
+    let bucket = fresh_bucket().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-backbone"))
+        .args([
+            "bench",
+            "archive",
+            "--old-events",
+            "1200",
+            "--events",
+            "200",
+            "--records",
+            "12",
+            "--kill-after-segments",
+            "2",
+            "--mysql-admin-url",
+            &mariadb_admin_url(),
+            "--snapshots-url",
+            &format!("gs://{bucket}"),
+        ])
+        .env("BACKBONE_ENV", "local")
+        .env("BACKBONE_CONFIG_DIR", config_dir())
+        .env("STORAGE_EMULATOR_HOST", gcs_host())
+        .env("BACKBONE__RETENTION__SEGMENT_EVENTS", "100")
+        .env("BACKBONE__LOG__LEVEL", "warn")
+        .output()
+        .await
+        .expect("run event-backbone bench archive");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let v: Value = serde_json::from_str(&stdout).expect("the report is JSON");
+    let a = &v["archive"];
+    assert_eq!(a["events"], 1200, "{v}");
+    assert_eq!(
+        a["runs"][0]["killed_at_segments"].as_i64().map(|n| n >= 2),
+        Some(true),
+        "{v}"
+    );
+    assert!(a["runs"][1]["report"].is_object(), "{v}");
+    assert_eq!(v["snapshots"], "gcs");
+    assert!(
+        v["merge_events_per_s_alone"]["mean"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0),
+        "{v}"
+    );
+    let names = objects(&bucket).await;
+    let segments = a["segments"].as_i64().unwrap();
+    assert!(
+        names
+            .iter()
+            .filter(|(n, _)| n.ends_with(".jsonl.gz"))
+            .count() as i64
+            >= segments,
+        "{names:?}"
+    );
 }

@@ -22,7 +22,7 @@ const MIB: usize = 1024 * 1024;
 
 /// fake-gcs-server's base URL; sets STORAGE_EMULATOR_HOST for the daemon
 /// when the runner did not (scripts/test.sh does).
-fn gcs_host() -> String {
+pub fn gcs_host() -> String {
     let host = std::env::var("STORAGE_EMULATOR_HOST").unwrap_or_else(|_| {
         std::env::set_var("STORAGE_EMULATOR_HOST", "http://127.0.0.1:4443");
         "http://127.0.0.1:4443".into()
@@ -42,7 +42,7 @@ fn gcs_host() -> String {
 }
 
 /// A fresh bucket (fake-gcs's JSON API: the gRPC control API does not work with it).
-async fn fresh_bucket() -> String {
+pub async fn fresh_bucket() -> String {
     let name = format!("snap-{}", rand_suffix(12));
     let resp = reqwest::Client::new()
         .post(format!("{}/storage/v1/b?project=it", gcs_host()))
@@ -73,7 +73,7 @@ async fn upload(bucket: &str, object: &str, data: Vec<u8>) {
 }
 
 /// (name, generation) of every object in `bucket`.
-async fn objects(bucket: &str) -> Vec<(String, String)> {
+pub async fn objects(bucket: &str) -> Vec<(String, String)> {
     let v: Value = reqwest::get(format!("{}/storage/v1/b/{bucket}/o", gcs_host()))
         .await
         .expect("list")
