@@ -224,7 +224,7 @@ async fn write_tx(store: &Store, t: &TxRows) -> Result<(), StoreError> {
         outbox::insert(&mut tx, &t.outbox).await?;
     }
     if !t.merged.is_empty() {
-        merged::insert(&mut tx, &t.merged).await?;
+        merged::insert(&mut tx, &t.merged, &t.events).await?;
     }
     tx.commit().await?;
     Ok(())

@@ -2,23 +2,33 @@
 //! merge transaction. A delivery folds in the versions its target has not
 //! acknowledged yet (SPEC §4.1), so it reads them back from here.
 //!
-//! Stored compact (SPEC §6.1, migration 0005): the payload leaves out what
-//! the row's own columns say (`event_id`, `record_type`, `record_id`,
-//! `version`) and what the producing event's row says (`origin`,
-//! `base_version`, `timestamp`: `events` at the same record and
-//! `sequence_num`); every read joins them back, so readers get the merged
-//! event as published. Rows written before keep their full payload, which
-//! reads the same.
+//! Stored as what nothing else holds (SPEC §6.1): the payload leaves out
+//! - what the row's own columns say (`event_id`, `record_type`, `record_id`,
+//!   `version`);
+//! - what the producing event's row says (`events` at the same record and
+//!   `sequence_num`: `origin`, `base_version`, `timestamp`, and `applied`
+//!   when it is the event's `changes`, or only the names of the applied
+//!   fields when their values are the event's);
+//! - `fingerprint`, which the event's merge claim in the audit log holds;
+//! - `conflicts` when there are none.
+//!
+//! A merged event with no conflict is stored as `{}`. Every read joins the
+//! rest back, so readers get the merged event as published. Rows written
+//! before (migration 0005's compact form, with `fingerprint`, or the full
+//! payload, with `origin`) read the same.
+
+use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, QueryBuilder, Row};
 
+use super::ledger::EventRow;
 use super::{get_opt_text, get_text, Dialect, Store, StoreError};
 use crate::model::merged_event::MergedEvent;
 
 /// Keys of the merged event the stored payload leaves out.
-const FROM_COLUMNS: [&str; 7] = [
+const FROM_COLUMNS: [&str; 8] = [
     "event_id",
     "record_type",
     "record_id",
@@ -26,14 +36,35 @@ const FROM_COLUMNS: [&str; 7] = [
     "origin",
     "base_version",
     "timestamp",
+    "fingerprint",
 ];
 
-/// The stored form of a merged event's JSON (see the module documentation).
-pub fn compact(payload: &str) -> Result<String, StoreError> {
+/// The stage whose claim row holds an event's fingerprint.
+const MERGE_STAGE: &str = crate::topology::StageName::Merge.as_str();
+
+/// The stored form of a merged event's JSON (see the module documentation);
+/// `changes` are its event's as stored in `events` (unknown: `applied` is
+/// kept whole).
+pub fn compact(payload: &str, changes: Option<&str>) -> Result<String, StoreError> {
     let mut m: Map<String, Value> = serde_json::from_str(payload)
         .map_err(|e| StoreError::Corrupt(format!("merged event to store: {e}")))?;
     for k in FROM_COLUMNS {
         m.remove(k);
+    }
+    if m.get("conflicts")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+    {
+        m.remove("conflicts");
+    }
+    let changes: Option<Map<String, Value>> = changes.and_then(|c| serde_json::from_str(c).ok());
+    if let (Some(Value::Object(applied)), Some(changes)) = (m.get("applied"), changes) {
+        if *applied == changes {
+            m.remove("applied");
+        } else if applied.iter().all(|(k, v)| changes.get(k) == Some(v)) {
+            let names = applied.keys().cloned().map(Value::String).collect();
+            m.insert("applied".into(), Value::Array(names));
+        }
     }
     Ok(Value::Object(m).to_string())
 }
@@ -43,11 +74,14 @@ pub fn compact(payload: &str) -> Result<String, StoreError> {
 pub(super) fn select_sql(d: Dialect) -> String {
     format!(
         "SELECT m.record_type, m.record_id, m.sequence_num, m.version, m.event_id, \
-         {} AS payload, e.source AS e_source, e.base_version AS e_base, {} AS e_ts \
+         {} AS payload, e.source AS e_source, e.base_version AS e_base, {} AS e_ts, \
+         {} AS e_changes, (SELECT MIN(a.fingerprint) FROM event_audit_log a \
+         WHERE a.event_id = m.event_id AND a.stage = '{MERGE_STAGE}' AND a.claim = 1) AS a_fp \
          FROM merged_events m LEFT JOIN events e ON e.record_type = m.record_type \
          AND e.record_id = m.record_id AND e.sequence_num = m.sequence_num",
         d.text("m.payload"),
-        d.ts("e.`timestamp`")
+        d.ts("e.`timestamp`"),
+        d.text("e.changes"),
     )
 }
 
@@ -79,6 +113,28 @@ pub(super) fn from_row(r: &AnyRow) -> Result<MergedRow, StoreError> {
         m.insert("base_version".into(), base.into());
         m.insert("timestamp".into(), Value::String(ts));
     }
+    if !m.contains_key("fingerprint") {
+        let fp = get_opt_text(r, "a_fp")?
+            .ok_or_else(|| corrupt("the merge claim of its event is missing".into()))?;
+        m.insert("fingerprint".into(), Value::String(fp));
+    }
+    let applied = match m.remove("applied") {
+        Some(Value::Object(a)) => a,
+        stored => {
+            let text = get_opt_text(r, "e_changes")?
+                .ok_or_else(|| corrupt("its event row is missing".into()))?;
+            let changes: Map<String, Value> =
+                serde_json::from_str(&text).map_err(|e| corrupt(format!("its changes: {e}")))?;
+            match stored {
+                None => changes,
+                Some(Value::Array(names)) => pick(&changes, &names).map_err(corrupt)?,
+                Some(other) => return Err(corrupt(format!("stored applied {other}"))),
+            }
+        }
+    };
+    m.insert("applied".into(), Value::Object(applied));
+    m.entry("conflicts")
+        .or_insert_with(|| Value::Array(Vec::new()));
     m.entry("event_id")
         .or_insert_with(|| row.event_id.clone().into());
     m.entry("record_type")
@@ -93,6 +149,22 @@ pub(super) fn from_row(r: &AnyRow) -> Result<MergedRow, StoreError> {
     Ok(row)
 }
 
+/// The named fields of `changes`, each of which must be there.
+fn pick(changes: &Map<String, Value>, names: &[Value]) -> Result<Map<String, Value>, String> {
+    names
+        .iter()
+        .map(|n| {
+            let name = n
+                .as_str()
+                .ok_or_else(|| format!("applied field name {n}"))?;
+            let v = changes
+                .get(name)
+                .ok_or_else(|| format!("applied field {name} is not in its changes"))?;
+            Ok((name.to_string(), v.clone()))
+        })
+        .collect()
+}
+
 /// One merged event as stored (the full payload, never a claim check).
 #[derive(Debug, Clone)]
 pub struct MergedRow {
@@ -105,10 +177,21 @@ pub struct MergedRow {
     pub payload: String,
 }
 
-pub async fn insert(conn: &mut AnyConnection, rows: &[MergedRow]) -> Result<(), StoreError> {
+/// Inserts merged events; `events` are the rows of their producing events
+/// where the caller has them (written in the same transaction), so that the
+/// stored form can leave out what they say.
+pub async fn insert(
+    conn: &mut AnyConnection,
+    rows: &[MergedRow],
+    events: &[EventRow],
+) -> Result<(), StoreError> {
+    let changes: HashMap<&str, &str> = events
+        .iter()
+        .map(|e| (e.id.as_str(), e.changes.as_str()))
+        .collect();
     let stored: Vec<String> = rows
         .iter()
-        .map(|r| compact(&r.payload))
+        .map(|r| compact(&r.payload, changes.get(r.event_id.as_str()).copied()))
         .collect::<Result<_, _>>()?;
     let rows: Vec<(&MergedRow, String)> = rows.iter().zip(stored).collect();
     // Split by bytes too: a statement must fit `max_allowed_packet`.
@@ -191,19 +274,64 @@ impl Store {
 mod tests {
     use super::*;
 
-    #[test]
-    fn compact_leaves_out_what_the_rows_say() {
-        let full = serde_json::json!({
+    fn full(applied: Value, conflicts: Value) -> String {
+        serde_json::json!({
             "event_id": "e1", "fingerprint": "f", "record_type": "project", "record_id": "42",
             "origin": "suitex", "version": 8, "base_version": 7,
             "timestamp": "2026-03-13T20:00:00.123456Z",
-            "applied": {"name": "X"}, "conflicts": [],
-        });
-        let stored: Value = serde_json::from_str(&compact(&full.to_string()).unwrap()).unwrap();
-        assert_eq!(
-            stored,
-            serde_json::json!({"fingerprint": "f", "applied": {"name": "X"}, "conflicts": []})
+            "applied": applied, "conflicts": conflicts,
+        })
+        .to_string()
+    }
+
+    fn stored(payload: &str, changes: Option<&str>) -> Value {
+        serde_json::from_str(&compact(payload, changes).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn compact_leaves_out_what_the_rows_and_the_claim_say() {
+        let p = full(
+            serde_json::json!({"name": "X", "n": 1}),
+            serde_json::json!([]),
         );
-        assert!(compact("not json").is_err());
+        // Applied is the event's changes: nothing is left.
+        assert_eq!(
+            stored(&p, Some(r#"{"n":1,"name":"X"}"#)),
+            serde_json::json!({})
+        );
+        // Changes unknown: applied is kept whole.
+        assert_eq!(
+            stored(&p, None),
+            serde_json::json!({"applied": {"name": "X", "n": 1}})
+        );
+        assert!(compact("not json", None).is_err());
+    }
+
+    #[test]
+    fn compact_keeps_names_of_a_subset_and_values_that_differ() {
+        let conflict = serde_json::json!([{"field": "status", "incoming": "open",
+            "kept": "closed", "winner": "netsuite", "rule": "last_writer_wins"}]);
+        let p = full(serde_json::json!({"name": "X"}), conflict.clone());
+        let changes = r#"{"name":"X","status":"open"}"#;
+        assert_eq!(
+            stored(&p, Some(changes)),
+            serde_json::json!({"applied": ["name"], "conflicts": conflict})
+        );
+        // A value that is not the event's is kept as it is.
+        let p = full(serde_json::json!({"name": "Y"}), serde_json::json!([]));
+        assert_eq!(
+            stored(&p, Some(changes)),
+            serde_json::json!({"applied": {"name": "Y"}})
+        );
+    }
+
+    #[test]
+    fn pick_takes_named_fields_and_refuses_a_missing_one() {
+        let changes: Map<String, Value> =
+            serde_json::from_str(r#"{"a":1,"b":null,"c":[2]}"#).unwrap();
+        let got = pick(&changes, &[Value::from("b"), Value::from("c")]).unwrap();
+        assert_eq!(Value::Object(got), serde_json::json!({"b": null, "c": [2]}));
+        assert!(pick(&changes, &[Value::from("z")]).is_err());
+        assert!(pick(&changes, &[Value::from(1)]).is_err());
     }
 }

@@ -462,7 +462,7 @@ pub async fn process(
     if !w.outbox.is_empty() {
         outbox::insert(&mut tx, &w.outbox).await?;
         steps.mark("write_outbox");
-        merged::insert(&mut tx, &w.merged).await?;
+        merged::insert(&mut tx, &w.merged, &w.events).await?;
         steps.mark("write_merged");
     }
     if !w.pending_new.is_empty() {
