@@ -23,6 +23,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON event_backbone.delivery_state TO 'sync_w
 GRANT SELECT ON event_backbone.record_checkpoints TO 'sync_worker'@'%';
 GRANT SELECT ON event_backbone.archive_segments TO 'sync_worker'@'%';
 GRANT SELECT ON event_backbone.archive_coverage TO 'sync_worker'@'%';
+-- SPEC §4.3 (migration 0009): account-wide concurrency slots of a target,
+-- taken and freed by every request while targets.<t>.account_concurrency is set.
+GRANT SELECT, INSERT, UPDATE ON event_backbone.target_slots TO 'sync_worker'@'%';
 
 -- The archiver (`event-backbone archive`, the chart's CronJob): a separate
 -- user that may DELETE ledger rows, which the database allows only for rows

@@ -102,7 +102,13 @@ async fn dispatch(cmd: Command) -> i32 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            1
+            // A setting found unusable only when used (a credential file,
+            // a private key) is still a configuration error.
+            if e.downcast_ref::<crate::config::ConfigError>().is_some() {
+                2
+            } else {
+                1
+            }
         }
     }
 }

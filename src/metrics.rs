@@ -49,6 +49,10 @@ pub struct Metrics {
     pub target_held: IntGaugeVec,
     pub target_throttled: IntCounterVec,
     pub target_probes: IntCounterVec,
+    /// Per target (SPEC §4.3): the account-wide cap and the slots this
+    /// process holds (their sum over replicas never exceeds the cap).
+    pub target_account_slots: IntGaugeVec,
+    pub target_account_slots_held: IntGaugeVec,
 }
 
 /// Sub-millisecond to 10 s.
@@ -238,8 +242,8 @@ impl Metrics {
             )?,
             target_circuit_open: gauge(
                 "target_circuit_open",
-                "1 while a target's circuit is open: it fails every request, its deliveries are held and probed.",
-                &["target"],
+                "1 while a target's circuit is open for this cause (outage: it fails every request; auth: it refuses our credentials; config: it redirects, or a credential cannot be read); its deliveries are held and probed.",
+                &["target", "cause"],
             )?,
             target_held: gauge(
                 "target_held",
@@ -254,6 +258,16 @@ impl Metrics {
             target_probes: counter(
                 "target_probes_total",
                 "Probe requests sent to a target whose circuit is open.",
+                &["target"],
+            )?,
+            target_account_slots: gauge(
+                "target_account_slots",
+                "The account-wide cap on requests in flight to a target across replicas (targets.<t>.account_concurrency).",
+                &["target"],
+            )?,
+            target_account_slots_held: gauge(
+                "target_account_slots_held",
+                "Account-wide slots of a target this process holds (one per request in flight).",
                 &["target"],
             )?,
             registry,
@@ -387,8 +401,17 @@ pub fn set_held_messages(subscription: &str, n: usize) {
 
 /// A message of `subscription` started processing (in flight until
 /// [`inflight_ended`]).
-/// A target's pacing state (SPEC §4.2).
-pub fn set_target_state(target: &str, limit: usize, inflight: usize, open: bool, held: usize) {
+/// Why a target's circuit can be open (SPEC §4.2, §4.3): the `cause` label.
+pub const CIRCUIT_CAUSES: &[&str] = &["outage", "auth", "config"];
+
+/// A target's pacing state (SPEC §4.2); `cause` is why its circuit is open.
+pub fn set_target_state(
+    target: &str,
+    limit: usize,
+    inflight: usize,
+    cause: Option<&str>,
+    held: usize,
+) {
     let m = metrics();
     let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     m.target_concurrency_limit
@@ -397,10 +420,24 @@ pub fn set_target_state(target: &str, limit: usize, inflight: usize, open: bool,
     m.target_inflight
         .with_label_values(&[target])
         .set(as_i64(inflight));
-    m.target_circuit_open
-        .with_label_values(&[target])
-        .set(i64::from(open));
+    for c in CIRCUIT_CAUSES {
+        m.target_circuit_open
+            .with_label_values(&[target, c])
+            .set(i64::from(cause == Some(*c)));
+    }
     m.target_held.with_label_values(&[target]).set(as_i64(held));
+}
+
+/// A target's account-wide cap and the slots this process holds (SPEC §4.3).
+pub fn set_target_slots(target: &str, cap: usize, held: usize) {
+    let m = metrics();
+    let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    m.target_account_slots
+        .with_label_values(&[target])
+        .set(as_i64(cap));
+    m.target_account_slots_held
+        .with_label_values(&[target])
+        .set(as_i64(held));
 }
 
 pub fn inflight_started(subscription: &str) {

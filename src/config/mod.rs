@@ -16,6 +16,7 @@ mod load;
 mod serde_helpers;
 mod settings;
 mod strict;
+mod targets;
 #[cfg(test)]
 mod test_support;
 mod validate;
@@ -27,6 +28,7 @@ pub use self::load::{load, load_from};
 pub use self::serde_helpers::mask_url_password;
 pub use self::settings::*;
 pub use self::strict::{KeyOrigin, UnknownKey};
+pub use self::targets::*;
 
 /// Prefix of every settings environment variable (`BACKBONE__DATABASE__URL`).
 pub const ENV_PREFIX: &str = "BACKBONE";

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::serde_helpers::{
     duration_str, mask_url_password, serialize_masked_url, serialize_redacted_opt, source_priority,
 };
+use super::targets::Target;
 use super::ConflictPolicy;
 use crate::model::raw_event::Source;
 use crate::model::rules::MergePolicy;
@@ -121,38 +122,6 @@ pub struct MergeSettings {
 pub struct TargetsSettings {
     pub netsuite: Target,
     pub suitex: Target,
-}
-
-/// An HTTP endpoint merged events are delivered to.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct Target {
-    pub url: Option<String>,
-    /// Bearer token sent with each delivery.
-    #[serde(serialize_with = "serialize_redacted_opt")]
-    pub token: Option<SecretString>,
-    #[serde(with = "duration_str")]
-    pub timeout: Duration,
-    /// Pacing (SPEC §4.2): the adaptive concurrency limit starts here…
-    pub initial_concurrency: usize,
-    /// …and never exceeds this.
-    pub max_concurrency: usize,
-    /// Optional hard cap in requests per second (0 = none).
-    pub rate_limit: f64,
-    /// Requests the rate cap lets through at once after a quiet spell.
-    pub rate_burst: u32,
-    /// A `Retry-After` longer than this pauses the target for this long.
-    #[serde(with = "duration_str")]
-    pub max_retry_after: Duration,
-    /// Consecutive failures (5xx, timeouts, resets) over at least two
-    /// records, with no success in between, that open the circuit.
-    pub circuit_failures: u32,
-    /// Longest wait between two probes of an open circuit.
-    #[serde(with = "duration_str")]
-    pub probe_max_interval: Duration,
-    /// How long a database lease on a (target, record) delivery lasts when
-    /// its holder dies; renewed with every request.
-    #[serde(with = "duration_str")]
-    pub lease_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -128,74 +128,7 @@ impl Settings {
             ("netsuite", &self.targets.netsuite),
             ("suitex", &self.targets.suitex),
         ] {
-            if let Some(u) = &target.url {
-                if !is_http_url(u) {
-                    return Err(invalid(
-                        &format!("targets.{name}.url"),
-                        "must be an http:// or https:// URL with a host",
-                    ));
-                }
-            }
-            if target
-                .token
-                .as_ref()
-                .is_some_and(|t| t.expose_secret().trim().is_empty())
-            {
-                return Err(invalid(
-                    &format!("targets.{name}.token"),
-                    "is empty; set a token or leave it unset",
-                ));
-            }
-            if target.timeout.is_zero() {
-                return Err(invalid(
-                    &format!("targets.{name}.timeout"),
-                    "must be greater than 0",
-                ));
-            }
-            let key = |k: &str| format!("targets.{name}.{k}");
-            if target.max_concurrency < 1 || target.max_concurrency > 10_000 {
-                return Err(invalid(
-                    &key("max_concurrency"),
-                    "must be between 1 and 10000",
-                ));
-            }
-            if target.initial_concurrency < 1 || target.initial_concurrency > target.max_concurrency
-            {
-                return Err(invalid(
-                    &key("initial_concurrency"),
-                    format!(
-                        "must be between 1 and targets.{name}.max_concurrency ({})",
-                        target.max_concurrency
-                    ),
-                ));
-            }
-            if !target.rate_limit.is_finite() || target.rate_limit < 0.0 {
-                return Err(invalid(
-                    &key("rate_limit"),
-                    "must be 0 (no cap) or a positive number of requests per second",
-                ));
-            }
-            if target.rate_limit > 0.0 && target.rate_burst < 1 {
-                return Err(invalid(&key("rate_burst"), "must be at least 1"));
-            }
-            if target.max_retry_after.is_zero() {
-                return Err(invalid(&key("max_retry_after"), "must be greater than 0"));
-            }
-            if target.circuit_failures < 1 {
-                return Err(invalid(&key("circuit_failures"), "must be at least 1"));
-            }
-            if target.probe_max_interval < Duration::from_millis(100) {
-                return Err(invalid(
-                    &key("probe_max_interval"),
-                    "must be at least 100ms",
-                ));
-            }
-            if target.lease_ttl <= target.timeout {
-                return Err(invalid(
-                    &key("lease_ttl"),
-                    format!("must be longer than targets.{name}.timeout"),
-                ));
-            }
+            target.validate(name)?;
         }
 
         for kind in ConsumerKind::all() {
@@ -322,12 +255,6 @@ fn is_snapshot_url(s: &str) -> bool {
     } else {
         false
     }
-}
-
-fn is_http_url(s: &str) -> bool {
-    url::Url::parse(s).is_ok_and(|u| {
-        matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
-    })
 }
 
 #[cfg(test)]

@@ -55,15 +55,23 @@ impl InternalEvent for TargetProbed<'_> {
 /// The target failed every request: its deliveries are held from now on.
 pub struct CircuitOpened<'a> {
     pub target: &'a str,
+    /// `outage`, `auth` or `config`.
+    pub cause: &'a str,
     pub error: &'a str,
 }
 
 impl InternalEvent for CircuitOpened<'_> {
     fn emit(self) {
+        let why = match self.cause {
+            "auth" => "The target refuses our credentials (revoked, expired, wrong account or clock)",
+            "config" => "The target's answers say its configuration is wrong (a redirect, an unreadable credential)",
+            _ => "The target fails every request",
+        };
         tracing::warn!(
             target = self.target,
+            cause = self.cause,
             error = self.error,
-            "The target fails every request: circuit open. Its deliveries are held (no attempt consumed, nothing dead-lettered) and one probe at a time tests it."
+            "{why}: circuit open. Its deliveries are held (no attempt consumed, nothing dead-lettered) and one probe at a time tests it."
         );
     }
 }

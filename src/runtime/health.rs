@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::metrics;
 use crate::stages::deliver::pacing::{Pacer, TargetSnapshot};
+use crate::stages::deliver::slots::AccountSlots;
 
 /// Per-consumer streaming state, shared with the HTTP health endpoints.
 #[derive(Default)]
@@ -28,8 +29,11 @@ pub struct Health {
     holds: Mutex<BTreeMap<String, (usize, String)>>,
     /// The delivery targets' pacers: shown by `/readyz` as detail only — a
     /// target's outage is not ours, so it never makes the pod unready.
-    targets: Mutex<Vec<Arc<Pacer>>>,
+    targets: Mutex<Vec<TargetState>>,
 }
+
+/// A target's pacer and, when its account-wide cap is set, its slots.
+type TargetState = (Arc<Pacer>, Option<Arc<AccountSlots>>);
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ConsumerState {
@@ -39,8 +43,14 @@ pub struct ConsumerState {
 
 impl Health {
     /// Registers the delivery targets whose state `/readyz` shows.
-    pub fn set_targets(&self, pacers: Vec<Arc<Pacer>>) {
-        *self.targets.lock().unwrap_or_else(|p| p.into_inner()) = pacers;
+    /// `slots` lines up with `pacers`: a target's account-wide cap, if set.
+    pub fn set_targets(&self, pacers: Vec<Arc<Pacer>>, slots: Vec<Option<Arc<AccountSlots>>>) {
+        let mut slots = slots.into_iter();
+        let both = pacers
+            .into_iter()
+            .map(|p| (p, slots.next().flatten()))
+            .collect();
+        *self.targets.lock().unwrap_or_else(|p| p.into_inner()) = both;
     }
 
     /// Each delivery target's pace, circuit and held deliveries.
@@ -49,7 +59,14 @@ impl Health {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|p| p.snapshot())
+            .map(|(p, slots)| {
+                let mut snap = p.snapshot();
+                if let Some(s) = slots {
+                    snap.account_concurrency = Some(s.cap());
+                    snap.account_slots_held = Some(s.held());
+                }
+                snap
+            })
             .collect()
     }
 

@@ -25,6 +25,7 @@ mod schema_limits;
 pub mod scratch;
 pub mod sizes;
 pub mod story;
+pub mod target_slots;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -330,10 +330,44 @@ async fn gauge(app: &TestApp, name: &str, target: &str) -> Option<f64> {
         .text()
         .await
         .ok()?;
-    let needle = format!("{name}{{target=\"{target}\"}} ");
+    series(&text, name, target)
+        .into_iter()
+        .map(|(_, v)| v)
+        .reduce(f64::max)
+}
+
+/// `name`'s series for `target`: their labels and values.
+fn series(text: &str, name: &str, target: &str) -> Vec<(String, f64)> {
+    let want = format!("target=\"{target}\"");
     text.lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .and_then(|v| v.trim().parse().ok())
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
+        .filter_map(|l| {
+            let (labels, value) = l.split_once("} ")?;
+            if !labels.split(',').any(|p| p == want) {
+                return None;
+            }
+            Some((labels.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Why a target's circuit is open (`backbone_target_circuit_open{cause}`).
+pub async fn circuit_cause(app: &TestApp, target: &str) -> Option<String> {
+    let text = reqwest::get(format!("http://{}/metrics", app.metrics_addr()))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    series(&text, "backbone_target_circuit_open", target)
+        .into_iter()
+        .find(|(_, v)| *v == 1.0)
+        .and_then(|(labels, _)| {
+            labels
+                .split(',')
+                .find_map(|p| p.strip_prefix("cause=\""))
+                .map(|c| c.trim_end_matches('"').to_string())
+        })
 }
 
 /// A scale knob for a longer run by hand (the defaults keep CI short).
@@ -462,6 +496,11 @@ async fn maintenance_window(db: Db) {
     eprintln!("  {}", sx.summary("suitex"));
     assert_eq!(open_ns, Some(1.0), "the circuit opened");
     assert_eq!(open_sx, Some(1.0));
+    assert_eq!(
+        circuit_cause(&app, "netsuite").await.as_deref(),
+        Some("outage"),
+        "cause label"
+    );
     assert_eq!(
         ready_status, 200,
         "a target outage is not ours: still ready"

@@ -1,16 +1,22 @@
 //! The HTTP side of delivery: one pooled client per target, the request
-//! contract (docs/target-contract.md) and the classification of answers.
+//! contract (docs/target-contract.md), signing (`auth`) and reading the
+//! answer (`answer`). Redirects are never followed: a target that
+//! redirects is misconfigured (SPEC §4.3).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
-use secrecy::{ExposeSecret, SecretString};
+use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 
-use crate::stages::{ErrorClass, StageError};
+use super::answer::classify;
+pub use super::answer::{Signal, Vocabulary};
+use super::auth::{error_chain, oauth2::TokenError, Auth, Request, SignError};
+use crate::stages::StageError;
 
-/// The most of a response body quoted in an error (`last_error` is ≤ 1 KiB).
-const BODY_EXCERPT_BYTES: usize = 300;
+/// An error body is read up to this much (NetSuite's error JSON is small;
+/// a huge error page costs nothing beyond it).
+const ERROR_BODY_BYTES: usize = 64 * 1024;
 /// A `Retry-After` beyond this is treated as this: the retry schedule still
 /// dead-letters eventually, and an hour-long hold helps nobody.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -27,8 +33,9 @@ pub struct SinkBuildError {
 #[derive(Debug, Clone)]
 pub struct HttpSink {
     target: &'static str,
-    url: String,
-    token: Option<SecretString>,
+    url: url::Url,
+    auth: Arc<Auth>,
+    vocabulary: Vocabulary,
     timeout: Duration,
     /// Pooled: connections are kept alive between deliveries.
     client: reqwest::Client,
@@ -40,26 +47,6 @@ pub struct Delivered {
     pub status: u16,
 }
 
-/// How a request failed, as pacing reads it (SPEC §4.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
-    /// 429, or 503 with `Retry-After`: the target asks us to slow down.
-    Throttled {
-        status: u16,
-        retry_after: Option<Duration>,
-    },
-    /// The connection was refused: nobody listens there.
-    Unreachable,
-    /// No answer within the timeout.
-    Timeout,
-    /// A 5xx (or 408).
-    Server(u16),
-    /// Reset or broken mid-request.
-    Broken,
-    /// Another 4xx: the target refuses this message.
-    Rejected(u16),
-}
-
 /// A failed request: the stage's error and what it says about the target.
 #[derive(Debug, Clone)]
 pub struct SinkFailure {
@@ -67,75 +54,170 @@ pub struct SinkFailure {
     pub signal: Signal,
 }
 
+/// The client every target (and its OAuth 2.0 token endpoint) is called with.
+pub fn client(target: &'static str, timeout: Duration) -> Result<reqwest::Client, SinkBuildError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64)
+        .tcp_keepalive(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|source| SinkBuildError { target, source })
+}
+
 impl HttpSink {
     pub fn new(
         target: &'static str,
-        url: String,
-        token: Option<SecretString>,
+        url: url::Url,
+        auth: Arc<Auth>,
+        vocabulary: Vocabulary,
         timeout: Duration,
-    ) -> Result<Self, SinkBuildError> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .tcp_keepalive(Duration::from_secs(30))
-            .build()
-            .map_err(|source| SinkBuildError { target, source })?;
-        Ok(Self {
+        client: reqwest::Client,
+    ) -> Self {
+        Self {
             target,
             url,
-            token,
+            auth,
+            vocabulary,
             timeout,
             client,
-        })
+        }
     }
 
     pub fn url(&self) -> &str {
-        &self.url
+        self.url.as_str()
     }
 
-    /// POSTs `body` (the merged event JSON) with the idempotency key.
-    pub async fn post(&self, fingerprint: &str, body: Bytes) -> Result<Delivered, SinkFailure> {
-        let mut req = self
-            .client
-            .post(&self.url)
-            .header(CONTENT_TYPE, "application/json")
-            .header(
-                USER_AGENT,
-                concat!("event-backbone/", env!("CARGO_PKG_VERSION")),
-            )
-            .header("Idempotency-Key", fingerprint)
-            .body(body);
-        if let Some(token) = &self.token {
-            req = req.header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()));
+    pub fn auth(&self) -> &Arc<Auth> {
+        &self.auth
+    }
+
+    /// POSTs `body` (the merged event JSON), signed afresh. A 401 on a
+    /// cached OAuth 2.0 token renews it and sends once more; `probe` (a
+    /// held target's test request) signs with a new token.
+    pub async fn post(
+        &self,
+        fingerprint: &str,
+        body: Bytes,
+        probe: bool,
+    ) -> Result<Delivered, SinkFailure> {
+        let mut renewed = false;
+        loop {
+            let req = Request {
+                method: "POST",
+                url: &self.url,
+                body: &body,
+                fingerprint,
+            };
+            let signed = self
+                .auth
+                .sign(&req, probe || renewed)
+                .await
+                .map_err(|e| self.sign_failure(e))?;
+            let mut builder = self
+                .client
+                .post(self.url.clone())
+                .header(CONTENT_TYPE, "application/json")
+                .header(
+                    USER_AGENT,
+                    concat!("event-backbone/", env!("CARGO_PKG_VERSION")),
+                )
+                .header("Idempotency-Key", fingerprint)
+                .body(body.clone());
+            for (name, value) in &signed.headers {
+                builder = builder.header(name, value.clone());
+            }
+            let resp = match builder.send().await {
+                Ok(r) => r,
+                Err(e) => return Err(self.request_error(&e)),
+            };
+            let status = resp.status().as_u16();
+            if resp.status().is_success() {
+                return Ok(Delivered { status });
+            }
+            let retry_after = retry_after(resp.headers());
+            let text = read_capped(resp, ERROR_BODY_BYTES).await;
+            let fresh = signed.fresh() || renewed;
+            let (signal, error) = classify(
+                self.target,
+                self.vocabulary,
+                status,
+                retry_after,
+                &text,
+                fresh,
+            );
+            if matches!(signal, Signal::Auth { .. })
+                && !renewed
+                && self.auth.renew_after_refusal(&signed).await
+            {
+                renewed = true;
+                continue;
+            }
+            return Err(SinkFailure { error, signal });
         }
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => return Err(self.request_error(&e)),
+    }
+
+    /// A signed GET to `url` (`doctor`'s credential check): the status and
+    /// the start of the body, or why no answer came.
+    pub async fn probe_get(&self, url: &url::Url) -> Result<(u16, HeaderMap, Vec<u8>), String> {
+        let req = Request {
+            method: "GET",
+            url,
+            body: b"",
+            fingerprint: "doctor",
         };
+        let signed = self
+            .auth
+            .sign(&req, true)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut builder = self.client.get(url.clone());
+        for (name, value) in &signed.headers {
+            builder = builder.header(name, value.clone());
+        }
+        let resp = builder.send().await.map_err(|e| error_chain(&e))?;
         let status = resp.status().as_u16();
-        if resp.status().is_success() {
-            return Ok(Delivered { status });
-        }
-        let retry_after = retry_after(resp.headers());
-        let excerpt = body_excerpt(resp).await;
-        let signal = match status {
-            429 => Signal::Throttled {
-                status,
-                retry_after,
-            },
-            503 if retry_after.is_some() => Signal::Throttled {
-                status,
-                retry_after,
-            },
-            408 | 500..=599 => Signal::Server(status),
-            _ => Signal::Rejected(status),
+        let headers = resp.headers().clone();
+        Ok((status, headers, read_capped(resp, ERROR_BODY_BYTES).await))
+    }
+
+    /// A request that could not be signed: a secret file that vanished is
+    /// the configuration's fault (held), a token endpoint's answer is read
+    /// as the target's own.
+    fn sign_failure(&self, e: SignError) -> SinkFailure {
+        let message = format!("{}: cannot sign the request: {e}", self.target);
+        let (signal, error) = match &e {
+            SignError::Token(TokenError::Refused { status, .. }) => (
+                Signal::Auth {
+                    status: *status,
+                    fresh: true,
+                },
+                StageError::transient(message),
+            ),
+            SignError::Token(TokenError::Failed { status, .. }) => {
+                let signal = if *status == 429 {
+                    Signal::Throttled {
+                        status: 429,
+                        retry_after: None,
+                    }
+                } else {
+                    Signal::Server(*status)
+                };
+                (signal, StageError::transient(message))
+            }
+            SignError::Token(TokenError::Unreachable(_)) => {
+                (Signal::Unreachable, StageError::transient(message))
+            }
+            SignError::Token(TokenError::Malformed(_)) => {
+                (Signal::Broken, StageError::transient(message))
+            }
+            SignError::Secret(_) | SignError::Header | SignError::Token(TokenError::Sign(_)) => {
+                (Signal::Misconfigured(0), StageError::transient(message))
+            }
         };
-        Err(SinkFailure {
-            error: classify(self.target, status, &excerpt, retry_after),
-            signal,
-        })
+        SinkFailure { error, signal }
     }
 
     fn request_error(&self, e: &reqwest::Error) -> SinkFailure {
@@ -152,46 +234,16 @@ impl HttpSink {
         } else {
             ("request failed".to_string(), Signal::Broken)
         };
-        // reqwest's Display hides the cause (e.g. "connection refused").
-        let mut cause = String::new();
-        let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
-        while let Some(s) = src {
-            cause = s.to_string();
-            src = s.source();
-        }
         SinkFailure {
             error: StageError::transient(format!(
-                "delivery to {} ({}) {what}: {cause}",
-                self.target, self.url
+                "delivery to {} ({}) {what}: {}",
+                self.target,
+                self.url,
+                error_chain(e)
             )),
             signal,
         }
     }
-}
-
-/// SPEC §4: 408, 429 and 5xx are worth retrying; any other non-2xx is the
-/// target refusing this event for good.
-pub fn classify(
-    target: &str,
-    status: u16,
-    body_excerpt: &str,
-    retry_after: Option<Duration>,
-) -> StageError {
-    let class = if status == 408 || status == 429 || (500..600).contains(&status) {
-        ErrorClass::Transient
-    } else {
-        ErrorClass::Permanent
-    };
-    let mut message = format!("{target} answered HTTP {status}");
-    if !body_excerpt.is_empty() {
-        message.push_str(": ");
-        message.push_str(body_excerpt);
-    }
-    let mut err = StageError::new(class, message);
-    if class == ErrorClass::Transient {
-        err.retry_after = retry_after;
-    }
-    err
 }
 
 /// `Retry-After` as delta-seconds or an HTTP date (RFC 9110 §10.2.3).
@@ -208,67 +260,23 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(d.min(MAX_RETRY_AFTER))
 }
 
-/// The start of the body, on one line, without control characters; reading
-/// stops at the limit so a huge error page costs nothing.
-async fn body_excerpt(mut resp: reqwest::Response) -> String {
+/// Reads at most `cap` bytes of the body; the rest is never downloaded.
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Vec<u8> {
     let mut buf = Vec::new();
-    while buf.len() < BODY_EXCERPT_BYTES {
+    while buf.len() < cap {
         match resp.chunk().await {
             Ok(Some(c)) => buf.extend_from_slice(&c),
             Ok(None) | Err(_) => break,
         }
     }
-    let cut = buf.len() > BODY_EXCERPT_BYTES;
-    buf.truncate(BODY_EXCERPT_BYTES);
-    let mut s: String = String::from_utf8_lossy(&buf)
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let trimmed = s.trim_end().len();
-    s.truncate(trimmed);
-    if cut {
-        s.push('…');
-    }
-    s
+    buf.truncate(cap);
+    buf
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use reqwest::header::HeaderValue;
-
-    #[test]
-    fn statuses_are_classified_as_the_spec_says() {
-        for s in [408, 429, 500, 502, 503, 504, 599] {
-            assert_eq!(
-                classify("netsuite", s, "", None).class,
-                ErrorClass::Transient,
-                "{s}"
-            );
-        }
-        for s in [400, 401, 403, 404, 409, 410, 422, 451, 301, 304] {
-            assert_eq!(
-                classify("netsuite", s, "", None).class,
-                ErrorClass::Permanent,
-                "{s}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_message_names_status_and_body_and_keeps_retry_after_for_transients() {
-        let e = classify(
-            "suitex",
-            400,
-            "field `x` is unknown",
-            Some(Duration::from_secs(3)),
-        );
-        assert_eq!(e.message, "suitex answered HTTP 400: field `x` is unknown");
-        assert_eq!(e.retry_after, None);
-        let e = classify("suitex", 429, "", Some(Duration::from_secs(3)));
-        assert_eq!(e.message, "suitex answered HTTP 429");
-        assert_eq!(e.retry_after, Some(Duration::from_secs(3)));
-    }
 
     #[test]
     fn retry_after_reads_seconds_and_dates_and_is_capped() {

@@ -9,7 +9,9 @@
 //!
 //! Pure: the caller passes the clock, so the tests drive it exactly.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Vector's defaults, found by its simulations.
 const DECREASE_RATIO: f64 = 0.9;

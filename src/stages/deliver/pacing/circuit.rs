@@ -8,9 +8,17 @@
 //! going on, and goes through the retry schedule and the DLQ. A refused
 //! connection opens the circuit at once: nothing was sent, so it is never
 //! about the message; two 503s (the target saying it is unavailable) over
-//! two records do too. Pure: the caller passes the clock.
+//! two records do too.
+//!
+//! Credentials and configuration are judged apart (SPEC §4.3): an
+//! authentication or misconfiguration answer for two different records in
+//! a row, or for credentials nobody had used before (a token just fetched),
+//! opens the circuit with that cause. The cause is what the operator sees.
+//! Pure: the caller passes the clock (tokio's, so tests can pause it).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// The first probe waits this long; each failed one doubles the wait.
 const FIRST_PROBE: Duration = Duration::from_secs(1);
@@ -25,7 +33,46 @@ pub enum Failure {
     Unavailable,
     /// A 5xx, a timeout, a reset: maybe the target, maybe the message.
     Failed,
+    /// The credentials were refused; `fresh` when nobody had used them before.
+    Auth { fresh: bool },
+    /// A redirect or a credential that cannot be read: the configuration.
+    Config,
 }
+
+/// Why the circuit is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// The target fails everything (refused, timeouts, 5xx, 503s).
+    Outage,
+    /// The target refuses our credentials.
+    Auth,
+    /// A redirect, or a credential file that cannot be read.
+    Config,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 3] = [Cause::Outage, Cause::Auth, Cause::Config];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Outage => "outage",
+            Cause::Auth => "auth",
+            Cause::Config => "config",
+        }
+    }
+
+    fn of(kind: Failure) -> Self {
+        match kind {
+            Failure::Auth { .. } => Cause::Auth,
+            Failure::Config => Cause::Config,
+            _ => Cause::Outage,
+        }
+    }
+}
+
+/// Credential or configuration answers in a row, over two records, that open it.
+const REFUSALS_OPEN: u32 = 2;
 
 /// 503s in a failure run (over two records) that open the circuit.
 const UNAVAILABLE_OPENS: u32 = 2;
@@ -46,6 +93,7 @@ struct Open {
     since: Instant,
     next_probe: Instant,
     delay: Duration,
+    cause: Cause,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +105,10 @@ pub struct Circuit {
     unavailable: u32,
     first_record: Option<u64>,
     several_records: bool,
+    /// Credential/configuration refusals in a row, and their records.
+    refusals: u32,
+    refused_record: Option<u64>,
+    refused_several: bool,
     open: Option<Open>,
 }
 
@@ -69,12 +121,20 @@ impl Circuit {
             unavailable: 0,
             first_record: None,
             several_records: false,
+            refusals: 0,
+            refused_record: None,
+            refused_several: false,
             open: None,
         }
     }
 
     pub fn is_open(&self) -> bool {
         self.open.is_some()
+    }
+
+    /// Why it is open; `None` while closed.
+    pub fn cause(&self) -> Option<Cause> {
+        self.open.as_ref().map(|o| o.cause)
     }
 
     /// When the open circuit's next probe may go.
@@ -96,17 +156,33 @@ impl Circuit {
         self.unavailable = 0;
         self.first_record = None;
         self.several_records = false;
+        self.refusals = 0;
+        self.refused_record = None;
+        self.refused_several = false;
         self.open
             .take()
             .map(|o| now.saturating_duration_since(o.since))
     }
 
-    /// The probe failed: the next one waits twice as long, up to the cap.
-    pub fn probe_failed(&mut self, now: Instant) {
+    /// The probe failed with `kind`: the next one waits twice as long, up
+    /// to the cap, and the cause becomes what this probe met.
+    pub fn probe_failed(&mut self, now: Instant, kind: Failure) {
         if let Some(open) = &mut self.open {
             open.delay = (open.delay * 2).min(self.probe_max);
             open.next_probe = now + open.delay;
+            open.cause = Cause::of(kind);
         }
+    }
+
+    fn open_now(&mut self, now: Instant, cause: Cause) -> AfterFailure {
+        let delay = FIRST_PROBE.min(self.probe_max);
+        self.open = Some(Open {
+            since: now,
+            next_probe: now + delay,
+            delay,
+            cause,
+        });
+        AfterFailure::Opened
     }
 
     /// A request for `record` (any stable hash of it) failed.
@@ -114,6 +190,9 @@ impl Circuit {
         if self.open.is_some() {
             // A request sent before the circuit opened.
             return AfterFailure::Open;
+        }
+        if let Failure::Auth { .. } | Failure::Config = kind {
+            return self.refused(now, record, kind);
         }
         self.failures = self.failures.saturating_add(1);
         match self.first_record {
@@ -127,13 +206,25 @@ impl Circuit {
         let everything = self.several_records
             && (self.failures >= self.threshold || self.unavailable >= UNAVAILABLE_OPENS);
         if kind == Failure::Unreachable || everything {
-            let delay = FIRST_PROBE.min(self.probe_max);
-            self.open = Some(Open {
-                since: now,
-                next_probe: now + delay,
-                delay,
-            });
-            AfterFailure::Opened
+            self.open_now(now, Cause::Outage)
+        } else {
+            AfterFailure::Counted
+        }
+    }
+
+    /// A credential or configuration answer: the message's own while other
+    /// records pass, the target's once two records in a row get it or the
+    /// credentials were new.
+    fn refused(&mut self, now: Instant, record: u64, kind: Failure) -> AfterFailure {
+        self.refusals = self.refusals.saturating_add(1);
+        match self.refused_record {
+            None => self.refused_record = Some(record),
+            Some(r) if r != record => self.refused_several = true,
+            Some(_) => {}
+        }
+        let fresh = matches!(kind, Failure::Auth { fresh: true });
+        if fresh || (self.refused_several && self.refusals >= REFUSALS_OPEN) {
+            self.open_now(now, Cause::of(kind))
         } else {
             AfterFailure::Counted
         }
@@ -215,7 +306,7 @@ mod tests {
                 Some(t),
                 "a straggler does not delay the probe"
             );
-            c.probe_failed(t);
+            c.probe_failed(t, Failure::Failed);
             waits.push(c.next_probe().unwrap() - t);
         }
         assert_eq!(waits, vec![2 * S, 4 * S, 8 * S, 8 * S, 8 * S]);
@@ -223,5 +314,63 @@ mod tests {
         assert_eq!(c.success(t), Some(t - opened));
         assert!(!c.is_open());
         assert_eq!(c.open_for(t), None);
+    }
+
+    #[test]
+    fn refused_credentials_for_two_records_in_a_row_open_it_with_their_cause() {
+        let auth = Failure::Auth { fresh: false };
+        let mut c = Circuit::new(5, 30 * S);
+        let t = Instant::now();
+        assert_eq!(
+            c.failure(t, 1, auth),
+            AfterFailure::Counted,
+            "one record: maybe its own"
+        );
+        assert_eq!(
+            c.failure(t, 1, auth),
+            AfterFailure::Counted,
+            "still one record"
+        );
+        assert_eq!(c.failure(t, 2, auth), AfterFailure::Opened);
+        assert_eq!(c.cause(), Some(Cause::Auth));
+        // A probe meeting a 5xx now: the cause follows what the target says.
+        c.probe_failed(t, Failure::Failed);
+        assert_eq!(c.cause(), Some(Cause::Outage));
+        c.probe_failed(t, Failure::Config);
+        assert_eq!(c.cause(), Some(Cause::Config));
+
+        let mut c = Circuit::new(5, 30 * S);
+        c.failure(t, 1, auth);
+        assert_eq!(c.success(t), None);
+        assert_eq!(
+            c.failure(t, 2, auth),
+            AfterFailure::Counted,
+            "a success in between"
+        );
+        assert_eq!(c.failure(t, 3, Failure::Config), AfterFailure::Opened);
+        assert_eq!(c.cause(), Some(Cause::Config));
+    }
+
+    #[test]
+    fn refused_fresh_credentials_open_it_at_once() {
+        let mut c = Circuit::new(5, 30 * S);
+        let t = Instant::now();
+        assert_eq!(
+            c.failure(t, 1, Failure::Auth { fresh: true }),
+            AfterFailure::Opened
+        );
+        assert_eq!(c.cause(), Some(Cause::Auth));
+    }
+
+    #[test]
+    fn refusals_do_not_count_as_an_outage_nor_the_reverse() {
+        let mut c = Circuit::new(3, 30 * S);
+        let t = Instant::now();
+        c.failure(t, 1, Failure::Failed);
+        c.failure(t, 2, Failure::Auth { fresh: false });
+        c.failure(t, 3, Failure::Failed);
+        assert!(!c.is_open(), "two outage failures, one refusal");
+        assert_eq!(c.failure(t, 4, Failure::Failed), AfterFailure::Opened);
+        assert_eq!(c.cause(), Some(Cause::Outage));
     }
 }

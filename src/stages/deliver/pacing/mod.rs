@@ -10,13 +10,16 @@ pub mod circuit;
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{watch, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
+// tokio's clock, so the tests run on paused time instead of real waits.
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::aimd::{Aimd, Change};
+pub use self::circuit::Cause;
 use self::circuit::{AfterFailure, Circuit, Failure};
 use crate::internal_events::{emit, CircuitClosed, CircuitOpened, TargetProbed, TargetThrottled};
 use crate::metrics;
@@ -84,11 +87,17 @@ pub struct TargetSnapshot {
     pub inflight: usize,
     pub held: usize,
     pub circuit_open: bool,
+    /// Why it is open: `outage`, `auth` or `config`.
+    pub circuit_cause: Option<Cause>,
     /// Seconds the circuit has been open.
     pub circuit_open_for_seconds: Option<f64>,
     /// Seconds left of a `Retry-After` pause.
     pub paused_for_seconds: Option<f64>,
     pub mean_rtt_ms: Option<f64>,
+    /// The account-wide cap across replicas (SPEC §4.3), when set, and the
+    /// slots of it this process holds.
+    pub account_concurrency: Option<usize>,
+    pub account_slots_held: Option<usize>,
 }
 
 struct Inner {
@@ -237,12 +246,15 @@ impl Pacer {
             inflight: st.inflight,
             held: st.held,
             circuit_open: st.circuit.is_open(),
+            circuit_cause: st.circuit.cause(),
             circuit_open_for_seconds: st.circuit.open_for(now).map(|d| d.as_secs_f64()),
             paused_for_seconds: st
                 .paused_until
                 .filter(|u| *u > now)
                 .map(|u| (u - now).as_secs_f64()),
             mean_rtt_ms: st.aimd.mean_rtt().map(|d| d.as_secs_f64() * 1000.0),
+            account_concurrency: None,
+            account_slots_held: None,
         }
     }
 
@@ -404,13 +416,14 @@ impl Pacer {
                     self.log_change(change, &st);
                 }
                 if probe {
-                    st.circuit.probe_failed(now);
+                    st.circuit.probe_failed(now, kind);
                     Verdict::Again
                 } else {
                     match st.circuit.failure(now, record, kind) {
                         AfterFailure::Opened => {
                             emit(CircuitOpened {
                                 target: self.target,
+                                cause: st.circuit.cause().unwrap_or(Cause::Outage).as_str(),
                                 error,
                             });
                             Verdict::Again
@@ -512,7 +525,7 @@ impl Pacer {
             self.target,
             st.aimd.limit(),
             st.inflight,
-            st.circuit.is_open(),
+            st.circuit.cause().map(Cause::as_str),
             st.held,
         );
     }
@@ -542,7 +555,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn permits_are_bounded_by_the_limit_and_waiters_are_not_failed() {
         let p = Pacer::new("t-limit", settings(), CancellationToken::new());
         let a = p.acquire().await.unwrap();
@@ -557,7 +570,7 @@ mod tests {
         drop((b, c));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn retry_after_pauses_the_whole_target_and_is_capped() {
         let mut s = settings();
         s.max_retry_after = Duration::from_millis(200);
@@ -585,7 +598,7 @@ mod tests {
         assert!(p.accepting());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_outage_opens_the_circuit_holds_and_a_probe_closes_it() {
         let p = Pacer::new("t-circuit", settings(), CancellationToken::new());
         // Three failures over two records: open.
@@ -621,7 +634,7 @@ mod tests {
         assert!(!normal.is_probe());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_failure_while_others_succeed_is_the_messages_own() {
         let p = Pacer::new("t-verdict", settings(), CancellationToken::new());
         let bad = p.acquire().await.unwrap();
@@ -653,7 +666,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn shutdown_ends_every_wait() {
         let stop = CancellationToken::new();
         let p = Pacer::new("t-stop", settings(), stop.clone());
@@ -678,6 +691,7 @@ mod tests {
         assert_eq!(waiter.await.unwrap(), Err(Stopped));
     }
 
+    // Real time: governor's rate limiter keeps its own clock.
     #[tokio::test]
     async fn the_rate_cap_spaces_requests() {
         let mut s = settings();

@@ -1,14 +1,15 @@
 //! `Application::build(settings)`: the daemon as `run` starts it and as the
 //! tests boot it — store, clients, stages, supervisor, relay, HTTP.
 
+pub mod targets;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Settings, Target};
+use crate::config::Settings;
 use crate::model::raw_event::Source;
 use crate::pubsub::clients::{self, Endpoint};
 use crate::pubsub::publisher::Publishers;
@@ -20,7 +21,8 @@ use crate::snapshots::claim_check::ClaimCheck;
 use crate::snapshots::gcs::{GcsSnapshots, ENV_VAR_STORAGE_EMULATOR_HOST};
 use crate::snapshots::{local::LocalSnapshots, SnapshotStore};
 use crate::stages::deliver;
-use crate::stages::deliver::pacing::{Pacer, PacingSettings};
+use crate::stages::deliver::pacing::Pacer;
+use crate::stages::deliver::slots::AccountSlots;
 use crate::stages::merge::batch::{EngineConfig, MergeEngine};
 use crate::stages::merge::MergeStage;
 use crate::stages::park::{self, ParkStage};
@@ -31,30 +33,7 @@ use crate::store::outbox::ConfirmedSet;
 use crate::store::Store;
 use crate::topology::{ConsumerKind, StageName, TopicKind, Topology};
 
-/// A target's delivery settings; none while its URL is unset.
-fn deliver_settings(t: &Target) -> Option<deliver::DeliverSettings> {
-    Some(deliver::DeliverSettings {
-        url: t.url.clone()?,
-        token: t.token.clone(),
-        timeout: t.timeout,
-        lease_ttl: t.lease_ttl,
-    })
-}
-
-/// How a target is paced (SPEC §4.2).
-pub fn pacing_settings(t: &Target) -> PacingSettings {
-    PacingSettings {
-        initial_concurrency: t.initial_concurrency,
-        max_concurrency: t.max_concurrency,
-        rate_limit: (t.rate_limit > 0.0).then_some(t.rate_limit),
-        rate_burst: t.rate_burst,
-        max_retry_after: t.max_retry_after,
-        circuit_failures: t.circuit_failures,
-        probe_max_interval: t.probe_max_interval,
-        // Long enough for the other requests in flight to answer.
-        verdict_wait: (t.timeout + Duration::from_secs(1)).min(Duration::from_secs(30)),
-    }
-}
+pub use self::targets::pacing_settings;
 
 pub fn endpoint(s: &Settings) -> Endpoint {
     Endpoint::from_emulator_host(s.pubsub.emulator_host.as_deref())
@@ -139,6 +118,7 @@ impl Application {
         let mut registry = Registry::default();
         let stop_pacing = CancellationToken::new();
         let mut pacers = Vec::new();
+        let mut slots_of = Vec::new();
         registry.register(Arc::new(
             MergeStage::new(engine.clone(), snapshots)
                 .with_claim_check_threshold(settings.snapshots.claim_check_threshold_bytes),
@@ -147,21 +127,39 @@ impl Application {
             (Source::Netsuite, &settings.targets.netsuite),
             (Source::Suitex, &settings.targets.suitex),
         ] {
-            if let Some(delivery) = deliver_settings(cfg) {
+            if let Some(delivery) = targets::deliver_settings(target.as_str(), cfg)? {
                 let pacer = Pacer::new(target.as_str(), pacing_settings(cfg), stop_pacing.clone());
                 pacers.push(pacer.clone());
+                let slots = match cfg.account_concurrency {
+                    0 => None,
+                    cap => Some(
+                        AccountSlots::new(
+                            target.as_str(),
+                            cap,
+                            store.clone(),
+                            cfg.timeout,
+                            stop_pacing.clone(),
+                        )
+                        .await
+                        .with_context(|| {
+                            format!("preparing the account slots of target {target}")
+                        })?,
+                    ),
+                };
+                slots_of.push(slots.clone());
                 registry.register(deliver::build(
                     target,
                     delivery,
                     store.clone(),
                     claim_check.clone(),
                     pacer,
-                )?);
+                    slots,
+                ));
             }
         }
         registry.register(Arc::new(ParkStage::new(store.clone(), topology.clone())));
         let health = Arc::new(Health::default());
-        health.set_targets(pacers.clone());
+        health.set_targets(pacers.clone(), slots_of);
         Ok(Self {
             settings,
             topology,

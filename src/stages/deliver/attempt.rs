@@ -1,0 +1,361 @@
+//! One delivery as a loop of attempts (the shape of Vector's Pub/Sub
+//! source): each attempt plans from a view of where the target stands,
+//! claims the record, sends, and returns a [`Step`]; the loop reads a new
+//! view and tries again until an attempt is done. The lease an attempt
+//! takes is released in one place, whatever the attempt came to.
+
+use bytes::Bytes;
+use serde_json::json;
+
+use super::http_sink::{Delivered, Signal, SinkFailure};
+use super::pacing::{Answer, Verdict};
+use super::plan::Plan;
+use super::{outcome_of, pacing_answer, record_hash, stopped, DeliverStage, MERGED_EVENT};
+use crate::model::merged_event::MergedEvent;
+use crate::stages::{store_failure, Failure, Incoming, Outcome, StageResult};
+use crate::store::delivery::DeliveryState;
+use crate::store::delivery_lease::{Claim, Lease};
+use crate::store::delivery_log::{DeliveryWrite, View};
+
+/// What one attempt came to.
+pub(super) enum Step {
+    /// Acked with an outcome, or the message's own failure.
+    Done(StageResult),
+    /// Plan again: the target moved on, another replica holds the record,
+    /// or the target throttled. `wait` first (a backoff), and `view` when
+    /// the attempt already read where the target stands.
+    Again { wait: bool, view: Option<View> },
+    /// The target's circuit opened (an outage, refused credentials): plan
+    /// again; the next permit waits until a probe gets through.
+    Hold,
+}
+
+/// What the attempt needs of the message, resolved once.
+pub(super) struct Delivery<'a> {
+    pub msg: &'a Incoming,
+    pub ev: MergedEvent,
+    pub body: Bytes,
+    pub seq: Option<i64>,
+    /// Where the time goes (`backbone_stage_step_duration_seconds`).
+    pub steps: std::sync::Mutex<crate::metrics::StepTimer>,
+}
+
+impl Delivery<'_> {
+    fn fp(&self) -> &str {
+        &self.ev.fingerprint
+    }
+
+    fn mark(&self, step: &'static str) {
+        self.steps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .mark(step);
+    }
+}
+
+/// What happened under the lease, and whether the write that recorded it
+/// also released the lease.
+struct Leased {
+    step: Step,
+    released: bool,
+}
+
+impl Leased {
+    fn kept(step: Step) -> Self {
+        Self {
+            step,
+            released: false,
+        }
+    }
+}
+
+impl DeliverStage {
+    /// Every attempt of one delivery, until one is done.
+    pub(super) async fn deliver(&self, d: &Delivery<'_>, mut view: View) -> StageResult {
+        let mut again = super::again_delays();
+        loop {
+            match self.attempt(d, view).await? {
+                Step::Done(result) => return result,
+                Step::Again { wait, view: seen } => {
+                    if wait {
+                        let pause = again.next().unwrap_or(super::AGAIN_MAX);
+                        self.pacer
+                            .sleep(pause)
+                            .await
+                            .map_err(|e| stopped(e, d.fp()))?;
+                    }
+                    view = match seen {
+                        Some(v) if !wait => v,
+                        _ => self.view(&d.ev).await?,
+                    };
+                }
+                Step::Hold => view = self.view(&d.ev).await?,
+            }
+        }
+    }
+
+    /// Plans from `view`, claims the record and sends: one attempt.
+    async fn attempt(&self, d: &Delivery<'_>, view: View) -> Result<Step, Failure> {
+        let (delivered, st) = view;
+        let fp = d.fp().to_string();
+        if delivered {
+            self.audit(d.msg, Some(&d.ev), &fp, "duplicate", json!({}), false)
+                .await?;
+            return Ok(Step::Done(Ok(Outcome::ack("duplicate", Some(fp)))));
+        }
+        // Decided without the lease: nothing to send needs no permit.
+        let (body, versions) = match self.plan(d.msg, &d.ev, d.seq, st, d.body.clone()).await? {
+            Plan::Send { body, versions } => (body, versions),
+            Plan::Done(outcome) => return Ok(Step::Done(Ok(outcome))),
+        };
+        d.mark("plan");
+        // The lease and the attempted position in one durable write, made
+        // only if the target still stands where `plan` saw it.
+        let lease = self.lease(&d.ev);
+        let claim = Claim {
+            lease: lease.clone(),
+            ttl: self.lease_ttl,
+            expect: st,
+            attempted: d.seq,
+        };
+        let claimed = self.log().claim(claim).await.map_err(|e| Failure {
+            error: store_failure(&e, MERGED_EVENT),
+            fingerprint: Some(fp.clone()),
+        })?;
+        if !claimed {
+            self.known.forget(&d.ev);
+            let now = self.view(&d.ev).await?;
+            // Unchanged: another replica is delivering this record, wait
+            // its turn; changed: the target moved on while this one waited.
+            return Ok(Step::Again {
+                wait: now == view,
+                view: Some(now),
+            });
+        }
+        let leased = self.under_lease(d, view, body, versions).await;
+        if !matches!(leased, Ok(Leased { released: true, .. })) {
+            self.release(lease).await;
+        }
+        leased.map(|l| l.step)
+    }
+
+    /// Everything done while the record's lease is held: the request and
+    /// the bookkeeping of its answer.
+    async fn under_lease(
+        &self,
+        d: &Delivery<'_>,
+        view: View,
+        body: Bytes,
+        versions: Vec<i64>,
+    ) -> Result<Leased, Failure> {
+        let (_, st) = view;
+        let fp = d.fp();
+        if d.seq.is_none() {
+            // Without a position, only the claim row says whether another
+            // replica delivered it meanwhile.
+            let now = self.view(&d.ev).await?;
+            if now != view {
+                return Ok(Leased::kept(Step::Again {
+                    wait: false,
+                    view: Some(now),
+                }));
+            }
+        }
+        d.mark("claim");
+        if let Some(seq) = d.seq {
+            self.known.set(
+                &d.ev,
+                DeliveryState {
+                    attempted: st.attempted.max(seq),
+                    ..st
+                },
+            );
+        }
+        // The permit after the claim: it bounds requests in flight at the
+        // target, not bookkeeping. Waits through throttling and outages;
+        // never fails for it.
+        let waited = tokio::time::Instant::now();
+        let permit = self.pacer.acquire().await.map_err(|e| stopped(e, fp))?;
+        if waited.elapsed() > self.lease_ttl / 2 {
+            // Held so long the lease may run out mid-request: claim afresh.
+            return Ok(Leased::kept(Step::Again {
+                wait: false,
+                view: None,
+            }));
+        }
+        // The account-wide slot (SPEC §4.3), after the permit: only a
+        // request about to go holds one of the account's slots.
+        let slot = match &self.slots {
+            Some(s) => Some(s.acquire().await.map_err(|e| slot_failure(e, fp))?),
+            None => None,
+        };
+        d.mark("permit_wait");
+        let probe = permit.is_probe();
+        let answer = self.sink.post(fp, body, probe).await;
+        d.mark("post");
+        if let (Some(s), Some(slot)) = (&self.slots, slot) {
+            s.release(slot).await;
+        }
+        let (pace, why) = match &answer {
+            Ok(_) => (Answer::Success, ""),
+            Err(f) => (pacing_answer(f), f.error.message.as_str()),
+        };
+        let verdict = self.pacer.finish(permit, record_hash(&d.ev), pace, why);
+        match answer {
+            Ok(delivered) => self.delivered(d, st, delivered, versions).await,
+            Err(failure) => self.failed(d, failure, verdict).await,
+        }
+    }
+
+    /// The target acknowledged: the claim row and the position, released
+    /// with the lease in one commit.
+    async fn delivered(
+        &self,
+        d: &Delivery<'_>,
+        st: DeliveryState,
+        ok: Delivered,
+        versions: Vec<i64>,
+    ) -> Result<Leased, Failure> {
+        let fp = d.fp().to_string();
+        let detail = json!({"status": ok.status, "version": d.ev.version, "versions": versions});
+        let row = self.audit_row(d.msg, Some(&d.ev), &fp, "delivered", detail, true);
+        let at = d.seq.map(|seq| self.position_row(&d.ev, seq, true));
+        let lease: Lease = self.lease(&d.ev);
+        match self
+            .log()
+            .write_releasing(DeliveryWrite::Done(row, at), lease)
+            .await
+        {
+            Ok(()) => {
+                d.mark("audit_and_state_write");
+                if let Some(seq) = d.seq {
+                    self.known.set(
+                        &d.ev,
+                        DeliveryState {
+                            acked: seq,
+                            acked_version: d.ev.version,
+                            attempted: st.attempted.max(seq),
+                        },
+                    );
+                }
+                tracing::info!(
+                    target = self.target.as_str(),
+                    status = ok.status,
+                    version = d.ev.version,
+                    folded = versions.len(),
+                    "Merged event delivered."
+                );
+                Ok(Leased {
+                    step: Step::Done(Ok(Outcome::ack("delivered", Some(fp)))),
+                    released: true,
+                })
+            }
+            Err(e) => {
+                // The release rolled back with the claim.
+                self.known.forget(&d.ev);
+                // Another replica delivered the same fingerprint at the
+                // same time; the target dedupes on the fingerprint.
+                let step = if self.already_delivered(&fp).await? {
+                    Step::Done(Ok(Outcome::ack("duplicate", Some(fp))))
+                } else {
+                    Step::Done(Err(Failure {
+                        error: store_failure(&e, MERGED_EVENT),
+                        fingerprint: Some(fp),
+                    }))
+                };
+                Ok(Leased::kept(step))
+            }
+        }
+    }
+
+    /// The request failed: pacing said what that means.
+    async fn failed(
+        &self,
+        d: &Delivery<'_>,
+        failure: SinkFailure,
+        verdict: Verdict,
+    ) -> Result<Leased, Failure> {
+        let fp = d.fp().to_string();
+        let own_failure = |released| {
+            let row = self.audit_row(
+                d.msg,
+                Some(&d.ev),
+                &fp,
+                outcome_of(&failure.error),
+                json!({"error": failure.error.message, "version": d.ev.version}),
+                false,
+            );
+            (row, released)
+        };
+        match verdict {
+            // The target refused this message (a 4xx): permanent.
+            Verdict::Proceed => {
+                let (row, _) = own_failure(true);
+                self.log()
+                    .write_releasing(DeliveryWrite::Audit(row), self.lease(&d.ev))
+                    .await
+                    .map_err(|e| Failure {
+                        error: store_failure(&e, MERGED_EVENT),
+                        fingerprint: Some(fp.clone()),
+                    })?;
+                Ok(Leased {
+                    step: Step::Done(Err(Failure {
+                        error: failure.error,
+                        fingerprint: Some(fp),
+                    })),
+                    released: true,
+                })
+            }
+            // Paced or held: sent again when the target allows, with
+            // nothing recorded and no attempt spent.
+            Verdict::Again => {
+                let unpaced = matches!(
+                    failure.signal,
+                    Signal::Throttled {
+                        retry_after: None,
+                        ..
+                    }
+                );
+                let step = if unpaced {
+                    Step::Again {
+                        wait: true,
+                        view: None,
+                    }
+                } else {
+                    Step::Hold
+                };
+                Ok(Leased::kept(step))
+            }
+            Verdict::Undecided(mark) => {
+                if self
+                    .pacer
+                    .verdict(mark)
+                    .await
+                    .map_err(|e| stopped(e, &fp))?
+                {
+                    // The circuit opened: an outage, not this message.
+                    return Ok(Leased::kept(Step::Hold));
+                }
+                // The target serves others: this failure is the message's
+                // own and takes the retry schedule.
+                let (row, _) = own_failure(false);
+                self.write(DeliveryWrite::Audit(row), &fp).await?;
+                Ok(Leased::kept(Step::Done(Err(Failure {
+                    error: failure.error,
+                    fingerprint: Some(fp),
+                }))))
+            }
+        }
+    }
+}
+
+/// Shutdown hands the message back; a database that does not answer holds it.
+fn slot_failure(e: super::slots::SlotError, fp: &str) -> Failure {
+    match e {
+        super::slots::SlotError::Stopped => stopped(super::pacing::Stopped, fp),
+        super::slots::SlotError::Store(e) => Failure {
+            error: store_failure(&e, MERGED_EVENT),
+            fingerprint: Some(fp.to_string()),
+        },
+    }
+}
