@@ -107,6 +107,35 @@ install_mcp_sdk() {
     echo "tools.sh: pip could not install $MCP_SDK into $venv." >&2
 }
 
+# The independent signature checks of tests/it/sigcheck.py (real-target
+# stand-ins): oauthlib for NetSuite TBA, PyJWT + cryptography for the OAuth
+# 2.0 client assertion, the Standard Webhooks reference library.
+SIG_WHEELS="oauthlib>=3.2 PyJWT>=2.8 cryptography>=42 standardwebhooks>=1.0"
+install_sig_wheels() {
+  local venv
+  venv="$(cd "$(dirname "$0")/.." && pwd)/target/services/venv"
+  if [ -x "$venv/bin/python" ] &&
+    "$venv/bin/python" -c 'import oauthlib, jwt, cryptography, standardwebhooks' 2>/dev/null; then
+    return 0
+  fi
+  if ! have python3; then
+    echo "tools.sh: the signature checks need Python 3 (apt-get install python3 python3-venv)." >&2
+    return 0
+  fi
+  if [ ! -x "$venv/bin/python" ]; then
+    mkdir -p "$(dirname "$venv")"
+    python3 -m venv "$venv" >&2 || {
+      echo "tools.sh: cannot create $venv; install venv with: apt-get install python3-venv" >&2
+      return 0
+    }
+  fi
+  echo "tools.sh: installing the signature checkers ($SIG_WHEELS) into $venv ..."
+  # shellcheck disable=SC2086 # several package specs
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check $SIG_WHEELS >&2 ||
+    echo "tools.sh: pip could not install $SIG_WHEELS into $venv." >&2
+}
+
 install_promtool
 install_chart_wheels
 install_mcp_sdk
+install_sig_wheels

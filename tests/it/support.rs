@@ -378,6 +378,7 @@ pub struct Overrides {
     admin_token: Option<String>,
     local_snapshots: bool,
     db_proxy_port: Option<u16>,
+    runtime_user: bool,
 }
 
 impl Overrides {
@@ -423,6 +424,14 @@ impl Overrides {
         self.db_proxy_port = Some(port);
         self
     }
+
+    /// On MariaDB, the daemon runs as the least-privilege runtime user of
+    /// `sql/grants-mysql.sql` (the test migrates as root first and keeps a
+    /// root connection for its own reads); SQLite ignores it.
+    pub fn runtime_user(mut self) -> Self {
+        self.runtime_user = true;
+        self
+    }
 }
 
 /// A running daemon (in-process) plus handles to watch and stop it.
@@ -454,6 +463,8 @@ pub struct TestApp {
     admin: Option<(String, String)>,
     daemons: Vec<Running>,
     snapshots: Option<tempfile::TempDir>,
+    /// The least-privilege user the daemon runs as ([`Overrides::runtime_user`]).
+    runtime_user: Option<String>,
     /// Last: dropped after the daemons are told to stop.
     db: TestDb,
 }
@@ -497,6 +508,23 @@ impl TestApp {
             vars.push(("BACKBONE__HTTP__ADMIN_TOKEN".to_string(), token.clone()));
             (addr, token)
         });
+        let mut runtime_user = None;
+        if let (true, Some(name)) = (o.runtime_user, tdb.name.as_deref()) {
+            let root = Store::connect(&tdb.url, 2, Duration::from_secs(5))
+                .await
+                .expect("root store");
+            root.migrate().await.expect("migrate as root");
+            let user = apply_shipped_grants(name).await;
+            vars.push((
+                "BACKBONE__DATABASE__URL".to_string(),
+                mariadb_url_as(&user, "pw", name),
+            ));
+            vars.push((
+                "BACKBONE__DATABASE__MIGRATE_ON_START".to_string(),
+                "false".to_string(),
+            ));
+            runtime_user = Some(user);
+        }
         if let Some(port) = o.db_proxy_port {
             let name = tdb.name.as_deref().expect("a proxy stands before MariaDB");
             vars.push((
@@ -508,7 +536,7 @@ impl TestApp {
         let borrowed: Vec<(&str, &str)> =
             vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let settings = settings(&project, &tdb.url, &borrowed);
-        let store = if o.db_proxy_port.is_some() {
+        let store = if o.db_proxy_port.is_some() || runtime_user.is_some() {
             Store::connect(&tdb.url, 2, Duration::from_secs(5))
                 .await
                 .expect("direct store")
@@ -526,6 +554,7 @@ impl TestApp {
             admin,
             daemons: Vec::new(),
             snapshots,
+            runtime_user,
             db: tdb,
         })
     }
@@ -595,6 +624,14 @@ impl TestApp {
         for d in std::mem::take(&mut self.daemons) {
             d.stop().await;
         }
+        if let Some(user) = self.runtime_user.take() {
+            drop_user(&user).await;
+        }
+    }
+
+    /// The runtime user the daemon runs as, when it is not root.
+    pub fn runtime_user(&self) -> Option<&str> {
+        self.runtime_user.as_deref()
     }
 
     fn first(&self) -> &Running {

@@ -230,7 +230,7 @@ impl Target {
 // Deployment and checks
 
 /// Fast retries, a 2 s target timeout and probes at most 1 s apart.
-fn vars() -> Vec<(&'static str, &'static str)> {
+pub(crate) fn vars() -> Vec<(&'static str, &'static str)> {
     vec![
         ("BACKBONE__TARGETS__NETSUITE__TIMEOUT", "2s"),
         ("BACKBONE__TARGETS__SUITEX__TIMEOUT", "2s"),
@@ -252,7 +252,13 @@ async fn deploy(db: Db, ns: &str, sx: &str, extra: &[(&str, &str)]) -> Option<Te
 
 /// `versions` raw events for each of `records` records, from `source`
 /// for even records and the other source for odd ones when `mixed`.
-async fn publish_flow(app: &TestApp, records: usize, versions: i64, mixed: bool, pace: Duration) {
+pub(crate) async fn publish_flow(
+    app: &TestApp,
+    records: usize,
+    versions: i64,
+    mixed: bool,
+    pace: Duration,
+) {
     let p = publishers(&app.topology).await;
     let event = |r: usize, v: i64| {
         let source = if mixed && r % 2 == 1 {
@@ -285,7 +291,7 @@ async fn publish_flow(app: &TestApp, records: usize, versions: i64, mixed: bool,
     }
 }
 
-async fn scalar(store: &Store, sql: &str) -> i64 {
+pub(crate) async fn scalar(store: &Store, sql: &str) -> i64 {
     count(store, sql).await
 }
 
@@ -309,12 +315,12 @@ async fn converged(app: &TestApp, target: &Target, records: &[String], versions:
     .await
 }
 
-async fn dead_letters(app: &TestApp) -> i64 {
+pub(crate) async fn dead_letters(app: &TestApp) -> i64 {
     scalar(&app.store, "SELECT COUNT(*) FROM dead_letters").await
 }
 
 /// Failed delivery executions recorded (each one spent an attempt).
-async fn spent_attempts(app: &TestApp) -> i64 {
+pub(crate) async fn spent_attempts(app: &TestApp) -> i64 {
     scalar(
         &app.store,
         "SELECT COUNT(*) FROM event_audit_log WHERE stage LIKE 'deliver.%' \
@@ -323,7 +329,7 @@ async fn spent_attempts(app: &TestApp) -> i64 {
     .await
 }
 
-async fn gauge(app: &TestApp, name: &str, target: &str) -> Option<f64> {
+pub(crate) async fn gauge(app: &TestApp, name: &str, target: &str) -> Option<f64> {
     let text = reqwest::get(format!("http://{}/metrics", app.metrics_addr()))
         .await
         .ok()?
@@ -371,14 +377,14 @@ pub async fn circuit_cause(app: &TestApp, target: &str) -> Option<String> {
 }
 
 /// A scale knob for a longer run by hand (the defaults keep CI short).
-fn env_or(key: &str, default: usize) -> usize {
+pub(crate) fn env_or(key: &str, default: usize) -> usize {
     std::env::var(key)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
 
-fn records(n: usize, odd_only: Option<bool>) -> Vec<String> {
+pub(crate) fn records(n: usize, odd_only: Option<bool>) -> Vec<String> {
     (0..n)
         .filter(|r| odd_only.is_none_or(|odd| (r % 2 == 1) == odd))
         .map(|r| format!("project:p{r:04}"))

@@ -175,7 +175,7 @@ impl DeliverStage {
         // target, not bookkeeping. Waits through throttling and outages;
         // never fails for it.
         let waited = tokio::time::Instant::now();
-        let permit = self.pacer.acquire().await.map_err(|e| stopped(e, fp))?;
+        let mut permit = self.pacer.acquire().await.map_err(|e| stopped(e, fp))?;
         if waited.elapsed() > self.lease_ttl / 2 {
             // Held so long the lease may run out mid-request: claim afresh.
             return Ok(Leased::kept(Step::Again {
@@ -186,7 +186,11 @@ impl DeliverStage {
         // The account-wide slot (SPEC §4.3), after the permit: only a
         // request about to go holds one of the account's slots.
         let slot = match &self.slots {
-            Some(s) => Some(s.acquire().await.map_err(|e| slot_failure(e, fp))?),
+            Some(s) => {
+                let slot = s.acquire().await.map_err(|e| slot_failure(e, fp))?;
+                permit.restart();
+                Some(slot)
+            }
             None => None,
         };
         d.mark("permit_wait");

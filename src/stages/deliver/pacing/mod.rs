@@ -143,6 +143,12 @@ impl Permit {
     pub fn is_probe(&self) -> bool {
         self.probe.is_some()
     }
+
+    /// The request starts now: what came between the permit and the
+    /// request (an account-wide slot) is not the target's latency.
+    pub fn restart(&mut self) {
+        self.started = Instant::now();
+    }
 }
 
 impl Drop for Permit {
