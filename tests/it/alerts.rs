@@ -117,7 +117,7 @@ fn every_alert_has_a_firing_and_a_silent_test_case() {
         }
     }
     let names = alert_names();
-    assert_eq!(names.len(), 13, "{names:?}");
+    assert_eq!(names.len(), 14, "{names:?}");
     assert_eq!(fires, names, "alerts without a case where they fire");
     assert_eq!(
         silent, names,

@@ -355,6 +355,85 @@ fn production_values() -> Value {
     })
 }
 
+/// One render per target authentication kind (SPEC §4.3): NetSuite TBA
+/// with spatie's HMAC for SuiteX; OAuth 2.0 with Standard Webhooks in a
+/// rotation; a bearer token from a mounted Secret.
+fn auth_kind_values() -> Vec<(String, Value)> {
+    let mut cases: Vec<(String, Value)> = auth_kinds()
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v))
+        .collect();
+    // The same blocks with the targets swapped: every key of every kind
+    // renders for both targets.
+    let swapped: Vec<(String, Value)> = cases
+        .iter()
+        .map(|(n, v)| {
+            let mut v = v.clone();
+            let t = v["config"]["targets"].as_object_mut().expect("targets");
+            let ns = t.remove("netsuite");
+            let sx = t.remove("suitex");
+            if let Some(ns) = ns {
+                t.insert("suitex".into(), ns);
+            }
+            if let Some(sx) = sx {
+                t.insert("netsuite".into(), sx);
+            }
+            if let Some(sec) = v["secrets"].as_object_mut() {
+                let ns = sec.remove("netsuiteAuth");
+                let sx = sec.remove("suitexAuth");
+                if let Some(ns) = ns {
+                    sec.insert("suitexAuth".into(), ns);
+                }
+                if let Some(sx) = sx {
+                    sec.insert("netsuiteAuth".into(), sx);
+                }
+            }
+            (format!("{n}, swapped"), v)
+        })
+        .collect();
+    cases.extend(swapped);
+    cases
+}
+
+fn auth_kinds() -> Vec<(&'static str, Value)> {
+    let restlet = "https://1234567-sb1.restlets.api.netsuite.com/app/site/hosting/restlet.nl?script=7&deploy=1";
+    vec![
+        (
+            "netsuite_tba + hmac_sha256",
+            json!({"config": {"targets": {
+                "netsuite": {"url": restlet, "account_concurrency": 5,
+                    "probe_url": restlet,
+                    "auth": {"kind": "netsuite_tba", "account": "1234567_SB1"}},
+                "suitex": {"url": "http://suitex.sync.svc.cluster.local/api/sync/merged-events",
+                    "allow_http": true,
+                    "auth": {"kind": "hmac_sha256", "header": "X-Signature"}},
+            }},
+            "secrets": {"netsuiteAuth": {"name": "ns-tba"}, "suitexAuth": {"name": "sx-hmac"}}}),
+        ),
+        (
+            "netsuite_oauth2 + standard_webhooks",
+            json!({"config": {"targets": {
+                "netsuite": {"url": restlet,
+                    "auth": {"kind": "netsuite_oauth2", "account": "1234567_SB1",
+                        "client_id": "c1", "certificate_id": "k1",
+                        "scope": "restlets", "token_url": "https://1234567-sb1.suitetalk.api.netsuite.com/services/rest/auth/oauth2/v1/token"}},
+                "suitex": {"url": "https://suitex.example/hook", "errors": "http",
+                    "auth": {"kind": "standard_webhooks"}},
+            }},
+            "secrets": {"netsuiteAuth": {"name": "ns-m2m"},
+                "suitexAuth": {"name": "sx-whsec", "withPreviousSecret": true}}}),
+        ),
+        (
+            "bearer from a mounted secret",
+            json!({"config": {"targets": {
+                "netsuite": {"url": "https://connector.example/hook", "errors": "http",
+                    "auth": {"kind": "bearer"}},
+            }},
+            "secrets": {"netsuiteAuth": {"name": "ns-bearer"}}}),
+        ),
+    ]
+}
+
 fn backlog_hpa_values() -> Value {
     json!({"autoscaling": {"enabled": true, "pubsubBacklog": {"enabled": true}}})
 }
@@ -494,6 +573,18 @@ fn chart_helm_production_with_every_option_on() {
         ),
     ] {
         rendered.extend(container_env(answer, container(obj, c)).into_keys());
+    }
+    let kinds = helm(
+        &py,
+        &auth_kind_values()
+            .into_iter()
+            .map(|(n, v)| case(&n, v))
+            .collect::<Vec<_>>(),
+    );
+    for answer in &kinds {
+        assert_clean(answer);
+        let d = object(answer, "Deployment", &full(""));
+        rendered.extend(container_env(answer, container(d, "event-backbone")).into_keys());
     }
     let named: BTreeSet<String> = template_sources()
         .iter()
@@ -681,6 +772,95 @@ fn chart_helm_backlog_hpa() {
         .is_none());
 }
 
+/// Each target authentication kind renders: its keys in the ConfigMap, its
+/// credentials as files of a mounted Secret, accepted by check-config.
+#[test]
+fn chart_helm_renders_each_target_auth_kind() {
+    let Some(py) = helm_python() else { return };
+    let cases = auth_kind_values();
+    let answers = helm(
+        &py,
+        &cases
+            .iter()
+            .map(|(n, v)| case(n, v.clone()))
+            .collect::<Vec<_>>(),
+    );
+    for ((name, _), a) in cases.iter().zip(&answers) {
+        assert_clean(a);
+        let d = object(a, "Deployment", &full(""));
+        let doctor = object(a, "Pod", &full("-doctor"));
+        let daemon = settings_of(a, d, "event-backbone");
+        settings_of(a, doctor, "doctor");
+        let env = container_env(a, container(d, "event-backbone"));
+        // Every *_FILE points into a mounted Secret's folder, and that
+        // Secret is mounted (read-only) in the daemon and the test pod.
+        let files: Vec<(&String, &String)> =
+            env.iter().filter(|(k, _)| k.ends_with("_FILE")).collect();
+        assert!(!files.is_empty(), "{name}: no credential files");
+        for obj in [d, doctor] {
+            let spec = pod_spec(obj);
+            let mounts: Vec<String> = spec["containers"][0]["volumeMounts"]
+                .as_array()
+                .expect("mounts")
+                .iter()
+                .filter(|m| m["readOnly"] == true)
+                .map(|m| m["mountPath"].as_str().unwrap().to_string())
+                .collect();
+            for (k, path) in &files {
+                assert!(
+                    mounts.iter().any(|m| path.starts_with(&format!("{m}/"))),
+                    "{name}: {k}={path} is not under a mounted Secret {mounts:?}"
+                );
+            }
+            let secrets: Vec<&str> = spec["volumes"]
+                .as_array()
+                .expect("volumes")
+                .iter()
+                .filter_map(|v| v["secret"]["secretName"].as_str())
+                .collect();
+            assert!(!secrets.is_empty(), "{name}: {secrets:?}");
+        }
+        eprintln!(
+            "{name}: netsuite {} / suitex {}",
+            daemon["targets"]["netsuite"]["auth"], daemon["targets"]["suitex"]["auth"]
+        );
+    }
+    let tba = settings_of(
+        &answers[0],
+        object(&answers[0], "Deployment", &full("")),
+        "event-backbone",
+    );
+    assert_eq!(tba["targets"]["netsuite"]["auth"]["kind"], "netsuite_tba");
+    assert_eq!(tba["targets"]["netsuite"]["account_concurrency"], 5);
+    assert_eq!(
+        tba["targets"]["netsuite"]["auth"]["token_secret_file"],
+        "/var/run/secrets/event-backbone/netsuite/token_secret"
+    );
+    assert_eq!(tba["targets"]["suitex"]["auth"]["header"], "X-Signature");
+    let m2m = settings_of(
+        &answers[1],
+        object(&answers[1], "Deployment", &full("")),
+        "event-backbone",
+    );
+    assert_eq!(
+        m2m["targets"]["netsuite"]["auth"]["private_key_file"],
+        "/var/run/secrets/event-backbone/netsuite/private_key"
+    );
+    assert_eq!(
+        m2m["targets"]["suitex"]["auth"]["previous_secret_file"],
+        "/var/run/secrets/event-backbone/suitex/previous_secret"
+    );
+    let bearer = settings_of(
+        &answers[2],
+        object(&answers[2], "Deployment", &full("")),
+        "event-backbone",
+    );
+    assert_eq!(
+        bearer["targets"]["netsuite"]["token_file"],
+        "/var/run/secrets/event-backbone/netsuite/token"
+    );
+}
+
 /// What the chart refuses, each with its message: Helm refuses to render.
 #[test]
 fn chart_helm_refuses_what_it_must_with_its_message() {
@@ -738,6 +918,39 @@ fn chart_helm_refuses_what_it_must_with_its_message() {
             "unknown top-level key",
             json!({"replicas": 3}),
             "'replicas' not allowed",
+        ),
+        (
+            "netsuite_tba without its Secret",
+            json!({"config": {"targets": {"netsuite": {"auth": {"kind": "netsuite_tba", "account": "1234567"}}}}}),
+            "at '/secrets/netsuiteAuth/name'",
+        ),
+        (
+            "netsuite_tba without an account",
+            json!({"config": {"targets": {"netsuite": {"auth": {"kind": "netsuite_tba"}}}},
+                "secrets": {"netsuiteAuth": {"name": "s"}}}),
+            "at '/config/targets/netsuite/auth/account'",
+        ),
+        (
+            "netsuite_oauth2 without a certificate id",
+            json!({"config": {"targets": {"netsuite": {"auth": {"kind": "netsuite_oauth2", "account": "1234567", "client_id": "c"}}}},
+                "secrets": {"netsuiteAuth": {"name": "s"}}}),
+            "at '/config/targets/netsuite/auth/certificate_id'",
+        ),
+        (
+            "hmac_sha256 without a secret",
+            json!({"config": {"targets": {"suitex": {"auth": {"kind": "hmac_sha256"}}}}}),
+            "at '/secrets/suitexAuth/name'",
+        ),
+        (
+            "an unknown auth kind",
+            json!({"config": {"targets": {"suitex": {"auth": {"kind": "oauth1"}}}}}),
+            "at '/config/targets/suitex/auth/kind'",
+        ),
+        (
+            "a realm in the host name form",
+            json!({"config": {"targets": {"netsuite": {"auth": {"kind": "netsuite_tba", "account": "1234567-sb1"}}}},
+                "secrets": {"netsuiteAuth": {"name": "s"}}}),
+            "at '/config/targets/netsuite/auth/account'",
         ),
         (
             "migrate_on_start not a boolean",

@@ -129,6 +129,11 @@ impl Sink {
             .extend(replies.iter().cloned());
     }
 
+    /// Drops what is left of a path's script: it answers 200 again.
+    pub fn clear(&self, path: &str) {
+        self.state.script.lock().unwrap().remove(path);
+    }
+
     pub fn requests(&self, path: &str) -> Vec<Recorded> {
         self.state
             .requests

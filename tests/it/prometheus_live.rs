@@ -80,6 +80,10 @@ enum Condition {
     /// The netsuite target answers 429 (`Retry-After: 0`) to a burst of
     /// requests: throttling, paced, no attempt consumed.
     TargetThrottled,
+    /// The netsuite target refuses our credentials (401) for two records in
+    /// a row: its circuit opens with cause `auth` (SPEC §4.3). Ends when it
+    /// accepts them again.
+    TargetAuthFailing,
 }
 
 /// An alert a condition must fire: its name, the labels it must carry
@@ -156,6 +160,14 @@ const CASES: &[(Condition, &[Expect])] = &[
     (
         Condition::TargetCircuitOpen,
         &[fires("BackboneTargetCircuitOpen", &["target"], true)],
+    ),
+    (
+        Condition::TargetAuthFailing,
+        &[fires(
+            "BackboneTargetAuthFailing",
+            &["target", "cause"],
+            true,
+        )],
     ),
     (
         Condition::TargetThrottled,
@@ -259,6 +271,11 @@ impl Condition {
                     w.publish("suitex").await;
                 }
             }
+            Condition::TargetAuthFailing => {
+                w.sink.script(NS, &vec![Reply::Status(401); 1000]);
+                w.publish("suitex").await;
+                w.publish("suitex").await;
+            }
             Condition::TargetThrottled => {
                 // rate() over the series' life so far (minutes): enough 429s
                 // to stay above 1/s for the rule's `for`.
@@ -303,6 +320,8 @@ impl Condition {
             // park stage's hold; the test does not wait for it.
             Condition::ParkRefused => rename(w, "dead_letters_away", "dead_letters").await,
             Condition::TargetCircuitOpen => w.target_proxy.restore(),
+            // The credentials are accepted again: the next probe closes it.
+            Condition::TargetAuthFailing => w.sink.clear(NS),
             // The script runs out by itself.
             Condition::TargetThrottled => {}
         }

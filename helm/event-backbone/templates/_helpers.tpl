@@ -176,3 +176,36 @@ containers and is stopped after them.
 {{- fail "keda.enabled and autoscaling.enabled are exclusive: KEDA creates its own HPA for the Deployment; enable one of them" }}
 {{- end }}
 {{- end }}
+
+{{/*
+Each target's credentials Secret (secrets.<t>Auth), mounted
+read-only at /var/run/secrets/event-backbone/<t>/: the ConfigMap names its
+files (SPEC §4.3: every secret as <key>_file). Readable by the pod's fsGroup.
+*/}}
+{{- define "event-backbone.targetAuthVolumes" -}}
+{{- with .Values.secrets.netsuiteAuth.name }}
+- name: netsuite-auth
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- with .Values.secrets.suitexAuth.name }}
+- name: suitex-auth
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+
+{{- define "event-backbone.targetAuthVolumeMounts" -}}
+{{- if .Values.secrets.netsuiteAuth.name }}
+- name: netsuite-auth
+  mountPath: /var/run/secrets/event-backbone/netsuite
+  readOnly: true
+{{- end }}
+{{- if .Values.secrets.suitexAuth.name }}
+- name: suitex-auth
+  mountPath: /var/run/secrets/event-backbone/suitex
+  readOnly: true
+{{- end }}
+{{- end }}

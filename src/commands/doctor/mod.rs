@@ -8,6 +8,7 @@ mod database;
 mod pubsub;
 mod report;
 mod snapshots;
+mod targets;
 
 use std::future::Future;
 use std::time::Duration;
@@ -88,7 +89,13 @@ pub async fn checks(settings: &Settings) -> Vec<Check> {
         "snapshots: write and read",
         bounded(snapshots::write_and_read(settings)).await,
     ));
+    out.extend(targets::checks(settings).await);
     out
+}
+
+/// The delivery targets' checks alone (reachability, credentials).
+pub async fn target_checks(settings: &Settings) -> Vec<Check> {
+    targets::checks(settings).await
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<i32> {

@@ -717,3 +717,68 @@ async fn real_targets_suitex_wrong_secret_holds_until_the_file_is_fixed_mariadb(
     assert_eq!(spent_attempts(&app).await, 0);
     app.stop().await;
 }
+
+/// `doctor` checks a target's credentials with a signed GET to its
+/// `probe_url` and says what a refusal means: accepted; a clock 6 minutes
+/// off named as such; a revoked token named as likely.
+#[tokio::test]
+async fn real_targets_doctor_checks_credentials_and_names_a_skewed_clock() {
+    use event_backbone::commands::doctor;
+    let Some(v) = Verifier::start().await else {
+        return;
+    };
+    let check = tba_check();
+    let ns = StandIn::start(v.clone(), check.clone(), Behaviour::default()).await;
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let auth = tba_vars(&check, secrets.path());
+    let probe = ns.restlet_url();
+    let o = overrides(
+        &ns,
+        &ns.hook_url(),
+        &auth,
+        &[("BACKBONE__TARGETS__NETSUITE__PROBE_URL", &probe)],
+    );
+    let Some(app) = TestApp::prepare(Db::Sqlite, o).await else {
+        return;
+    };
+    let line = |checks: &[doctor::Check]| {
+        checks
+            .iter()
+            .find(|c| c.name.starts_with("target netsuite: credentials"))
+            .cloned()
+            .expect("a credentials check")
+    };
+    let good = line(&doctor::target_checks(&app.settings).await);
+    eprintln!("{good}");
+    assert!(good.ok(), "{good}");
+    assert!(good.name.contains("netsuite_tba"), "{good}");
+
+    ns.set(|b| b.clock_offset = 360);
+    let checks = doctor::target_checks(&app.settings).await;
+    let skewed = line(&checks);
+    eprintln!("{skewed}");
+    assert!(!skewed.ok());
+    assert!(
+        skewed.detail.contains("6m")
+            && skewed.detail.contains("behind")
+            && skewed.detail.contains("NTP"),
+        "{skewed}"
+    );
+    let reach = checks
+        .iter()
+        .find(|c| c.name == "target netsuite: reachable")
+        .expect("reachable");
+    assert!(reach.ok(), "{reach}");
+
+    ns.set(|b| {
+        b.clock_offset = 0;
+        b.revoked = true;
+    });
+    let revoked = line(&doctor::target_checks(&app.settings).await);
+    eprintln!("{revoked}");
+    assert!(!revoked.ok());
+    assert!(
+        revoked.detail.contains("INVALID_LOGIN_ATTEMPT") && revoked.detail.contains("revoked"),
+        "{revoked}"
+    );
+}

@@ -68,6 +68,9 @@ pub struct Behaviour {
     pub user_error: HashSet<String>,
     /// Errors in the REST record API's form rather than a RESTlet's.
     pub rest_api_errors: bool,
+    /// The stand-in's clock runs this many seconds ahead of ours (its
+    /// `Date` header and its TBA timestamp check).
+    pub clock_offset: i64,
 }
 
 #[derive(Default)]
@@ -303,6 +306,7 @@ async fn issue(s: &Inner, body: &[u8]) -> Response {
 /// Whether the request proves who calls; `Err` is the refusal to send.
 async fn authenticate(
     s: &Inner,
+    method: &str,
     headers: &HeaderMap,
     url: &str,
     body: &[u8],
@@ -315,7 +319,11 @@ async fn authenticate(
             .unwrap_or_default()
             .to_string()
     };
-    let rest_api = lock(&s.behaviour).rest_api_errors;
+    let (rest_api, offset) = {
+        let b = lock(&s.behaviour);
+        (b.rest_api_errors, b.clock_offset)
+    };
+    let now = chrono::Utc::now().timestamp() + offset;
     let invalid_login = |kind: &'static str| {
         count(s, kind);
         netsuite_error(
@@ -336,10 +344,12 @@ async fn authenticate(
         } => {
             let a = s
                 .verifier
-                .ask(json!({"op": "tba", "method": "POST", "url": url,
+                .ask(
+                    json!({"op": "tba", "method": method, "url": url, "now": now,
                     "authorization": header("authorization"), "realm": realm,
                     "consumer_key": consumer_key, "consumer_secret": consumer_secret,
-                    "token_id": token_id, "token_secret": token_secret}))
+                    "token_id": token_id, "token_secret": token_secret}),
+                )
                 .await;
             if a["ok"] != true {
                 eprintln!("stand-in: TBA refused: {}", a["reason"]);
@@ -406,6 +416,24 @@ async fn authenticate(
 
 async fn receive(
     State(s): State<Arc<Inner>>,
+    method: axum::http::Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let offset = lock(&s.behaviour).clock_offset;
+    let mut resp = answer(&s, method.as_str(), uri, headers, body).await;
+    // The stand-in's clock, as `doctor` reads it to name a skew.
+    let date = (chrono::Utc::now() + chrono::Duration::seconds(offset)).to_rfc2822();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&date) {
+        resp.headers_mut().insert(axum::http::header::DATE, v);
+    }
+    resp
+}
+
+async fn answer(
+    s: &Arc<Inner>,
+    method: &str,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
@@ -421,7 +449,7 @@ async fn receive(
     let record = format!("{}:{record_id}", ev["record_type"].as_str().unwrap_or("?"));
     let b = lock(&s.behaviour).clone();
     if b.revoked {
-        count(&s, "revoked");
+        count(s, "revoked");
         return netsuite_error(
             b.rest_api_errors,
             401,
@@ -429,13 +457,13 @@ async fn receive(
             "Invalid login attempt.",
         );
     }
-    if let Err(refusal) = authenticate(&s, &headers, &url, &body).await {
+    if let Err(refusal) = authenticate(s, method, &headers, &url, &body).await {
         return refusal;
     }
     let now = s.inflight.fetch_add(1, Ordering::SeqCst) + 1;
     s.peak.fetch_max(now, Ordering::SeqCst);
     let answer = if b.cap.is_some_and(|c| now > c) {
-        count(&s, "busy");
+        count(s, "busy");
         netsuite_error(
             b.rest_api_errors,
             400,
@@ -445,7 +473,7 @@ async fn receive(
     } else {
         tokio::time::sleep(b.latency).await;
         if b.user_error.contains(&record_id) {
-            count(&s, "user_error");
+            count(s, "user_error");
             netsuite_error(
                 b.rest_api_errors,
                 400,
@@ -453,7 +481,7 @@ async fn receive(
                 "Invalid value for the resource or sub-resource field 'status'.",
             )
         } else {
-            count(&s, "ok");
+            count(s, "ok");
             let version = ev["version"].as_i64().unwrap_or(-1);
             let mut acked = lock(&s.acked);
             let a = acked.entry(record.clone()).or_insert(0);
