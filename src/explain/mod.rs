@@ -570,8 +570,12 @@ impl<'a> AuditIndex<'a> {
                 last_attempt: None,
             };
         };
-        let relevant: Vec<&(i64, &AuditFact)> =
-            self.about(target).filter(|(seq, _)| *seq >= need).collect();
+        // A request carries every version up to its `through` (a burst sent
+        // as one request, SPEC §4.1): it delivered what was needed by then.
+        let relevant: Vec<&(i64, &AuditFact)> = self
+            .about(target)
+            .filter(|(seq, a)| *seq >= need || detail_i64(a, "through").is_some_and(|t| t >= need))
+            .collect();
         if let Some((seq, a)) = relevant
             .iter()
             .find(|(_, a)| a.stage == stage_name(target) && a.outcome == "delivered")

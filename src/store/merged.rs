@@ -238,6 +238,31 @@ impl Store {
         rows.iter().map(|r| Ok(from_row(r)?.payload)).collect()
     }
 
+    /// The merged events of a record after position `after`, in order, at
+    /// most `limit`: what a target that acknowledged `after` has not been
+    /// sent (SPEC §4.1), up to the newest in the store.
+    pub async fn merged_after(
+        &self,
+        record_type: &str,
+        record_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<MergedRow>, StoreError> {
+        let sql = format!(
+            "{} WHERE m.record_type = ? AND m.record_id = ? \
+             AND m.sequence_num > ? ORDER BY m.sequence_num LIMIT ?",
+            select_sql(self.dialect())
+        );
+        let rows = sqlx::query(&sql)
+            .bind(record_type.to_string())
+            .bind(record_id.to_string())
+            .bind(after)
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+
     /// Every merged event, by record and position (`bench pipeline` checks
     /// each delivery against them).
     pub async fn merged_all(&self) -> Result<Vec<MergedRow>, StoreError> {

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::http_sink::{Delivered, Signal, SinkFailure};
 use super::pacing::{Answer, Verdict};
-use super::plan::Plan;
+use super::plan::{Plan, Send};
 use super::{outcome_of, pacing_answer, record_hash, stopped, DeliverStage, MERGED_EVENT};
 use crate::model::merged_event::MergedEvent;
 use crate::stages::{store_failure, Failure, Incoming, Outcome, StageResult};
@@ -104,8 +104,8 @@ impl DeliverStage {
             return Ok(Step::Done(Ok(Outcome::ack("duplicate", Some(fp)))));
         }
         // Decided without the lease: nothing to send needs no permit.
-        let (body, versions) = match self.plan(d.msg, &d.ev, d.seq, st, d.body.clone()).await? {
-            Plan::Send { body, versions } => (body, versions),
+        let send = match self.plan(d.msg, &d.ev, d.seq, st, d.body.clone()).await? {
+            Plan::Send(send) => send,
             Plan::Done(outcome) => return Ok(Step::Done(Ok(outcome))),
         };
         d.mark("plan");
@@ -116,7 +116,7 @@ impl DeliverStage {
             lease: lease.clone(),
             ttl: self.lease_ttl,
             expect: st,
-            attempted: d.seq,
+            attempted: send.through.map(|(seq, _)| seq),
         };
         let claimed = self.log().claim(claim).await.map_err(|e| Failure {
             error: store_failure(&e, MERGED_EVENT),
@@ -132,7 +132,7 @@ impl DeliverStage {
                 view: Some(now),
             });
         }
-        let leased = self.under_lease(d, view, body, versions).await;
+        let leased = self.under_lease(d, view, send).await;
         if !matches!(leased, Ok(Leased { released: true, .. })) {
             self.release(lease).await;
         }
@@ -145,8 +145,7 @@ impl DeliverStage {
         &self,
         d: &Delivery<'_>,
         view: View,
-        body: Bytes,
-        versions: Vec<i64>,
+        send: Send,
     ) -> Result<Leased, Failure> {
         let (_, st) = view;
         let fp = d.fp();
@@ -162,7 +161,7 @@ impl DeliverStage {
             }
         }
         d.mark("claim");
-        if let Some(seq) = d.seq {
+        if let Some((seq, _)) = send.through {
             self.known.set(
                 &d.ev,
                 DeliveryState {
@@ -195,7 +194,7 @@ impl DeliverStage {
         };
         d.mark("permit_wait");
         let probe = permit.is_probe();
-        let answer = self.sink.post(fp, body, probe).await;
+        let answer = self.sink.post(&send.key, send.body.clone(), probe).await;
         d.mark("post");
         if let (Some(s), Some(slot)) = (&self.slots, slot) {
             s.release(slot).await;
@@ -206,7 +205,7 @@ impl DeliverStage {
         };
         let verdict = self.pacer.finish(permit, record_hash(&d.ev), pace, why);
         match answer {
-            Ok(delivered) => self.delivered(d, st, delivered, versions).await,
+            Ok(delivered) => self.delivered(d, st, delivered, send).await,
             Err(failure) => self.failed(d, failure, verdict).await,
         }
     }
@@ -218,12 +217,18 @@ impl DeliverStage {
         d: &Delivery<'_>,
         st: DeliveryState,
         ok: Delivered,
-        versions: Vec<i64>,
+        send: Send,
     ) -> Result<Leased, Failure> {
         let fp = d.fp().to_string();
-        let detail = json!({"status": ok.status, "version": d.ev.version, "versions": versions});
+        let versions = send.versions;
+        // `through`: the newest position the request carried (a burst goes
+        // as one request), which `explain` reads.
+        let detail = json!({"status": ok.status, "version": d.ev.version, "versions": versions,
+            "through": send.through.map(|(seq, _)| seq)});
         let row = self.audit_row(d.msg, Some(&d.ev), &fp, "delivered", detail, true);
-        let at = d.seq.map(|seq| self.position_row(&d.ev, seq, true));
+        let at = send
+            .through
+            .map(|(seq, version)| self.position_row(&d.ev, seq, version, true));
         let lease: Lease = self.lease(&d.ev);
         match self
             .log()
@@ -232,12 +237,12 @@ impl DeliverStage {
         {
             Ok(()) => {
                 d.mark("audit_and_state_write");
-                if let Some(seq) = d.seq {
+                if let Some((seq, version)) = send.through {
                     self.known.set(
                         &d.ev,
                         DeliveryState {
                             acked: seq,
-                            acked_version: d.ev.version,
+                            acked_version: version,
                             attempted: st.attempted.max(seq),
                         },
                     );

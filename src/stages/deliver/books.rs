@@ -18,13 +18,20 @@ impl DeliverStage {
         })
     }
 
-    pub(super) fn position_row(&self, ev: &MergedEvent, seq: i64, acked: bool) -> PositionRow {
+    /// The target stands at position `seq` (version `version`) of `ev`'s record.
+    pub(super) fn position_row(
+        &self,
+        ev: &MergedEvent,
+        seq: i64,
+        version: i64,
+        acked: bool,
+    ) -> PositionRow {
         PositionRow {
             target: self.target.as_str().to_string(),
             record_type: ev.record_type.clone(),
             record_id: ev.record_id.clone(),
             seq,
-            version: ev.version,
+            version,
             acked,
         }
     }

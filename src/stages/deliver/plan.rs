@@ -1,6 +1,9 @@
 //! What a delivery sends (SPEC §4.1): nothing when the target is ahead or
-//! nothing is routed to it, the event itself when the target is up to date
-//! before it, else the fold of what the target has not acknowledged.
+//! nothing is routed to it, the event itself when it is the only version the
+//! target has not acknowledged, else the fold of every version after the
+//! target's position up to the newest merged in the store — so a record's
+//! burst goes out as one request, and the later versions' messages find
+//! themselves `covered`.
 
 use bytes::Bytes;
 use serde_json::json;
@@ -14,12 +17,39 @@ use crate::store::delivery::DeliveryState;
 use crate::store::delivery_log::DeliveryWrite;
 use crate::store::StoreError;
 
+/// Merged events folded into one request at most: a record with more
+/// unacknowledged versions sends the rest with its next message.
+const FOLD_MAX: i64 = 1000;
+
 /// What [`DeliverStage::plan`] decided.
 pub(super) enum Plan {
     /// POST `body`, which carries these versions.
-    Send { body: Bytes, versions: Vec<i64> },
+    Send(Send),
     /// Nothing to send; acked with this outcome.
     Done(Outcome),
+}
+
+/// A request to make.
+pub(super) struct Send {
+    pub body: Bytes,
+    /// The versions it carries.
+    pub versions: Vec<i64>,
+    /// Its idempotency key: the fingerprint of the newest version it carries.
+    pub key: String,
+    /// The newest position and version it carries, which the target stands
+    /// at once it answers 2xx (`None`: a merged event without a position).
+    pub through: Option<(i64, i64)>,
+}
+
+/// A message delivered live for the first time (not a retry, not a replay):
+/// one whose content already went out needs no audit row of its own.
+pub(super) fn first_live(msg: &Incoming) -> bool {
+    msg.execution <= 1
+        && msg
+            .attributes
+            .get(crate::model::envelope::REPLAY)
+            .map(String::as_str)
+            != Some("true")
 }
 
 impl DeliverStage {
@@ -41,66 +71,92 @@ impl DeliverStage {
             error: store_failure(&e, MERGED_EVENT),
             fingerprint: Some(fp.clone()),
         };
-        let earlier = match seq {
-            None => Vec::new(),
-            Some(seq) => {
-                if seq == st.acked {
-                    // Acknowledged through exactly this event without its
-                    // claim (which `view` checked): it was skipped before
-                    // (a redelivery), and is skipped again.
-                    return Ok(Plan::Done(Outcome::ack("skipped", Some(fp.clone()))));
-                }
-                if seq < st.acked || seq < st.attempted {
-                    // The target has (or is being sent) a later merged event,
-                    // which carried this one's content: never send it back in time.
-                    let detail = json!({"version": ev.version, "sequence_num": seq,
-                        "acked_sequence_num": st.acked, "acked_version": st.acked_version,
-                        "attempted_sequence_num": st.attempted});
-                    self.audit(msg, Some(ev), fp, "superseded", detail, false)
-                        .await?;
-                    return Ok(Plan::Done(Outcome::ack("superseded", Some(fp.clone()))));
-                }
-                // Positions in between exist only when the target missed something.
-                if st.acked < seq - 1 {
-                    self.store
-                        .timed(self.store.merged_between(
-                            &ev.record_type,
-                            &ev.record_id,
-                            st.acked,
-                            seq,
-                        ))
-                        .await
-                        .map_err(store_fail)?
-                } else {
-                    Vec::new()
-                }
-            }
-        };
-        if earlier.is_empty() {
+        let Some(seq) = seq else {
+            // Before positions were kept: routed on its own.
             return Ok(match routing::route(ev, self.target) {
-                Route::Skip { reason } => Plan::Done(self.skip(msg, ev, seq, reason).await?),
-                Route::Deliver => Plan::Send {
+                Route::Skip { reason } => Plan::Done(self.skip(msg, ev, None, reason).await?),
+                Route::Deliver => Plan::Send(Send {
                     body,
                     versions: vec![ev.version],
-                },
+                    key: fp.clone(),
+                    through: None,
+                }),
+            });
+        };
+        if seq <= st.acked && first_live(msg) {
+            // Acknowledged through this event without its claim (which
+            // `view` checked): an earlier request of the record carried it,
+            // or it was skipped and this is a redelivery.
+            return Ok(Plan::Done(self.covered(ev, seq)));
+        }
+        if seq == st.acked {
+            // A retry or replay of an event the target is exactly up to date with.
+            return Ok(Plan::Done(Outcome::ack("skipped", Some(fp.clone()))));
+        }
+        if seq < st.acked || seq < st.attempted {
+            // The target has (or is being sent) a later merged event,
+            // which carried this one's content: never send it back in time.
+            let detail = json!({"version": ev.version, "sequence_num": seq,
+                "acked_sequence_num": st.acked, "acked_version": st.acked_version,
+                "attempted_sequence_num": st.attempted});
+            self.audit(msg, Some(ev), fp, "superseded", detail, false)
+                .await?;
+            return Ok(Plan::Done(Outcome::ack("superseded", Some(fp.clone()))));
+        }
+        // Every version after the target's position, up to the newest.
+        let rows = self
+            .store
+            .timed(
+                self.store
+                    .merged_after(&ev.record_type, &ev.record_id, st.acked, FOLD_MAX),
+            )
+            .await
+            .map_err(store_fail)?;
+        if rows.len() <= 1 || rows.iter().all(|r| r.sequence_num == seq) {
+            return Ok(match routing::route(ev, self.target) {
+                Route::Skip { reason } => {
+                    Plan::Done(self.skip(msg, ev, Some((seq, ev.version)), reason).await?)
+                }
+                Route::Deliver => Plan::Send(Send {
+                    body,
+                    versions: vec![ev.version],
+                    key: fp.clone(),
+                    through: Some((seq, ev.version)),
+                }),
             });
         }
-        match self.fold_unacknowledged(ev, earlier)? {
+        let through = rows.last().map(|r| (r.sequence_num, r.version));
+        match self.fold_unacknowledged(ev, rows)? {
             Some((folded, versions)) => {
                 let bytes = serde_json::to_vec(&folded).map_err(|e| Failure {
                     error: StageError::transient(format!("folded body: {e}")),
                     fingerprint: Some(fp.clone()),
                 })?;
-                Ok(Plan::Send {
+                Ok(Plan::Send(Send {
                     body: Bytes::from(bytes),
                     versions,
-                })
+                    key: folded.fingerprint.clone(),
+                    through,
+                }))
             }
             None => Ok(Plan::Done(
-                self.skip(msg, ev, seq, "nothing routed to this target")
+                self.skip(msg, ev, through, "nothing routed to this target")
                     .await?,
             )),
         }
+    }
+
+    /// A live message whose content an earlier request of its record
+    /// already carried (a burst sent as one request): acked without a
+    /// request or an audit row of its own, counted.
+    pub(super) fn covered(&self, ev: &MergedEvent, seq: i64) -> Outcome {
+        tracing::debug!(
+            target = self.target.as_str(),
+            version = ev.version,
+            sequence_num = seq,
+            "Merged event covered by an earlier request of its record."
+        );
+        Outcome::ack("covered", Some(ev.fingerprint.clone()))
     }
 
     /// Nothing for the target (SPEC §4: no echo back to the source). The
@@ -112,19 +168,19 @@ impl DeliverStage {
         &self,
         msg: &Incoming,
         ev: &MergedEvent,
-        seq: Option<i64>,
+        through: Option<(i64, i64)>,
         reason: &str,
     ) -> Result<Outcome, Failure> {
         let fp = ev.fingerprint.clone();
-        match seq {
-            Some(seq) => {
-                let at = self.position_row(ev, seq, true);
+        match through {
+            Some((seq, version)) => {
+                let at = self.position_row(ev, seq, version, true);
                 self.write(DeliveryWrite::Position(at), &fp).await?;
                 self.known.set(
                     ev,
                     DeliveryState {
                         acked: seq,
-                        acked_version: ev.version,
+                        acked_version: version,
                         attempted: seq,
                     },
                 );
@@ -150,17 +206,17 @@ impl DeliverStage {
         Ok(Outcome::ack("skipped", Some(fp)))
     }
 
-    /// `ev` folded with the merged events the target has not acknowledged
-    /// (`payloads`, read back from `merged_events` in order), and the
+    /// The merged events the target has not acknowledged (`rows`, read
+    /// back from `merged_events` in order, `ev` among them) folded, and the
     /// versions folded.
     fn fold_unacknowledged(
         &self,
         ev: &MergedEvent,
-        payloads: Vec<String>,
+        rows: Vec<crate::store::merged::MergedRow>,
     ) -> Result<Option<(MergedEvent, Vec<i64>)>, Failure> {
-        let mut versions: Vec<MergedEvent> = Vec::with_capacity(payloads.len() + 1);
-        for p in payloads {
-            match serde_json::from_str::<MergedEvent>(&p) {
+        let mut versions: Vec<MergedEvent> = Vec::with_capacity(rows.len());
+        for r in rows {
+            match serde_json::from_str::<MergedEvent>(&r.payload) {
                 Ok(m) => versions.push(m),
                 Err(e) => {
                     return Err(Failure {
@@ -173,7 +229,6 @@ impl DeliverStage {
                 }
             }
         }
-        versions.push(ev.clone());
         let numbers = versions.iter().map(|m| m.version).collect();
         Ok(fold::fold(&versions, self.target).map(|f| (f, numbers)))
     }
