@@ -123,7 +123,8 @@ async fn runtime_user_runs_the_whole_flow_mariadb() {
     let user = apply_shipped_grants(&db).await;
     let url = runtime_url(&user, &db);
 
-    let project = unique_project();
+    let pubsub = ScratchProject::new();
+    let project = pubsub.id.clone();
     let topology = Topology::new(Env::Production, project.clone());
     provision(&topology, &endpoint()).await.expect("provision");
     let sink = Sink::start().await;
@@ -404,7 +405,8 @@ async fn runtime_user_refuses_a_schema_one_migration_behind_mariadb() {
         .expect("migrate all but the last");
     let user = grants_on_existing_tables(&db).await;
     let url = runtime_url(&user, &db);
-    let project = unique_project();
+    let pubsub = ScratchProject::new();
+    let project = pubsub.id.clone();
 
     let started = Instant::now();
     let out = cli(
