@@ -241,3 +241,29 @@ fn alive(pid: u32) -> bool {
         })
         .is_some_and(|rest| !rest.starts_with('Z'))
 }
+
+/// The daemon's text log carries no colour codes when stderr is a file
+/// (or a pipe, as under a process manager); colour is for a terminal.
+#[tokio::test]
+async fn daemon_log_redirected_to_a_file_has_no_colour_codes() {
+    let db = fresh_db(Db::Sqlite).await.expect("sqlite");
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let mut cmd = daemon_command(&unique_project(), &db.url, &[]);
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(log.reopen().expect("log handle"))
+        .env_remove("NO_COLOR");
+    let daemon = ChildDaemon::spawn(&mut cmd);
+    let running = eventually(Duration::from_secs(30), || async {
+        std::fs::read_to_string(log.path()).is_ok_and(|t| t.contains("event-backbone is running"))
+    })
+    .await;
+    drop(daemon);
+    let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+    assert!(running, "the daemon never said it runs:\n{text}");
+    assert!(text.contains(" INFO "), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a log written to a file:\n{}",
+        text.escape_debug()
+    );
+}
