@@ -27,6 +27,9 @@ pub struct Metrics {
     pub inflight: IntGaugeVec,
     pub consumer_up: IntGaugeVec,
     pub consumer_restarts: IntCounterVec,
+    /// Streaming pulls this process holds open, per subscription: one per
+    /// running consumer, whatever its restarts (a quota on Pub/Sub).
+    pub pubsub_streams_open: IntGaugeVec,
     pub build_info: IntGaugeVec,
     pub merge_batch_size: Histogram,
     /// Where a stage's time goes, per step (merge: per batch; delivery: per
@@ -163,6 +166,11 @@ impl Metrics {
             consumer_restarts: counter(
                 "consumer_restarts_total",
                 "Consumer restarts after a failure.",
+                &["subscription"],
+            )?,
+            pubsub_streams_open: gauge(
+                "pubsub_streams_open",
+                "Streaming pulls this process holds open (one per running consumer).",
                 &["subscription"],
             )?,
             build_info: gauge("build_info", "Build information.", &["version"])?,
@@ -389,6 +397,34 @@ pub fn set_consumer_up(subscription: &str, up: bool) {
         .consumer_up
         .with_label_values(&[subscription])
         .set(i64::from(up));
+}
+
+/// Counts one streaming pull of `subscription` in
+/// `backbone_pubsub_streams_open` for as long as it lives, so a path that
+/// forgets to close one shows as a count that only grows.
+pub struct OpenStream {
+    subscription: String,
+}
+
+impl OpenStream {
+    pub fn new(subscription: &str) -> Self {
+        metrics()
+            .pubsub_streams_open
+            .with_label_values(&[subscription])
+            .inc();
+        Self {
+            subscription: subscription.to_string(),
+        }
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        metrics()
+            .pubsub_streams_open
+            .with_label_values(&[&self.subscription])
+            .dec();
+    }
 }
 
 /// Messages consumer `subscription` holds for an outage.

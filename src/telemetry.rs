@@ -41,10 +41,21 @@ pub fn init(settings: &Settings) {
         .map_err(|e| e.to_string()),
         LogFormat::Text => tfmt()
             .with_env_filter(filter)
+            .with_ansi(colour(
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                std::env::var_os("NO_COLOR"),
+            ))
             .with_writer(std::io::stderr)
             .try_init()
             .map_err(|e| e.to_string()),
     };
+}
+
+/// Colour codes only for a person at a terminal: a log redirected to a file
+/// or read through a pipe stays plain text. A non-empty `NO_COLOR` turns
+/// colour off even there (no-color.org).
+fn colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// The JSON subscriber; `project_id` names the project traces belong to.
@@ -207,6 +218,14 @@ mod tests {
 
     use super::*;
     use crate::pubsub::trace_context::trace_context;
+
+    #[test]
+    fn colour_only_at_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None), "a file or a pipe gets plain text");
+    }
 
     /// Collects what the subscriber writes.
     #[derive(Clone, Default)]

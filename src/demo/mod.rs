@@ -485,5 +485,19 @@ async fn run_daemon(
     }
     observer.stop().await;
     stop_targets.cancel();
+    // An emulator the demo did not start keeps the project, and a thread
+    // per subscription and per ordering key, until it is deleted.
+    if opts.emulator_host.is_some() {
+        match crate::pubsub::provision::remove_project(&project, &endpoint).await {
+            Ok(r) => n.kv(
+                "Project",
+                format!(
+                    "{project}: removed its {} subscriptions and {} topics from the emulator",
+                    r.subscriptions, r.topics
+                ),
+            ),
+            Err(e) => n.kv("Project", format!("{project} was not removed: {e}")),
+        }
+    }
     result.map(|()| metrics_addr)
 }

@@ -246,3 +246,94 @@ async fn ensure_subscription(
     }
     Ok(())
 }
+
+/// What [`remove_project`] deleted.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub subscriptions: usize,
+    pub topics: usize,
+}
+
+/// Deletes every subscription, then every topic, of `project_id`: scratch
+/// projects (tests, benches, the demo) are removed whole, so a tap or an
+/// observer made beside the topology goes too. On the emulator this is what
+/// gives back the resources a subscription holds (a thread per ordering key
+/// for an ordered one); never run against a real project.
+pub async fn remove_project(project_id: &str, ep: &Endpoint) -> Result<Removed, ProvisionError> {
+    let parent = format!("projects/{project_id}");
+    let mut removed = Removed::default();
+    let subs = clients::subscription_admin(ep).await?;
+    let mut names = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = subs
+            .list_subscriptions()
+            .set_project(parent.clone())
+            .set_page_token(token)
+            .send()
+            .await
+            .map_err(|source| ProvisionError::Api {
+                action: "listing subscriptions of",
+                name: parent.clone(),
+                source,
+            })?;
+        names.extend(page.subscriptions.into_iter().map(|s| s.name));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    for name in names {
+        match subs
+            .delete_subscription()
+            .set_subscription(name.clone())
+            .send()
+            .await
+        {
+            Ok(()) => removed.subscriptions += 1,
+            Err(e) if is_not_found(&e) => {}
+            Err(source) => {
+                return Err(ProvisionError::Api {
+                    action: "deleting subscription",
+                    name,
+                    source,
+                })
+            }
+        }
+    }
+    let topics = clients::topic_admin(ep).await?;
+    let mut names = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = topics
+            .list_topics()
+            .set_project(parent.clone())
+            .set_page_token(token)
+            .send()
+            .await
+            .map_err(|source| ProvisionError::Api {
+                action: "listing topics of",
+                name: parent.clone(),
+                source,
+            })?;
+        names.extend(page.topics.into_iter().map(|t| t.name));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    for name in names {
+        match topics.delete_topic().set_topic(name.clone()).send().await {
+            Ok(()) => removed.topics += 1,
+            Err(e) if is_not_found(&e) => {}
+            Err(source) => {
+                return Err(ProvisionError::Api {
+                    action: "deleting topic",
+                    name,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(removed)
+}

@@ -660,6 +660,8 @@ async fn bench_archive_killed_and_rerun_to_gcs_prints_its_figures_mariadb() {
         .env("STORAGE_EMULATOR_HOST", gcs_host())
         .env("BACKBONE__RETENTION__SEGMENT_EVENTS", "100")
         .env("BACKBONE__LOG__LEVEL", "warn")
+        // A test that ends early (a panic, a timeout) takes it along.
+        .kill_on_drop(true)
         .output()
         .await
         .expect("run event-backbone bench archive");

@@ -312,6 +312,8 @@ pub async fn dlq_replay_cli(env: &[(String, String)]) -> (bool, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-backbone"))
         .args(["dlq", "replay"])
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        // A test that ends early (a panic, a timeout) takes it along.
+        .kill_on_drop(true)
         .output()
         .await
         .expect("run event-backbone dlq replay");

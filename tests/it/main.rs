@@ -30,3 +30,4 @@ mod runtime_user;
 mod snapshots;
 mod store_mariadb;
 mod targets;
+mod testbed;

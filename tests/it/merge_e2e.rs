@@ -584,7 +584,8 @@ async fn bad_inputs_are_routed_with_their_reasons_mariadb() {
 
 #[tokio::test]
 async fn a_sandbox_process_never_publishes_to_production() {
-    let t = Topology::new(Env::Sandbox, unique_project());
+    let pubsub = ScratchProject::new();
+    let t = Topology::new(Env::Sandbox, pubsub.id.clone());
     let p = Arc::new(Publishers::new(t.clone(), &endpoint()).await.unwrap());
     for topic in [
         "events.raw.production".to_string(),

@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use event_backbone::commands::doctor::{self, Status};
@@ -123,7 +123,8 @@ async fn runtime_user_runs_the_whole_flow_mariadb() {
     let user = apply_shipped_grants(&db).await;
     let url = runtime_url(&user, &db);
 
-    let project = unique_project();
+    let pubsub = ScratchProject::new();
+    let project = pubsub.id.clone();
     let topology = Topology::new(Env::Production, project.clone());
     provision(&topology, &endpoint()).await.expect("provision");
     let sink = Sink::start().await;
@@ -404,7 +405,8 @@ async fn runtime_user_refuses_a_schema_one_migration_behind_mariadb() {
         .expect("migrate all but the last");
     let user = grants_on_existing_tables(&db).await;
     let url = runtime_url(&user, &db);
-    let project = unique_project();
+    let pubsub = ScratchProject::new();
+    let project = pubsub.id.clone();
 
     let started = Instant::now();
     let out = cli(
@@ -509,21 +511,19 @@ async fn runtime_schema_ahead_of_the_binary_runs_with_a_warning() {
     // run: starts, warns naming the version, drains on SIGTERM.
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let log = tempfile::NamedTempFile::new().expect("log file");
-    let mut child = app
-        .daemon_command(&[
+    // Killed when dropped, should an assertion fail before it exits.
+    let child = ChildDaemon::spawn(
+        app.daemon_command(&[
             ("BACKBONE__HTTP__METRICS_ADDR", &metrics.to_string()),
             ("BACKBONE__SHUTDOWN__GRACE", "3s"),
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(log.reopen().expect("log handle"))
-        .spawn()
-        .expect("spawn event-backbone run");
+        .stderr(log.reopen().expect("log handle")),
+    );
     let up = ready(metrics).await;
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let exited = child.wait().expect("wait");
+    child.sigterm();
+    let exited = child.wait();
     let logged = std::fs::read_to_string(log.path()).unwrap_or_default();
     assert!(
         up,

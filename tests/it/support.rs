@@ -51,8 +51,72 @@ pub fn emulator_host() -> String {
 }
 
 /// A unique, real-looking project id: the emulator keeps projects apart.
+/// Hold a [`ScratchProject`] for it so its topics and subscriptions go when
+/// the test ends.
 pub fn unique_project() -> String {
     format!("it-{}", rand_suffix(10))
+}
+
+/// A test's Pub/Sub project, removed whole (every subscription, then every
+/// topic) when dropped, whether the test passed or not. The emulator keeps a
+/// subscription until it is deleted, with a thread for each (and, for an
+/// ordered one, a thread per ordering key it saw): a suite that leaves its
+/// projects behind leaves thousands of threads spinning in the emulator.
+pub struct ScratchProject {
+    pub id: String,
+}
+
+impl ScratchProject {
+    /// A new project id ([`unique_project`]).
+    pub fn new() -> Self {
+        Self::adopt(unique_project())
+    }
+
+    /// Takes charge of removing `id`.
+    pub fn adopt(id: impl Into<String>) -> Self {
+        Self { id: id.into() }
+    }
+}
+
+impl Default for ScratchProject {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for ScratchProject {
+    fn drop(&mut self) {
+        let id = std::mem::take(&mut self.id);
+        // Not emulator_host(): it panics when the emulator is gone, and a
+        // panic while unwinding aborts.
+        let Ok(host) = std::env::var("PUBSUB_EMULATOR_HOST") else {
+            return;
+        };
+        // Drop cannot await, and the test's runtime may be single-threaded
+        // or already gone: a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            let ep = Endpoint::from_emulator_host(Some(&host));
+            let removed = rt.block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(20),
+                    event_backbone::pubsub::provision::remove_project(&id, &ep),
+                )
+                .await
+            });
+            match removed {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => eprintln!("note: Pub/Sub project {id} was not removed: {e}"),
+                Err(_) => eprintln!("note: Pub/Sub project {id} was not removed: timed out"),
+            }
+        })
+        .join();
+    }
 }
 
 /// Which database a test runs against.
@@ -465,6 +529,9 @@ pub struct TestApp {
     snapshots: Option<tempfile::TempDir>,
     /// The least-privilege user the daemon runs as ([`Overrides::runtime_user`]).
     runtime_user: Option<String>,
+    /// Removes the project's topics and subscriptions (after the daemons
+    /// are told to stop).
+    pubsub: ScratchProject,
     /// Last: dropped after the daemons are told to stop.
     db: TestDb,
 }
@@ -546,6 +613,7 @@ impl TestApp {
                 .expect("store")
         };
         Some(TestApp {
+            pubsub: ScratchProject::adopt(project.clone()),
             project,
             topology: settings.topology(),
             settings,

@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod history;
+pub mod machine;
 pub mod mcp;
 pub mod merge;
 pub mod pipeline;
@@ -35,13 +36,34 @@ pub enum Which {
     Storage(storage::Args),
 }
 
+impl Which {
+    /// The bench prints its report as text (else as JSON on stdout).
+    fn prints_text(&self) -> bool {
+        match self {
+            Which::Pipeline(a) => !a.json,
+            Which::Storage(a) => !a.json,
+            Which::Merge(_) | Which::History(_) | Which::Mcp(_) | Which::Archive(_) => false,
+        }
+    }
+}
+
+/// Every bench, between two readings of what the machine was doing
+/// ([`machine`]): its figures are only as good as the machine was quiet.
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
-    match args.which {
+    let text = args.which.prints_text();
+    let emulator = settings.pubsub.emulator_host.clone();
+    let start = machine::Machine::observe(emulator.as_deref()).await;
+    let mut noise = machine::report(&start, machine::When::Start, text);
+    let outcome = match args.which {
         Which::Merge(a) => merge::run(settings, a).await,
         Which::History(a) => history::run(settings, a).await,
         Which::Mcp(a) => mcp::run(settings, a).await,
         Which::Pipeline(a) => pipeline::run(settings, a).await,
         Which::Storage(a) => storage::run(settings, a).await,
         Which::Archive(a) => archive::run(settings, a).await,
-    }
+    };
+    let end = machine::Machine::observe(emulator.as_deref()).await;
+    noise.extend(machine::report(&end, machine::When::End, text));
+    machine::warn_if_noisy(&noise);
+    outcome
 }

@@ -30,6 +30,9 @@ pub async fn run(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> Result<(), ConsumerError> {
+    // Declared before the stream so it is dropped after it: the count falls
+    // only once the stream is gone, on every path out (error, abort, panic).
+    let _open = crate::metrics::OpenStream::new(&spec.label);
     let mut stream = subscriber
         .subscribe(spec.subscription.clone())
         .set_max_outstanding_messages(spec.max_outstanding)
