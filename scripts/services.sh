@@ -47,11 +47,14 @@ emulator_needs_patch() {
     ! javap -cp "$EMULATOR_JAR" io.grpc.InternalStatus 2>/dev/null |
       grep -q 'asRuntimeException(io.grpc.Status, io.grpc.Metadata, boolean)'
 }
+# Every .java under scripts/emulator-patch (the RST_STREAM fix, and the
+# publisher that enforces Pub/Sub's message limits), rebuilt when one changed.
 build_patch() {
-  local class=$PATCH_DIR/io/grpc/InternalStatus.class src=scripts/emulator-patch/io/grpc/InternalStatus.java
-  [ -f "$class" ] && [ "$class" -nt "$src" ] && return 0
+  local stamp=$PATCH_DIR/.built srcs
+  mapfile -t srcs < <(find scripts/emulator-patch -name '*.java' | sort)
+  [ -f "$stamp" ] && [ -z "$(find scripts/emulator-patch -name '*.java' -newer "$stamp")" ] && return 0
   command -v javac >/dev/null 2>&1 || return 1
-  mkdir -p "$PATCH_DIR" && javac -nowarn -d "$PATCH_DIR" -cp "$EMULATOR_JAR" "$src"
+  mkdir -p "$PATCH_DIR" && javac -nowarn -d "$PATCH_DIR" -cp "$EMULATOR_JAR" "${srcs[@]}" && touch "$stamp"
 }
 PATCHED=0
 if emulator_needs_patch; then

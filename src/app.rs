@@ -215,6 +215,7 @@ impl Application {
             outbox: completer.clone(),
             max_attempts: self.settings.retry.max_attempts,
             health: self.health.clone(),
+            park: Arc::new(ParkStage::new(self.store.clone(), self.topology.clone())),
         });
         let mut consumers = Vec::new();
         for kind in ConsumerKind::all() {

@@ -31,27 +31,46 @@ pub struct ReplayReport {
 }
 
 /// The attributes of a replayed message: the stored ones without the
-/// broker's dead-letter markers, plus attempt 0, replay and the row id.
+/// broker's dead-letter markers, plus attempt 0, replay and the row id —
+/// within Pub/Sub's limits, however many the row holds (a row parked as
+/// `unpublishable` keeps the original's attributes whole).
 pub fn replay_attributes(dl: &DeadLetter) -> HashMap<String, String> {
-    let mut a: HashMap<String, String> = dl
+    let stored: HashMap<String, String> = dl
         .attributes
         .iter()
         .filter(|(k, _)| !k.starts_with("CloudPubSubDeadLetter"))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    a.remove(envelope::DEAD_REASON);
-    a.remove(envelope::DEAD_AT);
-    a.insert(envelope::STAGE.into(), dl.stage.clone());
-    a.insert(envelope::ATTEMPT.into(), "0".into());
-    a.insert(envelope::REPLAY.into(), "true".into());
-    a.insert(REPLAY_OF.into(), dl.id.to_string());
-    if let Some(k) = &dl.ordering_key {
-        a.insert(envelope::ORDERING_KEY.into(), k.clone());
+    // The envelope fields of the last failure (history, origin, first
+    // failure) go along; the dead-letter ones do not.
+    let mut ours: HashMap<String, String> = [
+        envelope::FIRST_FAILED_AT,
+        envelope::LAST_ERROR,
+        envelope::ORIGIN_MESSAGE_ID,
+        envelope::ERROR_HISTORY,
+    ]
+    .iter()
+    .filter_map(|k| stored.get(*k).map(|v| (k.to_string(), v.clone())))
+    .collect();
+    ours.insert(envelope::STAGE.into(), dl.stage.clone());
+    ours.insert(envelope::ATTEMPT.into(), "0".into());
+    ours.insert(envelope::REPLAY.into(), "true".into());
+    ours.insert(REPLAY_OF.into(), dl.id.to_string());
+    if let Some(k) = dl
+        .ordering_key
+        .as_ref()
+        .or(stored.get(envelope::ORDERING_KEY))
+    {
+        ours.insert(envelope::ORDERING_KEY.into(), k.clone());
     }
-    if let Some(fp) = &dl.fingerprint {
-        a.insert(envelope::FINGERPRINT.into(), fp.clone());
+    if let Some(fp) = dl
+        .fingerprint
+        .as_ref()
+        .or(stored.get(envelope::FINGERPRINT))
+    {
+        ours.insert(envelope::FINGERPRINT.into(), fp.clone());
     }
-    a
+    envelope::within_limits(ours, &stored)
 }
 
 pub async fn replay(

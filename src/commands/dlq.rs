@@ -71,6 +71,8 @@ pub enum Reason {
     Exhausted,
     /// A missing version was not filled in time.
     Gap,
+    /// Pub/Sub would not take its error envelope; parked directly.
+    Unpublishable,
 }
 
 impl Reason {
@@ -80,6 +82,7 @@ impl Reason {
             Reason::Permanent => "permanent",
             Reason::Exhausted => "exhausted",
             Reason::Gap => "gap",
+            Reason::Unpublishable => crate::stages::park::UNPUBLISHABLE,
         }
     }
 }

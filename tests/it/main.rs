@@ -24,6 +24,7 @@ mod mcp;
 mod merge_e2e;
 mod ops;
 mod prometheus_live;
+mod pubsub_limits;
 mod retry_dlq;
 mod runtime_user;
 mod snapshots;
