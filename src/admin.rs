@@ -252,14 +252,13 @@ pub async fn serve(
     let mut state = state;
     state.shutdown = shutdown.clone();
     let app = router(state);
-    Ok(Some(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-        {
-            tracing::error!(error = %e, "The admin API server stopped with an error.");
-        }
-    })))
+    Ok(Some(tokio::spawn(crate::http::listener::serve(
+        listener,
+        app,
+        crate::http::listener::ADMIN,
+        "admin",
+        shutdown,
+    ))))
 }
 
 async fn require_token(State(state): State<AdminState>, req: Request, next: Next) -> Response {

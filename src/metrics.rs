@@ -49,6 +49,8 @@ pub struct Metrics {
     pub target_held: IntGaugeVec,
     pub target_throttled: IntCounterVec,
     pub target_probes: IntCounterVec,
+    /// Connections a metrics or admin listener closed or refused at its cap.
+    pub http_connections_shed: IntCounterVec,
 }
 
 /// Sub-millisecond to 10 s.
@@ -256,6 +258,11 @@ impl Metrics {
                 "Probe requests sent to a target whose circuit is open.",
                 &["target"],
             )?,
+            http_connections_shed: counter(
+                "http_connections_shed_total",
+                "Connections the metrics or admin listener closed at its cap (evicted_idle: the oldest that never sent a request) or refused (every open one in use).",
+                &["listener", "action"],
+            )?,
             registry,
         };
         // process_cpu_seconds_total, process_resident_memory_bytes, open fds…:
@@ -288,7 +295,7 @@ impl Metrics {
         self.publish_errors.with_label_values(&["refused"]);
         for stage in STAGES.map(StageName::as_str) {
             self.retry_attempts.with_label_values(&[stage]);
-            for reason in ["invalid", "permanent", "exhausted", "gap"] {
+            for reason in ["invalid", "permanent", "exhausted", "gap", "unpublishable"] {
                 self.dead_letters.with_label_values(&[stage, reason]);
             }
         }
@@ -297,6 +304,12 @@ impl Metrics {
         }
         for state in ["idle", "in_use"] {
             self.db_pool_connections.with_label_values(&[state]);
+        }
+        for listener in ["metrics", "admin"] {
+            for action in ["evicted_idle", "refused"] {
+                self.http_connections_shed
+                    .with_label_values(&[listener, action]);
+            }
         }
         for target in ["netsuite", "suitex"] {
             self.target_throttled.with_label_values(&[target]);

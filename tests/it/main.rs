@@ -27,6 +27,7 @@ mod prometheus_live;
 mod pubsub_limits;
 mod retry_dlq;
 mod runtime_user;
+mod slow_clients;
 mod snapshots;
 mod store_mariadb;
 mod targets;

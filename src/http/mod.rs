@@ -1,5 +1,9 @@
 //! The metrics port: `/metrics`, `/healthz` (process and supervisor loop
 //! alive), `/readyz` (database and Pub/Sub answer, every enabled consumer streams).
+//! `listener` serves it, and the admin API, within limits slow clients
+//! cannot exhaust.
+
+pub mod listener;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,11 +79,13 @@ pub async fn serve(
         .context("reading the bound metrics address")?;
     health.set_metrics_addr(addr);
     tracing::info!(addr = %addr, "Serving /metrics, /healthz and /readyz.");
-    Ok(tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-    }))
+    Ok(tokio::spawn(listener::serve(
+        listener,
+        app,
+        listener::METRICS,
+        "metrics",
+        shutdown,
+    )))
 }
 
 async fn metrics_text(State(ctx): State<Ctx>) -> impl IntoResponse {
