@@ -345,6 +345,46 @@ pub fn stage_label(stage: &str) -> &'static str {
         .unwrap_or("other")
 }
 
+/// Distinct `record_type` label values a process reports; the values come
+/// from publishers (SPEC §3.1 allows any `^[a-z][a-z0-9_]{0,63}$`), so each
+/// one past these is counted as `other` and the series stay bounded.
+pub const RECORD_TYPE_LABELS_MAX: usize = 64;
+
+/// The label value for publisher-chosen `value`s: the first `max` distinct
+/// ones as themselves, later ones as `other`.
+pub struct BoundedLabel {
+    max: usize,
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl BoundedLabel {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            seen: std::sync::Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    pub fn label(&self, value: &str) -> String {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(value) {
+            return value.to_string();
+        }
+        if value != "other" && seen.len() < self.max {
+            seen.insert(value.to_string());
+            return value.to_string();
+        }
+        "other".to_string()
+    }
+}
+
+/// The `record_type` label for `record_type` ([`RECORD_TYPE_LABELS_MAX`]).
+pub fn record_type_label(record_type: &str) -> String {
+    static SEEN: OnceLock<BoundedLabel> = OnceLock::new();
+    SEEN.get_or_init(|| BoundedLabel::new(RECORD_TYPE_LABELS_MAX))
+        .label(record_type)
+}
+
 /// The process-wide metrics.
 pub fn metrics() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
@@ -496,5 +536,21 @@ impl StepTimer {
             h.with_label_values(&[self.stage, name])
                 .observe(d.as_secs_f64());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_past_the_bound_are_other() {
+        let l = BoundedLabel::new(3);
+        assert_eq!(l.label("a"), "a");
+        assert_eq!(l.label("b"), "b");
+        assert_eq!(l.label("other"), "other");
+        assert_eq!(l.label("c"), "c");
+        assert_eq!(l.label("d"), "other");
+        assert_eq!(l.label("a"), "a", "admitted values stay themselves");
     }
 }

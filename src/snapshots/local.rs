@@ -1,6 +1,6 @@
 //! Snapshots in a local folder (`file://dir`), for the embedded default.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -20,9 +20,12 @@ impl LocalSnapshots {
         }
     }
 
-    /// Only paths inside our folder are followed: a ref must not read
-    /// arbitrary files of the host.
-    fn resolve(&self, reference: &str) -> Result<PathBuf, SnapshotError> {
+    /// Only files inside our folder are followed: a ref must not read
+    /// arbitrary files of the host. Paths are compared component by
+    /// component (`data/snapshots../x` is not inside `data/snapshots`), then
+    /// as the file system resolves them (a symlink out of the folder is
+    /// refused too). A file that does not exist is unavailable, not refused.
+    async fn resolve(&self, reference: &str) -> Result<PathBuf, SnapshotError> {
         let refused = |reason: &str| SnapshotError::Refused {
             reference: reference.to_string(),
             reason: reason.to_string(),
@@ -30,30 +33,48 @@ impl LocalSnapshots {
         let rest = reference
             .strip_prefix("file://")
             .ok_or_else(|| refused("not a file:// reference"))?;
-        let path = Path::new(rest);
-        if path
+        let path = lexical(Path::new(rest));
+        if Path::new(rest)
             .components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
+            .any(|c| matches!(c, Component::ParentDir))
         {
             return Err(refused("`..` is not allowed"));
         }
-        let root = self
-            .root
-            .to_string_lossy()
-            .trim_start_matches("./")
-            .to_string();
-        let rel = rest.trim_start_matches("./");
-        match rel.strip_prefix(root.trim_end_matches('/')) {
-            Some(inner) => Ok(self.root.join(inner.trim_start_matches('/'))),
-            None => Err(refused("outside the configured snapshot folder")),
+        let root = lexical(&self.root);
+        if !path.starts_with(&root) || path == root {
+            return Err(refused("outside the configured snapshot folder"));
         }
+        let unavailable = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::NotFound => SnapshotError::Unavailable {
+                reference: reference.to_string(),
+                reason: e.to_string(),
+            },
+            _ => SnapshotError::Unreachable {
+                reference: reference.to_string(),
+                reason: e.to_string(),
+            },
+        };
+        let real_root = tokio::fs::canonicalize(&root).await.map_err(unavailable)?;
+        let real = tokio::fs::canonicalize(&path).await.map_err(unavailable)?;
+        if !real.starts_with(&real_root) {
+            return Err(refused("resolves outside the configured snapshot folder"));
+        }
+        Ok(real)
     }
+}
+
+/// `p` without `.` components (a leading `./` included); `..` is refused
+/// before this matters.
+fn lexical(p: &Path) -> PathBuf {
+    p.components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
 }
 
 impl SnapshotStore for LocalSnapshots {
     fn get<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<Bytes, SnapshotError>> {
         Box::pin(async move {
-            let path = self.resolve(reference)?;
+            let path = self.resolve(reference).await?;
             tokio::fs::read(&path)
                 .await
                 .map(Bytes::from)
@@ -125,6 +146,41 @@ mod tests {
             .unwrap()
             .collect();
         assert_eq!(files.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_sibling_folder_whose_name_extends_ours_is_outside() {
+        // Issue 31: `file://data/snapshots../x` passed a string-prefix check
+        // and read `data/snapshots/../x`.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("snapshots");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(dir.path().join("x"), b"{\"secret\":1}").unwrap();
+        std::fs::create_dir_all(dir.path().join("snapshots..")).unwrap();
+        std::fs::write(dir.path().join("snapshots../x"), b"{}").unwrap();
+        let s = LocalSnapshots::new(&format!("file://{}", root.display()));
+        for r in [
+            format!("file://{}../x", root.display()),
+            format!("file://{}x/y", root.display()),
+            format!("file://{}", root.display()),
+        ] {
+            assert!(
+                matches!(s.get(&r).await, Err(SnapshotError::Refused { .. })),
+                "{r}: {:?}",
+                s.get(&r).await
+            );
+        }
+        // A symlink inside the folder that points out of it.
+        std::os::unix::fs::symlink(dir.path().join("x"), root.join("link.json")).unwrap();
+        let link = format!("file://{}/link.json", root.display());
+        assert!(matches!(
+            s.get(&link).await,
+            Err(SnapshotError::Refused { .. })
+        ));
+        // `./` in either is the same folder.
+        std::fs::write(root.join("ok.json"), b"{}").unwrap();
+        let dotted = format!("file://{}/./ok.json", root.display());
+        assert_eq!(&s.get(&dotted).await.unwrap()[..], b"{}");
     }
 
     #[tokio::test]
