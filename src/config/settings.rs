@@ -85,6 +85,15 @@ pub struct SnapshotSettings {
     /// `gs://bucket` or `file://dir`.
     pub url: String,
     pub claim_check_threshold_bytes: u64,
+    // Issue 31 (h-harden): where raw events' `full_snapshot_ref` may point.
+    /// The only place (under `url`) raw events' snapshots may be read from;
+    /// never the daemon's own `sha256/` claim checks or `archive/`.
+    #[serde(default = "default_raw_prefix")]
+    pub raw_prefix: String,
+}
+
+fn default_raw_prefix() -> String {
+    "raw/".to_string()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

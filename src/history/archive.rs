@@ -28,7 +28,7 @@ use super::{fold_each_from, HistoryError};
 use crate::model::merged_event::MergedEvent;
 use crate::model::raw_event::Source;
 use crate::model::rules::{MergePolicy, RecordState};
-use crate::snapshots::{SnapshotError, SnapshotStore};
+use crate::snapshots::{Scope, SnapshotError, SnapshotStore};
 use crate::stages::deliver::routing::{self, Route};
 use crate::store::archive::{
     AuditArchived, Candidate, Checkpoint, Coverage, DeadLetterArchived, MergedArchived, RecordRows,
@@ -532,7 +532,7 @@ async fn flush(
         .put_archive(Bytes::from(bytes.clone()), ".jsonl.gz")
         .await?;
     // Read back and check before anything leaves the database.
-    let back = snapshots.get(&reference).await?;
+    let back = snapshots.read(&reference, Scope::Archive).await?;
     let fail = |reason: String| ArchiveError::Verify {
         reference: reference.clone(),
         reason,
@@ -647,7 +647,7 @@ pub async fn restore(
             .segment(&sid)
             .await?
             .ok_or_else(|| ArchiveError::Other(format!("no archive segment {sid}")))?;
-        let bytes = snapshots.get(&info.reference).await?;
+        let bytes = snapshots.read(&info.reference, Scope::Archive).await?;
         if crate::model::fingerprint::sha256_hex(&bytes) != info.id {
             return Err(ArchiveError::Verify {
                 reference: info.reference,

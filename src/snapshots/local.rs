@@ -5,11 +5,16 @@ use std::path::{Component, Path, PathBuf};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-use super::{archive_object_name, object_name, SnapshotError, SnapshotStore};
+use tokio::io::AsyncReadExt;
+
+use super::{archive_object_name, object_name, InFlight, Scope, SnapshotError, SnapshotStore};
 
 #[derive(Debug, Clone)]
 pub struct LocalSnapshots {
     root: PathBuf,
+    /// Where raw events' snapshots must be, under `root`.
+    raw_prefix: String,
+    in_flight: InFlight,
 }
 
 impl LocalSnapshots {
@@ -17,7 +22,26 @@ impl LocalSnapshots {
     pub fn new(url: &str) -> Self {
         Self {
             root: PathBuf::from(url.trim_start_matches("file://")),
+            raw_prefix: super::normalize_raw_prefix(super::DEFAULT_RAW_PREFIX),
+            in_flight: InFlight::default(),
         }
+    }
+
+    /// `snapshots.raw_prefix`: the folder (under the root) raw events'
+    /// snapshots must be in.
+    pub fn with_raw_prefix(mut self, raw_prefix: &str) -> Self {
+        self.raw_prefix = super::normalize_raw_prefix(raw_prefix);
+        self
+    }
+
+    /// Where a publisher puts a raw event's change set named `name`, and
+    /// the reference to send: `file://<root>/<raw_prefix><name>`.
+    pub fn raw_path(&self, name: &str) -> (PathBuf, String) {
+        let rel = format!("{}{name}", self.raw_prefix);
+        (
+            self.root.join(&rel),
+            format!("file://{}/{rel}", self.root.display()),
+        )
     }
 
     /// Only files inside our folder are followed: a ref must not read
@@ -25,7 +49,8 @@ impl LocalSnapshots {
     /// component (`data/snapshots../x` is not inside `data/snapshots`), then
     /// as the file system resolves them (a symlink out of the folder is
     /// refused too). A file that does not exist is unavailable, not refused.
-    async fn resolve(&self, reference: &str) -> Result<PathBuf, SnapshotError> {
+    /// Returns the file and its name relative to the folder.
+    async fn resolve(&self, reference: &str) -> Result<(PathBuf, String), SnapshotError> {
         let refused = |reason: &str| SnapshotError::Refused {
             reference: reference.to_string(),
             reason: reason.to_string(),
@@ -56,10 +81,11 @@ impl LocalSnapshots {
         };
         let real_root = tokio::fs::canonicalize(&root).await.map_err(unavailable)?;
         let real = tokio::fs::canonicalize(&path).await.map_err(unavailable)?;
-        if !real.starts_with(&real_root) {
+        let Ok(name) = real.strip_prefix(&real_root) else {
             return Err(refused("resolves outside the configured snapshot folder"));
-        }
-        Ok(real)
+        };
+        let name = name.to_string_lossy().into_owned();
+        Ok((real, name))
     }
 }
 
@@ -72,22 +98,49 @@ fn lexical(p: &Path) -> PathBuf {
 }
 
 impl SnapshotStore for LocalSnapshots {
-    fn get<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<Bytes, SnapshotError>> {
+    fn read<'a>(
+        &'a self,
+        reference: &'a str,
+        scope: Scope,
+    ) -> BoxFuture<'a, Result<Bytes, SnapshotError>> {
         Box::pin(async move {
-            let path = self.resolve(reference).await?;
-            tokio::fs::read(&path)
-                .await
-                .map(Bytes::from)
-                .map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => SnapshotError::Unavailable {
-                        reference: reference.to_string(),
-                        reason: e.to_string(),
-                    },
-                    _ => SnapshotError::Unreachable {
-                        reference: reference.to_string(),
-                        reason: e.to_string(),
-                    },
-                })
+            let (path, name) = self.resolve(reference).await?;
+            scope
+                .allows(&name, &self.raw_prefix)
+                .map_err(|reason| SnapshotError::Refused {
+                    reference: reference.to_string(),
+                    reason,
+                })?;
+            let io = |e: std::io::Error| match e.kind() {
+                std::io::ErrorKind::NotFound => SnapshotError::Unavailable {
+                    reference: reference.to_string(),
+                    reason: e.to_string(),
+                },
+                _ => SnapshotError::Unreachable {
+                    reference: reference.to_string(),
+                    reason: e.to_string(),
+                },
+            };
+            let max = scope.max_bytes();
+            let too_large = |size: u64| SnapshotError::TooLarge {
+                reference: reference.to_string(),
+                what: scope.what(),
+                size,
+                max,
+            };
+            let size = tokio::fs::metadata(&path).await.map_err(io)?.len();
+            if size > max {
+                return Err(too_large(size));
+            }
+            let _permit = self.in_flight.reserve(size).await;
+            // Capped: the file may have grown since its size was read.
+            let mut buf = Vec::with_capacity(size as usize);
+            let file = tokio::fs::File::open(&path).await.map_err(io)?;
+            file.take(max + 1).read_to_end(&mut buf).await.map_err(io)?;
+            if buf.len() as u64 > max {
+                return Err(too_large(buf.len() as u64));
+            }
+            Ok(Bytes::from(buf))
         })
     }
 
@@ -178,9 +231,17 @@ mod tests {
             Err(SnapshotError::Refused { .. })
         ));
         // `./` in either is the same folder.
-        std::fs::write(root.join("ok.json"), b"{}").unwrap();
-        let dotted = format!("file://{}/./ok.json", root.display());
-        assert_eq!(&s.get(&dotted).await.unwrap()[..], b"{}");
+        std::fs::create_dir_all(root.join("raw")).unwrap();
+        std::fs::write(root.join("raw/ok.json"), b"{}").unwrap();
+        let dotted = format!("file://{}/./raw/ok.json", root.display());
+        assert_eq!(&s.read(&dotted, Scope::Raw).await.unwrap()[..], b"{}");
+        // Raw references stay under raw/, and never reach our own objects.
+        let ours = s.put(Bytes::from_static(b"{}")).await.unwrap();
+        assert!(matches!(
+            s.read(&ours, Scope::Raw).await,
+            Err(SnapshotError::Refused { .. })
+        ));
+        assert!(s.read(&ours, Scope::ClaimCheck).await.is_ok());
     }
 
     #[tokio::test]

@@ -293,7 +293,10 @@ async fn half_archived(db: Db, bucket: Bucket) {
         let object = format!("archive/sha256/{}.jsonl.gz", s.id);
         assert!(names.contains(&object), "{object} not in {names:?}");
         assert!(s.reference.ends_with(&object), "{s:?}");
-        let back = snaps.get(&s.reference).await.unwrap();
+        let back = snaps
+            .read(&s.reference, event_backbone::snapshots::Scope::Archive)
+            .await
+            .unwrap();
         assert_eq!(
             event_backbone::model::fingerprint::sha256_hex(&back),
             s.id,

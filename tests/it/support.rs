@@ -930,18 +930,18 @@ impl MissingSnapshots {
         serde_json::json!({
             "source": source, "record_type": rtype, "record_id": rid,
             "base_version": base, "timestamp": "2026-03-13T10:00:00Z", "changes": {},
-            "full_snapshot_ref": format!("{}/{name}.json", self.url()),
+            "full_snapshot_ref": format!("{}/raw/{name}.json", self.url()),
         })
         .to_string()
     }
 
     /// Clears the fault for `name`.
     pub fn provide(&self, name: &str, changes: serde_json::Value) {
-        std::fs::write(
-            self.dir.path().join(format!("{name}.json")),
-            changes.to_string(),
-        )
-        .expect("write snapshot");
+        // Under `raw/`, where raw events' snapshots must be (issue 31).
+        let raw = self.dir.path().join("raw");
+        std::fs::create_dir_all(&raw).expect("raw folder");
+        std::fs::write(raw.join(format!("{name}.json")), changes.to_string())
+            .expect("write snapshot");
     }
 }
 // ---------------------------------------------------------------------------
