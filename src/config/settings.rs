@@ -232,6 +232,18 @@ pub struct RetentionSettings {
     /// archiver busy at most half the time, leaving the database and the CPU
     /// to the merge stage.
     pub pace: f64,
+    // Issue 31 (h-harden): the archive's least privilege.
+    /// The database user that records a verified segment
+    /// (`event_archive_recorder` in sql/grants-mysql.sql); `database.url`'s
+    /// user (`event_archiver`) then only removes what segments cover.
+    /// Unset: `database.url` does both (SQLite; an administrator).
+    #[serde(default, serialize_with = "serialize_redacted_opt")]
+    pub recorder_database_url: Option<SecretString>,
+    /// A bucket of its own for archive segments (`gs://bucket` or
+    /// `file://dir`), so it can carry a locked retention policy the claim
+    /// checks' bucket cannot. Unset: `archive/` in `snapshots.url`.
+    #[serde(default)]
+    pub archive_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

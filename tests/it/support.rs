@@ -864,6 +864,8 @@ pub async fn apply_shipped_grants(db: &str) -> String {
             .replace("'sync_worker'", &format!("'{user}'"))
             // The archiver of the same grants file: `{user}_ar`.
             .replace("'event_archiver'", &format!("'{user}_ar'"))
+            // And its recorder: `{user}_rc`.
+            .replace("'event_archive_recorder'", &format!("'{user}_rc'"))
             .replace("'change-me'", "'pw'");
     let mut admin = sqlx::MySqlConnection::connect(&mariadb_admin_url())
         .await
@@ -895,9 +897,11 @@ pub async fn drop_user(user: &str) {
         .execute(&mut admin)
         .await
         .expect("drop user");
-    let _ = sqlx::query(&format!("DROP USER IF EXISTS '{user}_ar'@'%'"))
-        .execute(&mut admin)
-        .await;
+    for suffix in ["_ar", "_rc"] {
+        let _ = sqlx::query(&format!("DROP USER IF EXISTS '{user}{suffix}'@'%'"))
+            .execute(&mut admin)
+            .await;
+    }
 }
 
 /// A transient merge fault a test can clear: raw events whose changes live
