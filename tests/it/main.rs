@@ -14,6 +14,7 @@ mod db_limits;
 mod deliver;
 mod delivery_log;
 mod demo;
+mod deps;
 mod dlq_bench;
 mod doctor;
 mod explain;
