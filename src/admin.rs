@@ -164,7 +164,12 @@ struct DlqListParams {
     #[serde(default)]
     all: bool,
     limit: Option<i64>,
+    /// The page after this row id (`next_after_id` of the previous page).
+    after_id: Option<i64>,
 }
+
+/// Rows per page of `GET /admin/dlq` at most (without their data).
+pub const DLQ_PAGE_MAX: i64 = 1000;
 
 async fn dlq_list(
     State(state): State<AdminState>,
@@ -180,16 +185,25 @@ async fn dlq_list(
         include_replayed: p.all,
     };
     let limit = p.limit.unwrap_or(100);
-    if !(1..=10_000).contains(&limit) {
-        return Err(bad_request("limit must be between 1 and 10000"));
+    if !(1..=DLQ_PAGE_MAX).contains(&limit) {
+        return Err(bad_request(format!(
+            "limit must be between 1 and {DLQ_PAGE_MAX}; page on with after_id"
+        )));
     }
+    // Details only: each row's data stays in the database (`data_bytes`
+    // says how big it is; `dlq show` and MCP `show_dead_letter` read it).
     let rows = state
         .store
-        .dead_letters(&filter, limit)
+        .dead_letter_page(&filter, p.after_id, limit)
         .await
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let next_after_id = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|d| d.id))
+        .flatten();
     let pending = state.store.pending_dead_letters().await.unwrap_or(-1);
-    Ok(Json(json!({"pending": pending, "dead_letters": rows})))
+    Ok(Json(
+        json!({"pending": pending, "dead_letters": rows, "next_after_id": next_after_id}),
+    ))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -223,8 +237,20 @@ async fn dlq_replay(
         reason: b.reason,
         include_replayed: false,
     };
-    let report = crate::dlq::replay(&state.store, &publishers, &filter, b.dry_run)
+    // Its own task: a replay longer than the request timeout goes on to
+    // the end (rows are marked one by one) after the client got its 503.
+    let store = state.store.clone();
+    let report =
+        tokio::spawn(
+            async move { crate::dlq::replay(&store, &publishers, &filter, b.dry_run).await },
+        )
         .await
+        .map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the replay failed: {e}"),
+            )
+        })?
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     Ok(Json(json!(report)))
 }
@@ -252,14 +278,13 @@ pub async fn serve(
     let mut state = state;
     state.shutdown = shutdown.clone();
     let app = router(state);
-    Ok(Some(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-        {
-            tracing::error!(error = %e, "The admin API server stopped with an error.");
-        }
-    })))
+    Ok(Some(tokio::spawn(crate::http::listener::serve(
+        listener,
+        app,
+        crate::http::listener::ADMIN,
+        "admin",
+        shutdown,
+    ))))
 }
 
 async fn require_token(State(state): State<AdminState>, req: Request, next: Next) -> Response {

@@ -18,6 +18,8 @@ use crate::topology::TopicKind;
 
 /// Rows handled by one replay call at most.
 pub const MAX_BATCH: i64 = 10_000;
+/// Rows read per page (ids and details only, never their data).
+pub const PAGE: i64 = 200;
 
 #[derive(Debug, Default, Serialize)]
 pub struct ReplayReport {
@@ -31,27 +33,46 @@ pub struct ReplayReport {
 }
 
 /// The attributes of a replayed message: the stored ones without the
-/// broker's dead-letter markers, plus attempt 0, replay and the row id.
+/// broker's dead-letter markers, plus attempt 0, replay and the row id —
+/// within Pub/Sub's limits, however many the row holds (a row parked as
+/// `unpublishable` keeps the original's attributes whole).
 pub fn replay_attributes(dl: &DeadLetter) -> HashMap<String, String> {
-    let mut a: HashMap<String, String> = dl
+    let stored: HashMap<String, String> = dl
         .attributes
         .iter()
         .filter(|(k, _)| !k.starts_with("CloudPubSubDeadLetter"))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    a.remove(envelope::DEAD_REASON);
-    a.remove(envelope::DEAD_AT);
-    a.insert(envelope::STAGE.into(), dl.stage.clone());
-    a.insert(envelope::ATTEMPT.into(), "0".into());
-    a.insert(envelope::REPLAY.into(), "true".into());
-    a.insert(REPLAY_OF.into(), dl.id.to_string());
-    if let Some(k) = &dl.ordering_key {
-        a.insert(envelope::ORDERING_KEY.into(), k.clone());
+    // The envelope fields of the last failure (history, origin, first
+    // failure) go along; the dead-letter ones do not.
+    let mut ours: HashMap<String, String> = [
+        envelope::FIRST_FAILED_AT,
+        envelope::LAST_ERROR,
+        envelope::ORIGIN_MESSAGE_ID,
+        envelope::ERROR_HISTORY,
+    ]
+    .iter()
+    .filter_map(|k| stored.get(*k).map(|v| (k.to_string(), v.clone())))
+    .collect();
+    ours.insert(envelope::STAGE.into(), dl.stage.clone());
+    ours.insert(envelope::ATTEMPT.into(), "0".into());
+    ours.insert(envelope::REPLAY.into(), "true".into());
+    ours.insert(REPLAY_OF.into(), dl.id.to_string());
+    if let Some(k) = dl
+        .ordering_key
+        .as_ref()
+        .or(stored.get(envelope::ORDERING_KEY))
+    {
+        ours.insert(envelope::ORDERING_KEY.into(), k.clone());
     }
-    if let Some(fp) = &dl.fingerprint {
-        a.insert(envelope::FINGERPRINT.into(), fp.clone());
+    if let Some(fp) = dl
+        .fingerprint
+        .as_ref()
+        .or(stored.get(envelope::FINGERPRINT))
+    {
+        ours.insert(envelope::FINGERPRINT.into(), fp.clone());
     }
-    a
+    envelope::within_limits(ours, &stored)
 }
 
 pub async fn replay(
@@ -62,38 +83,27 @@ pub async fn replay(
 ) -> Result<ReplayReport, StoreError> {
     let mut f = filter.clone();
     f.include_replayed = false;
-    let rows = store.dead_letters(&f, MAX_BATCH).await?;
     let mut report = ReplayReport {
         dry_run,
         ..Default::default()
     };
-    for dl in rows {
-        if dry_run {
-            report.replayed.push(dl.id);
-            continue;
-        }
-        if !store.claim_replay(dl.id).await? {
-            report.skipped.push(dl.id);
-            continue;
-        }
-        let published = publishers
-            .publish_to(
-                TopicKind::Error,
-                Bytes::from(dl.data.clone()),
-                replay_attributes(&dl),
-                "",
-            )
-            .await;
-        match published {
-            Ok(_) => {
-                store.mark_replayed(dl.id).await?;
-                emit(DeadLetterReplayed);
-                report.replayed.push(dl.id);
+    // Page by id, without data: a dry run reads no message at all, and a
+    // replay holds one message's data at a time, however many are parked.
+    let mut after = None;
+    let mut seen: i64 = 0;
+    while seen < MAX_BATCH {
+        let page = store
+            .dead_letter_page(&f, after, PAGE.min(MAX_BATCH - seen))
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        seen += page.len() as i64;
+        for row in page {
+            if dry_run {
+                report.replayed.push(row.id);
+                continue;
             }
-            Err(e) => {
-                store.release_replay(dl.id).await?;
-                report.failed.push((dl.id, e.to_string()));
-            }
+            replay_one(store, publishers, row.id, &mut report).await?;
         }
     }
     if let Ok(n) = store.pending_dead_letters().await {
@@ -107,4 +117,38 @@ pub async fn replay(
         "DLQ replay finished."
     );
     Ok(report)
+}
+
+/// Claims, loads (with its data), republishes and marks one row.
+async fn replay_one(
+    store: &Store,
+    publishers: &Publishers,
+    id: i64,
+    report: &mut ReplayReport,
+) -> Result<(), StoreError> {
+    if !store.claim_replay(id).await? {
+        report.skipped.push(id);
+        return Ok(());
+    }
+    let Some(dl) = store.dead_letter(id).await? else {
+        // Archived or purged since the page was read.
+        report.skipped.push(id);
+        return Ok(());
+    };
+    let attributes = replay_attributes(&dl);
+    let published = publishers
+        .publish_to(TopicKind::Error, Bytes::from(dl.data), attributes, "")
+        .await;
+    match published {
+        Ok(_) => {
+            store.mark_replayed(id).await?;
+            emit(DeadLetterReplayed);
+            report.replayed.push(id);
+        }
+        Err(e) => {
+            store.release_replay(id).await?;
+            report.failed.push((id, e.to_string()));
+        }
+    }
+    Ok(())
 }

@@ -56,6 +56,8 @@ pub struct Metrics {
     /// process holds (their sum over replicas never exceeds the cap).
     pub target_account_slots: IntGaugeVec,
     pub target_account_slots_held: IntGaugeVec,
+    /// Connections a metrics or admin listener closed or refused at its cap.
+    pub http_connections_shed: IntCounterVec,
 }
 
 /// Sub-millisecond to 10 s.
@@ -278,6 +280,11 @@ impl Metrics {
                 "Account-wide slots of a target this process holds (one per request in flight).",
                 &["target"],
             )?,
+            http_connections_shed: counter(
+                "http_connections_shed_total",
+                "Connections the metrics or admin listener closed at its cap (evicted_idle: the oldest that never sent a request) or refused (every open one in use).",
+                &["listener", "action"],
+            )?,
             registry,
         };
         // process_cpu_seconds_total, process_resident_memory_bytes, open fds…:
@@ -310,7 +317,7 @@ impl Metrics {
         self.publish_errors.with_label_values(&["refused"]);
         for stage in STAGES.map(StageName::as_str) {
             self.retry_attempts.with_label_values(&[stage]);
-            for reason in ["invalid", "permanent", "exhausted", "gap"] {
+            for reason in ["invalid", "permanent", "exhausted", "gap", "unpublishable"] {
                 self.dead_letters.with_label_values(&[stage, reason]);
             }
         }
@@ -319,6 +326,12 @@ impl Metrics {
         }
         for state in ["idle", "in_use"] {
             self.db_pool_connections.with_label_values(&[state]);
+        }
+        for listener in ["metrics", "admin"] {
+            for action in ["evicted_idle", "refused"] {
+                self.http_connections_shed
+                    .with_label_values(&[listener, action]);
+            }
         }
         for target in ["netsuite", "suitex"] {
             self.target_throttled.with_label_values(&[target]);
@@ -352,6 +365,46 @@ pub fn stage_label(stage: &str) -> &'static str {
         .parse::<StageName>()
         .map(StageName::as_str)
         .unwrap_or("other")
+}
+
+/// Distinct `record_type` label values a process reports; the values come
+/// from publishers (SPEC §3.1 allows any `^[a-z][a-z0-9_]{0,63}$`), so each
+/// one past these is counted as `other` and the series stay bounded.
+pub const RECORD_TYPE_LABELS_MAX: usize = 64;
+
+/// The label value for publisher-chosen `value`s: the first `max` distinct
+/// ones as themselves, later ones as `other`.
+pub struct BoundedLabel {
+    max: usize,
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl BoundedLabel {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            seen: std::sync::Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    pub fn label(&self, value: &str) -> String {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(value) {
+            return value.to_string();
+        }
+        if value != "other" && seen.len() < self.max {
+            seen.insert(value.to_string());
+            return value.to_string();
+        }
+        "other".to_string()
+    }
+}
+
+/// The `record_type` label for `record_type` ([`RECORD_TYPE_LABELS_MAX`]).
+pub fn record_type_label(record_type: &str) -> String {
+    static SEEN: OnceLock<BoundedLabel> = OnceLock::new();
+    SEEN.get_or_init(|| BoundedLabel::new(RECORD_TYPE_LABELS_MAX))
+        .label(record_type)
 }
 
 /// The process-wide metrics.
@@ -556,5 +609,21 @@ impl StepTimer {
             h.with_label_values(&[self.stage, name])
                 .observe(d.as_secs_f64());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_past_the_bound_are_other() {
+        let l = BoundedLabel::new(3);
+        assert_eq!(l.label("a"), "a");
+        assert_eq!(l.label("b"), "b");
+        assert_eq!(l.label("other"), "other");
+        assert_eq!(l.label("c"), "c");
+        assert_eq!(l.label("d"), "other");
+        assert_eq!(l.label("a"), "a", "admitted values stay themselves");
     }
 }

@@ -54,13 +54,15 @@ pub async fn connect_store(s: &Settings) -> anyhow::Result<Store> {
 /// when `STORAGE_EMULATOR_HOST` is set) or a local folder.
 pub async fn snapshot_store(s: &Settings) -> anyhow::Result<Arc<dyn SnapshotStore>> {
     if s.snapshots.url.starts_with("file://") {
-        Ok(Arc::new(LocalSnapshots::new(&s.snapshots.url)))
+        Ok(Arc::new(
+            LocalSnapshots::new(&s.snapshots.url).with_raw_prefix(&s.snapshots.raw_prefix),
+        ))
     } else {
         let emulator = std::env::var(ENV_VAR_STORAGE_EMULATOR_HOST).ok();
         let gcs = GcsSnapshots::new(&s.snapshots.url, emulator.as_deref())
             .await
             .with_context(|| format!("opening the snapshot bucket {}", s.snapshots.url))?;
-        Ok(Arc::new(gcs))
+        Ok(Arc::new(gcs.with_raw_prefix(&s.snapshots.raw_prefix)))
     }
 }
 
@@ -213,6 +215,7 @@ impl Application {
             outbox: completer.clone(),
             max_attempts: self.settings.retry.max_attempts,
             health: self.health.clone(),
+            park: Arc::new(ParkStage::new(self.store.clone(), self.topology.clone())),
         });
         let mut consumers = Vec::new();
         for kind in ConsumerKind::all() {

@@ -2,7 +2,9 @@
 //! rows older than `--older-than` (default `retention.keep`) to the
 //! snapshot bucket and leaves a checkpoint per record; `archive restore`
 //! brings them back; `archive list` shows the recorded segments. Run it with
-//! the archiver's database user (sql/grants-mysql.sql), not the runtime one.
+//! the archive's database users (sql/grants-mysql.sql): `database.url` as
+//! `event_archiver` (removes), `retention.recorder_database_url` as
+//! `event_archive_recorder` (records), never the runtime one.
 
 use anyhow::{bail, Context};
 
@@ -55,6 +57,39 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
     result
 }
 
+/// The store that records verified segments: `retention.recorder_database_url`
+/// (the shipped grants' `event_archive_recorder`), or `database.url` itself.
+async fn recorder(settings: &Settings) -> anyhow::Result<Option<crate::store::Store>> {
+    use secrecy::ExposeSecret;
+    let Some(url) = &settings.retention.recorder_database_url else {
+        return Ok(None);
+    };
+    let store = crate::store::Store::connect(
+        url.expose_secret(),
+        settings.database.max_connections,
+        settings.database.connect_timeout,
+    )
+    .await
+    .map(|s| s.with_query_timeout(settings.database.query_timeout))
+    .context("connecting to the database as retention.recorder_database_url")?;
+    Ok(Some(store))
+}
+
+/// Where segments go: `retention.archive_url` (a bucket of its own), or
+/// `archive/` in the snapshot bucket.
+async fn archive_store(
+    settings: &Settings,
+) -> anyhow::Result<std::sync::Arc<dyn crate::snapshots::SnapshotStore>> {
+    match &settings.retention.archive_url {
+        Some(url) => {
+            let mut s = settings.clone();
+            s.snapshots.url = url.clone();
+            crate::app::snapshot_store(&s).await
+        }
+        None => crate::app::snapshot_store(settings).await,
+    }
+}
+
 async fn act(settings: &Settings, store: &crate::store::Store, args: Args) -> anyhow::Result<i32> {
     match args.action {
         Some(Action::List { json }) => {
@@ -89,7 +124,7 @@ async fn act(settings: &Settings, store: &crate::store::Store, args: Args) -> an
                 ),
                 None => None,
             };
-            let snapshots = crate::app::snapshot_store(settings).await?;
+            let snapshots = archive_store(settings).await?;
             let r = archive::restore(store, snapshots.as_ref(), segment.as_deref(), record).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
@@ -118,7 +153,7 @@ async fn act(settings: &Settings, store: &crate::store::Store, args: Args) -> an
                     chrono::Utc::now() - keep
                 }
             };
-            let snapshots = crate::app::snapshot_store(settings).await?;
+            let snapshots = archive_store(settings).await?;
             let opts = Options {
                 cutoff,
                 segment_events: settings.retention.segment_events,
@@ -126,8 +161,29 @@ async fn act(settings: &Settings, store: &crate::store::Store, args: Args) -> an
                 pace: settings.retention.pace,
                 dry_run: args.dry_run,
             };
-            let r =
-                archive::run(store, snapshots.as_ref(), &settings.merge_policy(), &opts).await?;
+            let recorder = recorder(settings).await?;
+            let r = archive::run_as(
+                recorder.as_ref().unwrap_or(store),
+                store,
+                snapshots.as_ref(),
+                &settings.merge_policy(),
+                &opts,
+            )
+            .await;
+            let separate = recorder.is_some();
+            if let Some(rec) = recorder {
+                rec.close().await;
+            }
+            let r = r.with_context(|| {
+                if separate {
+                    String::from("archiving")
+                } else {
+                    String::from(
+                        "archiving (with the shipped grants, database.url's user only removes: \
+                         set retention.recorder_database_url to the event_archive_recorder user)",
+                    )
+                }
+            })?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

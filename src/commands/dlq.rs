@@ -71,6 +71,8 @@ pub enum Reason {
     Exhausted,
     /// A missing version was not filled in time.
     Gap,
+    /// Pub/Sub would not take its error envelope; parked directly.
+    Unpublishable,
 }
 
 impl Reason {
@@ -80,6 +82,7 @@ impl Reason {
             Reason::Permanent => "permanent",
             Reason::Exhausted => "exhausted",
             Reason::Gap => "gap",
+            Reason::Unpublishable => crate::stages::park::UNPUBLISHABLE,
         }
     }
 }
@@ -106,8 +109,12 @@ pub enum Cmd {
         /// Include rows already replayed.
         #[arg(long)]
         all: bool,
+        /// Rows to list (their data is never read; `dlq show` reads it).
         #[arg(long, default_value_t = 100)]
         limit: i64,
+        /// List the rows after this id (paging).
+        #[arg(long)]
+        after_id: Option<i64>,
         #[arg(long)]
         json: bool,
     },
@@ -139,11 +146,21 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
             filters,
             all,
             limit,
+            after_id,
             json,
         } => {
-            let rows = store
-                .dead_letters(&filters.filter(all), limit.clamp(1, 10_000))
-                .await?;
+            let f = filters.filter(all);
+            let mut rows = Vec::new();
+            let mut after = after_id;
+            let want = limit.clamp(1, 10_000);
+            while (rows.len() as i64) < want {
+                let page = store
+                    .dead_letter_page(&f, after, (want - rows.len() as i64).min(1000))
+                    .await?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.id);
+                rows.extend(page);
+            }
             if json {
                 let v: Vec<_> = rows.iter().map(summary).collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);

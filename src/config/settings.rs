@@ -86,6 +86,15 @@ pub struct SnapshotSettings {
     /// `gs://bucket` or `file://dir`.
     pub url: String,
     pub claim_check_threshold_bytes: u64,
+    // Issue 31 (h-harden): where raw events' `full_snapshot_ref` may point.
+    /// The only place (under `url`) raw events' snapshots may be read from;
+    /// never the daemon's own `sha256/` claim checks or `archive/`.
+    #[serde(default = "default_raw_prefix")]
+    pub raw_prefix: String,
+}
+
+fn default_raw_prefix() -> String {
+    "raw/".to_string()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -192,6 +201,18 @@ pub struct RetentionSettings {
     /// archiver busy at most half the time, leaving the database and the CPU
     /// to the merge stage.
     pub pace: f64,
+    // Issue 31 (h-harden): the archive's least privilege.
+    /// The database user that records a verified segment
+    /// (`event_archive_recorder` in sql/grants-mysql.sql); `database.url`'s
+    /// user (`event_archiver`) then only removes what segments cover.
+    /// Unset: `database.url` does both (SQLite; an administrator).
+    #[serde(default, serialize_with = "serialize_redacted_opt")]
+    pub recorder_database_url: Option<SecretString>,
+    /// A bucket of its own for archive segments (`gs://bucket` or
+    /// `file://dir`), so it can carry a locked retention policy the claim
+    /// checks' bucket cannot. Unset: `archive/` in `snapshots.url`.
+    #[serde(default)]
+    pub archive_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -84,6 +84,31 @@ impl Settings {
             ));
         }
 
+        // Issue 31 (h-harden): the archive's own bucket, if any.
+        if let Some(u) = &self.retention.archive_url {
+            if !is_snapshot_url(u) {
+                return Err(invalid(
+                    "retention.archive_url",
+                    format!("`{u}` must be gs://bucket or file://dir"),
+                ));
+            }
+        }
+        // Issue 31 (h-harden): raw refs confined to a prefix of their own.
+        let raw = self.snapshots.raw_prefix.trim_matches('/');
+        if raw.split('/').any(|c| c == ".." || c == ".")
+            || ["sha256", "archive"]
+                .iter()
+                .any(|ours| raw == *ours || raw.starts_with(&format!("{ours}/")))
+        {
+            return Err(invalid(
+                "snapshots.raw_prefix",
+                format!(
+                    "`{}` must be a folder of its own (not `sha256/` or `archive/`, no `..`)",
+                    self.snapshots.raw_prefix
+                ),
+            ));
+        }
+
         let retry = &self.retry;
         if !(1..=100).contains(&retry.max_attempts) {
             return Err(invalid(

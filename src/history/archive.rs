@@ -28,7 +28,7 @@ use super::{fold_each_from, HistoryError};
 use crate::model::merged_event::MergedEvent;
 use crate::model::raw_event::Source;
 use crate::model::rules::{MergePolicy, RecordState};
-use crate::snapshots::{SnapshotError, SnapshotStore};
+use crate::snapshots::{Scope, SnapshotError, SnapshotStore};
 use crate::stages::deliver::routing::{self, Route};
 use crate::store::archive::{
     AuditArchived, Candidate, Checkpoint, Coverage, DeadLetterArchived, MergedArchived, RecordRows,
@@ -151,13 +151,31 @@ struct Part {
     checkpoint: Checkpoint,
 }
 
-/// Archives everything older than `opts.cutoff` that may go.
+/// Archives everything older than `opts.cutoff` that may go, as one
+/// database user that both records segments and removes their rows
+/// (SQLite; an administrator). With the shipped MySQL grants use
+/// [`run_as`].
 pub async fn run(
     store: &Store,
     snapshots: &dyn SnapshotStore,
     policy: &MergePolicy,
     opts: &Options,
 ) -> Result<Report, ArchiveError> {
+    run_as(store, store, snapshots, policy, opts).await
+}
+
+/// Archives as two database users (issue 31): `recorder` reads what goes
+/// and records each segment once it is verified; `remover` removes the rows
+/// a recorded segment covers (and finishes what an earlier run left). No
+/// single credential can vouch for a segment and remove what it covers.
+pub async fn run_as(
+    recorder: &Store,
+    remover: &Store,
+    snapshots: &dyn SnapshotStore,
+    policy: &MergePolicy,
+    opts: &Options,
+) -> Result<Report, ArchiveError> {
+    let store = recorder;
     let started = Instant::now();
     let mut report = Report {
         cutoff: crate::model::fingerprint::format_timestamp(&opts.cutoff),
@@ -165,8 +183,8 @@ pub async fn run(
         ..Default::default()
     };
     if !opts.dry_run {
-        for s in store.unremoved_segments().await? {
-            store
+        for s in remover.unremoved_segments().await? {
+            remover
                 .remove_covered(&s, opts.delete_batch, opts.pace)
                 .await?;
             report.finished_earlier.push(s.id);
@@ -195,6 +213,7 @@ pub async fn run(
             if in_segment >= opts.segment_events {
                 let seg = flush(
                     store,
+                    remover,
                     snapshots,
                     opts,
                     std::mem::take(&mut parts),
@@ -208,7 +227,7 @@ pub async fn run(
         }
     }
     if !parts.is_empty() {
-        let seg = flush(store, snapshots, opts, parts, Vec::new()).await?;
+        let seg = flush(store, remover, snapshots, opts, parts, Vec::new()).await?;
         report.events += seg.events;
         report.segments.push(seg);
     }
@@ -220,7 +239,7 @@ pub async fn run(
             break;
         }
         let full = dead.len() as i64 == limit;
-        let seg = flush(store, snapshots, opts, Vec::new(), dead).await?;
+        let seg = flush(store, remover, snapshots, opts, Vec::new(), dead).await?;
         report.segments.push(seg);
         if opts.dry_run || !full {
             break;
@@ -495,6 +514,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, String> {
 /// Writes, verifies, records and removes one segment.
 async fn flush(
     store: &Store,
+    remover: &Store,
     snapshots: &dyn SnapshotStore,
     opts: &Options,
     mut parts: Vec<Part>,
@@ -532,7 +552,7 @@ async fn flush(
         .put_archive(Bytes::from(bytes.clone()), ".jsonl.gz")
         .await?;
     // Read back and check before anything leaves the database.
-    let back = snapshots.get(&reference).await?;
+    let back = snapshots.read(&reference, Scope::Archive).await?;
     let fail = |reason: String| ArchiveError::Verify {
         reference: reference.clone(),
         reason,
@@ -598,7 +618,7 @@ async fn flush(
         removed_at: None,
         restored_at: None,
     };
-    report.removed = store
+    report.removed = remover
         .remove_covered(&info, opts.delete_batch, opts.pace)
         .await?;
     report.reference = reference;
@@ -647,7 +667,7 @@ pub async fn restore(
             .segment(&sid)
             .await?
             .ok_or_else(|| ArchiveError::Other(format!("no archive segment {sid}")))?;
-        let bytes = snapshots.get(&info.reference).await?;
+        let bytes = snapshots.read(&info.reference, Scope::Archive).await?;
         if crate::model::fingerprint::sha256_hex(&bytes) != info.id {
             return Err(ArchiveError::Verify {
                 reference: info.reference,

@@ -27,9 +27,11 @@ pub struct MergeConflictResolved<'a> {
 
 impl InternalEvent for MergeConflictResolved<'_> {
     fn emit(self) {
+        // record_type comes from publishers: bounded (RECORD_TYPE_LABELS_MAX).
+        let record_type = crate::metrics::record_type_label(self.record_type);
         metrics()
             .merge_conflicts
-            .with_label_values(&[self.record_type, self.rule])
+            .with_label_values(&[record_type.as_str(), self.rule])
             .inc();
     }
 }
@@ -91,10 +93,13 @@ mod tests {
 
     #[test]
     fn conflict_counts_per_record_type_and_rule() {
+        // The series it lands in, whatever other tests in this process
+        // emitted before (the label is bounded).
+        let label = crate::metrics::record_type_label("ie_test_conflict");
         let c = || {
             metrics()
                 .merge_conflicts
-                .with_label_values(&["ie_test_conflict", "source_priority"])
+                .with_label_values(&[label.as_str(), "source_priority"])
                 .get()
         };
         let before = c();
@@ -105,6 +110,37 @@ mod tests {
             });
         }
         assert_eq!(c() - before, 2);
+    }
+
+    #[test]
+    fn publisher_chosen_record_types_cannot_grow_the_conflict_series_without_bound() {
+        // Issue 31: record_type comes from publishers; 1,000 of them made
+        // 1,000 series of merge_conflicts_total.
+        for i in 0..1000 {
+            emit(MergeConflictResolved {
+                record_type: &format!("hostile_type_{i}"),
+                rule: "last_writer_wins",
+            });
+        }
+        let family = metrics()
+            .registry
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == "backbone_merge_conflicts_total")
+            .expect("the family");
+        let types: std::collections::BTreeSet<String> = family
+            .get_metric()
+            .iter()
+            .flat_map(|m| m.get_label().iter())
+            .filter(|l| l.name() == "record_type")
+            .map(|l| l.value().to_string())
+            .collect();
+        assert!(
+            types.len() <= crate::metrics::RECORD_TYPE_LABELS_MAX + 1,
+            "{} record_type values",
+            types.len()
+        );
+        assert!(types.contains("other"));
     }
 
     #[test]

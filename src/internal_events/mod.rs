@@ -13,6 +13,7 @@
 
 mod consumer;
 mod dlq;
+mod http;
 mod merge;
 mod outbox;
 mod park;
@@ -22,6 +23,7 @@ mod target;
 
 pub use self::consumer::{ConsumerRestarting, MessageProcessed, MessageReceived};
 pub use self::dlq::{DeadLetterReplayed, DeadLettered};
+pub use self::http::HttpConnectionShed;
 pub use self::merge::{GapDeadLettered, MergeBatchCommitted, MergeConflictResolved};
 pub use self::outbox::OutboxRelayed;
 pub use self::park::{DeadLetterHeld, ParkFailed};

@@ -126,7 +126,7 @@ impl Ctx {
             .store
             .timed(
                 self.store
-                    .dead_letters(&DlqFilter::default(), PARKED_GROUPED),
+                    .dead_letter_page(&DlqFilter::default(), None, PARKED_GROUPED),
             )
             .await?;
         let mut by_stage_and_reason = BTreeMap::new();

@@ -713,7 +713,7 @@ impl Ctx {
         let f = i.filters.filter(i.include_replayed)?;
         let rows = self
             .store
-            .timed(self.store.dead_letters(&f, i64::from(limit)))
+            .timed(self.store.dead_letter_page(&f, None, i64::from(limit)))
             .await?;
         let pending_total = self.store.timed(self.store.pending_dead_letters()).await?;
         let dead_letters: Vec<DeadLetterOut> = rows.iter().map(DeadLetterOut::from).collect();
@@ -784,6 +784,32 @@ pub struct ReplayDeadLettersOutput {
 }
 
 impl Ctx {
+    /// The rows a replay with `f` covers (at most [`dlq::MAX_BATCH`]), page
+    /// by page and without their data.
+    async fn dead_letter_heads(
+        &self,
+        f: &crate::store::dead_letters::DlqFilter,
+    ) -> Result<Vec<crate::store::dead_letters::DeadLetter>, ToolError> {
+        let mut rows = Vec::new();
+        let mut after = None;
+        while (rows.len() as i64) < dlq::MAX_BATCH {
+            let limit = dlq::PAGE.min(dlq::MAX_BATCH - rows.len() as i64);
+            let page = self
+                .store
+                .timed(self.store.dead_letter_page(f, after, limit))
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            rows.extend(page.into_iter().map(|mut d| {
+                // Only what the audit rows need.
+                d.attributes.clear();
+                d.errors.clear();
+                d
+            }));
+        }
+        Ok(rows)
+    }
+
     pub async fn replay_dead_letters(
         &self,
         i: ReplayDeadLettersInput,
@@ -795,11 +821,12 @@ impl Ctx {
         }
         let f = i.filters.filter(false)?;
         if !i.confirm {
-            let rows = self
-                .store
-                .timed(self.store.dead_letters(&f, dlq::MAX_BATCH))
-                .await?;
-            let ids: Vec<i64> = rows.iter().map(|d| d.id).collect();
+            let ids: Vec<i64> = self
+                .dead_letter_heads(&f)
+                .await?
+                .into_iter()
+                .map(|d| d.id)
+                .collect();
             return Ok(ReplayDeadLettersOutput {
                 dry_run: true,
                 message: format!(
@@ -813,10 +840,7 @@ impl Ctx {
             });
         }
         let publishers = self.publishers().await?;
-        let rows_before = self
-            .store
-            .timed(self.store.dead_letters(&f, dlq::MAX_BATCH))
-            .await?;
+        let rows_before = self.dead_letter_heads(&f).await?;
         let report = dlq::replay(&self.store, &publishers, &f, false).await?;
         publishers.flush().await;
         let caller = self.transport.caller();
@@ -830,11 +854,15 @@ impl Ctx {
             .iter()
             .filter(|d| report.replayed.contains(&d.id))
         {
-            // A message that never parsed has no fingerprint: its bytes'.
-            let fp = dl
-                .fingerprint
-                .clone()
-                .unwrap_or_else(|| fingerprint_bytes(&dl.data));
+            // A message that never parsed has no fingerprint: its bytes'
+            // (the park stage records one, so this read is rare).
+            let fp = match &dl.fingerprint {
+                Some(fp) => fp.clone(),
+                None => match self.store.timed(self.store.dead_letter(dl.id)).await {
+                    Ok(Some(full)) => fingerprint_bytes(&full.data),
+                    _ => String::new(),
+                },
+            };
             let row = AuditRow {
                 event_id: None,
                 fingerprint: fp,

@@ -8,5 +8,6 @@ pub mod fingerprint;
 pub(crate) mod fuzz;
 pub mod limits;
 pub mod merged_event;
+pub mod message_limits;
 pub mod raw_event;
 pub mod rules;

@@ -13,6 +13,7 @@ use google_cloud_pubsub::model::Message;
 
 use super::clients::{self, ClientError, Endpoint};
 use crate::internal_events::{emit, PublishFailed, PublishRefused, Published};
+use crate::model::message_limits;
 use crate::topology::{TopicKind, Topology, TopologyError};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,28 @@ pub enum PublishFailure {
         #[source]
         source: PublishError,
     },
+    /// Pub/Sub does not take this message (over its limits, checked here
+    /// before anything is sent, or refused by the broker as
+    /// `INVALID_ARGUMENT` when sent on its own). Permanent for the message:
+    /// sending it again changes nothing, so it must never be held.
+    #[error("Pub/Sub refuses this message for {topic}: {reason}")]
+    Unpublishable { topic: String, reason: String },
+}
+
+impl PublishFailure {
+    pub fn is_unpublishable(&self) -> bool {
+        matches!(self, PublishFailure::Unpublishable { .. })
+    }
+}
+
+/// Whether the broker refused the request as invalid (`INVALID_ARGUMENT`).
+fn is_invalid_argument(e: &PublishError) -> bool {
+    match e {
+        PublishError::Rpc(inner) => inner
+            .status()
+            .is_some_and(|s| s.code == google_cloud_gax::error::rpc::Code::InvalidArgument),
+        _ => false,
+    }
 }
 
 /// One publisher per topic over a shared connection.
@@ -33,6 +56,9 @@ pub struct Publishers {
     topology: Topology,
     base: BasePublisher,
     by_topic: Mutex<HashMap<String, Publisher>>,
+    /// One-message batches, to learn whether a message the broker refused
+    /// as invalid was itself at fault or only shared a batch with one that was.
+    solo_by_topic: Mutex<HashMap<String, Publisher>>,
     /// How long a publish may wait to share a batch.
     delay: Duration,
 }
@@ -56,6 +82,7 @@ impl Publishers {
             topology,
             base: clients::base_publisher(ep).await?,
             by_topic: Mutex::new(HashMap::new()),
+            solo_by_topic: Mutex::new(HashMap::new()),
             delay,
         })
     }
@@ -74,6 +101,22 @@ impl Publishers {
                 self.base
                     .publisher(topic_path.to_string())
                     .set_delay_threshold(self.delay)
+                    .build()
+            })
+            .clone()
+    }
+
+    fn solo_publisher(&self, topic_path: &str) -> Publisher {
+        let mut map = self
+            .solo_by_topic
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.entry(topic_path.to_string())
+            .or_insert_with(|| {
+                self.base
+                    .publisher(topic_path.to_string())
+                    .set_message_count_threshold(1_u32)
+                    .set_delay_threshold(Duration::ZERO)
                     .build()
             })
             .clone()
@@ -108,6 +151,16 @@ impl Publishers {
         };
         let path = self.topology.topic_path(kind);
         let label = kind_label(kind);
+        // The emulator takes what production refuses: check here, so a
+        // message over Pub/Sub's limits never reaches a batch (one invalid
+        // message fails its whole batch) and fails the same way everywhere.
+        if let Err(over) = message_limits::check(data.len(), &attributes, ordering_key) {
+            emit(PublishFailed { topic: label });
+            return Err(PublishFailure::Unpublishable {
+                topic: path,
+                reason: over.to_string(),
+            });
+        }
         let publisher = self.publisher(&path);
         let send = || async {
             let mut msg = Message::new()
@@ -131,11 +184,39 @@ impl Publishers {
                     .with_max_delay(Duration::from_secs(2))
                     .with_max_times(3),
             )
-            .when(|e: &PublishError| !matches!(e, PublishError::Shutdown))
+            .when(|e: &PublishError| {
+                !matches!(e, PublishError::Shutdown) && !is_invalid_argument(e)
+            })
             .notify(|e: &PublishError, after: Duration| {
                 tracing::warn!(topic = label, error = %e, retry_in = ?after, "Publish failed; retrying.");
             })
             .await;
+        let result = match result {
+            Err(e) if is_invalid_argument(&e) => {
+                // Its batch was refused: alone, the message says whether
+                // it was the one at fault.
+                let mut msg = Message::new().set_data(data).set_attributes(attributes);
+                if !ordering_key.is_empty() {
+                    msg = msg.set_ordering_key(ordering_key.to_string());
+                }
+                let solo = self.solo_publisher(&path);
+                let r = solo.publish(msg).await;
+                if r.is_err() && !ordering_key.is_empty() {
+                    solo.resume_publish(ordering_key.to_string());
+                }
+                match r {
+                    Err(e) if is_invalid_argument(&e) => {
+                        emit(PublishFailed { topic: label });
+                        return Err(PublishFailure::Unpublishable {
+                            topic: path,
+                            reason: format!("the broker refused it as invalid: {e}"),
+                        });
+                    }
+                    other => other,
+                }
+            }
+            other => other,
+        };
         match result {
             Ok(id) => {
                 emit(Published { topic: label });
@@ -153,13 +234,15 @@ impl Publishers {
 
     /// Sends whatever is buffered (shutdown).
     pub async fn flush(&self) {
-        let pubs: Vec<Publisher> = self
-            .by_topic
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let mut pubs: Vec<Publisher> = Vec::new();
+        for map in [&self.by_topic, &self.solo_by_topic] {
+            pubs.extend(
+                map.lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .values()
+                    .cloned(),
+            );
+        }
         for p in pubs {
             p.flush().await;
         }

@@ -167,6 +167,21 @@ impl Health {
         )
     }
 
+    /// [`Health::holding`] without the reasons (which quote the errors of
+    /// the database or the broker): what an unauthenticated probe may see.
+    pub fn holding_counts(&self) -> Option<String> {
+        let h = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        if h.is_empty() {
+            return None;
+        }
+        Some(
+            h.iter()
+                .map(|(label, (n, _))| format!("{label}: {n} held (see the log)"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    }
+
     fn broker_up(&self) -> bool {
         self.broker().is_ok()
     }

@@ -98,9 +98,18 @@ pub async fn relay_once(
         }
         // Rows hold the full payload; an oversized one goes out as a claim check.
         let data = claim_check.shrink(Bytes::from(row.payload)).await?;
-        publishers
+        match publishers
             .publish(&row.topic, data, row.attributes, &row.ordering_key)
-            .await?;
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.is_unpublishable() => {
+                // Refused for good: the rows behind it must still go out.
+                tracing::error!(event_id = %row.event_id, error = %e, "Outbox row cannot be published; skipping it.");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
         emit(OutboxRelayed);
         completer.done(row.event_id);
         n += 1;

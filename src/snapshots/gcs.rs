@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use google_cloud_auth::credentials::anonymous;
+use google_cloud_auth::credentials::{anonymous, CacheableResource, Credentials};
 use google_cloud_gax::retry_policy::RetryPolicyExt;
 use google_cloud_storage::client::Storage;
 use google_cloud_storage::retry_policy::RetryableErrors;
 
-use super::{object_name, SnapshotError, SnapshotStore};
+use super::{object_name, InFlight, Scope, SnapshotError, SnapshotStore};
 
 /// The environment variable gcloud tools and client libraries use for a
 /// local GCS emulator (`http://host:port`).
@@ -34,6 +34,28 @@ pub struct GcsSnapshots {
     bucket: String,
     /// Object name prefix (empty, or ending in `/`).
     prefix: String,
+    /// Where raw events' snapshots must be, under `prefix`.
+    raw_prefix: String,
+    /// The JSON API, for an object's size before it is read (the client's
+    /// read gives it only once the download started, and fake-gcs-server
+    /// not at all).
+    metadata: Metadata,
+    in_flight: InFlight,
+}
+
+/// Reads objects' metadata through the JSON API with the client's credentials.
+#[derive(Clone, Debug)]
+struct Metadata {
+    http: reqwest::Client,
+    /// `https://storage.googleapis.com` or the emulator's URL.
+    endpoint: String,
+    credentials: Credentials,
+}
+
+/// The JSON API's answer, `fields=size` (a uint64 as a string).
+#[derive(serde::Deserialize)]
+struct ObjectSize {
+    size: String,
 }
 
 impl GcsSnapshots {
@@ -48,25 +70,51 @@ impl GcsSnapshots {
         };
         let mut builder = Storage::builder()
             .with_retry_policy(RetryableErrors.with_time_limit(CLIENT_RETRY_LIMIT));
-        if let Some(host) = emulator.map(str::trim).filter(|h| !h.is_empty()) {
-            let endpoint = if host.starts_with("http://") || host.starts_with("https://") {
-                host.trim_end_matches('/').to_string()
-            } else {
-                format!("http://{host}")
-            };
-            builder = builder
-                .with_endpoint(endpoint)
-                .with_credentials(anonymous::Builder::new().build());
-        }
+        let (endpoint, credentials) = match emulator.map(str::trim).filter(|h| !h.is_empty()) {
+            Some(host) => {
+                let endpoint = if host.starts_with("http://") || host.starts_with("https://") {
+                    host.trim_end_matches('/').to_string()
+                } else {
+                    format!("http://{host}")
+                };
+                builder = builder.with_endpoint(endpoint.clone());
+                (endpoint, anonymous::Builder::new().build())
+            }
+            None => (
+                GCS_ENDPOINT.to_string(),
+                google_cloud_auth::credentials::Builder::default()
+                    .build()
+                    .map_err(|e| GcsSetupError::Client(e.to_string()))?,
+            ),
+        };
+        builder = builder.with_credentials(credentials.clone());
         let client = builder
             .build()
             .await
+            .map_err(|e| GcsSetupError::Client(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .timeout(METADATA_TIMEOUT)
+            .build()
             .map_err(|e| GcsSetupError::Client(e.to_string()))?;
         Ok(Self {
             client,
             bucket: bucket.to_string(),
             prefix,
+            raw_prefix: super::normalize_raw_prefix(super::DEFAULT_RAW_PREFIX),
+            metadata: Metadata {
+                http,
+                endpoint,
+                credentials,
+            },
+            in_flight: InFlight::default(),
         })
+    }
+
+    /// `snapshots.raw_prefix`: where (under the bucket's prefix) raw
+    /// events' snapshots must be.
+    pub fn with_raw_prefix(mut self, raw_prefix: &str) -> Self {
+        self.raw_prefix = super::normalize_raw_prefix(raw_prefix);
+        self
     }
 
     pub fn bucket(&self) -> &str {
@@ -115,10 +163,103 @@ fn expected_sha256(object: &str) -> Option<&str> {
     (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
 }
 
+/// The JSON API outside an emulator.
+const GCS_ENDPOINT: &str = "https://storage.googleapis.com";
+/// How long an object's metadata may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl GcsSnapshots {
+    /// The object's size from its metadata: nothing is downloaded.
+    async fn object_size(&self, object: &str, reference: &str) -> Result<u64, SnapshotError> {
+        let unreachable = |reason: String| SnapshotError::Unreachable {
+            reference: reference.to_string(),
+            reason,
+        };
+        let mut url = url::Url::parse(&format!("{}/storage/v1/", self.metadata.endpoint))
+            .map_err(|e| unreachable(format!("bad endpoint: {e}")))?;
+        url.path_segments_mut()
+            .map_err(|()| unreachable("bad endpoint".into()))?
+            .pop_if_empty()
+            .extend(["b", &self.bucket, "o", object]);
+        url.query_pairs_mut().append_pair("fields", "size");
+        let headers = match self
+            .metadata
+            .credentials
+            .headers(http::Extensions::new())
+            .await
+        {
+            Ok(CacheableResource::New { data, .. }) => data,
+            Ok(CacheableResource::NotModified) => http::HeaderMap::new(),
+            Err(e) => return Err(unreachable(format!("no credentials: {e}"))),
+        };
+        let resp = self
+            .metadata
+            .http
+            .get(url)
+            .headers(headers)
+            .send()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = resp.status().as_u16();
+        match status {
+            200 => {}
+            404 => {
+                return Err(SnapshotError::Unavailable {
+                    reference: reference.to_string(),
+                    reason: "the object does not exist (yet)".to_string(),
+                })
+            }
+            // An answer about this object (e.g. 403): retry later.
+            s if (400..500).contains(&s) && s != 408 && s != 429 => {
+                return Err(SnapshotError::Unavailable {
+                    reference: reference.to_string(),
+                    reason: format!("its metadata answered HTTP {s}"),
+                })
+            }
+            s => return Err(unreachable(format!("its metadata answered HTTP {s}"))),
+        }
+        let meta: ObjectSize = resp
+            .json()
+            .await
+            .map_err(|e| unreachable(format!("its metadata is not readable: {e}")))?;
+        meta.size
+            .parse()
+            .map_err(|e| unreachable(format!("its size `{}` is not a number: {e}", meta.size)))
+    }
+}
+
 impl SnapshotStore for GcsSnapshots {
-    fn get<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<Bytes, SnapshotError>> {
+    fn read<'a>(
+        &'a self,
+        reference: &'a str,
+        scope: Scope,
+    ) -> BoxFuture<'a, Result<Bytes, SnapshotError>> {
         Box::pin(async move {
             let object = self.object_of(reference)?;
+            let name = object.strip_prefix(self.prefix.as_str()).ok_or_else(|| {
+                SnapshotError::Refused {
+                    reference: reference.to_string(),
+                    reason: format!("outside the snapshot prefix `{}`", self.prefix),
+                }
+            })?;
+            scope
+                .allows(name, &self.raw_prefix)
+                .map_err(|reason| SnapshotError::Refused {
+                    reference: reference.to_string(),
+                    reason,
+                })?;
+            let max = scope.max_bytes();
+            let too_large = |size: u64| SnapshotError::TooLarge {
+                reference: reference.to_string(),
+                what: scope.what(),
+                size,
+                max,
+            };
+            let size = self.object_size(object, reference).await?;
+            if size > max {
+                return Err(too_large(size));
+            }
+            let _permit = self.in_flight.reserve(size).await;
             let unavailable = |e: google_cloud_storage::Error| match e.http_status_code() {
                 Some(404) => SnapshotError::Unavailable {
                     reference: reference.to_string(),
@@ -143,9 +284,13 @@ impl SnapshotStore for GcsSnapshots {
                 .send()
                 .await
                 .map_err(unavailable)?;
-            let mut buf = Vec::new();
+            // Capped: the object may have been replaced since its size was read.
+            let mut buf = Vec::with_capacity(size as usize);
             while let Some(chunk) = resp.next().await {
                 buf.extend_from_slice(&chunk.map_err(unavailable)?);
+                if buf.len() as u64 > max {
+                    return Err(too_large(buf.len() as u64));
+                }
             }
             if let Some(want) = expected_sha256(object) {
                 let got = crate::model::fingerprint::sha256_hex(&buf);

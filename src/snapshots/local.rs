@@ -1,15 +1,20 @@
 //! Snapshots in a local folder (`file://dir`), for the embedded default.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-use super::{archive_object_name, object_name, SnapshotError, SnapshotStore};
+use tokio::io::AsyncReadExt;
+
+use super::{archive_object_name, object_name, InFlight, Scope, SnapshotError, SnapshotStore};
 
 #[derive(Debug, Clone)]
 pub struct LocalSnapshots {
     root: PathBuf,
+    /// Where raw events' snapshots must be, under `root`.
+    raw_prefix: String,
+    in_flight: InFlight,
 }
 
 impl LocalSnapshots {
@@ -17,12 +22,35 @@ impl LocalSnapshots {
     pub fn new(url: &str) -> Self {
         Self {
             root: PathBuf::from(url.trim_start_matches("file://")),
+            raw_prefix: super::normalize_raw_prefix(super::DEFAULT_RAW_PREFIX),
+            in_flight: InFlight::default(),
         }
     }
 
-    /// Only paths inside our folder are followed: a ref must not read
-    /// arbitrary files of the host.
-    fn resolve(&self, reference: &str) -> Result<PathBuf, SnapshotError> {
+    /// `snapshots.raw_prefix`: the folder (under the root) raw events'
+    /// snapshots must be in.
+    pub fn with_raw_prefix(mut self, raw_prefix: &str) -> Self {
+        self.raw_prefix = super::normalize_raw_prefix(raw_prefix);
+        self
+    }
+
+    /// Where a publisher puts a raw event's change set named `name`, and
+    /// the reference to send: `file://<root>/<raw_prefix><name>`.
+    pub fn raw_path(&self, name: &str) -> (PathBuf, String) {
+        let rel = format!("{}{name}", self.raw_prefix);
+        (
+            self.root.join(&rel),
+            format!("file://{}/{rel}", self.root.display()),
+        )
+    }
+
+    /// Only files inside our folder are followed: a ref must not read
+    /// arbitrary files of the host. Paths are compared component by
+    /// component (`data/snapshots../x` is not inside `data/snapshots`), then
+    /// as the file system resolves them (a symlink out of the folder is
+    /// refused too). A file that does not exist is unavailable, not refused.
+    /// Returns the file and its name relative to the folder.
+    async fn resolve(&self, reference: &str) -> Result<(PathBuf, String), SnapshotError> {
         let refused = |reason: &str| SnapshotError::Refused {
             reference: reference.to_string(),
             reason: reason.to_string(),
@@ -30,43 +58,89 @@ impl LocalSnapshots {
         let rest = reference
             .strip_prefix("file://")
             .ok_or_else(|| refused("not a file:// reference"))?;
-        let path = Path::new(rest);
-        if path
+        let path = lexical(Path::new(rest));
+        if Path::new(rest)
             .components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
+            .any(|c| matches!(c, Component::ParentDir))
         {
             return Err(refused("`..` is not allowed"));
         }
-        let root = self
-            .root
-            .to_string_lossy()
-            .trim_start_matches("./")
-            .to_string();
-        let rel = rest.trim_start_matches("./");
-        match rel.strip_prefix(root.trim_end_matches('/')) {
-            Some(inner) => Ok(self.root.join(inner.trim_start_matches('/'))),
-            None => Err(refused("outside the configured snapshot folder")),
+        let root = lexical(&self.root);
+        if !path.starts_with(&root) || path == root {
+            return Err(refused("outside the configured snapshot folder"));
         }
+        let unavailable = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::NotFound => SnapshotError::Unavailable {
+                reference: reference.to_string(),
+                reason: e.to_string(),
+            },
+            _ => SnapshotError::Unreachable {
+                reference: reference.to_string(),
+                reason: e.to_string(),
+            },
+        };
+        let real_root = tokio::fs::canonicalize(&root).await.map_err(unavailable)?;
+        let real = tokio::fs::canonicalize(&path).await.map_err(unavailable)?;
+        let Ok(name) = real.strip_prefix(&real_root) else {
+            return Err(refused("resolves outside the configured snapshot folder"));
+        };
+        let name = name.to_string_lossy().into_owned();
+        Ok((real, name))
     }
 }
 
+/// `p` without `.` components (a leading `./` included); `..` is refused
+/// before this matters.
+fn lexical(p: &Path) -> PathBuf {
+    p.components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
+}
+
 impl SnapshotStore for LocalSnapshots {
-    fn get<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<Bytes, SnapshotError>> {
+    fn read<'a>(
+        &'a self,
+        reference: &'a str,
+        scope: Scope,
+    ) -> BoxFuture<'a, Result<Bytes, SnapshotError>> {
         Box::pin(async move {
-            let path = self.resolve(reference)?;
-            tokio::fs::read(&path)
-                .await
-                .map(Bytes::from)
-                .map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => SnapshotError::Unavailable {
-                        reference: reference.to_string(),
-                        reason: e.to_string(),
-                    },
-                    _ => SnapshotError::Unreachable {
-                        reference: reference.to_string(),
-                        reason: e.to_string(),
-                    },
-                })
+            let (path, name) = self.resolve(reference).await?;
+            scope
+                .allows(&name, &self.raw_prefix)
+                .map_err(|reason| SnapshotError::Refused {
+                    reference: reference.to_string(),
+                    reason,
+                })?;
+            let io = |e: std::io::Error| match e.kind() {
+                std::io::ErrorKind::NotFound => SnapshotError::Unavailable {
+                    reference: reference.to_string(),
+                    reason: e.to_string(),
+                },
+                _ => SnapshotError::Unreachable {
+                    reference: reference.to_string(),
+                    reason: e.to_string(),
+                },
+            };
+            let max = scope.max_bytes();
+            let too_large = |size: u64| SnapshotError::TooLarge {
+                reference: reference.to_string(),
+                what: scope.what(),
+                size,
+                max,
+            };
+            let size = tokio::fs::metadata(&path).await.map_err(io)?.len();
+            if size > max {
+                return Err(too_large(size));
+            }
+            let _permit = self.in_flight.reserve(size).await;
+            // Capped: the file may have grown since its size was read.
+            let mut buf = Vec::with_capacity(size as usize);
+            let file = tokio::fs::File::open(&path).await.map_err(io)?;
+            file.take(max + 1).read_to_end(&mut buf).await.map_err(io)?;
+            if buf.len() as u64 > max {
+                return Err(too_large(buf.len() as u64));
+            }
+            Ok(Bytes::from(buf))
         })
     }
 
@@ -125,6 +199,49 @@ mod tests {
             .unwrap()
             .collect();
         assert_eq!(files.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_sibling_folder_whose_name_extends_ours_is_outside() {
+        // Issue 31: `file://data/snapshots../x` passed a string-prefix check
+        // and read `data/snapshots/../x`.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("snapshots");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(dir.path().join("x"), b"{\"secret\":1}").unwrap();
+        std::fs::create_dir_all(dir.path().join("snapshots..")).unwrap();
+        std::fs::write(dir.path().join("snapshots../x"), b"{}").unwrap();
+        let s = LocalSnapshots::new(&format!("file://{}", root.display()));
+        for r in [
+            format!("file://{}../x", root.display()),
+            format!("file://{}x/y", root.display()),
+            format!("file://{}", root.display()),
+        ] {
+            assert!(
+                matches!(s.get(&r).await, Err(SnapshotError::Refused { .. })),
+                "{r}: {:?}",
+                s.get(&r).await
+            );
+        }
+        // A symlink inside the folder that points out of it.
+        std::os::unix::fs::symlink(dir.path().join("x"), root.join("link.json")).unwrap();
+        let link = format!("file://{}/link.json", root.display());
+        assert!(matches!(
+            s.get(&link).await,
+            Err(SnapshotError::Refused { .. })
+        ));
+        // `./` in either is the same folder.
+        std::fs::create_dir_all(root.join("raw")).unwrap();
+        std::fs::write(root.join("raw/ok.json"), b"{}").unwrap();
+        let dotted = format!("file://{}/./raw/ok.json", root.display());
+        assert_eq!(&s.read(&dotted, Scope::Raw).await.unwrap()[..], b"{}");
+        // Raw references stay under raw/, and never reach our own objects.
+        let ours = s.put(Bytes::from_static(b"{}")).await.unwrap();
+        assert!(matches!(
+            s.read(&ours, Scope::Raw).await,
+            Err(SnapshotError::Refused { .. })
+        ));
+        assert!(s.read(&ours, Scope::ClaimCheck).await.is_ok());
     }
 
     #[tokio::test]

@@ -95,15 +95,18 @@ pub fn store_failure(e: &crate::store::StoreError, what: &str) -> StageError {
 }
 
 /// A snapshot failure as every stage reports it (SPEC §10): not readable
-/// yet → transient, the store down → unavailable, another env's bucket or
-/// wrong content → permanent.
+/// yet → transient, the store down → unavailable, another env's bucket, a
+/// place a reference may not point, wrong content or an object over its
+/// size limit → permanent.
 pub fn snapshot_failure(e: &crate::snapshots::SnapshotError) -> StageError {
     use crate::snapshots::SnapshotError as E;
     let message = e.to_string();
     match e {
         E::Unavailable { .. } => StageError::transient(message),
         E::Unreachable { .. } => StageError::unavailable(message),
-        E::Refused { .. } | E::Corrupt { .. } => StageError::permanent(message),
+        E::Refused { .. } | E::Corrupt { .. } | E::TooLarge { .. } => {
+            StageError::permanent(message)
+        }
     }
 }
 

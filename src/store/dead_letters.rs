@@ -169,8 +169,13 @@ pub struct DeadLetter {
     pub record_id: Option<String>,
     pub last_error: Option<String>,
     pub errors: Vec<String>,
+    /// Empty in a listing ([`Store::dead_letter_page`]); whole from
+    /// [`Store::dead_letter`] and [`Store::dead_letters`].
     #[serde(skip)]
     pub data: Vec<u8>,
+    /// The size of `data`, read by the database (listings load no data).
+    #[serde(default)]
+    pub data_bytes: i64,
     pub attributes: HashMap<String, String>,
     pub ordering_key: Option<String>,
     pub source_subscription: Option<String>,
@@ -205,13 +210,19 @@ pub enum Parked {
 }
 
 pub(super) fn columns(store: &Store) -> String {
+    columns_with(store, true)
+}
+
+/// The columns of a row; `data` only when `with_data` (its size always).
+fn columns_with(store: &Store, with_data: bool) -> String {
     let d = store.dialect();
     format!(
         "id, dlq_message_id, origin_message_id, stage, reason, attempts, fingerprint, record_type, \
-         record_id, {} AS last_error, {} AS errors, data, {} AS attributes, ordering_key, \
-         source_subscription, delivery_count, {} AS parked, replay_count, {} AS replayed",
+         record_id, {} AS last_error, {} AS errors, {}LENGTH(data) AS data_bytes, {} AS attributes, \
+         ordering_key, source_subscription, delivery_count, {} AS parked, replay_count, {} AS replayed",
         d.text("last_error"),
         d.text("errors"),
+        if with_data { "data, " } else { "" },
         d.text("attributes"),
         d.ts("parked_at"),
         d.ts("replayed_at"),
@@ -219,6 +230,10 @@ pub(super) fn columns(store: &Store) -> String {
 }
 
 pub(super) fn from_row(row: &sqlx::any::AnyRow) -> Result<DeadLetter, StoreError> {
+    from_row_with(row, true)
+}
+
+fn from_row_with(row: &sqlx::any::AnyRow, with_data: bool) -> Result<DeadLetter, StoreError> {
     let corrupt =
         |c: &str, e: serde_json::Error| StoreError::Corrupt(format!("dead_letters.{c}: {e}"));
     Ok(DeadLetter {
@@ -234,7 +249,12 @@ pub(super) fn from_row(row: &sqlx::any::AnyRow) -> Result<DeadLetter, StoreError
         last_error: get_opt_text(row, "last_error")?,
         errors: serde_json::from_str(&get_text(row, "errors")?)
             .map_err(|e| corrupt("errors", e))?,
-        data: row.try_get("data")?,
+        data: if with_data {
+            row.try_get("data")?
+        } else {
+            Vec::new()
+        },
+        data_bytes: row.try_get::<Option<i64>, _>("data_bytes")?.unwrap_or(0),
         attributes: serde_json::from_str(&get_text(row, "attributes")?)
             .map_err(|e| corrupt("attributes", e))?,
         ordering_key: get_opt_text(row, "ordering_key")?,
@@ -340,15 +360,44 @@ impl Store {
         Ok(result)
     }
 
+    /// The first `limit` rows `f` selects, each with its data: for tests
+    /// and small sets. Listings and replays page with
+    /// [`Store::dead_letter_page`], which loads no data.
     pub async fn dead_letters(
         &self,
         f: &DlqFilter,
         limit: i64,
     ) -> Result<Vec<DeadLetter>, StoreError> {
+        self.select_dead_letters(f, None, limit, true).await
+    }
+
+    /// One page of the rows `f` selects, in id order after `after_id`,
+    /// without their data (`data` empty, `data_bytes` its size): a listing
+    /// of 10,000 parked 1 MB messages reads their details, not 10 GB.
+    pub async fn dead_letter_page(
+        &self,
+        f: &DlqFilter,
+        after_id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        self.select_dead_letters(f, after_id, limit, false).await
+    }
+
+    async fn select_dead_letters(
+        &self,
+        f: &DlqFilter,
+        after_id: Option<i64>,
+        limit: i64,
+        with_data: bool,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
         let mut q: QueryBuilder<Any> = QueryBuilder::new(format!(
             "SELECT {} FROM dead_letters WHERE 1 = 1",
-            columns(self)
+            columns_with(self, with_data)
         ));
+        if let Some(after) = after_id {
+            q.push(" AND id > ");
+            q.push_bind(after);
+        }
         if !f.include_replayed {
             q.push(" AND replayed_at IS NULL");
         }
@@ -374,7 +423,7 @@ impl Store {
         q.push(" ORDER BY id LIMIT ");
         q.push_bind(limit);
         let rows = q.build().fetch_all(self.pool()).await?;
-        rows.iter().map(from_row).collect()
+        rows.iter().map(|r| from_row_with(r, with_data)).collect()
     }
 
     pub async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, StoreError> {

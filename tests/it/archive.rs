@@ -218,6 +218,17 @@ async fn half_archived(db: Db, bucket: Bucket) {
         .unwrap(),
         None => admin.clone(),
     };
+    // The shipped grants split recording a segment from removing its rows.
+    let recorder = match &grants {
+        Some(user) => Store::connect(
+            &mariadb_url_as(&format!("{user}_rc"), "pw", tdb.name.as_deref().unwrap()),
+            2,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap(),
+        None => admin.clone(),
+    };
 
     merge(&admin, "42", 0, 6).await;
     merge(&admin, "held", 0, 3).await;
@@ -273,7 +284,9 @@ async fn half_archived(db: Db, bucket: Bucket) {
         pace: 0.0,
         dry_run: false,
     };
-    let report = archive::run(&store, snaps, &policy, &opts).await.unwrap();
+    let report = archive::run_as(&recorder, &store, snaps, &policy, &opts)
+        .await
+        .unwrap();
     assert_eq!(report.segments.len(), 2, "{report:?}");
     let seg = &report.segments[0];
     assert_eq!((seg.records, seg.events, seg.merged), (1, 6, 6), "{seg:?}");
@@ -293,7 +306,10 @@ async fn half_archived(db: Db, bucket: Bucket) {
         let object = format!("archive/sha256/{}.jsonl.gz", s.id);
         assert!(names.contains(&object), "{object} not in {names:?}");
         assert!(s.reference.ends_with(&object), "{s:?}");
-        let back = snaps.get(&s.reference).await.unwrap();
+        let back = snaps
+            .read(&s.reference, event_backbone::snapshots::Scope::Archive)
+            .await
+            .unwrap();
         assert_eq!(
             event_backbone::model::fingerprint::sha256_hex(&back),
             s.id,
@@ -384,7 +400,9 @@ async fn half_archived(db: Db, bucket: Bucket) {
     );
 
     // A second run finds nothing new: nothing is archived twice.
-    let second = archive::run(&store, snaps, &policy, &opts).await.unwrap();
+    let second = archive::run_as(&recorder, &store, snaps, &policy, &opts)
+        .await
+        .unwrap();
     assert!(second.segments.is_empty(), "{second:?}");
 
     // Restore brings every row back; history replays from the beginning.
@@ -454,8 +472,49 @@ async fn half_archived(db: Db, bucket: Bucket) {
             .await
             .unwrap();
         assert_eq!(back.state, head.state);
+        // Issue 31: no single credential can both record a segment and
+        // remove what it covers. The remover may not record one...
+        for sql in [
+            "INSERT INTO archive_segments (id, reference, bytes, cutoff, manifest) \
+             VALUES (REPEAT('f', 64), 'gs://forged', 1, NOW(6), '{}')",
+            "INSERT INTO archive_coverage (record_type, record_id, segment_id, from_seq, to_seq, \
+             audit_before) VALUES ('project', 'held', REPEAT('f', 64), 1, 99, NOW(6))",
+            "INSERT INTO archive_segment_tables (segment_id, table_name, row_count) \
+             VALUES (REPEAT('f', 64), 'events', 99)",
+            "UPDATE archive_segments SET reference = 'gs://forged'",
+        ] {
+            let err = sqlx::query(sql).execute(store.pool()).await.unwrap_err();
+            assert!(err.to_string().contains("command denied"), "{sql}: {err}");
+        }
+        // ...and the recorder may not remove anything, covered or not.
+        for sql in [
+            "DELETE FROM events WHERE record_id = '42'",
+            "DELETE FROM event_audit_log WHERE record_id = '42'",
+            "DELETE FROM merged_events WHERE record_id = '42'",
+            "DELETE FROM dead_letters",
+            "UPDATE archive_segments SET removed_at = NULL",
+        ] {
+            let err = sqlx::query(sql).execute(recorder.pool()).await.unwrap_err();
+            assert!(err.to_string().contains("command denied"), "{sql}: {err}");
+        }
+        // Who recorded each segment and who removed its rows, as the
+        // connecting users (migration 0010; 0006 wrote the trigger's definer).
+        let by: Vec<(String, String)> = sqlx::query_as(
+            "SELECT s.recorded_by, t.removed_by FROM archive_segments s \
+             JOIN archive_segment_tables t ON t.segment_id = s.id \
+             WHERE t.table_name = 'events' AND t.removed > 0",
+        )
+        .fetch_all(admin.pool())
+        .await
+        .unwrap();
+        assert!(!by.is_empty());
+        for (recorded, removed) in by {
+            assert!(recorded.starts_with(&format!("{user}_rc@")), "{recorded}");
+            assert!(removed.starts_with(&format!("{user}_ar@")), "{removed}");
+        }
         worker.close().await;
         store.close().await;
+        recorder.close().await;
         drop_user(&user).await;
     }
     admin.close().await;

@@ -173,14 +173,55 @@ fn full(suffix: &str) -> String {
     format!("{RELEASE}-event-backbone{suffix}")
 }
 
-/// The pod spec of a Deployment, Job or Pod.
+/// The pod spec of a Deployment, Job, CronJob or Pod.
 fn pod_spec(obj: &Value) -> &Value {
     let spec = &obj["spec"];
-    if spec["template"].is_object() {
+    if spec["jobTemplate"].is_object() {
+        &spec["jobTemplate"]["spec"]["template"]["spec"]
+    } else if spec["template"].is_object() {
         &spec["template"]["spec"]
     } else {
         spec
     }
+}
+
+/// The labels of the pods a Deployment, Job, CronJob or Pod makes.
+fn pod_labels(obj: &Value) -> &Value {
+    let spec = &obj["spec"];
+    if spec["jobTemplate"].is_object() {
+        &spec["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    } else if spec["template"].is_object() {
+        &spec["template"]["metadata"]["labels"]
+    } else {
+        &obj["metadata"]["labels"]
+    }
+}
+
+/// Whether a NetworkPolicy's podSelector selects pods with `labels`
+/// (matchLabels and matchExpressions' In/NotIn/Exists/DoesNotExist).
+fn selects(policy: &Value, labels: &Value) -> bool {
+    let sel = &policy["spec"]["podSelector"];
+    let label = |k: &str| labels[k].as_str();
+    let labels_ok = sel["matchLabels"]
+        .as_object()
+        .is_none_or(|m| m.iter().all(|(k, v)| label(k) == v.as_str()));
+    let exprs_ok = sel["matchExpressions"].as_array().is_none_or(|es| {
+        es.iter().all(|e| {
+            let key = e["key"].as_str().unwrap_or_default();
+            let values: Vec<&str> = e["values"]
+                .as_array()
+                .map(|v| v.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            match e["operator"].as_str() {
+                Some("In") => label(key).is_some_and(|l| values.contains(&l)),
+                Some("NotIn") => label(key).is_none_or(|l| !values.contains(&l)),
+                Some("Exists") => label(key).is_some(),
+                Some("DoesNotExist") => label(key).is_none(),
+                _ => false,
+            }
+        })
+    });
+    labels_ok && exprs_ok
 }
 
 fn container<'a>(obj: &'a Value, name: &str) -> &'a Value {
@@ -347,6 +388,13 @@ fn production_values() -> Value {
         "grafanaDashboard": {"enabled": true, "annotations": {"grafana_folder": "Sync"}},
         "keda": {"enabled": true},
         "networkPolicy": {"egress": {"restrict": true}},
+        "archive": {
+            "enabled": true,
+            "secret": {"name": "db-archiver"},
+            "recorder": {"secret": {"name": "db-archive-recorder"}},
+            "serviceAccount": {"gcpServiceAccount": "eb-archive@suitex-prod.iam.gserviceaccount.com"},
+            "bucketUrl": "gs://suitex-event-archive-production",
+        },
         "topologySpreadConstraints": [{
             "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
             "whenUnsatisfiable": "ScheduleAnyway",
@@ -541,12 +589,18 @@ fn chart_helm_production_with_every_option_on() {
     let deployment = object(a, "Deployment", &full(""));
     let job = object(a, "Job", &full("-migrate"));
     let doctor = object(a, "Pod", &full("-doctor"));
+    let archive = object(a, "CronJob", &full("-archive"));
     let daemon = settings_of(a, deployment, "event-backbone");
     assert_eq!(daemon["env"], "production");
     assert_eq!(daemon["pubsub"]["project_id"], "suitex-prod");
     assert_eq!(daemon["database"]["migrate_on_start"], false);
     settings_of(a, doctor, "doctor");
     settings_of(a, job, "migrate");
+    let archiver = settings_of(a, archive, "archive");
+    assert_eq!(
+        archiver["retention"]["archive_url"],
+        "gs://suitex-event-archive-production"
+    );
     assert!(
         deployment["spec"].get("replicas").is_none(),
         "KEDA owns the replica count"
@@ -566,6 +620,7 @@ fn chart_helm_production_with_every_option_on() {
         (a, deployment, "event-backbone"),
         (a, job, "migrate"),
         (a, doctor, "doctor"),
+        (a, archive, "archive"),
         (
             defaults,
             object(defaults, "Deployment", &full("")),
@@ -621,6 +676,32 @@ fn chart_helm_production_with_every_option_on() {
             "{what} sees the administrator's Secret"
         );
     }
+    // The archive: its two users' Secrets and no other (issue 31), its own
+    // service account bound to its own Google service account.
+    assert_eq!(
+        secrets(archive),
+        BTreeSet::from(["db-archiver".to_owned(), "db-archive-recorder".to_owned()])
+    );
+    for (what, obj) in [("Deployment", deployment), ("helm test pod", doctor)] {
+        let s = secrets(obj);
+        assert!(
+            !s.contains("db-archiver") && !s.contains("db-archive-recorder"),
+            "{what} sees the archive's Secrets"
+        );
+    }
+    let archive_sa = pod_spec(archive)["serviceAccountName"]
+        .as_str()
+        .expect("a service account");
+    assert_ne!(
+        archive_sa,
+        pod_spec(deployment)["serviceAccountName"],
+        "the archive shares the daemon's identity"
+    );
+    assert_eq!(
+        object(a, "ServiceAccount", archive_sa)["metadata"]["annotations"]
+            ["iam.gke.io/gcp-service-account"],
+        "eb-archive@suitex-prod.iam.gserviceaccount.com"
+    );
     assert_eq!(container(job, "migrate")["args"], json!(["migrate"]));
     let hooks = job["metadata"]["annotations"]["helm.sh/hook"]
         .as_str()
@@ -1049,6 +1130,99 @@ fn copy_dir(from: &Path, to: &Path) {
             copy_dir(&p, &dest);
         } else {
             std::fs::copy(&p, &dest).expect("copy");
+        }
+    }
+}
+
+/// Issue 31: the NetworkPolicies cover every pod the chart makes (the
+/// daemon, the migrate Job, the archive CronJob, the doctor pod) and
+/// restrict their egress by default: no rule allows everything, only the
+/// daemon's and doctor's reach the targets, only the daemon takes ingress.
+#[test]
+fn chart_helm_network_policies_cover_every_pod_and_restrict_egress() {
+    let Some(py) = helm_python() else { return };
+    let defaults_with_jobs = json!({
+        "migrations": {"enabled": true, "secret": {"name": "db-admin"}},
+        "archive": {
+            "enabled": true,
+            "secret": {"name": "db-archiver"},
+            "recorder": {"secret": {"name": "db-archive-recorder"}},
+        },
+    });
+    let answers = helm(
+        &py,
+        &[
+            case("defaults", defaults_with_jobs),
+            case("production", production_values()),
+        ],
+    );
+    for a in &answers {
+        assert_clean(a);
+        let policies: Vec<&Value> = objects(a)
+            .iter()
+            .filter(|o| o["kind"] == "NetworkPolicy")
+            .map(|o| &o["object"])
+            .collect();
+        let pods = [
+            ("daemon", object(a, "Deployment", &full("")), true),
+            ("migrate", object(a, "Job", &full("-migrate")), false),
+            ("archive", object(a, "CronJob", &full("-archive")), false),
+            ("doctor", object(a, "Pod", &full("-doctor")), true),
+        ];
+        for (what, obj, reaches_targets) in pods {
+            let labels = pod_labels(obj);
+            let mine: Vec<&&Value> = policies.iter().filter(|p| selects(p, labels)).collect();
+            assert_eq!(
+                mine.len(),
+                1,
+                "{}: {what} is selected by {} policies",
+                a["name"],
+                mine.len()
+            );
+            let p = &mine[0]["spec"];
+            let types: Vec<&str> = p["policyTypes"]
+                .as_array()
+                .expect("policyTypes")
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            assert!(
+                types.contains(&"Egress"),
+                "{}: {what}'s egress is open: {types:?}",
+                a["name"]
+            );
+            let egress = p["egress"].as_array().expect("egress rules");
+            for rule in egress {
+                assert!(
+                    rule.get("ports").is_some() || rule.get("to").is_some(),
+                    "{}: {what} has an allow-all rule {rule}",
+                    a["name"]
+                );
+            }
+            let https_anywhere_for_targets = egress.iter().any(|r| {
+                r["to"].to_string().contains("0.0.0.0/0")
+                    && r["ports"].to_string().contains("443")
+                    && !r["ports"].to_string().contains("3307")
+            });
+            assert!(https_anywhere_for_targets, "{what}: Google APIs over HTTPS");
+            let target_rule = egress
+                .iter()
+                .filter(|r| r["ports"].to_string().contains("443"))
+                .count();
+            assert_eq!(
+                target_rule,
+                if reaches_targets { 2 } else { 1 },
+                "{}: {what}: Google APIs, and the targets for the daemon and doctor only",
+                a["name"]
+            );
+            let ingress = p["ingress"].as_array().map_or(0, Vec::len);
+            assert_eq!(
+                ingress > 0,
+                what == "daemon",
+                "{}: {what}'s ingress: {}",
+                a["name"],
+                p["ingress"]
+            );
         }
     }
 }

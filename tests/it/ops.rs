@@ -497,6 +497,49 @@ async fn ops_readyz_follows_the_database_without_a_restart() {
     d.stop().await;
 }
 
+/// `/readyz` is unauthenticated: with the database refusing connections it
+/// answers 503 and says "unavailable", never the driver's error (which
+/// names hosts, ports and users); the error goes to the log (issue 31).
+#[tokio::test]
+async fn ops_readyz_names_no_database_internals() {
+    let proxy = Proxy::start(&mariadb_addr()).await;
+    let overrides = Overrides::new()
+        .database_via(proxy.port)
+        .set("BACKBONE__DATABASE__CONNECT_TIMEOUT", "1s");
+    let Some(d) = TestApp::spawn(Db::Mariadb, overrides).await else {
+        return;
+    };
+    let addr = d.metrics_addr();
+    assert!(ready_is(addr, 200, WAIT).await, "never ready");
+    proxy.refuse();
+    assert!(
+        ready_is(addr, 503, Duration::from_secs(15)).await,
+        "/readyz stayed 200 with the database refusing connections"
+    );
+    // A few answers: the probe's own connection fails in different ways.
+    for _ in 0..3 {
+        let (status, body) = get(addr, "/readyz").await;
+        if status == 200 {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+        assert_eq!(v["database"], "unavailable (details in the log)", "{v}");
+        for leak in [
+            proxy.port.to_string().as_str(),
+            "127.0.0.1",
+            "os error",
+            "refused",
+            "error communicating",
+        ] {
+            assert!(!body.contains(leak), "/readyz says {leak:?}: {body}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    proxy.restore();
+    assert!(ready_is(addr, 200, WAIT).await, "ready again");
+    d.stop().await;
+}
+
 /// Pub/Sub unreachable (the daemon talks to the emulator through a proxy
 /// that is cut): `/readyz` answers 503 naming Pub/Sub and `consumer_up`
 /// drops to 0 while liveness stays 200; events published meanwhile (straight

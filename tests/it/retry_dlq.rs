@@ -579,3 +579,102 @@ async fn processing_time_excludes_the_retry_hold() {
     );
     app.stop().await;
 }
+
+/// Issue 31, finding 3: `GET /admin/dlq` pages by id and never carries the
+/// messages' data (only its size); a page is at most 1,000 rows. A dry-run
+/// replay pages too. (The memory figures: tests/it/dlq_bench.rs.)
+#[tokio::test]
+async fn admin_dlq_lists_page_by_page_without_the_data() {
+    use event_backbone::store::dead_letters::NewDeadLetter;
+    use event_backbone::store::ledger::AuditRow;
+    let Some(app) = TestApp::spawn(Db::Sqlite, Overrides::new().admin("page-token")).await else {
+        return;
+    };
+    for i in 0..5 {
+        let dl = NewDeadLetter {
+            dlq_message_id: format!("page-{i}"),
+            origin_message_id: None,
+            stage: "merge".into(),
+            reason: "invalid".into(),
+            attempts: 1,
+            fingerprint: Some(format!("{i:064x}")),
+            record_type: None,
+            record_id: None,
+            last_error: Some("bad".into()),
+            errors: vec!["bad".into()],
+            data: vec![b'd'; 1000 + i],
+            attributes: HashMap::new(),
+            ordering_key: None,
+            source_subscription: None,
+            delivery_count: None,
+            replay_of: None,
+        };
+        let audit = AuditRow {
+            event_id: None,
+            fingerprint: format!("{i:064x}"),
+            record_type: None,
+            record_id: None,
+            stage: "park".into(),
+            outcome: "parked".into(),
+            detail: None,
+            message_id: None,
+            attempt: 1,
+            claim: false,
+        };
+        app.store.park(&dl, audit).await.unwrap();
+    }
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", app.admin_addr());
+    let page = |q: String| {
+        let http = http.clone();
+        let url = format!("{base}/admin/dlq?{q}");
+        async move {
+            let r = http
+                .get(url)
+                .bearer_auth("page-token")
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let (status, _) = page("limit=10000".into()).await;
+    assert_eq!(status, 400, "a page is at most 1,000 rows");
+    let mut ids = Vec::new();
+    let mut after: Option<i64> = None;
+    loop {
+        let q = match after {
+            Some(a) => format!("limit=2&after_id={a}"),
+            None => "limit=2".into(),
+        };
+        let (status, v) = page(q).await;
+        assert_eq!(status, 200, "{v}");
+        for d in v["dead_letters"].as_array().unwrap() {
+            assert!(d.get("data").is_none(), "no data in a listing: {d}");
+            assert!(d["data_bytes"].as_i64().unwrap() >= 1000, "{d}");
+            ids.push(d["id"].as_i64().unwrap());
+        }
+        match v["next_after_id"].as_i64() {
+            Some(a) => after = Some(a),
+            None => break,
+        }
+    }
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in id order: {ids:?}");
+    let dry: serde_json::Value = http
+        .post(format!("{base}/admin/dlq/replay"))
+        .bearer_auth("page-token")
+        .json(&json!({"dry_run": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dry["replayed"], json!(ids));
+    app.stop().await;
+}

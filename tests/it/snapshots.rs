@@ -11,7 +11,7 @@ use event_backbone::model::fingerprint::fingerprint;
 use event_backbone::model::raw_event::parse_raw_event;
 use event_backbone::snapshots::claim_check::ClaimCheck;
 use event_backbone::snapshots::gcs::GcsSnapshots;
-use event_backbone::snapshots::SnapshotStore;
+use event_backbone::snapshots::{Scope, SnapshotError, SnapshotStore};
 use event_backbone::topology::TopicKind;
 use serde_json::{json, Value};
 
@@ -407,5 +407,165 @@ async fn snapshot_gcs_foreign_bucket_is_permanent_and_missing_object_is_transien
         "{:?}",
         retried[0].attributes
     );
+    d.app.stop().await;
+}
+
+/// This process's resident set (`VmRSS`) and peak (`VmHWM`), in MiB.
+fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+async fn delete_object(bucket: &str, object: &str) {
+    let _ = reqwest::Client::new()
+        .delete(format!(
+            "{}/storage/v1/b/{bucket}/o/{}",
+            gcs_host(),
+            object.replace('/', "%2F")
+        ))
+        .send()
+        .await;
+}
+
+/// Issue 31, finding 2 (SPEC §10 "a claim-check reference to a huge
+/// object"): its size is read from the object's metadata first; over the
+/// limit it is permanent and nothing is downloaded — this process's memory
+/// does not grow by the object's size.
+#[tokio::test]
+async fn snapshot_gcs_huge_raw_reference_is_permanent_and_nothing_is_downloaded() {
+    let dlq = OnceLock::new();
+    let bucket = fresh_bucket().await;
+    let url = format!("gs://{bucket}");
+    let Some(d) = deploy_with(
+        Db::Sqlite,
+        &[("BACKBONE__SNAPSHOTS__URL", &url)],
+        async |t| {
+            let _ = dlq.set(tap(t, TopicKind::Dlq).await);
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    // A change set far over what the event store takes (8 MiB).
+    const SIZE: usize = 64 * MIB;
+    let mut huge = Vec::with_capacity(SIZE);
+    huge.extend_from_slice(b"{\"blob\":\"");
+    huge.resize(SIZE - 2, b'x');
+    huge.extend_from_slice(b"\"}");
+    upload(&bucket, "raw/huge.json", huge).await;
+
+    // The store itself: refused from the metadata, memory flat.
+    let store = GcsSnapshots::new(&url, Some(&gcs_host())).await.unwrap();
+    let reference = format!("gs://{bucket}/raw/huge.json");
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let (before, _) = rss_mib();
+    let read = store.read(&reference, Scope::Raw).await;
+    let (_, peak) = rss_mib();
+    match read {
+        Err(SnapshotError::TooLarge { size, max, .. }) => {
+            assert_eq!(size, SIZE as u64, "the size from the metadata");
+            assert_eq!(max, 8 * MIB as u64);
+        }
+        other => panic!("expected TooLarge, got {:?}", other.map(|b| b.len())),
+    }
+    assert!(
+        peak - before < 16.0,
+        "the read grew peak RSS by {:.0} MiB",
+        peak - before
+    );
+
+    // Through the daemon: dead-lettered `permanent` at once, saying why.
+    let p = publishers(&d.app.topology).await;
+    let raw = json!({
+        "source": "suitex", "record_type": "project", "record_id": "huge", "base_version": 0,
+        "timestamp": "2026-03-13T20:00:00Z", "changes": {}, "full_snapshot_ref": reference,
+    })
+    .to_string();
+    publish_raw(&p, &raw).await;
+    let dead = dlq.get().unwrap().collect(1, WAIT).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].attributes["dead_reason"], "permanent",
+        "{:?}",
+        dead[0].attributes
+    );
+    assert!(
+        dead[0].attributes["last_error"].contains("may be at most 8388608 bytes"),
+        "{:?}",
+        dead[0].attributes["last_error"]
+    );
+    delete_object(&bucket, "raw/huge.json").await;
+    d.app.stop().await;
+}
+
+/// Raw events' references are confined to `snapshots.raw_prefix` (`raw/`):
+/// one that points at the daemon's own claim checks (another record's
+/// merged event) or outside the prefix is refused, permanent.
+#[tokio::test]
+async fn snapshot_raw_reference_outside_the_raw_prefix_is_refused() {
+    let dlq = OnceLock::new();
+    let bucket = fresh_bucket().await;
+    let url = format!("gs://{bucket}");
+    let Some(d) = deploy_with(
+        Db::Sqlite,
+        &[("BACKBONE__SNAPSHOTS__URL", &url)],
+        async |t| {
+            let _ = dlq.set(tap(t, TopicKind::Dlq).await);
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let store = GcsSnapshots::new(&url, Some(&gcs_host())).await.unwrap();
+    // One of ours: a merged event's claim check, a JSON object.
+    let ours = store
+        .put(Bytes::from(
+            json!({"name": "someone else's record"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    upload(
+        &bucket,
+        "elsewhere/changes.json",
+        b"{\"name\":\"x\"}".to_vec(),
+    )
+    .await;
+    let p = publishers(&d.app.topology).await;
+    for (rid, reference) in [
+        ("1", ours.clone()),
+        ("2", format!("gs://{bucket}/elsewhere/changes.json")),
+    ] {
+        let raw = json!({
+            "source": "suitex", "record_type": "project", "record_id": rid, "base_version": 0,
+            "timestamp": "2026-03-13T20:00:00Z", "changes": {}, "full_snapshot_ref": reference,
+        })
+        .to_string();
+        publish_raw(&p, &raw).await;
+    }
+    let dead = dlq.get().unwrap().collect(2, WAIT).await;
+    assert_eq!(dead.len(), 2);
+    for m in &dead {
+        assert_eq!(
+            m.attributes["dead_reason"], "permanent",
+            "{:?}",
+            m.attributes
+        );
+        assert!(
+            m.attributes["last_error"].contains("is refused"),
+            "{:?}",
+            m.attributes["last_error"]
+        );
+    }
+    assert_eq!(count(&d.app.store, "SELECT COUNT(*) FROM events").await, 0);
     d.app.stop().await;
 }

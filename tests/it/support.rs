@@ -969,6 +969,8 @@ pub async fn apply_shipped_grants(db: &str) -> String {
             .replace("'sync_worker'", &format!("'{user}'"))
             // The archiver of the same grants file: `{user}_ar`.
             .replace("'event_archiver'", &format!("'{user}_ar'"))
+            // And its recorder: `{user}_rc`.
+            .replace("'event_archive_recorder'", &format!("'{user}_rc'"))
             .replace("'change-me'", "'pw'");
     let mut admin = sqlx::MySqlConnection::connect(&mariadb_admin_url())
         .await
@@ -1000,9 +1002,11 @@ pub async fn drop_user(user: &str) {
         .execute(&mut admin)
         .await
         .expect("drop user");
-    let _ = sqlx::query(&format!("DROP USER IF EXISTS '{user}_ar'@'%'"))
-        .execute(&mut admin)
-        .await;
+    for suffix in ["_ar", "_rc"] {
+        let _ = sqlx::query(&format!("DROP USER IF EXISTS '{user}{suffix}'@'%'"))
+            .execute(&mut admin)
+            .await;
+    }
 }
 
 /// A transient merge fault a test can clear: raw events whose changes live
@@ -1035,18 +1039,18 @@ impl MissingSnapshots {
         serde_json::json!({
             "source": source, "record_type": rtype, "record_id": rid,
             "base_version": base, "timestamp": "2026-03-13T10:00:00Z", "changes": {},
-            "full_snapshot_ref": format!("{}/{name}.json", self.url()),
+            "full_snapshot_ref": format!("{}/raw/{name}.json", self.url()),
         })
         .to_string()
     }
 
     /// Clears the fault for `name`.
     pub fn provide(&self, name: &str, changes: serde_json::Value) {
-        std::fs::write(
-            self.dir.path().join(format!("{name}.json")),
-            changes.to_string(),
-        )
-        .expect("write snapshot");
+        // Under `raw/`, where raw events' snapshots must be (issue 31).
+        let raw = self.dir.path().join("raw");
+        std::fs::create_dir_all(&raw).expect("raw folder");
+        std::fs::write(raw.join(format!("{name}.json")), changes.to_string())
+            .expect("write snapshot");
     }
 }
 // ---------------------------------------------------------------------------

@@ -209,3 +209,93 @@ files (SPEC §4.3: every secret as <key>_file). Readable by the pod's fsGroup.
   readOnly: true
 {{- end }}
 {{- end }}
+
+{{/*
+The egress rules of networkpolicy.yaml, for (dict "root" $ "targets" bool):
+DNS, the GKE metadata server, Google APIs, the database, the targets (when
+asked) and networkPolicy.egress.extra.
+*/}}
+{{- define "event-backbone.egressRules" -}}
+{{- $v := .root.Values }}
+{{- $e := $v.networkPolicy.egress }}
+# DNS.
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+# GKE metadata server (Workload Identity tokens): 169.254.169.254 is
+# redirected to 169.254.169.252:988 on Dataplane V2, 127.0.0.1:988 otherwise.
+- to:
+    - ipBlock:
+        cidr: 169.254.169.254/32
+    - ipBlock:
+        cidr: 169.254.169.252/32
+    - ipBlock:
+        cidr: 127.0.0.1/32
+  ports:
+    - port: 80
+      protocol: TCP
+    - port: 988
+      protocol: TCP
+# Google APIs (Pub/Sub, Cloud Storage, IAM, Cloud SQL Admin) over HTTPS.
+- to:
+    {{- toYaml $e.googleApis | nindent 4 }}
+  ports:
+    - port: 443
+      protocol: TCP
+# The database: the Cloud SQL instance's server-side proxy, or the server.
+- to:
+    {{- toYaml $e.database | nindent 4 }}
+  ports:
+    {{- if $v.cloudSqlProxy.enabled }}
+    - port: 3307
+      protocol: TCP
+    {{- else }}
+    - port: {{ $v.database.port }}
+      protocol: TCP
+    {{- end }}
+{{- if .targets }}
+{{- with $e.targets }}
+# The delivery targets.
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+{{- with $e.extra }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "event-backbone.archiveServiceAccountName" -}}
+{{- $sa := .Values.archive.serviceAccount }}
+{{- if $sa.create }}
+{{- default (printf "%s-archive" (include "event-backbone.fullname" .)) $sa.name }}
+{{- else }}
+{{- default "default" $sa.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+BACKBONE__RETENTION__RECORDER_DATABASE_URL for the archive: the user that
+records verified segments (archive.recorder), from its own Secret.
+*/}}
+{{- define "event-backbone.archiveRecorderEnv" -}}
+{{- $db := .Values.database }}
+{{- $r := .Values.archive.recorder }}
+{{- $msg := "archive.recorder.secret.name is required when archive.enabled: the archiver (archive.secret) may only remove what the recorder vouched for" }}
+{{- if $r.secret.urlKey }}
+- name: BACKBONE__RETENTION__RECORDER_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ required $msg $r.secret.name }}
+      key: {{ $r.secret.urlKey }}
+{{- else }}
+- name: RECORDER_DB_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ required $msg $r.secret.name }}
+      key: {{ $r.secret.passwordKey }}
+- name: BACKBONE__RETENTION__RECORDER_DATABASE_URL
+  value: {{ printf "mysql://%s:$(RECORDER_DB_PASSWORD)@%s:%d/%s" $r.user $db.host (int $db.port) $db.name | quote }}
+{{- end }}
+{{- end }}

@@ -20,7 +20,6 @@ use super::{DemoError, Narrator, SUITEX_FAILURES};
 use crate::model::fingerprint::fingerprint_bytes;
 use crate::model::raw_event::Source;
 use crate::snapshots::local::LocalSnapshots;
-use crate::snapshots::SnapshotStore;
 use crate::stages::deliver::stage_name;
 use crate::store::dead_letters::DlqFilter;
 use crate::topology::{StageName, TopicKind};
@@ -308,8 +307,17 @@ async fn step_oversized(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<(), DemoError
     big.insert("title".into(), json!("Master services agreement"));
     big.insert("terms_text".into(), json!(filler(6 * 1024)));
     let big_bytes = Bytes::from(Value::Object(big.clone()).to_string());
+    // Where a publisher puts a change set: the raw prefix (`raw/`), the
+    // only place a raw event's reference may point.
     let snapshots = LocalSnapshots::new(&ctx.snapshots_url);
-    let reference = snapshots.put(big_bytes.clone()).await.map_err(|e| {
+    let (path, reference) = snapshots.raw_path("contract-C-7.json");
+    let written = async {
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        tokio::fs::write(&path, &big_bytes).await
+    };
+    written.await.map_err(|e| {
         DemoError::Unexpected(format!(
             "writing the change set to the snapshot folder failed: {e}"
         ))

@@ -14,6 +14,7 @@ use crate::internal_events::{emit, DeadLettered, SentToRetry};
 use crate::model::envelope::{self, FailureInfo};
 use crate::model::fingerprint::fingerprint_bytes;
 use crate::pubsub::publisher::PublishFailure;
+use crate::stages::park::UNPUBLISHABLE;
 use crate::stages::{ErrorClass, Failure, Incoming, Outcome, Stage, StageError, StageResult};
 use crate::topology::TopicKind;
 
@@ -137,6 +138,36 @@ impl Runtime {
                         tracing::error!(stage, error = %e, "Publishing a stage's output was refused; nacking.");
                         return nacked(confirmed);
                     }
+                    Err(e @ PublishFailure::Unpublishable { .. }) => {
+                        // Never held: it would be refused forever. The
+                        // output is parked (its data kept) and the outbox
+                        // forgets it, so the relay does not try it again.
+                        let output = Incoming {
+                            data: out.data.clone(),
+                            attributes: out.attributes.clone(),
+                            message_id: format!(
+                                "output/{}",
+                                out.outbox_id.as_deref().unwrap_or("none")
+                            ),
+                            publish_time: None,
+                            ordering_key: out.ordering_key.clone(),
+                            execution: 1,
+                        };
+                        let mut envelope = out.attributes.clone();
+                        envelope.insert(envelope::STAGE.into(), stage.to_string());
+                        envelope.insert(envelope::ORDERING_KEY.into(), out.ordering_key.clone());
+                        if !self
+                            .park_unpublishable(stage, &output, &envelope, &e, hold)
+                            .await
+                        {
+                            return nacked(confirmed);
+                        }
+                        if let Some(id) = &out.outbox_id {
+                            self.outbox.done(id.clone());
+                            confirmed.push(id.clone());
+                        }
+                        break;
+                    }
                 }
             }
         }
@@ -238,6 +269,23 @@ impl Runtime {
                     tracing::error!(stage, error = %e, "Could not route a failed message; nacking it.");
                     return (Action::Nack, "nacked");
                 }
+                Err(e @ PublishFailure::Unpublishable { .. }) => {
+                    // Permanent for this message: parked straight into
+                    // dead_letters with the original kept, never held.
+                    if !self
+                        .park_unpublishable(stage, msg, &attributes, &e, hold)
+                        .await
+                    {
+                        return (Action::Nack, "nacked");
+                    }
+                    emit(DeadLettered {
+                        stage,
+                        reason: UNPUBLISHABLE,
+                        attempt: msg.execution,
+                        error: &e,
+                    });
+                    return (Action::Ack, "dead_lettered");
+                }
             }
         }
         match dead_reason {
@@ -258,6 +306,36 @@ impl Runtime {
             }
         }
         (Action::Ack, label)
+    }
+}
+
+impl Runtime {
+    /// Parks a message whose envelope (or output) Pub/Sub will not take,
+    /// holding it while the database does not answer; false when shutdown
+    /// came first (nack: the redelivery parks it).
+    async fn park_unpublishable(
+        &self,
+        stage: &str,
+        msg: &Incoming,
+        envelope: &std::collections::HashMap<String, String>,
+        why: &PublishFailure,
+        hold: &mut Hold<'_>,
+    ) -> bool {
+        let why = why.to_string();
+        tracing::error!(stage, error = %why, "Pub/Sub refuses this message; parking it in dead_letters as unpublishable (the original kept).");
+        loop {
+            match self.park.park_unpublishable(msg, envelope, &why).await {
+                Ok(_) => return true,
+                Err(e) => {
+                    if !hold
+                        .wait(&format!("cannot park an unpublishable message: {e}"))
+                        .await
+                    {
+                        return false;
+                    }
+                }
+            }
+        }
     }
 }
 

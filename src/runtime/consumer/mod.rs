@@ -27,6 +27,7 @@ pub use self::stream::run;
 use super::health::Health;
 use super::outbox_relay::OutboxCompleter;
 use crate::pubsub::publisher::Publishers;
+use crate::stages::park::ParkStage;
 use crate::stages::{Incoming, Router};
 
 /// What the runtime needs besides the stage.
@@ -37,6 +38,9 @@ pub struct Runtime {
     pub max_attempts: u32,
     /// Where held messages show up for `/readyz`.
     pub health: Arc<Health>,
+    /// Parks what Pub/Sub will not take (`unpublishable`) straight into
+    /// `dead_letters`.
+    pub park: Arc<ParkStage>,
 }
 
 /// What to tell the broker.

@@ -19,7 +19,7 @@ use super::{
 use crate::model::fingerprint::{fingerprint, fingerprint_bytes};
 use crate::model::raw_event::{check_changes, parse_raw_event};
 use crate::snapshots::claim_check::shrink;
-use crate::snapshots::SnapshotStore;
+use crate::snapshots::{Scope, SnapshotStore};
 use crate::store::ledger::AuditRow;
 use crate::store::outbox::OutboxRow;
 use crate::topology::TopicKind;
@@ -194,7 +194,7 @@ impl MergeStage {
     async fn resolve(&self, reference: &str) -> Result<Map<String, Value>, StageError> {
         let bytes = self
             .snapshots
-            .get(reference)
+            .read(reference, Scope::Raw)
             .await
             .map_err(|e| snapshot_failure(&e))?;
         match serde_json::from_slice::<Value>(&bytes) {

@@ -33,7 +33,11 @@ pub use self::unparked::{unparked_count, unparked_detail};
 pub const STAGE: &str = StageName::Park.as_str();
 /// Attribute a replay adds so a replayed message that dies again reopens its
 /// row instead of creating another.
-pub const REPLAY_OF: &str = "replay_of";
+pub const REPLAY_OF: &str = envelope::REPLAY_OF;
+
+/// The `dead_reason` of a message whose envelope Pub/Sub would not take:
+/// parked by the runtime directly, never sent through the dlq topic.
+pub const UNPUBLISHABLE: &str = "unpublishable";
 
 /// Failed parks of one dlq message (not counting database outages) before
 /// each further try is held back.
@@ -146,6 +150,54 @@ impl ParkStage {
             delivery_count: broker_count,
             replay_of: a.get(REPLAY_OF).and_then(|v| v.parse::<i64>().ok()),
         }
+    }
+
+    /// Parks, straight into `dead_letters`, a failed message whose error
+    /// envelope Pub/Sub will not take (SPEC §10 `unpublishable`): the row
+    /// keeps the original data and attributes whole, with the envelope's
+    /// details (stage, attempts, error history) and why it could not be
+    /// published. Idempotent on a redelivery of the same message.
+    pub async fn park_unpublishable(
+        &self,
+        original: &Incoming,
+        envelope_attributes: &std::collections::HashMap<String, String>,
+        why: &str,
+    ) -> Result<Parked, StoreError> {
+        let as_envelope = Incoming {
+            attributes: envelope_attributes.clone(),
+            ..original.clone()
+        };
+        let mut dl = self.dead_letter(&as_envelope);
+        let stage = dl.stage.clone();
+        dl.dlq_message_id = format!("unpublishable/{stage}/{}", original.message_id);
+        dl.reason = UNPUBLISHABLE.to_string();
+        dl.errors.push(why.to_string());
+        dl.last_error = Some(why.to_string());
+        dl.attributes = original.attributes.clone();
+        let audit = AuditRow {
+            event_id: None,
+            fingerprint: dl.fingerprint.clone().unwrap_or_default(),
+            record_type: dl.record_type.clone(),
+            record_id: dl.record_id.clone(),
+            stage: STAGE.to_string(),
+            outcome: "parked".to_string(),
+            detail: Some(
+                json!({"stage": dl.stage, "reason": dl.reason, "attempts": dl.attempts,
+                       "replay_of": dl.replay_of, "unpublishable": why})
+                .to_string(),
+            ),
+            message_id: Some(original.message_id.clone()),
+            attempt: dl.attempts,
+            claim: false,
+        };
+        let parked = match self.store.park(&dl, audit.clone()).await {
+            Err(e) if e.is_data() => self.store.park(&dl.minimal(&e.to_string()), audit).await,
+            r => r,
+        }?;
+        if let Ok(n) = self.store.pending_dead_letters().await {
+            crate::metrics::set_dead_letters_parked(n);
+        }
+        Ok(parked)
     }
 
     async fn run(&self, msg: &Incoming) -> StageResult {

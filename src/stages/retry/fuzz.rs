@@ -116,7 +116,11 @@ fn fuzz_envelopes() {
                     envelope::error_attributes(&a, &id, &id, &info)
                 };
                 assert!(a[envelope::LAST_ERROR].len() <= envelope::LAST_ERROR_MAX);
-                assert!(a[envelope::ERROR_HISTORY].len() <= 8 * 1024);
+                assert!(a[envelope::ERROR_HISTORY].len() <= envelope::HISTORY_MAX);
+                assert!(
+                    crate::model::message_limits::check(0, &a, "").is_ok(),
+                    "{a:?}"
+                );
             }
             let msg = Incoming {
                 data: bytes::Bytes::from(data),

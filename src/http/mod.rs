@@ -1,5 +1,9 @@
 //! The metrics port: `/metrics`, `/healthz` (process and supervisor loop
 //! alive), `/readyz` (database and Pub/Sub answer, every enabled consumer streams).
+//! `listener` serves it, and the admin API, within limits slow clients
+//! cannot exhaust.
+
+pub mod listener;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,11 +79,13 @@ pub async fn serve(
         .context("reading the bound metrics address")?;
     health.set_metrics_addr(addr);
     tracing::info!(addr = %addr, "Serving /metrics, /healthz and /readyz.");
-    Ok(tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-    }))
+    Ok(tokio::spawn(listener::serve(
+        listener,
+        app,
+        listener::METRICS,
+        "metrics",
+        shutdown,
+    )))
 }
 
 async fn metrics_text(State(ctx): State<Ctx>) -> impl IntoResponse {
@@ -144,6 +150,19 @@ async fn readiness(ctx: &Ctx) -> Readiness {
     }
 }
 
+/// What `/readyz` says of a dependency that does not answer. The port is
+/// unauthenticated: the error itself (host names, user names, the
+/// server's words) goes to the log, never into the answer.
+const UNAVAILABLE: &str = "unavailable (details in the log)";
+
+/// The unparked dead letters' detail without the database's own words.
+fn without_error(mut detail: serde_json::Value) -> serde_json::Value {
+    if let Some(e) = detail.pointer_mut("/example/error") {
+        *e = json!(UNAVAILABLE);
+    }
+    detail
+}
+
 async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
     let Readiness {
         ready,
@@ -151,16 +170,41 @@ async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
         pubsub,
         holding,
     } = readiness(&ctx).await;
-    let consumers = ctx.health.snapshot();
+    if let Err(e) = &db {
+        tracing::warn!(error = %e, "Readiness: the database does not answer.");
+    }
+    if let Err(e) = &pubsub {
+        tracing::warn!(error = %e, "Readiness: Pub/Sub does not answer.");
+    }
+    if let Some(h) = &holding {
+        tracing::warn!(holding = %h, "Readiness: messages are held.");
+    }
+    let generic = |r: &Result<(), String>| match r {
+        Ok(()) => "ok",
+        Err(_) => UNAVAILABLE,
+    };
+    let consumers: std::collections::BTreeMap<String, serde_json::Value> = ctx
+        .health
+        .snapshot()
+        .into_iter()
+        .map(|(label, c)| {
+            let detail = if c.up {
+                c.detail
+            } else {
+                UNAVAILABLE.to_string()
+            };
+            (label, json!({"up": c.up, "detail": detail}))
+        })
+        .collect();
     let body = Json(json!({
         "ready": ready,
-        "holding": holding,
-        "database": match &db { Ok(()) => "ok".to_string(), Err(e) => e.clone() },
-        "pubsub": match &pubsub { Ok(()) => "ok".to_string(), Err(e) => e.clone() },
+        "holding": holding.is_some().then(|| ctx.health.holding_counts()).flatten(),
+        "database": generic(&db),
+        "pubsub": generic(&pubsub),
         "consumers": consumers,
         // Detail only: a dead letter that cannot be parked is not fixed by
         // a restart (see the park stage).
-        "dead_letters_unparked": crate::stages::park::unparked_detail(),
+        "dead_letters_unparked": without_error(crate::stages::park::unparked_detail()),
         // Detail only (SPEC §4.2): a target that is down or throttling is
         // held and paced, and a restart of ours would not help it.
         "targets": ctx.health.targets(),
