@@ -4,7 +4,9 @@
 # and, in the project's venv target/services/venv, the PyPI wheels
 # helm-python-sdk (Helm v4's engine, no helm binary) and kubernetes-validate
 # for tests/it/chart_helm.rs, and the official MCP Python SDK (`mcp`) for
-# tests/it/mcp.rs. Idempotent and quiet when all is there.
+# tests/it/mcp.rs, and Debian's `php-cli` for tests/it/integration_guide.rs
+# (docs/integration.md's PHP signature check, run against a real delivery).
+# Idempotent and quiet when all is there.
 # Never fails the run: a missing tool is reported, and the test that needs it
 # says so (and fails under CI=true).
 set -uo pipefail
@@ -41,6 +43,33 @@ install_promtool() {
   [ -n "$made_policy" ] && rm -f "$policy"
   stop_packaged_prometheus
   have promtool || echo "tools.sh: promtool is still missing after installing prometheus." >&2
+}
+
+# Debian's php-cli: the integration guide's plain-PHP signature check (what
+# spatie/laravel-webhook-client verifies) runs under it in
+# tests/it/integration_guide.rs. Packagist is not needed: the check is plain PHP.
+install_php_cli() {
+  have php && return 0
+  if ! have apt-get; then
+    echo "tools.sh: php is missing and apt-get is not available; install PHP's command-line interpreter (php-cli) by hand." >&2
+    return 0
+  fi
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "tools.sh: php is missing and installing Debian's php-cli package needs root (run: sudo apt-get install --no-install-recommends php-cli)." >&2
+    return 0
+  fi
+  echo "tools.sh: installing php (Debian package php-cli) ..."
+  local log
+  log=$(mktemp)
+  if ! { apt-get install -y -q --no-install-recommends php-cli >"$log" 2>&1 ||
+         { apt-get update -q >>"$log" 2>&1 &&
+           apt-get install -y -q --no-install-recommends php-cli >>"$log" 2>&1; }; }; then
+    echo "tools.sh: apt-get could not install php-cli; last lines:" >&2
+    tail -n 5 "$log" >&2
+  fi
+  rm -f "$log"
+  have php || echo "tools.sh: php is still missing after installing php-cli." >&2
+  return 0
 }
 
 # If the package's service started anyway (a host with systemd and no
@@ -155,6 +184,7 @@ install_cargo_deny() {
 }
 
 install_promtool
+install_php_cli
 install_chart_wheels
 install_mcp_sdk
 install_sig_wheels

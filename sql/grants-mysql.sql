@@ -1,10 +1,19 @@
--- Runtime grants for the daemon's database user (MySQL 8 / MariaDB).
--- Apply as an administrator after `event-backbone migrate`, replacing the
--- database name if it is not `event_backbone` and the password placeholder:
---   sed 's/event_backbone/<db>/g' sql/grants-mysql.sql | mysql -u root
+-- Grants for the daemon's runtime user and for the archiver (MySQL 8 / MariaDB).
+-- Apply as an administrator after `event-backbone migrate` (MySQL refuses
+-- grants on tables that do not exist yet), with each user's own password in
+-- place of its placeholder (SYNC_WORKER_PASSWORD, EVENT_ARCHIVER_PASSWORD,
+-- EVENT_ARCHIVE_RECORDER_PASSWORD):
+--   sed -e "s/SYNC_WORKER_PASSWORD/$SYNC_WORKER_PASSWORD/" \
+--       -e "s/EVENT_ARCHIVER_PASSWORD/$EVENT_ARCHIVER_PASSWORD/" \
+--       -e "s/EVENT_ARCHIVE_RECORDER_PASSWORD/$EVENT_ARCHIVE_RECORDER_PASSWORD/" \
+--       sql/grants-mysql.sql | mysql -u root -p
+-- Another database name: also -e 's/event_backbone\./<db>./g'. The migration
+-- user's grants are in docs/integration.md ("The migration user").
+
+-- The runtime user, sync_worker (`run`, `doctor`, `dlq`, `events`, `mcp`).
 -- The ledger (`events`, `event_audit_log`) is append-only for this user: the
 -- database refuses UPDATE and DELETE even if the code tried.
-CREATE USER IF NOT EXISTS 'sync_worker'@'%' IDENTIFIED BY 'change-me';
+CREATE USER IF NOT EXISTS 'sync_worker'@'%' IDENTIFIED BY 'SYNC_WORKER_PASSWORD';
 GRANT SELECT, INSERT ON event_backbone.events TO 'sync_worker'@'%';
 GRANT SELECT, INSERT ON event_backbone.event_audit_log TO 'sync_worker'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON event_backbone.record_state TO 'sync_worker'@'%';
@@ -35,7 +44,7 @@ GRANT SELECT, INSERT, UPDATE ON event_backbone.target_slots TO 'sync_worker'@'%'
 -- it has read it back from the bucket and verified it (the segment, its
 -- coverage, row counts and dead letters, the records' checkpoints). It
 -- removes nothing.
-CREATE USER IF NOT EXISTS 'event_archive_recorder'@'%' IDENTIFIED BY 'change-me';
+CREATE USER IF NOT EXISTS 'event_archive_recorder'@'%' IDENTIFIED BY 'EVENT_ARCHIVE_RECORDER_PASSWORD';
 GRANT SELECT ON event_backbone.events TO 'event_archive_recorder'@'%';
 GRANT SELECT ON event_backbone.event_audit_log TO 'event_archive_recorder'@'%';
 GRANT SELECT ON event_backbone.merged_events TO 'event_archive_recorder'@'%';
@@ -58,7 +67,7 @@ GRANT SELECT, INSERT, UPDATE ON event_backbone.record_checkpoints TO 'event_arch
 -- what event_archive_recorder vouched for. INSERT on the ledger is for
 -- `archive restore`; UPDATE on archive_segments only marks a segment
 -- removed or restored. No DDL, no UPDATE on the ledger.
-CREATE USER IF NOT EXISTS 'event_archiver'@'%' IDENTIFIED BY 'change-me';
+CREATE USER IF NOT EXISTS 'event_archiver'@'%' IDENTIFIED BY 'EVENT_ARCHIVER_PASSWORD';
 GRANT SELECT, INSERT, DELETE ON event_backbone.events TO 'event_archiver'@'%';
 GRANT SELECT, INSERT, DELETE ON event_backbone.event_audit_log TO 'event_archiver'@'%';
 GRANT SELECT, INSERT, DELETE ON event_backbone.merged_events TO 'event_archiver'@'%';

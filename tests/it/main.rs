@@ -22,6 +22,7 @@ mod faults;
 mod faults_support;
 mod history;
 mod image;
+mod integration_guide;
 mod mcp;
 mod merge_e2e;
 mod ops;

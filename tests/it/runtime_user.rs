@@ -357,7 +357,9 @@ async fn grants_on_existing_tables(db: &str) -> String {
             .expect("grants file")
             .replace("event_backbone.", &format!("{db}."))
             .replace("'sync_worker'", &format!("'{user}'"))
-            .replace("'change-me'", "'pw'");
+            .replace("'SYNC_WORKER_PASSWORD'", "'pw'")
+            .replace("'EVENT_ARCHIVER_PASSWORD'", "'pw'")
+            .replace("'EVENT_ARCHIVE_RECORDER_PASSWORD'", "'pw'");
     let mut admin = sqlx::MySqlConnection::connect(&mariadb_admin_url())
         .await
         .expect("admin connection");

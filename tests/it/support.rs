@@ -962,16 +962,30 @@ pub fn history_to_v7() -> Vec<String> {
 pub async fn apply_shipped_grants(db: &str) -> String {
     use sqlx::Connection;
     let user = format!("sw_{}", rand_suffix(8));
-    let grants =
+    let shipped =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/grants-mysql.sql"))
-            .expect("grants file")
-            .replace("event_backbone.", &format!("{db}."))
-            .replace("'sync_worker'", &format!("'{user}'"))
-            // The archiver of the same grants file: `{user}_ar`.
-            .replace("'event_archiver'", &format!("'{user}_ar'"))
-            // And its recorder: `{user}_rc`.
-            .replace("'event_archive_recorder'", &format!("'{user}_rc'"))
-            .replace("'change-me'", "'pw'");
+            .expect("grants file");
+    // Each user has its own password placeholder (docs/integration.md's sed).
+    for placeholder in [
+        "'SYNC_WORKER_PASSWORD'",
+        "'EVENT_ARCHIVER_PASSWORD'",
+        "'EVENT_ARCHIVE_RECORDER_PASSWORD'",
+    ] {
+        assert!(
+            shipped.contains(placeholder),
+            "sql/grants-mysql.sql lost its password placeholder {placeholder}"
+        );
+    }
+    let grants = shipped
+        .replace("event_backbone.", &format!("{db}."))
+        .replace("'sync_worker'", &format!("'{user}'"))
+        // The archiver of the same grants file: `{user}_ar`.
+        .replace("'event_archiver'", &format!("'{user}_ar'"))
+        // And its recorder: `{user}_rc`.
+        .replace("'event_archive_recorder'", &format!("'{user}_rc'"))
+        .replace("'SYNC_WORKER_PASSWORD'", "'pw'")
+        .replace("'EVENT_ARCHIVER_PASSWORD'", "'pw'")
+        .replace("'EVENT_ARCHIVE_RECORDER_PASSWORD'", "'pw'");
     let mut admin = sqlx::MySqlConnection::connect(&mariadb_admin_url())
         .await
         .expect("admin connection");
