@@ -66,7 +66,17 @@ fn bench_pipeline_small_backlog_on_sqlite_prints_its_figures() {
     let mut routed = 0;
     for target in ["netsuite", "suitex"] {
         let t = &json["targets"][target];
-        assert_eq!(t["requests"], t["expected"], "{target}: {json:#}");
+        // A record's burst may go as one request: at most one per routed
+        // merged event, and some when anything was routed.
+        assert!(
+            t["requests"].as_u64() <= t["expected"].as_u64(),
+            "{target}: {json:#}"
+        );
+        assert_eq!(
+            t["requests"].as_u64() > Some(0),
+            t["expected"].as_u64() > Some(0),
+            "{target}: {json:#}"
+        );
         routed += t["expected"].as_u64().expect("expected");
         if t["expected"].as_u64() > Some(0) {
             assert!(

@@ -129,6 +129,17 @@ impl Sink {
             .extend(replies.iter().cloned());
     }
 
+    /// Waits until the last request on `path` carries `version` (a burst of
+    /// versions may come as one request: SPEC §4.1).
+    pub async fn wait_version(&self, path: &str, version: i64, within: Duration) -> bool {
+        eventually(within, || async {
+            self.requests(path)
+                .last()
+                .is_some_and(|r| r.json()["version"] == version)
+        })
+        .await
+    }
+
     /// Drops what is left of a path's script: it answers 200 again.
     pub fn clear(&self, path: &str) {
         self.state.script.lock().unwrap().remove(path);

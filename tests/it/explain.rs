@@ -97,7 +97,7 @@ async fn worked_example(db: Db) {
     for e in history_to_v7() {
         publish_raw(&p, &e).await;
     }
-    assert_eq!(sink.wait_for(SX, 7, WAIT).await.len(), 7);
+    assert!(sink.wait_version(SX, 7, WAIT).await, "suitex at version 7");
     publish_raw(
         &p,
         &raw_event(
@@ -111,10 +111,10 @@ async fn worked_example(db: Db) {
     )
     .await;
     assert_eq!(sink.wait_for(NS, 1, WAIT).await.len(), 1);
-    assert_eq!(sink.wait_for(SX, 8, WAIT).await.len(), 8);
+    assert!(sink.wait_version(SX, 8, WAIT).await, "suitex at version 8");
     // The audit row follows the target's 2xx: wait until every delivery is recorded.
     let settled = eventually(WAIT, || async {
-        audit_count(store, "deliver.suitex", "delivered").await == 8
+        audit_count(store, "deliver.suitex", "delivered").await as usize == sink.requests(SX).len()
             && audit_count(store, "deliver.netsuite", "delivered").await == 1
             && skipped_count(&app, "netsuite").await == 7
     })
@@ -141,11 +141,10 @@ async fn worked_example(db: Db) {
     assert_eq!(name["delivery"]["netsuite"]["status"], "delivered");
     assert_eq!(name["delivery"]["netsuite"]["delivered"]["version"], 8);
     assert_eq!(name["delivery"]["suitex"]["status"], "not_needed");
-    // f1 came from netsuite at v2 and reached suitex with v2.
-    assert_eq!(
-        x["fields"]["f1"]["delivery"]["suitex"]["delivered"]["version"],
-        2
-    );
+    // f1 came from netsuite at v2 and reached suitex with v2 (or with a
+    // later version of the same burst, folded into one request).
+    let f1 = &x["fields"]["f1"]["delivery"]["suitex"]["delivered"]["version"];
+    assert!(f1.as_i64().is_some_and(|v| (2..=7).contains(&v)), "{f1}");
 
     // CLI, one field, JSON and text.
     let (code, out, err) = cli(&db_url, &explain_args(&["--field", "status", "--json"]));

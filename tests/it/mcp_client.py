@@ -173,7 +173,9 @@ async def read_tools(client):
     targets = {t["target"]: t for t in st["targets"]}
     check(set(targets) == {"netsuite", "suitex"} and all(t["configured"] for t in targets.values()),
           "pipeline_status: both targets configured", targets)
-    check(targets["suitex"]["recent_outcomes"].get("delivered", 0) >= 8 and targets["suitex"]["last_delivered_at"],
+    # A record's burst may go as one request (covered versions write no
+    # audit row): at least the conflict's delivery and one of the history's.
+    check(targets["suitex"]["recent_outcomes"].get("delivered", 0) >= 2 and targets["suitex"]["last_delivered_at"],
           "pipeline_status: suitex's recent deliveries", targets["suitex"])
     check(st["dead_letters"]["pending"] >= 1, "pipeline_status: parked dead letters", st["dead_letters"])
     check(st["pending"]["events"] == 0, "pipeline_status: no pending events", st["pending"])

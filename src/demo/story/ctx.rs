@@ -227,7 +227,14 @@ impl Ctx<'_> {
                     .store
                     .delivery_position(target.as_str(), &sent.record_type, &sent.record_id)
                     .await?;
-                Ok(at.filter(|p| p.acked >= seq).map(|_| (rows, true)))
+                if at.is_none_or(|p| p.acked < seq) {
+                    return Ok(None);
+                }
+                // The position and a delivery's audit row commit together:
+                // read the rows again, they may have come in between.
+                let rows = self.audit(stage, fp).await?;
+                let delivered = rows.iter().any(|a| a.outcome == "delivered");
+                Ok(Some((rows, !delivered)))
             },
         )
         .await

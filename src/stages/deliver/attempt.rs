@@ -223,7 +223,9 @@ impl DeliverStage {
         let versions = send.versions;
         // `through`: the newest position the request carried (a burst goes
         // as one request), which `explain` reads.
-        let detail = json!({"status": ok.status, "version": d.ev.version, "versions": versions,
+        // The version the request carried (the newest of a burst's).
+        let version = send.through.map_or(d.ev.version, |(_, v)| v);
+        let detail = json!({"status": ok.status, "version": version, "versions": versions,
             "through": send.through.map(|(seq, _)| seq)});
         let row = self.audit_row(d.msg, Some(&d.ev), &fp, "delivered", detail, true);
         let at = send

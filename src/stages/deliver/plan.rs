@@ -93,9 +93,13 @@ impl DeliverStage {
             // A retry or replay of an event the target is exactly up to date with.
             return Ok(Plan::Done(Outcome::ack("skipped", Some(fp.clone()))));
         }
-        if seq < st.acked || seq < st.attempted {
-            // The target has (or is being sent) a later merged event,
-            // which carried this one's content: never send it back in time.
+        // A request for a later position may have been started (and may
+        // have reached the target) without its answer recorded: what goes
+        // out now folds up to the newest merged event, never below it, so
+        // the target cannot go back in time (P1) and nothing is dropped.
+        if seq < st.acked {
+            // The target acknowledged a later merged event, which carried
+            // this one's content: never send it back in time.
             let detail = json!({"version": ev.version, "sequence_num": seq,
                 "acked_sequence_num": st.acked, "acked_version": st.acked_version,
                 "attempted_sequence_num": st.attempted});

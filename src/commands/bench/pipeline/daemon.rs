@@ -328,7 +328,7 @@ pub(super) async fn wait_drained(
                 processed(
                     &text,
                     s,
-                    &["delivered", "skipped", "superseded", "duplicate"],
+                    &["delivered", "skipped", "covered", "superseded", "duplicate"],
                 )
             })
             .collect();

@@ -4,8 +4,8 @@
 //! of the same three subscriptions' message volume measured in the same run.
 //!
 //! The daemon runs as a child process (this binary with `run`), so its peak
-//! RSS is its own. Fail-closed: any lost, doubled, unexpected or reordered
-//! delivery, any merged event missing, any parked dead letter makes it exit
+//! RSS is its own. Fail-closed: any doubled, unexpected or reordered
+//! request (P1), any routed field not at its merged value at the end (P2), any parked dead letter makes it exit
 //! non-zero with the counts. Every scratch resource (child, topics and
 //! subscriptions, database, temp files) is removed on every path.
 

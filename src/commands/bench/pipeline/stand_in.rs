@@ -19,6 +19,9 @@ pub(super) struct Arrival {
     pub(super) record: String,
     pub(super) version: i64,
     pub(super) event_id: String,
+    /// What applying the body sets: every `applied` field, then every
+    /// conflict's `kept` value (the delivery contract).
+    pub(super) fields: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -27,6 +30,16 @@ struct BodyKey {
     record_id: String,
     version: i64,
     event_id: String,
+    #[serde(default)]
+    applied: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    conflicts: Vec<KeptValue>,
+}
+
+#[derive(Deserialize)]
+struct KeptValue {
+    field: String,
+    kept: serde_json::Value,
 }
 
 #[derive(Default)]
@@ -129,12 +142,19 @@ async fn receive(State(rec): State<Arc<Recorder>>, body: Bytes) -> StatusCode {
     }
     let at = Instant::now();
     match serde_json::from_slice::<BodyKey>(&body) {
-        Ok(k) => lock(&rec.arrivals).push(Arrival {
-            at,
-            record: crate::model::raw_event::ordering_key(&k.record_type, &k.record_id),
-            version: k.version,
-            event_id: k.event_id,
-        }),
+        Ok(k) => {
+            let mut fields = k.applied;
+            for c in k.conflicts {
+                fields.insert(c.field, c.kept);
+            }
+            lock(&rec.arrivals).push(Arrival {
+                at,
+                record: crate::model::raw_event::ordering_key(&k.record_type, &k.record_id),
+                version: k.version,
+                event_id: k.event_id,
+                fields,
+            })
+        }
         Err(_) => {
             rec.unreadable.fetch_add(1, Ordering::Relaxed);
         }
