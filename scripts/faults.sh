@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The long form of the fault suite (SPEC §4.1, docs/reliability.md): 2,000
+# The long form of the fault suite (docs/spec.md §4.1, docs/reliability.md): 2,000
 # events over 80 records, the database cut for 20 s and 90 s (refuse and
 # blackhole), the Pub/Sub emulator cut for 20 s and 90 s, 20 SIGKILLs under
 # load with flaky targets, and the gap scenarios. Each scenario prints one

@@ -20,19 +20,19 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON event_backbone.record_state TO 'sync_wor
 GRANT SELECT, INSERT, UPDATE, DELETE ON event_backbone.outbox TO 'sync_worker'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON event_backbone.dead_letters TO 'sync_worker'@'%';
 GRANT SELECT ON event_backbone._sqlx_migrations TO 'sync_worker'@'%';
--- SPEC §4.1 (migration 0003): pending events wait for their gap, merged
+-- docs/spec.md §4.1 (migration 0003): pending events wait for their gap, merged
 -- events are kept per version for convergent delivery (append-only for this
 -- user), delivery progress per target and record.
 GRANT SELECT, INSERT, UPDATE, DELETE ON event_backbone.pending_events TO 'sync_worker'@'%';
 GRANT SELECT, INSERT ON event_backbone.merged_events TO 'sync_worker'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON event_backbone.delivery_state TO 'sync_worker'@'%';
--- SPEC §6.1 (migration 0006): the runtime user reads archive checkpoints and
+-- docs/spec.md §6.1 (migration 0006): the runtime user reads archive checkpoints and
 -- coverage (history answers from checkpoint + remaining events); it never
 -- removes anything.
 GRANT SELECT ON event_backbone.record_checkpoints TO 'sync_worker'@'%';
 GRANT SELECT ON event_backbone.archive_segments TO 'sync_worker'@'%';
 GRANT SELECT ON event_backbone.archive_coverage TO 'sync_worker'@'%';
--- SPEC §4.3 (migration 0009): account-wide concurrency slots of a target,
+-- docs/spec.md §4.3 (migration 0009): account-wide concurrency slots of a target,
 -- taken and freed by every request while targets.<t>.account_concurrency is set.
 GRANT SELECT, INSERT, UPDATE ON event_backbone.target_slots TO 'sync_worker'@'%';
 

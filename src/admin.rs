@@ -1,4 +1,4 @@
-//! The admin API (SPEC §7) on `http.admin_addr`: bound to 127.0.0.1 by
+//! The admin API (docs/spec.md §7) on `http.admin_addr`: bound to 127.0.0.1 by
 //! default, bearer token required, disabled when `http.admin_token` is unset.
 //!
 //! Routes live in small groups (`record_routes`, …) merged by [`router`];
@@ -147,7 +147,7 @@ fn record_routes() -> Router<AdminState> {
         )
 }
 
-/// `/admin/dlq…`: list parked dead letters and replay them (SPEC §4, §7).
+/// `/admin/dlq…`: list parked dead letters and replay them (docs/spec.md §4, §7).
 fn dlq_routes() -> Router<AdminState> {
     Router::new()
         .route("/admin/dlq", get(dlq_list))
@@ -331,7 +331,7 @@ impl From<HistoryError> for ApiError {
         match e {
             HistoryError::BadLimit(_) => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
             HistoryError::Replay { .. } => ApiError(StatusCode::CONFLICT, e.to_string()),
-            // Archived history (SPEC §6.1): there, but not in the database.
+            // Archived history (docs/spec.md §6.1): there, but not in the database.
             HistoryError::Archived { .. } => ApiError(StatusCode::GONE, e.to_string()),
             HistoryError::Store(ref s) => {
                 tracing::error!(error = %s, "An admin history read failed.");

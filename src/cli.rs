@@ -1,4 +1,4 @@
-//! Command-line interface: one binary, one subcommand per task (SPEC §7).
+//! Command-line interface: one binary, one subcommand per task (docs/spec.md §7).
 //! Exit codes: 0 ok, 1 runtime failure, 2 bad usage or invalid configuration.
 
 use clap::{Parser, Subcommand};
@@ -40,7 +40,7 @@ pub enum Command {
     Explain(commands::explain::Args),
     /// Retention: move rows older than `retention.keep` to the snapshot bucket, leaving checkpoints; restore them.
     Archive(commands::archive::Args),
-    /// Run the scripted story of SPEC §9 on the embedded default (emulator, SQLite, stand-in targets).
+    /// Run the scripted story of docs/spec.md §9 on the embedded default (emulator, SQLite, stand-in targets).
     Demo(commands::demo::Args),
     /// Check Pub/Sub, the event store and the snapshot store with the configured credentials.
     Doctor,

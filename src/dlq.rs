@@ -1,4 +1,4 @@
-//! DLQ replay (SPEC §4 "replay"): parked, not-yet-replayed dead letters go
+//! DLQ replay (docs/spec.md §4 "replay"): parked, not-yet-replayed dead letters go
 //! back to the error topic with `attempt=0` and `replay=true`, so the retry
 //! consumer runs their stage at once. A row is marked replayed only after
 //! its publish succeeded; a claim keeps two concurrent replays apart.

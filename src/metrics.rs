@@ -1,4 +1,4 @@
-//! Every metric, declared once (SPEC §8). Labels are bounded: subscription,
+//! Every metric, declared once (docs/spec.md §8). Labels are bounded: subscription,
 //! topic, stage, outcome, reason, record_type, rule; never ids or fingerprints.
 
 use std::sync::OnceLock;
@@ -37,14 +37,14 @@ pub struct Metrics {
     pub stage_step_duration: HistogramVec,
     pub outbox_relayed: IntCounter,
     pub db_pool_connections: IntGaugeVec,
-    /// Raw events waiting for an earlier version of their record (SPEC §4.1).
+    /// Raw events waiting for an earlier version of their record (docs/spec.md §4.1).
     pub merge_pending: IntGauge,
     pub merge_gaps: IntCounter,
     /// Messages held in-process while our own infrastructure does not answer.
     pub held_messages: IntGaugeVec,
     /// What `/readyz` would answer, refreshed on each probe and each scrape.
     pub ready: IntGauge,
-    /// Per target (SPEC §4.2): the adaptive concurrency limit, requests in
+    /// Per target (docs/spec.md §4.2): the adaptive concurrency limit, requests in
     /// flight, whether its circuit is open, deliveries held for it.
     pub target_concurrency_limit: IntGaugeVec,
     pub target_inflight: IntGaugeVec,
@@ -52,7 +52,7 @@ pub struct Metrics {
     pub target_held: IntGaugeVec,
     pub target_throttled: IntCounterVec,
     pub target_probes: IntCounterVec,
-    /// Per target (SPEC §4.3): the account-wide cap and the slots this
+    /// Per target (docs/spec.md §4.3): the account-wide cap and the slots this
     /// process holds (their sum over replicas never exceeds the cap).
     pub target_account_slots: IntGaugeVec,
     pub target_account_slots_held: IntGaugeVec,
@@ -368,7 +368,7 @@ pub fn stage_label(stage: &str) -> &'static str {
 }
 
 /// Distinct `record_type` label values a process reports; the values come
-/// from publishers (SPEC §3.1 allows any `^[a-z][a-z0-9_]{0,63}$`), so each
+/// from publishers (docs/spec.md §3.1 allows any `^[a-z][a-z0-9_]{0,63}$`), so each
 /// one past these is counted as `other` and the series stay bounded.
 pub const RECORD_TYPE_LABELS_MAX: usize = 64;
 
@@ -490,10 +490,10 @@ pub fn set_held_messages(subscription: &str, n: usize) {
 
 /// A message of `subscription` started processing (in flight until
 /// [`inflight_ended`]).
-/// Why a target's circuit can be open (SPEC §4.2, §4.3): the `cause` label.
+/// Why a target's circuit can be open (docs/spec.md §4.2, §4.3): the `cause` label.
 pub const CIRCUIT_CAUSES: &[&str] = &["outage", "auth", "config"];
 
-/// A target's pacing state (SPEC §4.2); `cause` is why its circuit is open.
+/// A target's pacing state (docs/spec.md §4.2); `cause` is why its circuit is open.
 pub fn set_target_state(
     target: &str,
     limit: usize,
@@ -517,7 +517,7 @@ pub fn set_target_state(
     m.target_held.with_label_values(&[target]).set(as_i64(held));
 }
 
-/// A target's account-wide cap and the slots this process holds (SPEC §4.3).
+/// A target's account-wide cap and the slots this process holds (docs/spec.md §4.3).
 pub fn set_target_slots(target: &str, cap: usize, held: usize) {
     let m = metrics();
     let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);

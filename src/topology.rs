@@ -1,4 +1,4 @@
-//! Environment → Pub/Sub topic and subscription names (SPEC §2).
+//! Environment → Pub/Sub topic and subscription names (docs/spec.md §2).
 //!
 //! This is the only place a topic or subscription name is made. Everything
 //! else asks a [`Topology`], so a sandbox process cannot even spell a
@@ -269,7 +269,7 @@ pub struct SubscriptionSpec {
     pub retry_min_backoff: Option<Duration>,
     pub retry_max_backoff: Option<Duration>,
     /// How long unacked messages are kept: a target held through a long
-    /// outage keeps its messages for this long (SPEC §4.2).
+    /// outage keeps its messages for this long (docs/spec.md §4.2).
     pub message_retention: Duration,
 }
 
@@ -340,7 +340,7 @@ impl Topology {
         }
     }
 
-    /// The settings SPEC §2 prescribes for a consumer's subscription.
+    /// The settings docs/spec.md §2 prescribes for a consumer's subscription.
     pub fn subscription_spec(&self, c: ConsumerKind) -> SubscriptionSpec {
         let topic = Self::topic_of(c);
         // Ordering only where publishes carry an ordering key (raw, merged).

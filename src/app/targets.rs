@@ -1,4 +1,4 @@
-//! The delivery targets as `targets.<t>.*` configure them (SPEC §4.2,
+//! The delivery targets as `targets.<t>.*` configure them (docs/spec.md §4.2,
 //! §4.3): their URL, authentication (secrets read from values or mounted
 //! files, the OAuth 2.0 key parsed at start), error vocabulary and pacing.
 //! A credential that cannot be used is a configuration error (exit 2,
@@ -132,7 +132,7 @@ pub fn vocabulary(v: ErrorVocabulary) -> Vocabulary {
     }
 }
 
-/// How a target is paced (SPEC §4.2).
+/// How a target is paced (docs/spec.md §4.2).
 pub fn pacing_settings(t: &Target) -> PacingSettings {
     PacingSettings {
         initial_concurrency: t.initial_concurrency,

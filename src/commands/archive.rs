@@ -1,4 +1,4 @@
-//! `event-backbone archive`: retention with archival (SPEC §6.1). Moves
+//! `event-backbone archive`: retention with archival (docs/spec.md §6.1). Moves
 //! rows older than `--older-than` (default `retention.keep`) to the
 //! snapshot bucket and leaves a checkpoint per record; `archive restore`
 //! brings them back; `archive list` shows the recorded segments. Run it with

@@ -1,4 +1,4 @@
-//! `event-backbone demo`: the scripted story of SPEC §9 on the embedded
+//! `event-backbone demo`: the scripted story of docs/spec.md §9 on the embedded
 //! default. Exit 0 when every step went as expected, 1 otherwise (including
 //! Ctrl-C before the end, which still shuts everything down cleanly).
 

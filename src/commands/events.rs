@@ -1,5 +1,5 @@
 //! `event-backbone events list|replay`: a record's history and its state
-//! rebuilt at any sequence number (SPEC §7).
+//! rebuilt at any sequence number (docs/spec.md §7).
 
 use chrono::{DateTime, Utc};
 

@@ -1,5 +1,5 @@
 //! `event-backbone migrate`: applies the embedded migrations. Run it with the
-//! administrator's database credentials before the daemon (SPEC §10): the
+//! administrator's database credentials before the daemon (docs/spec.md §10): the
 //! runtime user may not change the schema, and `run` refuses a schema behind
 //! it.
 

@@ -18,7 +18,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<i32> {
             println!("             {d}");
         }
     }
-    // What a target held through a long outage relies on (SPEC §4.2).
+    // What a target held through a long outage relies on (docs/spec.md §4.2).
     println!(
         "Every subscription keeps unacked messages for {} (message_retention_duration): \
          the longest a held delivery can wait for its target.",

@@ -422,7 +422,7 @@ mod tests {
             "projects/suitex-sandbox/topics/events.raw.sandbox"
         );
 
-        // SPEC §8: env + database URL is a complete invocation.
+        // docs/spec.md §8: env + database URL is a complete invocation.
         let s = load_with(&[
             ("BACKBONE_ENV", "production"),
             (

@@ -1,4 +1,4 @@
-//! Layered settings (SPEC §8).
+//! Layered settings (docs/spec.md §8).
 //!
 //! Layers, each overriding the one before: `default.toml` → `{env}.toml` →
 //! `BACKBONE__SECTION__KEY` environment variables. The TOML files are built

@@ -119,7 +119,7 @@ pub struct MergeSettings {
     pub batch_linger: Duration,
     pub workers: usize,
     /// How long a record may wait for a missing version before its pending
-    /// events are reported as a `gap` dead letter (SPEC §4.1).
+    /// events are reported as a `gap` dead letter (docs/spec.md §4.1).
     #[serde(with = "duration_str")]
     pub gap_timeout: Duration,
     /// How often pending events are checked against `gap_timeout`.
@@ -184,7 +184,7 @@ pub struct OutboxSettings {
     pub relay_interval: Duration,
 }
 
-/// Retention with archival (SPEC §6.1, `event-backbone archive`).
+/// Retention with archival (docs/spec.md §6.1, `event-backbone archive`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RetentionSettings {
     /// Rows younger than this stay in the database; `archive` moves older

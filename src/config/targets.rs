@@ -1,4 +1,4 @@
-//! `targets.<t>.*`: where and how merged events are delivered (SPEC §4.2,
+//! `targets.<t>.*`: where and how merged events are delivered (docs/spec.md §4.2,
 //! §4.3) — the URL, the target's authentication and error vocabulary, its
 //! pacing — and the checks on them.
 
@@ -25,7 +25,7 @@ pub struct Target {
     pub token_file: Option<PathBuf>,
     #[serde(default)]
     pub auth: AuthSettings,
-    /// How the target's refusals are read (SPEC §4.3).
+    /// How the target's refusals are read (docs/spec.md §4.3).
     pub errors: ErrorVocabulary,
     /// Requests in flight to the target across every replica sharing the
     /// database (0 = no cap): NetSuite's limit is per account.
@@ -36,7 +36,7 @@ pub struct Target {
     pub probe_url: Option<String>,
     #[serde(with = "duration_str")]
     pub timeout: Duration,
-    /// Pacing (SPEC §4.2): the adaptive concurrency limit starts here…
+    /// Pacing (docs/spec.md §4.2): the adaptive concurrency limit starts here…
     pub initial_concurrency: usize,
     /// …and never exceeds this.
     pub max_concurrency: usize,

@@ -1,4 +1,4 @@
-//! `event-backbone demo` (SPEC §9): the embedded default end to end. It
+//! `event-backbone demo` (docs/spec.md §9): the embedded default end to end. It
 //! starts the Pub/Sub emulator if needed, two stand-in targets and the daemon
 //! itself (in-process, exactly as `run` boots it), then plays a scripted story
 //! and tells what happened to each event, checking every step against the

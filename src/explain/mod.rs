@@ -128,7 +128,7 @@ pub struct Delivered {
     /// When the target's 2xx was recorded (the audit row's time).
     pub at: String,
     /// The merged event sent (its body folded in every version the target
-    /// had not acknowledged yet, SPEC §4.1).
+    /// had not acknowledged yet, docs/spec.md §4.1).
     pub event_id: String,
     pub sequence_num: i64,
     pub version: i64,
@@ -229,7 +229,7 @@ pub fn explain(
     let stored = stored_conflicts(facts, &mut warnings);
 
     let mut held: HashMap<String, Held> = HashMap::new();
-    // Archived history (SPEC §6.1): the replay starts at the checkpoint, whose
+    // Archived history (docs/spec.md §6.1): the replay starts at the checkpoint, whose
     // fields name the archive segment instead of the event that set them.
     let (start, events) = history::from_checkpoint(facts.checkpoint.clone(), &facts.events, None)?;
     if start.1 > 0 {
@@ -546,7 +546,7 @@ impl<'a> AuditIndex<'a> {
 
     /// Whether `target` has the value `h` set. A delivery at position q
     /// carries everything routed to the target after its previous
-    /// acknowledgement (SPEC §4.1), so the first acknowledgement at or after
+    /// acknowledgement (docs/spec.md §4.1), so the first acknowledgement at or after
     /// the position from which the target needed the value delivered it.
     fn delivery(&self, target: Source, h: &Held, conflicts: &[ConflictView]) -> TargetDelivery {
         let set = h.event.sequence_num;
@@ -571,7 +571,7 @@ impl<'a> AuditIndex<'a> {
             };
         };
         // A request carries every version up to its `through` (a burst sent
-        // as one request, SPEC §4.1): it delivered what was needed by then.
+        // as one request, docs/spec.md §4.1): it delivered what was needed by then.
         let relevant: Vec<&(i64, &AuditFact)> = self
             .about(target)
             .filter(|(seq, a)| *seq >= need || detail_i64(a, "through").is_some_and(|t| t >= need))
@@ -672,7 +672,7 @@ mod tests {
         }
     }
 
-    /// SPEC §5: v1..v7 by netsuite (status set at v7, 10:00), then suitex
+    /// docs/spec.md §5: v1..v7 by netsuite (status set at v7, 10:00), then suitex
     /// b=6, 09:59, {status: open, name: X} → v8.
     fn worked_example() -> RecordFacts {
         let mut events = vec![ev(
@@ -861,7 +861,7 @@ mod tests {
         let sx = &x.fields["status"].delivery[&Source::Suitex];
         assert_eq!(sx.status, DeliveryStatus::DeadLettered);
         assert_eq!(sx.last_attempt.as_ref().unwrap().audit_id, 22);
-        // A later acknowledged version carries it (SPEC §4.1 folding).
+        // A later acknowledged version carries it (docs/spec.md §4.1 folding).
         facts.events.push(ev(
             9,
             "netsuite",

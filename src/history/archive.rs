@@ -1,4 +1,4 @@
-//! Retention with archival (SPEC §6.1): `event-backbone archive` moves each
+//! Retention with archival (docs/spec.md §6.1): `event-backbone archive` moves each
 //! record's events older than the cutoff, their audit rows and merged events
 //! to the snapshot bucket, and leaves a checkpoint the rest of history goes
 //! on from.
@@ -295,7 +295,7 @@ async fn plan(
         return hold(format!("a delivery to {target} is not acknowledged yet"));
     }
     // Per target, nothing from the first merged event routed to it and not
-    // acknowledged: a later delivery folds those in (SPEC §4.1).
+    // acknowledged: a later delivery folds those in (docs/spec.md §4.1).
     let acked = |target: Source| {
         c.delivery
             .get(target.as_str())

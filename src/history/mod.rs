@@ -1,4 +1,4 @@
-//! Event history (SPEC §7 `events list|replay`, `verify`, admin record
+//! Event history (docs/spec.md §7 `events list|replay`, `verify`, admin record
 //! endpoints): read a record's events with their audit trail, and rebuild its
 //! merged state at any sequence number by folding the stored events through
 //! the same [`rules::merge`] the live stage runs. The queries are the
@@ -112,7 +112,7 @@ pub struct EventPage {
     pub more: bool,
     /// Pass as `before_seq` to get the next page.
     pub next_before_seq: Option<i64>,
-    /// Where the record's archived events are (SPEC §6.1), oldest first.
+    /// Where the record's archived events are (docs/spec.md §6.1), oldest first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub archived: Vec<crate::store::archive::ArchivedRange>,
 }
@@ -215,7 +215,7 @@ pub async fn attach_audit(
         .collect())
 }
 
-/// The SPEC §3.2 fingerprint from the stored row, for an event whose claim
+/// The docs/spec.md §3.2 fingerprint from the stored row, for an event whose claim
 /// row is missing (e.g. loaded by a tool that wrote no audit rows).
 fn recompute_fingerprint(e: &StoredEvent) -> Option<String> {
     let changes = e.changes.as_object()?;
@@ -357,7 +357,7 @@ pub fn fold_each(
 }
 
 /// [`fold_each`] from a given state and the sequence_num it stands at (a
-/// checkpoint of archived history, SPEC §6.1).
+/// checkpoint of archived history, docs/spec.md §6.1).
 pub fn fold_each_from(
     (mut state, mut last_seq): (RecordState, i64),
     events: &[StoredEvent],

@@ -1,4 +1,4 @@
-//! Serving a router on a port that slow or idle clients can reach (SPEC §10):
+//! Serving a router on a port that slow or idle clients can reach (docs/spec.md §10):
 //! a header-read timeout (idle keep-alive connections included), a request
 //! timeout, and a cap on open connections at which the oldest connection
 //! that never sent a request is closed to make room — so 1,000 idle or

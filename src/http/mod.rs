@@ -205,7 +205,7 @@ async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
         // Detail only: a dead letter that cannot be parked is not fixed by
         // a restart (see the park stage).
         "dead_letters_unparked": without_error(crate::stages::park::unparked_detail()),
-        // Detail only (SPEC §4.2): a target that is down or throttling is
+        // Detail only (docs/spec.md §4.2): a target that is down or throttling is
         // held and paced, and a restart of ours would not help it.
         "targets": ctx.health.targets(),
     }));

@@ -37,7 +37,7 @@ impl InternalEvent for MergeConflictResolved<'_> {
 }
 
 /// A record's gap outlived `merge.gap_timeout` and its oldest pending event
-/// was published to the dlq as a `gap` dead letter (SPEC §4.1).
+/// was published to the dlq as a `gap` dead letter (docs/spec.md §4.1).
 pub struct GapDeadLettered<'a> {
     pub stage: &'a str,
     pub record_type: &'a str,

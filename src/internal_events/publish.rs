@@ -32,7 +32,7 @@ impl InternalEvent for PublishFailed<'_> {
     }
 }
 
-/// Nothing was sent: `topic` is outside this environment (SPEC §2).
+/// Nothing was sent: `topic` is outside this environment (docs/spec.md §2).
 pub struct PublishRefused<'a> {
     /// The topic as asked for (not a bounded label; the log only).
     pub topic: &'a str,

@@ -1,4 +1,4 @@
-//! Pacing a delivery target (SPEC §4.2): throttled answers, probes of an
+//! Pacing a delivery target (docs/spec.md §4.2): throttled answers, probes of an
 //! open circuit, the circuit opening and closing.
 
 use std::time::Duration;

@@ -38,7 +38,7 @@ pub const OUTCOMES: &[Term] = &[
     Term {
         name: "pending",
         stages: MERGE,
-        description: "base_version is ahead of the record: the event waits until the missing version is merged (SPEC 4.1).",
+        description: "base_version is ahead of the record: the event waits until the missing version is merged (docs/spec.md §4.1).",
     },
     Term {
         name: "delivered",

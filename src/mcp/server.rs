@@ -165,7 +165,7 @@ after the operator agreed. Reports what was replayed, skipped and failed; audite
     }
 
     #[tool(
-        description = "Publish a raw event (SPEC 3.1) to events.raw.{env} with the ordering key \
+        description = "Publish a raw event (docs/spec.md §3.1) to events.raw.{env} with the ordering key \
 {record_type}:{record_id}; it is validated first (an invalid event is an error naming the field, \
 nothing is sent). The daemon then merges it like any source's event. Audited with the caller.",
         annotations(

@@ -42,9 +42,9 @@ pub struct Readiness {
     pub pubsub: Option<String>,
     /// Consumer → {up, detail}; empty when unknown.
     pub consumers: Value,
-    /// Messages held for an outage (SPEC 4.1), per consumer; null when none.
+    /// Messages held for an outage (docs/spec.md §4.1), per consumer; null when none.
     pub holding: Option<String>,
-    /// The daemon's pacing of each target (SPEC 4.2), as `/readyz` lists it;
+    /// The daemon's pacing of each target (docs/spec.md §4.2), as `/readyz` lists it;
     /// shown under each target's `live`.
     #[serde(skip)]
     #[schemars(skip)]
@@ -98,7 +98,7 @@ pub struct TargetState {
     /// nor superseded.
     pub last_failure_at: Option<String>,
     pub last_failure_outcome: Option<String>,
-    /// The daemon's pacing of the target (SPEC 4.2): `concurrency_limit`,
+    /// The daemon's pacing of the target (docs/spec.md §4.2): `concurrency_limit`,
     /// `inflight`, `held`, `circuit_open`, `circuit_open_for_seconds`,
     /// `paused_for_seconds`, `mean_rtt_ms`; empty when no daemon answered.
     pub live: BTreeMap<String, Value>,

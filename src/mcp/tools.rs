@@ -68,7 +68,7 @@ impl From<HistoryError> for ToolError {
         match e {
             HistoryError::Store(s) => s.into(),
             HistoryError::BadLimit(_) => ToolError::Invalid(e.to_string()),
-            // Archived (SPEC §6.1): the message names the segment and `archive restore`.
+            // Archived (docs/spec.md §6.1): the message names the segment and `archive restore`.
             HistoryError::Replay { .. } | HistoryError::Archived { .. } => {
                 ToolError::Failed(e.to_string())
             }
@@ -207,7 +207,7 @@ pub struct EventOut {
     /// Field → new value (`null` clears it).
     pub changes: Value,
     pub full_snapshot_ref: Option<String>,
-    /// SPEC 3.2 fingerprint.
+    /// docs/spec.md §3.2 fingerprint.
     pub fingerprint: Option<String>,
     /// When the daemon stored it.
     pub stored_at: String,
@@ -907,7 +907,7 @@ impl Ctx {
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct EmitEventInput {
-    /// The raw event of SPEC 3.1: {"record_type", "record_id", "source"
+    /// The raw event of docs/spec.md §3.1: {"record_type", "record_id", "source"
     /// ("suitex" | "netsuite"), "timestamp" (RFC 3339), "base_version"
     /// (the merged version the source last saw), "changes" (field → value),
     /// optional "id" (UUID) and "full_snapshot_ref"}.
@@ -921,7 +921,7 @@ pub struct EmitEventOutput {
     pub topic: String,
     /// `{record_type}:{record_id}`.
     pub ordering_key: String,
-    /// SPEC 3.2 fingerprint of the event (over the changes as given).
+    /// docs/spec.md §3.2 fingerprint of the event (over the changes as given).
     pub fingerprint: String,
     /// query_events on this record shows it once merged.
     pub record_type: String,

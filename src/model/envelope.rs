@@ -1,4 +1,4 @@
-//! Error envelope and dead-letter attributes (SPEC §3.4). The data of such a
+//! Error envelope and dead-letter attributes (docs/spec.md §3.4). The data of such a
 //! message is always the original data, unchanged.
 
 use std::collections::HashMap;

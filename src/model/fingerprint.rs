@@ -1,4 +1,4 @@
-//! Event fingerprints (SPEC §3.2): lowercase hex SHA-256 over a canonical JSON
+//! Event fingerprints (docs/spec.md §3.2): lowercase hex SHA-256 over a canonical JSON
 //! form that publishers can reproduce with Python's
 //! `json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`.
 //!
@@ -67,7 +67,7 @@ pub fn canonical_form(ev: &RawEvent, changes: &Map<String, Value>) -> String {
     out
 }
 
-/// SPEC §3.2 fingerprint of a raw event.
+/// docs/spec.md §3.2 fingerprint of a raw event.
 pub fn fingerprint(ev: &RawEvent, changes: &Map<String, Value>) -> String {
     sha256_hex(canonical_form(ev, changes).as_bytes())
 }

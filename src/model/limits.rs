@@ -11,7 +11,7 @@ pub const RECORD_TYPE_MAX: usize = 64;
 
 /// `events.record_id VARCHAR(191)`: 191 is the longest utf8mb4 string an
 /// InnoDB index prefix of 767 bytes can hold. The column counts characters;
-/// the validator counts bytes (SPEC §3.1), which is stricter.
+/// the validator counts bytes (docs/spec.md §3.1), which is stricter.
 pub const RECORD_ID_MAX: usize = 191;
 
 /// `events.source VARCHAR(16)`.
@@ -60,7 +60,7 @@ pub const STATE_EXTRA_DEPTH: usize = 2;
 /// as level 1: MariaDB's limit less what the record state adds.
 pub const CHANGES_MAX_DEPTH: usize = DB_JSON_MAX_DEPTH - STATE_EXTRA_DEPTH;
 
-/// Nesting limit of a whole raw event document (SPEC §10). Fields the
+/// Nesting limit of a whole raw event document (docs/spec.md §10). Fields the
 /// daemon ignores are never stored as JSON, so only `changes` is held to
 /// the stricter [`CHANGES_MAX_DEPTH`].
 pub const DOCUMENT_MAX_DEPTH: usize = 64;

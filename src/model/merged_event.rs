@@ -1,4 +1,4 @@
-//! The merged event (SPEC §3.3), published on `events.merged.{env}`.
+//! The merged event (docs/spec.md §3.3), published on `events.merged.{env}`.
 
 use std::collections::HashMap;
 
@@ -32,7 +32,7 @@ impl MergedEvent {
         crate::model::raw_event::ordering_key(&self.record_type, &self.record_id)
     }
 
-    /// Message attributes (SPEC §3.3).
+    /// Message attributes (docs/spec.md §3.3).
     pub fn attributes(&self) -> HashMap<String, String> {
         HashMap::from([
             ("origin".to_string(), self.origin.as_str().to_string()),

@@ -1,5 +1,5 @@
-//! The domain: message contracts (SPEC §3: raw events, fingerprints, merged
-//! events, error envelopes) and the merge rules (SPEC §5). Imports nothing
+//! The domain: message contracts (docs/spec.md §3: raw events, fingerprints, merged
+//! events, error envelopes) and the merge rules (docs/spec.md §5). Imports nothing
 //! else from the crate.
 
 pub mod envelope;

@@ -1,4 +1,4 @@
-//! Raw events (SPEC §3.1) and their validation (SPEC §10). Every rejection
+//! Raw events (docs/spec.md §3.1) and their validation (docs/spec.md §10). Every rejection
 //! names the offending field so the dlq `invalid` entry is actionable.
 
 use std::fmt;
@@ -10,11 +10,11 @@ use uuid::Uuid;
 
 use crate::model::limits;
 
-/// Maximum object/array nesting depth of a raw event document (SPEC §10);
+/// Maximum object/array nesting depth of a raw event document (docs/spec.md §10);
 /// `changes` is held to the stricter [`limits::CHANGES_MAX_DEPTH`].
 pub const MAX_NESTING: usize = limits::DOCUMENT_MAX_DEPTH;
 
-/// `record_id` limit in bytes (SPEC §3.1): within the column's 191
+/// `record_id` limit in bytes (docs/spec.md §3.1): within the column's 191
 /// characters, and what an InnoDB index prefix of 767 bytes can hold.
 const MAX_RECORD_ID_BYTES: usize = limits::RECORD_ID_MAX;
 
@@ -77,13 +77,13 @@ pub struct RawEvent {
 }
 
 impl RawEvent {
-    /// Pub/Sub ordering key (SPEC §2): `{record_type}:{record_id}`.
+    /// Pub/Sub ordering key (docs/spec.md §2): `{record_type}:{record_id}`.
     pub fn ordering_key(&self) -> String {
         ordering_key(&self.record_type, &self.record_id)
     }
 }
 
-/// Pub/Sub ordering key (SPEC §2): `{record_type}:{record_id}`.
+/// Pub/Sub ordering key (docs/spec.md §2): `{record_type}:{record_id}`.
 pub fn ordering_key(record_type: &str, record_id: &str) -> String {
     format!("{record_type}:{record_id}")
 }
@@ -105,7 +105,7 @@ impl ValidationError {
     }
 }
 
-/// Parses and validates a raw event message body (SPEC §3.1).
+/// Parses and validates a raw event message body (docs/spec.md §3.1).
 ///
 /// Unknown top-level fields are ignored so publishers can add fields
 /// without breaking older daemons. Optional fields given as `null` count as

@@ -1,4 +1,4 @@
-//! Merge rules (SPEC §5): pure, no I/O, so the live stage, `events replay`
+//! Merge rules (docs/spec.md §5): pure, no I/O, so the live stage, `events replay`
 //! and `verify` all fold events through exactly the same code.
 
 use std::collections::BTreeMap;
@@ -88,7 +88,7 @@ pub struct Incoming<'a> {
     pub changes: &'a Map<String, Value>,
 }
 
-/// A conflict and how it was resolved (SPEC §3.3 `conflicts[]`).
+/// A conflict and how it was resolved (docs/spec.md §3.3 `conflicts[]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Conflict {
     pub field: String,

@@ -1,5 +1,5 @@
 //! `event-backbone provision`: creates the env's topics and subscriptions
-//! (SPEC §2). Idempotent; an existing resource whose settings differ from
+//! (docs/spec.md §2). Idempotent; an existing resource whose settings differ from
 //! the spec is reported, never silently kept or changed.
 
 use google_cloud_gax::error::rpc::Code;

@@ -1,4 +1,4 @@
-//! Publishing, refusing any topic outside our own env (SPEC §2), and resuming
+//! Publishing, refusing any topic outside our own env (docs/spec.md §2), and resuming
 //! an ordering key after a failed publish so one failure never stalls a record.
 
 use std::collections::HashMap;

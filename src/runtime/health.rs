@@ -25,7 +25,7 @@ pub struct Health {
     /// before the first probe: the consumers' own start-up checks cover that).
     broker_down: Mutex<Option<String>>,
     /// Messages each consumer holds because the database, the snapshot
-    /// store or Pub/Sub does not answer (SPEC §4.1), and the latest reason.
+    /// store or Pub/Sub does not answer (docs/spec.md §4.1), and the latest reason.
     holds: Mutex<BTreeMap<String, (usize, String)>>,
     /// The delivery targets' pacers: shown by `/readyz` as detail only — a
     /// target's outage is not ours, so it never makes the pod unready.

@@ -1,4 +1,4 @@
-//! Claim check for merged events (SPEC §3.3): a payload above the threshold
+//! Claim check for merged events (docs/spec.md §3.3): a payload above the threshold
 //! is stored in the snapshot store and the message carries a small pointer
 //! event with `full_snapshot_ref`; consumers resolve it back transparently.
 

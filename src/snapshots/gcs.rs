@@ -126,7 +126,7 @@ impl GcsSnapshots {
     }
 
     /// Only objects in our own bucket are followed: a ref into another
-    /// environment's bucket must never be read (SPEC §10).
+    /// environment's bucket must never be read (docs/spec.md §10).
     fn object_of<'r>(&self, reference: &'r str) -> Result<&'r str, SnapshotError> {
         let refused = |reason: String| SnapshotError::Refused {
             reference: reference.to_string(),

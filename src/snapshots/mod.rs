@@ -1,4 +1,4 @@
-//! Claim-check snapshots (SPEC §3.1 `full_snapshot_ref`, §3.3): payloads too
+//! Claim-check snapshots (docs/spec.md §3.1 `full_snapshot_ref`, §3.3): payloads too
 //! big for a message live in a bucket (GCS) or, locally, a folder.
 
 pub mod claim_check;
@@ -15,7 +15,7 @@ pub enum SnapshotError {
     Unavailable { reference: String, reason: String },
     /// The store itself does not answer (connection refused or reset, a
     /// timeout, a 5xx): our own infrastructure is down, so the message is
-    /// held and retried in-process (SPEC §4.1), not sent down the retry path.
+    /// held and retried in-process (docs/spec.md §4.1), not sent down the retry path.
     #[error("snapshot store unreachable for {reference}: {reason}")]
     Unreachable { reference: String, reason: String },
     /// A reference we must never follow (another env's bucket, bad syntax).
@@ -157,7 +157,7 @@ pub trait SnapshotStore: Send + Sync + 'static {
     /// Writes `data` under a name derived from its content and returns the
     /// reference; writing the same content twice writes one object.
     fn put(&self, data: Bytes) -> BoxFuture<'_, Result<String, SnapshotError>>;
-    /// Writes an archive segment or manifest (SPEC §6.1) under
+    /// Writes an archive segment or manifest (docs/spec.md §6.1) under
     /// [`archive_object_name`]: a prefix of its own, so a lifecycle rule on
     /// the claim checks' `sha256/` never touches the archive.
     fn put_archive(

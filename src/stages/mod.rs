@@ -17,7 +17,7 @@ use futures::future::BoxFuture;
 
 use crate::topology::TopicKind;
 
-/// How a failure is handled (SPEC §4, §10).
+/// How a failure is handled (docs/spec.md §4, §10).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
     /// The message can never be processed: dlq `invalid`.
@@ -94,7 +94,7 @@ pub fn store_failure(e: &crate::store::StoreError, what: &str) -> StageError {
     }
 }
 
-/// A snapshot failure as every stage reports it (SPEC §10): not readable
+/// A snapshot failure as every stage reports it (docs/spec.md §10): not readable
 /// yet → transient, the store down → unavailable, another env's bucket, a
 /// place a reference may not point, wrong content or an object over its
 /// size limit → permanent.
@@ -168,7 +168,7 @@ pub trait Stage: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn handle<'a>(&'a self, msg: &'a Incoming) -> BoxFuture<'a, StageResult>;
     /// Whether the consumer should pull new messages for this stage (a
-    /// delivery target whose circuit is open takes none; SPEC §4.2).
+    /// delivery target whose circuit is open takes none; docs/spec.md §4.2).
     fn accepting(&self) -> bool {
         true
     }

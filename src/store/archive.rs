@@ -1,4 +1,4 @@
-//! Archival (SPEC §6.1): what `event-backbone archive` reads, records and
+//! Archival (docs/spec.md §6.1): what `event-backbone archive` reads, records and
 //! removes, and what history reads back (checkpoints, archived ranges).
 //!
 //! Removal only ever goes through [`Store::remove_covered`], after the

@@ -1,4 +1,4 @@
-//! Parked dead letters (SPEC §4 park/replay): idempotent parking, filtered
+//! Parked dead letters (docs/spec.md §4 park/replay): idempotent parking, filtered
 //! listing, and a claim → publish → mark protocol so two replays at once
 //! never publish the same row twice.
 

@@ -1,4 +1,4 @@
-//! The delivery lease (SPEC §4.2): one delivery in flight per (target,
+//! The delivery lease (docs/spec.md §4.2): one delivery in flight per (target,
 //! record) across replicas. It lives on the record's `delivery_state` row:
 //! taken before the POST, released in the transaction that records the
 //! answer (see `delivery_log`), and taken over once `lease_until` (Unix

@@ -63,7 +63,7 @@ pub enum DeliveryWrite {
 }
 
 /// What a delivery hands a writer: a write, and the lease to release in the
-/// same transaction (SPEC §4.2: released with its bookkeeping).
+/// same transaction (docs/spec.md §4.2: released with its bookkeeping).
 #[derive(Debug, Clone)]
 struct Submission {
     write: DeliveryWrite,

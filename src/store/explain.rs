@@ -33,7 +33,7 @@ pub struct RecordFacts {
     pub merged: Vec<MergedFact>,
     /// In insertion order (`id`).
     pub audit: Vec<AuditFact>,
-    /// The state after the record's archived events, if some are (SPEC §6.1).
+    /// The state after the record's archived events, if some are (docs/spec.md §6.1).
     pub checkpoint: Option<super::archive::Checkpoint>,
 }
 

@@ -102,7 +102,7 @@ pub struct TypeSourceCount {
     pub events: i64,
 }
 
-/// A record with pending events (SPEC §4.1).
+/// A record with pending events (docs/spec.md §4.1).
 #[derive(Debug, Clone)]
 pub struct PendingRecord {
     pub record_type: String,

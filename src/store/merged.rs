@@ -1,8 +1,8 @@
 //! `merged_events`: every merged event by record and position, written in the
 //! merge transaction. A delivery folds in the versions its target has not
-//! acknowledged yet (SPEC §4.1), so it reads them back from here.
+//! acknowledged yet (docs/spec.md §4.1), so it reads them back from here.
 //!
-//! Stored as what nothing else holds (SPEC §6.1): the payload leaves out
+//! Stored as what nothing else holds (docs/spec.md §6.1): the payload leaves out
 //! - what the row's own columns say (`event_id`, `record_type`, `record_id`,
 //!   `version`);
 //! - what the producing event's row says (`events` at the same record and
@@ -240,7 +240,7 @@ impl Store {
 
     /// The merged events of a record after position `after`, in order, at
     /// most `limit`: what a target that acknowledged `after` has not been
-    /// sent (SPEC §4.1), up to the newest in the store.
+    /// sent (docs/spec.md §4.1), up to the newest in the store.
     pub async fn merged_after(
         &self,
         record_type: &str,

@@ -1,4 +1,4 @@
-//! The event store (SPEC §6): one sqlx `Any` pool over MySQL 8 / MariaDB or
+//! The event store (docs/spec.md §6): one sqlx `Any` pool over MySQL 8 / MariaDB or
 //! SQLite. The SQL is shared; the few dialect differences live in [`Dialect`].
 
 pub mod archive;

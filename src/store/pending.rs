@@ -1,4 +1,4 @@
-//! Pending events (SPEC §4.1): raw events whose `base_version` is ahead of
+//! Pending events (docs/spec.md §4.1): raw events whose `base_version` is ahead of
 //! their record wait here, durably, until the record reaches their base.
 //! Written and deleted inside merge transactions; the gap sweeper reads the
 //! old ones and marks the records it reported.

@@ -1,4 +1,4 @@
-//! The schema gate (SPEC §10, "run as the least-privilege runtime user"):
+//! The schema gate (docs/spec.md §10, "run as the least-privilege runtime user"):
 //! what `_sqlx_migrations` says is applied, compared with the migrations
 //! embedded in this binary. Reading it is one SELECT, which the runtime user
 //! of `sql/grants-mysql.sql` may do; only [`ensure`] with

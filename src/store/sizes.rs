@@ -1,5 +1,5 @@
 //! What the event store occupies on disk, per table and per index
-//! (`bench storage`, SPEC §6.1).
+//! (`bench storage`, docs/spec.md §6.1).
 //!
 //! MySQL/MariaDB: `ANALYZE TABLE` refreshes InnoDB's persistent statistics,
 //! then `mysql.innodb_index_stats` gives each index's `size` (pages the

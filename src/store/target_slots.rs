@@ -1,4 +1,4 @@
-//! `target_slots` (SPEC §4.3): a target's account-wide concurrency cap,
+//! `target_slots` (docs/spec.md §4.3): a target's account-wide concurrency cap,
 //! shared by every replica using the database. A request takes one free
 //! (or expired) slot with one statement and frees it with another.
 //!

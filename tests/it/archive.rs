@@ -1,4 +1,4 @@
-//! Retention with archival (SPEC §6.1, issue 21): a record with half its
+//! Retention with archival (docs/spec.md §6.1, issue 21): a record with half its
 //! history archived still replays, verifies and explains from its
 //! checkpoint; the archived rows are in a verified segment and come back
 //! with `archive restore`; records that may not go stay; on MariaDB the

@@ -403,7 +403,7 @@ fn production_values() -> Value {
     })
 }
 
-/// One render per target authentication kind (SPEC §4.3): NetSuite TBA
+/// One render per target authentication kind (docs/spec.md §4.3): NetSuite TBA
 /// with spatie's HMAC for SuiteX; OAuth 2.0 with Standard Webhooks in a
 /// rotation; a bearer token from a mounted Secret.
 fn auth_kind_values() -> Vec<(String, Value)> {

@@ -130,7 +130,7 @@ impl Sink {
     }
 
     /// Waits until the last request on `path` carries `version` (a burst of
-    /// versions may come as one request: SPEC §4.1).
+    /// versions may come as one request: docs/spec.md §4.1).
     pub async fn wait_version(&self, path: &str, version: i64, within: Duration) -> bool {
         eventually(within, || async {
             self.requests(path)
@@ -612,7 +612,7 @@ async fn deliver_timeout_is_transient() {
     d.app.stop().await;
 }
 
-/// SPEC §4.2: a 429 with Retry-After is pacing — no error envelope, no
+/// docs/spec.md §4.2: a 429 with Retry-After is pacing — no error envelope, no
 /// attempt spent; the same delivery goes again once the pause is over.
 #[tokio::test]
 async fn deliver_429_with_retry_after_is_pacing_not_a_failure() {

@@ -186,7 +186,7 @@ fn state(acked: i64, acked_version: i64, attempted: i64) -> DeliveryState {
     }
 }
 
-/// The claim before a POST (SPEC §4.2): the lease and the attempted position
+/// The claim before a POST (docs/spec.md §4.2): the lease and the attempted position
 /// in one write, refused when another live replica holds the lease or the
 /// target moved on since the delivery planned; an expired lease is taken over.
 async fn claims(db: Db) {

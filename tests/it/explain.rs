@@ -1,4 +1,4 @@
-//! `explain` (issue 14) on the SPEC §5 worked example, run through the real
+//! `explain` (issue 14) on docs/spec.md §5 worked example, run through the real
 //! daemon, the emulator and both stand-in targets: the CLI (text and
 //! `--json`) and `GET /admin/records/{type}/{id}/explain`.
 

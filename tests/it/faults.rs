@@ -1,4 +1,4 @@
-//! The fault suite (SPEC §4.1 and §10, issue 10): the real binary against
+//! The fault suite (docs/spec.md §4.1 and §10, issue 10): the real binary against
 //! MariaDB and the emulator, with the database or the broker cut through a
 //! TCP proxy the test controls, SIGKILLs under load with flaky targets, and
 //! gaps in a record's history. Each scenario prints its figures on one
@@ -257,7 +257,7 @@ async fn faults_db_cut_refuse_holds_and_loses_nothing() {
 
 /// a. The database hung (connections open, nothing answers) for D seconds,
 /// then back on the same address with the hung connections reset (a
-/// failover as SPEC §10 describes it).
+/// failover as docs/spec.md §10 describes it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_db_cut_blackhole_holds_and_loses_nothing() {
     let p = params();

@@ -1,4 +1,4 @@
-//! The fault suite's harness (SPEC §4.1, issue 10): the real binary as a
+//! The fault suite's harness (docs/spec.md §4.1, issue 10): the real binary as a
 //! child process that can be SIGKILLed and restarted, a flaky recording HTTP
 //! target, chained event flows, readiness sampling, and the checks the
 //! scenarios share (lost / stored twice, final versions, dead letters,
@@ -545,7 +545,7 @@ impl FlakySink {
 // Reading the outcome back from the database
 
 /// How the flow's events ended up: merged into `events`, or waiting durably
-/// in `pending_events` (SPEC §4.1). Lost means in neither.
+/// in `pending_events` (docs/spec.md §4.1). Lost means in neither.
 #[derive(Debug, Clone, Default)]
 pub struct Stored {
     pub rows: usize,
@@ -588,7 +588,7 @@ pub async fn stored(store: &Store, n: usize) -> Stored {
 
 /// Records whose raw events the merge stage first saw in another order than
 /// they were published (the flow's `n` grows with publish order per record),
-/// with that arrival order. The merge decides by arrival (SPEC §4.1, §5): an
+/// with that arrival order. The merge decides by arrival (docs/spec.md §4.1, §5): an
 /// earlier edit arriving after a stale one that filled its gap is merged as a
 /// concurrent edit, so the record ends below the version the generator
 /// counted, and its later events wait for a version that never comes.

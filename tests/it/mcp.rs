@@ -2,7 +2,7 @@
 //! SDK (tests/it/mcp_client.py, PyPI `mcp` in target/services/venv, put
 //! there by scripts/tools.sh) against the real binary: `event-backbone run`
 //! serving `/mcp` on its admin listener, and `event-backbone mcp` on stdio,
-//! on the SPEC §5 worked example plus one parked dead letter.
+//! on docs/spec.md §5 worked example plus one parked dead letter.
 //!
 //! Every tool is called over both transports with the write switches on;
 //! a stdio server with them off shows the write tools hidden and refused.
@@ -108,7 +108,7 @@ async fn over_both_transports(db: Db) {
         std::fs::read_to_string(log.path()).unwrap_or_default()
     );
 
-    // SPEC §5: project 42 at v7, then suitex's stale change.
+    // docs/spec.md §5: project 42 at v7, then suitex's stale change.
     let (topology, store) = (&app.topology, &app.store);
     let p = publishers(topology).await;
     for e in history_to_v7() {

@@ -2,7 +2,7 @@
 
 Drives event-backbone's MCP server over stdio (the `mcp` subcommand, started
 here as a subprocess) or over streamable HTTP (`/mcp` on the admin listener),
-on the SPEC 5 worked example the Rust test seeded (project/42), and checks
+on the docs/spec.md §5 worked example the Rust test seeded (project/42), and checks
 every tool and the refusals. Prints one JSON line per check and a final
 `{"ok": true, ...}` line; exits 1 at the first failed check.
 
@@ -109,7 +109,7 @@ async def read_tools(client):
     check(seqs == list(range(8, 0, -1)), "newest first", seqs)
     last = page["events"][0]
     check(last["source"] == "suitex" and last["changes"] == {"status": "open", "name": "X"},
-          "seq 8 is the suitex event of SPEC 5", last)
+          "seq 8 is the suitex event of docs/spec.md §5", last)
     check(len(last["fingerprint"] or "") == 64, "events carry their fingerprint", last["fingerprint"])
     stages = {(a["stage"], a["outcome"]) for a in last["audit"]}
     check(("merge", "merged") in stages and ("deliver.suitex", "delivered") in stages,
@@ -140,7 +140,7 @@ async def read_tools(client):
     check(at7["events_replayed"] == 7 and at7["duration_ms"] >= 0, "events_replayed and duration_ms", at7)
     head = await ok(client, "replay_events", RECORD)
     check(head["version"] == 8 and head["state"]["name"] == "X" and head["state"]["status"] == "closed",
-          "replay to the latest: SPEC 5 result", head["state"])
+          "replay to the latest: docs/spec.md §5 result", head["state"])
     check(head["fields"]["status"]["source"] == "netsuite", "field provenance", head["fields"]["status"])
 
     x = await ok(client, "explain_field", {**RECORD, "field": "status"})

@@ -135,7 +135,7 @@ async fn duplicates(db: Db) {
     assert_eq!(second.label, "duplicate");
     // The first outcome was never published (no runtime here), so its merged
     // event is still in the outbox: the redelivery publishes that one again
-    // (SPEC §4.1), and nothing new.
+    // (docs/spec.md §4.1), and nothing new.
     assert_eq!(second.publish.len(), 1, "only the unconfirmed merged event");
     assert_eq!(second.publish[0].outbox_id, first.publish[0].outbox_id);
     assert_eq!(second.publish[0].data, first.publish[0].data);
@@ -365,7 +365,7 @@ async fn crash_after_commit_before_publish_mariadb() {
     crash_between_commit_and_publish(Db::Mariadb).await;
 }
 
-/// SPEC §10 rows for the merge stage's input.
+/// docs/spec.md §10 rows for the merge stage's input.
 async fn bad_inputs(db: Db) {
     let overrides = Overrides::new().set("BACKBONE__CONSUMERS__RETRY__ENABLED", "false");
     let Some(mut app) = TestApp::prepare(db, overrides).await else {
@@ -464,7 +464,7 @@ async fn bad_inputs(db: Db) {
     let first = merged_tap.collect(1, WAIT).await;
     assert_eq!(first.len(), 1);
     publish_raw(&p, &with_id(2)).await;
-    // base_version ahead → pending (SPEC §4.1), never the error topic.
+    // base_version ahead → pending (docs/spec.md §4.1), never the error topic.
     publish_raw(
         &p,
         &raw_event(

@@ -226,7 +226,7 @@ async fn ops_metrics_scrape_after_a_flow_through_every_stage() {
     );
 
     let sc = scrape(addr).await;
-    // Every family of SPEC §8 (and ours) is present.
+    // Every family of docs/spec.md §8 (and ours) is present.
     let families: HashSet<&str> = sc.samples.iter().map(|s| s.metric.as_str()).collect();
     for name in [
         "backbone_messages_received_total",

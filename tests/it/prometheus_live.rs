@@ -75,13 +75,13 @@ enum Condition {
     /// `dead_letters` table renamed away) while a delivery is dead-lettered.
     ParkRefused,
     /// The netsuite target refuses connections while deliveries to it
-    /// arrive: its circuit opens (SPEC §4.2).
+    /// arrive: its circuit opens (docs/spec.md §4.2).
     TargetCircuitOpen,
     /// The netsuite target answers 429 (`Retry-After: 0`) to a burst of
     /// requests: throttling, paced, no attempt consumed.
     TargetThrottled,
     /// The netsuite target refuses our credentials (401) for two records in
-    /// a row: its circuit opens with cause `auth` (SPEC §4.3). Ends when it
+    /// a row: its circuit opens with cause `auth` (docs/spec.md §4.3). Ends when it
     /// accepts them again.
     TargetAuthFailing,
 }

@@ -1,4 +1,4 @@
-//! Booting as production does (SPEC §10, "run as the least-privilege runtime
+//! Booting as production does (docs/spec.md §10, "run as the least-privilege runtime
 //! user"): the schema is migrated by an administrator (`event-backbone
 //! migrate` as root), the shipped grants make a runtime user, and the real
 //! binary runs as that user in the `production` env (so
@@ -163,7 +163,7 @@ async fn runtime_user_runs_the_whole_flow_mariadb() {
         .expect("root connection");
     let p = publishers(&topology).await;
 
-    // 1. Merge and both deliveries: the SPEC §5 worked example.
+    // 1. Merge and both deliveries: docs/spec.md §5 worked example.
     for e in history_to_v7() {
         publish_raw(&p, &e).await;
     }

@@ -1,4 +1,4 @@
-//! Issue 31, finding 5 (SPEC §10 "slow or idle HTTP clients"): the metrics
+//! Issue 31, finding 5 (docs/spec.md §10 "slow or idle HTTP clients"): the metrics
 //! and admin ports close connections that do not send a request's headers
 //! in time, cap how many are open, and keep answering meanwhile.
 

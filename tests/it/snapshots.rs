@@ -167,7 +167,7 @@ async fn big_raw_by_reference(db: Db, kind: Kind) {
         body.get("full_snapshot_ref").is_none(),
         "targets get the resolved event"
     );
-    // The fingerprint is over the resolved changes (SPEC §3.2).
+    // The fingerprint is over the resolved changes (docs/spec.md §3.2).
     let ev = parse_raw_event(raw.as_bytes()).unwrap();
     let expected_fp = fingerprint(&ev, changes.as_object().unwrap());
     assert_eq!(got[0].header("idempotency-key"), Some(expected_fp.clone()));
@@ -435,7 +435,7 @@ async fn delete_object(bucket: &str, object: &str) {
         .await;
 }
 
-/// Issue 31, finding 2 (SPEC §10 "a claim-check reference to a huge
+/// Issue 31, finding 2 (docs/spec.md §10 "a claim-check reference to a huge
 /// object"): its size is read from the object's metadata first; over the
 /// limit it is permanent and nothing is downloaded — this process's memory
 /// does not grow by the object's size.

@@ -925,7 +925,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Builds project 42 up to version 7 with `status` last changed by netsuite
-/// at v7, t=10:00 (the SPEC §5 starting point). Returns the events published.
+/// at v7, t=10:00 (docs/spec.md §5 starting point). Returns the events published.
 pub fn history_to_v7() -> Vec<String> {
     let mut evs = vec![raw_event(
         "netsuite",
@@ -1025,7 +1025,7 @@ pub async fn drop_user(user: &str) {
 
 /// A transient merge fault a test can clear: raw events whose changes live
 /// in a snapshot file that does not exist until [`MissingSnapshots::provide`]
-/// (SPEC §10: a missing snapshot is transient). Point the daemon at it with
+/// (docs/spec.md §10: a missing snapshot is transient). Point the daemon at it with
 /// [`MissingSnapshots::setting`].
 pub struct MissingSnapshots {
     dir: tempfile::TempDir,

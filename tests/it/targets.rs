@@ -1,4 +1,4 @@
-//! Targets under pressure (SPEC §4.2), end to end: raw → merge → delivery
+//! Targets under pressure (docs/spec.md §4.2), end to end: raw → merge → delivery
 //! to stand-in targets that behave like the real ones — a NetSuite-like one
 //! that allows a few requests in flight and answers 429 over that, a
 //! SuiteX-like one behind a token bucket that answers 429 with Retry-After,
@@ -701,7 +701,7 @@ async fn targets_one_failing_record_is_dead_lettered_while_the_others_flow() {
         failing.len()
     );
     assert!(parked, "the failing record is dead-lettered `exhausted`");
-    assert_eq!(failing.len(), 5, "five executions, as SPEC §4 says");
+    assert_eq!(failing.len(), 5, "five executions, as docs/spec.md §4 says");
     assert_eq!(
         gauge(&app, "backbone_target_circuit_open", "netsuite").await,
         Some(0.0),
@@ -715,7 +715,7 @@ async fn targets_one_failing_record_is_dead_lettered_while_the_others_flow() {
 }
 
 /// Two replicas on the same subscriptions: one request in flight per record
-/// at the target, never back in time (SPEC §4.1 P1 with N replicas).
+/// at the target, never back in time (docs/spec.md §4.1 P1 with N replicas).
 #[tokio::test]
 async fn targets_two_replicas_deliver_one_request_per_record_at_a_time() {
     let ns = Target::start(

@@ -180,7 +180,7 @@ containers and is stopped after them.
 {{/*
 Each target's credentials Secret (secrets.<t>Auth), mounted
 read-only at /var/run/secrets/event-backbone/<t>/: the ConfigMap names its
-files (SPEC §4.3: every secret as <key>_file). Readable by the pod's fsGroup.
+files (docs/spec.md §4.3: every secret as <key>_file). Readable by the pod's fsGroup.
 */}}
 {{- define "event-backbone.targetAuthVolumes" -}}
 {{- with .Values.secrets.netsuiteAuth.name }}

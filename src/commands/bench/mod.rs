@@ -32,7 +32,7 @@ pub enum Which {
     /// Merge throughput while `archive` runs on the same database, vs without.
     Archive(archive::Args),
     /// Bytes per event on disk, per table and index, after a run through
-    /// merge and both deliveries (SPEC §6.1).
+    /// merge and both deliveries (docs/spec.md §6.1).
     Storage(storage::Args),
 }
 

@@ -1,4 +1,4 @@
-//! `event-backbone bench storage`: what one event costs on disk (SPEC §6.1).
+//! `event-backbone bench storage`: what one event costs on disk (docs/spec.md §6.1).
 //!
 //! Drives a raw backlog through the whole daemon (merge and both
 //! deliveries, `bench pipeline`'s machinery: child daemon, emulator,
@@ -19,7 +19,7 @@ use crate::config::Settings;
 use crate::store::sizes::StoreSizes;
 use crate::store::Store;
 
-/// SPEC §6.1: bytes per event at steady state, payload excluded.
+/// docs/spec.md §6.1: bytes per event at steady state, payload excluded.
 pub const BUDGET_BYTES_PER_EVENT: f64 = 1000.0;
 
 #[derive(Debug, clap::Args)]

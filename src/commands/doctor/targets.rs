@@ -1,5 +1,5 @@
 //! The delivery targets: can we reach each one, and does it accept our
-//! credentials (SPEC §4.3)? An OAuth 2.0 target gets a token fetch; a
+//! credentials (docs/spec.md §4.3)? An OAuth 2.0 target gets a token fetch; a
 //! target with `probe_url` gets a signed GET. A refusal is explained in
 //! words: clock skew, realm format, wrong account domain, revoked token.
 

@@ -199,7 +199,7 @@ impl Ctx<'_> {
 
     /// Waits until the delivery stage for `target` finished with `sent`
     /// (delivered, skipped, refused, or covered: an earlier request of the
-    /// record carried it, SPEC §4.1) and returns its audit rows and whether
+    /// record carried it, docs/spec.md §4.1) and returns its audit rows and whether
     /// it was covered.
     pub(super) async fn delivery(
         &self,

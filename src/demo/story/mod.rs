@@ -1,4 +1,4 @@
-//! The scripted story of SPEC §9. Each step publishes raw events, waits for
+//! The scripted story of docs/spec.md §9. Each step publishes raw events, waits for
 //! what the daemon did (read back from the database, the stand-in targets and
 //! the merged topic, with bounded waits) and narrates it; anything other than
 //! the expected result ends the story with an error.
@@ -165,7 +165,7 @@ async fn step_duplicate(ctx: &Ctx<'_>, n: &mut Narrator, e1: &Sent) -> Result<()
 }
 
 async fn step_conflict(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<(), DemoError> {
-    n.step(3, "A conflict (the SPEC §5 worked example)");
+    n.step(3, "A conflict (docs/spec.md §5 worked example)");
     n.event("NetSuite edits project 42 six times (v2 … v7); the last edit, at 10:00, sets status \"closed\"");
     let edits = [
         ("09:10", json!({"budget": 12500})),
@@ -204,7 +204,7 @@ async fn step_conflict(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<(), DemoError>
         .filter_map(Received::version)
         .collect();
     // In order, and a version that was merged before the previous request
-    // went out travels with the next one (SPEC §4.1: a burst, one request).
+    // went out travels with the next one (docs/spec.md §4.1: a burst, one request).
     expect(
         versions.windows(2).all(|w| w[0] < w[1]) && versions.last() == Some(&7),
         || format!("SuiteX received project 42's versions out of order: {versions:?}"),
@@ -262,7 +262,7 @@ async fn step_conflict(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<(), DemoError>
             && conflict["winner"] == "netsuite"
             && applied == json!({"name": "Website relaunch 2026"}),
         || {
-            format!("the conflict did not resolve as in SPEC §5: v{v}, applied {applied}, conflicts {conflicts:?}")
+            format!("the conflict did not resolve as in docs/spec.md §5: v{v}, applied {applied}, conflicts {conflicts:?}")
         },
     )?;
     n.fact(

@@ -28,7 +28,7 @@ pub(super) struct Settled {
 
 impl Runtime {
     /// Runs the stage on `msg`. While our infrastructure is unreachable the
-    /// message is held and the stage tried again (SPEC §4.1); `None` when
+    /// message is held and the stage tried again (docs/spec.md §4.1); `None` when
     /// shutdown came first (the message is handed back).
     pub(super) async fn run_held(
         &self,

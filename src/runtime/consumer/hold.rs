@@ -1,6 +1,6 @@
 //! Holding a message while our own infrastructure (database, snapshot store,
 //! Pub/Sub) does not answer: the stage is tried again in-process with
-//! backoff, the lease extended, and `/readyz` told why (SPEC §4.1).
+//! backoff, the lease extended, and `/readyz` told why (docs/spec.md §4.1).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::runtime::health::Health;
 
 /// Between two tries of a held message: from 100 ms, doubling, at most 5 s
-/// (SPEC §4.1: work resumes within 5 s of the infrastructure's return).
+/// (docs/spec.md §4.1: work resumes within 5 s of the infrastructure's return).
 const HOLD_MIN: Duration = Duration::from_millis(100);
 const HOLD_MAX: Duration = Duration::from_secs(5);
 

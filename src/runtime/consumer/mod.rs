@@ -1,7 +1,7 @@
 //! The consumer runtime, written once for every stage: pull over streaming
 //! pull, run the stage, then act on its outcome — publish what it produced,
 //! route failures to the error or dlq topic, ack. Nack only when our own
-//! infrastructure is unreachable or we are shutting down (SPEC §2 trap b).
+//! infrastructure is unreachable or we are shutting down (docs/spec.md §2 trap b).
 //!
 //! `stream` pulls and drains, `lanes` keeps each ordering key in order,
 //! `message` takes one message through its stage, `executor` acts on the

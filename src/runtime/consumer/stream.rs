@@ -41,7 +41,7 @@ pub async fn run(
         // MAX_LEASE), so the messages of a replica that died come back
         // within about 20 s rather than a minute.
         .set_max_lease_extension(LEASE_EXTENSION)
-        // A held delivery (a target's maintenance window lasts hours, SPEC
+        // A held delivery (a target's maintenance window lasts hours, docs/spec.md
         // §4.2) keeps its lease for as long as the subscription keeps it.
         .set_max_lease(MAX_LEASE)
         .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
@@ -75,9 +75,9 @@ pub async fn run(
         if died {
             break Err(ConsumerError::LaneDied(spec.label.clone()));
         }
-        // Flow control (SPEC §4.1): while a message is held for an outage,
+        // Flow control (docs/spec.md §4.1): while a message is held for an outage,
         // pull nothing new; what is pulled would only wait or fail too. The
-        // same while the stage's target is held or paused (SPEC §4.2).
+        // same while the stage's target is held or paused (docs/spec.md §4.2).
         let paused = ctx.holds.paused() || !ctx.router.accepting();
         // Client-side flow control: what waits behind its key's message in
         // progress stays under max_outstanding.

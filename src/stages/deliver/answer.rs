@@ -1,4 +1,4 @@
-//! What a target's answer other than 2xx means (SPEC §4, §4.2, §4.3), in
+//! What a target's answer other than 2xx means (docs/spec.md §4, §4.2, §4.3), in
 //! its own vocabulary: HTTP statuses, and for NetSuite also the error code
 //! in the body. Pure: the sink reads the answer, this decides.
 

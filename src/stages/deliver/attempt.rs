@@ -182,7 +182,7 @@ impl DeliverStage {
                 view: None,
             }));
         }
-        // The account-wide slot (SPEC §4.3), after the permit: only a
+        // The account-wide slot (docs/spec.md §4.3), after the permit: only a
         // request about to go holds one of the account's slots.
         let slot = match &self.slots {
             Some(s) => {

@@ -1,4 +1,4 @@
-//! Convergent delivery (SPEC §4.1): what a target has not acknowledged yet,
+//! Convergent delivery (docs/spec.md §4.1): what a target has not acknowledged yet,
 //! folded into one body. Pure, so the rule is tested on its own.
 //!
 //! A target that acknowledged version `a` and is sent version `v > a + 1`

@@ -1,7 +1,7 @@
 //! The HTTP side of delivery: one pooled client per target, the request
 //! contract (docs/target-contract.md), signing (`auth`) and reading the
 //! answer (`answer`). Redirects are never followed: a target that
-//! redirects is misconfigured (SPEC §4.3).
+//! redirects is misconfigured (docs/spec.md §4.3).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! The delivery stages (SPEC §4 "deliver.netsuite / deliver.suitex"): one
+//! The delivery stages (docs/spec.md §4 "deliver.netsuite / deliver.suitex"): one
 //! type, parameterised by target. resolve claim check → route → per-target
 //! dedupe → signed HTTP POST → claim the fingerprint once the target
 //! answered 2xx.
@@ -71,9 +71,9 @@ pub struct DeliverStage {
     turns: turns::Turns,
     /// Started on first use, inside the runtime.
     log: std::sync::OnceLock<DeliveryLog>,
-    /// The target's pace, shared by the live and retry consumers (SPEC §4.2).
+    /// The target's pace, shared by the live and retry consumers (docs/spec.md §4.2).
     pacer: Arc<Pacer>,
-    /// The account-wide cap on requests in flight, across replicas (SPEC §4.3).
+    /// The account-wide cap on requests in flight, across replicas (docs/spec.md §4.3).
     slots: Option<Arc<AccountSlots>>,
     /// Where this process last left the target, per record.
     known: known::Known,
@@ -138,8 +138,8 @@ impl DeliverStage {
         };
         let mut steps = crate::metrics::StepTimer::start(stage_name(self.target));
         // One request at a time per record and target in this process, so
-        // a retry of an older version never races a newer one (SPEC §4.1 P1);
-        // the lease does the same across replicas (SPEC §4.2).
+        // a retry of an older version never races a newer one (docs/spec.md §4.1 P1);
+        // the lease does the same across replicas (docs/spec.md §4.2).
         let _turn = self.turns.lock(&ev.ordering_key()).await;
         steps.mark("turn_wait");
         let seq = self.position(msg, &ev).await?;
@@ -268,7 +268,7 @@ impl Stage for DeliverStage {
     }
 
     /// Nothing new is pulled for a target whose circuit is open or that
-    /// asked us to wait (SPEC §4.2); what is held waits in the pacer.
+    /// asked us to wait (docs/spec.md §4.2); what is held waits in the pacer.
     fn accepting(&self) -> bool {
         self.pacer.accepting()
     }

@@ -1,4 +1,4 @@
-//! What a delivery sends (SPEC §4.1): nothing when the target is ahead or
+//! What a delivery sends (docs/spec.md §4.1): nothing when the target is ahead or
 //! nothing is routed to it, the event itself when it is the only version the
 //! target has not acknowledged, else the fold of every version after the
 //! target's position up to the newest merged in the store — so a record's
@@ -53,7 +53,7 @@ pub(super) fn first_live(msg: &Incoming) -> bool {
 }
 
 impl DeliverStage {
-    /// What to send for `ev` (SPEC §4.1): nothing when the target already has
+    /// What to send for `ev` (docs/spec.md §4.1): nothing when the target already has
     /// a later merged event (`superseded`) or nothing is routed to it
     /// (`skipped`); the event itself when the target is up to date before it;
     /// otherwise it folded with what the target has not acknowledged. An event
@@ -163,7 +163,7 @@ impl DeliverStage {
         Outcome::ack("covered", Some(ev.fingerprint.clone()))
     }
 
-    /// Nothing for the target (SPEC §4: no echo back to the source). The
+    /// Nothing for the target (docs/spec.md §4: no echo back to the source). The
     /// target is then up to date through `ev`, which is what its position
     /// records: no audit row (routing is a pure function of the merged event,
     /// and `explain` recomputes it), and the next delivery does not fold

@@ -1,4 +1,4 @@
-//! Who receives a merged event (SPEC §4 "deliver"): pure, so the rule is
+//! Who receives a merged event (docs/spec.md §4 "deliver"): pure, so the rule is
 //! tested on its own and the stage only acts on the answer.
 
 use crate::model::merged_event::MergedEvent;
@@ -104,7 +104,7 @@ mod tests {
         assert_eq!(route(&ev, Source::Suitex), Route::Deliver);
     }
 
-    /// SPEC §5: state v=7, `status` last changed by netsuite at v=7, 10:00;
+    /// docs/spec.md §5: state v=7, `status` last changed by netsuite at v=7, 10:00;
     /// suitex sends b=6, 09:59, {status: open, name: X}. Both targets deliver.
     #[test]
     fn spec_worked_example_reaches_both_targets() {

@@ -1,4 +1,4 @@
-//! A target's account-wide concurrency cap (SPEC §4.3,
+//! A target's account-wide concurrency cap (docs/spec.md §4.3,
 //! `targets.<t>.account_concurrency`): NetSuite limits requests in flight
 //! per account, across every integration and every replica of ours. Each
 //! request takes one of the account's slots in the database before it goes

@@ -56,7 +56,7 @@ pub enum Item {
 /// What happened to one submitted item. `publish` lists, in version order,
 /// the merged events of the record to publish now: leftovers of a process
 /// that died before publishing, this event's own, and those of pending events
-/// it let in (SPEC §4.1).
+/// it let in (docs/spec.md §4.1).
 #[derive(Debug, Clone)]
 pub enum Decision {
     /// Persisted and merged.
@@ -274,7 +274,7 @@ pub async fn process(
     steps.mark("lock_states");
     // Merged events of these records committed earlier but not known to be
     // published (a process died before its publish): they go out first, in
-    // version order (SPEC §4.1).
+    // version order (docs/spec.md §4.1).
     let mut leftovers = outbox::unpublished_by_key(&mut tx, d, &keys, &cfg.confirmed).await?;
     // Pending events, only for records that have some.
     let with_pending: Vec<RecordKey> = keys
@@ -366,7 +366,7 @@ pub async fn process(
             Ok(r) => r,
             Err(MergeError::BaseVersionAhead { base, version }) => {
                 // A gap is not an error: the event waits, durably, for the
-                // versions before it (SPEC §4.1).
+                // versions before it (docs/spec.md §4.1).
                 w.audit.push(audit(
                     Some(event_id.clone()),
                     "pending",

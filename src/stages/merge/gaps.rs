@@ -1,4 +1,4 @@
-//! The gap sweeper (SPEC §4.1): a record whose pending events have waited
+//! The gap sweeper (docs/spec.md §4.1): a record whose pending events have waited
 //! longer than `merge.gap_timeout` for a missing version is reported as a
 //! `gap` dead letter naming that version. Its pending events stay pending and
 //! merge as soon as the gap fills (a late event, a replayed dead letter).

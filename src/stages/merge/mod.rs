@@ -1,4 +1,4 @@
-//! The merge stage (SPEC §4 "merge", §5): validate → resolve snapshot →
+//! The merge stage (docs/spec.md §4 "merge", §5): validate → resolve snapshot →
 //! fingerprint → one transaction (dedupe claim, event, audit, state, outbox)
 //! → the runtime publishes the merged event and acks.
 
@@ -30,7 +30,7 @@ use crate::topology::TopicKind;
 /// event is always processed, whatever its attributes.
 pub const PROBE_ATTRIBUTE: &str = "backbone_doctor_probe";
 
-/// The SPEC §3.3 default (1 MiB).
+/// The docs/spec.md §3.3 default (1 MiB).
 pub const DEFAULT_CLAIM_CHECK_THRESHOLD: u64 = 1_048_576;
 
 /// What this stage reads, as its store failures name it.
@@ -39,7 +39,7 @@ const RAW_EVENT: &str = "raw event";
 pub struct MergeStage {
     engine: MergeEngine,
     snapshots: Arc<dyn SnapshotStore>,
-    /// Merged payloads above this go out as a claim check (SPEC §3.3).
+    /// Merged payloads above this go out as a claim check (docs/spec.md §3.3).
     claim_check_threshold: u64,
 }
 

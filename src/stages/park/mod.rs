@@ -1,4 +1,4 @@
-//! The park stage (SPEC §4 "park"): every dead letter becomes a row in
+//! The park stage (docs/spec.md §4 "park"): every dead letter becomes a row in
 //! `dead_letters` (idempotent on redelivery) plus an audit row, and only then
 //! is it acked. Nothing is dropped: if the row cannot be written the message
 //! is nacked and comes back.
@@ -153,7 +153,7 @@ impl ParkStage {
     }
 
     /// Parks, straight into `dead_letters`, a failed message whose error
-    /// envelope Pub/Sub will not take (SPEC §10 `unpublishable`): the row
+    /// envelope Pub/Sub will not take (docs/spec.md §10 `unpublishable`): the row
     /// keeps the original data and attributes whole, with the envelope's
     /// details (stage, attempts, error history) and why it could not be
     /// published. Idempotent on a redelivery of the same message.
@@ -283,7 +283,7 @@ impl ParkStage {
     }
 }
 
-/// A SPEC §3.2 fingerprint: 64 lowercase hex digits.
+/// A docs/spec.md §3.2 fingerprint: 64 lowercase hex digits.
 fn is_fingerprint(s: &str) -> bool {
     s.len() == crate::model::limits::FINGERPRINT_LEN
         && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))

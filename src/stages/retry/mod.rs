@@ -1,4 +1,4 @@
-//! The retry consumer's router (SPEC §4 "retry"): reads the failed stage and
+//! The retry consumer's router (docs/spec.md §4 "retry"): reads the failed stage and
 //! attempt from the error envelope, looks the stage up in the registry, and
 //! holds the message until execution k is due. Success is acked; a failure is
 //! routed by the runtime to the error topic with attempt k, or to the dlq as

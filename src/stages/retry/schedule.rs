@@ -1,4 +1,4 @@
-//! The retry schedule (SPEC §4): execution k runs no earlier than
+//! The retry schedule (docs/spec.md §4): execution k runs no earlier than
 //! `backoff(k)` after execution k−1 failed, where `backoff(2) = initial` and
 //! `backoff(k) = min(max, initial × multiplier^(k−2))`, plus up to 20 %
 //! jitter that only ever lengthens the wait.
@@ -25,7 +25,7 @@ impl Schedule {
             return Duration::ZERO;
         }
         // backon's exponential builder takes an f32 factor (300 ms comes out
-        // as 300.000012 ms) and its jitter can double a delay, so the SPEC
+        // as 300.000012 ms) and its jitter can double a delay, so docs/spec.md
         // formula is written out here; backon drives the in-process retries.
         let factor = self.multiplier.powi(k.saturating_sub(2).min(64) as i32);
         let secs = self.initial.as_secs_f64() * factor;

@@ -1,4 +1,4 @@
-//! Real targets (SPEC §4.3), end to end on MariaDB as the least-privilege
+//! Real targets (docs/spec.md §4.3), end to end on MariaDB as the least-privilege
 //! runtime user, through the emulator, against stand-ins that answer as
 //! NetSuite and a Laravel receiver do and check every signature with code
 //! the project did not write (tests/it/sigcheck.py).

@@ -1,4 +1,4 @@
-//! Stand-ins that answer as the real targets do (SPEC §4.3), and check our
+//! Stand-ins that answer as the real targets do (docs/spec.md §4.3), and check our
 //! signatures with code we did not write ([`Verifier`]):
 //!
 //! - a NetSuite RESTlet: OAuth 1.0a TBA (oauthlib) or OAuth 2.0 bearer

@@ -1,6 +1,6 @@
 //! `event-backbone bench archive`: the merge stage's throughput while
 //! `archive` runs against the same database, against the same feed without
-//! one (SPEC §6.1: ≥ 0.8×), and the archive run's own figures.
+//! one (docs/spec.md §6.1: ≥ 0.8×), and the archive run's own figures.
 //!
 //! Seeds `--old-events` through the merge engine (as if both targets had
 //! acknowledged everything), takes the cutoff, feeds `--events` new events

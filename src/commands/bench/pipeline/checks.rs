@@ -15,7 +15,7 @@ use crate::stages::deliver::routing::{self, Route};
 use crate::store::merged::MergedRow;
 
 /// What `target` received, against the stored merged events, by the
-/// delivery contract (SPEC §4.1): each request is a stored merged event's
+/// delivery contract (docs/spec.md §4.1): each request is a stored merged event's
 /// version (`unexpected` otherwise), a record's versions only go up (P1:
 /// `out_of_order`, `doubled`), and applying the bodies in arrival order
 /// leaves every field routed to the target at the record's merged value

@@ -1,4 +1,4 @@
-//! How a request to a target proves who sends it (SPEC §4.3): nothing, a
+//! How a request to a target proves who sends it (docs/spec.md §4.3): nothing, a
 //! bearer token, NetSuite's OAuth 1.0a TBA or OAuth 2.0 token, or a body
 //! signature a Laravel receiver verifies. Every request — first try,
 //! retry, probe, replay — is signed afresh; no header carrying a secret is

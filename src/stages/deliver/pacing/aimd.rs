@@ -4,7 +4,7 @@
 //! shape is Vector's adaptive request concurrency: the limit is judged once
 //! per round trip (a window as long as the mean RTT), against an EWMA of the
 //! past windows' mean RTT and its deviation. Unlike Vector, back pressure
-//! lowers the limit at once rather than at the window's end (SPEC §4.2), at
+//! lowers the limit at once rather than at the window's end (docs/spec.md §4.2), at
 //! most once per window so one burst of 429s does not collapse it to 1.
 //!
 //! Pure: the caller passes the clock, so the tests drive it exactly.

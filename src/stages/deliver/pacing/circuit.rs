@@ -1,4 +1,4 @@
-//! The circuit of one target (SPEC §4.2): closed while the target serves
+//! The circuit of one target (docs/spec.md §4.2): closed while the target serves
 //! requests; open once it fails everything, so deliveries are held instead
 //! of spending their attempts; one probe at a time while open.
 //!
@@ -10,7 +10,7 @@
 //! about the message; two 503s (the target saying it is unavailable) over
 //! two records do too.
 //!
-//! Credentials and configuration are judged apart (SPEC §4.3): an
+//! Credentials and configuration are judged apart (docs/spec.md §4.3): an
 //! authentication or misconfiguration answer for two different records in
 //! a row, or for credentials nobody had used before (a token just fetched),
 //! opens the circuit with that cause. The cause is what the operator sees.

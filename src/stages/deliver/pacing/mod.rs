@@ -1,4 +1,4 @@
-//! Pacing one target (SPEC §4.2): every delivery to it, live or retried,
+//! Pacing one target (docs/spec.md §4.2): every delivery to it, live or retried,
 //! takes a permit here first. A permit is bounded by an adaptive concurrency
 //! limit ([`aimd`]) and an optional rate cap; a `Retry-After` pauses the
 //! whole target; an open [`circuit`] holds every delivery but one probe.
@@ -94,7 +94,7 @@ pub struct TargetSnapshot {
     /// Seconds left of a `Retry-After` pause.
     pub paused_for_seconds: Option<f64>,
     pub mean_rtt_ms: Option<f64>,
-    /// The account-wide cap across replicas (SPEC §4.3), when set, and the
+    /// The account-wide cap across replicas (docs/spec.md §4.3), when set, and the
     /// slots of it this process holds.
     pub account_concurrency: Option<usize>,
     pub account_slots_held: Option<usize>,
