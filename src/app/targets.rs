@@ -135,8 +135,16 @@ pub fn vocabulary(v: ErrorVocabulary) -> Vocabulary {
 /// How a target is paced (docs/spec.md §4.2).
 pub fn pacing_settings(t: &Target) -> PacingSettings {
     PacingSettings {
-        initial_concurrency: t.initial_concurrency,
-        max_concurrency: t.max_concurrency,
+        // With the account's cap known, start at it and never above it: the
+        // slots hold every replica to it, so probing higher only idles.
+        initial_concurrency: match t.account_concurrency {
+            0 => t.initial_concurrency,
+            cap => cap.min(t.max_concurrency),
+        },
+        max_concurrency: match t.account_concurrency {
+            0 => t.max_concurrency,
+            cap => cap.min(t.max_concurrency),
+        },
         rate_limit: (t.rate_limit > 0.0).then_some(t.rate_limit),
         rate_burst: t.rate_burst,
         max_retry_after: t.max_retry_after,

@@ -15,6 +15,7 @@ pub mod history;
 pub mod ledger;
 pub mod ledger_probe;
 pub mod mcp;
+pub mod merge_batch;
 pub mod merged;
 pub mod outbox;
 pub mod pending;

@@ -1,29 +1,28 @@
 //! The merge engine: many messages share one database transaction.
 //!
 //! Handlers submit validated events; a worker collects what arrived within a
-//! short linger (or up to `batch_max`), decides each in arrival order against
-//! the records' locked states, writes everything with one multi-row statement
-//! per table, commits, and answers every submitter. Records are sharded over
+//! short linger (or up to `batch_max`), reads the batch's view (the records'
+//! locked states and the rest, `store::merge_batch`), decides each item in
+//! arrival order ([`decide`], pure), writes everything with one multi-row
+//! statement per table, commits, and answers every submitter. Records are sharded over
 //! workers by key, so each record's events keep their order.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
+use super::decide;
 use crate::internal_events::{emit, MergeBatchCommitted, MergeConflictResolved};
-use crate::model::fingerprint::format_timestamp;
 use crate::model::merged_event::MergedEvent;
 use crate::model::raw_event::RawEvent;
-use crate::model::rules::{self, Incoming, MergeError, MergePolicy};
-use crate::store::ledger::{self, AuditRow, EventRow, RecordKey, StateRow};
-use crate::store::merged::{self, MergedRow};
-use crate::store::outbox::{self, ConfirmedSet, OutboxRow};
-use crate::store::pending::{self, PendingEvent, PendingRow};
+use crate::model::rules::MergePolicy;
+use crate::store::ledger::AuditRow;
+use crate::store::merge_batch;
+use crate::store::outbox::{ConfirmedSet, OutboxRow};
 use crate::store::{Store, StoreError};
 use crate::topology::StageName;
 
@@ -93,6 +92,15 @@ pub struct EngineConfig {
     pub workers: usize,
     /// Outbox rows this process saw published but has not deleted yet.
     pub confirmed: ConfirmedSet,
+}
+
+impl EngineConfig {
+    fn rules(&self) -> decide::Rules<'_> {
+        decide::Rules {
+            policy: &self.policy,
+            merged_topic: &self.merged_topic,
+        }
+    }
 }
 
 type Reply = oneshot::Sender<Result<Decision, Arc<StoreError>>>;
@@ -224,7 +232,7 @@ async fn process_retrying(
         .await
 }
 
-/// Decides and writes one batch in a single transaction.
+/// Reads, decides and writes one batch in a single transaction.
 pub async fn process(
     store: &Store,
     cfg: &EngineConfig,
@@ -234,451 +242,23 @@ pub async fn process(
     let mut steps = crate::metrics::StepTimer::start(STAGE);
     let _guard = store.write_guard().await;
     let mut tx = store.pool().begin().await?;
-
-    let events: Vec<&EventItem> = items
-        .iter()
-        .filter_map(|i| match i {
-            Item::Event(e) => Some(e.as_ref()),
-            Item::Audit(_) => None,
-        })
-        .collect();
-    let fps: Vec<&str> = events.iter().map(|e| e.fingerprint.as_str()).collect();
-    let mut claimed = if fps.is_empty() {
-        HashSet::new()
-    } else {
-        ledger::claimed(&mut tx, STAGE, &fps).await?
-    };
-    steps.mark("read_claims");
-    let given_ids: Vec<String> = events
-        .iter()
-        .filter_map(|e| e.event.id.map(|u| u.to_string()))
-        .collect();
-    let given_refs: Vec<&str> = given_ids.iter().map(String::as_str).collect();
-    let mut used_ids = if given_refs.is_empty() {
-        HashSet::new()
-    } else {
-        ledger::existing_event_ids(&mut tx, &given_refs).await?
-    };
-    steps.mark("read_ids");
-    let mut keys: Vec<RecordKey> = events
-        .iter()
-        .map(|e| (e.event.record_type.clone(), e.event.record_id.clone()))
-        .collect();
-    keys.sort();
-    keys.dedup();
-    let mut states: HashMap<RecordKey, StateRow> = if keys.is_empty() {
-        HashMap::new()
-    } else {
-        ledger::load_states(&mut tx, d, &keys, true).await?
-    };
-    steps.mark("lock_states");
-    // Merged events of these records committed earlier but not known to be
-    // published (a process died before its publish): they go out first, in
-    // version order (docs/spec.md §4.1).
-    let mut leftovers = outbox::unpublished_by_key(&mut tx, d, &keys, &cfg.confirmed).await?;
-    // Pending events, only for records that have some.
-    let with_pending: Vec<RecordKey> = keys
-        .iter()
-        .filter(|k| states.get(*k).is_some_and(|s| s.pending > 0))
-        .cloned()
-        .collect();
-    steps.mark("outbox_read");
-    let mut waiting: HashMap<RecordKey, Vec<Waiting>> = HashMap::new();
-    if !with_pending.is_empty() {
-        for p in pending::load(&mut tx, d, &with_pending).await? {
-            waiting
-                .entry((p.record_type.clone(), p.record_id.clone()))
-                .or_default()
-                .push(Waiting {
-                    row: p,
-                    stored: true,
-                });
-        }
-    }
-
-    steps.mark("pending_read");
-    let mut w = Writes::default();
-    let mut decisions = Vec::with_capacity(items.len());
-
-    for item in items {
-        let e = match item {
-            Item::Audit(a) => {
-                w.audit.push(a.clone());
-                decisions.push(Decision::Audited);
-                continue;
-            }
-            Item::Event(e) => e.as_ref(),
-        };
-        let ev = &e.event;
-        let key = (ev.record_type.clone(), ev.record_id.clone());
-        let okey = ev.ordering_key();
-        let audit =
-            |event_id: Option<String>, outcome: &str, detail: serde_json::Value, claim| AuditRow {
-                event_id,
-                fingerprint: e.fingerprint.clone(),
-                record_type: Some(ev.record_type.clone()),
-                record_id: Some(ev.record_id.clone()),
-                stage: STAGE.to_string(),
-                outcome: outcome.to_string(),
-                detail: Some(detail.to_string()),
-                message_id: Some(e.message_id.clone()),
-                attempt: e.execution as i32,
-                claim,
-            };
-
-        if claimed.contains(&e.fingerprint) {
-            w.audit.push(audit(None, "duplicate", json!({}), false));
-            decisions.push(Decision::Duplicate {
-                publish: leftovers.remove(&okey).unwrap_or_default(),
-            });
-            continue;
-        }
-        let event_id = match ev.id {
-            Some(id) => {
-                let id = id.to_string();
-                if used_ids.contains(&id) {
-                    w.audit.push(audit(
-                        Some(id.clone()),
-                        "permanent",
-                        json!({"error": "id reused with different content"}),
-                        false,
-                    ));
-                    decisions.push(Decision::IdReused { id });
-                    continue;
-                }
-                id
-            }
-            None => uuid::Uuid::now_v7().to_string(),
-        };
-        claimed.insert(e.fingerprint.clone());
-        used_ids.insert(event_id.clone());
-        w.touched.insert(key.clone());
-        let state = states.entry(key.clone()).or_default();
-        let mut publish = leftovers.remove(&okey).unwrap_or_default();
-
-        let incoming = Incoming {
-            source: ev.source,
-            timestamp: ev.timestamp,
-            base_version: ev.base_version,
-            changes: &e.changes,
-        };
-        let result = match rules::merge(&mut state.state, incoming, &cfg.policy) {
-            Ok(r) => r,
-            Err(MergeError::BaseVersionAhead { base, version }) => {
-                // A gap is not an error: the event waits, durably, for the
-                // versions before it (docs/spec.md §4.1).
-                w.audit.push(audit(
-                    Some(event_id.clone()),
-                    "pending",
-                    json!({"base_version": base, "version": version}),
-                    true,
-                ));
-                let row = PendingRow {
-                    fingerprint: e.fingerprint.clone(),
-                    event_id,
-                    record_type: ev.record_type.clone(),
-                    record_id: ev.record_id.clone(),
-                    base_version: base,
-                    event: PendingEvent {
-                        id: ev.id,
-                        source: ev.source,
-                        timestamp: ev.timestamp,
-                        base_version: base,
-                        changes: e.changes.clone(),
-                        full_snapshot_ref: ev.full_snapshot_ref.clone(),
-                    },
-                    message_id: Some(e.message_id.clone()),
-                    data: e.data.to_vec(),
-                    attributes: e.attributes.clone(),
-                };
-                state.pending += 1;
-                w.pending_added += 1;
-                waiting
-                    .entry(key.clone())
-                    .or_default()
-                    .push(Waiting { row, stored: false });
-                decisions.push(Decision::Pending {
-                    base,
-                    version,
-                    publish,
-                });
-                continue;
-            }
-        };
-        let applied = Applied {
-            event_id: event_id.clone(),
-            fingerprint: e.fingerprint.clone(),
-            record_type: ev.record_type.clone(),
-            record_id: ev.record_id.clone(),
-            source: ev.source,
-            timestamp: ev.timestamp,
-            base_version: ev.base_version,
-            changes: &e.changes,
-            full_snapshot_ref: ev.full_snapshot_ref.clone(),
-            message_id: e.message_id.clone(),
-            attempt: e.execution as i32,
-            claim: true,
-        };
-        let own = w.record(cfg, state, applied, result)?;
-        if let Some((_, row)) = &own {
-            publish.push(row.clone());
-        }
-        // The record moved: pending events that now fit merge right behind it.
-        release_pending(cfg, state, waiting.get_mut(&key), &mut w, &mut publish)?;
-        decisions.push(match own {
-            Some((merged, _)) => Decision::Merged {
-                merged: Box::new(merged),
-                publish,
-            },
-            None => Decision::Noop { event_id, publish },
-        });
-    }
-
-    // Pending events still waiting: new ones are stored, stored ones stay.
-    for list in waiting.into_values() {
-        for wt in list {
-            if !wt.stored {
-                w.pending_new.push(wt.row);
-            }
-        }
-    }
-    let state_rows: Vec<(RecordKey, StateRow)> = states
-        .into_iter()
-        .filter(|(k, _)| w.touched.contains(k))
-        .collect();
+    let want = decide::wanted(items);
+    let view = merge_batch::read(&mut tx, d, &want, &cfg.confirmed).await?;
+    steps.mark("read_view");
+    let decided = decide::decide(&cfg.rules(), view, items, &mut || {
+        uuid::Uuid::now_v7().to_string()
+    })?;
     steps.mark("decide");
-    if !w.events.is_empty() {
-        ledger::insert_events(&mut tx, d, &w.events).await?;
-    }
-    steps.mark("write_events");
-    if !w.audit.is_empty() {
-        ledger::insert_audit(&mut tx, &w.audit).await?;
-    }
-    steps.mark("write_audit");
-    if !state_rows.is_empty() {
-        ledger::upsert_states(&mut tx, d, &state_rows).await?;
-    }
-    steps.mark("write_state");
-    if !w.outbox.is_empty() {
-        outbox::insert(&mut tx, &w.outbox).await?;
-        steps.mark("write_outbox");
-        merged::insert(&mut tx, &w.merged, &w.events).await?;
-        steps.mark("write_merged");
-    }
-    if !w.pending_new.is_empty() {
-        pending::insert(&mut tx, &w.pending_new).await?;
-    }
-    if !w.pending_done.is_empty() {
-        pending::delete(&mut tx, &w.pending_done).await?;
-    }
-    steps.mark("write_pending");
+    merge_batch::apply(&mut tx, d, &decided.writes, |step| steps.mark(step)).await?;
     tx.commit().await?;
     steps.mark("commit");
     steps.observe();
     emit(MergeBatchCommitted {
         messages: items.len(),
-        pending_delta: w.pending_added - w.pending_done.len() as i64,
+        pending_delta: decided.pending_delta,
     });
-    for (record_type, rule) in &w.conflicts {
+    for (record_type, rule) in &decided.conflicts {
         emit(MergeConflictResolved { record_type, rule });
     }
-    Ok(decisions)
-}
-
-/// A pending event of a record in this batch; `stored` once it is in the table.
-struct Waiting {
-    row: PendingRow,
-    stored: bool,
-}
-
-/// Everything one batch writes.
-#[derive(Default)]
-struct Writes {
-    events: Vec<EventRow>,
-    audit: Vec<AuditRow>,
-    outbox: Vec<OutboxRow>,
-    merged: Vec<MergedRow>,
-    pending_new: Vec<PendingRow>,
-    /// Fingerprints of stored pending events merged in this batch.
-    pending_done: Vec<String>,
-    pending_added: i64,
-    touched: HashSet<RecordKey>,
-    /// (record_type, rule) per resolved conflict, counted once committed.
-    conflicts: Vec<(String, &'static str)>,
-}
-
-/// An event whose merge succeeded, as the rows need it.
-struct Applied<'a> {
-    event_id: String,
-    fingerprint: String,
-    record_type: String,
-    record_id: String,
-    source: crate::model::raw_event::Source,
-    timestamp: chrono::DateTime<chrono::Utc>,
-    base_version: i64,
-    changes: &'a serde_json::Map<String, serde_json::Value>,
-    full_snapshot_ref: Option<String>,
-    message_id: String,
-    attempt: i32,
-    /// Its audit row claims the fingerprint (not when a pending row did).
-    claim: bool,
-}
-
-impl Writes {
-    /// Writes the rows of a merged event; returns it and its outbox row when
-    /// it is published.
-    fn record(
-        &mut self,
-        cfg: &EngineConfig,
-        state: &mut StateRow,
-        a: Applied<'_>,
-        result: rules::MergeResult,
-    ) -> Result<Option<(MergedEvent, OutboxRow)>, StoreError> {
-        state.version = state.state.version;
-        state.last_seq += 1;
-        self.events.push(EventRow {
-            id: a.event_id.clone(),
-            record_type: a.record_type.clone(),
-            record_id: a.record_id.clone(),
-            source: a.source.as_str().to_string(),
-            timestamp: a.timestamp,
-            base_version: a.base_version,
-            changes: serde_json::Value::Object(a.changes.clone()).to_string(),
-            full_snapshot_ref: a.full_snapshot_ref.clone(),
-            // The merge ran in this same transaction.
-            processed: true,
-            sequence_num: state.last_seq,
-        });
-        self.conflicts.extend(
-            result
-                .conflicts
-                .iter()
-                .map(|c| (a.record_type.clone(), c.rule.as_str())),
-        );
-        let applied_fields: Vec<&String> = result.applied.keys().collect();
-        let outcome = if result.publishes() { "merged" } else { "noop" };
-        self.audit.push(AuditRow {
-            event_id: Some(a.event_id.clone()),
-            fingerprint: a.fingerprint.clone(),
-            record_type: Some(a.record_type.clone()),
-            record_id: Some(a.record_id.clone()),
-            stage: STAGE.to_string(),
-            outcome: outcome.to_string(),
-            detail: Some(
-                json!({
-                    "sequence_num": state.last_seq,
-                    "version": result.version,
-                    "applied": applied_fields,
-                    "conflicts": result.conflicts.len(),
-                    "was_pending": !a.claim,
-                })
-                .to_string(),
-            ),
-            message_id: Some(a.message_id.clone()),
-            attempt: a.attempt,
-            claim: a.claim,
-        });
-        if !result.publishes() {
-            return Ok(None);
-        }
-        let merged = MergedEvent {
-            event_id: a.event_id.clone(),
-            fingerprint: a.fingerprint,
-            record_type: a.record_type.clone(),
-            record_id: a.record_id.clone(),
-            origin: a.source,
-            version: result.version,
-            base_version: a.base_version,
-            timestamp: format_timestamp(&a.timestamp),
-            applied: result.applied,
-            conflicts: result.conflicts,
-            full_snapshot_ref: None,
-        };
-        let payload = serde_json::to_string(&merged)
-            .map_err(|e| StoreError::Corrupt(format!("merged event: {e}")))?;
-        let mut attributes = merged.attributes();
-        // Orders a record's merged events where versions repeat (a
-        // conflict-only event keeps the version): deliveries compare it.
-        attributes.insert(SEQUENCE_ATTRIBUTE.to_string(), state.last_seq.to_string());
-        let row = OutboxRow {
-            event_id: a.event_id.clone(),
-            topic: cfg.merged_topic.clone(),
-            ordering_key: merged.ordering_key(),
-            payload: payload.clone(),
-            attributes,
-            sequence_num: state.last_seq,
-        };
-        self.outbox.push(row.clone());
-        self.merged.push(MergedRow {
-            record_type: a.record_type,
-            record_id: a.record_id,
-            sequence_num: state.last_seq,
-            version: merged.version,
-            event_id: a.event_id,
-            payload,
-        });
-        Ok(Some((merged, row)))
-    }
-}
-
-/// Merges, in version order, the pending events of a record that now fit
-/// (base ≤ version), each one possibly letting the next one in.
-fn release_pending(
-    cfg: &EngineConfig,
-    state: &mut StateRow,
-    waiting: Option<&mut Vec<Waiting>>,
-    w: &mut Writes,
-    publish: &mut Vec<OutboxRow>,
-) -> Result<(), StoreError> {
-    let Some(list) = waiting else {
-        return Ok(());
-    };
-    loop {
-        // Lowest base first; among equal bases, the one that arrived first.
-        let Some(i) = list
-            .iter()
-            .enumerate()
-            .filter(|(_, wt)| wt.row.base_version <= state.version)
-            .min_by_key(|(i, wt)| (wt.row.base_version, *i))
-            .map(|(i, _)| i)
-        else {
-            return Ok(());
-        };
-        let wt = list.remove(i);
-        let p = wt.row;
-        let incoming = Incoming {
-            source: p.event.source,
-            timestamp: p.event.timestamp,
-            base_version: p.base_version,
-            changes: &p.event.changes,
-        };
-        let result = match rules::merge(&mut state.state, incoming, &cfg.policy) {
-            Ok(r) => r,
-            // Cannot happen (base ≤ version was checked); keep it waiting.
-            Err(_) => continue,
-        };
-        state.pending -= 1;
-        if wt.stored {
-            w.pending_done.push(p.fingerprint.clone());
-        } else {
-            w.pending_added -= 1;
-        }
-        let applied = Applied {
-            event_id: p.event_id.clone(),
-            fingerprint: p.fingerprint.clone(),
-            record_type: p.record_type.clone(),
-            record_id: p.record_id.clone(),
-            source: p.event.source,
-            timestamp: p.event.timestamp,
-            base_version: p.base_version,
-            changes: &p.event.changes,
-            full_snapshot_ref: p.event.full_snapshot_ref.clone(),
-            message_id: p.message_id.clone().unwrap_or_default(),
-            attempt: 1,
-            claim: false,
-        };
-        if let Some((_, row)) = w.record(cfg, state, applied, result)? {
-            publish.push(row);
-        }
-    }
+    Ok(decided.decisions)
 }

@@ -3,6 +3,7 @@
 //! → the runtime publishes the merged event and acks.
 
 pub mod batch;
+pub mod decide;
 pub mod gaps;
 
 use std::sync::Arc;

@@ -7,6 +7,15 @@
 //! lowers the limit at once rather than at the window's end (docs/spec.md §4.2), at
 //! most once per window so one burst of 429s does not collapse it to 1.
 //!
+//! A target with a hard cap (NetSuite's account limit) refuses at the same
+//! level every time: probing it once per round trip would spend a refusal
+//! every few windows and run below the cap after each one. So a refusal also
+//! records a ceiling — one below the requests that were out when it came —
+//! and the limit settles there instead of growing into the cap again. The
+//! ceiling is trusted for [`CEILING_TRUST`]; after that one step above it is
+//! tried (the account's other users may have gone quiet), and the next
+//! refusal sets it again: about one refusal a minute at the cap.
+//!
 //! Pure: the caller passes the clock, so the tests drive it exactly.
 
 use std::time::Duration;
@@ -17,6 +26,8 @@ use tokio::time::Instant;
 const DECREASE_RATIO: f64 = 0.9;
 const EWMA_ALPHA: f64 = 0.4;
 const RTT_DEVIATION_SCALE: f64 = 2.5;
+/// How long a ceiling learned from a refusal holds before it is probed.
+pub const CEILING_TRUST: Duration = Duration::from_secs(60);
 
 /// What a response did to the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +52,8 @@ pub struct Aimd {
     reached_limit: bool,
     back_pressure: bool,
     decreased: bool,
+    /// The highest limit a refusal left room for, and when it was learned.
+    ceiling: Option<(usize, Instant)>,
 }
 
 impl Aimd {
@@ -56,7 +69,33 @@ impl Aimd {
             reached_limit: false,
             back_pressure: false,
             decreased: false,
+            ceiling: None,
         }
+    }
+
+    /// The ceiling learned from refusals, while it is trusted.
+    pub fn ceiling(&self, now: Instant) -> Option<usize> {
+        self.ceiling
+            .filter(|(_, at)| now.saturating_duration_since(*at) < CEILING_TRUST)
+            .map(|(c, _)| c)
+    }
+
+    /// The target refused for being over its limit with `inflight` requests
+    /// out (this one included): back pressure, and a ceiling one below.
+    /// Refusals within one window describe one level: the lowest counts.
+    pub fn refused(&mut self, now: Instant, inflight: usize) -> Change {
+        let level = inflight.saturating_sub(1).max(1);
+        let same_window = self.decreased;
+        self.ceiling = match self.ceiling {
+            Some((c, at)) if same_window => Some((c.min(level), at)),
+            _ => Some((level, now)),
+        };
+        let change = self.record(now, None, true);
+        if self.limit > level {
+            self.limit = level;
+            return Change::Decreased(level);
+        }
+        change
     }
 
     pub fn limit(&self) -> usize {
@@ -117,7 +156,8 @@ impl Aimd {
         // A jump must be clear of noise: 2.5 deviations, and a quarter of
         // the mean while the deviation is still unknown.
         let threshold = (var.sqrt() * RTT_DEVIATION_SCALE).max(mean * 0.25);
-        if self.limit < self.max
+        let cap = self.ceiling(now).map_or(self.max, |c| c.min(self.max));
+        if self.limit < cap
             && self.reached_limit
             && !self.back_pressure
             && current.is_some_and(|c| c <= mean)
@@ -259,6 +299,70 @@ mod tests {
             4,
             "one request at a time is no evidence for more"
         );
+    }
+
+    /// A target that refuses above `cap` in flight, answering in `rtt`;
+    /// deliveries always want more. Returns (refusals, mean limit).
+    fn against_a_cap(a: &mut Aimd, t: &mut Instant, windows: usize, cap: usize) -> (usize, f64) {
+        let mut refusals = 0;
+        let mut sum = 0;
+        for _ in 0..windows {
+            let n = a.limit();
+            sum += n;
+            for i in 1..=n {
+                a.started(i);
+            }
+            *t += RTT;
+            for i in (1..=n).rev() {
+                if i > cap {
+                    refusals += 1;
+                    a.refused(*t, i);
+                } else {
+                    a.record(*t, Some(RTT), false);
+                }
+            }
+        }
+        (refusals, sum as f64 / windows as f64)
+    }
+
+    #[test]
+    fn a_known_cap_is_not_probed_while_the_ceiling_is_trusted() {
+        let mut a = Aimd::new(4, 64);
+        let mut t = Instant::now();
+        // 64 windows of 1/64 s: one second, well within the trust.
+        let (refusals, _) = against_a_cap(&mut a, &mut t, 64, 15);
+        assert_eq!(refusals, 1, "one refusal finds the cap");
+        assert_eq!(a.limit(), 15, "settles at the cap, not below");
+        assert_eq!(a.ceiling(t), Some(15));
+        let (refusals, mean) = against_a_cap(&mut a, &mut t, 640, 15);
+        assert_eq!(refusals, 0, "ten more seconds: never probed");
+        assert!((mean - 15.0).abs() < f64::EPSILON, "mean limit {mean}");
+    }
+
+    #[test]
+    fn the_ceiling_is_probed_again_after_its_trust() {
+        let mut a = Aimd::new(15, 64);
+        let mut t = Instant::now();
+        against_a_cap(&mut a, &mut t, 64, 15);
+        assert_eq!(a.ceiling(t), Some(15));
+        // The account's other users went quiet: the cap is now 20.
+        t += CEILING_TRUST;
+        assert_eq!(a.ceiling(t), None);
+        let (refusals, _) = against_a_cap(&mut a, &mut t, 64, 20);
+        assert_eq!(refusals, 1);
+        assert_eq!(a.limit(), 20);
+        assert_eq!(a.ceiling(t), Some(20));
+    }
+
+    #[test]
+    fn refusals_of_one_window_keep_the_lowest_level() {
+        let mut a = Aimd::new(20, 64);
+        let t = Instant::now();
+        a.record(t, Some(40 * MS), false);
+        assert_eq!(a.refused(t + MS, 18), Change::Decreased(17));
+        a.refused(t + MS, 12);
+        assert_eq!(a.ceiling(t + MS), Some(11));
+        assert_eq!(a.limit(), 11);
     }
 
     #[test]

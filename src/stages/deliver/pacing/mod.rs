@@ -94,6 +94,8 @@ pub struct TargetSnapshot {
     /// Seconds left of a `Retry-After` pause.
     pub paused_for_seconds: Option<f64>,
     pub mean_rtt_ms: Option<f64>,
+    /// The level refusals showed the target's limit to be, while trusted.
+    pub concurrency_ceiling: Option<usize>,
     /// The account-wide cap across replicas (docs/spec.md §4.3), when set, and the
     /// slots of it this process holds.
     pub account_concurrency: Option<usize>,
@@ -259,6 +261,7 @@ impl Pacer {
                 .filter(|u| *u > now)
                 .map(|u| (u - now).as_secs_f64()),
             mean_rtt_ms: st.aimd.mean_rtt().map(|d| d.as_secs_f64() * 1000.0),
+            concurrency_ceiling: st.aimd.ceiling(Instant::now()),
             account_concurrency: None,
             account_slots_held: None,
         }
@@ -393,7 +396,10 @@ impl Pacer {
                 status,
                 retry_after,
             } => {
-                let change = st.aimd.record(now, None, true);
+                // Refused for being over its limit with this many out: the
+                // limit settles below that level instead of probing it again.
+                let inflight = st.inflight;
+                let change = st.aimd.refused(now, inflight);
                 self.log_change(change, &st);
                 // It answered: it is up, only busy.
                 self.close(&mut st, now);
