@@ -153,6 +153,10 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
         stall_timeout: args.stall_timeout,
         target_latency: Duration::ZERO,
         target_concurrency: None,
+        netsuite_refusal: pipeline::Refusal::Http429,
+        stream_records_per_s: None,
+        account_concurrency: None,
+        netsuite_like: false,
         json: false,
         seed: args.seed,
     };

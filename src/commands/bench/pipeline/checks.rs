@@ -33,17 +33,20 @@ pub(super) fn check_target(
     let mut by_record: HashMap<String, Vec<MergedEvent>> = HashMap::new();
     let mut stored: HashMap<(String, i64), &str> = HashMap::new();
     let mut routed = 0;
+    let mut routed_records = HashSet::new();
     for row in merged {
         let ev: MergedEvent = serde_json::from_str(&row.payload)
             .with_context(|| format!("stored merged event {} is unreadable", row.event_id))?;
         if routing::route(&ev, target) == Route::Deliver {
             routed += 1;
+            routed_records.insert(ev.ordering_key());
         }
         stored.insert((ev.ordering_key(), ev.version), row.event_id.as_str());
         by_record.entry(ev.ordering_key()).or_default().push(ev);
     }
     let mut r = TargetReport {
         expected: routed,
+        routed_records: routed_records.len(),
         requests: arrivals.len(),
         unreadable,
         ..Default::default()

@@ -24,6 +24,10 @@ pub(super) struct DaemonWiring<'a> {
     pub(super) admin: SocketAddr,
     pub(super) dir: &'a Path,
     pub(super) log: &'a Path,
+    /// NetSuite's refusals read as NetSuite's (`targets.netsuite.errors`).
+    pub(super) netsuite_errors: bool,
+    /// `targets.netsuite.account_concurrency`.
+    pub(super) account_concurrency: Option<usize>,
 }
 
 /// Starts this binary's `run` with the bench's own configuration (inherited
@@ -58,6 +62,15 @@ pub(super) fn spawn_daemon(
         .env_remove("BACKBONE__HTTP__ADMIN_TOKEN")
         .env_remove("BACKBONE__TARGETS__NETSUITE__TOKEN")
         .env_remove("BACKBONE__TARGETS__SUITEX__TOKEN");
+    if w.netsuite_errors {
+        cmd.env("BACKBONE__TARGETS__NETSUITE__ERRORS", "netsuite");
+    }
+    if let Some(cap) = w.account_concurrency {
+        cmd.env(
+            "BACKBONE__TARGETS__NETSUITE__ACCOUNT_CONCURRENCY",
+            cap.to_string(),
+        );
+    }
     for kind in ConsumerKind::all() {
         cmd.env(
             format!(

@@ -9,7 +9,7 @@
 //! non-zero with the counts. Every scratch resource (child, topics and
 //! subscriptions, database, temp files) is removed on every path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,6 +60,25 @@ pub struct Args {
     /// 429 (no `Retry-After`), as a target with a concurrency cap does.
     #[arg(long)]
     pub target_concurrency: Option<usize>,
+    /// How the NetSuite stand-in refuses over its cap (SuiteX's always
+    /// answers 429, as Laravel's `throttle` does); `netsuite400` also makes
+    /// the daemon read NetSuite's errors as NetSuite's.
+    #[arg(long, value_enum, default_value_t = Refusal::Http429)]
+    pub netsuite_refusal: Refusal,
+    /// Publish while the daemon runs, this many records' bursts a second
+    /// (each record's changes within its second), instead of the whole
+    /// backlog before it starts.
+    #[arg(long)]
+    pub stream_records_per_s: Option<f64>,
+    /// `targets.netsuite.account_concurrency` for the daemon.
+    #[arg(long)]
+    pub account_concurrency: Option<usize>,
+    /// NetSuite-like targets: 300 ms per request, 15 in flight, NetSuite
+    /// refusing over it with 400 `SSS_REQUEST_LIMIT_EXCEEDED`, the events
+    /// streamed in bursts at 50 records a second (what the target serves).
+    /// Use with e.g. `--events 20000 --records 1000`: 20 changes per record.
+    #[arg(long)]
+    pub netsuite_like: bool,
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
@@ -81,8 +100,9 @@ use self::checks::check_target;
 use self::daemon::{
     counter_sum, peak_rss_mib, spawn_daemon, step_means, wait_drained, DaemonWiring, Watch,
 };
-use self::publish::publish_backlog;
+use self::publish::{bursts, publish_backlog, publish_stream};
 pub(super) use self::report::Report;
+pub use self::stand_in::Refusal;
 use self::stand_in::{Limits, StandIn};
 
 /// Everything the run creates, removed by [`Scratch::teardown`] on every path.
@@ -132,7 +152,26 @@ impl Scratch {
     }
 }
 
+impl Args {
+    /// `--netsuite-like` fills in what was not given.
+    fn with_preset(mut self) -> Self {
+        if self.netsuite_like {
+            if self.target_latency.is_zero() {
+                self.target_latency = Duration::from_millis(300);
+            }
+            self.target_concurrency.get_or_insert(15);
+            self.netsuite_refusal = Refusal::Netsuite400;
+            self.stream_records_per_s.get_or_insert(50.0);
+        }
+        self
+    }
+}
+
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
+    let args = args.with_preset();
+    if args.stream_records_per_s.is_some_and(|r| r.is_nan() || r <= 0.0) {
+        bail!("--stream-records-per-s must be above 0");
+    }
     if settings.pubsub.emulator_host.is_none() {
         bail!("bench needs the Pub/Sub emulator: set PUBSUB_EMULATOR_HOST (scripts/services.sh starts one)");
     }
@@ -206,17 +245,24 @@ pub(super) async fn bench(
     let limits = Limits {
         latency: args.target_latency,
         concurrency: args.target_concurrency,
+        refusal: Refusal::Http429,
     };
-    let netsuite = StandIn::start(scratch.stop_targets.clone(), limits).await?;
+    let netsuite_limits = Limits {
+        refusal: args.netsuite_refusal,
+        ..limits
+    };
+    let netsuite = StandIn::start(scratch.stop_targets.clone(), netsuite_limits).await?;
     let suitex = StandIn::start(scratch.stop_targets.clone(), limits).await?;
 
-    // The backlog, before the daemon exists.
+    // The backlog, before the daemon exists (or, streamed, while it runs).
     let publishers = Arc::new(Publishers::new(topo.clone(), ep).await?);
     let t = Instant::now();
-    let published_at = publish_backlog(&publishers, &gens).await?;
-    publishers.flush().await;
+    let mut published_at = HashMap::new();
+    if args.stream_records_per_s.is_none() {
+        published_at = publish_backlog(&publishers, &gens).await?;
+        publishers.flush().await;
+    }
     let backlog_publish_seconds = t.elapsed().as_secs_f64();
-    drop(publishers);
 
     let metrics_addr = free_addr()?;
     let log = dir_path.join("daemon.log");
@@ -233,11 +279,23 @@ pub(super) async fn bench(
             admin: free_addr()?,
             dir: &dir_path,
             log: &log,
+            netsuite_errors: args.netsuite_refusal == Refusal::Netsuite400,
+            account_concurrency: args.account_concurrency,
         },
     )?;
     let pid = child.id();
     scratch.daemon = Some(child);
     let cpu_at_start = daemon::MachineCpu::now(pid);
+    let stream = args.stream_records_per_s.map(|rate| {
+        let (p, b) = (publishers.clone(), bursts(&gens));
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let at = publish_stream(&p, b, rate).await?;
+            p.flush().await;
+            Ok::<_, anyhow::Error>((at, t.elapsed().as_secs_f64()))
+        })
+    });
+    let streamed_from = Instant::now();
 
     let watch = Watch {
         http: reqwest::Client::builder()
@@ -259,6 +317,13 @@ pub(super) async fn bench(
         args.stall_timeout,
     )
     .await?;
+    let mut stream_seconds = None;
+    if let Some(task) = stream {
+        let (at, secs) = task.await??;
+        published_at = at;
+        stream_seconds = Some(secs);
+    }
+    drop(publishers);
     let peak_rss = pid.and_then(peak_rss_mib);
     let daemon_cpu = pid.and_then(|p| daemon::cpu_seconds(&p.to_string()));
     let machine_cpu = daemon::MachineCpu::now(pid).since(&cpu_at_start);
@@ -328,7 +393,16 @@ pub(super) async fn bench(
     } else {
         drained.done
     };
-    let drain_seconds = end.duration_since(started).as_secs_f64().max(1e-6);
+    // Streamed, the drain starts with the stream (the daemon started first).
+    let from = if stream_seconds.is_some() {
+        streamed_from
+    } else {
+        started
+    };
+    let drain_seconds = end.duration_since(from).as_secs_f64().max(1e-6);
+    for report in targets.values_mut() {
+        report.against_allowed(drain_seconds, stream_seconds);
+    }
     let pipeline_messages = raw_messages + 2 * merged.len();
 
     merge::teardown(&topo, ep, &[]).await;
@@ -349,6 +423,7 @@ pub(super) async fn bench(
         raw_messages,
         merged_events: merged.len(),
         backlog_publish_seconds,
+        stream_seconds,
         daemon_ready_seconds: ready,
         drain_seconds,
         drain_events_per_s: raw_messages as f64 / drain_seconds,

@@ -1,8 +1,10 @@
-//! The backlog, published before the daemon starts (and again for the baseline).
+//! The backlog, published before the daemon starts (and again for the
+//! baseline), or streamed while it runs as bursts: each record's changes
+//! within one second, so many records a second.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -87,4 +89,57 @@ pub(super) async fn publish_merged(
         r??;
     }
     Ok(())
+}
+
+/// A record's messages: (event id, data, sent twice).
+type Burst = (String, Vec<(String, Bytes, bool)>);
+
+/// Each record's messages in generation order, records in order of first
+/// appearance.
+pub(super) fn bursts(gens: &[Gen]) -> Vec<Burst> {
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut out: Vec<Burst> = Vec::new();
+    for g in gens {
+        let i = *index.entry(g.key.as_str()).or_insert_with(|| {
+            out.push((g.key.clone(), Vec::new()));
+            out.len() - 1
+        });
+        out[i]
+            .1
+            .push((g.id.to_string(), Bytes::from(g.json.clone()), g.duplicate));
+    }
+    out
+}
+
+/// Publishes record `i`'s burst at `i / rate` seconds from now, each
+/// burst's messages one after the other (a burst takes well under a
+/// second). Returns when each event's first copy was handed over.
+pub(super) async fn publish_stream(
+    publishers: &Arc<Publishers>,
+    bursts: Vec<Burst>,
+    records_per_s: f64,
+) -> anyhow::Result<HashMap<String, Instant>> {
+    let start = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (key, msgs)) in bursts.into_iter().enumerate() {
+        let p = publishers.clone();
+        let at = start + Duration::from_secs_f64(i as f64 / records_per_s);
+        tasks.spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let mut times = Vec::with_capacity(msgs.len());
+            for (id, data, duplicate) in msgs {
+                times.push((id, Instant::now()));
+                for _ in 0..(1 + usize::from(duplicate)) {
+                    p.publish_to(TopicKind::Raw, data.clone(), HashMap::new(), &key)
+                        .await?;
+                }
+            }
+            Ok::<_, anyhow::Error>(times)
+        });
+    }
+    let mut out = HashMap::new();
+    while let Some(r) = tasks.join_next().await {
+        out.extend(r??);
+    }
+    Ok(out)
 }

@@ -18,6 +18,8 @@ pub(super) struct TargetReport {
     /// Merged events routed to this target (a burst of a record's goes as
     /// one request: their fields must arrive, P2, not one request each).
     pub(super) expected: usize,
+    /// Records with at least one routed merged event: each needs a request.
+    pub(super) routed_records: usize,
     /// Requests that arrived.
     pub(super) requests: usize,
     pub(super) missing: usize,
@@ -38,6 +40,13 @@ pub(super) struct TargetReport {
     pub(super) allows_per_s: Option<f64>,
     /// served_per_s / allows_per_s.
     pub(super) share_of_allowed: Option<f64>,
+    /// refused / (requests + refused).
+    pub(super) refused_share: f64,
+    /// The shortest drain the target allows: one request per routed record
+    /// at what it serves, and no sooner than the stream ended.
+    pub(super) allowed_seconds: Option<f64>,
+    /// drain_seconds / allowed_seconds (goal <= 1.2).
+    pub(super) drain_vs_allowed: Option<f64>,
 }
 
 impl TargetReport {
@@ -54,6 +63,23 @@ impl TargetReport {
             }
         }
         self.share_of_allowed = self.served_per_s.zip(allows_per_s).map(|(s, a)| s / a);
+    }
+
+    /// The drain against the shortest one the target allows.
+    pub(super) fn against_allowed(&mut self, drain_seconds: f64, stream_seconds: Option<f64>) {
+        let sent = self.requests + self.refused;
+        self.refused_share = if sent > 0 {
+            self.refused as f64 / sent as f64
+        } else {
+            0.0
+        };
+        self.allowed_seconds = self.allows_per_s.map(|a| {
+            (self.routed_records as f64 / a).max(stream_seconds.unwrap_or(0.0))
+        });
+        self.drain_vs_allowed = self
+            .allowed_seconds
+            .filter(|a| *a > 0.0)
+            .map(|a| drain_seconds / a);
     }
 
     pub(super) fn failures(&self) -> usize {
@@ -122,6 +148,8 @@ pub(in crate::commands::bench) struct Report {
     pub(in crate::commands::bench) raw_messages: usize,
     pub(in crate::commands::bench) merged_events: usize,
     pub(in crate::commands::bench) backlog_publish_seconds: f64,
+    /// Streamed (`--stream-records-per-s`): the stream's length.
+    pub(in crate::commands::bench) stream_seconds: Option<f64>,
     pub(in crate::commands::bench) daemon_ready_seconds: Option<f64>,
     /// Daemon start → the last expected delivery arrived at either target.
     pub(in crate::commands::bench) drain_seconds: f64,
@@ -170,7 +198,7 @@ impl Report {
                 .unwrap_or_else(|| "n/a".into())
         ));
         line(format!(
-            "  drain: {:.2} s from daemon start to the last delivery = {:.0} events/s (raw messages / drain time)",
+            "  drain: {:.2} s from daemon start (streamed: the stream's start) to the last delivery = {:.0} events/s (raw messages / drain time)",
             self.drain_seconds, self.drain_events_per_s
         ));
         for (name, t) in &self.targets {
@@ -196,8 +224,15 @@ impl Report {
                     _ => String::new(),
                 };
                 line(format!(
-                    "    served {served:.0} requests/s{allowed}; {} refused with 429",
-                    t.refused
+                    "    served {served:.0} requests/s{allowed}; {} refused over its cap ({:.1} % of requests sent)",
+                    t.refused,
+                    t.refused_share * 100.0
+                ));
+            }
+            if let (Some(a), Some(r)) = (t.allowed_seconds, t.drain_vs_allowed) {
+                line(format!(
+                    "    drain vs what it allows: {:.2} s / {a:.2} s ({} routed records at its rate, or the stream's length) = {r:.2}x (goal <= 1.2)",
+                    self.drain_seconds, t.routed_records
                 ));
             }
             if t.failures() > 0 {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -53,12 +54,23 @@ struct Recorder {
 }
 
 /// What a stand-in allows: every request takes `latency`; more than
-/// `concurrency` at once are refused with 429 (no `Retry-After`), as a
-/// target with a concurrency cap does (NetSuite's per-account limit).
+/// `concurrency` at once are refused at once, as a target with a
+/// concurrency cap does (NetSuite's per-account limit, Laravel's throttle).
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Limits {
     pub(super) latency: Duration,
     pub(super) concurrency: Option<usize>,
+    pub(super) refusal: Refusal,
+}
+
+/// How a stand-in refuses a request over its concurrency cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Refusal {
+    /// 429 without `Retry-After` (Laravel's `throttle`).
+    #[default]
+    Http429,
+    /// 400 with a RESTlet's `SSS_REQUEST_LIMIT_EXCEEDED` error body.
+    Netsuite400,
 }
 
 impl Limits {
@@ -130,12 +142,22 @@ impl Drop for InFlight<'_> {
     }
 }
 
-async fn receive(State(rec): State<Arc<Recorder>>, body: Bytes) -> StatusCode {
+async fn receive(State(rec): State<Arc<Recorder>>, body: Bytes) -> Response {
     let now = rec.inflight.fetch_add(1, Ordering::AcqRel) + 1;
     let _inflight = InFlight(&rec.inflight);
     if rec.limits.concurrency.is_some_and(|c| now > c) {
         rec.refused.fetch_add(1, Ordering::Relaxed);
-        return StatusCode::TOO_MANY_REQUESTS;
+        return match rec.limits.refusal {
+            Refusal::Http429 => StatusCode::TOO_MANY_REQUESTS.into_response(),
+            Refusal::Netsuite400 => (
+                StatusCode::BAD_REQUEST,
+                axum::Json(serde_json::json!({"error": {
+                    "code": "SSS_REQUEST_LIMIT_EXCEEDED",
+                    "message": "Request limit exceeded. Only 15 concurrent requests are allowed for this account."
+                }})),
+            )
+                .into_response(),
+        };
     }
     if !rec.limits.latency.is_zero() {
         tokio::time::sleep(rec.limits.latency).await;
@@ -159,5 +181,5 @@ async fn receive(State(rec): State<Arc<Recorder>>, body: Bytes) -> StatusCode {
             rec.unreadable.fetch_add(1, Ordering::Relaxed);
         }
     }
-    StatusCode::OK
+    StatusCode::OK.into_response()
 }
