@@ -108,3 +108,62 @@ fn bench_pipeline_small_backlog_on_sqlite_prints_its_figures() {
         "{json:#}"
     );
 }
+
+/// The NetSuite-like mode on a small stream: bursts published while the
+/// daemon runs, NetSuite refusing over its cap with 400
+/// `SSS_REQUEST_LIMIT_EXCEEDED` (read as pacing, never a dead letter), and
+/// the figures the capacity work is judged by. Fail-closed on P1/P2.
+#[test]
+fn bench_pipeline_netsuite_like_stream_prints_requests_per_event_and_drain_vs_allowed() {
+    let host = emulator_host();
+    let out = Command::new(env!("CARGO_BIN_EXE_event-backbone"))
+        .args([
+            "bench",
+            "pipeline",
+            "--netsuite-like",
+            // Quicker than NetSuite's 300 ms, a cap low enough to be hit.
+            "--target-latency",
+            "50ms",
+            "--target-concurrency",
+            "3",
+            "--stream-records-per-s",
+            "40",
+            "--events",
+            "400",
+            "--records",
+            "40",
+            "--database",
+            "sqlite",
+            "--skip-baseline",
+            "--stall-timeout",
+            "60s",
+            "--json",
+        ])
+        .env("BACKBONE_ENV", "local")
+        .env("BACKBONE_CONFIG_DIR", config_dir())
+        .env("PUBSUB_EMULATOR_HOST", &host)
+        .env("BACKBONE__LOG__LEVEL", "warn")
+        .output()
+        .expect("run event-backbone bench pipeline --netsuite-like");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let json: Value = serde_json::from_str(&stdout).expect("--json prints one JSON document");
+    println!("{json:#}");
+    assert_eq!(json["failures"], 0, "{json:#}");
+    assert_eq!(json["daemon_dead_letters"].as_f64(), Some(0.0), "{json:#}");
+    assert!(json["stream_seconds"].as_f64() > Some(0.5), "{json:#}");
+    let ns = &json["targets"]["netsuite"];
+    assert!(
+        ns["requests"].as_u64() <= ns["expected"].as_u64(),
+        "{json:#}"
+    );
+    for figure in ["drain_vs_allowed", "allowed_seconds", "refused_share"] {
+        assert!(ns[figure].is_number(), "{figure}: {json:#}");
+    }
+    assert!(ns["routed_records"].as_u64() > Some(0), "{json:#}");
+}

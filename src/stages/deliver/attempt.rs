@@ -17,6 +17,10 @@ use crate::store::delivery::DeliveryState;
 use crate::store::delivery_lease::{Claim, Lease};
 use crate::store::delivery_log::{DeliveryWrite, View};
 
+/// A wait for the target's permit long enough that the record's burst may
+/// have grown: a re-read (one query) is cheap next to a second request.
+const REPLAN_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// What one attempt came to.
 pub(super) enum Step {
     /// Acked with an outcome, or the message's own failure.
@@ -193,6 +197,7 @@ impl DeliverStage {
             None => None,
         };
         d.mark("permit_wait");
+        let send = self.replan_after_wait(d, st, send, waited.elapsed()).await;
         let probe = permit.is_probe();
         let answer = self.sink.post(&send.key, send.body.clone(), probe).await;
         d.mark("post");
@@ -207,6 +212,28 @@ impl DeliverStage {
         match answer {
             Ok(delivered) => self.delivered(d, st, delivered, send).await,
             Err(failure) => self.failed(d, failure, verdict).await,
+        }
+    }
+
+    /// A delivery that waited for its turn at a busy target plans again
+    /// before it sends: more of the record's burst may have been merged
+    /// meanwhile, and one request can carry it all instead of a second one
+    /// later. Safe under the lease: the target still stands where `st` says,
+    /// and a fold only grows towards the newest merged version (P1), which
+    /// every later request folds up to as well.
+    async fn replan_after_wait(
+        &self,
+        d: &Delivery<'_>,
+        st: DeliveryState,
+        send: Send,
+        waited: std::time::Duration,
+    ) -> Send {
+        if waited < REPLAN_AFTER || send.through.is_none() {
+            return send;
+        }
+        match self.plan(d.msg, &d.ev, d.seq, st, d.body.clone()).await {
+            Ok(Plan::Send(newer)) if newer.through > send.through => newer,
+            _ => send,
         }
     }
 

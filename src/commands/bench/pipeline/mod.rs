@@ -169,7 +169,10 @@ impl Args {
 
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
     let args = args.with_preset();
-    if args.stream_records_per_s.is_some_and(|r| r.is_nan() || r <= 0.0) {
+    if args
+        .stream_records_per_s
+        .is_some_and(|r| r.is_nan() || r <= 0.0)
+    {
         bail!("--stream-records-per-s must be above 0");
     }
     if settings.pubsub.emulator_host.is_none() {

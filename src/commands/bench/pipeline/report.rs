@@ -73,9 +73,9 @@ impl TargetReport {
         } else {
             0.0
         };
-        self.allowed_seconds = self.allows_per_s.map(|a| {
-            (self.routed_records as f64 / a).max(stream_seconds.unwrap_or(0.0))
-        });
+        self.allowed_seconds = self
+            .allows_per_s
+            .map(|a| (self.routed_records as f64 / a).max(stream_seconds.unwrap_or(0.0)));
         self.drain_vs_allowed = self
             .allowed_seconds
             .filter(|a| *a > 0.0)
