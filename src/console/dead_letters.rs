@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::auth::Authed;
 use super::layout::{self, capped, csrf_field, enc, when, Section};
 use super::Console;
-use crate::store::dead_letters::DlqFilter;
+use crate::store::dead_letters::{DeadLetter, DlqFilter};
 use crate::store::dlq_groups::{DlqGroup, GroupFilter, GroupKey};
 
 /// Issues per page.
@@ -303,35 +303,7 @@ pub async fn list(
         }
         @match &rows {
             Ok(rows) => {
-                form method="post" action="/console/actions/replay" {
-                    (csrf_field(&a))
-                    input type="hidden" name="back" value=(here);
-                    table.dead-letters {
-                        thead { tr {
-                            th scope="col" { "Select" } th scope="col" { "Id" } th scope="col" { "Record" }
-                            th scope="col" { "Stage" } th scope="col" { "Reason" } th scope="col" class="num" { "Attempts" }
-                            th scope="col" { "Parked" } th scope="col" { "Last error" }
-                        } }
-                        tbody { @for d in rows { tr {
-                            td { input type="checkbox" name="id" value=(d.id) id={"sel-" (d.id)} aria-label={"Select dead letter " (d.id)}; }
-                            td { a href={"/console/dead-letters/" (d.id)} { (d.id) } }
-                            td { @match (&d.record_type, &d.record_id) {
-                                (Some(t), Some(i)) => a href={"/console/records/" (enc(t)) "/" (enc(i))} { (t) "/" (i) },
-                                _ => span.muted { "–" },
-                            } }
-                            td { (d.stage) } td { (d.reason) } td.num { (d.attempts) }
-                            td { (when(&d.parked_at)) }
-                            td.msg { (capped(d.last_error.as_deref().unwrap_or(""), 240)) }
-                        } } }
-                    }
-                    @if rows.is_empty() { p.muted { "No open dead letter matches." } } @else {
-                        div.inline {
-                            button #replay-selected type="submit" { "Replay the selected" }
-                            " "
-                            button #preview-selected type="submit" formaction="/console/actions/preview" class="secondary" { "Preview the selected" }
-                        }
-                    }
-                }
+                (selection_form(&a, &here, rows))
                 @if rows.len() as i64 == LIST_PAGE {
                     @if let Some(last) = rows.last() {
                         nav.pager aria-label="Pages" { a href={(here) "&after_id=" (last.id)} { "Next page →" } }
@@ -342,6 +314,41 @@ pub async fn list(
         }
     };
     layout::page(&a, Section::DeadLetters, "Dead letters", body)
+}
+
+/// One page of dead letters, each with a box to tick for the selection.
+fn selection_form(a: &Authed, here: &str, rows: &[DeadLetter]) -> Markup {
+    html! {
+        form method="post" action="/console/actions/replay" {
+            (csrf_field(a))
+            input type="hidden" name="back" value=(here);
+            table.dead-letters {
+                thead { tr {
+                    th scope="col" { "Select" } th scope="col" { "Id" } th scope="col" { "Record" }
+                    th scope="col" { "Stage" } th scope="col" { "Reason" } th scope="col" class="num" { "Attempts" }
+                    th scope="col" { "Parked" } th scope="col" { "Last error" }
+                } }
+                tbody { @for d in rows { tr {
+                    td { input type="checkbox" name="id" value=(d.id) id={"sel-" (d.id)} aria-label={"Select dead letter " (d.id)}; }
+                    td { a href={"/console/dead-letters/" (d.id)} { (d.id) } }
+                    td { @match (&d.record_type, &d.record_id) {
+                        (Some(t), Some(i)) => a href={"/console/records/" (enc(t)) "/" (enc(i))} { (t) "/" (i) },
+                        _ => span.muted { "–" },
+                    } }
+                    td { (d.stage) } td { (d.reason) } td.num { (d.attempts) }
+                    td { (when(&d.parked_at)) }
+                    td.msg { (capped(d.last_error.as_deref().unwrap_or(""), 240)) }
+                } } }
+            }
+            @if rows.is_empty() { p.muted { "No open dead letter matches." } } @else {
+                div.inline {
+                    button #replay-selected type="submit" { "Replay the selected" }
+                    " "
+                    button #preview-selected type="submit" formaction="/console/actions/preview" class="secondary" { "Preview the selected" }
+                }
+            }
+        }
+    }
 }
 
 pub async fn detail(State(c): State<Console>, a: Authed, Path(id): Path<String>) -> Response {

@@ -107,43 +107,8 @@ pub async fn timeline(
             h2 #fields { "Fields, conflicts and deliveries" }
             (fields_table(&x, &base))
         }
-        section aria-labelledby="deliveries" {
-            h2 #deliveries { "Delivery positions per target" }
-            table {
-                thead { tr { th scope="col" { "Target" } th scope="col" class="num" { "Acknowledged position (sequence)" }
-                    th scope="col" class="num" { "Acknowledged version" } th scope="col" class="num" { "Last attempted position" } } }
-                tbody { @for (t, pos) in &positions { tr {
-                    th scope="row" { (t) }
-                    @match pos {
-                        Ok(Some(d)) => { td.num { (d.acked) } td.num { (d.acked_version) } td.num { (d.attempted) } }
-                        Ok(None) => { td colspan="3" { span.muted { "never delivered to" } } }
-                        Err(e) => { td colspan="3" { "could not read: " (e) } }
-                    }
-                } } }
-            }
-        }
-        section aria-labelledby="state" {
-            h2 #state { "State at a sequence" }
-            form.inline method="get" action=(base) {
-                label { "Sequence (empty: the head)" input type="number" name="at_seq" min="1" value=[at]; }
-                button type="submit" { "Show the state" }
-            }
-            @match &state {
-                Ok(s) => {
-                    p { "Version " (s.state.version) " after sequence " (s.last_seq) " (" (s.events_replayed) " event(s) folded)." }
-                    table {
-                        thead { tr { th scope="col" { "Field" } th scope="col" { "Value" } th scope="col" class="num" { "Version" }
-                            th scope="col" { "Source" } th scope="col" { "Changed at" } } }
-                        tbody { @for (name, f) in &s.state.fields { tr {
-                            th scope="row" { (name) } td.msg { (capped(&f.value.to_string(), 400)) }
-                            td.num { (f.version) } td { (f.source) }
-                            td { (crate::model::fingerprint::format_timestamp(&f.timestamp)) }
-                        } } }
-                    }
-                }
-                Err(e) => p.flash.error role="alert" { (e) },
-            }
-        }
+        (positions_section(&positions))
+        (state_section(&base, at, &state))
         section aria-labelledby="merged" {
             h2 #merged { "Merged versions" }
             @match &merged {
@@ -165,6 +130,59 @@ pub async fn timeline(
         }
     };
     layout::page(&a, Section::Records, &format!("Record {rt}/{rid}"), body)
+}
+
+type Position = Result<Option<crate::store::delivery::DeliveryState>, crate::store::StoreError>;
+
+fn positions_section(positions: &[(crate::model::raw_event::Source, Position)]) -> Markup {
+    html! {
+    section aria-labelledby="deliveries" {
+        h2 #deliveries { "Delivery positions per target" }
+        table {
+            thead { tr { th scope="col" { "Target" } th scope="col" class="num" { "Acknowledged position (sequence)" }
+                th scope="col" class="num" { "Acknowledged version" } th scope="col" class="num" { "Last attempted position" } } }
+            tbody { @for (t, pos) in positions { tr {
+                th scope="row" { (t) }
+                @match pos {
+                    Ok(Some(d)) => { td.num { (d.acked) } td.num { (d.acked_version) } td.num { (d.attempted) } }
+                    Ok(None) => { td colspan="3" { span.muted { "never delivered to" } } }
+                    Err(e) => { td colspan="3" { "could not read: " (e) } }
+                }
+            } } }
+        }
+    }
+    }
+}
+
+fn state_section(
+    base: &str,
+    at: Option<i64>,
+    state: &Result<history::Replayed, history::HistoryError>,
+) -> Markup {
+    html! {
+    section aria-labelledby="state" {
+        h2 #state { "State at a sequence" }
+        form.inline method="get" action=(base) {
+            label { "Sequence (empty: the head)" input type="number" name="at_seq" min="1" value=[at]; }
+            button type="submit" { "Show the state" }
+        }
+        @match state {
+            Ok(s) => {
+                p { "Version " (s.state.version) " after sequence " (s.last_seq) " (" (s.events_replayed) " event(s) folded)." }
+                table {
+                    thead { tr { th scope="col" { "Field" } th scope="col" { "Value" } th scope="col" class="num" { "Version" }
+                        th scope="col" { "Source" } th scope="col" { "Changed at" } } }
+                    tbody { @for (name, f) in &s.state.fields { tr {
+                        th scope="row" { (name) } td.msg { (capped(&f.value.to_string(), 400)) }
+                        td.num { (f.version) } td { (f.source) }
+                        td { (crate::model::fingerprint::format_timestamp(&f.timestamp)) }
+                    } } }
+                }
+            }
+            Err(e) => p.flash.error role="alert" { (e) },
+        }
+    }
+    }
 }
 
 fn fields_table(x: &Explanation, base: &str) -> Markup {
