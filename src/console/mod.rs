@@ -129,7 +129,41 @@ pub fn router(console: Console) -> Router {
         .route("/console/login", get(auth::login_page).post(auth::login))
         .route("/console/static/console.css", get(layout::stylesheet))
         .merge(pages)
+        .route_layer(middleware::map_response(protect))
         .with_state(console)
+}
+
+/// Headers on every console answer: no framing (clickjacking), nothing
+/// loaded from elsewhere and no script at all, and pages with data not
+/// kept in caches.
+async fn protect(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("same-origin"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
+    }
+    r
 }
 
 /// Sends a request without a valid session to the login page (a POST gets

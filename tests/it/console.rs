@@ -118,6 +118,10 @@ async fn console_login_sessions_csrf_and_refusals() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    let csp = r.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    assert_eq!(r.headers()["cache-control"], "no-store");
     let r = http
         .post(format!("{base}/console/actions/replay"))
         .form(&[("csrf", "x")])
