@@ -7,7 +7,7 @@
 # tests/it/mcp.rs, and Debian's `php-cli` for tests/it/integration_guide.rs
 # (docs/integration.md's PHP signature check, run against a real delivery),
 # and Debian's `chromium` and `chromium-driver` for the console's browser
-# tests (tests/it/console_browser.rs).
+# tests (tests/it/console_browser/).
 # Idempotent and quiet when all is there.
 # Never fails the run: a missing tool is reported, and the test that needs it
 # says so (and fails under CI=true).
@@ -75,7 +75,7 @@ install_php_cli() {
 }
 
 # Debian's chromium and chromium-driver: the operator console's browser
-# tests (tests/it/console_browser.rs) drive a headless Chromium through
+# tests (tests/it/console_browser/) drive a headless Chromium through
 # WebDriver (/usr/bin/chromium, /usr/bin/chromedriver).
 install_chromium() {
   have chromium && have chromedriver && return 0
