@@ -5,7 +5,9 @@
 # helm-python-sdk (Helm v4's engine, no helm binary) and kubernetes-validate
 # for tests/it/chart_helm.rs, and the official MCP Python SDK (`mcp`) for
 # tests/it/mcp.rs, and Debian's `php-cli` for tests/it/integration_guide.rs
-# (docs/integration.md's PHP signature check, run against a real delivery).
+# (docs/integration.md's PHP signature check, run against a real delivery),
+# and Debian's `chromium` and `chromium-driver` for the console's browser
+# tests (tests/it/console_browser/).
 # Idempotent and quiet when all is there.
 # Never fails the run: a missing tool is reported, and the test that needs it
 # says so (and fails under CI=true).
@@ -69,6 +71,34 @@ install_php_cli() {
   fi
   rm -f "$log"
   have php || echo "tools.sh: php is still missing after installing php-cli." >&2
+  return 0
+}
+
+# Debian's chromium and chromium-driver: the operator console's browser
+# tests (tests/it/console_browser/) drive a headless Chromium through
+# WebDriver (/usr/bin/chromium, /usr/bin/chromedriver).
+install_chromium() {
+  have chromium && have chromedriver && return 0
+  if ! have apt-get; then
+    echo "tools.sh: chromium or chromedriver is missing and apt-get is not available; install Chromium and its WebDriver by hand." >&2
+    return 0
+  fi
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "tools.sh: chromium or chromedriver is missing and installing Debian's chromium packages needs root (run: sudo apt-get install --no-install-recommends chromium chromium-driver)." >&2
+    return 0
+  fi
+  echo "tools.sh: installing chromium and chromedriver (Debian packages chromium, chromium-driver) ..."
+  local log
+  log=$(mktemp)
+  if ! { apt-get install -y -q --no-install-recommends chromium chromium-driver >"$log" 2>&1 ||
+         { apt-get update -q >>"$log" 2>&1 &&
+           apt-get install -y -q --no-install-recommends chromium chromium-driver >>"$log" 2>&1; }; }; then
+    echo "tools.sh: apt-get could not install chromium and chromium-driver; last lines:" >&2
+    tail -n 5 "$log" >&2
+  fi
+  rm -f "$log"
+  { have chromium && have chromedriver; } ||
+    echo "tools.sh: chromium or chromedriver is still missing after installing them." >&2
   return 0
 }
 
@@ -187,6 +217,7 @@ install_cargo_deny() {
 
 install_promtool
 install_php_cli
+install_chromium
 install_chart_wheels
 install_mcp_sdk
 install_sig_wheels

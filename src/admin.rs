@@ -125,9 +125,15 @@ pub fn router(state: AdminState) -> Router {
             mcp::http::service(ctx, &state.settings.http.admin_addr, state.shutdown.clone()),
         );
     }
-    routes
+    // The operator console (docs/spec.md §7.1) logs in on its own: beside the bearer check.
+    let console = crate::console::Console::new(state.store.clone(), &state.settings)
+        .with_publishers(state.publishers.clone())
+        .with_health(state.health.clone());
+    let api = routes
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
-        .with_state(state)
+        .with_state(state);
+    // Merged second, the API's fallback (behind the token) answers unknown paths.
+    crate::console::router(console).merge(api)
 }
 
 /// `/admin/records/…`: a record's history and its state at any sequence.
@@ -263,7 +269,9 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Option<JoinHandle<()>>> {
     if !state.enabled() {
-        tracing::info!("The admin API is disabled because http.admin_token is not set.");
+        tracing::info!(
+            "The admin API and the console are disabled because http.admin_token is not set."
+        );
         return Ok(None);
     }
     let addr = &settings.http.admin_addr;

@@ -1,6 +1,7 @@
 //! The event store (docs/spec.md §6): one sqlx `Any` pool over MySQL 8 / MariaDB or
 //! SQLite. The SQL is shared; the few dialect differences live in [`Dialect`].
 
+pub mod activity;
 pub mod archive;
 pub mod audit;
 pub mod bench;
@@ -9,6 +10,7 @@ pub mod dead_letters;
 pub mod delivery;
 pub mod delivery_lease;
 pub mod delivery_log;
+pub mod dlq_groups;
 pub mod errors;
 pub mod explain;
 pub mod history;

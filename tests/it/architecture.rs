@@ -25,6 +25,7 @@ const LAYERS: &[(&str, usize)] = &[
     ("app", 5),
     ("http", 5),
     ("admin", 5),
+    ("console", 5),
     ("telemetry", 5),
     ("commands", 6),
     ("demo", 6),

@@ -10,6 +10,8 @@ mod bench_pipeline;
 mod chart;
 mod chart_helm;
 mod cli;
+mod console;
+mod console_browser;
 mod db_limits;
 mod deliver;
 mod delivery_log;
