@@ -121,6 +121,7 @@ pub fn deliver_settings(
         vocabulary: vocabulary(t.errors),
         timeout: t.timeout,
         lease_ttl: t.lease_ttl,
+        coalesce: t.coalesce,
         client,
     }))
 }

@@ -57,6 +57,10 @@ pub struct Target {
     /// its holder dies; renewed with every request.
     #[serde(with = "duration_str")]
     pub lease_ttl: Duration,
+    /// How old a record's merged event must be before its first live
+    /// delivery sends (0: at once): a burst then goes as one request.
+    #[serde(with = "duration_str")]
+    pub coalesce: Duration,
 }
 
 /// `targets.<t>.auth.kind`.
@@ -325,6 +329,13 @@ impl Target {
             return Err(invalid(
                 &key("lease_ttl"),
                 format!("must be longer than targets.{name}.timeout"),
+            ));
+        }
+        // Waited under the record's lease: well within it.
+        if self.coalesce > Duration::from_secs(10) || self.coalesce * 4 > self.lease_ttl {
+            return Err(invalid(
+                &key("coalesce"),
+                format!("must be at most 10s and a quarter of targets.{name}.lease_ttl"),
             ));
         }
         Ok(())

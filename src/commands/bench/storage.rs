@@ -156,6 +156,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
         netsuite_refusal: pipeline::Refusal::Http429,
         stream_records_per_s: None,
         account_concurrency: None,
+        coalesce: None,
         netsuite_like: false,
         json: false,
         seed: args.seed,

@@ -174,10 +174,11 @@ impl DeliverStage {
                 },
             );
         }
+        let waited = tokio::time::Instant::now();
+        self.let_the_burst_settle(d).await;
         // The permit after the claim: it bounds requests in flight at the
         // target, not bookkeeping. Waits through throttling and outages;
         // never fails for it.
-        let waited = tokio::time::Instant::now();
         let mut permit = self.pacer.acquire().await.map_err(|e| stopped(e, fp))?;
         if waited.elapsed() > self.lease_ttl / 2 {
             // Held so long the lease may run out mid-request: claim afresh.
@@ -212,6 +213,24 @@ impl DeliverStage {
         match answer {
             Ok(delivered) => self.delivered(d, st, delivered, send).await,
             Err(failure) => self.failed(d, failure, verdict).await,
+        }
+    }
+
+    /// `targets.<t>.coalesce`: a record's first live delivery waits until
+    /// its merged event is that old, so the rest of a burst still being
+    /// merged goes in the same request (planned again after the wait).
+    async fn let_the_burst_settle(&self, d: &Delivery<'_>) {
+        if self.coalesce.is_zero() || !super::plan::first_live(d.msg) {
+            return;
+        }
+        let Some(published) = d.msg.publish_time else {
+            return;
+        };
+        let age = (chrono::Utc::now() - published)
+            .to_std()
+            .unwrap_or_default();
+        if let Some(left) = self.coalesce.checked_sub(age) {
+            tokio::time::sleep(left).await;
         }
     }
 

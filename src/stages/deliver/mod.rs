@@ -80,6 +80,9 @@ pub struct DeliverStage {
     /// This process's id on delivery leases, and how long one lasts.
     holder: i64,
     lease_ttl: Duration,
+    /// How old a record's merged event must be before its first live
+    /// delivery sends: a burst still arriving then goes as one request.
+    coalesce: Duration,
 }
 
 impl DeliverStage {
@@ -103,7 +106,14 @@ impl DeliverStage {
             slots: None,
             holder: delivery_lease::new_holder(),
             lease_ttl,
+            coalesce: Duration::ZERO,
         }
+    }
+
+    /// `targets.<t>.coalesce`.
+    pub fn with_coalesce(mut self, coalesce: Duration) -> Self {
+        self.coalesce = coalesce;
+        self
     }
 
     /// Caps requests in flight to the target across replicas.
@@ -283,6 +293,8 @@ pub struct DeliverSettings {
     pub vocabulary: Vocabulary,
     pub timeout: Duration,
     pub lease_ttl: Duration,
+    /// `targets.<t>.coalesce`.
+    pub coalesce: Duration,
     /// The target's HTTP client (shared with its OAuth 2.0 token endpoint).
     pub client: reqwest::Client,
 }
@@ -306,6 +318,7 @@ pub fn build(
     );
     Arc::new(
         DeliverStage::new(target, sink, store, claim_check, pacer, settings.lease_ttl)
-            .with_slots(slots),
+            .with_slots(slots)
+            .with_coalesce(settings.coalesce),
     )
 }

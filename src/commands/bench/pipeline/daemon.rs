@@ -28,6 +28,8 @@ pub(super) struct DaemonWiring<'a> {
     pub(super) netsuite_errors: bool,
     /// `targets.netsuite.account_concurrency`.
     pub(super) account_concurrency: Option<usize>,
+    /// `targets.<t>.coalesce` for both targets.
+    pub(super) coalesce: Option<Duration>,
 }
 
 /// Starts this binary's `run` with the bench's own configuration (inherited
@@ -70,6 +72,11 @@ pub(super) fn spawn_daemon(
             "BACKBONE__TARGETS__NETSUITE__ACCOUNT_CONCURRENCY",
             cap.to_string(),
         );
+    }
+    if let Some(c) = w.coalesce {
+        let c = humantime::format_duration(c).to_string();
+        cmd.env("BACKBONE__TARGETS__NETSUITE__COALESCE", &c)
+            .env("BACKBONE__TARGETS__SUITEX__COALESCE", &c);
     }
     for kind in ConsumerKind::all() {
         cmd.env(

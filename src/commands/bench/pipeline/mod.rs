@@ -73,9 +73,13 @@ pub struct Args {
     /// `targets.netsuite.account_concurrency` for the daemon.
     #[arg(long)]
     pub account_concurrency: Option<usize>,
+    /// `targets.<t>.coalesce` for both targets (e.g. 1s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub coalesce: Option<Duration>,
     /// NetSuite-like targets: 300 ms per request, 15 in flight, NetSuite
     /// refusing over it with 400 `SSS_REQUEST_LIMIT_EXCEEDED`, the events
-    /// streamed in bursts at 50 records a second (what the target serves).
+    /// streamed in bursts at 50 records a second (what the target serves),
+    /// the daemon coalescing each burst for 1 s.
     /// Use with e.g. `--events 20000 --records 1000`: 20 changes per record.
     #[arg(long)]
     pub netsuite_like: bool,
@@ -162,6 +166,7 @@ impl Args {
             self.target_concurrency.get_or_insert(15);
             self.netsuite_refusal = Refusal::Netsuite400;
             self.stream_records_per_s.get_or_insert(50.0);
+            self.coalesce.get_or_insert(Duration::from_secs(1));
         }
         self
     }
@@ -284,6 +289,7 @@ pub(super) async fn bench(
             log: &log,
             netsuite_errors: args.netsuite_refusal == Refusal::Netsuite400,
             account_concurrency: args.account_concurrency,
+            coalesce: args.coalesce,
         },
     )?;
     let pid = child.id();
