@@ -11,6 +11,8 @@
 //! error translation), `validate` (checks types cannot express),
 //! `serde_helpers` (durations, lists, redaction) and `error`.
 
+mod deployment;
+mod env_vars;
 mod error;
 mod load;
 mod serde_helpers;
@@ -23,8 +25,10 @@ mod validate;
 
 pub use crate::model::rules::ConflictPolicy;
 
+pub use self::deployment::Incomplete;
+pub use self::env_vars::UnknownVariable;
 pub use self::error::{env_var_for_key, ConfigError};
-pub use self::load::{load, load_from};
+pub use self::load::{explain, load, load_from, process_config_dir, process_env, Explained};
 pub use self::serde_helpers::mask_url_password;
 pub use self::settings::*;
 pub use self::strict::{KeyOrigin, UnknownKey};
