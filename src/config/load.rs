@@ -52,9 +52,9 @@ pub fn load() -> Result<Settings, ConfigError> {
 }
 
 /// The file layers in the order they apply, each with its origin.
-type FileLayers = Vec<(Box<dyn Source + Send + Sync>, KeyOrigin)>;
+pub(super) type FileLayers = Vec<(Box<dyn Source + Send + Sync>, KeyOrigin)>;
 
-fn file_layers(dir: &Path, env: Env) -> FileLayers {
+pub(super) fn file_layers(dir: &Path, env: Env) -> FileLayers {
     let env_file = format!("{env}.toml");
     vec![
         (
@@ -138,7 +138,7 @@ pub fn load_from(dir: &Path, env_vars: &HashMap<String, String>) -> Result<Setti
 }
 
 /// The keys each layer sets, files first, then the `BACKBONE__…` variables.
-fn layers(
+pub(super) fn layers(
     files: FileLayers,
     env_vars: &HashMap<String, String>,
 ) -> Result<Vec<strict::Layer>, ConfigError> {
@@ -151,79 +151,6 @@ fn layers(
         env_vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     ));
     Ok(layers)
-}
-
-/// One setting as `check-config --explain` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Explained {
-    /// Dotted key, e.g. `database.url`.
-    pub key: String,
-    /// The value as JSON, secrets masked.
-    pub value: String,
-    /// The layer that set it, in words.
-    pub origin: String,
-}
-
-/// Which layer set each value of `settings` (loaded from `dir` and
-/// `env_vars`): the last layer naming the key wins, as when loading.
-pub fn explain(
-    settings: &Settings,
-    dir: &Path,
-    env_vars: &HashMap<String, String>,
-) -> Result<Vec<Explained>, ConfigError> {
-    let layers = layers(file_layers(dir, settings.env), env_vars)?;
-    let mut leaves = Vec::new();
-    strict::leaves(&settings.redacted(), &mut Vec::new(), &mut leaves);
-    let mut out = Vec::with_capacity(leaves.len());
-    for (key, value) in leaves {
-        let origin = match key.as_str() {
-            "env" if select_env_var(env_vars).is_some() => {
-                format!(
-                    "environment variable {}",
-                    select_env_var(env_vars).unwrap_or_default()
-                )
-            }
-            "env" => "built-in default (local)".to_owned(),
-            "pubsub.emulator_host"
-                if env_vars
-                    .get(ENV_VAR_PUBSUB_EMULATOR_HOST)
-                    .is_some_and(|h| !h.is_empty()) =>
-            {
-                format!("environment variable {ENV_VAR_PUBSUB_EMULATOR_HOST}")
-            }
-            _ => match strict::origin_of(&key, &layers) {
-                Some(o) => o.to_string(),
-                None if value == "null" => "unset".to_owned(),
-                None => "built-in default (no file sets it)".to_owned(),
-            },
-        };
-        out.push(Explained { key, value, origin });
-    }
-    // A secret given as `<key>_file` is read from that file when used.
-    let files: Vec<(String, String, String)> = out
-        .iter()
-        .filter(|e| e.value != "null")
-        .filter_map(|e| {
-            let base = e.key.strip_suffix("_file")?;
-            (!base.ends_with("private_key"))
-                .then(|| (base.to_owned(), e.value.clone(), e.origin.clone()))
-        })
-        .collect();
-    for (base, path, origin) in files {
-        if let Some(e) = out.iter_mut().find(|e| e.key == base && e.value == "null") {
-            e.value = "\"[redacted]\"".to_owned();
-            e.origin = format!("a `_file` secret: read from {path} (named by {origin})");
-        }
-    }
-    Ok(out)
-}
-
-/// The variable that named the env, if one did.
-fn select_env_var(env_vars: &HashMap<String, String>) -> Option<String> {
-    let alias = format!("{ENV_PREFIX}{ENV_SEPARATOR}ENV");
-    [ENV_VAR_ENV.to_owned(), alias]
-        .into_iter()
-        .find(|k| env_vars.get(k).is_some_and(|v| !v.trim().is_empty()))
 }
 
 /// The process environment as a map (variables that are not UTF-8 left out).

@@ -14,6 +14,7 @@
 mod deployment;
 mod env_vars;
 mod error;
+mod explain;
 mod load;
 mod serde_helpers;
 mod settings;
@@ -28,7 +29,8 @@ pub use crate::model::rules::ConflictPolicy;
 pub use self::deployment::Incomplete;
 pub use self::env_vars::UnknownVariable;
 pub use self::error::{env_var_for_key, ConfigError};
-pub use self::load::{explain, load, load_from, process_config_dir, process_env, Explained};
+pub use self::explain::{explain, Explained};
+pub use self::load::{load, load_from, process_config_dir, process_env};
 pub use self::serde_helpers::mask_url_password;
 pub use self::settings::*;
 pub use self::strict::{KeyOrigin, UnknownKey};
