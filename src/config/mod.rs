@@ -7,9 +7,14 @@
 //! hides them and [`Settings::redacted`] masks them. A key no setting reads
 //! is an error naming it and where it was set (`strict`).
 //!
+//! A `BACKBONE_…` variable nothing reads is an error too, naming the
+//! closest one (`env_vars`). Outside `local`, `run`, `doctor` and
+//! `check-config` also require a complete configuration (`deployment`).
+//!
 //! One concern per file: `settings` (the structs), `load` (layering and
 //! error translation), `validate` (checks types cannot express),
-//! `serde_helpers` (durations, lists, redaction) and `error`.
+//! `deployment` (completeness outside `local`), `explain` (which layer set
+//! each value), `serde_helpers` (durations, lists, redaction) and `error`.
 
 mod deployment;
 mod env_vars;
