@@ -27,7 +27,7 @@ pub enum Command {
     /// Publish a raw event (JSON from a file or stdin) to events.raw.{env}.
     Publish(commands::publish::Args),
     /// Validate the configuration and print it (secrets redacted) with the derived topology.
-    CheckConfig,
+    CheckConfig(commands::check_config::Args),
     /// Measure throughput and latency (end to end through the emulator, and the merge stage alone).
     Bench(commands::bench::Args),
     /// Inspect and replay parked dead letters (works without a running daemon).
@@ -78,6 +78,14 @@ async fn dispatch(cmd: Command) -> i32 {
             return 2;
         }
     };
+    // Outside `local`, the daemon and its checks refuse a half-done
+    // configuration (check-config does too, unless --lenient).
+    if matches!(cmd, Command::Run | Command::Doctor) {
+        if let Err(e) = settings.check_complete() {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    }
     // The demo logs the daemon to a file of its own: stdout tells the story.
     if !matches!(cmd, Command::Demo(_)) {
         crate::telemetry::init(&settings);
@@ -87,7 +95,7 @@ async fn dispatch(cmd: Command) -> i32 {
         Command::Provision => commands::provision::run(settings).await,
         Command::Migrate => commands::migrate::run(settings).await,
         Command::Publish(a) => commands::publish::run(settings, a).await,
-        Command::CheckConfig => commands::check_config::run(settings),
+        Command::CheckConfig(a) => commands::check_config::run(settings, a),
         Command::Bench(a) => commands::bench::run(settings, a).await,
         Command::Dlq(a) => commands::dlq::run(settings, a).await,
         Command::Events(a) => commands::events::run(settings, a).await,

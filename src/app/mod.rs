@@ -39,7 +39,9 @@ pub fn endpoint(s: &Settings) -> Endpoint {
     Endpoint::from_emulator_host(s.pubsub.emulator_host.as_deref())
 }
 
-pub async fn connect_store(s: &Settings) -> anyhow::Result<Store> {
+/// The store for `migrate`, `run` and `demo`: the local SQLite file is
+/// created when missing (`mode=rwc`).
+pub async fn create_store(s: &Settings) -> anyhow::Result<Store> {
     Store::connect(
         s.database.url.expose_secret(),
         s.database.max_connections,
@@ -48,6 +50,49 @@ pub async fn connect_store(s: &Settings) -> anyhow::Result<Store> {
     .await
     .map(|store| store.with_query_timeout(s.database.query_timeout))
     .with_context(|| format!("connecting to the database {}", s.database.url_masked()))
+}
+
+/// The store as it is, for `doctor`: never created, its schema not required.
+pub async fn open_existing_store(s: &Settings) -> anyhow::Result<Store> {
+    Store::connect_existing(
+        s.database.url.expose_secret(),
+        s.database.max_connections,
+        s.database.connect_timeout,
+    )
+    .await
+    .map(|store| store.with_query_timeout(s.database.query_timeout))
+    .with_context(|| format!("connecting to the database {}", s.database.url_masked()))
+}
+
+/// The store for commands that read it (`dlq`, `events`, `explain`,
+/// `verify`, `archive`, `mcp`): it must exist and hold the schema, so a
+/// command run from the wrong folder says so instead of creating an empty
+/// database and failing on a missing table.
+pub async fn connect_store(s: &Settings) -> anyhow::Result<Store> {
+    let store = open_existing_store(s).await?;
+    let status = crate::store::schema::inspect(&store)
+        .await
+        .with_context(|| format!("reading the schema of {}", database_name(s)))?;
+    if status.never_migrated {
+        store.close().await;
+        anyhow::bail!(
+            "schema missing in {}: run `event-backbone migrate` first",
+            database_name(s)
+        );
+    }
+    Ok(store)
+}
+
+/// The database as an operator finds it: an SQLite file's absolute path,
+/// else the URL without its password.
+pub fn database_name(s: &Settings) -> String {
+    match crate::store::sqlite_path(s.database.url.expose_secret()) {
+        Some(p) => std::path::absolute(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string(),
+        None => s.database.url_masked(),
+    }
 }
 
 /// The snapshot store `snapshots.url` names: a GCS bucket (fake-gcs-server
@@ -89,7 +134,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let topology = settings.topology();
         let endpoint = endpoint(&settings);
-        let store = connect_store(&settings).await?;
+        let store = create_store(&settings).await?;
         crate::store::schema::ensure(&store, settings.database.migrate_on_start).await?;
         let publishers = Arc::new(
             Publishers::new(topology.clone(), &endpoint)

@@ -1,12 +1,35 @@
 //! `event-backbone check-config`: the validated configuration (secrets
-//! redacted) and the topology derived from it.
+//! redacted) and the topology derived from it; with `--explain`, which
+//! layer set each value.
+//!
+//! Outside `local` the configuration must also be complete (targets with a
+//! real URL and credentials, a database password: `Settings::incomplete`),
+//! as `run` and `doctor` require; `--lenient` checks only its shape.
 
 use serde_json::json;
 
-use crate::config::Settings;
+use crate::config::{self, Settings};
 use crate::topology::{ConsumerKind, TopicKind};
 
-pub fn run(settings: Settings) -> anyhow::Result<i32> {
+#[derive(Debug, Default, clap::Args)]
+pub struct Args {
+    /// For each value, the layer that set it (built-in default, a file of
+    /// the config dir, a BACKBONE_ variable, a `_file` secret); secrets stay redacted.
+    #[arg(long)]
+    pub explain: bool,
+    /// Skip the completeness checks outside `local` (placeholder hosts,
+    /// missing credentials or database password): keys, types and values are still checked.
+    #[arg(long)]
+    pub lenient: bool,
+}
+
+pub fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
+    if !args.lenient {
+        settings.check_complete()?;
+    }
+    if args.explain {
+        return explain(&settings);
+    }
     let t = settings.topology();
     let topics: Vec<String> = TopicKind::all().iter().map(|k| t.topic_path(*k)).collect();
     let subs: Vec<serde_json::Value> = ConsumerKind::all()
@@ -32,5 +55,25 @@ pub fn run(settings: Settings) -> anyhow::Result<i32> {
         "topology": {"topics": topics, "subscriptions": subs},
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(0)
+}
+
+/// One line per value: key, value (secrets masked), the layer that set it.
+fn explain(settings: &Settings) -> anyhow::Result<i32> {
+    let dir = config::process_config_dir()?;
+    let rows = config::explain(settings, &dir, &config::process_env())?;
+    let key_w = rows.iter().map(|r| r.key.len()).max().unwrap_or(0);
+    let val_w = rows
+        .iter()
+        .map(|r| r.value.chars().count().min(60))
+        .max()
+        .unwrap_or(0);
+    println!(
+        "Config dir: {} (files there override the built-in ones)",
+        dir.display()
+    );
+    for r in rows {
+        println!("{:<key_w$}  {:<val_w$}  {}", r.key, r.value, r.origin);
+    }
     Ok(0)
 }

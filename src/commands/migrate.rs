@@ -7,7 +7,7 @@ use crate::config::Settings;
 use crate::store::schema;
 
 pub async fn run(settings: Settings) -> anyhow::Result<i32> {
-    let store = crate::app::connect_store(&settings).await?;
+    let store = crate::app::create_store(&settings).await?;
     let before = schema::inspect(&store).await?;
     store.migrate().await?;
     let after = schema::inspect(&store).await?;

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use super::deployment::Incomplete;
+use super::env_vars::UnknownVariable;
 use super::strict::UnknownKey;
 use super::{ENV_PREFIX, ENV_SEPARATOR, ENV_VAR_ENV};
 
@@ -14,6 +16,12 @@ pub enum ConfigError {
     /// Never empty: one entry per key and place it was set.
     #[error("{}", unknown_keys_message(.0))]
     UnknownKeys(Vec<UnknownKey>),
+    /// `BACKBONE_…` variables nothing reads (never empty).
+    #[error("{}", lines(.0, "unknown variables:"))]
+    UnknownVariables(Vec<UnknownVariable>),
+    /// Outside `local`: what a deployment still lacks (never empty).
+    #[error("{}", incomplete_message(.env, .gaps))]
+    Incomplete { env: String, gaps: Vec<Incomplete> },
     #[error("invalid configuration file `{}`: {message}", .path.display())]
     File { path: PathBuf, message: String },
     #[error("invalid configuration: {message}")]
@@ -33,6 +41,7 @@ impl ConfigError {
         match self {
             ConfigError::Invalid { key, .. } => Some(key),
             ConfigError::UnknownKeys(keys) => keys.first().map(|k| k.key.as_str()),
+            ConfigError::Incomplete { gaps, .. } => gaps.first().map(|g| g.key.as_str()),
             _ => None,
         }
     }
@@ -46,6 +55,34 @@ fn unknown_keys_message(keys: &[UnknownKey]) -> String {
             let mut out = format!("{} unknown configuration keys:", many.len());
             for k in many {
                 out.push_str(&format!("\n  {k}"));
+            }
+            out
+        }
+    }
+}
+
+/// One on its line; several under `heading`, one per line.
+fn lines<T: std::fmt::Display>(items: &[T], heading: &str) -> String {
+    match items {
+        [one] => one.to_string(),
+        many => {
+            let mut out = format!("{} {heading}", many.len());
+            for i in many {
+                out.push_str(&format!("\n  {i}"));
+            }
+            out
+        }
+    }
+}
+
+fn incomplete_message(env: &str, gaps: &[Incomplete]) -> String {
+    let head = format!("incomplete configuration for env `{env}` (only `local` allows these)");
+    match gaps {
+        [one] => format!("{head}: {one}"),
+        many => {
+            let mut out = format!("{head}, {} problems:", many.len());
+            for g in many {
+                out.push_str(&format!("\n  {g}"));
             }
             out
         }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use config::{Environment, File, FileFormat, Source};
 
+use super::env_vars;
 use super::strict::{self, KeyOrigin};
 use super::{
     ConfigError, Settings, ENV_PREFIX, ENV_SEPARATOR, ENV_VAR_CONFIG_DIR, ENV_VAR_ENV,
@@ -50,15 +51,12 @@ pub fn load() -> Result<Settings, ConfigError> {
     load_from(&dir, &vars)
 }
 
-/// Loads settings from `dir` and the given variables only (the process
-/// environment is not read), then validates them.
-pub fn load_from(dir: &Path, env_vars: &HashMap<String, String>) -> Result<Settings, ConfigError> {
-    let env = select_env(env_vars)?;
+/// The file layers in the order they apply, each with its origin.
+pub(super) type FileLayers = Vec<(Box<dyn Source + Send + Sync>, KeyOrigin)>;
 
-    // Each layer is read twice: by the builder, and on its own to know
-    // which file or variable set a key the settings do not read.
+pub(super) fn file_layers(dir: &Path, env: Env) -> FileLayers {
     let env_file = format!("{env}.toml");
-    let files: [(Box<dyn Source + Send + Sync>, KeyOrigin); 4] = [
+    vec![
         (
             Box::new(File::from_str(EMBEDDED_DEFAULT, FileFormat::Toml)),
             KeyOrigin::BuiltIn("config/default.toml".to_owned()),
@@ -75,7 +73,17 @@ pub fn load_from(dir: &Path, env_vars: &HashMap<String, String>) -> Result<Setti
             Box::new(disk_file(dir, &env_file)),
             KeyOrigin::File(dir.join(&env_file)),
         ),
-    ];
+    ]
+}
+
+/// Loads settings from `dir` and the given variables only (the process
+/// environment is not read), then validates them.
+pub fn load_from(dir: &Path, env_vars: &HashMap<String, String>) -> Result<Settings, ConfigError> {
+    let env = select_env(env_vars)?;
+
+    // Each layer is read twice: by the builder, and on its own to know
+    // which file or variable set a key (`strict`, `explain`).
+    let files = file_layers(dir, env);
     let mut builder = config::Config::builder();
     for (source, _) in &files {
         // A one-source list: the config crate's way to add a boxed source.
@@ -107,26 +115,54 @@ pub fn load_from(dir: &Path, env_vars: &HashMap<String, String>) -> Result<Setti
     let settings: Settings =
         serde_ignored::deserialize(merged, |path| ignored.push(strict::segments(&path)))
             .map_err(from_config_error)?;
+    // First: a variable nothing reads (BACKBONE_EVN) may be why the env,
+    // or any value below, is not the one meant.
+    let unread = env_vars::unknown_variables(
+        env_vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        &strict::known_keys(&settings.redacted()),
+    );
+    if !unread.is_empty() {
+        return Err(ConfigError::UnknownVariables(unread));
+    }
     // Before validation: a misspelt key is the likelier cause of what
     // validation would report (a required URL "missing", say).
     if !ignored.is_empty() {
-        let mut layers = Vec::with_capacity(files.len() + 1);
-        for (source, origin) in files {
-            layers.push(
-                strict::Layer::from_source(source.as_ref(), origin).map_err(from_config_error)?,
-            );
-        }
-        layers.push(strict::Layer::from_env_vars(
-            env_vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        ));
         return Err(ConfigError::UnknownKeys(strict::unknown_keys(
             &ignored,
-            &layers,
+            &layers(files, env_vars)?,
             &settings.redacted(),
         )));
     }
     settings.validate()?;
     Ok(settings)
+}
+
+/// The keys each layer sets, files first, then the `BACKBONE__…` variables.
+pub(super) fn layers(
+    files: FileLayers,
+    env_vars: &HashMap<String, String>,
+) -> Result<Vec<strict::Layer>, ConfigError> {
+    let mut layers = Vec::with_capacity(files.len() + 1);
+    for (source, origin) in files {
+        layers
+            .push(strict::Layer::from_source(source.as_ref(), origin).map_err(from_config_error)?);
+    }
+    layers.push(strict::Layer::from_env_vars(
+        env_vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    ));
+    Ok(layers)
+}
+
+/// The process environment as a map (variables that are not UTF-8 left out).
+pub fn process_env() -> HashMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+/// The config dir [`load`] reads, for the process environment.
+pub fn process_config_dir() -> Result<PathBuf, ConfigError> {
+    config_dir(&process_env())
 }
 
 /// `BACKBONE_ENV`, or `BACKBONE__ENV` as an alias, defaulting to `local`.

@@ -7,11 +7,19 @@
 //! hides them and [`Settings::redacted`] masks them. A key no setting reads
 //! is an error naming it and where it was set (`strict`).
 //!
+//! A `BACKBONE_…` variable nothing reads is an error too, naming the
+//! closest one (`env_vars`). Outside `local`, `run`, `doctor` and
+//! `check-config` also require a complete configuration (`deployment`).
+//!
 //! One concern per file: `settings` (the structs), `load` (layering and
 //! error translation), `validate` (checks types cannot express),
-//! `serde_helpers` (durations, lists, redaction) and `error`.
+//! `deployment` (completeness outside `local`), `explain` (which layer set
+//! each value), `serde_helpers` (durations, lists, redaction) and `error`.
 
+mod deployment;
+mod env_vars;
 mod error;
+mod explain;
 mod load;
 mod serde_helpers;
 mod settings;
@@ -23,8 +31,11 @@ mod validate;
 
 pub use crate::model::rules::ConflictPolicy;
 
+pub use self::deployment::Incomplete;
+pub use self::env_vars::UnknownVariable;
 pub use self::error::{env_var_for_key, ConfigError};
-pub use self::load::{load, load_from};
+pub use self::explain::{explain, Explained};
+pub use self::load::{load, load_from, process_config_dir, process_env};
 pub use self::serde_helpers::mask_url_password;
 pub use self::settings::*;
 pub use self::strict::{KeyOrigin, UnknownKey};

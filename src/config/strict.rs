@@ -188,6 +188,48 @@ fn unknown(key: String, origin: KeyOrigin, candidates: &[String]) -> UnknownKey 
     }
 }
 
+/// Every key of the settings (`known` as JSON), tables included.
+pub(super) fn known_keys(known: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    known_paths(known, &mut Vec::new(), &mut out);
+    out
+}
+
+/// The settings' leaves (arrays are leaves) as (dotted key, JSON text).
+pub(super) fn leaves(
+    v: &serde_json::Value,
+    prefix: &mut Vec<String>,
+    out: &mut Vec<(String, String)>,
+) {
+    match v {
+        serde_json::Value::Object(map) if !map.is_empty() => {
+            for (k, child) in map {
+                prefix.push(k.clone());
+                leaves(child, prefix, out);
+                prefix.pop();
+            }
+        }
+        other => out.push((prefix.join("."), other.to_string())),
+    }
+}
+
+/// The last layer that sets `key` (or the list or table holding it).
+pub(super) fn origin_of<'a>(key: &str, layers: &'a [Layer]) -> Option<&'a KeyOrigin> {
+    let key: Vec<&str> = key.split('.').collect();
+    let mut found = None;
+    for (path, origin) in layers.iter().flat_map(|l| &l.keys) {
+        let n = path.len().min(key.len());
+        if path[..n]
+            .iter()
+            .zip(&key[..n])
+            .all(|(a, b)| a.eq_ignore_ascii_case(b))
+        {
+            found = Some(origin);
+        }
+    }
+    found
+}
+
 /// Every key path of the settings, tables included.
 fn known_paths(v: &serde_json::Value, prefix: &mut Vec<String>, out: &mut Vec<String>) {
     if let serde_json::Value::Object(map) = v {

@@ -457,6 +457,7 @@ async fn run_daemon(
             snapshots_url: opts.files.snapshots_url(),
             threshold: CLAIM_CHECK_THRESHOLD,
             max_attempts: settings.retry.max_attempts,
+            retry: settings.retry.clone(),
             topology: topology.clone(),
             interrupt,
             metrics_addr: metrics_addr.clone(),

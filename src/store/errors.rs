@@ -15,6 +15,13 @@ pub enum StoreError {
     Corrupt(String),
     #[error("unsupported database url (expected mysql:// or sqlite://)")]
     UnsupportedUrl,
+    /// A command that only reads found no SQLite file; it never creates one.
+    #[error(
+        "the database file {} does not exist: run `event-backbone migrate` (or `run`) first, \
+         or point database.url at the right file (commands that only read never create it)",
+        .0.display()
+    )]
+    NoDatabaseFile(std::path::PathBuf),
     /// The database did not answer within `database.query_timeout` (a
     /// network that hangs rather than refuses, e.g. during a failover).
     #[error("the database did not answer within {}", humantime::format_duration(*.0))]
@@ -64,9 +71,10 @@ impl StoreError {
         match self {
             StoreError::Sqlx(e) => classify(e),
             StoreError::TimedOut(_) => StoreErrorClass::Unavailable,
-            StoreError::Migrate(_) | StoreError::Corrupt(_) | StoreError::UnsupportedUrl => {
-                StoreErrorClass::Other
-            }
+            StoreError::Migrate(_)
+            | StoreError::Corrupt(_)
+            | StoreError::UnsupportedUrl
+            | StoreError::NoDatabaseFile(_) => StoreErrorClass::Other,
         }
     }
 

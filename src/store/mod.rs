@@ -142,11 +142,42 @@ const RELEASE_PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Store {
     /// Connects and configures each new connection (UTC sessions on MySQL;
-    /// WAL and a busy timeout on SQLite).
+    /// WAL and a busy timeout on SQLite). An SQLite URL with `mode=rwc`
+    /// creates the file (and its folder): for `migrate`, `run` and `demo`.
     pub async fn connect(
         url: &str,
         max_connections: u32,
         acquire_timeout: Duration,
+    ) -> Result<Store, StoreError> {
+        Self::open(url, max_connections, acquire_timeout, true).await
+    }
+
+    /// As [`Store::connect`], for commands that only read: an SQLite file
+    /// that does not exist is an error naming its absolute path, never a
+    /// new empty database (`mode=rwc` is read as `mode=rw`).
+    pub async fn connect_existing(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Store, StoreError> {
+        match sqlite_path(url) {
+            Some(path) => {
+                let path = std::path::absolute(path).unwrap_or_else(|_| path.into());
+                if !path.is_file() {
+                    return Err(StoreError::NoDatabaseFile(path));
+                }
+                let url = url.replace("mode=rwc", "mode=rw");
+                Self::open(&url, max_connections, acquire_timeout, false).await
+            }
+            None => Self::open(url, max_connections, acquire_timeout, false).await,
+        }
+    }
+
+    async fn open(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+        create: bool,
     ) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("mysql://") || url.starts_with("mariadb://") {
@@ -156,7 +187,7 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl);
         };
-        if backend == Backend::Sqlite {
+        if backend == Backend::Sqlite && create {
             ensure_sqlite_parent_dir(url);
         }
         let pool = AnyPoolOptions::new()
@@ -272,15 +303,20 @@ impl Store {
     }
 }
 
-fn ensure_sqlite_parent_dir(url: &str) {
+/// The file an SQLite URL names (`None` for other URLs and `:memory:`).
+pub fn sqlite_path(url: &str) -> Option<&std::path::Path> {
     let path = url
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:");
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = path.split('?').next().unwrap_or("");
-    if path.is_empty() || path == ":memory:" {
+    (!path.is_empty() && path != ":memory:").then(|| std::path::Path::new(path))
+}
+
+fn ensure_sqlite_parent_dir(url: &str) {
+    let Some(path) = sqlite_path(url) else {
         return;
-    }
-    if let Some(parent) = std::path::Path::new(path).parent() {
+    };
+    if let Some(parent) = path.parent() {
         // Best effort: the connect below reports a clear error if this failed.
         let _ = std::fs::create_dir_all(parent);
     }

@@ -277,7 +277,10 @@ fn check_config(env: &BTreeMap<String, String>) -> Result<Value, (i32, String)> 
     cmd.env_clear()
         .env("BACKBONE_CONFIG_DIR", support::config_dir())
         .envs(env)
-        .arg("check-config");
+        // The renders' values are examples (placeholder hosts, Secrets by
+        // name): this checks the chart's mapping to variables, not whether
+        // a deployment is complete, which `run` and `doctor` refuse.
+        .args(["check-config", "--lenient"]);
     let out = cmd.output().expect("event-backbone runs");
     if !out.status.success() {
         return Err((

@@ -37,6 +37,8 @@ async fn demo_story_completes_against_the_emulator() {
         "dead-lettered  reason invalid at stage merge",
         "delivered      to SuiteX: HTTP 200 on attempt 3",
         "dead-lettered  reason exhausted after 5 attempts at stage deliver.netsuite",
+        // The waits it shows are explained by the schedule it runs.
+        "schedule       0.20 s, 0.40 s, 0.80 s, 1.00 s by the retry schedule (200ms doubling, capped at 1s, plus up to 20 % jitter)",
         "is marked replayed",
         "event-backbone events list --record-type project --record-id 42",
         "The story completed as expected",

@@ -2,7 +2,7 @@
 //! (SQLite and MariaDB) and names the failing check when a subscription is
 //! missing or differs, or the schema is not migrated.
 
-use event_backbone::commands::doctor::{self, Check};
+use event_backbone::commands::doctor::{self, Check, Status};
 use event_backbone::pubsub::clients;
 use event_backbone::topology::{ConsumerKind, TopicKind};
 use google_cloud_pubsub::model::Subscription;
@@ -40,8 +40,8 @@ async fn passes_on_a_provisioned_project(db: Db) {
     };
     let checks = doctor::checks(&d.settings).await;
     assert!(failed(&checks).is_empty(), "{}", report(&checks));
-    // One line each: topics, raw round trip, 3 local consumers, 4 database, snapshots.
-    assert_eq!(checks.len(), 10, "{}", report(&checks));
+    // One line each: connect, topics, raw round trip, 3 local consumers, 4 database, snapshots.
+    assert_eq!(checks.len(), 11, "{}", report(&checks));
     assert_eq!(doctor::run(d.settings.clone()).await.expect("doctor"), 0);
 }
 
@@ -218,4 +218,70 @@ async fn doctor_leaves_no_trace_on_a_running_daemon() {
         "the merge consumer should ack the probe as `probe`"
     );
     d.stop().await;
+}
+
+/// A wrong Pub/Sub port and a wrong database port: doctor says "connection
+/// refused" at once for each, naming host:port, reports what depends on them
+/// as skipped and counts them, and is done in seconds (it used to print
+/// seven "no answer within 30 s" and take 3 min 30 s).
+#[tokio::test]
+async fn doctor_with_wrong_ports_fails_fast_naming_host_port_and_counting_skips() {
+    let (pubsub_port, db_port) = (free_port(), free_port());
+    let pubsub = format!("127.0.0.1:{pubsub_port}");
+    let db = format!("127.0.0.1:{db_port}");
+    let snaps = tempfile::tempdir().expect("tempdir");
+    let snap_url = format!("file://{}", snaps.path().display());
+    let settings = settings(
+        "doctor-wrong-ports",
+        &format!("mysql://root@{db}/event_backbone"),
+        &[
+            ("PUBSUB_EMULATOR_HOST", pubsub.as_str()),
+            ("BACKBONE__SNAPSHOTS__URL", snap_url.as_str()),
+        ],
+    );
+    let started = std::time::Instant::now();
+    let checks = doctor::checks(&settings).await;
+    let took = started.elapsed();
+    let text = report(&checks);
+    println!(
+        "{text}\n{}\ndoctor took {:.2} s",
+        doctor::summary(&checks),
+        took.as_secs_f64()
+    );
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "took {took:?}\n{text}"
+    );
+    let by_name = |n: &str| {
+        checks
+            .iter()
+            .find(|c| c.name == n)
+            .unwrap_or_else(|| panic!("no check {n} in\n{text}"))
+    };
+    for (name, addr) in [("pubsub: connect", &pubsub), ("database: connect", &db)] {
+        let c = by_name(name);
+        assert_eq!(c.status, Status::Fail, "{c}");
+        assert_eq!(&c.at, addr, "{c}");
+        assert!(
+            c.detail.contains(&format!("{addr}: connection refused")),
+            "{c}"
+        );
+    }
+    for c in &checks {
+        assert!(!c.at.is_empty(), "a check without its host:port: {c}");
+    }
+    let skipped: Vec<&Check> = checks
+        .iter()
+        .filter(|c| c.status == Status::Skipped)
+        .collect();
+    // Topics, round trip, 3 subscriptions; migrations, write, ledger.
+    assert_eq!(skipped.len(), 8, "{text}");
+    assert!(by_name("database: write and roll back")
+        .detail
+        .contains("`database: connect` failed"));
+    assert_eq!(
+        doctor::summary(&checks),
+        format!("2 failed, 8 skipped of {} checks.", checks.len())
+    );
+    assert_eq!(checks.len(), 11, "{text}");
 }

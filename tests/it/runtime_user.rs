@@ -411,14 +411,17 @@ async fn runtime_user_refuses_a_schema_one_migration_behind_mariadb() {
     let project = pubsub.id.clone();
 
     let started = Instant::now();
-    let out = cli(
-        &["run"],
-        &[
-            ("BACKBONE__PUBSUB__PROJECT_ID", &project),
-            ("BACKBONE__DATABASE__URL", &url),
-            ("BACKBONE__HTTP__METRICS_ADDR", "127.0.0.1:0"),
-        ],
-    );
+    // Complete targets: outside `local`, `run` refuses placeholders first.
+    let mut vars = vec![
+        ("BACKBONE__PUBSUB__PROJECT_ID", project.as_str()),
+        ("BACKBONE__DATABASE__URL", url.as_str()),
+        ("BACKBONE__HTTP__METRICS_ADDR", "127.0.0.1:0"),
+    ];
+    vars.extend(target_vars(
+        "http://127.0.0.1:9/ns",
+        "http://127.0.0.1:9/sx",
+    ));
+    let out = cli(&["run"], &vars);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         started.elapsed() < Duration::from_secs(30),
@@ -441,13 +444,7 @@ async fn runtime_user_refuses_a_schema_one_migration_behind_mariadb() {
     assert_eq!(status.missing.len(), 1, "{status:?}");
 
     // Doctor, as the runtime user, says the same.
-    let out = cli(
-        &["doctor"],
-        &[
-            ("BACKBONE__PUBSUB__PROJECT_ID", &project),
-            ("BACKBONE__DATABASE__URL", &url),
-        ],
-    );
+    let out = cli(&["doctor"], &vars);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let report = String::from_utf8_lossy(&out.stdout);
     let line = report

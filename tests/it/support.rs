@@ -608,7 +608,7 @@ impl TestApp {
                 .await
                 .expect("direct store")
         } else {
-            event_backbone::app::connect_store(&settings)
+            event_backbone::app::create_store(&settings)
                 .await
                 .expect("store")
         };

@@ -82,7 +82,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
     if args.records == 0 || args.events < args.records {
         bail!("--events must be at least --records, and --records at least 1");
     }
-    let store = crate::app::connect_store(&settings).await?;
+    let store = crate::app::create_store(&settings).await?;
     store
         .migrate()
         .await

@@ -42,7 +42,7 @@ pub async fn run(settings: Settings, args: McpBenchArgs) -> anyhow::Result<i32> 
     if a.records == 0 || a.events < a.records {
         bail!("--events must be at least --records, and --records at least 1");
     }
-    let store = crate::app::connect_store(&settings).await?;
+    let store = crate::app::create_store(&settings).await?;
     store
         .migrate()
         .await

@@ -37,6 +37,7 @@ pub(super) async fn migrations(store: &Store) -> Check {
     if status.is_ahead() {
         Check {
             name: NAME.into(),
+            at: String::new(),
             status: Status::Warn,
             detail: format!("{applied}; {}", status.ahead_message()),
         }

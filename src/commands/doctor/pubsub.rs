@@ -16,7 +16,8 @@ use crate::stages::merge::PROBE_ATTRIBUTE;
 use crate::topology::{ConsumerKind, TopicKind, Topology};
 
 /// How long the probe message may take to come back through the probe subscription.
-const PULL_TIMEOUT: Duration = Duration::from_secs(20);
+/// Within doctor's bound on the whole round trip.
+const PULL_TIMEOUT: Duration = Duration::from_secs(8);
 
 pub(super) async fn topics(t: &Topology, ep: &Endpoint) -> Result<String, String> {
     let admin = clients::topic_admin(ep).await.map_err(|e| e.to_string())?;

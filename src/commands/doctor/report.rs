@@ -6,12 +6,16 @@ pub enum Status {
     /// Passes, but says something the operator should know.
     Warn,
     Fail,
+    /// Not run: what it needs failed first (the detail says which check).
+    Skipped,
 }
 
 /// One line of the report.
 #[derive(Debug, Clone)]
 pub struct Check {
     pub name: String,
+    /// What it talks to: `host:port`, or a file or folder.
+    pub at: String,
     pub status: Status,
     pub detail: String,
 }
@@ -24,14 +28,31 @@ impl Check {
         };
         Check {
             name: name.into(),
+            at: String::new(),
             status,
             detail,
         }
     }
 
-    /// Passed (possibly with a warning).
+    /// A check not run because `cause` (another check) failed.
+    pub(super) fn skipped(name: impl Into<String>, cause: &str) -> Self {
+        Check {
+            name: name.into(),
+            at: String::new(),
+            status: Status::Skipped,
+            detail: format!("skipped: {cause}"),
+        }
+    }
+
+    /// Names what the check talks to.
+    pub(super) fn at(mut self, at: impl Into<String>) -> Self {
+        self.at = at.into();
+        self
+    }
+
+    /// Passed (possibly with a warning); a skipped check did not.
     pub fn ok(&self) -> bool {
-        self.status != Status::Fail
+        matches!(self.status, Status::Ok | Status::Warn)
     }
 }
 
@@ -41,29 +62,41 @@ impl std::fmt::Display for Check {
             Status::Ok => "ok",
             Status::Warn => "warn",
             Status::Fail => "FAIL",
+            Status::Skipped => "skip",
         };
-        write!(f, "{status:<5} {:<42} {}", self.name, self.detail)
+        write!(
+            f,
+            "{status:<5} {:<38} {:<22} {}",
+            self.name, self.at, self.detail
+        )
     }
 }
 
-/// Prints every check and the summary; 0 when none failed, else 1.
+/// The summary line: every check counted, skipped ones included.
+pub fn summary(results: &[Check]) -> String {
+    let total = results.len();
+    let failed = results.iter().filter(|c| c.status == Status::Fail).count();
+    let skipped = results
+        .iter()
+        .filter(|c| c.status == Status::Skipped)
+        .count();
+    let warned = results.iter().filter(|c| c.status == Status::Warn).count();
+    match (failed, skipped, warned) {
+        (0, 0, 0) => format!("All {total} checks passed."),
+        (0, 0, w) => format!("All {total} checks passed ({w} with a warning)."),
+        (f, s, _) => format!("{f} failed, {s} skipped of {total} checks."),
+    }
+}
+
+/// Prints every check and the summary; 0 when all passed, else 1.
 pub(super) fn print(results: &[Check]) -> i32 {
     for c in results {
         println!("{c}");
     }
-    let failed = results.iter().filter(|c| !c.ok()).count();
-    let warned = results.iter().filter(|c| c.status == Status::Warn).count();
-    if failed == 0 && warned > 0 {
-        println!(
-            "All {} checks passed ({warned} with a warning).",
-            results.len()
-        );
-        0
-    } else if failed == 0 {
-        println!("All {} checks passed.", results.len());
+    println!("{}", summary(results));
+    if results.iter().all(Check::ok) {
         0
     } else {
-        println!("{failed} of {} checks failed.", results.len());
         1
     }
 }

@@ -5,6 +5,24 @@ use serde_json::json;
 
 use crate::config::Settings;
 
+/// What the check talks to: the GCS endpoint or the local folder.
+pub(super) fn address(settings: &Settings) -> String {
+    let url = &settings.snapshots.url;
+    if let Some(dir) = url.strip_prefix("file://") {
+        return std::path::absolute(dir)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| dir.to_owned());
+    }
+    match std::env::var(crate::snapshots::gcs::ENV_VAR_STORAGE_EMULATOR_HOST) {
+        Ok(h) if !h.is_empty() => h
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .trim_end_matches('/')
+            .to_owned(),
+        _ => "storage.googleapis.com:443".to_owned(),
+    }
+}
+
 pub(super) async fn write_and_read(settings: &Settings) -> Result<String, String> {
     let store = crate::app::snapshot_store(settings)
         .await

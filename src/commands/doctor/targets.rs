@@ -15,11 +15,9 @@ use crate::stages::deliver::http_sink::{self, HttpSink};
 
 /// NetSuite refuses a TBA timestamp further than this from its clock.
 const MAX_SKEW: Duration = Duration::from_secs(300);
-/// How long a target may take to answer a check.
-const TARGET_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The checks of every target with a URL whose consumer is enabled.
-pub(super) async fn checks(settings: &Settings) -> Vec<Check> {
+/// The checks of every target with a URL whose consumer is enabled, each
+/// bounded by `limit`; credentials are skipped when the host is unreachable.
+pub(super) async fn checks(settings: &Settings, limit: Duration) -> Vec<Check> {
     let mut out = Vec::new();
     for (name, t, enabled) in [
         (
@@ -36,40 +34,61 @@ pub(super) async fn checks(settings: &Settings) -> Vec<Check> {
         if !enabled || t.url.is_none() {
             continue;
         }
-        out.push(Check::from(
+        let at = address(t);
+        let reach = Check::from(
             format!("target {name}: reachable"),
-            reachable(t).await,
-        ));
-        out.push(credentials(name, t).await);
+            reachable(t, limit).await,
+        )
+        .at(&at);
+        let reached = reach.ok();
+        out.push(reach);
+        let label = format!("target {name}: credentials ({})", t.auth_kind().as_str());
+        if reached {
+            out.push(credentials(name, t, limit).await.at(&at));
+        } else {
+            out.push(Check::skipped(label, &format!("`target {name}: reachable` failed")).at(&at));
+        }
     }
     out
 }
 
+/// The target's `host:port`.
+fn address(t: &Target) -> String {
+    url::Url::parse(t.url.as_deref().unwrap_or_default())
+        .ok()
+        .map(|u| {
+            format!(
+                "{}:{}",
+                u.host_str().unwrap_or_default(),
+                u.port_or_known_default().unwrap_or(443)
+            )
+        })
+        .unwrap_or_default()
+}
+
 /// A TCP connection to the URL's host and port (no request: a target's
 /// endpoint may act on one).
-async fn reachable(t: &Target) -> Result<String, String> {
+async fn reachable(t: &Target, limit: Duration) -> Result<String, String> {
     let url = url::Url::parse(t.url.as_deref().unwrap_or_default()).map_err(|e| e.to_string())?;
     let host = url.host_str().unwrap_or_default().to_string();
     let port = url.port_or_known_default().unwrap_or(443);
-    match tokio::time::timeout(
-        TARGET_TIMEOUT,
-        tokio::net::TcpStream::connect((host.as_str(), port)),
-    )
-    .await
-    {
+    match tokio::time::timeout(limit, tokio::net::TcpStream::connect((host.as_str(), port))).await {
         Ok(Ok(_)) => Ok(format!("{host}:{port} accepts connections")),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err(format!("{host}:{port}: connection refused"))
+        }
         Ok(Err(e)) => Err(format!("{host}:{port}: {e}")),
         Err(_) => Err(format!(
             "{host}:{port} did not answer within {} s",
-            TARGET_TIMEOUT.as_secs()
+            limit.as_secs()
         )),
     }
 }
 
-async fn credentials(name: &'static str, t: &Target) -> Check {
+async fn credentials(name: &'static str, t: &Target, limit: Duration) -> Check {
     let label = format!("target {name}: credentials ({})", t.auth_kind().as_str());
     let built = (|| -> Result<(Auth, reqwest::Client), String> {
-        let client = http_sink::client(name, TARGET_TIMEOUT).map_err(|e| e.to_string())?;
+        let client = http_sink::client(name, limit).map_err(|e| e.to_string())?;
         let auth = crate::app::targets::auth(name, t, &client).map_err(|e| e.to_string())?;
         Ok((auth, client))
     })();
@@ -93,6 +112,7 @@ async fn credentials(name: &'static str, t: &Target) -> Check {
             AuthKind::None => Check::from(label, Ok("no authentication configured".into())),
             _ => Check {
                 name: label,
+                at: String::new(),
                 status: Status::Warn,
                 detail: format!(
                     "not checked: set targets.{name}.probe_url to a URL that answers a signed GET"
@@ -108,7 +128,7 @@ async fn credentials(name: &'static str, t: &Target) -> Check {
         url.clone(),
         std::sync::Arc::new(auth),
         crate::app::targets::vocabulary(t.errors),
-        TARGET_TIMEOUT,
+        limit,
         client,
     );
     match sink.probe_get(&url).await {

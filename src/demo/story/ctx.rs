@@ -34,6 +34,8 @@ pub struct Ctx<'a> {
     pub snapshots_url: String,
     pub threshold: u64,
     pub max_attempts: u32,
+    /// The demo's retry schedule, to explain the waits it shows.
+    pub retry: crate::config::RetrySettings,
     pub topology: Topology,
     pub interrupt: &'a CancellationToken,
     pub metrics_addr: String,

@@ -43,6 +43,17 @@ fn kib(n: usize) -> String {
     format!("{:.1} KiB", n as f64 / 1024.0)
 }
 
+/// The base waits of the retry schedule between `max_attempts` executions
+/// (the formula of [`crate::stages::retry::schedule`], without jitter).
+fn scheduled_waits(r: &crate::config::RetrySettings) -> Vec<Duration> {
+    (0..r.max_attempts.saturating_sub(1))
+        .map(|i| {
+            let secs = r.initial_backoff.as_secs_f64() * r.multiplier.powi(i.min(64) as i32);
+            Duration::from_secs_f64(secs.min(r.max_backoff.as_secs_f64()))
+        })
+        .collect()
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
@@ -498,7 +509,7 @@ async fn step_recovering_sink(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<(), Dem
     n.fact(
         "retried",
         format!(
-            "SuiteX answered 503 on attempts 1–{SUITEX_FAILURES}; the retry consumer ran the delivery again after {}",
+            "SuiteX answered 503 on attempts 1–{SUITEX_FAILURES}; the retry consumer ran the delivery again after {} (see step 7 for why these waits)",
             waits.join(" and ")
         ),
     );
@@ -563,16 +574,38 @@ async fn step_dead_letter_and_replay(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<
             )
         },
     )?;
-    let waits: Vec<String> = tries
+    let measured: Vec<Duration> = tries
         .windows(2)
-        .map(|w| secs(w[1].at.duration_since(w[0].at)))
+        .map(|w| w[1].at.duration_since(w[0].at))
         .collect();
+    let scheduled = scheduled_waits(&ctx.retry);
+    // Jitter only lengthens a wait, and the wait is counted from after the
+    // failed request: no measured wait can be shorter than its schedule.
+    expect(
+        measured.len() == scheduled.len() && measured.iter().zip(&scheduled).all(|(m, s)| m >= s),
+        || format!("waits {measured:?} should each be at least the schedule's {scheduled:?}"),
+    )?;
+    let list = |ds: &[Duration]| ds.iter().map(|d| secs(*d)).collect::<Vec<_>>().join(", ");
     n.fact(
         "retried",
         format!(
-            "NetSuite answered 500 on all {max} attempts; waits between them {} (exponential, capped at 1 s)",
-            waits.join(", ")
+            "NetSuite answered 500 on all {max} attempts; waits between them {}",
+            list(&measured)
         ),
+    );
+    n.fact(
+        "schedule",
+        format!(
+            "{} by the retry schedule ({} doubling, capped at {}, plus up to 20 % jitter),",
+            list(&scheduled),
+            humantime::format_duration(ctx.retry.initial_backoff),
+            humantime::format_duration(ctx.retry.max_backoff),
+        ),
+    );
+    n.fact(
+        "",
+        "each after ~1 s in which the pacer watches for other traffic to NetSuite: with none, \
+         a failure counts as the message's own, not as NetSuite being down (docs/spec.md §4.2)",
     );
     n.fact(
         "dead-lettered",
