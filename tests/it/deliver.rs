@@ -654,3 +654,60 @@ async fn deliver_429_with_retry_after_is_pacing_not_a_failure() {
     );
     d.app.stop().await;
 }
+
+/// `targets.<t>.coalesce`: a burst of ten changes to one record, published
+/// 50 ms apart, reaches NetSuite as one request carrying the newest state
+/// (the fold of all ten), where without it the first change goes at once.
+async fn coalesced_burst(db: Db) {
+    let Some(d) = deploy_with(
+        db,
+        &[("BACKBONE__TARGETS__NETSUITE__COALESCE", "2s")],
+        async |_| {},
+    )
+    .await
+    else {
+        return;
+    };
+    let p = publishers(&d.app.topology).await;
+    for v in 0..10 {
+        let ts = format!("2026-03-13T20:00:{v:02}.000000Z");
+        publish_raw(
+            &p,
+            &raw_event(
+                "suitex",
+                "project",
+                "burst-1",
+                v,
+                &ts,
+                json!({"step": v, "name": format!("n{v}")}),
+            ),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = d.sink.wait_for(NS, 1, WAIT).await;
+    // Anything a second request would carry has been merged long since.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got = if got.len() == 1 {
+        d.sink.requests(NS)
+    } else {
+        got
+    };
+    assert_eq!(got.len(), 1, "one request for the burst: {got:?}");
+    let body = got[0].json();
+    assert_eq!(body["version"], 10, "{body}");
+    assert_eq!(body["applied"]["step"], 9, "{body}");
+    assert_eq!(body["applied"]["name"], "n9", "{body}");
+    assert_eq!(skipped_count(&d.app, "netsuite").await, 9, "nine covered");
+    d.app.stop().await;
+}
+
+#[tokio::test]
+async fn deliver_coalesce_sends_a_burst_as_one_request_sqlite() {
+    coalesced_burst(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn deliver_coalesce_sends_a_burst_as_one_request_mariadb() {
+    coalesced_burst(Db::Mariadb).await;
+}
