@@ -14,4 +14,5 @@ pub mod migrate;
 pub mod provision;
 pub mod publish;
 pub mod run;
+pub mod targets;
 pub mod verify;

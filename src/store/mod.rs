@@ -9,6 +9,7 @@ pub mod dead_letters;
 pub mod delivery;
 pub mod delivery_lease;
 pub mod delivery_log;
+pub mod dlq_status;
 pub mod errors;
 pub mod explain;
 pub mod history;
@@ -25,6 +26,7 @@ mod schema_limits;
 pub mod scratch;
 pub mod sizes;
 pub mod story;
+pub mod target_controls;
 pub mod target_slots;
 
 use std::sync::Arc;

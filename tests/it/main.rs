@@ -25,6 +25,7 @@ mod image;
 mod integration_guide;
 mod mcp;
 mod merge_e2e;
+mod operator;
 mod ops;
 mod prometheus_live;
 mod pubsub_limits;
