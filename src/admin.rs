@@ -121,7 +121,13 @@ pub fn router(state: AdminState) -> Router {
     let mut routes = Router::new()
         .merge(record_routes())
         .merge(dlq_routes())
-        .merge(crate::admin_ops::routes());
+        .merge(
+            crate::admin_ops::routes().with_state(crate::admin_ops::OpsState {
+                store: state.store.clone(),
+                publishers: state.publishers.clone(),
+                health: state.health.clone(),
+            }),
+        );
     if let Some(ctx) = state.mcp() {
         routes = routes.nest_service(
             mcp::http::PATH,

@@ -18,9 +18,24 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::admin::AdminState;
+use std::sync::Arc;
+
 use crate::ops::dlq::{self, Selection};
 use crate::ops::{targets, Actor, OpsError};
+use crate::pubsub::publisher::Publishers;
+use crate::runtime::health::Health;
+use crate::store::Store;
+
+/// What these routes need of the admin server's state (handed over by
+/// [`crate::admin::router`], which owns the token check).
+#[derive(Clone)]
+pub struct OpsState {
+    pub store: Store,
+    /// For replays; without it `/admin/dlq/replay` answers 503.
+    pub publishers: Option<Arc<Publishers>>,
+    /// The daemon's live view of the targets, for `/admin/targets`.
+    pub health: Option<Arc<Health>>,
+}
 
 /// An operator action's failure as an HTTP answer.
 pub struct OpsApiError(StatusCode, String);
@@ -45,7 +60,7 @@ impl IntoResponse for OpsApiError {
 
 type Answer = Result<Json<serde_json::Value>, OpsApiError>;
 
-pub fn routes() -> Router<AdminState> {
+pub fn routes() -> Router<OpsState> {
     Router::new()
         .route("/admin/dlq/{id}", get(dlq_show))
         .route("/admin/dlq/preview", post(dlq_preview))
@@ -56,11 +71,11 @@ pub fn routes() -> Router<AdminState> {
         .route("/admin/targets/{target}/resume", post(target_resume))
 }
 
-async fn dlq_show(State(s): State<AdminState>, Path(id): Path<i64>) -> Answer {
+async fn dlq_show(State(s): State<OpsState>, Path(id): Path<i64>) -> Answer {
     Ok(Json(json!(dlq::show(&s.store, id).await?)))
 }
 
-async fn dlq_preview(State(s): State<AdminState>, body: Option<Json<Selection>>) -> Answer {
+async fn dlq_preview(State(s): State<OpsState>, body: Option<Json<Selection>>) -> Answer {
     let sel = body.map(|Json(b)| b).unwrap_or_default();
     Ok(Json(json!(dlq::preview(&s.store, &sel).await?)))
 }
@@ -73,7 +88,7 @@ struct ReplayBody {
     dry_run: bool,
 }
 
-async fn dlq_replay(State(s): State<AdminState>, body: Option<Json<ReplayBody>>) -> Answer {
+async fn dlq_replay(State(s): State<OpsState>, body: Option<Json<ReplayBody>>) -> Answer {
     let b = body.map(|Json(b)| b).unwrap_or_default();
     let Some(publishers) = s.publishers.clone() else {
         return Err(OpsApiError(
@@ -111,12 +126,12 @@ struct DiscardBody {
     reason: String,
 }
 
-async fn dlq_discard(State(s): State<AdminState>, Json(b): Json<DiscardBody>) -> Answer {
+async fn dlq_discard(State(s): State<OpsState>, Json(b): Json<DiscardBody>) -> Answer {
     let r = dlq::discard(&s.store, &b.ids, &Actor::admin_api(), &b.reason).await?;
     Ok(Json(json!(r)))
 }
 
-async fn targets_list(State(s): State<AdminState>) -> Answer {
+async fn targets_list(State(s): State<OpsState>) -> Answer {
     let live = s.health.as_deref();
     Ok(Json(json!(targets::list(&s.store, live).await?)))
 }
@@ -128,7 +143,7 @@ struct PauseBody {
 }
 
 async fn target_pause(
-    State(s): State<AdminState>,
+    State(s): State<OpsState>,
     Path(target): Path<String>,
     body: Option<Json<PauseBody>>,
 ) -> Answer {
@@ -137,7 +152,7 @@ async fn target_pause(
     Ok(Json(json!(r)))
 }
 
-async fn target_resume(State(s): State<AdminState>, Path(target): Path<String>) -> Answer {
+async fn target_resume(State(s): State<OpsState>, Path(target): Path<String>) -> Answer {
     Ok(Json(json!(
         targets::resume(&s.store, &target, &Actor::admin_api()).await?
     )))

@@ -412,3 +412,118 @@ async fn operator_auto_resolve_supersedes_overtaken_dead_letters_sqlite() {
 async fn operator_auto_resolve_supersedes_overtaken_dead_letters_mariadb() {
     auto_resolve(Db::Mariadb).await;
 }
+
+/// The same actions through the admin API, behind its token.
+#[tokio::test]
+async fn operator_admin_api_pauses_previews_and_discards_sqlite() {
+    let ns = Target::start(
+        0,
+        Behaviour {
+            reject: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let sx = Target::start(0, Behaviour::default()).await;
+    let o = Overrides::new()
+        .targets(&ns.url(), &sx.url())
+        .local_snapshots()
+        .vars(&vars())
+        .admin("operator-token");
+    let Some(app) = TestApp::spawn(Db::Sqlite, o).await else {
+        return;
+    };
+    let base = format!("http://{}", app.admin_addr());
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(app.admin_token())
+            .json(&body)
+            .send()
+    };
+    let refused = http
+        .post(format!("{base}/admin/targets/netsuite/pause"))
+        .json(&json!({"reason": "x"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(refused.status(), 401, "no token, no pause");
+    let no_reason = post("/admin/targets/netsuite/pause", json!({}))
+        .await
+        .expect("post");
+    assert_eq!(no_reason.status(), 400, "a reason is required");
+    let paused = post("/admin/targets/suitex/pause", json!({"reason": "window"}))
+        .await
+        .expect("post");
+    assert_eq!(paused.status(), 200);
+    let listed: Value = http
+        .get(format!("{base}/admin/targets"))
+        .bearer_auth(app.admin_token())
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let sx_row = listed
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["target"] == "suitex").cloned())
+        .expect("suitex listed");
+    assert_eq!(sx_row["paused"], true);
+    assert_eq!(sx_row["actor"], "admin-api");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            circuit_cause(&app, "suitex").await.as_deref() == Some("paused")
+        })
+        .await
+    );
+    let resumed = post("/admin/targets/suitex/resume", json!({}))
+        .await
+        .expect("post");
+    assert_eq!(resumed.status(), 200);
+    // Dead letters: preview, show, discard.
+    publish_flow(&app, 3, 1, false, Duration::ZERO).await;
+    assert!(eventually(WAIT, || async { dead_letters(&app).await == 3 }).await);
+    let p: Value = post("/admin/dlq/preview", json!({"target": "netsuite"}))
+        .await
+        .expect("preview")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(p["count"], 3);
+    let id = p["ids"][0].as_i64().expect("an id");
+    let shown: Value = http
+        .get(format!("{base}/admin/dlq/{id}"))
+        .bearer_auth(app.admin_token())
+        .send()
+        .await
+        .expect("show")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(shown["sent"]["answer"]["status"], 400);
+    let d: Value = post(
+        "/admin/dlq/discard",
+        json!({"ids": [id], "reason": "not ours"}),
+    )
+    .await
+    .expect("discard")
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(d["changed"], json!([id]));
+    let dry: Value = post(
+        "/admin/dlq/replay",
+        json!({"target": "netsuite", "dry_run": true}),
+    )
+    .await
+    .expect("dry run")
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(
+        dry["preview"]["count"], 2,
+        "the discarded one is not selected"
+    );
+    app.stop().await;
+}
