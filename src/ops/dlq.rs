@@ -113,7 +113,7 @@ pub struct ShowReport {
 }
 
 /// One issue of a preview.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct GroupSummary {
     pub group: String,
     pub stage: String,
@@ -127,7 +127,7 @@ pub struct GroupSummary {
 }
 
 /// What a replay of a selection would cover.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct PreviewReport {
     pub count: i64,
     /// The ids, in order (at most 10,000: what one replay takes).
@@ -144,7 +144,7 @@ pub struct PreviewReport {
 }
 
 /// A status change over a set of ids.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct StatusReport {
     pub status: String,
     pub changed: Vec<i64>,
