@@ -29,6 +29,7 @@
 //! the new status, detail `{actor, reason, …}`) in one transaction.
 
 pub mod dlq;
+pub mod records;
 pub mod sweep;
 pub mod targets;
 

@@ -138,6 +138,45 @@ impl Store {
             .collect()
     }
 
+    /// A record's live merged state (`None`: no such record).
+    pub async fn current_state(
+        &self,
+        record_type: &str,
+        record_id: &str,
+    ) -> Result<Option<crate::model::rules::RecordState>, StoreError> {
+        let mut conn = self.pool().acquire().await?;
+        let row =
+            super::ledger::record_state(&mut conn, self.dialect(), record_type, record_id).await?;
+        Ok(row.map(|r| r.state))
+    }
+
+    /// Records a resync in the audit log (stage `operator`, outcome `resynced`).
+    pub async fn audit_resync(
+        &self,
+        target: &str,
+        record: (&str, &str),
+        version: i64,
+        actor: &str,
+        status: Option<u16>,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut audit = operator_audit(
+            &format!("resync:{target}:{}:{}:{version}", record.0, record.1),
+            Some(record),
+            if error.is_none() {
+                "resynced"
+            } else {
+                "resync_failed"
+            },
+            serde_json::json!({"target": target, "version": version, "actor": fit_actor(actor),
+                               "status": status, "error": error}),
+        );
+        audit.fit_columns();
+        let _guard = self.write_guard().await;
+        let mut conn = self.pool().acquire().await?;
+        ledger::insert_audit(&mut conn, &[audit]).await
+    }
+
     pub async fn target_control(&self, target: &str) -> Result<Option<TargetControl>, StoreError> {
         Ok(self
             .target_controls()

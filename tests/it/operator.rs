@@ -527,3 +527,64 @@ async fn operator_admin_api_pauses_previews_and_discards_sqlite() {
     );
     app.stop().await;
 }
+
+/// `records resync` sends the record's state at the version the target
+/// already acknowledged, once, with the resync header, and audits it.
+// Multi-threaded: the stand-in target answers while the test waits for the CLI.
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_records_resync_resends_an_acknowledged_version_sqlite() {
+    let ns = Target::start(0, Behaviour::default()).await;
+    let sx = Target::start(0, Behaviour::default()).await;
+    let Some(app) = deploy(Db::Sqlite, &ns, &sx).await else {
+        return;
+    };
+    publish_flow(&app, 2, 2, false, Duration::ZERO).await;
+    let recs = records(2, None);
+    assert!(
+        eventually(WAIT, || async {
+            let acked = ns.acked();
+            recs.iter().all(|r| acked.get(r).copied() == Some(2))
+        })
+        .await
+    );
+    let before = ns.hits().len();
+    let out = binary("local")
+        .args([
+            "records",
+            "resync",
+            "--target",
+            "netsuite",
+            "project:p0000",
+            "--json",
+        ])
+        .envs(base_vars(&app.project, app.db_url()))
+        .envs(target_vars(&ns.url(), &sx.url()))
+        .env("BACKBONE__LOG__LEVEL", "warn")
+        .output()
+        .expect("run records resync");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(report[0]["version"], 2);
+    assert_eq!(report[0]["ok"], true);
+    let hits = ns.hits();
+    let new: Vec<_> = hits[before..].iter().collect();
+    assert_eq!(new.len(), 1, "one request");
+    assert!(new[0].resync, "with X-Backbone-Resync: true");
+    assert_eq!(new[0].body["version"], 2, "at the acknowledged version");
+    assert_eq!(new[0].body["applied"]["step"], 2, "the current state");
+    assert_eq!(
+        scalar(
+            &app.store,
+            "SELECT COUNT(*) FROM event_audit_log WHERE stage = 'operator' \
+             AND processing_outcome = 'resynced' AND record_id = 'p0000'"
+        )
+        .await,
+        1
+    );
+    app.stop().await;
+}

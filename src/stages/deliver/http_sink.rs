@@ -107,6 +107,18 @@ impl HttpSink {
         body: Bytes,
         probe: bool,
     ) -> Result<Delivered, SinkFailure> {
+        self.post_with(fingerprint, body, probe, &[]).await
+    }
+
+    /// [`HttpSink::post`] with extra headers (a resync's
+    /// `X-Backbone-Resync: true`), signed like every delivery.
+    pub async fn post_with(
+        &self,
+        fingerprint: &str,
+        body: Bytes,
+        probe: bool,
+        extra: &[(&'static str, &str)],
+    ) -> Result<Delivered, SinkFailure> {
         let mut renewed = false;
         loop {
             let req = Request {
@@ -132,6 +144,9 @@ impl HttpSink {
                 .body(body.clone());
             for (name, value) in &signed.headers {
                 builder = builder.header(name, value.clone());
+            }
+            for (name, value) in extra {
+                builder = builder.header(*name, *value);
             }
             let resp = match builder.send().await {
                 Ok(r) => r,
