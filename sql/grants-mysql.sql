@@ -35,6 +35,11 @@ GRANT SELECT ON event_backbone.archive_coverage TO 'sync_worker'@'%';
 -- docs/spec.md §4.3 (migration 0009): account-wide concurrency slots of a target,
 -- taken and freed by every request while targets.<t>.account_concurrency is set.
 GRANT SELECT, INSERT, UPDATE ON event_backbone.target_slots TO 'sync_worker'@'%';
+-- docs/spec.md §7.1 (migration 0011): the last failed answer of a delivery
+-- (copied onto its dead letter when parked, then removed) and the targets
+-- paused by hand (`targets pause|resume`, read by every replica).
+GRANT SELECT, INSERT, UPDATE, DELETE ON event_backbone.delivery_failures TO 'sync_worker'@'%';
+GRANT SELECT, INSERT, UPDATE ON event_backbone.target_controls TO 'sync_worker'@'%';
 
 -- The archive (`event-backbone archive`, the chart's CronJob) runs as two
 -- users, so that no single credential can both vouch for a segment and

@@ -118,7 +118,16 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 /// Every admin route, behind the bearer-token check; `/mcp` too (the
 /// MCP streamable HTTP transport) unless `mcp.http_enabled` is off.
 pub fn router(state: AdminState) -> Router {
-    let mut routes = Router::new().merge(record_routes()).merge(dlq_routes());
+    let mut routes = Router::new()
+        .merge(record_routes())
+        .merge(dlq_routes())
+        .merge(
+            crate::admin_ops::routes().with_state(crate::admin_ops::OpsState {
+                store: state.store.clone(),
+                publishers: state.publishers.clone(),
+                health: state.health.clone(),
+            }),
+        );
     if let Some(ctx) = state.mcp() {
         routes = routes.nest_service(
             mcp::http::PATH,
@@ -153,11 +162,10 @@ fn record_routes() -> Router<AdminState> {
         )
 }
 
-/// `/admin/dlq…`: list parked dead letters and replay them (docs/spec.md §4, §7).
+/// `/admin/dlq`: list dead letters (docs/spec.md §4, §7); the actions on
+/// them are in [`crate::admin_ops`].
 fn dlq_routes() -> Router<AdminState> {
-    Router::new()
-        .route("/admin/dlq", get(dlq_list))
-        .route("/admin/dlq/replay", axum::routing::post(dlq_replay))
+    Router::new().route("/admin/dlq", get(dlq_list))
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +177,8 @@ struct DlqListParams {
     /// Include rows already replayed.
     #[serde(default)]
     all: bool,
+    /// Only this status (`parked`, `replayed`, `superseded`, `discarded`).
+    status: Option<String>,
     limit: Option<i64>,
     /// The page after this row id (`next_after_id` of the previous page).
     after_id: Option<i64>,
@@ -189,6 +199,8 @@ async fn dlq_list(
         record_id: p.record_id,
         reason: p.reason,
         include_replayed: p.all,
+        status: p.status,
+        ..Default::default()
     };
     let limit = p.limit.unwrap_or(100);
     if !(1..=DLQ_PAGE_MAX).contains(&limit) {
@@ -210,55 +222,6 @@ async fn dlq_list(
     Ok(Json(
         json!({"pending": pending, "dead_letters": rows, "next_after_id": next_after_id}),
     ))
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ReplayBody {
-    #[serde(default)]
-    ids: Vec<i64>,
-    stage: Option<String>,
-    record_type: Option<String>,
-    record_id: Option<String>,
-    reason: Option<String>,
-    #[serde(default)]
-    dry_run: bool,
-}
-
-async fn dlq_replay(
-    State(state): State<AdminState>,
-    body: Option<Json<ReplayBody>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let b = body.map(|Json(b)| b).unwrap_or_default();
-    let Some(publishers) = state.publishers.clone() else {
-        return Err(ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "replay is not available on this server (no publisher)".into(),
-        ));
-    };
-    let filter = DlqFilter {
-        ids: b.ids,
-        stage: b.stage,
-        record_type: b.record_type,
-        record_id: b.record_id,
-        reason: b.reason,
-        include_replayed: false,
-    };
-    // Its own task: a replay longer than the request timeout goes on to
-    // the end (rows are marked one by one) after the client got its 503.
-    let store = state.store.clone();
-    let report =
-        tokio::spawn(
-            async move { crate::dlq::replay(&store, &publishers, &filter, b.dry_run).await },
-        )
-        .await
-        .map_err(|e| {
-            ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the replay failed: {e}"),
-            )
-        })?
-        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    Ok(Json(json!(report)))
 }
 
 /// Binds `http.admin_addr` and serves until `shutdown`; `None` (with a log

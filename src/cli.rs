@@ -32,6 +32,10 @@ pub enum Command {
     Bench(commands::bench::Args),
     /// Inspect and replay parked dead letters (works without a running daemon).
     Dlq(commands::dlq::Args),
+    /// Pause, resume and list the delivery targets (stored in the database: every replica obeys).
+    Targets(commands::targets::Args),
+    /// Resend records' current merged state to a target (`records resync`), audited.
+    Records(commands::records::Args),
     /// A record's event history, and its state rebuilt at any sequence number.
     Events(commands::events::Args),
     /// Compare every record's live projection with a full replay; exit 1 on drift.
@@ -98,6 +102,8 @@ async fn dispatch(cmd: Command) -> i32 {
         Command::CheckConfig(a) => commands::check_config::run(settings, a),
         Command::Bench(a) => commands::bench::run(settings, a).await,
         Command::Dlq(a) => commands::dlq::run(settings, a).await,
+        Command::Targets(a) => commands::targets::run(settings, a).await,
+        Command::Records(a) => commands::records::run(settings, a).await,
         Command::Events(a) => commands::events::run(settings, a).await,
         Command::Verify(a) => commands::verify::run(settings, a).await,
         Command::Explain(a) => commands::explain::run(settings, a).await,

@@ -75,14 +75,28 @@ pub fn replay_attributes(dl: &DeadLetter) -> HashMap<String, String> {
     envelope::within_limits(ours, &stored)
 }
 
+/// [`replay_by`] for a caller that does not name itself (actor `api`).
 pub async fn replay(
     store: &Store,
     publishers: &Publishers,
     filter: &DlqFilter,
     dry_run: bool,
 ) -> Result<ReplayReport, StoreError> {
+    replay_by(store, publishers, filter, dry_run, "api").await
+}
+
+/// Replays the parked rows `filter` selects (never discarded, superseded
+/// or replayed ones); `actor` is recorded on each row and its audit row.
+pub async fn replay_by(
+    store: &Store,
+    publishers: &Publishers,
+    filter: &DlqFilter,
+    dry_run: bool,
+    actor: &str,
+) -> Result<ReplayReport, StoreError> {
     let mut f = filter.clone();
     f.include_replayed = false;
+    f.status = None;
     let mut report = ReplayReport {
         dry_run,
         ..Default::default()
@@ -103,7 +117,7 @@ pub async fn replay(
                 report.replayed.push(row.id);
                 continue;
             }
-            replay_one(store, publishers, row.id, &mut report).await?;
+            replay_one(store, publishers, row.id, actor, &mut report).await?;
         }
     }
     if let Ok(n) = store.pending_dead_letters().await {
@@ -119,11 +133,30 @@ pub async fn replay(
     Ok(report)
 }
 
+/// Replays exactly these rows (a selection an operator previewed), each
+/// only if it is still parked.
+pub async fn replay_ids(
+    store: &Store,
+    publishers: &Publishers,
+    ids: &[i64],
+    actor: &str,
+) -> Result<ReplayReport, StoreError> {
+    let mut report = ReplayReport::default();
+    for id in ids.iter().take(MAX_BATCH as usize) {
+        replay_one(store, publishers, *id, actor, &mut report).await?;
+    }
+    if let Ok(n) = store.pending_dead_letters().await {
+        crate::metrics::set_dead_letters_parked(n);
+    }
+    Ok(report)
+}
+
 /// Claims, loads (with its data), republishes and marks one row.
 async fn replay_one(
     store: &Store,
     publishers: &Publishers,
     id: i64,
+    actor: &str,
     report: &mut ReplayReport,
 ) -> Result<(), StoreError> {
     if !store.claim_replay(id).await? {
@@ -141,7 +174,7 @@ async fn replay_one(
         .await;
     match published {
         Ok(_) => {
-            store.mark_replayed(id).await?;
+            store.mark_replayed(id, actor).await?;
             emit(DeadLetterReplayed);
             report.replayed.push(id);
         }

@@ -6,6 +6,7 @@
 //! to error/dlq).
 
 pub mod admin;
+pub mod admin_ops;
 pub mod app;
 pub mod cli;
 pub mod commands;
@@ -20,6 +21,7 @@ pub mod internal_events;
 pub mod mcp;
 pub mod metrics;
 pub mod model;
+pub mod ops;
 pub mod pubsub;
 pub mod runtime;
 pub mod snapshots;

@@ -491,7 +491,7 @@ pub fn set_held_messages(subscription: &str, n: usize) {
 /// A message of `subscription` started processing (in flight until
 /// [`inflight_ended`]).
 /// Why a target's circuit can be open (docs/spec.md §4.2, §4.3): the `cause` label.
-pub const CIRCUIT_CAUSES: &[&str] = &["outage", "auth", "config"];
+pub const CIRCUIT_CAUSES: &[&str] = &["outage", "auth", "config", "paused"];
 
 /// A target's pacing state (docs/spec.md §4.2); `cause` is why its circuit is open.
 pub fn set_target_state(

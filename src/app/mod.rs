@@ -328,6 +328,16 @@ impl Application {
             self.settings.merge.gap_check_interval,
             shutdown.clone(),
         ));
+        // A target paused by hand stays paused across a restart: applied
+        // before the first message is pulled, then kept current.
+        if let Err(e) = crate::ops::sweep::apply_controls(&self.store, &self.pacers).await {
+            tracing::warn!(error = %e, "Could not read the targets' pauses at startup.");
+        }
+        let operator_sweep = tokio::spawn(crate::ops::sweep::run(
+            self.store.clone(),
+            self.pacers.clone(),
+            shutdown.clone(),
+        ));
         let http = crate::http::serve(
             &self.settings,
             self.store.clone(),
@@ -362,6 +372,7 @@ impl Application {
         pacing_stopper.abort();
         let _ = relay.await;
         let _ = sweeper.await;
+        let _ = operator_sweep.await;
         drop(completer);
         self.publishers.flush().await;
         let _ = completer_task.await;

@@ -13,5 +13,7 @@ pub mod mcp;
 pub mod migrate;
 pub mod provision;
 pub mod publish;
+pub mod records;
 pub mod run;
+pub mod targets;
 pub mod verify;

@@ -32,7 +32,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<i32> {
             }
             tracing::info!("SIGUSR1 received; replaying parked dead letters.");
             if let Err(e) =
-                crate::dlq::replay(&store, &publishers, &DlqFilter::default(), false).await
+                crate::dlq::replay_by(&store, &publishers, &DlqFilter::default(), false, "signal")
+                    .await
             {
                 tracing::error!(error = %e, "DLQ replay failed; parked rows stay pending.");
             }

@@ -232,6 +232,12 @@ pub struct McpSettings {
     pub allow_replay: bool,
     /// Offer `emit_event` (publishes a raw event to events.raw.{env}).
     pub allow_emit: bool,
+    /// Offer `discard_dead_letters` (docs/spec.md §7.1).
+    #[serde(default)]
+    pub allow_discard: bool,
+    /// Offer `pause_target` and `resume_target` (docs/spec.md §7.1).
+    #[serde(default)]
+    pub allow_pause: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -90,7 +90,7 @@ enum Line {
         row: MergedArchived,
     },
     Checkpoint(Checkpoint),
-    DeadLetter(DeadLetterArchived),
+    DeadLetter(Box<DeadLetterArchived>),
 }
 
 /// A segment's manifest, recorded in the database and written beside it.
@@ -380,7 +380,7 @@ fn encode(
         dead_letters: dead.len(),
     })?;
     for d in dead {
-        line(&Line::DeadLetter(d.clone()))?;
+        line(&Line::DeadLetter(Box::new(d.clone())))?;
     }
     for p in parts {
         for e in &p.rows.events {
@@ -478,7 +478,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, String> {
                 rows[i].1.merged.push(row);
             }
             Line::Checkpoint(c) => checkpoints.push(c),
-            Line::DeadLetter(d) => dead_letters.push(d),
+            Line::DeadLetter(d) => dead_letters.push(*d),
         }
     }
     if dead_letters.len() != dead_count {

@@ -42,6 +42,38 @@ impl InternalEvent for DeadLetterReplayed {
     }
 }
 
+/// Replays another process recorded (the CLI's `dlq replay`), seen by the
+/// daemon in the audit log: its `backbone_dlq_replayed_total` counts every
+/// replay path.
+pub struct DeadLettersReplayedElsewhere {
+    pub count: u64,
+}
+
+impl InternalEvent for DeadLettersReplayedElsewhere {
+    fn emit(self) {
+        metrics().dlq_replayed.inc_by(self.count);
+        tracing::info!(
+            count = self.count,
+            "Dead letters replayed by another process."
+        );
+    }
+}
+
+/// Parked delivery dead letters closed by themselves: the target has since
+/// acknowledged a later version of their record.
+pub struct DeadLettersSuperseded {
+    pub count: usize,
+}
+
+impl InternalEvent for DeadLettersSuperseded {
+    fn emit(self) {
+        tracing::info!(
+            count = self.count,
+            "Parked dead letters superseded by later deliveries."
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{emit, test_support::logged};

@@ -22,7 +22,9 @@ mod retry;
 mod target;
 
 pub use self::consumer::{ConsumerRestarting, MessageProcessed, MessageReceived};
-pub use self::dlq::{DeadLetterReplayed, DeadLettered};
+pub use self::dlq::{
+    DeadLetterReplayed, DeadLettered, DeadLettersReplayedElsewhere, DeadLettersSuperseded,
+};
 pub use self::http::HttpConnectionShed;
 pub use self::merge::{GapDeadLettered, MergeBatchCommitted, MergeConflictResolved};
 pub use self::outbox::OutboxRelayed;

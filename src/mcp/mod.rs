@@ -13,6 +13,7 @@
 
 pub mod catalog;
 pub mod http;
+pub mod ops_tools;
 pub mod server;
 pub mod status;
 pub mod tools;

@@ -19,9 +19,12 @@ use super::tools::*;
 use super::Ctx;
 
 /// The write tools and the switch each needs.
-pub const WRITE_TOOLS: [(&str, &str); 2] = [
+pub const WRITE_TOOLS: [(&str, &str); 5] = [
     ("replay_dead_letters", "mcp.allow_replay"),
     ("emit_event", "mcp.allow_emit"),
+    ("discard_dead_letters", "mcp.allow_discard"),
+    ("pause_target", "mcp.allow_pause"),
+    ("resume_target", "mcp.allow_pause"),
 ];
 
 const INSTRUCTIONS: &str = "event-backbone's event store: the immutable events of every record \
@@ -30,14 +33,15 @@ the merge rules' decisions, deliveries to both targets, and the dead-letter queu
 Start with list_event_types to learn the record types, fields and outcome names; \
 query_events for a record's history (newest first, paged); replay_events for its state at a \
 sequence number; explain_field for why a field holds its value and whether each target has it; \
-list_dead_letters / show_dead_letter for the DLQ; pipeline_status for readiness, held messages, \
+list_dead_letters / show_dead_letter / preview_dead_letters for the DLQ; list_targets for \
+paused targets; pipeline_status for readiness, held messages, \
 gaps and targets. Write tools, when this server offers them, act on production data: \
 replay_dead_letters only replays with confirm: true (ask the operator first), emit_event \
 publishes a raw event.";
 
 #[derive(Clone)]
 pub struct McpServer {
-    ctx: Ctx,
+    pub(super) ctx: Ctx,
     tool_router: ToolRouter<Self>,
 }
 
@@ -48,7 +52,14 @@ fn err(e: ToolError) -> String {
 #[tool_router]
 impl McpServer {
     pub fn new(ctx: Ctx) -> Self {
-        let mut tool_router = Self::tool_router();
+        let mut tool_router = Self::tool_router() + Self::ops_tool_router();
+        if !ctx.settings.mcp.allow_discard {
+            tool_router.remove_route("discard_dead_letters");
+        }
+        if !ctx.settings.mcp.allow_pause {
+            tool_router.remove_route("pause_target");
+            tool_router.remove_route("resume_target");
+        }
         if !ctx.settings.mcp.allow_replay {
             tool_router.remove_route("replay_dead_letters");
         }

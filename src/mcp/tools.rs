@@ -616,6 +616,7 @@ impl DlqFilters {
             record_id: self.record_id.clone(),
             reason: self.reason.map(|r| r.as_str().to_owned()),
             include_replayed,
+            ..Default::default()
         })
     }
 }
@@ -841,7 +842,8 @@ impl Ctx {
         }
         let publishers = self.publishers().await?;
         let rows_before = self.dead_letter_heads(&f).await?;
-        let report = dlq::replay(&self.store, &publishers, &f, false).await?;
+        let report =
+            dlq::replay_by(&self.store, &publishers, &f, false, self.transport.caller()).await?;
         publishers.flush().await;
         let caller = self.transport.caller();
         tracing::info!(

@@ -686,7 +686,8 @@ impl Store {
                 "{ins} INTO dead_letters (id, dlq_message_id, origin_message_id, stage, reason, \
                  attempts, fingerprint, record_type, record_id, last_error, errors, data, \
                  attributes, ordering_key, source_subscription, delivery_count, parked_at, \
-                 replay_count, replayed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                 replay_count, replayed_at, status, status_actor, status_reason) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             ))
             .bind(r.id)
             .bind(r.dlq_message_id.clone())
@@ -707,6 +708,15 @@ impl Store {
             .bind(d.ts_value(&super::parse_ts(&r.parked_at)?))
             .bind(r.replay_count)
             .bind(ts(&r.replayed_at)?)
+            // A segment written before migration 0011 has no status: an
+            // archived row was replayed (only those are archived).
+            .bind(if r.status == "parked" && r.replayed_at.is_some() {
+                "replayed".to_string()
+            } else {
+                r.status.clone()
+            })
+            .bind(r.status_actor.clone())
+            .bind(r.status_reason.clone())
             .execute(&mut *tx)
             .await?
             .rows_affected();

@@ -183,6 +183,20 @@ pub struct DeadLetter {
     pub parked_at: String,
     pub replay_count: i32,
     pub replayed_at: Option<String>,
+    /// `parked`, `replayed`, `superseded` or `discarded` (migration 0011).
+    #[serde(default = "parked")]
+    pub status: String,
+    /// Who changed the status last, why and when.
+    #[serde(default)]
+    pub status_actor: Option<String>,
+    #[serde(default)]
+    pub status_reason: Option<String>,
+    #[serde(default)]
+    pub status_at: Option<String>,
+}
+
+fn parked() -> String {
+    "parked".into()
 }
 
 /// Which rows a listing or replay covers.
@@ -195,8 +209,18 @@ pub struct DlqFilter {
     pub record_id: Option<String>,
     pub reason: Option<String>,
     /// Include rows already replayed (listing only; replay never does).
+    /// Without it and without `status`, only `parked` rows are selected.
     #[serde(default)]
     pub include_replayed: bool,
+    /// Only rows with this status (`parked`, `replayed`, `superseded`,
+    /// `discarded`); wins over `include_replayed`.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Only rows parked at or after / before this time (RFC 3339).
+    #[serde(default)]
+    pub since: Option<chrono::DateTime<Utc>>,
+    #[serde(default)]
+    pub until: Option<chrono::DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,13 +243,16 @@ fn columns_with(store: &Store, with_data: bool) -> String {
     format!(
         "id, dlq_message_id, origin_message_id, stage, reason, attempts, fingerprint, record_type, \
          record_id, {} AS last_error, {} AS errors, {}LENGTH(data) AS data_bytes, {} AS attributes, \
-         ordering_key, source_subscription, delivery_count, {} AS parked, replay_count, {} AS replayed",
+         ordering_key, source_subscription, delivery_count, {} AS parked, replay_count, {} AS replayed, \
+         status, status_actor, {} AS status_reason_t, {} AS status_at_t",
         d.text("last_error"),
         d.text("errors"),
         if with_data { "data, " } else { "" },
         d.text("attributes"),
         d.ts("parked_at"),
         d.ts("replayed_at"),
+        d.text("status_reason"),
+        d.ts("status_at"),
     )
 }
 
@@ -265,6 +292,10 @@ fn from_row_with(row: &sqlx::any::AnyRow, with_data: bool) -> Result<DeadLetter,
         parked_at: get_text(row, "parked")?,
         replay_count: row.try_get::<i64, _>("replay_count")? as i32,
         replayed_at: get_opt_text(row, "replayed")?,
+        status: get_text(row, "status")?,
+        status_actor: get_opt_text(row, "status_actor")?,
+        status_reason: get_opt_text(row, "status_reason_t")?,
+        status_at: get_opt_text(row, "status_at_t")?,
     })
 }
 
@@ -292,11 +323,13 @@ impl Store {
         let mut result = Parked::AlreadyParked;
         if let Some(row_id) = dl.replay_of {
             // Reopen the replayed row unless this very dlq message did it already.
-            let n = sqlx::query(
+            let n = sqlx::query(&format!(
                 "UPDATE dead_letters SET dlq_message_id = ?, reason = ?, attempts = ?, last_error = ?, \
-                 errors = ?, attributes = ?, replayed_at = NULL, replay_claimed_at = NULL \
-                 WHERE id = ? AND dlq_message_id <> ?",
-            )
+                 errors = ?, attributes = ?, replayed_at = NULL, replay_claimed_at = NULL, \
+                 status = 'parked', status_actor = 'park', status_reason = 'failed again after a replay', \
+                 status_at = {} WHERE id = ? AND dlq_message_id <> ?",
+                d.now()
+            ))
             .bind(c.dlq_message_id.to_string())
             .bind(c.reason.to_string())
             .bind(dl.attempts)
@@ -398,8 +431,20 @@ impl Store {
             q.push(" AND id > ");
             q.push_bind(after);
         }
-        if !f.include_replayed {
-            q.push(" AND replayed_at IS NULL");
+        if let Some(status) = &f.status {
+            q.push(" AND status = ");
+            q.push_bind(status.clone());
+        } else if !f.include_replayed {
+            q.push(" AND status = 'parked'");
+        }
+        let d = self.dialect();
+        if let Some(t) = &f.since {
+            q.push(" AND parked_at >= ");
+            q.push_bind(d.ts_value(t));
+        }
+        if let Some(t) = &f.until {
+            q.push(" AND parked_at < ");
+            q.push_bind(d.ts_value(t));
         }
         if !f.ids.is_empty() {
             q.push(" AND id IN (");
@@ -444,7 +489,7 @@ impl Store {
         let _guard = self.write_guard().await;
         let n = sqlx::query(
             "UPDATE dead_letters SET replay_claimed_at = ? WHERE id = ? AND replayed_at IS NULL \
-             AND (replay_claimed_at IS NULL OR replay_claimed_at < ?)",
+             AND status = 'parked' AND (replay_claimed_at IS NULL OR replay_claimed_at < ?)",
         )
         .bind(d.ts_value(&now))
         .bind(id)
@@ -455,17 +500,21 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Marks a claimed row replayed (its publish succeeded).
-    pub async fn mark_replayed(&self, id: i64) -> Result<(), StoreError> {
-        let d = self.dialect();
-        let _guard = self.write_guard().await;
-        sqlx::query(
-            "UPDATE dead_letters SET replayed_at = ?, replay_claimed_at = NULL, \
-             replay_count = replay_count + 1 WHERE id = ?",
+    /// Marks a claimed row replayed (its publish succeeded) by `actor`,
+    /// with its audit row (which the daemon's replay counter reads).
+    pub async fn mark_replayed(&self, id: i64, actor: &str) -> Result<(), StoreError> {
+        let set = format!(
+            "replayed_at = {}, replay_claimed_at = NULL, replay_count = replay_count + 1",
+            self.dialect().now()
+        );
+        self.change_one(
+            id,
+            &[super::dlq_status::DlqStatus::Parked],
+            super::dlq_status::DlqStatus::Replayed,
+            actor,
+            None,
+            Some(&set),
         )
-        .bind(d.ts_value(&Utc::now()))
-        .bind(id)
-        .execute(self.pool())
         .await?;
         Ok(())
     }
@@ -480,10 +529,11 @@ impl Store {
         Ok(())
     }
 
-    /// Rows parked and not replayed (the `dead_letters_parked` gauge).
+    /// Rows with status `parked` (the `dead_letters_parked` gauge and its
+    /// alert): discarded, superseded and replayed rows are not counted.
     pub async fn pending_dead_letters(&self) -> Result<i64, StoreError> {
         Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NULL")
+            sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE status = 'parked'")
                 .fetch_one(self.pool())
                 .await?,
         )

@@ -11,6 +11,7 @@ pub mod delivery;
 pub mod delivery_lease;
 pub mod delivery_log;
 pub mod dlq_groups;
+pub mod dlq_status;
 pub mod errors;
 pub mod explain;
 pub mod history;
@@ -28,6 +29,7 @@ mod schema_limits;
 pub mod scratch;
 pub mod sizes;
 pub mod story;
+pub mod target_controls;
 pub mod target_slots;
 
 use std::sync::Arc;

@@ -29,6 +29,7 @@ mod integration_guide;
 mod mcp;
 mod merge_e2e;
 mod newcomer;
+mod operator;
 mod ops;
 mod prometheus_live;
 mod pubsub_limits;

@@ -74,6 +74,8 @@ async fn over_both_transports(db: Db) {
     let writes = [
         ("BACKBONE__MCP__ALLOW_EMIT", "true"),
         ("BACKBONE__MCP__ALLOW_REPLAY", "true"),
+        ("BACKBONE__MCP__ALLOW_DISCARD", "true"),
+        ("BACKBONE__MCP__ALLOW_PAUSE", "true"),
     ];
     let overrides = Overrides::new()
         .targets(&sink.url(NS), &sink.url(SX))
@@ -244,6 +246,8 @@ fn writes_env() -> Vec<(&'static str, String)> {
     vec![
         ("BACKBONE__MCP__ALLOW_EMIT", "true".to_string()),
         ("BACKBONE__MCP__ALLOW_REPLAY", "true".to_string()),
+        ("BACKBONE__MCP__ALLOW_DISCARD", "true".to_string()),
+        ("BACKBONE__MCP__ALLOW_PAUSE", "true".to_string()),
     ]
 }
 

@@ -31,8 +31,16 @@ READ_TOOLS = {
     "list_dead_letters",
     "show_dead_letter",
     "pipeline_status",
+    "preview_dead_letters",
+    "list_targets",
 }
-WRITE_TOOLS = {"replay_dead_letters", "emit_event"}
+WRITE_TOOLS = {
+    "replay_dead_letters",
+    "emit_event",
+    "discard_dead_letters",
+    "pause_target",
+    "resume_target",
+}
 RECORD = {"record_type": "project", "record_id": "42"}
 
 
@@ -195,6 +203,16 @@ async def write_tools(client, tag, dead_letter, confirm, caller):
         done = await ok(client, "replay_dead_letters", {"ids": [dead_letter], "confirm": True})
         check(not done["dry_run"] and done["replayed"] == [dead_letter], "replay_dead_letters with confirm", done)
 
+    paused = await ok(client, "pause_target", {"target": "netsuite", "reason": "mcp test"})
+    check(paused["paused"] and paused["actor"].startswith("mcp/"), "pause_target records the caller", paused)
+    await refused(client, "pause_target", {"target": "sap", "reason": "x"}, "unknown target")
+    resumed = await ok(client, "resume_target", {"target": "netsuite"})
+    check(not resumed["paused"], "resume_target", resumed)
+    listed = await ok(client, "list_targets")
+    check(len(listed["targets"]) == 2, "list_targets: both targets", listed)
+    pv = await ok(client, "preview_dead_letters", {})
+    check(pv["count"] >= 0 and isinstance(pv["groups"], list), "preview_dead_letters", pv)
+
     await refused(client, "emit_event", {"event": {"record_type": "Project!", "record_id": "1", "source": "suitex",
                                                    "timestamp": "2026-03-14T10:00:00Z", "base_version": 0,
                                                    "changes": {"a": 1}}}, "record_type")
@@ -227,6 +245,8 @@ async def write_tools(client, tag, dead_letter, confirm, caller):
 async def writes_off(client):
     await refused(client, "emit_event", {"event": {}}, "disabled", "mcp.allow_emit")
     await refused(client, "replay_dead_letters", {"confirm": True}, "disabled", "mcp.allow_replay")
+    await refused(client, "pause_target", {"target": "netsuite", "reason": "x"}, "disabled", "mcp.allow_pause")
+    await refused(client, "discard_dead_letters", {"ids": [1], "reason": "x"}, "disabled", "mcp.allow_discard")
 
 
 async def main():

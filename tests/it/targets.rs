@@ -56,6 +56,8 @@ pub struct Hit {
     pub at: Instant,
     pub status: u16,
     pub body: Value,
+    /// The request carried `X-Backbone-Resync: true` (`records resync`).
+    pub resync: bool,
 }
 
 #[derive(Default)]
@@ -84,7 +86,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn answer(State(s): State<Arc<TargetState>>, body: Bytes) -> Response {
+async fn answer(
+    State(s): State<Arc<TargetState>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let resync = headers
+        .get("x-backbone-resync")
+        .is_some_and(|v| v.as_bytes() == b"true");
     let ev: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let record = format!(
         "{}:{}",
@@ -131,6 +140,7 @@ async fn answer(State(s): State<Arc<TargetState>>, body: Bytes) -> Response {
         at,
         status,
         body: ev,
+        resync,
     });
     if let Some(n) = lock(&s.per_record).get_mut(&record) {
         *n -= 1;

@@ -212,7 +212,7 @@ impl DeliverStage {
         let verdict = self.pacer.finish(permit, record_hash(&d.ev), pace, why);
         match answer {
             Ok(delivered) => self.delivered(d, st, delivered, send).await,
-            Err(failure) => self.failed(d, failure, verdict).await,
+            Err(failure) => self.failed(d, failure, verdict, &send.body).await,
         }
     }
 
@@ -331,6 +331,7 @@ impl DeliverStage {
         d: &Delivery<'_>,
         failure: SinkFailure,
         verdict: Verdict,
+        sent: &[u8],
     ) -> Result<Leased, Failure> {
         let fp = d.fp().to_string();
         let own_failure = |released| {
@@ -347,6 +348,7 @@ impl DeliverStage {
         match verdict {
             // The target refused this message (a 4xx): permanent.
             Verdict::Proceed => {
+                self.keep_answer(d, &failure, sent).await;
                 let (row, _) = own_failure(true);
                 self.log()
                     .write_releasing(DeliveryWrite::Audit(row), self.lease(&d.ev))
@@ -395,6 +397,7 @@ impl DeliverStage {
                 }
                 // The target serves others: this failure is the message's
                 // own and takes the retry schedule.
+                self.keep_answer(d, &failure, sent).await;
                 let (row, _) = own_failure(false);
                 self.write(DeliveryWrite::Audit(row), &fp).await?;
                 Ok(Leased::kept(Step::Done(Err(Failure {
@@ -402,6 +405,25 @@ impl DeliverStage {
                     fingerprint: Some(fp),
                 }))))
             }
+        }
+    }
+}
+
+impl DeliverStage {
+    /// Keeps what was sent and answered for the dead letter this failure
+    /// may become (docs/spec.md §7.1); best effort: the delivery's own
+    /// bookkeeping does not depend on it.
+    async fn keep_answer(&self, d: &Delivery<'_>, failure: &SinkFailure, sent: &[u8]) {
+        let Some(answer) = &failure.answer else {
+            return;
+        };
+        let stage = super::stage_name(self.target);
+        if let Err(e) = self
+            .store
+            .record_delivery_failure(stage, d.fp(), sent, answer)
+            .await
+        {
+            tracing::warn!(error = %e, "Could not keep the failed delivery's request and answer.");
         }
     }
 }

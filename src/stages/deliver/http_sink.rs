@@ -13,6 +13,7 @@ use super::answer::classify;
 pub use super::answer::{Signal, Vocabulary};
 use super::auth::{error_chain, oauth2::TokenError, Auth, Request, SignError};
 use crate::stages::StageError;
+use crate::store::dlq_status::{TargetAnswer, ANSWER_BODY_MAX};
 
 /// An error body is read up to this much (NetSuite's error JSON is small;
 /// a huge error page costs nothing beyond it).
@@ -52,6 +53,9 @@ pub struct Delivered {
 pub struct SinkFailure {
     pub error: StageError,
     pub signal: Signal,
+    /// What the target answered (status, capped body, NetSuite code), kept
+    /// with a dead letter (docs/spec.md §7.1); `None` without an answer.
+    pub answer: Option<TargetAnswer>,
 }
 
 /// The client every target (and its OAuth 2.0 token endpoint) is called with.
@@ -103,6 +107,18 @@ impl HttpSink {
         body: Bytes,
         probe: bool,
     ) -> Result<Delivered, SinkFailure> {
+        self.post_with(fingerprint, body, probe, &[]).await
+    }
+
+    /// [`HttpSink::post`] with extra headers (a resync's
+    /// `X-Backbone-Resync: true`), signed like every delivery.
+    pub async fn post_with(
+        &self,
+        fingerprint: &str,
+        body: Bytes,
+        probe: bool,
+        extra: &[(&'static str, &str)],
+    ) -> Result<Delivered, SinkFailure> {
         let mut renewed = false;
         loop {
             let req = Request {
@@ -128,6 +144,9 @@ impl HttpSink {
                 .body(body.clone());
             for (name, value) in &signed.headers {
                 builder = builder.header(name, value.clone());
+            }
+            for (name, value) in extra {
+                builder = builder.header(*name, *value);
             }
             let resp = match builder.send().await {
                 Ok(r) => r,
@@ -155,7 +174,24 @@ impl HttpSink {
                 renewed = true;
                 continue;
             }
-            return Err(SinkFailure { error, signal });
+            let code = match self.vocabulary {
+                Vocabulary::Netsuite => super::answer::parse_netsuite(&text).code,
+                Vocabulary::Http => None,
+            };
+            let body = String::from_utf8_lossy(&text[..text.len().min(ANSWER_BODY_MAX)]);
+            let answer = TargetAnswer {
+                status: Some(status),
+                body: Some(
+                    crate::model::limits::truncate_bytes(&body, ANSWER_BODY_MAX).to_string(),
+                ),
+                netsuite_code: code,
+                error: None,
+            };
+            return Err(SinkFailure {
+                error,
+                signal,
+                answer: Some(answer),
+            });
         }
     }
 
@@ -217,7 +253,11 @@ impl HttpSink {
                 (Signal::Misconfigured(0), StageError::transient(message))
             }
         };
-        SinkFailure { error, signal }
+        SinkFailure {
+            error,
+            signal,
+            answer: None,
+        }
     }
 
     fn request_error(&self, e: &reqwest::Error) -> SinkFailure {
@@ -242,6 +282,10 @@ impl HttpSink {
                 error_chain(e)
             )),
             signal,
+            answer: Some(TargetAnswer {
+                error: Some(what),
+                ..TargetAnswer::default()
+            }),
         }
     }
 }

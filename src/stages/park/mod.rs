@@ -238,6 +238,7 @@ impl ParkStage {
         }
         match parked {
             Parked::Inserted | Parked::Reopened => {
+                self.attach_sent(&dl).await;
                 tracing::warn!(stage = %dl.stage, reason = %dl.reason, attempts = dl.attempts, reopened = (parked == Parked::Reopened), "Dead letter parked.");
             }
             Parked::AlreadyParked => {
@@ -248,6 +249,21 @@ impl ParkStage {
             crate::metrics::set_dead_letters_parked(n);
         }
         Ok(Outcome::ack("parked", dl.fingerprint))
+    }
+
+    /// A delivery dead letter gets the request its delivery sent and the
+    /// target's answer, kept when the attempt failed (docs/spec.md §7.1).
+    async fn attach_sent(&self, dl: &NewDeadLetter) {
+        let (Some(fp), true) = (&dl.fingerprint, dl.stage.starts_with("deliver.")) else {
+            return;
+        };
+        if let Err(e) = self
+            .store
+            .attach_delivery_failure(dl.replay_of, &dl.dlq_message_id, &dl.stage, fp)
+            .await
+        {
+            tracing::warn!(error = %e, "Could not attach the failed request and answer to the dead letter.");
+        }
     }
 
     /// A dead letter that could not be parked is never acked (it would be

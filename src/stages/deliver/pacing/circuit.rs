@@ -49,16 +49,19 @@ pub enum Cause {
     Auth,
     /// A redirect, or a credential file that cannot be read.
     Config,
+    /// An operator paused the target (`targets pause`, docs/spec.md §7.1).
+    Paused,
 }
 
 impl Cause {
-    pub const ALL: [Cause; 3] = [Cause::Outage, Cause::Auth, Cause::Config];
+    pub const ALL: [Cause; 4] = [Cause::Outage, Cause::Auth, Cause::Config, Cause::Paused];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Cause::Outage => "outage",
             Cause::Auth => "auth",
             Cause::Config => "config",
+            Cause::Paused => "paused",
         }
     }
 

@@ -87,8 +87,10 @@ pub struct TargetSnapshot {
     pub inflight: usize,
     pub held: usize,
     pub circuit_open: bool,
-    /// Why it is open: `outage`, `auth` or `config`.
+    /// Why it is open: `outage`, `auth`, `config`, or `paused` by an operator.
     pub circuit_cause: Option<Cause>,
+    /// Who paused the target by hand, why and since when (docs/spec.md §7.1).
+    pub paused_by: Option<OperatorPause>,
     /// Seconds the circuit has been open.
     pub circuit_open_for_seconds: Option<f64>,
     /// Seconds left of a `Retry-After` pause.
@@ -102,7 +104,17 @@ pub struct TargetSnapshot {
     pub account_slots_held: Option<usize>,
 }
 
+/// A pause by an operator, as `target_controls` records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OperatorPause {
+    pub actor: Option<String>,
+    pub reason: Option<String>,
+    pub since: Option<String>,
+}
+
 struct Inner {
+    /// Paused by an operator: held like an open circuit (cause `paused`).
+    operator: Option<OperatorPause>,
     aimd: Aimd,
     circuit: Circuit,
     /// Permits the semaphore holds for the current limit.
@@ -129,6 +141,8 @@ pub struct Pacer {
     changed: watch::Sender<u64>,
     /// One probe at a time while the circuit is open, in arrival order.
     probe: Arc<tokio::sync::Mutex<()>>,
+    /// Wakes the deliveries an operator's pause holds when it ends.
+    resumed: tokio::sync::Notify,
     rate: Option<DefaultDirectRateLimiter>,
     stop: CancellationToken,
 }
@@ -209,6 +223,7 @@ impl Pacer {
             target,
             sem: Arc::new(Semaphore::new(applied)),
             inner: Mutex::new(Inner {
+                operator: None,
                 aimd,
                 circuit: Circuit::new(settings.circuit_failures, settings.probe_max_interval),
                 applied,
@@ -222,6 +237,7 @@ impl Pacer {
             }),
             changed: watch::channel(0).0,
             probe: Arc::new(tokio::sync::Mutex::new(())),
+            resumed: tokio::sync::Notify::new(),
             rate,
             stop,
             settings,
@@ -242,7 +258,30 @@ impl Pacer {
     /// a `Retry-After` pauses it, so its consumer pulls nothing new.
     pub fn accepting(&self) -> bool {
         let st = self.lock();
-        !st.circuit.is_open() && st.paused_until.is_none_or(|u| u <= Instant::now())
+        st.operator.is_none()
+            && !st.circuit.is_open()
+            && st.paused_until.is_none_or(|u| u <= Instant::now())
+    }
+
+    /// Pauses (`Some`) or resumes (`None`) the target by an operator's
+    /// hand: every delivery is held, no attempt spent, nothing
+    /// dead-lettered, until resumed.
+    pub fn set_operator_pause(&self, pause: Option<OperatorPause>) {
+        let mut st = self.lock();
+        if st.operator == pause {
+            return;
+        }
+        let resumed = st.operator.is_some() && pause.is_none();
+        st.operator = pause;
+        self.publish_gauges(&st);
+        drop(st);
+        if resumed {
+            self.resumed.notify_waiters();
+        }
+    }
+
+    pub fn operator_pause(&self) -> Option<OperatorPause> {
+        self.lock().operator.clone()
     }
 
     pub fn snapshot(&self) -> TargetSnapshot {
@@ -253,8 +292,13 @@ impl Pacer {
             concurrency_limit: st.aimd.limit(),
             inflight: st.inflight,
             held: st.held,
-            circuit_open: st.circuit.is_open(),
-            circuit_cause: st.circuit.cause(),
+            circuit_open: st.circuit.is_open() || st.operator.is_some(),
+            circuit_cause: if st.operator.is_some() {
+                Some(Cause::Paused)
+            } else {
+                st.circuit.cause()
+            },
+            paused_by: st.operator.clone(),
             circuit_open_for_seconds: st.circuit.open_for(now).map(|d| d.as_secs_f64()),
             paused_for_seconds: st
                 .paused_until
@@ -303,13 +347,23 @@ impl Pacer {
             if self.stop.is_cancelled() {
                 return Err(Stopped);
             }
-            let (paused_until, open) = {
+            let (paused_until, open, by_operator) = {
                 let st = self.lock();
                 (
                     st.paused_until.filter(|u| *u > Instant::now()),
                     st.circuit.is_open(),
+                    st.operator.is_some(),
                 )
             };
+            if by_operator {
+                held.get_or_insert_with(|| self.held());
+                // Woken at resume; looked at again now and then all the same.
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    self.cancellable(self.resumed.notified()).await
+                })
+                .await;
+                continue;
+            }
             if let Some(until) = paused_until {
                 held.get_or_insert_with(|| self.held());
                 self.sleep_until(until).await?;
@@ -336,7 +390,10 @@ impl Pacer {
             {
                 // What changed while this delivery queued for its permit.
                 let st = self.lock();
-                if st.circuit.is_open() || st.paused_until.is_some_and(|u| u > Instant::now()) {
+                if st.operator.is_some()
+                    || st.circuit.is_open()
+                    || st.paused_until.is_some_and(|u| u > Instant::now())
+                {
                     continue;
                 }
             }
@@ -537,7 +594,11 @@ impl Pacer {
             self.target,
             st.aimd.limit(),
             st.inflight,
-            st.circuit.cause().map(Cause::as_str),
+            if st.operator.is_some() {
+                Some(Cause::Paused.as_str())
+            } else {
+                st.circuit.cause().map(Cause::as_str)
+            },
             st.held,
         );
     }
