@@ -19,6 +19,10 @@
 //! targets::pause(store, target: &str, &Actor, reason: &str) -> Result<TargetReport, OpsError>
 //! targets::resume(store, target: &str, &Actor) -> Result<TargetReport, OpsError>
 //!
+//! // Records (ops::records)
+//! records::parse_record("type:id") -> Result<(String, String), OpsError>
+//! records::resync(store, &HttpSink, target: Source, &[(type, id)], &Actor) -> Result<Vec<ResyncReport>, OpsError>
+//!
 //! // The daemon's own upkeep (ops::sweep), spawned by `run`
 //! sweep::run(store, pacers, shutdown)   // pauses obeyed, replays counted, auto-resolve
 //! ```
