@@ -4,10 +4,10 @@
 //! happened. The operations are the CLI's and the admin API's: the console
 //! adds no logic of its own.
 //!
-//! Replay exists (`crate::dlq::replay`). Replay preview, discard, pause,
-//! resume and resync do not exist in this build yet: their functions below
-//! are placeholders, marked `NOT AVAILABLE IN THIS BUILD`, that answer so;
-//! each is one call to wire to `src/ops/` once it is merged.
+//! Replay, its preview, discard, pause and resume call `crate::ops`, with
+//! the operator (`console:<name>`) as the actor. Resync needs the daemon's
+//! signed target clients, which the admin listener does not hold: the
+//! console names the CLI command instead.
 
 use axum::extract::State;
 use axum::response::Response;
@@ -17,7 +17,7 @@ use super::dead_letters::Params;
 use super::form::{back_to, Fields};
 use super::layout::redirect_with_flash;
 use super::Console;
-use crate::store::dead_letters::DlqFilter;
+use crate::ops::{self, Actor};
 use crate::store::dlq_groups::{GroupFilter, GroupKey};
 
 /// Ids handed to one replay call (its filter binds them all).
@@ -74,11 +74,23 @@ impl Selection {
 }
 
 // ---------------------------------------------------------------------------
-// Operations.
+// Operations: each is one call to `crate::ops`, the CLI's and the admin
+// API's implementation, with the operator as the actor.
 
-/// Replays the selection through `crate::dlq::replay` (the CLI's `dlq
-/// replay` and `POST /admin/dlq/replay`).
-pub async fn replay(c: &Console, sel: &Selection) -> Result<String, String> {
+fn actor(operator: &str) -> Actor {
+    Actor(format!("console:{operator}"))
+}
+
+fn ops_selection(ids: Vec<i64>) -> ops::dlq::Selection {
+    ops::dlq::Selection {
+        ids,
+        ..Default::default()
+    }
+}
+
+/// Replays the selection through `ops::dlq::replay` (the CLI's `dlq
+/// replay` and `POST /admin/dlq/replay`), audited with the operator.
+pub async fn replay(c: &Console, sel: &Selection, operator: &str) -> Result<String, String> {
     let Some(publishers) = c.publishers.clone() else {
         return Err("Replay is not available on this server (no publisher).".into());
     };
@@ -88,13 +100,15 @@ pub async fn replay(c: &Console, sel: &Selection) -> Result<String, String> {
     }
     let (mut replayed, mut skipped, mut failed) = (0, 0, 0);
     for chunk in ids.chunks(REPLAY_CHUNK) {
-        let filter = DlqFilter {
-            ids: chunk.to_vec(),
-            ..Default::default()
-        };
-        let r = crate::dlq::replay(&c.store, &publishers, &filter, false)
-            .await
-            .map_err(|e| format!("The replay stopped: {e}"))?;
+        let r = ops::dlq::replay(
+            &c.store,
+            &publishers,
+            &ops_selection(chunk.to_vec()),
+            &actor(operator),
+            false,
+        )
+        .await
+        .map_err(|e| format!("The replay stopped: {e}"))?;
         replayed += r.replayed.len();
         skipped += r.skipped.len();
         failed += r.failed.len();
@@ -105,52 +119,91 @@ pub async fn replay(c: &Console, sel: &Selection) -> Result<String, String> {
     ))
 }
 
-fn not_available(what: &str) -> String {
-    format!("{what} is not available in this build.")
+/// What a replay of the selection would cover: how many, which records,
+/// which stages (targets) and reasons.
+pub async fn preview_replay(c: &Console, sel: &Selection) -> Result<String, String> {
+    let ids = sel.ids(c, crate::dlq::MAX_BATCH).await?;
+    if ids.is_empty() {
+        return Ok("Nothing would be replayed: no open dead letter is selected.".into());
+    }
+    let p = ops::dlq::preview(&c.store, &ops_selection(ids))
+        .await
+        .map_err(|e| format!("The preview failed: {e}"))?;
+    let list = |m: &std::collections::BTreeMap<String, i64>| {
+        m.iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let shown: Vec<&str> = p.records.iter().take(10).map(String::as_str).collect();
+    let more = p.records_total - shown.len() as i64;
+    Ok(format!(
+        "Preview: a replay would send {} dead letter(s) of {} record(s) ({}{}) — stages: {}; reasons: {}.",
+        p.count,
+        p.records_total,
+        shown.join(", "),
+        if more > 0 { format!(" and {more} more") } else { String::new() },
+        list(&p.stages),
+        list(&p.reasons)
+    ))
 }
 
-/// NOT AVAILABLE IN THIS BUILD: the replay preview (how many, which records,
-/// which targets). To be wired to `src/ops/`.
-pub async fn preview_replay(_c: &Console, _sel: &Selection) -> Result<String, String> {
-    Err(not_available("Replay preview"))
-}
-
-/// NOT AVAILABLE IN THIS BUILD: discard with a reason (kept, marked
-/// `discarded`, audited with who and why). To be wired to `src/ops/`.
+/// Discards the selection with a reason: kept, marked `discarded`, audited
+/// with the operator and the reason, no longer alerted on.
 pub async fn discard(
-    _c: &Console,
-    _sel: &Selection,
-    _reason: &str,
-    _operator: &str,
+    c: &Console,
+    sel: &Selection,
+    reason: &str,
+    operator: &str,
 ) -> Result<String, String> {
-    Err(not_available("Discarding dead letters"))
+    let ids = sel.ids(c, crate::dlq::MAX_BATCH).await?;
+    if ids.is_empty() {
+        return Ok("Nothing to discard: no open dead letter is selected.".into());
+    }
+    let r = ops::dlq::discard(&c.store, &ids, &actor(operator), reason)
+        .await
+        .map_err(|e| format!("Nothing was discarded: {e}"))?;
+    Ok(format!(
+        "Discarded {} dead letter(s); {} left as they were.",
+        r.changed.len(),
+        r.unchanged.len()
+    ))
 }
 
-/// NOT AVAILABLE IN THIS BUILD: pause a target (held like an open circuit
-/// with cause `paused`, stored in the database). To be wired to `src/ops/`.
+/// Pauses a target on every replica (stored in the database).
 pub async fn pause_target(
-    _c: &Console,
-    _target: &str,
-    _reason: &str,
-    _operator: &str,
+    c: &Console,
+    target: &str,
+    reason: &str,
+    operator: &str,
 ) -> Result<String, String> {
-    Err(not_available("Pausing a target"))
+    ops::targets::pause(&c.store, target, &actor(operator), reason)
+        .await
+        .map(|_| format!("{target} is paused on every replica: deliveries to it are held until it is resumed."))
+        .map_err(|e| format!("{target} was not paused: {e}"))
 }
 
-/// NOT AVAILABLE IN THIS BUILD: resume a paused target. To be wired to `src/ops/`.
-pub async fn resume_target(_c: &Console, _target: &str, _operator: &str) -> Result<String, String> {
-    Err(not_available("Resuming a target"))
+/// Resumes a paused target.
+pub async fn resume_target(c: &Console, target: &str, operator: &str) -> Result<String, String> {
+    ops::targets::resume(&c.store, target, &actor(operator))
+        .await
+        .map(|_| format!("{target} is resumed: held deliveries go out now."))
+        .map_err(|e| format!("{target} was not resumed: {e}"))
 }
 
-/// NOT AVAILABLE IN THIS BUILD: resync records to a target (their current
-/// merged state, `X-Backbone-Resync: true`, audited). To be wired to `src/ops/`.
+/// Resync needs the daemon's signed target clients, which the admin
+/// listener does not hold in this build: the console names the command.
 pub async fn resync(
     _c: &Console,
-    _target: &str,
-    _records: &[(String, String)],
+    target: &str,
+    records: &[(String, String)],
     _operator: &str,
 ) -> Result<String, String> {
-    Err(not_available("Resyncing records"))
+    let list: Vec<String> = records.iter().map(|(t, i)| format!("{t}:{i}")).collect();
+    Err(format!(
+        "Resync runs from the CLI in this build: event-backbone records resync --target {target} {}",
+        list.join(" ")
+    ))
 }
 
 // ---------------------------------------------------------------------------
@@ -165,7 +218,7 @@ pub async fn replay_handler(State(c): State<Console>, form: PostForm) -> Respons
     let result = match Selection::from_fields(&form.fields) {
         Ok(sel) => {
             tracing::info!(operator = %form.authed.session.operator, ?sel, "A console replay was asked for.");
-            replay(&c, &sel).await
+            replay(&c, &sel, &form.authed.session.operator).await
         }
         Err(e) => Err(e),
     };

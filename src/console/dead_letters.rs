@@ -345,6 +345,9 @@ fn selection_form(a: &Authed, here: &str, rows: &[DeadLetter]) -> Markup {
                     button #replay-selected type="submit" { "Replay the selected" }
                     " "
                     button #preview-selected type="submit" formaction="/console/actions/preview" class="secondary" { "Preview the selected" }
+                    " "
+                    label { "Reason to discard" input #discard-selected-reason type="text" name="reason_text"; }
+                    button #discard-selected .danger type="submit" formaction="/console/actions/discard" { "Discard the selected" }
                 }
             }
         }

@@ -166,20 +166,20 @@ fn answer_of(r: &Activity) -> String {
 /// Pause, resume and resync a target (operations of docs/spec.md §7.1).
 fn controls(a: &Authed, target: &str) -> Markup {
     html! {
-        details {
+        details id={"controls-" (target)} {
             summary { "Pause, resume or resync " (target) }
             form.inline method="post" action="/console/actions/pause" {
                 (csrf_field(a))
                 input type="hidden" name="target" value=(target);
                 input type="hidden" name="back" value="/console/targets";
-                label { "Why pause " (target) input type="text" name="reason" required; }
-                button.danger type="submit" { "Pause " (target) }
+                label { "Why pause " (target) input id={"pause-reason-" (target)} type="text" name="reason" required; }
+                button.danger id={"pause-" (target)} type="submit" { "Pause " (target) }
             }
             form.inline method="post" action="/console/actions/resume" {
                 (csrf_field(a))
                 input type="hidden" name="target" value=(target);
                 input type="hidden" name="back" value="/console/targets";
-                button.secondary type="submit" { "Resume " (target) }
+                button.secondary id={"resume-" (target)} type="submit" { "Resume " (target) }
             }
             form.inline method="post" action="/console/actions/resync" {
                 (csrf_field(a))

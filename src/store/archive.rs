@@ -193,7 +193,7 @@ impl Store {
                     .await?;
             c.unreplayed_dead_letters = one(
                 "SELECT COUNT(*) FROM dead_letters WHERE record_type = ? AND record_id = ? \
-                 AND replayed_at IS NULL",
+                 AND status = 'parked'",
             )
             .fetch_one(&mut *conn)
             .await?;

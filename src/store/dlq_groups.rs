@@ -187,14 +187,14 @@ impl Store {
     }
 }
 
-/// The open rows `f` selects with their group key columns (`st`, `msg`)
+/// The open (`parked`) rows `f` selects with their group key columns (`st`, `msg`)
 /// and record (`rec`), as a derived table `k`.
 fn push_keyed_rows(q: &mut QueryBuilder<'static, Any>, d: Dialect, f: &GroupFilter) {
     let rec = concat(d, &["record_type", "'/'", "record_id"]);
     q.push(format!(
         "(SELECT id, stage, reason, parked_at, last_error, {} AS st, {} AS msg, \
          CASE WHEN record_id IS NULL THEN NULL ELSE {rec} END AS rec \
-         FROM dead_letters WHERE replayed_at IS NULL",
+         FROM dead_letters WHERE status = 'parked'",
         status_expr(),
         message_expr()
     ));

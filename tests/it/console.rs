@@ -191,7 +191,13 @@ async fn console_login_sessions_csrf_and_refusals() {
         .await;
     assert_eq!(r.status(), 303);
     let flash = r.headers()["set-cookie"].to_str().unwrap().to_string();
-    assert!(flash.contains("not+available+in+this+build"), "{flash}");
+    assert!(flash.contains("netsuite+is+paused"), "{flash}");
+    let paused = count(
+        &app.store,
+        "SELECT COUNT(*) FROM target_controls WHERE target = 'netsuite' AND paused = 1",
+    )
+    .await;
+    assert_eq!(paused, 1, "the pause is stored");
 
     // The admin API still wants its bearer token, unknown paths included.
     for path in ["/admin/dlq", "/admin/nothing-here"] {

@@ -102,31 +102,61 @@ async fn console_browser_login_issue_replay_record_targets_logout() {
     assert!(text.contains("answered HTTP 400"), "{text}");
     b.screenshot("dead-letter").await;
 
-    // Placeholders say so; the replay runs once the target is fixed.
+    // The preview says what a replay would send; one is discarded with a
+    // reason; the rest are replayed once the target is fixed.
     b.goto(&issue).await;
     b.click("#preview-all").await;
-    let text = b.wait_text("not available in this build").await;
-    assert!(text.contains("not available in this build"), "{text}");
+    let text = b.wait_text("Preview: a replay would send").await;
+    assert!(
+        text.contains("a replay would send 3 dead letter(s) of 3 record(s)"),
+        "{text}"
+    );
+    assert!(text.contains("deliver.netsuite 3"), "{text}");
+    b.screenshot("preview").await;
+    b.click("table.dead-letters tbody tr:first-child input[type=checkbox]")
+        .await;
+    b.type_into(
+        "#discard-selected-reason",
+        "a test record NetSuite must not get",
+    )
+    .await;
+    b.click("#discard-selected").await;
+    let text = b.wait_text("Discarded").await;
+    assert!(text.contains("Discarded 1 dead letter(s)"), "{text}");
+    b.screenshot("discarded").await;
+    let discarded = count(
+        &app.store,
+        "SELECT COUNT(*) FROM dead_letters WHERE status = 'discarded' \
+         AND status_actor = 'console:Ana (on call)' \
+         AND status_reason = 'a test record NetSuite must not get'",
+    )
+    .await;
+    assert_eq!(discarded, 1, "discarded, with who and why");
     ns.set(|bh| bh.reject = false);
     b.click("#replay-all").await;
     let text = b.wait_text("Replayed").await;
-    assert!(text.contains("Replayed 3 dead letter(s)"), "{text}");
+    assert!(text.contains("Replayed 2 dead letter(s)"), "{text}");
     b.screenshot("replayed").await;
     let delivered = eventually(WAIT, || async {
-        ns.acked().len() == 3 && open_dead_letters(&app).await == 0
+        ns.acked().len() == 2 && open_dead_letters(&app).await == 0
     })
     .await;
     assert!(delivered, "{}", ns.summary("netsuite"));
     b.goto(&format!("{base}/console/dead-letters")).await;
     assert!(b.text().await.contains("0 open dead letter(s)"));
+    // A record NetSuite has (the discarded one's never went).
+    let rid = ["p0000", "p0001", "p0002"]
+        .into_iter()
+        .find(|r| ns.acked().keys().any(|k| k.ends_with(r)))
+        .expect("a delivered record");
 
     // A record's timeline, and why a field has its value.
     b.goto(&format!("{base}/console/records")).await;
     b.type_into("input[name=record_type]", "project").await;
-    b.type_into("input[name=record_id]", "p0000").await;
+    b.type_into("input[name=record_id]", rid).await;
     b.click("form.filters button").await;
-    let text = b.wait_text("Record project/p0000").await;
-    assert!(text.contains("Record project/p0000"), "{text}");
+    let text = b.wait_text(&format!("Record project/{rid}")).await;
+    assert!(text.contains(&format!("Record project/{rid}")), "{text}");
     assert!(text.contains("Delivery positions per target"), "{text}");
     assert!(
         text.lines()
@@ -135,8 +165,11 @@ async fn console_browser_login_issue_replay_record_targets_logout() {
     );
     b.screenshot("record").await;
     b.click("a[aria-label='Explain name']").await;
-    let text = b.wait_text("Why project/p0000").await;
-    assert!(text.contains("Why project/p0000 has its name"), "{text}");
+    let text = b.wait_text(&format!("Why project/{rid}")).await;
+    assert!(
+        text.contains(&format!("Why project/{rid} has its name")),
+        "{text}"
+    );
     b.screenshot("explain").await;
 
     // Targets: pacing, circuit, last answers.
@@ -148,6 +181,38 @@ async fn console_browser_login_issue_replay_record_targets_logout() {
         "{text}"
     );
     b.screenshot("targets").await;
+
+    // Pause NetSuite while events flow: held, nothing sent, nothing
+    // dead-lettered; resumed, everything goes out.
+    b.click("#controls-netsuite summary").await;
+    b.type_into("#pause-reason-netsuite", "NetSuite maintenance window")
+        .await;
+    b.click("#pause-netsuite").await;
+    let text = b.wait_text("is paused").await;
+    assert!(
+        text.contains("netsuite is paused on every replica"),
+        "{text}"
+    );
+    // Every replica (this one too) reads the pause within 2 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    b.goto(&format!("{base}/console/targets")).await;
+    b.screenshot("target-paused").await;
+    let sent = ns.hits().len();
+    publish_flow(&app, 3, 2, false, Duration::ZERO).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(ns.hits().len(), sent, "nothing sent to a paused target");
+    assert_eq!(open_dead_letters(&app).await, 0, "nothing dead-lettered");
+    b.click("#controls-netsuite summary").await;
+    b.click("#resume-netsuite").await;
+    let text = b.wait_text("is resumed").await;
+    assert!(text.contains("netsuite is resumed"), "{text}");
+    let caught_up = eventually(WAIT, || async {
+        let acked = ns.acked();
+        acked.len() == 3 && acked.values().all(|v| *v == 2)
+    })
+    .await;
+    assert!(caught_up, "{}", ns.summary("netsuite"));
+    assert_eq!(open_dead_letters(&app).await, 0);
 
     // Logout: back to the login page, and the console asks again.
     b.click("form.logout button").await;
