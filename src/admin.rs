@@ -49,6 +49,8 @@ pub struct AdminState {
     pub health: Option<Arc<Health>>,
     /// Ends the MCP sessions at shutdown.
     pub shutdown: CancellationToken,
+    /// Each target's signed client, for `records resync`.
+    pub sinks: crate::ops::records::Sinks,
 }
 
 impl AdminState {
@@ -68,7 +70,14 @@ impl AdminState {
             token_digest,
             health: None,
             shutdown: CancellationToken::new(),
+            sinks: Default::default(),
         }
+    }
+
+    /// The targets' signed clients (`records resync`).
+    pub fn with_sinks(mut self, sinks: crate::ops::records::Sinks) -> Self {
+        self.sinks = sinks;
+        self
     }
 
     pub fn with_health(mut self, health: Arc<Health>) -> Self {
@@ -126,6 +135,7 @@ pub fn router(state: AdminState) -> Router {
                 store: state.store.clone(),
                 publishers: state.publishers.clone(),
                 health: state.health.clone(),
+                sinks: state.sinks.clone(),
             }),
         );
     if let Some(ctx) = state.mcp() {
@@ -137,7 +147,8 @@ pub fn router(state: AdminState) -> Router {
     // The operator console (docs/spec.md §7.1) logs in on its own: beside the bearer check.
     let console = crate::console::Console::new(state.store.clone(), &state.settings)
         .with_publishers(state.publishers.clone())
-        .with_health(state.health.clone());
+        .with_health(state.health.clone())
+        .with_sinks(state.sinks.clone());
     let api = routes
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state);

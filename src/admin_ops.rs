@@ -35,6 +35,8 @@ pub struct OpsState {
     pub publishers: Option<Arc<Publishers>>,
     /// The daemon's live view of the targets, for `/admin/targets`.
     pub health: Option<Arc<Health>>,
+    /// Each target's signed client, for `/admin/records/resync`.
+    pub sinks: crate::ops::records::Sinks,
 }
 
 /// An operator action's failure as an HTTP answer.
@@ -69,6 +71,62 @@ pub fn routes() -> Router<OpsState> {
         .route("/admin/targets", get(targets_list))
         .route("/admin/targets/{target}/pause", post(target_pause))
         .route("/admin/targets/{target}/resume", post(target_resume))
+        .route("/admin/records/resync", post(records_resync))
+}
+
+#[derive(Debug, Deserialize)]
+struct ResyncBody {
+    target: String,
+    /// `type:id` each.
+    records: Vec<String>,
+}
+
+/// `records resync` (docs/spec.md §7.1): each record's current routed
+/// state to the target as one signed request, `X-Backbone-Resync: true`.
+async fn records_resync(State(s): State<OpsState>, Json(b): Json<ResyncBody>) -> Answer {
+    let (source, sink, recs) = resync_args(&s.sinks, &b.target, &b.records)?;
+    let rows =
+        crate::ops::records::resync(&s.store, sink, source, &recs, &Actor::admin_api()).await?;
+    Ok(Json(json!(rows)))
+}
+
+/// The target's client and the parsed records, or why not.
+fn resync_args<'a>(
+    sinks: &'a crate::ops::records::Sinks,
+    target: &str,
+    records: &[String],
+) -> Result<
+    (
+        crate::model::raw_event::Source,
+        &'a crate::stages::deliver::http_sink::HttpSink,
+        Vec<(String, String)>,
+    ),
+    OpsApiError,
+> {
+    use std::str::FromStr;
+    let source = crate::model::raw_event::Source::from_str(target).map_err(|_| {
+        OpsApiError(
+            StatusCode::BAD_REQUEST,
+            format!("unknown target {target:?} (netsuite or suitex)"),
+        )
+    })?;
+    let sink = sinks.get(&source).ok_or_else(|| {
+        OpsApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("targets.{target}.url is not set on this server"),
+        )
+    })?;
+    if records.is_empty() {
+        return Err(OpsApiError(
+            StatusCode::BAD_REQUEST,
+            "name at least one record (type:id)".into(),
+        ));
+    }
+    let recs = records
+        .iter()
+        .map(|r| crate::ops::records::parse_record(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((source, sink, recs))
 }
 
 async fn dlq_show(State(s): State<OpsState>, Path(id): Path<i64>) -> Answer {

@@ -349,7 +349,8 @@ impl Application {
             &self.settings,
             crate::admin::AdminState::new(self.store.clone(), &self.settings)
                 .with_publishers(self.publishers.clone())
-                .with_health(self.health.clone()),
+                .with_health(self.health.clone())
+                .with_sinks(targets::sinks(&self.settings)?),
             shutdown.clone(),
         )
         .await?;

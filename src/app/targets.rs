@@ -13,7 +13,9 @@ use crate::config::{
     AuthKind, ConfigError, ErrorVocabulary, SecretInput, Target, DEFAULT_HMAC_HEADER,
     DEFAULT_OAUTH2_SCOPE,
 };
+use crate::model::raw_event::Source;
 use crate::stages::deliver::auth::{oauth1, oauth2, Auth, Secret};
+use crate::stages::deliver::http_sink::HttpSink;
 use crate::stages::deliver::http_sink::{self, Vocabulary};
 use crate::stages::deliver::pacing::PacingSettings;
 use crate::stages::deliver::DeliverSettings;
@@ -154,4 +156,29 @@ pub fn pacing_settings(t: &Target) -> PacingSettings {
         // Long enough for the other requests in flight to answer.
         verdict_wait: (t.timeout + Duration::from_secs(1)).min(Duration::from_secs(30)),
     }
+}
+
+/// The signed client of each configured target, for operator actions that
+/// call a target outside the delivery stage (`records resync`).
+pub fn sinks(
+    settings: &crate::config::Settings,
+) -> Result<crate::ops::records::Sinks, anyhow::Error> {
+    let mut out = std::collections::HashMap::new();
+    for (source, cfg) in [
+        (Source::Netsuite, &settings.targets.netsuite),
+        (Source::Suitex, &settings.targets.suitex),
+    ] {
+        if let Some(d) = deliver_settings(source.as_str(), cfg)? {
+            let sink = HttpSink::new(
+                source.as_str(),
+                d.url,
+                d.auth,
+                d.vocabulary,
+                d.timeout,
+                d.client,
+            );
+            out.insert(source, sink);
+        }
+    }
+    Ok(Arc::new(out))
 }

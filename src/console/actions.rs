@@ -4,10 +4,8 @@
 //! happened. The operations are the CLI's and the admin API's: the console
 //! adds no logic of its own.
 //!
-//! Replay, its preview, discard, pause and resume call `crate::ops`, with
-//! the operator (`console:<name>`) as the actor. Resync needs the daemon's
-//! signed target clients, which the admin listener does not hold: the
-//! console names the CLI command instead.
+//! Replay, its preview, discard, pause, resume and resync call
+//! `crate::ops`, with the operator (`console:<name>`) as the actor.
 
 use axum::extract::State;
 use axum::response::Response;
@@ -191,18 +189,36 @@ pub async fn resume_target(c: &Console, target: &str, operator: &str) -> Result<
         .map_err(|e| format!("{target} was not resumed: {e}"))
 }
 
-/// Resync needs the daemon's signed target clients, which the admin
-/// listener does not hold in this build: the console names the command.
+/// Sends each record's current routed state to the target as one signed
+/// request (`X-Backbone-Resync: true`), audited with the operator.
 pub async fn resync(
-    _c: &Console,
+    c: &Console,
     target: &str,
     records: &[(String, String)],
-    _operator: &str,
+    operator: &str,
 ) -> Result<String, String> {
-    let list: Vec<String> = records.iter().map(|(t, i)| format!("{t}:{i}")).collect();
-    Err(format!(
-        "Resync runs from the CLI in this build: event-backbone records resync --target {target} {}",
-        list.join(" ")
+    use std::str::FromStr;
+    let source = crate::model::raw_event::Source::from_str(target)
+        .map_err(|_| format!("`{target}` is not a target."))?;
+    let Some(sink) = c.sinks.get(&source) else {
+        return Err(format!("targets.{target}.url is not set on this server."));
+    };
+    let rows = ops::records::resync(&c.store, sink, source, records, &actor(operator))
+        .await
+        .map_err(|e| format!("Nothing was resynced: {e}"))?;
+    let failed: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.record)))
+        .collect();
+    Ok(format!(
+        "Resynced {} of {} record(s) to {target}{}",
+        rows.len() - failed.len(),
+        rows.len(),
+        if failed.is_empty() {
+            ".".to_string()
+        } else {
+            format!("; failed: {}", failed.join("; "))
+        }
     ))
 }
 

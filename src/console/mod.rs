@@ -47,6 +47,8 @@ pub struct Console {
     pub publishers: Option<Arc<Publishers>>,
     /// The live process state (consumers, holds, targets' pacing).
     pub health: Option<Arc<Health>>,
+    /// Each target's signed client, for resync.
+    pub sinks: crate::ops::records::Sinks,
     /// `None` when no admin token is configured: every page says the
     /// console is disabled.
     keys: Option<Keys>,
@@ -66,6 +68,7 @@ impl Console {
             settings: Arc::new(settings.clone()),
             publishers: None,
             health: None,
+            sinks: Default::default(),
             keys: Keys::from_token(token),
         }
     }
@@ -77,6 +80,12 @@ impl Console {
 
     pub fn with_health(mut self, health: Option<Arc<Health>>) -> Self {
         self.health = health;
+        self
+    }
+
+    /// The targets' signed clients (resync).
+    pub fn with_sinks(mut self, sinks: crate::ops::records::Sinks) -> Self {
+        self.sinks = sinks;
         self
     }
 

@@ -186,7 +186,7 @@ fn controls(a: &Authed, target: &str) -> Markup {
                 input type="hidden" name="target" value=(target);
                 input type="hidden" name="back" value="/console/targets";
                 label { "Records to resync (type:id, one per line or space)" input type="text" name="records" required; }
-                button.secondary type="submit" { "Resync to " (target) }
+                button.secondary id={"resync-" (target)} type="submit" { "Resync to " (target) }
             }
         }
     }

@@ -17,6 +17,10 @@ use crate::model::raw_event::Source;
 use crate::stages::deliver::http_sink::HttpSink;
 use crate::store::Store;
 
+/// Each configured target's signed client (built by the app from the
+/// targets' settings, handed to the admin API and the console).
+pub type Sinks = std::sync::Arc<std::collections::HashMap<Source, HttpSink>>;
+
 pub const RESYNC_HEADER: &str = "X-Backbone-Resync";
 
 /// What one record's resync did.

@@ -588,3 +588,67 @@ async fn operator_records_resync_resends_an_acknowledged_version_sqlite() {
     );
     app.stop().await;
 }
+
+/// The same resync through the admin API (the daemon hands its targets'
+/// signed clients to the admin listener): one request at the acknowledged
+/// version with the resync header, audited as the admin API; an unknown
+/// target and an empty list are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_admin_api_resyncs_a_record_sqlite() {
+    let ns = Target::start(0, Behaviour::default()).await;
+    let sx = Target::start(0, Behaviour::default()).await;
+    let o = Overrides::new()
+        .targets(&ns.url(), &sx.url())
+        .local_snapshots()
+        .vars(&vars())
+        .admin("operator-token");
+    let Some(app) = TestApp::spawn(Db::Sqlite, o).await else {
+        return;
+    };
+    publish_flow(&app, 1, 2, false, Duration::ZERO).await;
+    let recs = records(1, None);
+    assert!(
+        eventually(WAIT, || async {
+            recs.iter().all(|r| ns.acked().get(r).copied() == Some(2))
+        })
+        .await
+    );
+    let before = ns.hits().len();
+    let http = reqwest::Client::new();
+    let post = |body: Value| {
+        http.post(format!("http://{}/admin/records/resync", app.admin_addr()))
+            .bearer_auth(app.admin_token())
+            .json(&body)
+            .send()
+    };
+    let r = post(json!({"target": "netsuite", "records": ["project:p0000"]}))
+        .await
+        .expect("resync");
+    assert_eq!(r.status(), 200);
+    let report: Value = r.json().await.expect("JSON");
+    assert_eq!(report[0]["version"], 2, "{report}");
+    let hits = ns.hits();
+    let new: Vec<_> = hits[before..].iter().collect();
+    assert_eq!(new.len(), 1, "one request");
+    assert!(new[0].resync, "with X-Backbone-Resync: true");
+    assert_eq!(new[0].body["version"], 2);
+    assert_eq!(
+        scalar(
+            &app.store,
+            "SELECT COUNT(*) FROM event_audit_log WHERE stage = 'operator' \
+             AND processing_outcome = 'resynced' AND record_id = 'p0000' \
+             AND detail LIKE '%admin-api%'"
+        )
+        .await,
+        1
+    );
+    let r = post(json!({"target": "nowhere", "records": ["project:p0000"]}))
+        .await
+        .expect("resync");
+    assert_eq!(r.status(), 400);
+    let r = post(json!({"target": "netsuite", "records": []}))
+        .await
+        .expect("resync");
+    assert_eq!(r.status(), 400);
+    app.stop().await;
+}

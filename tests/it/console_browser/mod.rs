@@ -214,6 +214,26 @@ async fn console_browser_login_issue_replay_record_targets_logout() {
     assert!(caught_up, "{}", ns.summary("netsuite"));
     assert_eq!(open_dead_letters(&app).await, 0);
 
+    // Resync a record NetSuite already has: one request, resync header.
+    let sent = ns.hits().len();
+    b.goto(&format!("{base}/console/targets")).await;
+    b.click("#controls-netsuite summary").await;
+    b.type_into(
+        "#controls-netsuite input[name=records]",
+        &format!("project:{rid}"),
+    )
+    .await;
+    b.click("#resync-netsuite").await;
+    let text = b.wait_text("Resynced").await;
+    assert!(
+        text.contains("Resynced 1 of 1 record(s) to netsuite"),
+        "{text}"
+    );
+    let hits = ns.hits();
+    assert_eq!(hits.len(), sent + 1, "one request");
+    assert!(hits[sent].resync, "with X-Backbone-Resync: true");
+    b.screenshot("resynced").await;
+
     // Logout: back to the login page, and the console asks again.
     b.click("form.logout button").await;
     let url = b.wait_url("/console/login").await;
