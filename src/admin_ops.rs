@@ -90,19 +90,19 @@ async fn records_resync(State(s): State<OpsState>, Json(b): Json<ResyncBody>) ->
     Ok(Json(json!(rows)))
 }
 
+/// What a resync needs: the target, its signed client, the records.
+type ResyncArgs<'a> = (
+    crate::model::raw_event::Source,
+    &'a crate::stages::deliver::http_sink::HttpSink,
+    Vec<(String, String)>,
+);
+
 /// The target's client and the parsed records, or why not.
 fn resync_args<'a>(
     sinks: &'a crate::ops::records::Sinks,
     target: &str,
     records: &[String],
-) -> Result<
-    (
-        crate::model::raw_event::Source,
-        &'a crate::stages::deliver::http_sink::HttpSink,
-        Vec<(String, String)>,
-    ),
-    OpsApiError,
-> {
+) -> Result<ResyncArgs<'a>, OpsApiError> {
     use std::str::FromStr;
     let source = crate::model::raw_event::Source::from_str(target).map_err(|_| {
         OpsApiError(
