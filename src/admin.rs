@@ -97,7 +97,7 @@ impl AdminState {
         if let Some(h) = &self.health {
             ctx = ctx.with_health(h.clone());
         }
-        Some(ctx)
+        Some(ctx.with_sinks(self.sinks.clone()))
     }
 
     pub fn with_publishers(mut self, publishers: Arc<Publishers>) -> Self {

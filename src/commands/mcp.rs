@@ -10,7 +10,12 @@ use crate::mcp::{Ctx, McpServer, Transport};
 
 pub async fn run(settings: Settings) -> anyhow::Result<i32> {
     let store = crate::app::connect_store(&settings).await?;
-    let server = McpServer::new(Ctx::new(store.clone(), &settings, Transport::Stdio));
+    let mut ctx = Ctx::new(store.clone(), &settings, Transport::Stdio);
+    if settings.mcp.allow_resync {
+        // Only then: a read-only session never needs the targets' credentials.
+        ctx = ctx.with_sinks(crate::app::targets::sinks(&settings)?);
+    }
+    let server = McpServer::new(ctx);
     tracing::info!(
         tools = ?server.tool_names(),
         "Serving the event store over MCP on stdio."

@@ -238,6 +238,9 @@ pub struct McpSettings {
     /// Offer `pause_target` and `resume_target` (docs/spec.md §7.1).
     #[serde(default)]
     pub allow_pause: bool,
+    /// Offer `resync_records` (docs/spec.md §7.1).
+    #[serde(default)]
+    pub allow_resync: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -62,6 +62,8 @@ pub struct Ctx {
     /// Built on the first write when not handed in: a read-only session
     /// never needs Pub/Sub.
     publishers: Arc<OnceCell<Arc<Publishers>>>,
+    /// Each target's signed client, for `resync_records`.
+    pub sinks: crate::ops::records::Sinks,
 }
 
 impl Ctx {
@@ -73,7 +75,14 @@ impl Ctx {
             health: None,
             transport,
             publishers: Arc::new(OnceCell::new()),
+            sinks: Default::default(),
         }
+    }
+
+    /// The targets' signed clients (`resync_records`).
+    pub fn with_sinks(mut self, sinks: crate::ops::records::Sinks) -> Self {
+        self.sinks = sinks;
+        self
     }
 
     /// Publishes through the daemon's own publishers.

@@ -3,7 +3,7 @@
 //! Read: `preview_dead_letters`, `list_targets`. Write, each behind its
 //! switch (removed from the router otherwise): `discard_dead_letters`
 //! (`mcp.allow_discard`), `pause_target` / `resume_target`
-//! (`mcp.allow_pause`).
+//! (`mcp.allow_pause`), `resync_records` (`mcp.allow_resync`).
 
 use chrono::{DateTime, Utc};
 use rmcp::handler::server::wrapper::Parameters;
@@ -50,6 +50,21 @@ pub struct PauseTargetInput {
     /// Why (required to pause).
     #[serde(default)]
     pub reason: String,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct ResyncRecordsInput {
+    /// `netsuite` or `suitex`.
+    pub target: String,
+    /// Records as `record_type:record_id`.
+    pub records: Vec<String>,
+}
+
+/// One result per record: `record`, `version`, `fields` sent, `ok`,
+/// `status`, `error`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ResyncRecordsOutput {
+    pub results: Vec<serde_json::Value>,
 }
 
 /// A target's pause as stored.
@@ -191,5 +206,49 @@ Audited with the caller.",
             .await
             .map(|r| Json(r.into()))
             .map_err(|e| e.to_string())
+    }
+
+    #[tool(
+        description = "Send records' current merged state to a target as one signed request \
+each, with X-Backbone-Resync: true, even at a version the target already acknowledged (the fix \
+for drift verify finds, or a target restored from a backup). Audited with the caller. Only \
+with the operator's agreement.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = true
+        )
+    )]
+    async fn resync_records(
+        &self,
+        Parameters(i): Parameters<ResyncRecordsInput>,
+    ) -> Result<Json<ResyncRecordsOutput>, String> {
+        use std::str::FromStr;
+        let source = crate::model::raw_event::Source::from_str(&i.target)
+            .map_err(|_| format!("unknown target {:?} (netsuite or suitex)", i.target))?;
+        let sink = self
+            .ctx
+            .sinks
+            .get(&source)
+            .ok_or_else(|| format!("targets.{}.url is not set on this server", i.target))?;
+        if i.records.is_empty() {
+            return Err("name at least one record (record_type:record_id)".into());
+        }
+        let recs = i
+            .records
+            .iter()
+            .map(|r| crate::ops::records::parse_record(r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let rows = crate::ops::records::resync(&self.ctx.store, sink, source, &recs, &self.actor())
+            .await
+            .map_err(|e| e.to_string())?;
+        let results = rows
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        Ok(Json(ResyncRecordsOutput { results }))
     }
 }

@@ -19,12 +19,13 @@ use super::tools::*;
 use super::Ctx;
 
 /// The write tools and the switch each needs.
-pub const WRITE_TOOLS: [(&str, &str); 5] = [
+pub const WRITE_TOOLS: [(&str, &str); 6] = [
     ("replay_dead_letters", "mcp.allow_replay"),
     ("emit_event", "mcp.allow_emit"),
     ("discard_dead_letters", "mcp.allow_discard"),
     ("pause_target", "mcp.allow_pause"),
     ("resume_target", "mcp.allow_pause"),
+    ("resync_records", "mcp.allow_resync"),
 ];
 
 const INSTRUCTIONS: &str = "event-backbone's event store: the immutable events of every record \
@@ -59,6 +60,9 @@ impl McpServer {
         if !ctx.settings.mcp.allow_pause {
             tool_router.remove_route("pause_target");
             tool_router.remove_route("resume_target");
+        }
+        if !ctx.settings.mcp.allow_resync {
+            tool_router.remove_route("resync_records");
         }
         if !ctx.settings.mcp.allow_replay {
             tool_router.remove_route("replay_dead_letters");

@@ -76,6 +76,7 @@ async fn over_both_transports(db: Db) {
         ("BACKBONE__MCP__ALLOW_REPLAY", "true"),
         ("BACKBONE__MCP__ALLOW_DISCARD", "true"),
         ("BACKBONE__MCP__ALLOW_PAUSE", "true"),
+        ("BACKBONE__MCP__ALLOW_RESYNC", "true"),
     ];
     let overrides = Overrides::new()
         .targets(&sink.url(NS), &sink.url(SX))
@@ -248,6 +249,7 @@ fn writes_env() -> Vec<(&'static str, String)> {
         ("BACKBONE__MCP__ALLOW_REPLAY", "true".to_string()),
         ("BACKBONE__MCP__ALLOW_DISCARD", "true".to_string()),
         ("BACKBONE__MCP__ALLOW_PAUSE", "true".to_string()),
+        ("BACKBONE__MCP__ALLOW_RESYNC", "true".to_string()),
     ]
 }
 

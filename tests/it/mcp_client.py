@@ -40,6 +40,7 @@ WRITE_TOOLS = {
     "discard_dead_letters",
     "pause_target",
     "resume_target",
+    "resync_records",
 }
 RECORD = {"record_type": "project", "record_id": "42"}
 
@@ -210,6 +211,11 @@ async def write_tools(client, tag, dead_letter, confirm, caller):
     check(not resumed["paused"], "resume_target", resumed)
     listed = await ok(client, "list_targets")
     check(len(listed["targets"]) == 2, "list_targets: both targets", listed)
+    await refused(client, "resync_records", {"target": "sap", "records": ["project:42"]}, "unknown target")
+    await refused(client, "resync_records", {"target": "netsuite", "records": ["42"]}, "<record_type>:<record_id>")
+    rs = await ok(client, "resync_records", {"target": "netsuite", "records": ["project:42"]})
+    check(len(rs["results"]) == 1 and rs["results"][0]["record"] == "project:42",
+          "resync_records answers per record", rs)
     pv = await ok(client, "preview_dead_letters", {})
     check(pv["count"] >= 0 and isinstance(pv["groups"], list), "preview_dead_letters", pv)
 
@@ -247,6 +253,7 @@ async def writes_off(client):
     await refused(client, "replay_dead_letters", {"confirm": True}, "disabled", "mcp.allow_replay")
     await refused(client, "pause_target", {"target": "netsuite", "reason": "x"}, "disabled", "mcp.allow_pause")
     await refused(client, "discard_dead_letters", {"ids": [1], "reason": "x"}, "disabled", "mcp.allow_discard")
+    await refused(client, "resync_records", {"target": "netsuite", "records": ["project:42"]}, "disabled", "mcp.allow_resync")
 
 
 async def main():
