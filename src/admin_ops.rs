@@ -84,49 +84,10 @@ struct ResyncBody {
 /// `records resync` (docs/spec.md §7.1): each record's current routed
 /// state to the target as one signed request, `X-Backbone-Resync: true`.
 async fn records_resync(State(s): State<OpsState>, Json(b): Json<ResyncBody>) -> Answer {
-    let (source, sink, recs) = resync_args(&s.sinks, &b.target, &b.records)?;
+    let (source, sink, recs) = crate::ops::records::resolve(&s.sinks, &b.target, &b.records)?;
     let rows =
         crate::ops::records::resync(&s.store, sink, source, &recs, &Actor::admin_api()).await?;
     Ok(Json(json!(rows)))
-}
-
-/// What a resync needs: the target, its signed client, the records.
-type ResyncArgs<'a> = (
-    crate::model::raw_event::Source,
-    &'a crate::stages::deliver::http_sink::HttpSink,
-    Vec<(String, String)>,
-);
-
-/// The target's client and the parsed records, or why not.
-fn resync_args<'a>(
-    sinks: &'a crate::ops::records::Sinks,
-    target: &str,
-    records: &[String],
-) -> Result<ResyncArgs<'a>, OpsApiError> {
-    use std::str::FromStr;
-    let source = crate::model::raw_event::Source::from_str(target).map_err(|_| {
-        OpsApiError(
-            StatusCode::BAD_REQUEST,
-            format!("unknown target {target:?} (netsuite or suitex)"),
-        )
-    })?;
-    let sink = sinks.get(&source).ok_or_else(|| {
-        OpsApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("targets.{target}.url is not set on this server"),
-        )
-    })?;
-    if records.is_empty() {
-        return Err(OpsApiError(
-            StatusCode::BAD_REQUEST,
-            "name at least one record (type:id)".into(),
-        ));
-    }
-    let recs = records
-        .iter()
-        .map(|r| crate::ops::records::parse_record(r))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((source, sink, recs))
 }
 
 async fn dlq_show(State(s): State<OpsState>, Path(id): Path<i64>) -> Answer {

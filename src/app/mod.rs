@@ -42,26 +42,28 @@ pub fn endpoint(s: &Settings) -> Endpoint {
 /// The store for `migrate`, `run` and `demo`: the local SQLite file is
 /// created when missing (`mode=rwc`).
 pub async fn create_store(s: &Settings) -> anyhow::Result<Store> {
-    Store::connect(
-        s.database.url.expose_secret(),
-        s.database.max_connections,
-        s.database.connect_timeout,
-    )
-    .await
-    .map(|store| store.with_query_timeout(s.database.query_timeout))
-    .with_context(|| format!("connecting to the database {}", s.database.url_masked()))
+    open_store(s, true).await
 }
 
 /// The store as it is, for `doctor`: never created, its schema not required.
 pub async fn open_existing_store(s: &Settings) -> anyhow::Result<Store> {
-    Store::connect_existing(
+    open_store(s, false).await
+}
+
+async fn open_store(s: &Settings, create: bool) -> anyhow::Result<Store> {
+    let (url, max, timeout) = (
         s.database.url.expose_secret(),
         s.database.max_connections,
         s.database.connect_timeout,
-    )
-    .await
-    .map(|store| store.with_query_timeout(s.database.query_timeout))
-    .with_context(|| format!("connecting to the database {}", s.database.url_masked()))
+    );
+    let store = if create {
+        Store::connect(url, max, timeout).await
+    } else {
+        Store::connect_existing(url, max, timeout).await
+    };
+    store
+        .map(|store| store.with_query_timeout(s.database.query_timeout))
+        .with_context(|| format!("connecting to the database {}", s.database.url_masked()))
 }
 
 /// The store for commands that read it (`dlq`, `events`, `explain`,

@@ -14,6 +14,7 @@ use crate::config::{
     DEFAULT_OAUTH2_SCOPE,
 };
 use crate::model::raw_event::Source;
+use crate::ops::records::Sinks;
 use crate::stages::deliver::auth::{oauth1, oauth2, Auth, Secret};
 use crate::stages::deliver::http_sink::HttpSink;
 use crate::stages::deliver::http_sink::{self, Vocabulary};
@@ -160,14 +161,28 @@ pub fn pacing_settings(t: &Target) -> PacingSettings {
 
 /// The signed client of each configured target, for operator actions that
 /// call a target outside the delivery stage (`records resync`).
-pub fn sinks(
+pub fn sinks(settings: &crate::config::Settings) -> Result<Sinks, anyhow::Error> {
+    sinks_of(settings, |_| true)
+}
+
+/// The signed client of the target named `target` alone (none when it is
+/// not a target: the caller says so).
+pub fn sinks_for(settings: &crate::config::Settings, target: &str) -> Result<Sinks, anyhow::Error> {
+    sinks_of(settings, |s| s.as_str() == target)
+}
+
+fn sinks_of(
     settings: &crate::config::Settings,
-) -> Result<crate::ops::records::Sinks, anyhow::Error> {
+    wanted: impl Fn(Source) -> bool,
+) -> Result<Sinks, anyhow::Error> {
     let mut out = std::collections::HashMap::new();
     for (source, cfg) in [
         (Source::Netsuite, &settings.targets.netsuite),
         (Source::Suitex, &settings.targets.suitex),
     ] {
+        if !wanted(source) {
+            continue;
+        }
         if let Some(d) = deliver_settings(source.as_str(), cfg)? {
             let sink = HttpSink::new(
                 source.as_str(),

@@ -3,13 +3,9 @@
 //! `X-Backbone-Resync: true`, signed with the target's configured
 //! credentials, audited. No running daemon is needed.
 
-use std::str::FromStr;
-
 use crate::config::Settings;
-use crate::model::raw_event::Source;
 use crate::ops::records::{self, ResyncReport};
 use crate::ops::{Actor, OpsError};
-use crate::stages::deliver::http_sink::HttpSink;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -64,37 +60,14 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
         records: names,
         json,
     } = args.cmd;
-    let Ok(source) = Source::from_str(&target) else {
-        return usage(OpsError::Invalid(format!(
-            "unknown target {target:?} (netsuite or suitex)"
-        )));
+    // Only the named target's client: another target's settings need not be valid.
+    let sinks = crate::app::targets::sinks_for(&settings, &target)?;
+    let (source, sink, recs) = match records::resolve(&sinks, &target, &names) {
+        Ok(r) => r,
+        Err(e) => return usage(e),
     };
-    let mut recs = Vec::new();
-    for n in &names {
-        match records::parse_record(n) {
-            Ok(r) => recs.push(r),
-            Err(e) => return usage(e),
-        }
-    }
-    let cfg = match source {
-        Source::Netsuite => &settings.targets.netsuite,
-        Source::Suitex => &settings.targets.suitex,
-    };
-    let Some(d) = crate::app::targets::deliver_settings(source.as_str(), cfg)? else {
-        return usage(OpsError::Invalid(format!(
-            "targets.{target}.url is not set"
-        )));
-    };
-    let sink = HttpSink::new(
-        source.as_str(),
-        d.url,
-        d.auth,
-        d.vocabulary,
-        d.timeout,
-        d.client,
-    );
     let store = crate::app::connect_store(&settings).await?;
-    let rows = match records::resync(&store, &sink, source, &recs, &Actor::cli()).await {
+    let rows = match records::resync(&store, sink, source, &recs, &Actor::cli()).await {
         Ok(r) => r,
         Err(e) => return usage(e),
     };

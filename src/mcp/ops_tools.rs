@@ -224,23 +224,9 @@ with the operator's agreement.",
         &self,
         Parameters(i): Parameters<ResyncRecordsInput>,
     ) -> Result<Json<ResyncRecordsOutput>, String> {
-        use std::str::FromStr;
-        let source = crate::model::raw_event::Source::from_str(&i.target)
-            .map_err(|_| format!("unknown target {:?} (netsuite or suitex)", i.target))?;
-        let sink = self
-            .ctx
-            .sinks
-            .get(&source)
-            .ok_or_else(|| format!("targets.{}.url is not set on this server", i.target))?;
-        if i.records.is_empty() {
-            return Err("name at least one record (record_type:record_id)".into());
-        }
-        let recs = i
-            .records
-            .iter()
-            .map(|r| crate::ops::records::parse_record(r))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
+        let (source, sink, recs) =
+            crate::ops::records::resolve(&self.ctx.sinks, &i.target, &i.records)
+                .map_err(|e| e.to_string())?;
         let rows = crate::ops::records::resync(&self.ctx.store, sink, source, &recs, &self.actor())
             .await
             .map_err(|e| e.to_string())?;

@@ -36,6 +36,35 @@ pub struct ResyncReport {
     pub error: Option<String>,
 }
 
+/// A resync's target, its signed client and the records.
+pub type Resolved<'a> = (Source, &'a HttpSink, Vec<(String, String)>);
+
+/// What a resync names, checked: the target, its signed client among
+/// `sinks`, the records parsed. One check for every front door.
+pub fn resolve<'a>(
+    sinks: &'a Sinks,
+    target: &str,
+    records: &[String],
+) -> Result<Resolved<'a>, OpsError> {
+    use std::str::FromStr;
+    let source = Source::from_str(target).map_err(|_| {
+        OpsError::Invalid(format!("unknown target {target:?} (netsuite or suitex)"))
+    })?;
+    let sink = sinks.get(&source).ok_or_else(|| {
+        OpsError::Invalid(format!("targets.{target}.url is not set on this server"))
+    })?;
+    if records.is_empty() {
+        return Err(OpsError::Invalid(
+            "name at least one record (record_type:record_id)".into(),
+        ));
+    }
+    let recs = records
+        .iter()
+        .map(|r| parse_record(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((source, sink, recs))
+}
+
 /// `type:id` → (type, id).
 pub fn parse_record(s: &str) -> Result<(String, String), OpsError> {
     match s.split_once(':') {
