@@ -21,17 +21,20 @@ FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
-    cargo chef cook --release --locked --recipe-path recipe.json --bin event-backbone
-# Only what the binary needs: migrations/ and config/ are embedded at compile
-# time, and build.rs makes an edited migration trigger a rebuild.
-COPY Cargo.toml Cargo.lock build.rs ./
+    cargo chef cook --release --locked --recipe-path recipe.json --workspace
+# Only what the binaries need: the workspace's crates; migrations/ and
+# config/ are embedded at compile time, and the library's build.rs makes an
+# edited migration trigger a rebuild.
+COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY crates ./crates
 COPY migrations ./migrations
 COPY config ./config
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
-    cargo build --release --locked --bin event-backbone \
- && install -D -m 0755 target/release/event-backbone /out/event-backbone
+    cargo build --release --locked --bin event-backbone --bin backbone-bench \
+ && install -D -m 0755 target/release/event-backbone /out/event-backbone \
+ && install -D -m 0755 target/release/backbone-bench /out/backbone-bench
 
 # debian-slim rather than distroless: `kubectl exec … -- sh -c 'kill -USR1 1'`
 # (DLQ replay by signal) needs a shell.
@@ -43,6 +46,9 @@ RUN apt-get update \
  && useradd --system --uid 10001 --gid backbone --no-create-home --home-dir /app --shell /usr/sbin/nologin backbone
 WORKDIR /app
 COPY --from=builder /out/event-backbone /usr/local/bin/event-backbone
+# The benchmarks beside it (`kubectl exec … -- backbone-bench pipeline`):
+# they start the daemon found beside them.
+COPY --from=builder /out/backbone-bench /usr/local/bin/backbone-bench
 # The env files on disk (./config), editable by mounting over them; the
 # binary carries the same files built in.
 COPY config ./config

@@ -7,7 +7,7 @@ request, in order per key), the databases are read with the `mysql` client.
 
 Partition of an event: p = first 8 bytes of SHA-256(ordering key), read as a
 big-endian unsigned integer, mod 2. Ordering key = `{record_type}:{record_id}`
-(src/model/raw_event.rs `ordering_key`). Each partition is its own topology:
+(crates/backbone/src/model/raw_event.rs `ordering_key`). Each partition is its own topology:
 one Pub/Sub project id per partition (the emulator ignores subscription
 filters), provisioned with `event-backbone provision`, and its own database.
 """

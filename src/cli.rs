@@ -28,8 +28,6 @@ pub enum Command {
     Publish(commands::publish::Args),
     /// Validate the configuration and print it (secrets redacted) with the derived topology.
     CheckConfig(commands::check_config::Args),
-    /// Measure throughput and latency (end to end through the emulator, and the merge stage alone).
-    Bench(commands::bench::Args),
     /// Inspect and replay parked dead letters (works without a running daemon).
     Dlq(commands::dlq::Args),
     /// Pause, resume and list the delivery targets (stored in the database: every replica obeys).
@@ -75,7 +73,7 @@ pub fn main() -> i32 {
 }
 
 async fn dispatch(cmd: Command) -> i32 {
-    let settings = match crate::config::load() {
+    let settings = match backbone::config::load() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -92,7 +90,7 @@ async fn dispatch(cmd: Command) -> i32 {
     }
     // The demo logs the daemon to a file of its own: stdout tells the story.
     if !matches!(cmd, Command::Demo(_)) {
-        crate::telemetry::init(&settings);
+        backbone::telemetry::init(&settings);
     }
     let result = match cmd {
         Command::Run => commands::run::run(settings).await,
@@ -100,7 +98,6 @@ async fn dispatch(cmd: Command) -> i32 {
         Command::Migrate => commands::migrate::run(settings).await,
         Command::Publish(a) => commands::publish::run(settings, a).await,
         Command::CheckConfig(a) => commands::check_config::run(settings, a),
-        Command::Bench(a) => commands::bench::run(settings, a).await,
         Command::Dlq(a) => commands::dlq::run(settings, a).await,
         Command::Targets(a) => commands::targets::run(settings, a).await,
         Command::Records(a) => commands::records::run(settings, a).await,
@@ -118,7 +115,7 @@ async fn dispatch(cmd: Command) -> i32 {
             eprintln!("error: {e:#}");
             // A setting found unusable only when used (a credential file,
             // a private key) is still a configuration error.
-            if e.downcast_ref::<crate::config::ConfigError>().is_some() {
+            if e.downcast_ref::<backbone::config::ConfigError>().is_some() {
                 2
             } else {
                 1

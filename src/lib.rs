@@ -1,31 +1,7 @@
-//! event-backbone: the sync engine between SuiteX and NetSuite.
-//!
-//! Data flows one way: the consumer runtime (`runtime`) pulls a message
-//! through the broker adapter (`pubsub`), a stage (`stages`) decides what
-//! should happen, and the runtime acts on that outcome (ack, publish, route
-//! to error/dlq).
+//! The `event-backbone` binary: its command line (`cli`), one module per
+//! subcommand (`commands`) and the demo. Everything they run lives in the
+//! `backbone` library; the benchmarks are the `backbone-bench` binary.
 
-pub mod admin;
-pub mod admin_ops;
-pub mod app;
 pub mod cli;
 pub mod commands;
-pub mod config;
-pub mod console;
 pub mod demo;
-pub mod dlq;
-pub mod explain;
-pub mod history;
-pub mod http;
-pub mod internal_events;
-pub mod mcp;
-pub mod metrics;
-pub mod model;
-pub mod ops;
-pub mod pubsub;
-pub mod runtime;
-pub mod snapshots;
-pub mod stages;
-pub mod store;
-pub mod telemetry;
-pub mod topology;

@@ -8,8 +8,8 @@
 
 use anyhow::{bail, Context};
 
-use crate::config::Settings;
-use crate::history::archive::{self, Options};
+use backbone::config::Settings;
+use backbone::history::archive::{self, Options};
 
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -51,7 +51,7 @@ pub enum Action {
 }
 
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
-    let store = crate::app::connect_store(&settings).await?;
+    let store = backbone::app::connect_store(&settings).await?;
     let result = act(&settings, &store, args).await;
     store.close().await;
     result
@@ -59,12 +59,12 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
 
 /// The store that records verified segments: `retention.recorder_database_url`
 /// (the shipped grants' `event_archive_recorder`), or `database.url` itself.
-async fn recorder(settings: &Settings) -> anyhow::Result<Option<crate::store::Store>> {
+async fn recorder(settings: &Settings) -> anyhow::Result<Option<backbone::store::Store>> {
     use secrecy::ExposeSecret;
     let Some(url) = &settings.retention.recorder_database_url else {
         return Ok(None);
     };
-    let store = crate::store::Store::connect(
+    let store = backbone::store::Store::connect(
         url.expose_secret(),
         settings.database.max_connections,
         settings.database.connect_timeout,
@@ -79,18 +79,22 @@ async fn recorder(settings: &Settings) -> anyhow::Result<Option<crate::store::St
 /// `archive/` in the snapshot bucket.
 async fn archive_store(
     settings: &Settings,
-) -> anyhow::Result<std::sync::Arc<dyn crate::snapshots::SnapshotStore>> {
+) -> anyhow::Result<std::sync::Arc<dyn backbone::snapshots::SnapshotStore>> {
     match &settings.retention.archive_url {
         Some(url) => {
             let mut s = settings.clone();
             s.snapshots.url = url.clone();
-            crate::app::snapshot_store(&s).await
+            backbone::app::snapshot_store(&s).await
         }
-        None => crate::app::snapshot_store(settings).await,
+        None => backbone::app::snapshot_store(settings).await,
     }
 }
 
-async fn act(settings: &Settings, store: &crate::store::Store, args: Args) -> anyhow::Result<i32> {
+async fn act(
+    settings: &Settings,
+    store: &backbone::store::Store,
+    args: Args,
+) -> anyhow::Result<i32> {
     match args.action {
         Some(Action::List { json }) => {
             let segs = store.segments().await?;

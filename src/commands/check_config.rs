@@ -8,8 +8,8 @@
 
 use serde_json::json;
 
-use crate::config::{self, Settings};
-use crate::topology::{ConsumerKind, TopicKind};
+use backbone::config::{self, Settings};
+use backbone::topology::{ConsumerKind, TopicKind};
 
 #[derive(Debug, Default, clap::Args)]
 pub struct Args {

@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Settings, ENV_VAR_PUBSUB_EMULATOR_HOST};
 use crate::demo::{self, DemoError, DemoOptions, RunFiles};
+use backbone::config::{Settings, ENV_VAR_PUBSUB_EMULATOR_HOST};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

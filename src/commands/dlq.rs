@@ -5,13 +5,13 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::config::Settings;
-use crate::model::raw_event::Source;
-use crate::ops::dlq::{self as ops_dlq, ListReport, ReplayOutcome, Selection, ShowReport};
-use crate::ops::{Actor, OpsError};
-use crate::pubsub::publisher::Publishers;
-use crate::stages::deliver;
-use crate::topology::StageName;
+use backbone::config::Settings;
+use backbone::model::raw_event::Source;
+use backbone::ops::dlq::{self as ops_dlq, ListReport, ReplayOutcome, Selection, ShowReport};
+use backbone::ops::{Actor, OpsError};
+use backbone::pubsub::publisher::Publishers;
+use backbone::stages::deliver;
+use backbone::topology::StageName;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -105,7 +105,7 @@ pub enum Stage {
 impl Stage {
     pub fn as_str(self) -> &'static str {
         match self {
-            Stage::Merge => crate::stages::merge::batch::STAGE,
+            Stage::Merge => backbone::stages::merge::batch::STAGE,
             Stage::DeliverNetsuite => deliver::stage_name(Source::Netsuite),
             Stage::DeliverSuitex => deliver::stage_name(Source::Suitex),
             Stage::Retry => StageName::Retry.as_str(),
@@ -136,7 +136,7 @@ impl Reason {
             Reason::Permanent => "permanent",
             Reason::Exhausted => "exhausted",
             Reason::Gap => "gap",
-            Reason::Unpublishable => crate::stages::park::UNPUBLISHABLE,
+            Reason::Unpublishable => backbone::stages::park::UNPUBLISHABLE,
         }
     }
 }
@@ -213,7 +213,7 @@ pub enum Cmd {
     },
 }
 
-fn record(d: &crate::store::dead_letters::DeadLetter) -> String {
+fn record(d: &backbone::store::dead_letters::DeadLetter) -> String {
     format!(
         "{}:{}",
         d.record_type.as_deref().unwrap_or("-"),
@@ -239,7 +239,7 @@ fn print_list(r: &ListReport) {
             record(d),
             row.group,
             d.replay_count,
-            crate::model::envelope::truncate(&err, 100)
+            backbone::model::envelope::truncate(&err, 100)
         );
     }
     println!(
@@ -286,7 +286,7 @@ fn print_show(r: &ShowReport) {
     attrs.sort();
     println!("attributes:");
     for (k, v) in attrs {
-        println!("  {k}: {}", crate::model::envelope::truncate(v, 200));
+        println!("  {k}: {}", backbone::model::envelope::truncate(v, 200));
     }
     println!("data:           {}", r.data);
     if let Some(body) = &r.sent.sent_body {
@@ -372,7 +372,7 @@ fn failed(e: OpsError) -> anyhow::Result<i32> {
 }
 
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
-    let store = crate::app::connect_store(&settings).await?;
+    let store = backbone::app::connect_store(&settings).await?;
     match args.cmd {
         Cmd::List {
             filters,
@@ -412,7 +412,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
             json,
         } => {
             let publishers =
-                Publishers::new(settings.topology(), &crate::app::endpoint(&settings)).await?;
+                Publishers::new(settings.topology(), &backbone::app::endpoint(&settings)).await?;
             let sel = filters.selection();
             let outcome = ops_dlq::replay(&store, &publishers, &sel, &Actor::cli(), dry_run).await;
             publishers.flush().await;

@@ -3,9 +3,9 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::config::Settings;
-use crate::history::{self, EventPage, ListQuery, Replayed, MAX_LIMIT};
-use crate::model::raw_event::Source;
+use backbone::config::Settings;
+use backbone::history::{self, EventPage, ListQuery, Replayed, MAX_LIMIT};
+use backbone::model::raw_event::Source;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -83,7 +83,7 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
 }
 
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
-    let store = crate::app::connect_store(&settings).await?;
+    let store = backbone::app::connect_store(&settings).await?;
     let code = match args.which {
         Which::List(a) => {
             let q = ListQuery {
@@ -177,7 +177,7 @@ fn print_replay(r: &Replayed) {
             f.value,
             f.version,
             f.source,
-            crate::model::fingerprint::format_timestamp(&f.timestamp)
+            backbone::model::fingerprint::format_timestamp(&f.timestamp)
         );
     }
 }

@@ -1,8 +1,8 @@
 //! `event-backbone explain`: why each field of a record holds its value, the
 //! conflicts it won or lost, and whether each target has it.
 
-use crate::config::Settings;
-use crate::explain::{self, ExplainError};
+use backbone::config::Settings;
+use backbone::explain::{self, ExplainError};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -21,7 +21,7 @@ pub struct Args {
 }
 
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
-    let store = crate::app::connect_store(&settings).await?;
+    let store = backbone::app::connect_store(&settings).await?;
     let policy = settings.merge_policy();
     let result = explain::explain_record(
         &store,

@@ -5,15 +5,15 @@
 
 use rmcp::ServiceExt;
 
-use crate::config::Settings;
-use crate::mcp::{Ctx, McpServer, Transport};
+use backbone::config::Settings;
+use backbone::mcp::{Ctx, McpServer, Transport};
 
 pub async fn run(settings: Settings) -> anyhow::Result<i32> {
-    let store = crate::app::connect_store(&settings).await?;
+    let store = backbone::app::connect_store(&settings).await?;
     let mut ctx = Ctx::new(store.clone(), &settings, Transport::Stdio);
     if settings.mcp.allow_resync {
         // Only then: a read-only session never needs the targets' credentials.
-        ctx = ctx.with_sinks(crate::app::targets::sinks(&settings)?);
+        ctx = ctx.with_sinks(backbone::app::targets::sinks(&settings)?);
     }
     let server = McpServer::new(ctx);
     tracing::info!(

@@ -3,11 +3,11 @@
 //! runtime user may not change the schema, and `run` refuses a schema behind
 //! it.
 
-use crate::config::Settings;
-use crate::store::schema;
+use backbone::config::Settings;
+use backbone::store::schema;
 
 pub async fn run(settings: Settings) -> anyhow::Result<i32> {
-    let store = crate::app::create_store(&settings).await?;
+    let store = backbone::app::create_store(&settings).await?;
     let before = schema::inspect(&store).await?;
     store.migrate().await?;
     let after = schema::inspect(&store).await?;

@@ -1,7 +1,6 @@
 //! One file per subcommand, plus `input` (what a command reads from a file or stdin).
 
 pub mod archive;
-pub mod bench;
 pub mod check_config;
 pub mod demo;
 pub mod dlq;

@@ -1,11 +1,11 @@
 //! `event-backbone provision`: topics and subscriptions of the env.
 
-use crate::config::Settings;
-use crate::pubsub::provision::provision;
+use backbone::config::Settings;
+use backbone::pubsub::provision::provision;
 
 pub async fn run(settings: Settings) -> anyhow::Result<i32> {
     let topology = settings.topology();
-    let report = provision(&topology, &crate::app::endpoint(&settings)).await?;
+    let report = provision(&topology, &backbone::app::endpoint(&settings)).await?;
     for n in &report.created {
         println!("created    {n}");
     }
@@ -22,7 +22,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<i32> {
     println!(
         "Every subscription keeps unacked messages for {} (message_retention_duration): \
          the longest a held delivery can wait for its target.",
-        humantime::format_duration(crate::topology::MESSAGE_RETENTION)
+        humantime::format_duration(backbone::topology::MESSAGE_RETENTION)
     );
     if report.drift.is_empty() {
         Ok(0)

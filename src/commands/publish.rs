@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 
-use crate::config::Settings;
-use crate::model::raw_event::parse_raw_event;
-use crate::pubsub::publisher::Publishers;
-use crate::topology::TopicKind;
+use backbone::config::Settings;
+use backbone::model::raw_event::parse_raw_event;
+use backbone::pubsub::publisher::Publishers;
+use backbone::topology::TopicKind;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -32,7 +32,8 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
             return Ok(2);
         }
     };
-    let publishers = Publishers::new(settings.topology(), &crate::app::endpoint(&settings)).await?;
+    let publishers =
+        Publishers::new(settings.topology(), &backbone::app::endpoint(&settings)).await?;
     let id = publishers
         .publish_to(
             TopicKind::Raw,

@@ -3,9 +3,9 @@
 //! `X-Backbone-Resync: true`, signed with the target's configured
 //! credentials, audited. No running daemon is needed.
 
-use crate::config::Settings;
-use crate::ops::records::{self, ResyncReport};
-use crate::ops::{Actor, OpsError};
+use backbone::config::Settings;
+use backbone::ops::records::{self, ResyncReport};
+use backbone::ops::{Actor, OpsError};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -61,12 +61,12 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
         json,
     } = args.cmd;
     // Only the named target's client: another target's settings need not be valid.
-    let sinks = crate::app::targets::sinks_for(&settings, &target)?;
+    let sinks = backbone::app::targets::sinks_for(&settings, &target)?;
     let (source, sink, recs) = match records::resolve(&sinks, &target, &names) {
         Ok(r) => r,
         Err(e) => return usage(e),
     };
-    let store = crate::app::connect_store(&settings).await?;
+    let store = backbone::app::connect_store(&settings).await?;
     let rows = match records::resync(&store, sink, source, &recs, &Actor::cli()).await {
         Ok(r) => r,
         Err(e) => return usage(e),

@@ -4,9 +4,9 @@
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Application;
-use crate::config::Settings;
-use crate::store::dead_letters::DlqFilter;
+use backbone::app::Application;
+use backbone::config::Settings;
+use backbone::store::dead_letters::DlqFilter;
 
 pub async fn run(settings: Settings) -> anyhow::Result<i32> {
     let shutdown = CancellationToken::new();
@@ -31,9 +31,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<i32> {
                 got = usr1.recv() => if got.is_none() { return },
             }
             tracing::info!("SIGUSR1 received; replaying parked dead letters.");
-            if let Err(e) =
-                crate::dlq::replay_by(&store, &publishers, &DlqFilter::default(), false, "signal")
-                    .await
+            if let Err(e) = backbone::dlq::replay_by(
+                &store,
+                &publishers,
+                &DlqFilter::default(),
+                false,
+                "signal",
+            )
+            .await
             {
                 tracing::error!(error = %e, "DLQ replay failed; parked rows stay pending.");
             }

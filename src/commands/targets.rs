@@ -3,9 +3,9 @@
 //! within a few seconds (circuit cause `paused`: no attempt spent, nothing
 //! dead-lettered) and a restart keeps it. No running daemon is needed.
 
-use crate::config::Settings;
-use crate::ops::targets::{self, TargetReport};
-use crate::ops::{Actor, OpsError};
+use backbone::config::Settings;
+use backbone::ops::targets::{self, TargetReport};
+use backbone::ops::{Actor, OpsError};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -56,7 +56,7 @@ fn print(rows: &[TargetReport]) {
 }
 
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
-    let store = crate::app::connect_store(&settings).await?;
+    let store = backbone::app::connect_store(&settings).await?;
     let (result, json) = match args.cmd {
         Cmd::List { json } => (targets::list(&store, None).await, json),
         Cmd::Pause {

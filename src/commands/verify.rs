@@ -1,8 +1,8 @@
 //! `event-backbone verify`: compares every record's live projection with a
 //! full replay of its events; exit 1 when any record drifted.
 
-use crate::config::Settings;
-use crate::history::verify::{verify, VerifyReport};
+use backbone::config::Settings;
+use backbone::history::verify::{verify, VerifyReport};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -15,7 +15,7 @@ pub struct Args {
 }
 
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
-    let store = crate::app::connect_store(&settings).await?;
+    let store = backbone::app::connect_store(&settings).await?;
     let policy = settings.merge_policy();
     let report = verify(&store, &policy, args.record_type.as_deref()).await?;
     store.close().await;

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Application;
-use crate::config::{self, Settings};
-use crate::pubsub::provision::provision;
-use crate::store::StoreError;
-use crate::topology::ConsumerKind;
+use backbone::app::Application;
+use backbone::config::{self, Settings};
+use backbone::pubsub::provision::provision;
+use backbone::store::StoreError;
+use backbone::topology::ConsumerKind;
 
 use self::emulator::Emulator;
 use self::observer::MergedObserver;
@@ -369,7 +369,7 @@ async fn run_daemon(
         admin_token: &admin_token,
     })?;
     let topology = settings.topology();
-    let endpoint = crate::app::endpoint(&settings);
+    let endpoint = backbone::app::endpoint(&settings);
     interruptible(interrupt, async {
         provision(&topology, &endpoint)
             .await
@@ -489,7 +489,7 @@ async fn run_daemon(
     // An emulator the demo did not start keeps the project, and a thread
     // per subscription and per ordering key, until it is deleted.
     if opts.emulator_host.is_some() {
-        match crate::pubsub::provision::remove_project(&project, &endpoint).await {
+        match backbone::pubsub::provision::remove_project(&project, &endpoint).await {
             Ok(r) => n.kv(
                 "Project",
                 format!(

@@ -9,8 +9,8 @@ use google_cloud_pubsub::model::Subscription;
 use serde_json::Value;
 
 use super::DemoError;
-use crate::pubsub::clients::{self, Endpoint};
-use crate::topology::{TopicKind, Topology};
+use backbone::pubsub::clients::{self, Endpoint};
+use backbone::topology::{TopicKind, Topology};
 
 /// One merged message as it travelled on the topic.
 #[derive(Debug, Clone)]

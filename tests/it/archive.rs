@@ -8,18 +8,18 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use backbone::history::archive::{self, Options};
+use backbone::history::{self, verify::verify, HistoryError};
+use backbone::model::fingerprint::fingerprint;
+use backbone::model::raw_event::{RawEvent, Source};
+use backbone::model::rules::MergePolicy;
+use backbone::snapshots::gcs::GcsSnapshots;
+use backbone::snapshots::local::LocalSnapshots;
+use backbone::snapshots::SnapshotStore;
+use backbone::stages::merge::batch::{self, EngineConfig, EventItem, Item};
+use backbone::store::outbox::ConfirmedSet;
+use backbone::store::Store;
 use chrono::{DateTime, TimeZone, Utc};
-use event_backbone::history::archive::{self, Options};
-use event_backbone::history::{self, verify::verify, HistoryError};
-use event_backbone::model::fingerprint::fingerprint;
-use event_backbone::model::raw_event::{RawEvent, Source};
-use event_backbone::model::rules::MergePolicy;
-use event_backbone::snapshots::gcs::GcsSnapshots;
-use event_backbone::snapshots::local::LocalSnapshots;
-use event_backbone::snapshots::SnapshotStore;
-use event_backbone::stages::merge::batch::{self, EngineConfig, EventItem, Item};
-use event_backbone::store::outbox::ConfirmedSet;
-use event_backbone::store::Store;
 use serde_json::{json, Map, Value};
 
 use crate::snapshots::{fresh_bucket, gcs_host, objects};
@@ -271,7 +271,7 @@ async fn half_archived(db: Db, bucket: Bucket) {
         .await
         .unwrap();
     assert_eq!(head.last_seq, 12);
-    let explained = event_backbone::explain::explain_record(&admin, &policy, T, "42", None)
+    let explained = backbone::explain::explain_record(&admin, &policy, T, "42", None)
         .await
         .unwrap();
 
@@ -307,11 +307,11 @@ async fn half_archived(db: Db, bucket: Bucket) {
         assert!(names.contains(&object), "{object} not in {names:?}");
         assert!(s.reference.ends_with(&object), "{s:?}");
         let back = snaps
-            .read(&s.reference, event_backbone::snapshots::Scope::Archive)
+            .read(&s.reference, backbone::snapshots::Scope::Archive)
             .await
             .unwrap();
         assert_eq!(
-            event_backbone::model::fingerprint::sha256_hex(&back),
+            backbone::model::fingerprint::sha256_hex(&back),
             s.id,
             "{s:?}"
         );
@@ -373,14 +373,14 @@ async fn half_archived(db: Db, bucket: Bucket) {
         ),
         (1, 1, 6)
     );
-    let after = event_backbone::explain::explain_record(&admin, &policy, T, "42", None)
+    let after = backbone::explain::explain_record(&admin, &policy, T, "42", None)
         .await
         .unwrap();
     assert_eq!(
         (after.version, after.last_seq),
         (explained.version, explained.last_seq)
     );
-    let values = |x: &event_backbone::explain::Explanation| -> Vec<(String, Value)> {
+    let values = |x: &backbone::explain::Explanation| -> Vec<(String, Value)> {
         x.fields
             .iter()
             .map(|(k, f)| (k.clone(), f.value.clone()))
@@ -582,7 +582,7 @@ async fn killed_and_rerun(db: Db, bucket: Bucket) {
         );
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let cutoff = event_backbone::model::fingerprint::format_timestamp(&Utc::now());
+    let cutoff = backbone::model::fingerprint::format_timestamp(&Utc::now());
     let bucket = Snaps::open(bucket).await;
     let run = || {
         let mut cmd = binary("local");
@@ -697,9 +697,8 @@ async fn bench_archive_killed_and_rerun_to_gcs_prints_its_figures_mariadb() {
         return;
     }
     let bucket = fresh_bucket().await;
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-backbone"))
+    let out = tokio::process::Command::from(bench_command())
         .args([
-            "bench",
             "archive",
             "--old-events",
             "1200",
@@ -723,7 +722,7 @@ async fn bench_archive_killed_and_rerun_to_gcs_prints_its_figures_mariadb() {
         .kill_on_drop(true)
         .output()
         .await
-        .expect("run event-backbone bench archive");
+        .expect("run backbone-bench archive");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");

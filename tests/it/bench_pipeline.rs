@@ -2,8 +2,6 @@
 //! as a child process with all five consumers, the run exits 0 and prints
 //! its figures. Never asserts on speed.
 
-use std::process::Command;
-
 use serde_json::Value;
 
 use crate::support::*;
@@ -12,9 +10,8 @@ use crate::support::*;
 fn bench_pipeline_small_backlog_on_sqlite_prints_its_figures() {
     let host = emulator_host();
     let bench = |extra: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_event-backbone"))
+        let out = bench_command()
             .args([
-                "bench",
                 "pipeline",
                 "--events",
                 "300",
@@ -31,7 +28,7 @@ fn bench_pipeline_small_backlog_on_sqlite_prints_its_figures() {
             .env("PUBSUB_EMULATOR_HOST", &host)
             .env("BACKBONE__LOG__LEVEL", "warn")
             .output()
-            .expect("run event-backbone bench pipeline");
+            .expect("run backbone-bench pipeline");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(
@@ -116,9 +113,8 @@ fn bench_pipeline_small_backlog_on_sqlite_prints_its_figures() {
 #[test]
 fn bench_pipeline_netsuite_like_stream_prints_requests_per_event_and_drain_vs_allowed() {
     let host = emulator_host();
-    let out = Command::new(env!("CARGO_BIN_EXE_event-backbone"))
+    let out = bench_command()
         .args([
-            "bench",
             "pipeline",
             "--netsuite-like",
             // Quicker than NetSuite's 300 ms, a cap low enough to be hit.
@@ -144,7 +140,7 @@ fn bench_pipeline_netsuite_like_stream_prints_requests_per_event_and_drain_vs_al
         .env("PUBSUB_EMULATOR_HOST", &host)
         .env("BACKBONE__LOG__LEVEL", "warn")
         .output()
-        .expect("run event-backbone bench pipeline --netsuite-like");
+        .expect("run backbone-bench pipeline --netsuite-like");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(

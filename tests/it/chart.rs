@@ -11,7 +11,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use event_backbone::config;
+use backbone::config;
 use serde_json::Value;
 
 fn chart_dir() -> PathBuf {

@@ -16,8 +16,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use event_backbone::config;
-use event_backbone::topology::{ConsumerKind, Topology};
+use backbone::config;
+use backbone::topology::{ConsumerKind, Topology};
 use serde_json::{json, Value};
 
 use crate::support;

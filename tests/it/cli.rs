@@ -3,9 +3,21 @@
 
 use std::process::Command;
 
+/// `event-backbone <args>`, or `backbone-bench <rest>` for `bench <rest>`.
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_event-backbone"));
-    cmd.args(args).env("BACKBONE_ENV", "local");
+    let mut cmd = match args {
+        ["bench", rest @ ..] => {
+            let mut c = crate::support::bench_command();
+            c.args(rest);
+            c
+        }
+        _ => {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_event-backbone"));
+            c.args(args);
+            c
+        }
+    };
+    cmd.env("BACKBONE_ENV", "local");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -50,8 +62,8 @@ fn cli_bad_usage_exits_2_and_every_subcommand_has_help() {
         "events",
         "verify",
         "explain",
-        "bench",
         "demo",
+        "bench",
     ] {
         let (code, text) = run(&[sub, "--help"], &[]);
         assert_eq!(code, 0, "{sub} --help: {text}");
@@ -169,7 +181,7 @@ fn cli_enumerated_flags_reject_typos_listing_the_values() {
 /// that already holds other events unless told to.
 #[tokio::test]
 async fn cli_bench_history_refuses_a_database_with_other_events() {
-    use event_backbone::store::{ledger, Store};
+    use backbone::store::{ledger, Store};
 
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/bench.db?mode=rwc", dir.path().display());

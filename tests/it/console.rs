@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use event_backbone::admin::{self, AdminState};
+use backbone::admin::{self, AdminState};
 use sqlx::{Any, QueryBuilder};
 use tokio_util::sync::CancellationToken;
 
@@ -88,7 +88,7 @@ pub(crate) fn csrf_in(html: &str) -> Option<String> {
 }
 
 /// The admin listener (API and console) on the app's admin address.
-async fn serve(app: &TestApp, store: event_backbone::store::Store) -> CancellationToken {
+async fn serve(app: &TestApp, store: backbone::store::Store) -> CancellationToken {
     let stop = CancellationToken::new();
     let state = AdminState::new(store, &app.settings);
     admin::serve(&app.settings, state, stop.clone())
@@ -247,7 +247,7 @@ async fn console_is_disabled_without_an_admin_token() {
 }
 
 /// 10,000 parked dead letters of three kinds, ids and numbers varying.
-async fn park_many(store: &event_backbone::store::Store, n: usize) {
+async fn park_many(store: &backbone::store::Store, n: usize) {
     for start in (0..n).step_by(500) {
         let mut q: QueryBuilder<Any> = QueryBuilder::new(
             "INSERT INTO dead_letters (dlq_message_id, stage, reason, attempts, record_type, \
@@ -374,7 +374,7 @@ async fn console_pages_read_as_the_runtime_user_mariadb() {
     };
     assert!(app.runtime_user().is_some());
     park_many(&app.store, 30).await;
-    let as_runtime = event_backbone::app::connect_store(&app.settings)
+    let as_runtime = backbone::app::connect_store(&app.settings)
         .await
         .expect("the runtime user's store");
     let stop = serve(&app, as_runtime).await;

@@ -6,20 +6,20 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bytes::Bytes;
-use event_backbone::model::fingerprint::fingerprint;
-use event_backbone::model::limits;
-use event_backbone::model::raw_event::{parse_raw_event, RawEvent};
-use event_backbone::model::rules::MergePolicy;
-use event_backbone::stages::merge::batch::{
+use backbone::model::fingerprint::fingerprint;
+use backbone::model::limits;
+use backbone::model::raw_event::{parse_raw_event, RawEvent};
+use backbone::model::rules::MergePolicy;
+use backbone::stages::merge::batch::{
     process, Decision, EngineConfig, EventItem, Item, MergeEngine,
 };
-use event_backbone::stages::park::ParkStage;
-use event_backbone::stages::{ErrorClass, Incoming, Stage};
-use event_backbone::store::dead_letters::NewDeadLetter;
-use event_backbone::store::ledger::AuditRow;
-use event_backbone::store::{Store, StoreError, StoreErrorClass};
-use event_backbone::topology::{Env, TopicKind, Topology};
+use backbone::stages::park::ParkStage;
+use backbone::stages::{ErrorClass, Incoming, Stage};
+use backbone::store::dead_letters::NewDeadLetter;
+use backbone::store::ledger::AuditRow;
+use backbone::store::{Store, StoreError, StoreErrorClass};
+use backbone::topology::{Env, TopicKind, Topology};
+use bytes::Bytes;
 use serde_json::{json, Value};
 use sqlx::Connection;
 
@@ -375,7 +375,7 @@ fn event(record_type: &str, record_id: &str, changes: Value) -> EventItem {
         id: None,
         record_type: record_type.into(),
         record_id: record_id.into(),
-        source: event_backbone::model::raw_event::Source::Suitex,
+        source: backbone::model::raw_event::Source::Suitex,
         timestamp: chrono::Utc::now(),
         base_version: 0,
         changes: changes.as_object().cloned().unwrap_or_default(),
@@ -445,7 +445,7 @@ async fn refused_event_does_not_fail_its_batch(db: Db) {
             Err(e) => {
                 assert_ne!(item.event.record_type, "good", "a good event failed: {e}");
                 assert_eq!(e.class(), StoreErrorClass::Data, "{e}");
-                let stage_err = event_backbone::stages::store_failure(e, "raw event");
+                let stage_err = backbone::stages::store_failure(e, "raw event");
                 assert_eq!(stage_err.class, ErrorClass::Invalid, "{stage_err}");
                 assert!(stage_err.message.contains("refused column"), "{stage_err}");
                 refused += 1;
@@ -567,16 +567,10 @@ async fn park_fits_every_column(db: Db) {
             claim: false,
         };
         let parked = store.park(&dl, audit.clone()).await.expect("parked");
-        assert_eq!(
-            parked,
-            event_backbone::store::dead_letters::Parked::Inserted
-        );
+        assert_eq!(parked, backbone::store::dead_letters::Parked::Inserted);
         // Idempotent on redelivery, also with a cut id.
         let again = store.park(&dl, audit).await.expect("parked again");
-        assert_eq!(
-            again,
-            event_backbone::store::dead_letters::Parked::AlreadyParked
-        );
+        assert_eq!(again, backbone::store::dead_letters::Parked::AlreadyParked);
     }
     let rows = store.dead_letters(&Default::default(), 10).await.unwrap();
     assert_eq!(rows.len(), 2);
@@ -645,13 +639,13 @@ async fn unparkable_dead_letter_is_bounded_and_surfaced_mariadb() {
         execution: 1,
     };
     let failures = || {
-        event_backbone::metrics::metrics()
+        backbone::metrics::metrics()
             .park_failures
             .with_label_values(&["permission"])
             .get()
     };
     let before = failures();
-    for attempt in 1..=event_backbone::stages::park::TRIES_BEFORE_HOLD {
+    for attempt in 1..=backbone::stages::park::TRIES_BEFORE_HOLD {
         let started = std::time::Instant::now();
         let f = stage.handle(&msg).await.expect_err("cannot park");
         // Never acked (lost) nor dead-lettered: nacked.
@@ -659,19 +653,14 @@ async fn unparkable_dead_letter_is_bounded_and_surfaced_mariadb() {
         let held = started.elapsed() >= hold;
         assert_eq!(
             held,
-            attempt == event_backbone::stages::park::TRIES_BEFORE_HOLD,
+            attempt == backbone::stages::park::TRIES_BEFORE_HOLD,
             "try {attempt} held: {held}"
         );
     }
     assert_eq!(failures() - before, 3);
-    assert_eq!(event_backbone::stages::park::unparked_count(), 1);
-    assert_eq!(
-        event_backbone::metrics::metrics()
-            .dead_letters_unparked
-            .get(),
-        1
-    );
-    let detail = event_backbone::stages::park::unparked_detail();
+    assert_eq!(backbone::stages::park::unparked_count(), 1);
+    assert_eq!(backbone::metrics::metrics().dead_letters_unparked.get(), 1);
+    let detail = backbone::stages::park::unparked_detail();
     assert_eq!(detail["count"], 1, "{detail}");
     assert_eq!(detail["example"]["dlq_message_id"], "4242", "{detail}");
     assert_eq!(detail["example"]["class"], "permission", "{detail}");
@@ -684,11 +673,8 @@ async fn unparkable_dead_letter_is_bounded_and_surfaced_mariadb() {
     .unwrap();
     let ok = stage.handle(&msg).await.expect("parked once it can be");
     assert_eq!(ok.label, "parked");
-    assert_eq!(event_backbone::stages::park::unparked_count(), 0);
-    assert_eq!(
-        event_backbone::stages::park::unparked_detail(),
-        json!("none")
-    );
+    assert_eq!(backbone::stages::park::unparked_count(), 0);
+    assert_eq!(backbone::stages::park::unparked_detail(), json!("none"));
     worker.close().await;
     drop_user(&user).await;
 }
@@ -801,13 +787,13 @@ async fn hostile_raw_events_end_in_dlq_list_mariadb() {
         0,
         "nothing went the retry path"
     );
-    let m = event_backbone::metrics::metrics();
+    let m = backbone::metrics::metrics();
     assert_eq!(
         m.retry_attempts.with_label_values(&["merge"]).get(),
         0,
         "no retries"
     );
-    assert_eq!(event_backbone::stages::park::unparked_count(), 0);
+    assert_eq!(backbone::stages::park::unparked_count(), 0);
     app.stop().await;
 }
 
@@ -1038,12 +1024,12 @@ async fn extreme_events_are_stored_or_invalid(db: Db) {
     // Stored exactly: every event's changes read back equal.
     let sql = format!(
         "SELECT {} FROM events",
-        event_backbone::store::ledger::event_columns(store.dialect())
+        backbone::store::ledger::event_columns(store.dialect())
     );
     let rows = sqlx::query(&sql).fetch_all(store.pool()).await.unwrap();
     assert_eq!(rows.len(), kept.len());
     for row in &rows {
-        let ev = event_backbone::store::ledger::StoredEvent::from_row(row).unwrap();
+        let ev = backbone::store::ledger::StoredEvent::from_row(row).unwrap();
         assert_eq!(Some(&ev.changes), kept.get(&ev.id), "event {}", ev.id);
     }
 }
@@ -1204,13 +1190,13 @@ async fn hostile_mix_is_accounted_for_mariadb() {
         n as i64,
         "every valid one merged"
     );
-    let m = event_backbone::metrics::metrics();
+    let m = backbone::metrics::metrics();
     assert_eq!(
         m.retry_attempts.with_label_values(&["merge"]).get(),
         0,
         "no retries"
     );
-    let park_sub = t.subscription_id(event_backbone::topology::ConsumerKind::Park);
+    let park_sub = t.subscription_id(backbone::topology::ConsumerKind::Park);
     assert_eq!(
         m.messages_processed
             .with_label_values(&[park_sub.as_str(), "nacked"])
@@ -1218,6 +1204,6 @@ async fn hostile_mix_is_accounted_for_mariadb() {
         0,
         "no dead letter was nacked"
     );
-    assert_eq!(event_backbone::stages::park::unparked_count(), 0);
+    assert_eq!(backbone::stages::park::unparked_count(), 0);
     app.stop().await;
 }

@@ -9,9 +9,9 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use backbone::store::Store;
+use backbone::topology::{TopicKind, Topology};
 use bytes::Bytes;
-use event_backbone::store::Store;
-use event_backbone::topology::{TopicKind, Topology};
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -206,7 +206,7 @@ pub async fn deploy(db: Db) -> Option<Deployed> {
 /// process? Lets the retry/park checks grow stricter once those consumers exist.
 pub async fn consumer_streaming(suffix: &str) -> bool {
     eventually(Duration::from_secs(3), || async {
-        event_backbone::metrics::metrics()
+        backbone::metrics::metrics()
             .registry
             .gather()
             .iter()

@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use event_backbone::store::delivery::DeliveryState;
-use event_backbone::store::delivery_lease::{Claim, Lease};
-use event_backbone::store::delivery_log::{DeliveryLog, DeliveryWrite, PositionRow, ViewKey};
-use event_backbone::store::ledger::AuditRow;
-use event_backbone::store::Store;
+use backbone::store::delivery::DeliveryState;
+use backbone::store::delivery_lease::{Claim, Lease};
+use backbone::store::delivery_log::{DeliveryLog, DeliveryWrite, PositionRow, ViewKey};
+use backbone::store::ledger::AuditRow;
+use backbone::store::Store;
 
 use crate::support::*;
 

@@ -13,9 +13,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use event_backbone::admin::AdminState;
-use event_backbone::store::dead_letters::{DlqFilter, NewDeadLetter};
-use event_backbone::store::ledger::AuditRow;
+use backbone::admin::AdminState;
+use backbone::store::dead_letters::{DlqFilter, NewDeadLetter};
+use backbone::store::ledger::AuditRow;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -113,7 +113,7 @@ async fn dlq_bench_listing_and_replay_keep_rss_flat_with_big_parked_messages() {
     let publishers = publishers(&app.topology).await;
     let shutdown = CancellationToken::new();
     let state = AdminState::new(store.clone(), &app.settings).with_publishers(publishers.clone());
-    let server = event_backbone::admin::serve(&app.settings, state, shutdown.clone())
+    let server = backbone::admin::serve(&app.settings, state, shutdown.clone())
         .await
         .expect("admin API")
         .expect("enabled");
@@ -167,7 +167,7 @@ async fn dlq_bench_listing_and_replay_keep_rss_flat_with_big_parked_messages() {
         would = v["replayed"].as_array().map_or(0, Vec::len);
     })
     .await;
-    assert_eq!(would, rows.min(event_backbone::dlq::MAX_BATCH as usize));
+    assert_eq!(would, rows.min(backbone::dlq::MAX_BATCH as usize));
 
     let ids: Vec<i64> = store
         .dead_letter_page(&DlqFilter::default(), None, replay_n as i64)
@@ -182,7 +182,7 @@ async fn dlq_bench_listing_and_replay_keep_rss_flat_with_big_parked_messages() {
             ids: ids.clone(),
             ..Default::default()
         };
-        let r = event_backbone::dlq::replay(&store, &publishers, &f, false)
+        let r = backbone::dlq::replay(&store, &publishers, &f, false)
             .await
             .expect("replay");
         publishers.flush().await;

@@ -2,9 +2,9 @@
 //! (SQLite and MariaDB) and names the failing check when a subscription is
 //! missing or differs, or the schema is not migrated.
 
+use backbone::pubsub::clients;
+use backbone::topology::{ConsumerKind, TopicKind};
 use event_backbone::commands::doctor::{self, Check, Status};
-use event_backbone::pubsub::clients;
-use event_backbone::topology::{ConsumerKind, TopicKind};
 use google_cloud_pubsub::model::Subscription;
 
 use crate::support::*;
@@ -196,13 +196,9 @@ async fn doctor_leaves_no_trace_on_a_running_daemon() {
     let store = d.store.clone();
     // Give the merge consumer time to receive and ack the probe.
     let probe_seen = eventually(std::time::Duration::from_secs(10), || async {
-        event_backbone::metrics::metrics()
-            .render()
-            .lines()
-            .any(|l| {
-                l.starts_with("backbone_messages_processed_total")
-                    && l.contains("outcome=\"probe\"")
-            })
+        backbone::metrics::metrics().render().lines().any(|l| {
+            l.starts_with("backbone_messages_processed_total") && l.contains("outcome=\"probe\"")
+        })
     })
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;

@@ -9,8 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use event_backbone::store::Store;
-use event_backbone::topology::TopicKind;
+use backbone::store::Store;
+use backbone::topology::TopicKind;
 use rand::Rng;
 use serde_json::json;
 
@@ -517,7 +517,7 @@ struct GapRig {
     app: TestApp,
     store: Store,
     metrics: std::net::SocketAddr,
-    publishers: std::sync::Arc<event_backbone::pubsub::publisher::Publishers>,
+    publishers: std::sync::Arc<backbone::pubsub::publisher::Publishers>,
     merged: Tap,
     error: Tap,
     dlq: Tap,

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use backbone::pubsub::publisher::Publishers;
+use backbone::store::{get_text, Backend, Store};
 use bytes::Bytes;
-use event_backbone::pubsub::publisher::Publishers;
-use event_backbone::store::{get_text, Backend, Store};
 use google_cloud_pubsub::model::Message;
 use rand::Rng;
 use serde_json::{json, Value};
@@ -218,7 +218,10 @@ pub fn daemon_env(
         ("PUBSUB_EMULATOR_HOST", pubsub_host),
         ("BACKBONE__RETRY__INITIAL_BACKOFF", "200ms"),
         ("BACKBONE__RETRY__MAX_BACKOFF", "2s"),
-        ("BACKBONE__LOG__LEVEL", "warn,event_backbone=info"),
+        (
+            "BACKBONE__LOG__LEVEL",
+            "warn,backbone=info,event_backbone=info",
+        ),
         ("NO_COLOR", "1"),
         ("BACKBONE_CONFIG_DIR", &config),
     ]
@@ -727,7 +730,7 @@ pub async fn parked(store: &Store) -> Parked {
         use sqlx::Row;
         let reason = get_text(r, "reason").expect("reason");
         let stage = get_text(r, "stage").expect("stage");
-        let err = event_backbone::store::get_opt_text(r, "last_error")
+        let err = backbone::store::get_opt_text(r, "last_error")
             .expect("last_error")
             .unwrap_or_default();
         let pending: i64 = r.try_get("pending").expect("pending");

@@ -5,13 +5,13 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use backbone::admin::{self, AdminState};
+use backbone::history::{self, verify::verify, HistoryError, ListQuery};
+use backbone::model::raw_event::Source;
+use backbone::model::rules::{self, Incoming, MergePolicy, RecordState};
+use backbone::store::ledger::{self, StateRow};
+use backbone::store::Store;
 use chrono::{DateTime, TimeZone, Utc};
-use event_backbone::admin::{self, AdminState};
-use event_backbone::history::{self, verify::verify, HistoryError, ListQuery};
-use event_backbone::model::raw_event::Source;
-use event_backbone::model::rules::{self, Incoming, MergePolicy, RecordState};
-use event_backbone::store::ledger::{self, StateRow};
-use event_backbone::store::Store;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
@@ -86,11 +86,7 @@ const FIELDS: &[&str] = &["status", "name", "budget", "owner"];
 /// (conflicts), coarse timestamps (ties, and late writers that lose), and
 /// verbatim re-publications (duplicates). The model folds with the merge
 /// rules only to choose base versions the live stage will accept.
-async fn random_flow(
-    p: &event_backbone::pubsub::publisher::Publishers,
-    seed: u64,
-    n: usize,
-) -> Flow {
+async fn random_flow(p: &backbone::pubsub::publisher::Publishers, seed: u64, n: usize) -> Flow {
     let mut rng = StdRng::seed_from_u64(seed);
     let policy = MergePolicy::default();
     let mut flow = Flow {

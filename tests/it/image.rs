@@ -33,43 +33,65 @@ fn stage(lines: &[String], name: &str) -> Vec<String> {
         .collect()
 }
 
-/// What the crate's compile reads besides src/: build.rs, the files
-/// `include_str!` embeds and the migrations `sqlx::migrate!` embeds.
+/// The workspace's packages: this one and every one under crates/.
+fn packages() -> Vec<std::path::PathBuf> {
+    let mut out = vec![root().to_path_buf()];
+    for entry in std::fs::read_dir(root().join("crates")).expect("read crates") {
+        let path = entry.expect("entry").path();
+        if path.join("Cargo.toml").is_file() {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// What the workspace's compile reads, as top-level entries: each package's
+/// manifest, src/ and build.rs, the files `include_str!` embeds and the
+/// migrations `sqlx::migrate!` embeds (relative to its package).
 fn compile_inputs() -> BTreeSet<String> {
-    let mut inputs: BTreeSet<String> = ["Cargo.toml", "Cargo.lock", "src"]
+    let mut inputs: BTreeSet<String> = ["Cargo.toml", "Cargo.lock"]
         .into_iter()
         .map(String::from)
         .collect();
-    if root().join("build.rs").exists() {
-        inputs.insert("build.rs".into());
-    }
-    let mut stack = vec![root().join("src")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(dir).expect("read src") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
+    let root_abs = root().canonicalize().expect("root");
+    let top_of = |p: &Path| -> String {
+        let p = p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+        let rel = p
+            .strip_prefix(&root_abs)
+            .unwrap_or_else(|_| panic!("{} is outside the workspace", p.display()));
+        let top = rel.components().next().expect("a component");
+        top.as_os_str().to_string_lossy().into_owned()
+    };
+    for package in packages() {
+        for file in ["Cargo.toml", "build.rs", "src"] {
+            if package.join(file).exists() {
+                inputs.insert(top_of(&package.join(file)));
             }
-            let code = std::fs::read_to_string(&path).unwrap_or_default();
-            for (macro_, relative_to_file) in [("include_str!(\"", true), ("migrate!(\"", false)] {
-                for (at, _) in code.match_indices(macro_) {
-                    let arg: String = code[at + macro_.len()..]
-                        .chars()
-                        .take_while(|c| *c != '"')
-                        .collect();
-                    let resolved = if relative_to_file {
-                        let dir = path.parent().expect("parent");
-                        dir.join(&arg)
-                    } else {
-                        root().join(&arg)
-                    };
-                    let resolved = resolved.canonicalize().unwrap_or(resolved);
-                    let rel = resolved
-                        .strip_prefix(root().canonicalize().expect("root"))
-                        .unwrap_or_else(|_| panic!("{arg} is outside the crate"));
-                    let top = rel.components().next().expect("a component");
-                    inputs.insert(top.as_os_str().to_string_lossy().into_owned());
+        }
+        let mut stack = vec![package.join("src")];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(dir).expect("read src") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let code = std::fs::read_to_string(&path).unwrap_or_default();
+                for (macro_, relative_to_file) in
+                    [("include_str!(\"", true), ("migrate!(\"", false)]
+                {
+                    for (at, _) in code.match_indices(macro_) {
+                        let arg: String = code[at + macro_.len()..]
+                            .chars()
+                            .take_while(|c| *c != '"')
+                            .collect();
+                        let resolved = if relative_to_file {
+                            path.parent().expect("parent").join(&arg)
+                        } else {
+                            package.join(&arg)
+                        };
+                        inputs.insert(top_of(&resolved));
+                    }
                 }
             }
         }
@@ -145,6 +167,35 @@ fn the_builder_gets_every_file_the_compile_reads() {
     assert!(
         hidden.is_empty(),
         ".dockerignore hides {hidden:?} from COPY"
+    );
+}
+
+/// The image carries what production runs and the benchmarks beside it, so
+/// an operator can stress a deployment from inside the cluster.
+#[test]
+fn the_image_ships_the_daemon_and_the_bench_side_by_side() {
+    let lines = dockerfile();
+    let builder = stage(&lines, "builder");
+    let build = builder
+        .iter()
+        .find(|l| l.contains("cargo build --release --locked"))
+        .expect("the builder builds");
+    for bin in ["event-backbone", "backbone-bench"] {
+        assert!(build.contains(&format!("--bin {bin}")), "{build}");
+    }
+    let runtime = stage(&lines, "runtime");
+    for bin in ["event-backbone", "backbone-bench"] {
+        assert!(
+            runtime.iter().any(|l| l.starts_with("COPY --from=builder")
+                && l.ends_with(&format!("/usr/local/bin/{bin}"))),
+            "the runtime image lacks /usr/local/bin/{bin}: {runtime:#?}"
+        );
+    }
+    assert!(
+        runtime
+            .iter()
+            .any(|l| l == r#"ENTRYPOINT ["/usr/local/bin/event-backbone"]"#),
+        "the entry point stays the daemon"
     );
 }
 

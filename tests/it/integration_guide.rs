@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 
 use crate::deliver::{deploy_with, NS, SX};
 use crate::support::*;
-use event_backbone::topology::TopicKind;
+use backbone::topology::TopicKind;
 
 const WAIT: Duration = Duration::from_secs(60);
 

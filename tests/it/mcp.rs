@@ -263,11 +263,14 @@ async fn mcp_python_sdk_over_stdio_and_http_mariadb() {
     over_both_transports(Db::Mariadb).await;
 }
 
-/// `mcp` and `bench mcp` parse (clap checks its definitions on first use).
+/// `mcp` and `backbone-bench mcp` parse (clap checks its definitions on first use).
 #[test]
 fn mcp_commands_have_help() {
-    for args in [&["mcp", "--help"][..], &["bench", "mcp", "--help"]] {
-        let out = binary("local").args(args).output().expect("run");
+    for (mut cmd, args) in [
+        (binary("local"), &["mcp", "--help"][..]),
+        (bench_command(), &["mcp", "--help"]),
+    ] {
+        let out = cmd.args(args).output().expect("run");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && text.contains("Usage"),

@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backbone::model::envelope;
+use backbone::pubsub::publisher::{PublishFailure, Publishers};
+use backbone::stages::Incoming;
+use backbone::topology::{Env, TopicKind, Topology, TopologyError};
 use bytes::Bytes;
-use event_backbone::model::envelope;
-use event_backbone::pubsub::publisher::{PublishFailure, Publishers};
-use event_backbone::stages::Incoming;
-use event_backbone::topology::{Env, TopicKind, Topology, TopologyError};
 use serde_json::json;
 
 use crate::support::*;

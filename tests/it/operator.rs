@@ -10,9 +10,9 @@
 
 use std::time::Duration;
 
-use event_backbone::ops::dlq::{self, Selection};
-use event_backbone::ops::{self, targets, Actor};
-use event_backbone::store::Store;
+use backbone::ops::dlq::{self, Selection};
+use backbone::ops::{self, targets, Actor};
+use backbone::store::Store;
 use serde_json::{json, Value};
 
 use crate::support::*;

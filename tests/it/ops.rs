@@ -10,10 +10,10 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use event_backbone::stages::{Incoming, Stage, StageResult};
-use event_backbone::store::dead_letters::DlqFilter;
-use event_backbone::store::Store;
-use event_backbone::topology::{ConsumerKind, TopicKind};
+use backbone::stages::{Incoming, Stage, StageResult};
+use backbone::store::dead_letters::DlqFilter;
+use backbone::store::Store;
+use backbone::topology::{ConsumerKind, TopicKind};
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use prometheus_parse::{Sample, Scrape, Value};
@@ -181,7 +181,7 @@ async fn ops_metrics_scrape_after_a_flow_through_every_stage() {
     );
     // Replay: the 400 is gone now, so m2 reaches netsuite; the malformed one
     // is dead-lettered and parked again.
-    let report = event_backbone::dlq::replay(&store, &p, &DlqFilter::default(), false)
+    let report = backbone::dlq::replay(&store, &p, &DlqFilter::default(), false)
         .await
         .expect("replay");
     println!("replay: {report:?}");
@@ -407,7 +407,7 @@ async fn ops_metrics_scrape_after_a_flow_through_every_stage() {
 /// `/readyz` to answer 503. Returns when the cut happened.
 async fn store_one_then_cut(
     addr: SocketAddr,
-    p: &event_backbone::pubsub::publisher::Publishers,
+    p: &backbone::pubsub::publisher::Publishers,
     store: &Store,
     first: &str,
     proxy: &Proxy,

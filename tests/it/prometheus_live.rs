@@ -27,9 +27,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use event_backbone::pubsub::publisher::Publishers;
-use event_backbone::store::dead_letters::DlqFilter;
-use event_backbone::topology::ConsumerKind;
+use backbone::pubsub::publisher::Publishers;
+use backbone::store::dead_letters::DlqFilter;
+use backbone::topology::ConsumerKind;
 use serde_json::{json, Value};
 
 use crate::deliver::{Reply, Sink, NS, SX};
@@ -295,7 +295,7 @@ impl Condition {
             Condition::DeadLetterParked => {
                 // The target fixed (the sink answers 200 again), the
                 // operator replays what was parked.
-                let report = event_backbone::dlq::replay(
+                let report = backbone::dlq::replay(
                     &w.app.store,
                     &w.publishers,
                     &DlqFilter::default(),

@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
 
+use backbone::pubsub::clients;
+use backbone::store::Store;
+use backbone::topology::{ConsumerKind, TopicKind};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use event_backbone::pubsub::clients;
-use event_backbone::store::Store;
-use event_backbone::topology::{ConsumerKind, TopicKind};
 use serde_json::json;
 
 use crate::support::*;
@@ -562,7 +562,7 @@ async fn processing_time_excludes_the_retry_hold() {
         "the retry merged it"
     );
     let retry_sub = t.subscription_id(ConsumerKind::Retry);
-    let h = event_backbone::metrics::metrics()
+    let h = backbone::metrics::metrics()
         .processing_duration
         .with_label_values(&[retry_sub.as_str()]);
     assert!(
@@ -585,8 +585,8 @@ async fn processing_time_excludes_the_retry_hold() {
 /// replay pages too. (The memory figures: tests/it/dlq_bench.rs.)
 #[tokio::test]
 async fn admin_dlq_lists_page_by_page_without_the_data() {
-    use event_backbone::store::dead_letters::NewDeadLetter;
-    use event_backbone::store::ledger::AuditRow;
+    use backbone::store::dead_letters::NewDeadLetter;
+    use backbone::store::ledger::AuditRow;
     let Some(app) = TestApp::spawn(Db::Sqlite, Overrides::new().admin("page-token")).await else {
         return;
     };

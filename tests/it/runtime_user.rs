@@ -14,10 +14,10 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use backbone::pubsub::provision::provision;
+use backbone::store::{schema, Store};
+use backbone::topology::{Env, Topology};
 use event_backbone::commands::doctor::{self, Status};
-use event_backbone::pubsub::provision::provision;
-use event_backbone::store::{schema, Store};
-use event_backbone::topology::{Env, Topology};
 use serde_json::{json, Value};
 
 use crate::deliver::{Reply, Sink, NS, SX};

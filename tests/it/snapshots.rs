@@ -6,13 +6,13 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use backbone::model::fingerprint::fingerprint;
+use backbone::model::raw_event::parse_raw_event;
+use backbone::snapshots::claim_check::ClaimCheck;
+use backbone::snapshots::gcs::GcsSnapshots;
+use backbone::snapshots::{Scope, SnapshotError, SnapshotStore};
+use backbone::topology::TopicKind;
 use bytes::Bytes;
-use event_backbone::model::fingerprint::fingerprint;
-use event_backbone::model::raw_event::parse_raw_event;
-use event_backbone::snapshots::claim_check::ClaimCheck;
-use event_backbone::snapshots::gcs::GcsSnapshots;
-use event_backbone::snapshots::{Scope, SnapshotError, SnapshotStore};
-use event_backbone::topology::TopicKind;
 use serde_json::{json, Value};
 
 use crate::deliver::{deploy_with, skipped_count, Deployed, NS, SX, WAIT};

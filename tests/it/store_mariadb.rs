@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use event_backbone::store::Store;
+use backbone::store::Store;
 
 use crate::support::*;
 
@@ -91,15 +91,10 @@ async fn microseconds_round_trip(db: Db) {
     };
     seed(&store).await;
     let mut conn = store.pool().acquire().await.unwrap();
-    let evs = event_backbone::store::ledger::record_events(
-        &mut conn,
-        store.dialect(),
-        "project",
-        "42",
-        None,
-    )
-    .await
-    .unwrap();
+    let evs =
+        backbone::store::ledger::record_events(&mut conn, store.dialect(), "project", "42", None)
+            .await
+            .unwrap();
     assert_eq!(evs.len(), 1);
     assert_eq!(evs[0].timestamp, "2026-03-13T20:00:00.123456Z");
     assert!(evs[0].processed);

@@ -12,15 +12,15 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use backbone::app::Application;
+use backbone::config::{self, Settings};
+use backbone::pubsub::clients::{self, Endpoint};
+use backbone::pubsub::provision::provision;
+use backbone::pubsub::publisher::Publishers;
+use backbone::runtime::health::Health;
+use backbone::store::Store;
+use backbone::topology::{TopicKind, Topology};
 use bytes::Bytes;
-use event_backbone::app::Application;
-use event_backbone::config::{self, Settings};
-use event_backbone::pubsub::clients::{self, Endpoint};
-use event_backbone::pubsub::provision::provision;
-use event_backbone::pubsub::publisher::Publishers;
-use event_backbone::runtime::health::Health;
-use event_backbone::store::Store;
-use event_backbone::topology::{TopicKind, Topology};
 use google_cloud_pubsub::model::{Message, Subscription};
 use tokio_util::sync::CancellationToken;
 
@@ -105,7 +105,7 @@ impl Drop for ScratchProject {
             let removed = rt.block_on(async {
                 tokio::time::timeout(
                     Duration::from_secs(20),
-                    event_backbone::pubsub::provision::remove_project(&id, &ep),
+                    backbone::pubsub::provision::remove_project(&id, &ep),
                 )
                 .await
             });
@@ -240,7 +240,7 @@ pub fn mariadb_addr() -> String {
 
 /// The server, its password masked, for messages.
 fn mariadb_server_shown() -> String {
-    event_backbone::config::mask_url_password(mariadb_server().as_str())
+    backbone::config::mask_url_password(mariadb_server().as_str())
 }
 
 /// A fresh database. On a machine without MariaDB the MariaDB variant
@@ -289,8 +289,9 @@ pub async fn fresh_db(kind: Db) -> Option<TestDb> {
 
 /// Logs of the daemon under test, shown for failing tests (RUST_LOG overrides).
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,event_backbone=info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,backbone=info,event_backbone=info")
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_test_writer()
@@ -337,6 +338,48 @@ pub fn daemon_command(project: &str, db_url: &str, extra: &[(&str, &str)]) -> Co
     cmd.arg("run")
         .envs(base_vars(project, db_url))
         .envs(extra.iter().copied());
+    cmd
+}
+
+/// The `backbone-bench` binary (the bench crate's), beside the daemon:
+/// `cargo nextest run --workspace` (scripts/test.sh) builds it there, with
+/// the same features as everything else. Run without `--workspace`, it is
+/// built here once.
+pub fn bench_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let daemon = PathBuf::from(env!("CARGO_BIN_EXE_event-backbone"));
+            let bench = daemon.with_file_name("backbone-bench");
+            if !bench.is_file() {
+                eprintln!(
+                    "no {}: building it (scripts/test.sh runs with --workspace)",
+                    bench.display()
+                );
+                let out = Command::new(env!("CARGO"))
+                    .args([
+                        "build",
+                        "--quiet",
+                        "-p",
+                        "backbone-bench",
+                        "--bin",
+                        "backbone-bench",
+                    ])
+                    .current_dir(env!("CARGO_MANIFEST_DIR"))
+                    .status()
+                    .expect("run cargo build -p backbone-bench");
+                assert!(out.success(), "cargo build -p backbone-bench failed");
+            }
+            assert!(bench.is_file(), "no {}", bench.display());
+            bench
+        })
+        .clone()
+}
+
+/// `backbone-bench` with the daemon this test run built beside it.
+pub fn bench_command() -> Command {
+    let mut cmd = Command::new(bench_bin());
+    cmd.env("EVENT_BACKBONE_BIN", env!("CARGO_BIN_EXE_event-backbone"));
     cmd
 }
 
@@ -608,9 +651,7 @@ impl TestApp {
                 .await
                 .expect("direct store")
         } else {
-            event_backbone::app::create_store(&settings)
-                .await
-                .expect("store")
+            backbone::app::create_store(&settings).await.expect("store")
         };
         Some(TestApp {
             pubsub: ScratchProject::adopt(project.clone()),
@@ -769,7 +810,7 @@ pub async fn publishers(t: &Topology) -> Arc<Publishers> {
 }
 
 pub async fn publish_raw(p: &Publishers, json: &str) -> String {
-    let key = event_backbone::model::raw_event::parse_raw_event(json.as_bytes())
+    let key = backbone::model::raw_event::parse_raw_event(json.as_bytes())
         .map(|e| e.ordering_key())
         .unwrap_or_default();
     p.publish_to(
@@ -894,7 +935,7 @@ where
 }
 
 /// Counts rows of a query that returns one integer.
-pub async fn count(store: &event_backbone::store::Store, sql: &str) -> i64 {
+pub async fn count(store: &backbone::store::Store, sql: &str) -> i64 {
     sqlx::query_scalar::<_, i64>(sql)
         .fetch_one(store.pool())
         .await

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use backbone::store::Store;
+use backbone::topology::TopicKind;
 use bytes::Bytes;
-use event_backbone::store::Store;
-use event_backbone::topology::TopicKind;
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -795,10 +795,10 @@ async fn targets_replay_is_paced_through_the_limiter() {
         b.latency = Duration::from_millis(30);
     });
     let before = ns.hits().len();
-    let report = event_backbone::dlq::replay(
+    let report = backbone::dlq::replay(
         &app.store,
         &*publishers(&app.topology).await,
-        &event_backbone::store::dead_letters::DlqFilter::default(),
+        &backbone::store::dead_letters::DlqFilter::default(),
         false,
     )
     .await

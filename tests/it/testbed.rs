@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use event_backbone::metrics::metrics;
-use event_backbone::topology::ConsumerKind;
+use backbone::metrics::metrics;
+use backbone::topology::ConsumerKind;
 
 use crate::support::*;
 
@@ -138,10 +138,10 @@ impl Drop for OwnEmulator {
 /// with the subscription. Then `services.sh stop` stops it by its pid.
 #[tokio::test]
 async fn services_sh_emulator_frees_the_threads_of_a_removed_project() {
-    use event_backbone::pubsub::clients::Endpoint;
-    use event_backbone::pubsub::provision::{provision, remove_project};
-    use event_backbone::pubsub::publisher::Publishers;
-    use event_backbone::topology::{Env, TopicKind, Topology};
+    use backbone::pubsub::clients::Endpoint;
+    use backbone::pubsub::provision::{provision, remove_project};
+    use backbone::pubsub::publisher::Publishers;
+    use backbone::topology::{Env, TopicKind, Topology};
 
     const KEYS: usize = 300;
     let emulator = std::path::Path::new(

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Regenerates src/stages/deliver/auth/oauth1_vectors.rs: OAuth 1.0a
+"""Regenerates crates/backbone/src/stages/deliver/auth/oauth1_vectors.rs: OAuth 1.0a
 HMAC-SHA256 signatures made by Python's oauthlib (an implementation the
 project did not write) for fixed nonces and timestamps.
 
     target/services/venv/bin/python tests/vectors/oauth1_vectors.py \
-        > src/stages/deliver/auth/oauth1_vectors.rs
+        > crates/backbone/src/stages/deliver/auth/oauth1_vectors.rs
 """
 import oauthlib
 from oauthlib.oauth1 import Client, SIGNATURE_HMAC_SHA256, SIGNATURE_TYPE_AUTH_HEADER

@@ -165,7 +165,7 @@ containers and is stopped after them.
     {{- toYaml $p.resources | nindent 4 }}
 {{- end }}
 
-{{/* The merge stage's subscription id (src/topology.rs): the backlog autoscaling watches. */}}
+{{/* The merge stage's subscription id (crates/backbone/src/topology.rs): the backlog autoscaling watches. */}}
 {{- define "event-backbone.mergeSubscription" -}}
 {{- printf "events.raw.%s-merge-sub" .Values.env }}
 {{- end }}

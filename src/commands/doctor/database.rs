@@ -1,14 +1,14 @@
 //! Event store checks: the schema gate, a write that is rolled back, and the
 //! ledger refusing UPDATE/DELETE. The statements are the store's
-//! ([`crate::store::ledger_probe`]); this file judges the answers.
+//! ([`backbone::store::ledger_probe`]); this file judges the answers.
 
 use serde_json::json;
 
 use super::report::{Check, Status};
 use super::CHECK_TIMEOUT;
-use crate::store::ledger_probe::{LedgerTable, Mutation, ProbeTx, Refusal, REFUSED_STATEMENTS};
-use crate::store::probe::ProbeError;
-use crate::store::{schema, Backend, Store};
+use backbone::store::ledger_probe::{LedgerTable, Mutation, ProbeTx, Refusal, REFUSED_STATEMENTS};
+use backbone::store::probe::ProbeError;
+use backbone::store::{schema, Backend, Store};
 
 /// The schema gate `run` applies ([`schema::ensure`]), read-only: behind
 /// fails, ahead passes with a warning (the daemon runs on it).
@@ -48,7 +48,7 @@ pub(super) async fn migrations(store: &Store) -> Check {
 
 /// A probe fingerprint: 64 hex characters, unique per run.
 fn probe_fingerprint() -> String {
-    crate::model::fingerprint::sha256_hex(
+    backbone::model::fingerprint::sha256_hex(
         format!("event-backbone doctor probe {}", uuid::Uuid::new_v4()).as_bytes(),
     )
 }

@@ -23,8 +23,8 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use tokio::time::Instant;
 
-use crate::config::Settings;
-use crate::topology::{ConsumerKind, TopicKind};
+use backbone::config::Settings;
+use backbone::topology::{ConsumerKind, TopicKind};
 
 pub use self::report::{summary, Check, Status};
 
@@ -108,7 +108,7 @@ fn database_addr(s: &Settings) -> (String, bool) {
             ),
             true,
         ),
-        _ => (crate::app::database_name(s), false),
+        _ => (backbone::app::database_name(s), false),
     }
 }
 
@@ -134,7 +134,7 @@ pub async fn checks(settings: &Settings) -> Vec<Check> {
 
 async fn pubsub_checks(settings: &Settings, budget: &Budget, out: &mut Vec<Check>) {
     let topology = settings.topology();
-    let ep = crate::app::endpoint(settings);
+    let ep = backbone::app::endpoint(settings);
     let addr = pubsub_addr(settings);
     let mut names = vec![
         "pubsub: topics exist".to_owned(),
@@ -214,7 +214,7 @@ async fn database_checks(settings: &Settings, budget: &Budget, out: &mut Vec<Che
             if networked {
                 tcp(&at).await?;
             }
-            crate::app::open_existing_store(settings)
+            backbone::app::open_existing_store(settings)
                 .await
                 .map_err(|e| format!("{e:#}"))
         })

@@ -9,11 +9,11 @@ use bytes::Bytes;
 use google_cloud_pubsub::model::{ExpirationPolicy, Subscription};
 use serde_json::json;
 
-use crate::pubsub::clients::{self, Endpoint};
-use crate::pubsub::provision::{is_not_found, subscription_drift};
-use crate::pubsub::publisher::Publishers;
-use crate::stages::merge::PROBE_ATTRIBUTE;
-use crate::topology::{ConsumerKind, TopicKind, Topology};
+use backbone::pubsub::clients::{self, Endpoint};
+use backbone::pubsub::provision::{is_not_found, subscription_drift};
+use backbone::pubsub::publisher::Publishers;
+use backbone::stages::merge::PROBE_ATTRIBUTE;
+use backbone::topology::{ConsumerKind, TopicKind, Topology};
 
 /// How long the probe message may take to come back through the probe subscription.
 /// Within doctor's bound on the whole round trip.

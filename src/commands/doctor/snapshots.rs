@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use serde_json::json;
 
-use crate::config::Settings;
+use backbone::config::Settings;
 
 /// What the check talks to: the GCS endpoint or the local folder.
 pub(super) fn address(settings: &Settings) -> String {
@@ -13,7 +13,7 @@ pub(super) fn address(settings: &Settings) -> String {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| dir.to_owned());
     }
-    match std::env::var(crate::snapshots::gcs::ENV_VAR_STORAGE_EMULATOR_HOST) {
+    match std::env::var(backbone::snapshots::gcs::ENV_VAR_STORAGE_EMULATOR_HOST) {
         Ok(h) if !h.is_empty() => h
             .trim_start_matches("http://")
             .trim_start_matches("https://")
@@ -24,7 +24,7 @@ pub(super) fn address(settings: &Settings) -> String {
 }
 
 pub(super) async fn write_and_read(settings: &Settings) -> Result<String, String> {
-    let store = crate::app::snapshot_store(settings)
+    let store = backbone::app::snapshot_store(settings)
         .await
         .map_err(|e| format!("{e:#}"))?;
     let data = Bytes::from(

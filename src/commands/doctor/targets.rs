@@ -8,10 +8,10 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, DATE, LOCATION};
 
 use super::report::{Check, Status};
-use crate::config::{AuthKind, Settings, Target};
-use crate::stages::deliver::answer::parse_netsuite;
-use crate::stages::deliver::auth::Auth;
-use crate::stages::deliver::http_sink::{self, HttpSink};
+use backbone::config::{AuthKind, Settings, Target};
+use backbone::stages::deliver::answer::parse_netsuite;
+use backbone::stages::deliver::auth::Auth;
+use backbone::stages::deliver::http_sink::{self, HttpSink};
 
 /// NetSuite refuses a TBA timestamp further than this from its clock.
 const MAX_SKEW: Duration = Duration::from_secs(300);
@@ -89,7 +89,7 @@ async fn credentials(name: &'static str, t: &Target, limit: Duration) -> Check {
     let label = format!("target {name}: credentials ({})", t.auth_kind().as_str());
     let built = (|| -> Result<(Auth, reqwest::Client), String> {
         let client = http_sink::client(name, limit).map_err(|e| e.to_string())?;
-        let auth = crate::app::targets::auth(name, t, &client).map_err(|e| e.to_string())?;
+        let auth = backbone::app::targets::auth(name, t, &client).map_err(|e| e.to_string())?;
         Ok((auth, client))
     })();
     let (auth, client) = match built {
@@ -127,7 +127,7 @@ async fn credentials(name: &'static str, t: &Target, limit: Duration) -> Check {
         name,
         url.clone(),
         std::sync::Arc::new(auth),
-        crate::app::targets::vocabulary(t.errors),
+        backbone::app::targets::vocabulary(t.errors),
         limit,
         client,
     );

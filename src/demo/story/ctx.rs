@@ -13,16 +13,16 @@ use super::{expect, short, target_name, WAIT};
 use crate::demo::observer::MergedObserver;
 use crate::demo::targets::{Received, StandIn};
 use crate::demo::{DemoError, Narrator};
-use crate::model::fingerprint::fingerprint;
-use crate::model::raw_event::{parse_raw_event, Source};
-use crate::pubsub::publisher::Publishers;
-use crate::stages::deliver::stage_name;
-use crate::store::dead_letters::{DeadLetter, DlqFilter};
-use crate::store::Store;
-use crate::topology::{StageName, TopicKind, Topology};
+use backbone::model::fingerprint::fingerprint;
+use backbone::model::raw_event::{parse_raw_event, Source};
+use backbone::pubsub::publisher::Publishers;
+use backbone::stages::deliver::stage_name;
+use backbone::store::dead_letters::{DeadLetter, DlqFilter};
+use backbone::store::Store;
+use backbone::topology::{StageName, TopicKind, Topology};
 
 /// One audit row.
-pub(super) type Audit = crate::store::story::StageAudit;
+pub(super) type Audit = backbone::store::story::StageAudit;
 
 /// What the story works with.
 pub struct Ctx<'a> {
@@ -35,7 +35,7 @@ pub struct Ctx<'a> {
     pub threshold: u64,
     pub max_attempts: u32,
     /// The demo's retry schedule, to explain the waits it shows.
-    pub retry: crate::config::RetrySettings,
+    pub retry: backbone::config::RetrySettings,
     pub topology: Topology,
     pub interrupt: &'a CancellationToken,
     pub metrics_addr: String,

@@ -17,12 +17,12 @@ use self::summary::summary;
 pub use self::summary::where_to_look;
 use super::targets::Received;
 use super::{DemoError, Narrator, SUITEX_FAILURES};
-use crate::model::fingerprint::fingerprint_bytes;
-use crate::model::raw_event::Source;
-use crate::snapshots::local::LocalSnapshots;
-use crate::stages::deliver::stage_name;
-use crate::store::dead_letters::DlqFilter;
-use crate::topology::{StageName, TopicKind};
+use backbone::model::fingerprint::fingerprint_bytes;
+use backbone::model::raw_event::Source;
+use backbone::snapshots::local::LocalSnapshots;
+use backbone::stages::deliver::stage_name;
+use backbone::store::dead_letters::DlqFilter;
+use backbone::topology::{StageName, TopicKind};
 
 pub const NETSUITE_TOKEN: &str = "demo-netsuite-token";
 pub const SUITEX_TOKEN: &str = "demo-suitex-token";
@@ -44,8 +44,8 @@ fn kib(n: usize) -> String {
 }
 
 /// The base waits of the retry schedule between `max_attempts` executions
-/// (the formula of [`crate::stages::retry::schedule`], without jitter).
-fn scheduled_waits(r: &crate::config::RetrySettings) -> Vec<Duration> {
+/// (the formula of [`backbone::stages::retry::schedule`], without jitter).
+fn scheduled_waits(r: &backbone::config::RetrySettings) -> Vec<Duration> {
     (0..r.max_attempts.saturating_sub(1))
         .map(|i| {
             let secs = r.initial_backoff.as_secs_f64() * r.multiplier.powi(i.min(64) as i32);
@@ -617,7 +617,7 @@ async fn step_dead_letter_and_replay(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<
 
     ctx.netsuite.reject_record_type(None);
     n.event("The operator fixes NetSuite and replays the DLQ (as `event-backbone dlq replay --stage deliver.netsuite` does)");
-    let report = crate::dlq::replay(
+    let report = backbone::dlq::replay(
         &ctx.store,
         &ctx.publishers,
         &DlqFilter {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::Ctx;
 use crate::demo::{DemoError, Narrator, RunFiles};
-use crate::store::story::Totals;
+use backbone::store::story::Totals;
 
 pub(super) async fn summary(ctx: &Ctx<'_>, n: &mut Narrator) -> Result<(), DemoError> {
     let Totals {

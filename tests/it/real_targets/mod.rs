@@ -147,7 +147,7 @@ async fn publish_steadily(app: &TestApp, records: usize, pace: Duration, secs: u
 }
 
 async fn dead_letter_rows(app: &TestApp) -> Vec<(String, String, String)> {
-    use event_backbone::store::{get_opt_text, get_text};
+    use backbone::store::{get_opt_text, get_text};
     // MariaDB hands TEXT over as BLOB: read it as the store does.
     sqlx::query("SELECT stage, reason, last_error FROM dead_letters ORDER BY id")
         .fetch_all(app.store.pool())
@@ -368,7 +368,7 @@ async fn real_targets_oauth2_tokens_are_renewed_one_fetch_at_a_time_mariadb() {
 /// PyJWT: PS256 for RSA, ES256 for EC P-256, with the claims NetSuite reads.
 #[tokio::test]
 async fn real_targets_client_assertions_verify_with_pyjwt() {
-    use event_backbone::stages::deliver::auth::oauth2::{Oauth2Client, SigningKey};
+    use backbone::stages::deliver::auth::oauth2::{Oauth2Client, SigningKey};
     let Some(v) = Verifier::start().await else {
         return;
     };

@@ -1,0 +1,214 @@
+//! End to end: raw events through the emulator into the daemon's merge stage
+//! until every merged event is published, against the broker baselines.
+//! Everything the run creates is held by [`Resources`] and removed on every
+//! path, a failed or timed-out run included.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::baseline::{baseline, publish_in_order, teardown};
+use super::{generate, percentile, Args, E2eDb};
+use crate::sql::scratch;
+use backbone::app::{self, Application};
+use backbone::config::Settings;
+use backbone::pubsub::publisher::Publishers;
+use backbone::pubsub::{clients, provision};
+use backbone::topology::{ConsumerKind, Topology};
+
+/// What the run created and must remove: the daemon, the topologies, the
+/// scratch database. Removed by [`Resources::teardown`], which the entry
+/// point calls whatever the run returned.
+#[derive(Default)]
+struct Resources {
+    daemon: Option<(
+        CancellationToken,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    )>,
+    topologies: Vec<Topology>,
+    /// (admin url, database name).
+    mysql: Option<(String, String)>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Resources {
+    /// Stops the daemon first (it holds the database and subscriptions),
+    /// then deletes the topologies and drops the database.
+    async fn teardown(&mut self, ep: &clients::Endpoint) {
+        if let Some((shutdown, daemon)) = self.daemon.take() {
+            shutdown.cancel();
+            let _ = daemon.await;
+        }
+        for t in self.topologies.drain(..).rev() {
+            teardown(&t, ep, &[]).await;
+        }
+        if let Some((admin, name)) = self.mysql.take() {
+            scratch::drop_mysql(&admin, &name).await;
+        }
+        self.dir.take();
+    }
+
+    /// Deletes one topology now, before the run ends.
+    async fn remove(&mut self, t: &Topology, ep: &clients::Endpoint) {
+        teardown(t, ep, &[]).await;
+        self.topologies.retain(|x| x != t);
+    }
+}
+
+/// Runs the measurement, tears down, then returns what it measured.
+pub(super) async fn end_to_end(
+    settings: &Settings,
+    args: &Args,
+) -> anyhow::Result<serde_json::Value> {
+    if settings.pubsub.emulator_host.is_none() {
+        bail!("bench needs the Pub/Sub emulator: set PUBSUB_EMULATOR_HOST (scripts/services.sh starts one)");
+    }
+    let ep = app::endpoint(settings);
+    let mut res = Resources::default();
+    let outcome = measure(settings, args, &ep, &mut res).await;
+    res.teardown(&ep).await;
+    outcome
+}
+
+fn bench_project() -> String {
+    format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+async fn measure(
+    settings: &Settings,
+    args: &Args,
+    ep: &clients::Endpoint,
+    res: &mut Resources,
+) -> anyhow::Result<serde_json::Value> {
+    let gens = generate(
+        args.e2e_events,
+        args.records,
+        args.duplicate_rate,
+        args.conflict_rate,
+        args.seed,
+    );
+    let dups = gens.iter().filter(|g| g.duplicate).count();
+    let total_msgs = gens.len() + dups;
+
+    // Baseline: an ack-only consumer draining the same messages.
+    let topo = Topology::new(settings.env, bench_project());
+    res.topologies.push(topo.clone());
+    provision::provision(&topo, ep).await?;
+    let baseline_rate = baseline(&topo, ep, &gens, false).await?;
+    res.remove(&topo, ep).await;
+    // Second baseline: a consumer that only forwards each message to the
+    // merged topic (same ordering key) and acks on the publish confirmation
+    // — the broker work the daemon cannot avoid, without any of its own.
+    let topo = Topology::new(settings.env, bench_project());
+    res.topologies.push(topo.clone());
+    provision::provision(&topo, ep).await?;
+    let forward_rate = baseline(&topo, ep, &gens, true).await?;
+
+    // The daemon.
+    let db_url = if args.e2e_db == E2eDb::Sqlite {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}/e2e.db?mode=rwc", dir.path().display());
+        res.dir = Some(dir);
+        url
+    } else {
+        let (url, name) = scratch::create_mysql(&args.mysql_admin_url).await?;
+        res.mysql = Some((args.mysql_admin_url.clone(), name));
+        url
+    };
+    let mut s = settings.clone();
+    s.pubsub.project_id = bench_project();
+    s.database.url = SecretString::from(db_url.clone());
+    // A scratch database of the bench's own: the daemon migrates it.
+    s.database.migrate_on_start = true;
+    s.http.metrics_addr = "127.0.0.1:0".into();
+    s.http.admin_token = None;
+    for kind in [
+        ConsumerKind::Netsuite,
+        ConsumerKind::Suitex,
+        ConsumerKind::Retry,
+        ConsumerKind::Park,
+    ] {
+        match kind {
+            ConsumerKind::Netsuite => s.consumers.netsuite.enabled = false,
+            ConsumerKind::Suitex => s.consumers.suitex.enabled = false,
+            ConsumerKind::Retry => s.consumers.retry.enabled = false,
+            ConsumerKind::Park => s.consumers.park.enabled = false,
+            ConsumerKind::Merge => {}
+        }
+    }
+    let t = s.topology();
+    res.topologies.push(t.clone());
+    provision::provision(&t, ep).await?;
+    // No tap on the merged topic: the emulator ignores subscription filters,
+    // so a tap would receive every merged event and double the emulator's
+    // delivery work in this run but not in the baseline's. Completion is read
+    // from the database (every event stored, outbox empty = every merged
+    // event's publish confirmed); latency is raw publish → stored.
+    // The process-wide counter also counts the forward-only baseline's
+    // publishes, made earlier in this process: count from here.
+    let published_before = backbone::metrics::published_count("merged");
+    let app = Application::build(s.clone()).await?;
+    let store = app.store.clone();
+    let shutdown = CancellationToken::new();
+    let daemon = tokio::spawn(app.run(shutdown.clone()));
+    res.daemon = Some((shutdown, daemon));
+
+    let publishers = Arc::new(Publishers::new(t.clone(), ep).await?);
+    let mut sent_at: HashMap<String, DateTime<Utc>> = HashMap::with_capacity(gens.len());
+    let expected = gens.len();
+    for g in &gens {
+        sent_at.insert(g.id.to_string(), Utc::now());
+    }
+    let started = Instant::now();
+    publish_in_order(&publishers, &gens).await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let finished = loop {
+        let rows = crate::sql::bench::count_events(&store).await?;
+        let outbox = store.outbox_len().await?;
+        if rows >= expected as i64 && outbox == 0 {
+            break Instant::now();
+        }
+        if Instant::now() > deadline {
+            bail!("end-to-end bench timed out: {rows} of {expected} events stored, {outbox} merged events unpublished");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let secs = finished.duration_since(started).as_secs_f64();
+    let rows = crate::sql::bench::count_events(&store).await?;
+    let dup_rows = crate::sql::bench::count_audit_outcome(&store, "duplicate").await?;
+    let published = backbone::metrics::published_count("merged") - published_before;
+    let stored = crate::sql::bench::event_stored_times(&store).await?;
+    let mut lat: Vec<f64> = Vec::with_capacity(stored.len());
+    for (id, created) in &stored {
+        if let Some(sent) = sent_at.get(id) {
+            lat.push((*created - *sent).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        }
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    if rows != expected as i64 || dup_rows != dups as i64 || published < expected as u64 {
+        bail!(
+            "end-to-end bench lost or doubled events: rows {rows}/{expected}, duplicates {dup_rows}/{dups}, merged published {published}/{expected}"
+        );
+    }
+    let rate = total_msgs as f64 / secs;
+    Ok(json!({
+        "database": args.e2e_db.as_str(),
+        "raw_messages": total_msgs,
+        "unique_events": expected,
+        "duplicates": dups,
+        "merged_published": published,
+        "seconds": secs,
+        "messages_per_s": rate,
+        "latency_ms_raw_publish_to_stored": {"p50": percentile(&lat, 0.5), "p99": percentile(&lat, 0.99)},
+        "baseline_ack_only_messages_per_s": baseline_rate,
+        "ratio": rate / baseline_rate,
+        "baseline_forward_only_messages_per_s": forward_rate,
+        "ratio_to_forward_only": rate / forward_rate,
+    }))
+}
