@@ -266,7 +266,10 @@ pub async fn discard_handler(State(c): State<Console>, form: PostForm) -> Respon
 
 fn target_of(fields: &Fields) -> Result<String, String> {
     let t = fields.get("target").ok_or("No target was given.")?;
-    if crate::explain::TARGETS.iter().any(|k| k.as_str() == t) {
+    if crate::model::raw_event::Source::ALL
+        .iter()
+        .any(|k| k.as_str() == t)
+    {
         Ok(t)
     } else {
         Err(format!("`{t}` is not a target."))

@@ -16,8 +16,9 @@ use super::auth::Authed;
 use super::layout::{self, capped, enc, when, Section};
 use super::targets::outcome_badge;
 use super::{redirect, Console};
-use crate::explain::{self, DeliveryStatus, Explanation, TARGETS};
+use crate::explain::{self, DeliveryStatus, Explanation};
 use crate::history::{self, ListQuery};
+use crate::model::raw_event::Source;
 
 /// Events per page of the timeline.
 const EVENTS_PAGE: u32 = 50;
@@ -94,7 +95,7 @@ pub async fn timeline(
     .await;
     let merged = c.store.merged_after(&rt, &rid, 0, MERGED_SHOWN).await;
     let mut positions = Vec::new();
-    for t in TARGETS {
+    for t in Source::ALL {
         positions.push((t, c.store.delivery_position(t.as_str(), &rt, &rid).await));
     }
     let base = format!("/console/records/{}/{}", enc(&rt), enc(&rid));
@@ -191,7 +192,7 @@ fn fields_table(x: &Explanation, base: &str) -> Markup {
             thead { tr {
                 th scope="col" { "Field" } th scope="col" { "Value" } th scope="col" { "Set by" }
                 th scope="col" class="num" { "Conflicts" }
-                @for t in TARGETS { th scope="col" { (t) } }
+                @for t in Source::ALL { th scope="col" { (t) } }
                 th scope="col" { "Why" }
             } }
             tbody { @for (name, f) in &x.fields { tr {
@@ -199,7 +200,7 @@ fn fields_table(x: &Explanation, base: &str) -> Markup {
                 td.msg { (capped(&f.value.to_string(), 200)) }
                 td { "seq " (f.set_by.sequence_num) " (" (f.set_by.source) ")" }
                 td.num { (f.conflicts.len()) }
-                @for t in TARGETS { td { @match f.delivery.get(&t) {
+                @for t in Source::ALL { td { @match f.delivery.get(&t) {
                     Some(d) => (delivery_badge(d.status)),
                     None => "–",
                 } } }

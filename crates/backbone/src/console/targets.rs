@@ -10,7 +10,7 @@ use maud::{html, Markup};
 use super::auth::Authed;
 use super::layout::{self, csrf_field, Section};
 use super::Console;
-use crate::explain::TARGETS;
+use crate::model::raw_event::Source;
 use crate::stages::deliver::pacing::TargetSnapshot;
 use crate::stages::deliver::stage_name;
 use crate::store::activity::Activity;
@@ -28,7 +28,7 @@ pub async fn page(State(c): State<Console>, a: Authed) -> Response {
         .await;
     let body = html! {
         (state_table(&c, &snaps))
-        @for t in TARGETS {
+        @for t in Source::ALL {
             @let stage = stage_name(t);
             section aria-labelledby={"answers-" (t)} {
                 h2 #{"answers-" (t)} { "Last answers of " (t) }

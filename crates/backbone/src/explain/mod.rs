@@ -30,9 +30,6 @@ use crate::store::explain::{AuditFact, RecordFacts};
 use crate::store::{Store, StoreError};
 use crate::topology::StageName;
 
-/// The targets, in the order they are shown.
-pub const TARGETS: [Source; 2] = [Source::Netsuite, Source::Suitex];
-
 /// Why an explanation could not be given.
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
@@ -393,7 +390,7 @@ pub fn explain(
         for c in &mut cs {
             c.decided_current_value = c.winner.event.event_id == h.event.event_id;
         }
-        let delivery = TARGETS
+        let delivery = Source::ALL
             .iter()
             .map(|&t| (t, audit.delivery(t, h, &cs)))
             .collect();

@@ -2,7 +2,8 @@
 
 use std::fmt::Write;
 
-use super::{ConflictView, DeliveryStatus, EventRef, Explanation, FieldExplanation, TARGETS};
+use super::{ConflictView, DeliveryStatus, EventRef, Explanation, FieldExplanation};
+use crate::model::raw_event::Source;
 
 /// Renders the whole explanation; ends with a newline.
 pub fn render(x: &Explanation) -> String {
@@ -59,7 +60,7 @@ fn write_field(o: &mut String, name: &str, f: &FieldExplanation) -> std::fmt::Re
     for c in &f.conflicts {
         write_conflict(o, c)?;
     }
-    for t in TARGETS {
+    for t in Source::ALL {
         let Some(d) = f.delivery.get(&t) else {
             continue;
         };

@@ -39,7 +39,6 @@ use crate::store::{Store, StoreError};
 
 /// The segment format's name, first line of every segment.
 pub const FORMAT: &str = "event-backbone-archive/1";
-const TARGETS: [Source; 2] = [Source::Netsuite, Source::Suitex];
 /// Candidate records read per query.
 const PAGE: i64 = 500;
 
@@ -301,13 +300,13 @@ async fn plan(
             .get(target.as_str())
             .map_or(0, |(acked, _)| *acked)
     };
-    let lowest = TARGETS.iter().map(|t| acked(*t)).min().unwrap_or(0);
+    let lowest = Source::ALL.iter().map(|t| acked(*t)).min().unwrap_or(0);
     if lowest < to {
         for m in store.merged_range(t, id, lowest, to).await? {
             let ev: MergedEvent = serde_json::from_str(&m.payload).map_err(|e| {
                 ArchiveError::Other(format!("merged event {t}/{id} at {}: {e}", m.sequence_num))
             })?;
-            let unacked = TARGETS.iter().any(|target| {
+            let unacked = Source::ALL.iter().any(|target| {
                 m.sequence_num > acked(*target) && routing::route(&ev, *target) == Route::Deliver
             });
             if unacked {

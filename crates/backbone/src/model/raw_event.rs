@@ -29,6 +29,10 @@ pub enum Source {
 }
 
 impl Source {
+    /// Every source, which is also every delivery target (each system
+    /// receives what the other changed), in the order listings show them.
+    pub const ALL: [Source; 2] = [Source::Netsuite, Source::Suitex];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Netsuite => "netsuite",
@@ -667,7 +671,7 @@ mod tests {
 
     #[test]
     fn source_round_trip() {
-        for s in [Source::Netsuite, Source::Suitex] {
+        for s in Source::ALL {
             assert_eq!(s.as_str().parse::<Source>(), Ok(s));
             assert_eq!(s.to_string(), s.as_str());
             assert_eq!(

@@ -37,7 +37,7 @@ fn target(name: &str) -> Result<Source, OpsError> {
 pub async fn list(store: &Store, live: Option<&Health>) -> Result<Vec<TargetReport>, OpsError> {
     let controls = store.target_controls().await?;
     let snapshots = live.map(Health::targets).unwrap_or_default();
-    Ok([Source::Netsuite, Source::Suitex]
+    Ok(Source::ALL
         .into_iter()
         .map(|t| {
             let c = controls.iter().find(|c| c.target == t.as_str());
