@@ -7,15 +7,15 @@
 //! `app` and the operator services; docs/architecture.md shows the layers.
 
 pub mod admin;
-pub mod admin_ops;
+mod admin_ops;
 pub mod app;
 pub mod config;
-pub mod console;
+mod console;
 pub mod dlq;
 pub mod explain;
 pub mod history;
-pub mod http;
-pub mod internal_events;
+mod http;
+mod internal_events;
 pub mod mcp;
 pub mod metrics;
 pub mod model;

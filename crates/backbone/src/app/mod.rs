@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -264,6 +265,40 @@ impl Application {
             health: self.health.clone(),
             park: Arc::new(ParkStage::new(self.store.clone(), self.topology.clone())),
         });
+        let consumers = self.consumers();
+        self.prime_gauges(&consumers).await;
+        let supervisor = Supervisor {
+            subscriber: clients::subscriber(&self.endpoint).await?,
+            admin: clients::subscription_admin(&self.endpoint).await?,
+            runtime,
+            health: self.health.clone(),
+            grace: self.settings.shutdown.grace,
+            probe_interval: self.settings.pubsub.probe_interval,
+        };
+        let background = self.spawn_background(&completer, &shutdown).await;
+        let (http, admin) = self.serve_endpoints(&shutdown).await?;
+        tracing::info!(
+            env = %self.topology.env,
+            project = %self.topology.project_id,
+            consumers = consumers.len(),
+            "event-backbone is running."
+        );
+        supervisor.run(consumers, shutdown.clone()).await;
+        background.join().await;
+        drop(completer);
+        self.publishers.flush().await;
+        let _ = completer_task.await;
+        http.abort();
+        if let Some(admin) = admin {
+            admin.abort();
+        }
+        self.store.close().await;
+        tracing::info!("event-backbone stopped cleanly.");
+        Ok(())
+    }
+
+    /// One supervised consumer per enabled subscription that has a stage.
+    fn consumers(&self) -> Vec<Supervised> {
         let mut consumers = Vec::new();
         for kind in ConsumerKind::all() {
             let cs = self.settings.consumers.get(kind);
@@ -292,8 +327,12 @@ impl Application {
                 },
             });
         }
-        // The gauge must show what is parked from the first scrape on, not
-        // only after this process parks something.
+        consumers
+    }
+
+    /// The gauges must show what is parked, and every consumer's series,
+    /// from the first scrape on, not only after this process acts.
+    async fn prime_gauges(&self, consumers: &[Supervised]) {
         match self.store.pending_dead_letters().await {
             Ok(n) => crate::metrics::set_dead_letters_parked(n),
             Err(e) => {
@@ -306,14 +345,16 @@ impl Application {
                 .map(|c| c.spec.label.clone())
                 .collect::<Vec<_>>(),
         );
-        let supervisor = Supervisor {
-            subscriber: clients::subscriber(&self.endpoint).await?,
-            admin: clients::subscription_admin(&self.endpoint).await?,
-            runtime,
-            health: self.health.clone(),
-            grace: self.settings.shutdown.grace,
-            probe_interval: self.settings.pubsub.probe_interval,
-        };
+    }
+
+    /// The tasks beside the consumers: the outbox relay, the gap sweeper,
+    /// the operator sweep, and what hands waiting deliveries back at
+    /// shutdown.
+    async fn spawn_background(
+        &self,
+        completer: &OutboxCompleter,
+        shutdown: &CancellationToken,
+    ) -> Background {
         let relay = tokio::spawn(outbox_relay::run_relay(
             self.store.clone(),
             self.publishers.clone(),
@@ -340,6 +381,28 @@ impl Application {
             self.pacers.clone(),
             shutdown.clone(),
         ));
+        // Deliveries waiting for a target are handed back at shutdown.
+        let stop_pacing = self.stop_pacing.clone();
+        let pacing_stopper = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                stop_pacing.cancel();
+            }
+        });
+        Background {
+            relay,
+            sweeper,
+            operator_sweep,
+            pacing_stopper,
+        }
+    }
+
+    /// The metrics/health listener and, when configured, the admin one.
+    async fn serve_endpoints(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<(JoinHandle<()>, Option<JoinHandle<()>>)> {
         let http = crate::http::serve(
             &self.settings,
             self.store.clone(),
@@ -356,35 +419,25 @@ impl Application {
             shutdown.clone(),
         )
         .await?;
-        tracing::info!(
-            env = %self.topology.env,
-            project = %self.topology.project_id,
-            consumers = consumers.len(),
-            "event-backbone is running."
-        );
-        // Deliveries waiting for a target are handed back at shutdown.
-        let stop_pacing = self.stop_pacing.clone();
-        let pacing_stopper = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                shutdown.cancelled().await;
-                stop_pacing.cancel();
-            }
-        });
-        supervisor.run(consumers, shutdown.clone()).await;
-        pacing_stopper.abort();
-        let _ = relay.await;
-        let _ = sweeper.await;
-        let _ = operator_sweep.await;
-        drop(completer);
-        self.publishers.flush().await;
-        let _ = completer_task.await;
-        http.abort();
-        if let Some(admin) = admin {
-            admin.abort();
-        }
-        self.store.close().await;
-        tracing::info!("event-backbone stopped cleanly.");
-        Ok(())
+        Ok((http, admin))
+    }
+}
+
+/// The tasks [`Application::spawn_background`] started.
+struct Background {
+    relay: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
+    operator_sweep: JoinHandle<()>,
+    pacing_stopper: JoinHandle<()>,
+}
+
+impl Background {
+    /// Once the consumers stopped: the pacing stopper is no longer needed;
+    /// the others end on the shutdown token.
+    async fn join(self) {
+        self.pacing_stopper.abort();
+        let _ = self.relay.await;
+        let _ = self.sweeper.await;
+        let _ = self.operator_sweep.await;
     }
 }

@@ -42,7 +42,6 @@ pub struct Console {
     pub store: Store,
     /// The configured merge policy: the record page folds as the merge stage does.
     pub policy: Arc<MergePolicy>,
-    pub settings: Arc<Settings>,
     /// For replays; without it the replay action says it is unavailable.
     pub publishers: Option<Arc<Publishers>>,
     /// The live process state (consumers, holds, targets' pacing).
@@ -65,7 +64,6 @@ impl Console {
         Console {
             store,
             policy: Arc::new(settings.merge_policy()),
-            settings: Arc::new(settings.clone()),
             publishers: None,
             health: None,
             sinks: Default::default(),

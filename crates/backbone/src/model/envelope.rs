@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 use super::message_limits;
+// Where callers have always found it; it lives with the limits it serves.
+pub use super::message_limits::truncate;
 
 pub const STAGE: &str = "stage";
 pub const ATTEMPT: &str = "attempt";
@@ -72,18 +74,6 @@ pub const HISTORY_MAX: usize = message_limits::ATTRIBUTE_VALUE_MAX_BYTES;
 /// The error's excerpt in one history line: five lines (the default
 /// attempts) of a long error still fit in [`HISTORY_MAX`].
 const HISTORY_LINE_ERROR_MAX: usize = 160;
-
-/// Truncates on a char boundary so the attribute stays valid UTF-8.
-pub fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
-}
 
 fn rfc3339(t: &DateTime<Utc>) -> String {
     crate::model::fingerprint::format_timestamp(t)

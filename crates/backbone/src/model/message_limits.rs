@@ -77,13 +77,13 @@ pub fn check(
         let v = &attributes[k];
         if k.len() > ATTRIBUTE_KEY_MAX_BYTES {
             return Err(OverLimit::KeyTooLong {
-                key: super::envelope::truncate(k, 64),
+                key: truncate(k, 64),
                 len: k.len(),
             });
         }
         if v.len() > ATTRIBUTE_VALUE_MAX_BYTES {
             return Err(OverLimit::ValueTooLong {
-                key: super::envelope::truncate(k, 64),
+                key: truncate(k, 64),
                 len: v.len(),
             });
         }
@@ -98,6 +98,18 @@ pub fn check(
         return Err(OverLimit::TooLarge { size });
     }
     Ok(())
+}
+
+/// Truncates on a char boundary so the attribute stays valid UTF-8.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }
 
 #[cfg(test)]

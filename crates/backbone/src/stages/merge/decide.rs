@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::json;
 
-use super::batch::{Decision, EventItem, Item, SEQUENCE_ATTRIBUTE, STAGE};
+use super::item::{Decision, EventItem, Item, SEQUENCE_ATTRIBUTE, STAGE};
 use crate::model::fingerprint::format_timestamp;
 use crate::model::merged_event::MergedEvent;
 use crate::model::rules::{self, Incoming, MergeError, MergePolicy};

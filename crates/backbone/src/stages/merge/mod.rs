@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod decide;
 pub mod gaps;
+pub mod item;
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use super::{
     StageError, StageResult,
 };
 use crate::model::fingerprint::{fingerprint, fingerprint_bytes};
-use crate::model::raw_event::{check_changes, parse_raw_event};
+use crate::model::raw_event::{check_changes, parse_raw_event, RawEvent};
 use crate::snapshots::claim_check::shrink;
 use crate::snapshots::{Scope, SnapshotStore};
 use crate::store::ledger::AuditRow;
@@ -75,27 +76,7 @@ impl MergeStage {
                 });
             }
         };
-        let changes = match &ev.full_snapshot_ref {
-            None => ev.changes.clone(),
-            Some(r) => match self.resolve(r).await {
-                Ok(c) => c,
-                Err(error) => {
-                    let fp = fingerprint_bytes(&msg.data);
-                    let outcome = error.dead_reason().unwrap_or("transient");
-                    // A store that does not answer holds the message: no
-                    // audit row per in-process try.
-                    if error.class != super::ErrorClass::Unavailable {
-                        let key = (ev.record_type.clone(), ev.record_id.clone());
-                        self.audit_failure(msg, Some(key), &fp, outcome, &error)
-                            .await?;
-                    }
-                    return Err(Failure {
-                        error,
-                        fingerprint: Some(fp),
-                    });
-                }
-            },
-        };
+        let changes = self.changes_of(msg, &ev).await?;
         let fp = fingerprint(&ev, &changes);
         let fail = |error: StageError| Failure {
             error,
@@ -126,39 +107,42 @@ impl MergeStage {
                 return Err(fail(error));
             }
         };
-        let (label, publish) = match decision {
-            Decision::Merged { publish, .. } => ("merged", publish),
-            Decision::Noop { publish, .. } => ("noop", publish),
-            Decision::Duplicate { publish } => ("duplicate", publish),
-            Decision::Pending {
-                base,
-                version,
-                publish,
-            } => {
-                tracing::info!(
-                    base_version = base,
-                    version,
-                    "Event stored as pending: an earlier version of its record has not arrived yet."
-                );
-                ("pending", publish)
-            }
-            Decision::IdReused { id } => {
-                return Err(fail(StageError::permanent(format!(
-                    "id {id} was already used for an event with different content"
-                ))))
-            }
-            Decision::Audited => {
-                return Err(fail(StageError::transient(
-                    "merge engine answered an event with an audit decision",
-                )))
-            }
-        };
+        let (label, publish) = labelled(decision).map_err(fail)?;
         let publish = self.outbound(publish).await.map_err(fail)?;
         Ok(Outcome {
             label,
             fingerprint: Some(fp),
             publish,
         })
+    }
+
+    /// The event's changes: its own, or the snapshot its reference names.
+    /// A snapshot that cannot be read fails the message (audited, unless the
+    /// store is only unavailable: no audit row per in-process try).
+    async fn changes_of(
+        &self,
+        msg: &Incoming,
+        ev: &RawEvent,
+    ) -> Result<Map<String, Value>, Failure> {
+        let Some(r) = &ev.full_snapshot_ref else {
+            return Ok(ev.changes.clone());
+        };
+        match self.resolve(r).await {
+            Ok(c) => Ok(c),
+            Err(error) => {
+                let fp = fingerprint_bytes(&msg.data);
+                let outcome = error.dead_reason().unwrap_or("transient");
+                if error.class != super::ErrorClass::Unavailable {
+                    let key = (ev.record_type.clone(), ev.record_id.clone());
+                    self.audit_failure(msg, Some(key), &fp, outcome, &error)
+                        .await?;
+                }
+                Err(Failure {
+                    error,
+                    fingerprint: Some(fp),
+                })
+            }
+        }
     }
 
     /// The messages for committed merged events, in the order given (version
@@ -244,6 +228,34 @@ impl MergeStage {
                 error: store_failure(&e, RAW_EVENT),
                 fingerprint: Some(fp.to_string()),
             })
+    }
+}
+
+/// The outcome's label and what to publish, for the engine's decision on
+/// an event; an id reused for other content is permanent.
+fn labelled(decision: Decision) -> Result<(&'static str, Vec<OutboxRow>), StageError> {
+    match decision {
+        Decision::Merged { publish, .. } => Ok(("merged", publish)),
+        Decision::Noop { publish, .. } => Ok(("noop", publish)),
+        Decision::Duplicate { publish } => Ok(("duplicate", publish)),
+        Decision::Pending {
+            base,
+            version,
+            publish,
+        } => {
+            tracing::info!(
+                base_version = base,
+                version,
+                "Event stored as pending: an earlier version of its record has not arrived yet."
+            );
+            Ok(("pending", publish))
+        }
+        Decision::IdReused { id } => Err(StageError::permanent(format!(
+            "id {id} was already used for an event with different content"
+        ))),
+        Decision::Audited => Err(StageError::transient(
+            "merge engine answered an event with an audit decision",
+        )),
     }
 }
 

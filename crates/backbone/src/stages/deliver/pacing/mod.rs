@@ -6,7 +6,9 @@
 //! shutdown ends a wait (the message is then handed back).
 
 pub mod aimd;
+pub mod answer;
 pub mod circuit;
+pub mod snapshot;
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,8 +21,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::aimd::{Aimd, Change};
+pub use self::answer::{Answer, Stopped, Verdict};
 pub use self::circuit::Cause;
-use self::circuit::{AfterFailure, Circuit, Failure};
+use self::circuit::{AfterFailure, Circuit};
+pub use self::snapshot::{OperatorPause, TargetSnapshot};
 use crate::internal_events::{emit, CircuitClosed, CircuitOpened, TargetProbed, TargetThrottled};
 use crate::metrics;
 
@@ -44,73 +48,6 @@ pub struct PacingSettings {
 /// ended for this long, and none is out or waiting, has nobody to compare
 /// with: its failure is its own.
 const QUIET: Duration = Duration::from_secs(1);
-
-/// Shutdown came while a delivery waited: hand the message back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("shutting down while the delivery waited for its target")]
-pub struct Stopped;
-
-/// How a request to the target ended, as pacing sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answer {
-    /// 2xx.
-    Success,
-    /// A 4xx other than 408/429: the target is up and refused this message.
-    Rejected,
-    /// 429, or 503 with `Retry-After`: slow down (for this long).
-    Throttled {
-        status: u16,
-        retry_after: Option<Duration>,
-    },
-    /// Refused, reset, timed out or 5xx; `back_pressure` for the kinds that
-    /// mean "too much" (timeouts, 503, refused connections).
-    Failed { kind: Failure, back_pressure: bool },
-}
-
-/// What the delivery does next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Carry out the answer (delivered, or the target's refusal).
-    Proceed,
-    /// Send it again once the target allows: paced or held, no attempt spent.
-    Again,
-    /// A failure while the target may still serve others: wait for
-    /// [`Pacer::verdict`] with this mark.
-    Undecided(u64),
-}
-
-/// What `/readyz` shows of a target.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct TargetSnapshot {
-    pub target: &'static str,
-    pub concurrency_limit: usize,
-    pub inflight: usize,
-    pub held: usize,
-    pub circuit_open: bool,
-    /// Why it is open: `outage`, `auth`, `config`, or `paused` by an operator.
-    pub circuit_cause: Option<Cause>,
-    /// Who paused the target by hand, why and since when (docs/spec.md §7.1).
-    pub paused_by: Option<OperatorPause>,
-    /// Seconds the circuit has been open.
-    pub circuit_open_for_seconds: Option<f64>,
-    /// Seconds left of a `Retry-After` pause.
-    pub paused_for_seconds: Option<f64>,
-    pub mean_rtt_ms: Option<f64>,
-    /// The level refusals showed the target's limit to be, while trusted.
-    pub concurrency_ceiling: Option<usize>,
-    /// The account-wide cap across replicas (docs/spec.md §4.3), when set, and the
-    /// slots of it this process holds.
-    pub account_concurrency: Option<usize>,
-    pub account_slots_held: Option<usize>,
-}
-
-/// A pause by an operator, as `target_controls` records it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct OperatorPause {
-    pub actor: Option<String>,
-    pub reason: Option<String>,
-    pub since: Option<String>,
-}
 
 struct Inner {
     /// Paused by an operator: held like an open circuit (cause `paused`).
@@ -606,6 +543,7 @@ impl Pacer {
 
 #[cfg(test)]
 mod tests {
+    use super::circuit::Failure;
     use super::*;
 
     fn settings() -> PacingSettings {
