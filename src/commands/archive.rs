@@ -135,10 +135,10 @@ async fn act(
             } else {
                 println!(
                     "Restored {} events, {} audit rows, {} merged events, {} dead letters from {} segments.",
-                    r.inserted[0],
-                    r.inserted[1],
-                    r.inserted[2],
-                    r.inserted[3],
+                    r.inserted.events,
+                    r.inserted.audit,
+                    r.inserted.merged,
+                    r.inserted.dead_letters,
                     r.segments.len()
                 );
             }

@@ -30,6 +30,7 @@ use crate::model::raw_event::Source;
 use crate::model::rules::{MergePolicy, RecordState};
 use crate::snapshots::{Scope, SnapshotError, SnapshotStore};
 use crate::stages::deliver::routing::{self, Route};
+pub use crate::store::archive::TableCounts;
 use crate::store::archive::{
     AuditArchived, Candidate, Checkpoint, Coverage, DeadLetterArchived, MergedArchived, RecordRows,
     SegmentInfo, SegmentRecord,
@@ -119,8 +120,8 @@ pub struct SegmentReport {
     pub audit: usize,
     pub merged: usize,
     pub dead_letters: usize,
-    /// Rows removed (audit, merged, events, dead letters); zero on a dry run.
-    pub removed: [u64; 4],
+    /// Rows removed per table; zero on a dry run.
+    pub removed: TableCounts,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -542,7 +543,7 @@ async fn flush(
         audit,
         merged,
         dead_letters: dead.len(),
-        removed: [0; 4],
+        removed: TableCounts::default(),
     };
     if opts.dry_run {
         return Ok(report);
@@ -628,9 +629,8 @@ async fn flush(
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoreReport {
     pub segments: Vec<String>,
-    /// Rows inserted (events, audit, merged, dead letters); rows already
-    /// there are skipped.
-    pub inserted: [u64; 4],
+    /// Rows inserted per table; rows already there are skipped.
+    pub inserted: TableCounts,
 }
 
 /// Brings the rows of one segment (or of every segment covering one
@@ -659,7 +659,7 @@ pub async fn restore(
     }
     let mut report = RestoreReport {
         segments: Vec::new(),
-        inserted: [0; 4],
+        inserted: TableCounts::default(),
     };
     for sid in ids {
         let info = store
@@ -694,12 +694,9 @@ pub async fn restore(
                 })
             })
             .collect();
-        let n = store
+        report.inserted += store
             .restore_rows(&rows, &dead, whole.then_some(info.id.as_str()))
             .await?;
-        for (a, b) in report.inserted.iter_mut().zip(n) {
-            *a += b;
-        }
         report.segments.push(info.id);
     }
     Ok(report)
