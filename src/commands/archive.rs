@@ -96,128 +96,158 @@ async fn act(
     args: Args,
 ) -> anyhow::Result<i32> {
     match args.action {
-        Some(Action::List { json }) => {
-            let segs = store.segments().await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&segs)?);
-            } else {
-                for s in &segs {
-                    let state = match (&s.removed_at, &s.restored_at) {
-                        (_, Some(r)) => format!("restored {r}"),
-                        (Some(r), None) => format!("removed {r}"),
-                        (None, None) => "recorded, rows not yet removed".into(),
-                    };
-                    println!(
-                        "{} {} bytes, cutoff {}, {state}: {}",
-                        s.id, s.bytes, s.cutoff, s.reference
-                    );
-                }
-                println!("{} segments.", segs.len());
-            }
-            Ok(0)
-        }
+        Some(Action::List { json }) => list(store, json).await?,
         Some(Action::Restore {
             segment,
             record,
             json,
-        }) => {
-            let record = match &record {
-                Some(r) => Some(
-                    r.split_once('/')
-                        .with_context(|| format!("--record {r:?} is not type/id"))?,
-                ),
-                None => None,
-            };
-            let snapshots = archive_store(settings).await?;
-            let r = archive::restore(store, snapshots.as_ref(), segment.as_deref(), record).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                println!(
-                    "Restored {} events, {} audit rows, {} merged events, {} dead letters from {} segments.",
-                    r.inserted[0],
-                    r.inserted[1],
-                    r.inserted[2],
-                    r.inserted[3],
-                    r.segments.len()
-                );
-            }
-            Ok(0)
-        }
-        None => {
-            let cutoff = match (&args.before, args.older_than) {
-                (Some(b), _) => chrono::DateTime::parse_from_rfc3339(b)
-                    .with_context(|| format!("--before {b:?} is not RFC 3339"))?
-                    .with_timezone(&chrono::Utc),
-                (None, d) => {
-                    let keep = d.unwrap_or(settings.retention.keep);
-                    let Ok(keep) = chrono::Duration::from_std(keep) else {
-                        bail!("--older-than is too large");
-                    };
-                    chrono::Utc::now() - keep
-                }
-            };
-            let snapshots = archive_store(settings).await?;
-            let opts = Options {
-                cutoff,
-                segment_events: settings.retention.segment_events,
-                delete_batch: settings.retention.delete_batch,
-                pace: settings.retention.pace,
-                dry_run: args.dry_run,
-            };
-            let recorder = recorder(settings).await?;
-            let r = archive::run_as(
-                recorder.as_ref().unwrap_or(store),
-                store,
-                snapshots.as_ref(),
-                &settings.merge_policy(),
-                &opts,
+        }) => restore(settings, store, segment.as_deref(), record.as_deref(), json).await?,
+        None => archive(settings, store, &args).await?,
+    }
+    Ok(0)
+}
+
+/// `archive list`: the recorded segments and where each one stands.
+async fn list(store: &backbone::store::Store, json: bool) -> anyhow::Result<()> {
+    let segs = store.segments().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&segs)?);
+        return Ok(());
+    }
+    for s in &segs {
+        let state = match (&s.removed_at, &s.restored_at) {
+            (_, Some(r)) => format!("restored {r}"),
+            (Some(r), None) => format!("removed {r}"),
+            (None, None) => "recorded, rows not yet removed".into(),
+        };
+        println!(
+            "{} {} bytes, cutoff {}, {state}: {}",
+            s.id, s.bytes, s.cutoff, s.reference
+        );
+    }
+    println!("{} segments.", segs.len());
+    Ok(())
+}
+
+/// `archive restore`: a segment's rows, or one record's, back.
+async fn restore(
+    settings: &Settings,
+    store: &backbone::store::Store,
+    segment: Option<&str>,
+    record: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let record = match record {
+        Some(r) => Some(
+            r.split_once('/')
+                .with_context(|| format!("--record {r:?} is not type/id"))?,
+        ),
+        None => None,
+    };
+    let snapshots = archive_store(settings).await?;
+    let r = archive::restore(store, snapshots.as_ref(), segment, record).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "Restored {} events, {} audit rows, {} merged events, {} dead letters from {} segments.",
+            r.inserted.events,
+            r.inserted.audit,
+            r.inserted.merged,
+            r.inserted.dead_letters,
+            r.segments.len()
+        );
+    }
+    Ok(())
+}
+
+/// `archive`: everything older than the cutoff that may go, as the
+/// recorder and remover users.
+async fn archive(
+    settings: &Settings,
+    store: &backbone::store::Store,
+    args: &Args,
+) -> anyhow::Result<()> {
+    let opts = Options {
+        cutoff: cutoff(settings, args)?,
+        segment_events: settings.retention.segment_events,
+        delete_batch: settings.retention.delete_batch,
+        pace: settings.retention.pace,
+        dry_run: args.dry_run,
+    };
+    let snapshots = archive_store(settings).await?;
+    let recorder = recorder(settings).await?;
+    let r = archive::run_as(
+        recorder.as_ref().unwrap_or(store),
+        store,
+        snapshots.as_ref(),
+        &settings.merge_policy(),
+        &opts,
+    )
+    .await;
+    let separate = recorder.is_some();
+    if let Some(rec) = recorder {
+        rec.close().await;
+    }
+    let r = r.with_context(|| {
+        if separate {
+            String::from("archiving")
+        } else {
+            String::from(
+                "archiving (with the shipped grants, database.url's user only removes: \
+                 set retention.recorder_database_url to the event_archive_recorder user)",
             )
-            .await;
-            let separate = recorder.is_some();
-            if let Some(rec) = recorder {
-                rec.close().await;
-            }
-            let r = r.with_context(|| {
-                if separate {
-                    String::from("archiving")
-                } else {
-                    String::from(
-                        "archiving (with the shipped grants, database.url's user only removes: \
-                         set retention.recorder_database_url to the event_archive_recorder user)",
-                    )
-                }
-            })?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                let verb = if r.dry_run {
-                    "Would archive"
-                } else {
-                    "Archived"
-                };
-                println!(
-                    "{verb} {} events in {} segments (rows created before {}) in {:.0} ms.",
-                    r.events,
-                    r.segments.len(),
-                    r.cutoff,
-                    r.elapsed_ms
-                );
-                for s in &r.finished_earlier {
-                    println!("  finished removing segment {s} (an earlier run stopped part-way)");
-                }
-                for s in &r.segments {
-                    println!(
-                        "  segment {}: {} records, {} events, {} audit rows, {} merged events, {} dead letters, {} bytes ({} uncompressed){}",
-                        s.id, s.records, s.events, s.audit, s.merged, s.dead_letters, s.bytes, s.uncompressed_bytes,
-                        if s.reference.is_empty() { String::new() } else { format!(" at {}", s.reference) }
-                    );
-                }
-                for h in &r.held {
-                    println!("  kept {}/{}: {}", h.record_type, h.record_id, h.reason);
-                }
-            }
-            Ok(0)
         }
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print_report(&r);
+    }
+    Ok(())
+}
+
+/// Rows created before this go: `--before`, or now less `--older-than`
+/// (default `retention.keep`).
+fn cutoff(settings: &Settings, args: &Args) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    Ok(match (&args.before, args.older_than) {
+        (Some(b), _) => chrono::DateTime::parse_from_rfc3339(b)
+            .with_context(|| format!("--before {b:?} is not RFC 3339"))?
+            .with_timezone(&chrono::Utc),
+        (None, d) => {
+            let keep = d.unwrap_or(settings.retention.keep);
+            let Ok(keep) = chrono::Duration::from_std(keep) else {
+                bail!("--older-than is too large");
+            };
+            chrono::Utc::now() - keep
+        }
+    })
+}
+
+fn print_report(r: &archive::Report) {
+    let verb = if r.dry_run {
+        "Would archive"
+    } else {
+        "Archived"
+    };
+    println!(
+        "{verb} {} events in {} segments (rows created before {}) in {:.0} ms.",
+        r.events,
+        r.segments.len(),
+        r.cutoff,
+        r.elapsed_ms
+    );
+    for s in &r.finished_earlier {
+        println!("  finished removing segment {s} (an earlier run stopped part-way)");
+    }
+    for s in &r.segments {
+        println!(
+            "  segment {}: {} records, {} events, {} audit rows, {} merged events, {} dead letters, {} bytes ({} uncompressed){}",
+            s.id, s.records, s.events, s.audit, s.merged, s.dead_letters, s.bytes, s.uncompressed_bytes,
+            if s.reference.is_empty() { String::new() } else { format!(" at {}", s.reference) }
+        );
+    }
+    for h in &r.held {
+        println!("  kept {}/{}: {}", h.record_type, h.record_id, h.reason);
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use backbone::history::archive::{self, Options};
+use backbone::history::archive::{self, Options, TableCounts};
 use backbone::history::{self, verify::verify, HistoryError};
 use backbone::model::fingerprint::fingerprint;
 use backbone::model::raw_event::{RawEvent, Source};
@@ -290,12 +290,28 @@ async fn half_archived(db: Db, bucket: Bucket) {
     assert_eq!(report.segments.len(), 2, "{report:?}");
     let seg = &report.segments[0];
     assert_eq!((seg.records, seg.events, seg.merged), (1, 6, 6), "{seg:?}");
-    assert_eq!(seg.removed, [seg.audit as u64, 6, 6, 0], "{seg:?}");
+    assert_eq!(
+        seg.removed,
+        TableCounts {
+            events: 6,
+            audit: seg.audit as u64,
+            merged: 6,
+            dead_letters: 0
+        },
+        "{seg:?}"
+    );
     // The replayed dead letter, in a segment of its own.
     let dl = &report.segments[1];
     assert_eq!(
         (dl.records, dl.dead_letters, dl.removed),
-        (0, 1, [0, 0, 0, 1]),
+        (
+            0,
+            1,
+            TableCounts {
+                dead_letters: 1,
+                ..TableCounts::default()
+            }
+        ),
         "{dl:?}"
     );
     // Each segment is in the bucket under its own hash, a manifest beside it
@@ -409,11 +425,25 @@ async fn half_archived(db: Db, bucket: Bucket) {
     let r = archive::restore(&store, snaps, Some(&seg.id), None)
         .await
         .unwrap();
-    assert_eq!(r.inserted, [6, seg.audit as u64, 6, 0]);
+    assert_eq!(
+        r.inserted,
+        TableCounts {
+            events: 6,
+            audit: seg.audit as u64,
+            merged: 6,
+            dead_letters: 0
+        }
+    );
     let r = archive::restore(&store, snaps, Some(&dl.id), None)
         .await
         .unwrap();
-    assert_eq!(r.inserted, [0, 0, 0, 1]);
+    assert_eq!(
+        r.inserted,
+        TableCounts {
+            dead_letters: 1,
+            ..TableCounts::default()
+        }
+    );
     assert_eq!(dead(&admin).await, 2);
     let back: Vec<u8> =
         sqlx::query_scalar("SELECT data FROM dead_letters WHERE dlq_message_id = 'dl-1'")
