@@ -90,7 +90,7 @@ pub(super) async fn run_and_kill(
                  nothing was killed (lower --kill-after-segments)"
             );
         }
-        let n = crate::sql::bench::count_segments(&store).await?;
+        let n = crate::sql::bench::count_segments(store).await?;
         if n >= segments {
             // tokio's kill is SIGKILL on Unix: no chance to tidy up.
             child.kill().await.context("killing `archive`")?;
