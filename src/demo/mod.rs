@@ -18,9 +18,11 @@ use tokio_util::sync::CancellationToken;
 
 use backbone::app::Application;
 use backbone::config::{self, Settings};
+use backbone::pubsub::clients::Endpoint;
 use backbone::pubsub::provision::provision;
+use backbone::runtime::health::Health;
 use backbone::store::StoreError;
-use backbone::topology::ConsumerKind;
+use backbone::topology::{ConsumerKind, Topology};
 
 use self::emulator::Emulator;
 use self::observer::MergedObserver;
@@ -329,6 +331,9 @@ fn settings(w: &Wiring<'_>) -> Result<Settings, DemoError> {
         .map_err(|e| DemoError::setup("building the demo configuration", e))
 }
 
+/// The stand-ins, the daemon and the story, in steps: start the targets,
+/// configure and provision, start the observer and the daemon, play the
+/// story once every consumer streams, then stop everything again.
 async fn run_daemon(
     opts: &DemoOptions,
     emulator_host: &str,
@@ -336,57 +341,13 @@ async fn run_daemon(
     n: &mut Narrator,
 ) -> Result<String, DemoError> {
     let stop_targets = CancellationToken::new();
-    let start_target = |name, token: &str| {
-        let (token, stop) = (token.to_string(), stop_targets.clone());
-        async move {
-            StandIn::start(name, token, stop)
-                .await
-                .map_err(|e| DemoError::setup(format!("starting the {name} stand-in"), e))
-        }
-    };
-    let netsuite = start_target("NetSuite", story::NETSUITE_TOKEN).await?;
-    let suitex = start_target("SuiteX", story::SUITEX_TOKEN).await?;
-    n.kv(
-        "Targets",
-        format!(
-            "NetSuite stand-in {}, SuiteX stand-in {}",
-            netsuite.url(),
-            suitex.url()
-        ),
-    );
-    let project = format!("demo-{}", opts.files.stamp);
-    let metrics_addr = pick_addr(opts.metrics_port)?;
-    let admin_addr = pick_addr(opts.admin_port)?;
-    let admin_token = format!("demo-{}", uuid::Uuid::new_v4().simple());
-    let settings = settings(&Wiring {
-        files: &opts.files,
-        emulator_host,
-        project: &project,
-        netsuite: &netsuite,
-        suitex: &suitex,
-        metrics_addr: &metrics_addr,
-        admin_addr: &admin_addr,
-        admin_token: &admin_token,
-    })?;
-    let topology = settings.topology();
-    let endpoint = backbone::app::endpoint(&settings);
-    interruptible(interrupt, async {
-        provision(&topology, &endpoint)
-            .await
-            .map_err(|e| DemoError::setup("provisioning topics and subscriptions", e))
-    })
-    .await?;
-    n.kv(
-        "Project",
-        format!(
-            "{project}: provisioned 4 topics (events.{{raw,merged,error,dlq}}.{}) and 5 subscriptions",
-            topology.env
-        ),
-    );
-    let observer = interruptible(interrupt, MergedObserver::start(&topology, &endpoint)).await?;
+    let (netsuite, suitex) = start_targets(&stop_targets, n).await?;
+    let w = wire(opts, emulator_host, &netsuite, &suitex, interrupt, n).await?;
+    let observer =
+        interruptible(interrupt, MergedObserver::start(&w.topology, &w.endpoint)).await?;
 
     let app = interruptible(interrupt, async {
-        Application::build(settings.clone())
+        Application::build(w.settings.clone())
             .await
             .map_err(|e| DemoError::setup("starting the daemon", e))
     })
@@ -411,43 +372,10 @@ async fn run_daemon(
         let (store, publishers, health) = ctx_parts;
         let enabled = ConsumerKind::all()
             .into_iter()
-            .filter(|k| settings.consumers.get(*k).enabled)
+            .filter(|k| w.settings.consumers.get(*k).enabled)
             .count();
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        loop {
-            if health.snapshot().len() >= enabled && health.all_up() {
-                break;
-            }
-            if daemon.is_finished() {
-                return Err(DemoError::Unexpected(format!(
-                    "the daemon stopped while starting; see {}",
-                    opts.files.log.display()
-                )));
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(DemoError::Timeout {
-                    what: "every consumer of the daemon to stream".into(),
-                    after: READY_TIMEOUT,
-                });
-            }
-            tokio::select! {
-                _ = interrupt.cancelled() => return Err(DemoError::Interrupted),
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            }
-        }
-        n.kv(
-            "Daemon",
-            format!(
-                "running in-process with {enabled} consumers; metrics on http://{metrics_addr}/metrics"
-            ),
-        );
-        n.kv(
-            "Admin API",
-            format!(
-                "http://{admin_addr}/admin/records/project/42/events (Authorization: Bearer {admin_token})"
-            ),
-        );
-        n.kv("Daemon log", opts.files.log.display().to_string());
+        wait_ready(&health, enabled, &daemon, &opts.files, interrupt).await?;
+        narrate_daemon(&w, enabled, &opts.files, n);
         let ctx = story::Ctx {
             store,
             publishers,
@@ -456,15 +384,15 @@ async fn run_daemon(
             observer: &observer,
             snapshots_url: opts.files.snapshots_url(),
             threshold: CLAIM_CHECK_THRESHOLD,
-            max_attempts: settings.retry.max_attempts,
-            retry: settings.retry.clone(),
-            topology: topology.clone(),
+            max_attempts: w.settings.retry.max_attempts,
+            retry: w.settings.retry.clone(),
+            topology: w.topology.clone(),
             interrupt,
-            metrics_addr: metrics_addr.clone(),
+            metrics_addr: w.metrics_addr.clone(),
         };
         story::play(&ctx, n).await?;
         if opts.keep_running {
-            story::where_to_look(&metrics_addr, &opts.files, true, n);
+            story::where_to_look(&w.metrics_addr, &opts.files, true, n);
             n.line("");
             n.line("The daemon keeps running; press Ctrl-C to stop it.");
             interrupt.cancelled().await;
@@ -474,8 +402,167 @@ async fn run_daemon(
     .await;
 
     n.line("");
-    daemon_stop.cancel();
-    match tokio::time::timeout(GRACE + Duration::from_secs(10), &mut daemon).await {
+    stop_daemon(daemon_stop, &mut daemon, n).await;
+    observer.stop().await;
+    stop_targets.cancel();
+    // An emulator the demo did not start keeps the project, and a thread
+    // per subscription and per ordering key, until it is deleted.
+    if opts.emulator_host.is_some() {
+        remove_project(&w, n).await;
+    }
+    result.map(|()| w.metrics_addr)
+}
+
+/// The NetSuite and SuiteX stand-ins, stopped by `stop`.
+async fn start_targets(
+    stop: &CancellationToken,
+    n: &mut Narrator,
+) -> Result<(StandIn, StandIn), DemoError> {
+    let start_target = |name, token: &str| {
+        let (token, stop) = (token.to_string(), stop.clone());
+        async move {
+            StandIn::start(name, token, stop)
+                .await
+                .map_err(|e| DemoError::setup(format!("starting the {name} stand-in"), e))
+        }
+    };
+    let netsuite = start_target("NetSuite", story::NETSUITE_TOKEN).await?;
+    let suitex = start_target("SuiteX", story::SUITEX_TOKEN).await?;
+    n.kv(
+        "Targets",
+        format!(
+            "NetSuite stand-in {}, SuiteX stand-in {}",
+            netsuite.url(),
+            suitex.url()
+        ),
+    );
+    Ok((netsuite, suitex))
+}
+
+/// The daemon's settings and addresses, its project provisioned.
+struct Wired {
+    project: String,
+    metrics_addr: String,
+    admin_addr: String,
+    admin_token: String,
+    settings: Settings,
+    topology: Topology,
+    endpoint: Endpoint,
+}
+
+/// Picks the project, ports and admin token, builds the settings and
+/// provisions the project's topics and subscriptions.
+async fn wire(
+    opts: &DemoOptions,
+    emulator_host: &str,
+    netsuite: &StandIn,
+    suitex: &StandIn,
+    interrupt: &CancellationToken,
+    n: &mut Narrator,
+) -> Result<Wired, DemoError> {
+    let project = format!("demo-{}", opts.files.stamp);
+    let metrics_addr = pick_addr(opts.metrics_port)?;
+    let admin_addr = pick_addr(opts.admin_port)?;
+    let admin_token = format!("demo-{}", uuid::Uuid::new_v4().simple());
+    let settings = settings(&Wiring {
+        files: &opts.files,
+        emulator_host,
+        project: &project,
+        netsuite,
+        suitex,
+        metrics_addr: &metrics_addr,
+        admin_addr: &admin_addr,
+        admin_token: &admin_token,
+    })?;
+    let topology = settings.topology();
+    let endpoint = backbone::app::endpoint(&settings);
+    interruptible(interrupt, async {
+        provision(&topology, &endpoint)
+            .await
+            .map_err(|e| DemoError::setup("provisioning topics and subscriptions", e))
+    })
+    .await?;
+    n.kv(
+        "Project",
+        format!(
+            "{project}: provisioned 4 topics (events.{{raw,merged,error,dlq}}.{}) and 5 subscriptions",
+            topology.env
+        ),
+    );
+    Ok(Wired {
+        project,
+        metrics_addr,
+        admin_addr,
+        admin_token,
+        settings,
+        topology,
+        endpoint,
+    })
+}
+
+/// Until every enabled consumer streams; an error if the daemon stops,
+/// [`READY_TIMEOUT`] passes or the demo is interrupted first.
+async fn wait_ready(
+    health: &Health,
+    enabled: usize,
+    daemon: &DaemonTask,
+    files: &RunFiles,
+    interrupt: &CancellationToken,
+) -> Result<(), DemoError> {
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        if health.snapshot().len() >= enabled && health.all_up() {
+            return Ok(());
+        }
+        if daemon.is_finished() {
+            return Err(DemoError::Unexpected(format!(
+                "the daemon stopped while starting; see {}",
+                files.log.display()
+            )));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(DemoError::Timeout {
+                what: "every consumer of the daemon to stream".into(),
+                after: READY_TIMEOUT,
+            });
+        }
+        tokio::select! {
+            _ = interrupt.cancelled() => return Err(DemoError::Interrupted),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+/// Where the running daemon can be looked at.
+fn narrate_daemon(w: &Wired, enabled: usize, files: &RunFiles, n: &mut Narrator) {
+    let Wired {
+        metrics_addr,
+        admin_addr,
+        admin_token,
+        ..
+    } = w;
+    n.kv(
+        "Daemon",
+        format!(
+            "running in-process with {enabled} consumers; metrics on http://{metrics_addr}/metrics"
+        ),
+    );
+    n.kv(
+        "Admin API",
+        format!(
+            "http://{admin_addr}/admin/records/project/42/events (Authorization: Bearer {admin_token})"
+        ),
+    );
+    n.kv("Daemon log", files.log.display().to_string());
+}
+
+/// The in-process daemon's task.
+type DaemonTask = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// Asks the daemon to drain and stop; aborts it after its grace period.
+async fn stop_daemon(stop: CancellationToken, daemon: &mut DaemonTask, n: &mut Narrator) {
+    stop.cancel();
+    match tokio::time::timeout(GRACE + Duration::from_secs(10), &mut *daemon).await {
         Ok(Ok(Ok(()))) => n.line("The daemon drained and stopped cleanly."),
         Ok(Ok(Err(e))) => n.line(format!("The daemon stopped with an error: {e:#}")),
         Ok(Err(e)) => n.line(format!("The daemon task failed: {e}")),
@@ -484,21 +571,19 @@ async fn run_daemon(
             n.line("The daemon did not stop within its grace period; it was aborted.");
         }
     }
-    observer.stop().await;
-    stop_targets.cancel();
-    // An emulator the demo did not start keeps the project, and a thread
-    // per subscription and per ordering key, until it is deleted.
-    if opts.emulator_host.is_some() {
-        match backbone::pubsub::provision::remove_project(&project, &endpoint).await {
-            Ok(r) => n.kv(
-                "Project",
-                format!(
-                    "{project}: removed its {} subscriptions and {} topics from the emulator",
-                    r.subscriptions, r.topics
-                ),
+}
+
+/// Deletes the run's project from an emulator the demo did not start.
+async fn remove_project(w: &Wired, n: &mut Narrator) {
+    let project = &w.project;
+    match backbone::pubsub::provision::remove_project(project, &w.endpoint).await {
+        Ok(r) => n.kv(
+            "Project",
+            format!(
+                "{project}: removed its {} subscriptions and {} topics from the emulator",
+                r.subscriptions, r.topics
             ),
-            Err(e) => n.kv("Project", format!("{project} was not removed: {e}")),
-        }
+        ),
+        Err(e) => n.kv("Project", format!("{project} was not removed: {e}")),
     }
-    result.map(|()| metrics_addr)
 }

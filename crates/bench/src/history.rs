@@ -22,7 +22,7 @@ use backbone::config::Settings;
 use backbone::history::{self, ListQuery};
 use backbone::model::fingerprint::fingerprint;
 use backbone::model::raw_event::{RawEvent, Source};
-use backbone::model::rules::{self, Incoming, MergePolicy, RecordState};
+use backbone::model::rules::{self, Incoming, MergePolicy, MergeResult, RecordState};
 use backbone::store::ledger::{self, StateRow};
 use backbone::store::{Dialect, Store};
 use backbone::topology::StageName;
@@ -315,98 +315,87 @@ fn generate(
         states: Vec::new(),
     };
     for r in records {
-        let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(r));
         let n = per + u64::from(r < extra);
+        b.record(policy, r, n, base_time, seed)?;
+    }
+    Ok(b)
+}
+
+/// One generated change to a record.
+struct Change {
+    source: Source,
+    base: i64,
+    ts: DateTime<Utc>,
+    changes: Map<String, Value>,
+}
+
+impl Change {
+    /// The `i`th change of a record at `state`: either source, a stale base
+    /// one time in five, about a minute after the last, one to three fields.
+    fn random(rng: &mut StdRng, state: &RecordState, i: u64, base_time: DateTime<Utc>) -> Self {
+        let source = if rng.random_bool(0.5) {
+            Source::Suitex
+        } else {
+            Source::Netsuite
+        };
+        let base = if state.version > 0 && rng.random_bool(0.2) {
+            state.version - 1
+        } else {
+            state.version
+        };
+        let micros = i as i64 * 60_000_000 + rng.random_range(-90_000_000..90_000_000i64);
+        let ts = base_time + chrono::Duration::microseconds(micros);
+        let mut changes = Map::new();
+        for _ in 0..rng.random_range(1..=3) {
+            let f = FIELDS[rng.random_range(0..FIELDS.len())];
+            let v = match rng.random_range(0..4) {
+                0 => json!(rng.random_range(0..100_000)),
+                1 => json!(format!("value {}", rng.random_range(0..1000))),
+                2 => Value::Null,
+                _ => json!(["a", rng.random_range(0..10)]),
+            };
+            changes.insert(f.to_string(), v);
+        }
+        Self {
+            source,
+            base,
+            ts,
+            changes,
+        }
+    }
+}
+
+impl Batch {
+    /// Record `r`'s `n` events (its own seeded generator, so a record's
+    /// history does not depend on the batch it is in) and its projection.
+    fn record(
+        &mut self,
+        policy: &MergePolicy,
+        r: u64,
+        n: u64,
+        base_time: DateTime<Utc>,
+        seed: u64,
+    ) -> anyhow::Result<()> {
+        let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(r));
         let id = record_id(r);
         let mut state = RecordState::default();
         let mut seq = 0i64;
         for i in 0..n {
-            let source = if rng.random_bool(0.5) {
-                Source::Suitex
-            } else {
-                Source::Netsuite
-            };
-            let base = if state.version > 0 && rng.random_bool(0.2) {
-                state.version - 1
-            } else {
-                state.version
-            };
-            let micros = i as i64 * 60_000_000 + rng.random_range(-90_000_000..90_000_000i64);
-            let ts = base_time + chrono::Duration::microseconds(micros);
-            let mut changes = Map::new();
-            for _ in 0..rng.random_range(1..=3) {
-                let f = FIELDS[rng.random_range(0..FIELDS.len())];
-                let v = match rng.random_range(0..4) {
-                    0 => json!(rng.random_range(0..100_000)),
-                    1 => json!(format!("value {}", rng.random_range(0..1000))),
-                    2 => Value::Null,
-                    _ => json!(["a", rng.random_range(0..10)]),
-                };
-                changes.insert(f.to_string(), v);
-            }
+            let c = Change::random(&mut rng, &state, i, base_time);
             let result = rules::merge(
                 &mut state,
                 Incoming {
-                    source,
-                    timestamp: ts,
-                    base_version: base,
-                    changes: &changes,
+                    source: c.source,
+                    timestamp: c.ts,
+                    base_version: c.base,
+                    changes: &c.changes,
                 },
                 policy,
             )?;
             seq += 1;
-            let event_id = uuid::Uuid::now_v7().to_string();
-            let raw = RawEvent {
-                id: None,
-                record_type: RECORD_TYPE.to_string(),
-                record_id: id.clone(),
-                source,
-                timestamp: ts,
-                base_version: base,
-                changes: Map::new(),
-                full_snapshot_ref: None,
-            };
-            let fp = fingerprint(&raw, &changes);
-            let applied: Vec<&String> = result.applied.keys().collect();
-            let audit = |event_id: Option<String>, outcome: &str, detail: Value, claim: bool| {
-                ledger::AuditRow {
-                    event_id,
-                    fingerprint: fp.clone(),
-                    record_type: Some(RECORD_TYPE.to_string()),
-                    record_id: Some(id.clone()),
-                    stage: StageName::Merge.as_str().to_string(),
-                    outcome: outcome.to_string(),
-                    detail: Some(detail.to_string()),
-                    message_id: Some(format!("bench-{r}-{i}")),
-                    attempt: 1,
-                    claim,
-                }
-            };
-            b.audit.push(audit(
-                Some(event_id.clone()),
-                if result.publishes() { "merged" } else { "noop" },
-                json!({"sequence_num": seq, "version": result.version, "applied": applied,
-                       "conflicts": result.conflicts.len()}),
-                true,
-            ));
-            // Some publisher retries: a duplicate row shares the fingerprint.
-            if i % 25 == 7 {
-                b.audit.push(audit(None, "duplicate", json!({}), false));
-            }
-            b.events.push(ledger::EventRow {
-                id: event_id,
-                record_type: RECORD_TYPE.to_string(),
-                record_id: id.clone(),
-                source: source.as_str().to_string(),
-                timestamp: ts,
-                base_version: base,
-                changes: Value::Object(changes).to_string(),
-                full_snapshot_ref: None,
-                processed: true,
-                sequence_num: seq,
-            });
+            self.push_event(r, i, &id, seq, c, &result);
         }
-        b.states.push((
+        self.states.push((
             (RECORD_TYPE.to_string(), id),
             StateRow {
                 version: state.version,
@@ -415,8 +404,63 @@ fn generate(
                 pending: 0,
             },
         ));
+        Ok(())
     }
-    Ok(b)
+
+    /// The `i`th event row of record `r` and its claim audit row (and now
+    /// and then a publisher retry's duplicate row).
+    fn push_event(&mut self, r: u64, i: u64, id: &str, seq: i64, c: Change, result: &MergeResult) {
+        let event_id = uuid::Uuid::now_v7().to_string();
+        let raw = RawEvent {
+            id: None,
+            record_type: RECORD_TYPE.to_string(),
+            record_id: id.to_string(),
+            source: c.source,
+            timestamp: c.ts,
+            base_version: c.base,
+            changes: Map::new(),
+            full_snapshot_ref: None,
+        };
+        let fp = fingerprint(&raw, &c.changes);
+        let applied: Vec<&String> = result.applied.keys().collect();
+        let audit = |event_id: Option<String>, outcome: &str, detail: Value, claim: bool| {
+            ledger::AuditRow {
+                event_id,
+                fingerprint: fp.clone(),
+                record_type: Some(RECORD_TYPE.to_string()),
+                record_id: Some(id.to_string()),
+                stage: StageName::Merge.as_str().to_string(),
+                outcome: outcome.to_string(),
+                detail: Some(detail.to_string()),
+                message_id: Some(format!("bench-{r}-{i}")),
+                attempt: 1,
+                claim,
+            }
+        };
+        self.audit.push(audit(
+            Some(event_id.clone()),
+            if result.publishes() { "merged" } else { "noop" },
+            json!({"sequence_num": seq, "version": result.version, "applied": applied,
+                   "conflicts": result.conflicts.len()}),
+            true,
+        ));
+        // Some publisher retries: a duplicate row shares the fingerprint.
+        if i % 25 == 7 {
+            self.audit.push(audit(None, "duplicate", json!({}), false));
+        }
+        self.events.push(ledger::EventRow {
+            id: event_id,
+            record_type: RECORD_TYPE.to_string(),
+            record_id: id.to_string(),
+            source: c.source.as_str().to_string(),
+            timestamp: c.ts,
+            base_version: c.base,
+            changes: Value::Object(c.changes).to_string(),
+            full_snapshot_ref: None,
+            processed: true,
+            sequence_num: seq,
+        });
+    }
 }
 
 /// Writes a batch in one transaction with large multi-row INSERTs.

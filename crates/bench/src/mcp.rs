@@ -37,6 +37,8 @@ pub struct McpBenchArgs {
     pub emits: usize,
 }
 
+/// Loads the data, then times each tool in turn: query_events,
+/// replay_events, emit_event.
 pub async fn run(settings: Settings, args: McpBenchArgs) -> anyhow::Result<i32> {
     let a = &args.load;
     if a.records == 0 || a.events < a.records {
@@ -61,91 +63,14 @@ pub async fn run(settings: Settings, args: McpBenchArgs) -> anyhow::Result<i32> 
             .collect()
     };
     let (query_sample, replay_sample) = (draw(), draw());
-    let record = |r: u64| RecordRef {
-        record_type: hist::RECORD_TYPE.to_string(),
-        record_id: hist::record_id(r),
-    };
-    let query = |r: u64| QueryEventsInput {
-        record: record(r),
-        source: None,
-        outcome: None,
-        since: None,
-        until: None,
-        keyword: None,
-        limit: None,
-        offset: None,
-    };
-
-    // Warm the pool a little; not counted.
-    for r in query_sample.iter().take(20) {
-        ctx.query_events(query(*r)).await?;
-    }
-    let mut query_times = Vec::with_capacity(query_sample.len());
-    for r in &query_sample {
-        let t = Instant::now();
-        let page = ctx.query_events(query(*r)).await?;
-        query_times.push(t.elapsed());
-        let want = per_record.min(100) as usize;
-        if page.events.len() < want || page.total_count < want as i64 {
-            bail!(
-                "query_events of {} returned {} of {} events; expected {want}",
-                hist::record_id(*r),
-                page.events.len(),
-                page.total_count
-            );
-        }
-    }
-    let mut replay_times = Vec::with_capacity(replay_sample.len());
-    let mut folded = 0usize;
-    for r in &replay_sample {
-        let t = Instant::now();
-        let rep = ctx
-            .replay_events(ReplayEventsInput {
-                record: record(*r),
-                to_sequence_num: None,
-            })
-            .await?;
-        replay_times.push(t.elapsed());
-        if (rep.events_replayed as u64) < per_record {
-            bail!(
-                "replay_events of {} folded {} events; expected {per_record}",
-                hist::record_id(*r),
-                rep.events_replayed
-            );
-        }
-        folded = folded.max(rep.events_replayed);
-    }
-
+    let query = time_queries(&ctx, &query_sample, per_record).await?;
+    let (replay, folded) = time_replays(&ctx, &replay_sample, per_record).await?;
     let emit = if args.emits > 0 {
-        let endpoint = backbone::app::endpoint(&settings);
-        backbone::pubsub::provision::provision(&settings.topology(), &endpoint)
-            .await
-            .context("provisioning the topics emit_event publishes to")?;
-        let run = uuid::Uuid::now_v7().simple().to_string();
-        let event = |i: usize| EmitEventInput {
-            event: json!({
-                "record_type": EMIT_TYPE, "record_id": format!("{run}-{}", i % 100),
-                "source": "suitex", "timestamp": "2026-03-13T20:00:00.123456Z",
-                "base_version": i / 100, "changes": {"n": i},
-            }),
-        };
-        // The publisher's connection and the first batch; not counted.
-        for i in 0..5 {
-            ctx.emit_event(event(args.emits + i)).await?;
-        }
-        let mut times = Vec::with_capacity(args.emits);
-        for i in 0..args.emits {
-            let t = Instant::now();
-            ctx.emit_event(event(i)).await?;
-            times.push(t.elapsed());
-        }
-        Some(Stats::of(&mut times))
+        Some(time_emits(&ctx, &settings, args.emits).await?)
     } else {
         None
     };
 
-    let query = Stats::of(&mut query_times);
-    let replay = Stats::of(&mut replay_times);
     let out = json!({
         "bench": "mcp",
         "backend": format!("{:?}", store.backend()),
@@ -168,4 +93,104 @@ pub async fn run(settings: Settings, args: McpBenchArgs) -> anyhow::Result<i32> 
     println!("{}", serde_json::to_string_pretty(&out)?);
     store.close().await;
     Ok(0)
+}
+
+fn record(r: u64) -> RecordRef {
+    RecordRef {
+        record_type: hist::RECORD_TYPE.to_string(),
+        record_id: hist::record_id(r),
+    }
+}
+
+/// query_events of each sampled record (its last 100 events), after a few
+/// uncounted calls to warm the pool; fails if one returns fewer.
+async fn time_queries(ctx: &Ctx, sample: &[u64], per_record: u64) -> anyhow::Result<Stats> {
+    let query = |r: u64| QueryEventsInput {
+        record: record(r),
+        source: None,
+        outcome: None,
+        since: None,
+        until: None,
+        keyword: None,
+        limit: None,
+        offset: None,
+    };
+    // Warm the pool a little; not counted.
+    for r in sample.iter().take(20) {
+        ctx.query_events(query(*r)).await?;
+    }
+    let mut times = Vec::with_capacity(sample.len());
+    for r in sample {
+        let t = Instant::now();
+        let page = ctx.query_events(query(*r)).await?;
+        times.push(t.elapsed());
+        let want = per_record.min(100) as usize;
+        if page.events.len() < want || page.total_count < want as i64 {
+            bail!(
+                "query_events of {} returned {} of {} events; expected {want}",
+                hist::record_id(*r),
+                page.events.len(),
+                page.total_count
+            );
+        }
+    }
+    Ok(Stats::of(&mut times))
+}
+
+/// replay_events of each sampled record, whole; fails if one folds fewer
+/// than the record's events. Also the most events one replay folded.
+async fn time_replays(
+    ctx: &Ctx,
+    sample: &[u64],
+    per_record: u64,
+) -> anyhow::Result<(Stats, usize)> {
+    let mut times = Vec::with_capacity(sample.len());
+    let mut folded = 0usize;
+    for r in sample {
+        let t = Instant::now();
+        let rep = ctx
+            .replay_events(ReplayEventsInput {
+                record: record(*r),
+                to_sequence_num: None,
+            })
+            .await?;
+        times.push(t.elapsed());
+        if (rep.events_replayed as u64) < per_record {
+            bail!(
+                "replay_events of {} folded {} events; expected {per_record}",
+                hist::record_id(*r),
+                rep.events_replayed
+            );
+        }
+        folded = folded.max(rep.events_replayed);
+    }
+    Ok((Stats::of(&mut times), folded))
+}
+
+/// `emits` emit_event calls to the provisioned raw topic, after a few
+/// uncounted ones (the publisher's connection and first batch).
+async fn time_emits(ctx: &Ctx, settings: &Settings, emits: usize) -> anyhow::Result<Stats> {
+    let endpoint = backbone::app::endpoint(settings);
+    backbone::pubsub::provision::provision(&settings.topology(), &endpoint)
+        .await
+        .context("provisioning the topics emit_event publishes to")?;
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let event = |i: usize| EmitEventInput {
+        event: json!({
+            "record_type": EMIT_TYPE, "record_id": format!("{run}-{}", i % 100),
+            "source": "suitex", "timestamp": "2026-03-13T20:00:00.123456Z",
+            "base_version": i / 100, "changes": {"n": i},
+        }),
+    };
+    // The publisher's connection and the first batch; not counted.
+    for i in 0..5 {
+        ctx.emit_event(event(emits + i)).await?;
+    }
+    let mut times = Vec::with_capacity(emits);
+    for i in 0..emits {
+        let t = Instant::now();
+        ctx.emit_event(event(i)).await?;
+        times.push(t.elapsed());
+    }
+    Ok(Stats::of(&mut times))
 }

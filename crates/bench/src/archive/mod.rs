@@ -76,6 +76,8 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// The run in its steps: seed the old events, time merge alone, archive
+/// while feeding, time merge alone again, check what the archive left.
 async fn bench(
     settings: &Settings,
     args: &Args,
@@ -84,9 +86,64 @@ async fn bench(
 ) -> anyhow::Result<serde_json::Value> {
     let store = Store::connect(url, 16, Duration::from_secs(30)).await?;
     store.migrate().await?;
+    let seeded = seed_old(&store, settings, args).await?;
+    let alone_before = feed_rate(&store, settings, args, args.seed + 1).await?;
+    eprintln!(
+        "bench archive: {} old events seeded in {:.0} s; merge alone: {alone_before:.0} events/s",
+        args.old_events, seeded.seconds
+    );
+
+    let snapshots_url = match &args.snapshots_url {
+        Some(u) => u.clone(),
+        None => format!("file://{}/snapshots", dir.display()),
+    };
+    let during = archive_while_feeding(
+        &store,
+        settings,
+        args,
+        &child::Wiring {
+            db_url: url,
+            snapshots_url: &snapshots_url,
+            before: &backbone::model::fingerprint::format_timestamp(&seeded.cutoff),
+        },
+        alone_before,
+    )
+    .await?;
+    let alone_after = feed_rate(&store, settings, args, args.seed + 2).await?;
+
+    let checked = check(&store, settings, args, during.samples.len()).await;
+    store.close().await;
+    let checked = checked?;
+    if !checked.failures.is_empty() {
+        bail!("bench archive: {}", checked.failures.join("; "));
+    }
+    let rates = Rates {
+        alone_before,
+        alone_after,
+    };
+    Ok(report(
+        settings,
+        args,
+        &seeded,
+        &snapshots_url,
+        rates,
+        during,
+        checked,
+    ))
+}
+
+/// The old events, all acknowledged, and the cutoff after them.
+struct Seeded {
+    /// The record ids' prefix.
+    old_prefix: String,
+    seconds: f64,
+    cutoff: chrono::DateTime<chrono::Utc>,
+}
+
+async fn seed_old(store: &Store, settings: &Settings, args: &Args) -> anyhow::Result<Seeded> {
     let t = Instant::now();
     let old_prefix = feed(
-        &store,
+        store,
         settings,
         args.conflict_rate,
         args.records,
@@ -96,40 +153,64 @@ async fn bench(
     )
     .await?
     .prefix;
-    crate::sql::bench::bench_settle_deliveries(&store).await?;
-    let seed_s = t.elapsed().as_secs_f64();
+    crate::sql::bench::bench_settle_deliveries(store).await?;
+    let seconds = t.elapsed().as_secs_f64();
     // Rows stored from here on are younger than the cutoff.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let cutoff = chrono::Utc::now();
     tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(Seeded {
+        old_prefix,
+        seconds,
+        cutoff,
+    })
+}
 
-    let feed_once = |seed: u64| {
-        feed(
-            &store,
-            settings,
-            args.conflict_rate,
-            args.records,
-            args.events,
-            settings.merge.batch_max,
-            seed,
-        )
-    };
-    let alone_before = feed_once(args.seed + 1).await?.rate;
-    eprintln!(
-        "bench archive: {} old events seeded in {seed_s:.0} s; merge alone: {alone_before:.0} events/s",
-        args.old_events
-    );
+/// One feed of `--events` through the merge stage: its events per second.
+async fn feed_rate(
+    store: &Store,
+    settings: &Settings,
+    args: &Args,
+    seed: u64,
+) -> anyhow::Result<f64> {
+    let fed = feed(
+        store,
+        settings,
+        args.conflict_rate,
+        args.records,
+        args.events,
+        settings.merge.batch_max,
+        seed,
+    )
+    .await?;
+    Ok(fed.rate)
+}
 
-    let snapshots_url = match &args.snapshots_url {
-        Some(u) => u.clone(),
-        None => format!("file://{}/snapshots", dir.display()),
-    };
-    let before = backbone::model::fingerprint::format_timestamp(&cutoff);
+/// The archive's run(s), and the merge samples taken meanwhile.
+struct During {
+    runs: Vec<child::RunSeen>,
+    seconds: f64,
+    /// Per feed: events/s, whether the archive had ended by its end, seconds.
+    samples: Vec<(f64, bool, f64)>,
+}
+
+/// Runs the archive as a child (killed once and run again with
+/// `--kill-after-segments`) and feeds the merge stage until it ends.
+async fn archive_while_feeding(
+    store: &Store,
+    settings: &Settings,
+    args: &Args,
+    wiring: &child::Wiring<'_>,
+    alone_before: f64,
+) -> anyhow::Result<During> {
     let archive_started = Instant::now();
     let archiver = {
         let (settings, store) = (settings.clone(), store.clone());
-        let (db_url, snapshots_url, before) =
-            (url.to_string(), snapshots_url.clone(), before.clone());
+        let (db_url, snapshots_url, before) = (
+            wiring.db_url.to_string(),
+            wiring.snapshots_url.to_string(),
+            wiring.before.to_string(),
+        );
         let kill = args.kill_after_segments;
         tokio::spawn(async move {
             let w = child::Wiring {
@@ -152,31 +233,51 @@ async fn bench(
         })
     };
     // Throughput samples while the archive runs: whole feeds only.
-    let mut during = Vec::new();
+    let mut samples = Vec::new();
     let mut seed = args.seed + 100;
     while !archiver.is_finished() {
         let t = Instant::now();
-        let rate = feed_once(seed).await?.rate;
+        let rate = feed_rate(store, settings, args, seed).await?;
         seed += 1;
-        during.push((rate, archiver.is_finished(), t.elapsed().as_secs_f64()));
+        samples.push((rate, archiver.is_finished(), t.elapsed().as_secs_f64()));
         // As it goes: a long run stopped early keeps what it measured.
         eprintln!(
             "bench archive: merge sample {} during the archive: {rate:.0} events/s \
              (alone before: {alone_before:.0}); {} segments recorded",
-            during.len(),
-            crate::sql::bench::count_segments(&store)
-                .await
-                .unwrap_or(-1)
+            samples.len(),
+            crate::sql::bench::count_segments(store).await.unwrap_or(-1)
         );
         if !args.sample_gap.is_zero() && !archiver.is_finished() {
             tokio::time::sleep(args.sample_gap).await;
         }
     }
     let runs = archiver.await??;
-    let archive_s = archive_started.elapsed().as_secs_f64();
-    let alone_after = feed_once(args.seed + 2).await?.rate;
+    Ok(During {
+        runs,
+        seconds: archive_started.elapsed().as_secs_f64(),
+        samples,
+    })
+}
 
-    let totals = crate::sql::bench::bench_archive_totals(&store).await?;
+/// What the archive left: its segments' totals, the events left, and a
+/// verify of every record; `failures` names what is not as it should be.
+struct Checked {
+    totals: crate::sql::bench::ArchiveTotals,
+    left: i64,
+    verify: backbone::history::verify::VerifyReport,
+    verify_seconds: f64,
+    failures: Vec<String>,
+}
+
+/// Every old event in exactly one recorded, removed segment; only the
+/// events fed after the cutoff left; no drift.
+async fn check(
+    store: &Store,
+    settings: &Settings,
+    args: &Args,
+    samples: usize,
+) -> anyhow::Result<Checked> {
+    let totals = crate::sql::bench::bench_archive_totals(store).await?;
     let old = args.old_events as i64;
     let mut failures = Vec::new();
     if totals.events != (old, old) {
@@ -197,8 +298,8 @@ async fn bench(
             totals.segments_not_removed, totals.records_with_broken_coverage
         ));
     }
-    let left = crate::sql::bench::count_events(&store).await?;
-    let fed_after_cutoff = (2 + during.len()) as i64 * args.events as i64;
+    let left = crate::sql::bench::count_events(store).await?;
+    let fed_after_cutoff = (2 + samples) as i64 * args.events as i64;
     if left != fed_after_cutoff {
         failures.push(format!(
             "{left} events left in the database, expected the {fed_after_cutoff} fed after the cutoff"
@@ -206,18 +307,43 @@ async fn bench(
     }
     let policy = settings.merge_policy();
     let t = Instant::now();
-    let v = verify(&store, &policy, None).await?;
-    let verify_s = t.elapsed().as_secs_f64();
-    if !v.clean() {
-        failures.push(format!("verify found drift: {:?}", v.drift.first()));
+    let verify = verify(store, &policy, None).await?;
+    let verify_seconds = t.elapsed().as_secs_f64();
+    if !verify.clean() {
+        failures.push(format!("verify found drift: {:?}", verify.drift.first()));
     }
-    store.close().await;
-    if !failures.is_empty() {
-        bail!("bench archive: {}", failures.join("; "));
-    }
+    Ok(Checked {
+        totals,
+        left,
+        verify,
+        verify_seconds,
+        failures,
+    })
+}
 
+/// Merge alone, before and after the archive.
+struct Rates {
+    alone_before: f64,
+    alone_after: f64,
+}
+
+fn report(
+    settings: &Settings,
+    args: &Args,
+    seeded: &Seeded,
+    snapshots_url: &str,
+    rates: Rates,
+    during: During,
+    checked: Checked,
+) -> serde_json::Value {
+    let Rates {
+        alone_before,
+        alone_after,
+    } = rates;
+    let (totals, v) = (&checked.totals, &checked.verify);
     // A sample counts if the archive was still running when it ended.
     let inside: Vec<f64> = during
+        .samples
         .iter()
         .filter(|(_, after_end, _)| !after_end)
         .map(|(r, _, _)| *r)
@@ -228,25 +354,25 @@ async fn bench(
         v.get(v.len() / 2).copied()
     };
     let during_median = median(inside.clone());
-    Ok(json!({
+    json!({
         "database": args.database,
         "old_events": args.old_events,
         "records": args.records,
-        "old_prefix": old_prefix,
-        "seed_seconds": seed_s,
+        "old_prefix": seeded.old_prefix,
+        "seed_seconds": seeded.seconds,
         "snapshots": if snapshots_url.starts_with("gs://") { "gcs" } else { "folder" },
         "merge_events_per_s_alone": { "before": alone_before, "after": alone_after, "mean": alone },
         "merge_events_per_s_during_archive": {
             "samples": inside,
             "median": during_median,
             "min": inside.iter().copied().reduce(f64::min),
-            "samples_that_ended_after_the_archive": during.len() - inside.len(),
+            "samples_that_ended_after_the_archive": during.samples.len() - inside.len(),
         },
         "ratio": during_median.map(|d| d / alone),
         "goal": ">= 0.8",
         "archive": {
-            "seconds": archive_s,
-            "runs": runs,
+            "seconds": during.seconds,
+            "runs": during.runs,
             "segments": totals.segments,
             "segment_bytes_min_median_max": totals.segment_bytes,
             "events": totals.events.0,
@@ -258,9 +384,9 @@ async fn bench(
             "segment_events": settings.retention.segment_events,
             "pace": settings.retention.pace,
         },
-        "verify_seconds": verify_s,
+        "verify_seconds": checked.verify_seconds,
         "verify_records": v.records_checked,
         "verify_events_replayed": v.events_replayed,
-        "events_left": left,
-    }))
+        "events_left": checked.left,
+    })
 }

@@ -14,12 +14,13 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::baseline::{baseline, publish_in_order, teardown};
-use super::{generate, percentile, Args, E2eDb};
+use super::{generate, percentile, Args, E2eDb, Gen};
 use crate::sql::scratch;
 use backbone::app::{self, Application};
 use backbone::config::Settings;
 use backbone::pubsub::publisher::Publishers;
 use backbone::pubsub::{clients, provision};
+use backbone::store::Store;
 use backbone::topology::{ConsumerKind, Topology};
 
 /// What the run created and must remove: the daemon, the topologies, the
@@ -80,6 +81,8 @@ fn bench_project() -> String {
     format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
+/// The run in its steps: both broker baselines, the daemon started on a
+/// scratch database, the backlog published and drained, then checked.
 async fn measure(
     settings: &Settings,
     args: &Args,
@@ -95,12 +98,43 @@ async fn measure(
     );
     let dups = gens.iter().filter(|g| g.duplicate).count();
     let total_msgs = gens.len() + dups;
+    let expected = gens.len();
 
+    let (baseline_rate, forward_rate) = baselines(settings, ep, &gens, res).await?;
+    let daemon = start_daemon(settings, args, ep, res).await?;
+    let (sent_at, secs) = publish_and_drain(&daemon, ep, &gens).await?;
+    let checked = check(&daemon, &sent_at, expected, dups).await?;
+    let lat = &checked.latency_ms;
+    let rate = total_msgs as f64 / secs;
+    Ok(json!({
+        "database": args.e2e_db.as_str(),
+        "raw_messages": total_msgs,
+        "unique_events": expected,
+        "duplicates": dups,
+        "merged_published": checked.published,
+        "seconds": secs,
+        "messages_per_s": rate,
+        "latency_ms_raw_publish_to_stored": {"p50": percentile(lat, 0.5), "p99": percentile(lat, 0.99)},
+        "baseline_ack_only_messages_per_s": baseline_rate,
+        "ratio": rate / baseline_rate,
+        "baseline_forward_only_messages_per_s": forward_rate,
+        "ratio_to_forward_only": rate / forward_rate,
+    }))
+}
+
+/// The two broker baselines, each on a fresh topology: ack-only, and
+/// forward-only. Messages per second of each.
+async fn baselines(
+    settings: &Settings,
+    ep: &clients::Endpoint,
+    gens: &[Gen],
+    res: &mut Resources,
+) -> anyhow::Result<(f64, f64)> {
     // Baseline: an ack-only consumer draining the same messages.
     let topo = Topology::new(settings.env, bench_project());
     res.topologies.push(topo.clone());
     provision::provision(&topo, ep).await?;
-    let baseline_rate = baseline(&topo, ep, &gens, false).await?;
+    let baseline_rate = baseline(&topo, ep, gens, false).await?;
     res.remove(&topo, ep).await;
     // Second baseline: a consumer that only forwards each message to the
     // merged topic (same ordering key) and acks on the publish confirmation
@@ -108,9 +142,24 @@ async fn measure(
     let topo = Topology::new(settings.env, bench_project());
     res.topologies.push(topo.clone());
     provision::provision(&topo, ep).await?;
-    let forward_rate = baseline(&topo, ep, &gens, true).await?;
+    let forward_rate = baseline(&topo, ep, gens, true).await?;
+    Ok((baseline_rate, forward_rate))
+}
 
-    // The daemon.
+/// The daemon (merge consumer only) running in this process.
+struct Daemon {
+    store: Store,
+    topo: Topology,
+    /// The process-wide merged-publish counter before the daemon started.
+    published_before: u64,
+}
+
+async fn start_daemon(
+    settings: &Settings,
+    args: &Args,
+    ep: &clients::Endpoint,
+    res: &mut Resources,
+) -> anyhow::Result<Daemon> {
     let db_url = if args.e2e_db == E2eDb::Sqlite {
         let dir = tempfile::tempdir()?;
         let url = format!("sqlite://{}/e2e.db?mode=rwc", dir.path().display());
@@ -142,9 +191,9 @@ async fn measure(
             ConsumerKind::Merge => {}
         }
     }
-    let t = s.topology();
-    res.topologies.push(t.clone());
-    provision::provision(&t, ep).await?;
+    let topo = s.topology();
+    res.topologies.push(topo.clone());
+    provision::provision(&topo, ep).await?;
     // No tap on the merged topic: the emulator ignores subscription filters,
     // so a tap would receive every merged event and double the emulator's
     // delivery work in this run but not in the baseline's. Completion is read
@@ -158,19 +207,32 @@ async fn measure(
     let shutdown = CancellationToken::new();
     let daemon = tokio::spawn(app.run(shutdown.clone()));
     res.daemon = Some((shutdown, daemon));
+    Ok(Daemon {
+        store,
+        topo,
+        published_before,
+    })
+}
 
-    let publishers = Arc::new(Publishers::new(t.clone(), ep).await?);
+/// When each event was sent, by id; and the seconds from the first publish
+/// until every event was stored and every merged event's publish confirmed.
+async fn publish_and_drain(
+    d: &Daemon,
+    ep: &clients::Endpoint,
+    gens: &[Gen],
+) -> anyhow::Result<(HashMap<String, DateTime<Utc>>, f64)> {
+    let publishers = Arc::new(Publishers::new(d.topo.clone(), ep).await?);
     let mut sent_at: HashMap<String, DateTime<Utc>> = HashMap::with_capacity(gens.len());
     let expected = gens.len();
-    for g in &gens {
+    for g in gens {
         sent_at.insert(g.id.to_string(), Utc::now());
     }
     let started = Instant::now();
-    publish_in_order(&publishers, &gens).await?;
+    publish_in_order(&publishers, gens).await?;
     let deadline = Instant::now() + Duration::from_secs(600);
     let finished = loop {
-        let rows = crate::sql::bench::count_events(&store).await?;
-        let outbox = store.outbox_len().await?;
+        let rows = crate::sql::bench::count_events(&d.store).await?;
+        let outbox = d.store.outbox_len().await?;
         if rows >= expected as i64 && outbox == 0 {
             break Instant::now();
         }
@@ -179,11 +241,29 @@ async fn measure(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let secs = finished.duration_since(started).as_secs_f64();
-    let rows = crate::sql::bench::count_events(&store).await?;
-    let dup_rows = crate::sql::bench::count_audit_outcome(&store, "duplicate").await?;
-    let published = backbone::metrics::published_count("merged") - published_before;
-    let stored = crate::sql::bench::event_stored_times(&store).await?;
+    Ok((sent_at, finished.duration_since(started).as_secs_f64()))
+}
+
+/// What the drain left, once it is known nothing was lost or doubled.
+struct Checked {
+    /// Merged events published by the daemon.
+    published: u64,
+    /// Raw publish → stored per event, sorted.
+    latency_ms: Vec<f64>,
+}
+
+/// Every unique event stored once, every duplicate audited as one, every
+/// merged event published; or an error saying which is off.
+async fn check(
+    d: &Daemon,
+    sent_at: &HashMap<String, DateTime<Utc>>,
+    expected: usize,
+    dups: usize,
+) -> anyhow::Result<Checked> {
+    let rows = crate::sql::bench::count_events(&d.store).await?;
+    let dup_rows = crate::sql::bench::count_audit_outcome(&d.store, "duplicate").await?;
+    let published = backbone::metrics::published_count("merged") - d.published_before;
+    let stored = crate::sql::bench::event_stored_times(&d.store).await?;
     let mut lat: Vec<f64> = Vec::with_capacity(stored.len());
     for (id, created) in &stored {
         if let Some(sent) = sent_at.get(id) {
@@ -196,19 +276,8 @@ async fn measure(
             "end-to-end bench lost or doubled events: rows {rows}/{expected}, duplicates {dup_rows}/{dups}, merged published {published}/{expected}"
         );
     }
-    let rate = total_msgs as f64 / secs;
-    Ok(json!({
-        "database": args.e2e_db.as_str(),
-        "raw_messages": total_msgs,
-        "unique_events": expected,
-        "duplicates": dups,
-        "merged_published": published,
-        "seconds": secs,
-        "messages_per_s": rate,
-        "latency_ms_raw_publish_to_stored": {"p50": percentile(&lat, 0.5), "p99": percentile(&lat, 0.99)},
-        "baseline_ack_only_messages_per_s": baseline_rate,
-        "ratio": rate / baseline_rate,
-        "baseline_forward_only_messages_per_s": forward_rate,
-        "ratio_to_forward_only": rate / forward_rate,
-    }))
+    Ok(Checked {
+        published,
+        latency_ms: lat,
+    })
 }

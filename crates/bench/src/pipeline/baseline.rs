@@ -7,9 +7,9 @@ use anyhow::bail;
 use google_cloud_pubsub::client::Subscriber;
 
 use super::super::merge::Gen;
-use super::daemon::{cpu_seconds, MachineCpu};
 use super::publish::{publish_backlog, publish_merged};
 use super::report::Baseline;
+use super::usage::{cpu_seconds, MachineCpu};
 use super::{unique_project, Scratch};
 use backbone::config::Settings;
 use backbone::pubsub::publisher::Publishers;

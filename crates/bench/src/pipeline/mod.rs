@@ -9,11 +9,9 @@
 //! non-zero with the counts. Every scratch resource (child, topics and
 //! subscriptions, database, temp files) is removed on every path.
 
-use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::bail;
 use tokio_util::sync::CancellationToken;
@@ -23,10 +21,8 @@ use crate::sql::scratch;
 use backbone::app;
 use backbone::config::Settings;
 use backbone::model::raw_event::Source;
-use backbone::pubsub::publisher::Publishers;
-use backbone::pubsub::{clients, provision};
-use backbone::store::Store;
-use backbone::topology::{ConsumerKind, Topology};
+use backbone::pubsub::clients;
+use backbone::topology::Topology;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -99,16 +95,13 @@ mod daemon;
 mod publish;
 mod report;
 mod stand_in;
+mod steps;
+mod usage;
 
 use self::baseline::baseline;
-use self::checks::check_target;
-use self::daemon::{
-    counter_sum, peak_rss_mib, spawn_daemon, step_means, wait_drained, DaemonWiring, Watch,
-};
-use self::publish::{bursts, publish_backlog, publish_stream};
 pub(super) use self::report::Report;
 pub use self::stand_in::Refusal;
-use self::stand_in::{Limits, StandIn};
+use self::steps::{build_report, check, drain, publish_and_start, set_up, Stored};
 
 /// Everything the run creates, removed by [`Scratch::teardown`] on every path.
 #[derive(Default)]
@@ -215,243 +208,32 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// The run in its steps: set up, publish (or stream) and start the daemon,
+/// watch it drain, read what it stored, check P1/P2 at both targets, and
+/// report against the ack-only baseline.
 pub(super) async fn bench(
     settings: &Settings,
     args: &Args,
     ep: &clients::Endpoint,
     scratch: &mut Scratch,
 ) -> anyhow::Result<Report> {
-    let dir = tempfile::tempdir()?;
-    let dir_path = dir.path().to_path_buf();
-    scratch.dir = Some(dir);
-    let gens = merge::generate(
-        args.events,
-        args.records,
-        args.duplicate_rate,
-        args.conflict_rate,
-        args.seed,
-    );
-    let duplicates = gens.iter().filter(|g| g.duplicate).count();
-    let raw_messages = gens.len() + duplicates;
+    let setup = set_up(settings, args, ep, scratch).await?;
+    let started = publish_and_start(settings, args, ep, &setup, scratch).await?;
+    let drain = drain(args, &setup, started, scratch).await?;
+    let stored = Stored::read(&setup.db_url).await?;
+    let checked = check(&setup, &drain, &stored)?;
 
-    // A fresh database, migrated here so the daemon's start is not a migration.
-    let db_url = if args.database == "sqlite" {
-        format!("sqlite://{}/pipeline.db?mode=rwc", dir_path.display())
-    } else {
-        let (url, name) = scratch::create_mysql(&args.mysql_admin_url).await?;
-        scratch.mysql = Some((args.mysql_admin_url.clone(), name));
-        url
-    };
-    let store = Store::connect(&db_url, 2, Duration::from_secs(10)).await?;
-    store.migrate().await?;
-    store.close().await;
-    scratch.db_url = Some(db_url.clone());
-
-    let topo = Topology::new(settings.env, unique_project());
-    scratch.topologies.push(topo.clone());
-    provision::provision(&topo, ep).await?;
-
-    let limits = Limits {
-        latency: args.target_latency,
-        concurrency: args.target_concurrency,
-        refusal: Refusal::Http429,
-    };
-    let netsuite_limits = Limits {
-        refusal: args.netsuite_refusal,
-        ..limits
-    };
-    let netsuite = StandIn::start(scratch.stop_targets.clone(), netsuite_limits).await?;
-    let suitex = StandIn::start(scratch.stop_targets.clone(), limits).await?;
-
-    // The backlog, before the daemon exists (or, streamed, while it runs).
-    let publishers = Arc::new(Publishers::new(topo.clone(), ep).await?);
-    let t = Instant::now();
-    let mut published_at = HashMap::new();
-    if args.stream_records_per_s.is_none() {
-        published_at = publish_backlog(&publishers, &gens).await?;
-        publishers.flush().await;
-    }
-    let backlog_publish_seconds = t.elapsed().as_secs_f64();
-
-    let metrics_addr = free_addr()?;
-    let log = dir_path.join("daemon.log");
-    scratch.daemon_log = Some(log.clone());
-    let started = Instant::now();
-    let child = spawn_daemon(
-        settings,
-        &DaemonWiring {
-            project: &topo.project_id,
-            db_url: &db_url,
-            netsuite: &netsuite.url(),
-            suitex: &suitex.url(),
-            metrics: metrics_addr,
-            admin: free_addr()?,
-            dir: &dir_path,
-            log: &log,
-            netsuite_errors: args.netsuite_refusal == Refusal::Netsuite400,
-            account_concurrency: args.account_concurrency,
-            coalesce: args.coalesce,
-        },
-    )?;
-    let pid = child.id();
-    scratch.daemon = Some(child);
-    let cpu_at_start = daemon::MachineCpu::now(pid);
-    let stream = args.stream_records_per_s.map(|rate| {
-        let (p, b) = (publishers.clone(), bursts(&gens));
-        tokio::spawn(async move {
-            let t = Instant::now();
-            let at = publish_stream(&p, b, rate).await?;
-            p.flush().await;
-            Ok::<_, anyhow::Error>((at, t.elapsed().as_secs_f64()))
-        })
-    });
-    let streamed_from = Instant::now();
-
-    let watch = Watch {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()?,
-        metrics_addr,
-        merge_sub: topo.subscription_id(ConsumerKind::Merge),
-        deliver_subs: [
-            topo.subscription_id(ConsumerKind::Netsuite),
-            topo.subscription_id(ConsumerKind::Suitex),
-        ],
-    };
-    let drained = wait_drained(
-        &watch,
-        scratch,
-        raw_messages,
-        gens.len(),
-        [&netsuite, &suitex],
-        args.stall_timeout,
-    )
-    .await?;
-    let mut stream_seconds = None;
-    if let Some(task) = stream {
-        let (at, secs) = task.await??;
-        published_at = at;
-        stream_seconds = Some(secs);
-    }
-    drop(publishers);
-    let peak_rss = pid.and_then(peak_rss_mib);
-    let daemon_cpu = pid.and_then(|p| daemon::cpu_seconds(&p.to_string()));
-    let machine_cpu = daemon::MachineCpu::now(pid).since(&cpu_at_start);
-    let final_metrics = watch.scrape().await.unwrap_or_default();
-    // Nothing more to measure of the daemon: stop it before the baseline runs.
-    scratch.stop_daemon().await;
-    let ready = drained
-        .ready
-        .map(|r| r.duration_since(started).as_secs_f64());
-
-    let store = Store::connect(&db_url, 2, Duration::from_secs(10)).await?;
-    let merged = store.merged_all().await?;
-    let pending = store.pending_count().await?;
-    let parked = store.pending_dead_letters().await?;
-    store.close().await;
-
-    let mut failure_detail = Vec::new();
-    if merged.len() != gens.len() {
-        failure_detail.push(format!(
-            "{} merged events for {} unique raw events",
-            merged.len(),
-            gens.len()
-        ));
-    }
-    if pending > 0 {
-        failure_detail.push(format!("{pending} raw events left pending"));
-    }
-    if parked > 0 {
-        failure_detail.push(format!("{parked} dead letters parked"));
-    }
-    let mut failures = usize::from(merged.len() != gens.len())
-        + usize::try_from(pending + parked).unwrap_or(usize::MAX);
-
-    let mut targets = BTreeMap::new();
-    let mut last_arrival = started;
-    for (target, stand_in) in TARGETS.into_iter().zip([&netsuite, &suitex]) {
-        let arrivals = stand_in.arrivals();
-        let mut report = check_target(
-            target,
-            &merged,
-            &arrivals,
-            stand_in.unreadable(),
-            &published_at,
-        )?;
-        if let Some(a) = arrivals.iter().map(|a| a.at).max() {
-            last_arrival = last_arrival.max(a);
-        }
-        report.pace(&arrivals, stand_in.refused(), limits.allows_per_s());
-        if report.failures() > 0 {
-            failure_detail.push(format!(
-                "{}: missing {}, doubled {}, unexpected {}, out of order {}, unreadable {}",
-                target.as_str(),
-                report.missing,
-                report.doubled,
-                report.unexpected,
-                report.out_of_order,
-                report.unreadable
-            ));
-        }
-        failures += report.failures();
-        targets.insert(target.as_str(), report);
-    }
-    // The drain ends when the last delivery arrived (the stand-ins' clock);
-    // with nothing routed anywhere, when the daemon reported all done.
-    let end = if last_arrival > started {
-        last_arrival
-    } else {
-        drained.done
-    };
-    // Streamed, the drain starts with the stream (the daemon started first).
-    let from = if stream_seconds.is_some() {
-        streamed_from
-    } else {
-        started
-    };
-    let drain_seconds = end.duration_since(from).as_secs_f64().max(1e-6);
-    for report in targets.values_mut() {
-        report.against_allowed(drain_seconds, stream_seconds);
-    }
-    let pipeline_messages = raw_messages + 2 * merged.len();
-
-    merge::teardown(&topo, ep, &[]).await;
-    scratch.topologies.retain(|t| t != &topo);
-
+    // The pipeline's topology goes before the baseline provisions its own.
+    merge::teardown(&setup.topo, ep, &[]).await;
+    scratch.topologies.retain(|t| t != &setup.topo);
     let baseline = if args.skip_baseline {
         None
     } else {
-        Some(baseline(settings, ep, &gens, &merged, scratch).await?)
+        Some(baseline(settings, ep, &setup.gens, &stored.merged, scratch).await?)
     };
-    let pipeline_messages_per_s = pipeline_messages as f64 / drain_seconds;
-    let cpu = daemon_cpu.map(|c| report::Cpu::new(c, raw_messages, baseline.as_ref()));
-    Ok(Report {
-        database: args.database.clone(),
-        records: args.records,
-        events: gens.len(),
-        duplicates,
-        raw_messages,
-        merged_events: merged.len(),
-        backlog_publish_seconds,
-        stream_seconds,
-        daemon_ready_seconds: ready,
-        drain_seconds,
-        drain_events_per_s: raw_messages as f64 / drain_seconds,
-        pipeline_messages_per_s,
-        targets,
-        daemon_peak_rss_mib: peak_rss,
-        cpu,
-        machine_cpu,
-        daemon_retry_attempts: counter_sum(&final_metrics, "backbone_retry_attempts_total", &[]),
-        daemon_dead_letters: counter_sum(&final_metrics, "backbone_dead_letters_total", &[]),
-        steps: step_means(&final_metrics),
-        ratio: baseline
-            .as_ref()
-            .map(|b| pipeline_messages_per_s / b.messages_per_s),
-        baseline_ack_only: baseline,
-        failures,
-        failure_detail,
-    })
+    Ok(build_report(
+        args, &setup, drain, &stored, checked, baseline,
+    ))
 }
 
 pub(super) fn unique_project() -> String {

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::daemon::MachineCpu;
 use super::stand_in::Arrival;
+use super::usage::MachineCpu;
 
 #[derive(Debug, Serialize)]
 pub(super) struct Latency {
@@ -180,69 +180,42 @@ pub(crate) struct Report {
 }
 
 impl Report {
+    /// The text report, a section at a time: the run, each target, the
+    /// daemon's resources, its steps, the baseline, the verdict.
     pub(super) fn render(&self) -> String {
-        let mut s = String::new();
-        let mut line = |l: String| {
-            s.push_str(&l);
-            s.push('\n');
-        };
-        line(format!(
+        let mut lines = Vec::new();
+        self.render_run(&mut lines);
+        for (name, t) in &self.targets {
+            t.render(name, self.drain_seconds, &mut lines);
+        }
+        self.render_resources(&mut lines);
+        self.render_steps(&mut lines);
+        self.render_baseline(&mut lines);
+        self.render_verdict(&mut lines);
+        lines.iter().map(|l| format!("{l}\n")).collect()
+    }
+
+    fn render_run(&self, out: &mut Vec<String>) {
+        out.push(format!(
             "bench pipeline ({}): {} raw messages ({} events + {} duplicates) over {} records, {} merged events",
             self.database, self.raw_messages, self.events, self.duplicates, self.records, self.merged_events
         ));
-        line(format!(
+        out.push(format!(
             "  backlog published in {:.2} s; daemon (all five consumers) ready after {}",
             self.backlog_publish_seconds,
             self.daemon_ready_seconds
                 .map(|s| format!("{s:.2} s"))
                 .unwrap_or_else(|| "n/a".into())
         ));
-        line(format!(
+        out.push(format!(
             "  drain: {:.2} s from daemon start (streamed: the stream's start) to the last delivery = {:.0} events/s (raw messages / drain time)",
             self.drain_seconds, self.drain_events_per_s
         ));
-        for (name, t) in &self.targets {
-            let lat = t
-                .latency_ms_raw_publish_to_delivered
-                .as_ref()
-                .map(|l| format!("p50 {:.0} ms, p99 {:.0} ms", l.p50, l.p99))
-                .unwrap_or_else(|| "n/a".into());
-            let per_event = if t.expected > 0 {
-                format!("{:.2}", t.requests as f64 / t.expected as f64)
-            } else {
-                "n/a".into()
-            };
-            line(format!(
-                "  {name}: {} requests for {} routed merged events ({per_event} requests per routed merged event); raw publish -> delivered {lat}",
-                t.requests, t.expected
-            ));
-            if let Some(served) = t.served_per_s {
-                let allowed = match (t.allows_per_s, t.share_of_allowed) {
-                    (Some(a), Some(r)) => {
-                        format!(" of {a:.0} the target allows = {r:.2} (goal >= 0.9)")
-                    }
-                    _ => String::new(),
-                };
-                line(format!(
-                    "    served {served:.0} requests/s{allowed}; {} refused over its cap ({:.1} % of requests sent)",
-                    t.refused,
-                    t.refused_share * 100.0
-                ));
-            }
-            if let (Some(a), Some(r)) = (t.allowed_seconds, t.drain_vs_allowed) {
-                line(format!(
-                    "    drain vs what it allows: {:.2} s / {a:.2} s ({} routed records at its rate, or the stream's length) = {r:.2}x (goal <= 1.2)",
-                    self.drain_seconds, t.routed_records
-                ));
-            }
-            if t.failures() > 0 {
-                line(format!(
-                    "    missing {}, doubled {}, unexpected {}, out of order {}, unreadable {}",
-                    t.missing, t.doubled, t.unexpected, t.out_of_order, t.unreadable
-                ));
-            }
-        }
-        line(format!(
+    }
+
+    /// Peak RSS, CPU, retries and dead letters.
+    fn render_resources(&self, out: &mut Vec<String>) {
+        out.push(format!(
             "  daemon peak RSS (VmHWM of the child process): {}",
             self.daemon_peak_rss_mib
                 .map(|m| format!("{m:.1} MiB"))
@@ -255,19 +228,22 @@ impl Report {
                 ),
                 _ => String::new(),
             };
-            line(format!(
+            out.push(format!(
                 "  daemon CPU: {:.1} s = {:.3} s per 1,000 raw messages{floor}",
                 c.daemon_seconds, c.daemon_per_1000_events
             ));
         }
-        line(format!(
+        out.push(format!(
             "  drain CPU: {}",
             self.machine_cpu.render(self.drain_seconds)
         ));
-        line(format!(
+        out.push(format!(
             "  daemon retries: {}, dead letters: {}",
             self.daemon_retry_attempts, self.daemon_dead_letters
         ));
+    }
+
+    fn render_steps(&self, out: &mut Vec<String>) {
         for (stage, steps) in &self.steps {
             let total: f64 = steps.iter().map(|s| s.mean_ms).sum();
             let parts: Vec<String> = steps
@@ -275,44 +251,94 @@ impl Report {
                 .map(|s| format!("{} {:.2}", s.step, s.mean_ms))
                 .collect();
             let n = steps.first().map_or(0.0, |s| s.count);
-            line(format!(
+            out.push(format!(
                 "  steps {stage} (ms, mean of {n:.0}; total {total:.2}): {}",
                 parts.join(", ")
             ));
         }
-        match (&self.baseline_ack_only, self.ratio) {
-            (Some(b), Some(r)) => {
-                line(format!(
-                    "  ack-only baseline: {} messages ({} raw on the merge subscription + {} merged on each delivery subscription) in {:.2} s = {:.0} msg/s",
-                    b.messages, b.raw_messages, b.merged_messages_per_delivery_subscription, b.seconds, b.messages_per_s
-                ));
-                line(format!(
-                    "  ack-only CPU: {}",
-                    b.machine_cpu.render(b.seconds)
-                ));
-                line(format!(
-                    "  (before it, publishing the {} merged events: {})",
-                    b.merged_messages_per_delivery_subscription,
-                    b.merged_publish_cpu.render(b.merged_publish_seconds)
-                ));
-                line(format!(
-                    "  pipeline: the same {} messages in {:.2} s = {:.0} msg/s",
-                    b.messages, self.drain_seconds, self.pipeline_messages_per_s
-                ));
-                line(format!(
-                    "  ratio (pipeline msg/s / ack-only msg/s): {r:.2} (goal >= 0.8)"
-                ));
-            }
-            _ => line("  ack-only baseline: skipped".into()),
-        }
+    }
+
+    fn render_baseline(&self, out: &mut Vec<String>) {
+        let (Some(b), Some(r)) = (&self.baseline_ack_only, self.ratio) else {
+            out.push("  ack-only baseline: skipped".into());
+            return;
+        };
+        out.push(format!(
+            "  ack-only baseline: {} messages ({} raw on the merge subscription + {} merged on each delivery subscription) in {:.2} s = {:.0} msg/s",
+            b.messages, b.raw_messages, b.merged_messages_per_delivery_subscription, b.seconds, b.messages_per_s
+        ));
+        out.push(format!(
+            "  ack-only CPU: {}",
+            b.machine_cpu.render(b.seconds)
+        ));
+        out.push(format!(
+            "  (before it, publishing the {} merged events: {})",
+            b.merged_messages_per_delivery_subscription,
+            b.merged_publish_cpu.render(b.merged_publish_seconds)
+        ));
+        out.push(format!(
+            "  pipeline: the same {} messages in {:.2} s = {:.0} msg/s",
+            b.messages, self.drain_seconds, self.pipeline_messages_per_s
+        ));
+        out.push(format!(
+            "  ratio (pipeline msg/s / ack-only msg/s): {r:.2} (goal >= 0.8)"
+        ));
+    }
+
+    fn render_verdict(&self, out: &mut Vec<String>) {
         if self.failures == 0 {
-            line("  every routed field arrived at its merged value, versions in per-record order, none twice (exactly once per request), at both targets".into());
+            out.push("  every routed field arrived at its merged value, versions in per-record order, none twice (exactly once per request), at both targets".into());
         } else {
-            line(format!("  FAILED: {} problems", self.failures));
+            out.push(format!("  FAILED: {} problems", self.failures));
             for d in &self.failure_detail {
-                line(format!("    {d}"));
+                out.push(format!("    {d}"));
             }
         }
-        s
+    }
+}
+
+impl TargetReport {
+    /// One target's section: requests, pace against what it allows, problems.
+    fn render(&self, name: &str, drain_seconds: f64, out: &mut Vec<String>) {
+        let t = self;
+        let lat = t
+            .latency_ms_raw_publish_to_delivered
+            .as_ref()
+            .map(|l| format!("p50 {:.0} ms, p99 {:.0} ms", l.p50, l.p99))
+            .unwrap_or_else(|| "n/a".into());
+        let per_event = if t.expected > 0 {
+            format!("{:.2}", t.requests as f64 / t.expected as f64)
+        } else {
+            "n/a".into()
+        };
+        out.push(format!(
+            "  {name}: {} requests for {} routed merged events ({per_event} requests per routed merged event); raw publish -> delivered {lat}",
+            t.requests, t.expected
+        ));
+        if let Some(served) = t.served_per_s {
+            let allowed = match (t.allows_per_s, t.share_of_allowed) {
+                (Some(a), Some(r)) => {
+                    format!(" of {a:.0} the target allows = {r:.2} (goal >= 0.9)")
+                }
+                _ => String::new(),
+            };
+            out.push(format!(
+                "    served {served:.0} requests/s{allowed}; {} refused over its cap ({:.1} % of requests sent)",
+                t.refused,
+                t.refused_share * 100.0
+            ));
+        }
+        if let (Some(a), Some(r)) = (t.allowed_seconds, t.drain_vs_allowed) {
+            out.push(format!(
+                "    drain vs what it allows: {drain_seconds:.2} s / {a:.2} s ({} routed records at its rate, or the stream's length) = {r:.2}x (goal <= 1.2)",
+                t.routed_records
+            ));
+        }
+        if t.failures() > 0 {
+            out.push(format!(
+                "    missing {}, doubled {}, unexpected {}, out of order {}, unreadable {}",
+                t.missing, t.doubled, t.unexpected, t.out_of_order, t.unreadable
+            ));
+        }
     }
 }
