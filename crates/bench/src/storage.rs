@@ -158,6 +158,8 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
         account_concurrency: None,
         coalesce: None,
         netsuite_like: false,
+        replicas: 1,
+        kill_one_after: None,
         json: false,
         seed: args.seed,
     };

@@ -8,11 +8,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use std::collections::HashMap;
+
 use super::super::merge;
+use super::checks::check_target;
 use super::report::StepMean;
 use super::stand_in::StandIn;
 use super::Scratch;
 use backbone::config::Settings;
+use backbone::model::raw_event::Source;
+use backbone::store::Store;
 use backbone::topology::ConsumerKind;
 
 pub(super) struct DaemonWiring<'a> {
@@ -218,11 +223,59 @@ pub(super) struct Drained {
     pub(super) ready: Option<Instant>,
     /// When the scrape showed everything finished (up to 200 ms late).
     pub(super) done: Instant,
+    /// When a replica was SIGKILLed (`--kill-one-after`).
+    pub(super) killed: Option<Instant>,
+}
+
+/// How the drain's end is recognised.
+pub(super) enum Completion<'a> {
+    /// The one daemon's metrics: every message finished on every stage.
+    Metrics,
+    /// Several replicas (one maybe killed, its counters gone with it): the
+    /// database holds every merged event and nothing pending, and each
+    /// stand-in holds every record's merged state (P2 already true).
+    Stored { db_url: &'a str, unique: usize },
+}
+
+impl Completion<'_> {
+    async fn done(
+        &self,
+        stand_ins: [&StandIn; 2],
+        store: &mut Option<Store>,
+    ) -> anyhow::Result<bool> {
+        let Completion::Stored { db_url, unique } = self else {
+            return Ok(false);
+        };
+        if store.is_none() {
+            *store = Some(Store::connect(db_url, 1, Duration::from_secs(10)).await?);
+        }
+        let Some(store) = store.as_ref() else {
+            return Ok(false);
+        };
+        let merged = store.merged_all().await?;
+        if merged.len() < *unique || store.pending_count().await? > 0 {
+            return Ok(false);
+        }
+        for (target, s) in Source::ALL.into_iter().zip(stand_ins) {
+            let seen = check_target(
+                target,
+                &merged,
+                &s.arrivals(),
+                s.unreadable(),
+                &HashMap::new(),
+            )?;
+            if seen.missing > 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// Waits until the merge consumer finished every raw message, every merged
 /// event was published, and both delivery consumers finished every merged
 /// event (delivered or skipped): then every delivery there is has arrived.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn wait_drained(
     watch: &Watch,
     scratch: &mut Scratch,
@@ -230,16 +283,36 @@ pub(super) async fn wait_drained(
     unique: usize,
     stand_ins: [&StandIn; 2],
     stall_timeout: Duration,
+    done_by: Completion<'_>,
+    kill_at: Option<Instant>,
 ) -> anyhow::Result<Drained> {
     let mut ready = None;
+    let mut killed = None;
+    let mut store = None;
     let mut progress = (0.0f64, 0usize);
     let mut last_progress = Instant::now();
+    let mut polls = 0u64;
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        if let Some(child) = scratch.daemon.as_mut() {
+        polls += 1;
+        if killed.is_none() && kill_at.is_some_and(|at| Instant::now() >= at) {
+            killed = kill_one(scratch).await;
+        }
+        for child in scratch.daemon.iter_mut().chain(scratch.replicas.iter_mut()) {
             if let Some(status) = child.try_wait()? {
-                bail!("the daemon exited during the drain ({status})");
+                bail!("a daemon exited during the drain ({status})");
             }
+        }
+        // Reading every merged event is heavier than a scrape: once a second.
+        if polls.is_multiple_of(5) && done_by.done(stand_ins, &mut store).await? {
+            if let Some(s) = store.take() {
+                s.close().await;
+            }
+            return Ok(Drained {
+                ready,
+                done: Instant::now(),
+                killed,
+            });
         }
         if ready.is_none() && watch.ready().await {
             ready = Some(Instant::now());
@@ -260,13 +333,15 @@ pub(super) async fn wait_drained(
                 )
             })
             .collect();
-        if merged_in >= raw_messages as f64
+        if matches!(done_by, Completion::Metrics)
+            && merged_in >= raw_messages as f64
             && published >= unique as f64
             && delivered.iter().all(|d| *d >= published)
         {
             return Ok(Drained {
                 ready,
                 done: Instant::now(),
+                killed,
             });
         }
         let all: f64 = processed_total(&text);
@@ -284,6 +359,18 @@ pub(super) async fn wait_drained(
             );
         }
     }
+}
+
+/// SIGKILLs the first extra replica (tokio's kill is SIGKILL on Unix: no
+/// chance to hand anything back); when it died.
+async fn kill_one(scratch: &mut Scratch) -> Option<Instant> {
+    if scratch.replicas.is_empty() {
+        return None;
+    }
+    let mut child = scratch.replicas.remove(0);
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    Some(Instant::now())
 }
 
 fn processed_total(text: &str) -> f64 {

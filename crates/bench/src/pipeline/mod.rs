@@ -80,6 +80,16 @@ pub struct Args {
     /// Use with e.g. `--events 20000 --records 1000`: 20 changes per record.
     #[arg(long)]
     pub netsuite_like: bool,
+    /// Daemons sharing the database and subscriptions, as replicas of a
+    /// deployment do. With more than one, the drain ends when the stand-ins
+    /// hold every record's merged state (read from the database), not when
+    /// one daemon's metrics say so.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    pub replicas: u16,
+    /// SIGKILL one replica this long after the daemons started (needs
+    /// `--replicas` 2 or more): what it held must be taken over.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub kill_one_after: Option<Duration>,
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
@@ -107,6 +117,9 @@ use self::steps::{build_report, check, drain, publish_and_start, set_up, Stored}
 #[derive(Default)]
 pub(super) struct Scratch {
     daemon: Option<tokio::process::Child>,
+    /// `--replicas` beyond the first (whose metrics are watched); the first
+    /// of them is the one `--kill-one-after` kills.
+    replicas: Vec<tokio::process::Child>,
     /// The daemon's database, for a caller that reads it before teardown
     /// (`bench storage`).
     pub(super) db_url: Option<String>,
@@ -119,7 +132,12 @@ pub(super) struct Scratch {
 
 impl Scratch {
     async fn stop_daemon(&mut self) {
-        if let Some(mut child) = self.daemon.take() {
+        let children = self
+            .daemon
+            .take()
+            .into_iter()
+            .chain(self.replicas.drain(..));
+        for mut child in children.collect::<Vec<_>>() {
             let _ = child.start_kill();
             let _ = child.wait().await;
         }
@@ -179,6 +197,9 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
     }
     if args.events == 0 || args.records == 0 {
         bail!("--events and --records must be at least 1");
+    }
+    if args.kill_one_after.is_some() && args.replicas < 2 {
+        bail!("--kill-one-after needs --replicas 2 or more (one must survive)");
     }
     let ep = app::endpoint(&settings);
     let mut scratch = Scratch::default();

@@ -141,6 +141,10 @@ pub(super) struct StepMean {
 #[derive(Debug, Serialize)]
 pub(crate) struct Report {
     pub(crate) database: String,
+    /// Daemons sharing the work (`--replicas`).
+    pub(crate) replicas: u16,
+    /// `--kill-one-after`: when one of them was SIGKILLed.
+    pub(crate) killed_replica_after_seconds: Option<f64>,
     pub(crate) records: usize,
     /// Unique raw events; `raw_messages` adds the duplicates.
     pub(crate) events: usize,
@@ -207,6 +211,15 @@ impl Report {
                 .map(|s| format!("{s:.2} s"))
                 .unwrap_or_else(|| "n/a".into())
         ));
+        if self.replicas > 1 {
+            out.push(format!(
+                "  {} replicas sharing the database and subscriptions; {}",
+                self.replicas,
+                self.killed_replica_after_seconds
+                    .map(|s| format!("one SIGKILLed {s:.1} s after the start"))
+                    .unwrap_or_else(|| "none killed".into())
+            ));
+        }
         out.push(format!(
             "  drain: {:.2} s from daemon start (streamed: the stream's start) to the last delivery = {:.0} events/s (raw messages / drain time)",
             self.drain_seconds, self.drain_events_per_s

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use super::super::merge;
 use super::checks::check_target;
-use super::daemon::{counter_sum, spawn_daemon, step_means, wait_drained, DaemonWiring, Watch};
+use super::daemon::{
+    counter_sum, spawn_daemon, step_means, wait_drained, Completion, DaemonWiring, Watch,
+};
 use super::publish::{bursts, publish_backlog, publish_stream};
 use super::report::{self, Baseline, Report, TargetReport};
 use super::stand_in::{Limits, Refusal, StandIn};
@@ -144,24 +146,31 @@ pub(super) async fn publish_and_start(
     let log = setup.dir.join("daemon.log");
     scratch.daemon_log = Some(log.clone());
     let started = Instant::now();
-    let child = spawn_daemon(
-        settings,
-        &DaemonWiring {
-            project: &setup.topo.project_id,
-            db_url: &setup.db_url,
-            netsuite: &setup.netsuite.url(),
-            suitex: &setup.suitex.url(),
-            metrics: metrics_addr,
-            admin: free_addr()?,
-            dir: &setup.dir,
-            log: &log,
-            netsuite_errors: args.netsuite_refusal == Refusal::Netsuite400,
-            account_concurrency: args.account_concurrency,
-            coalesce: args.coalesce,
-        },
-    )?;
+    let wiring = |metrics: SocketAddr, log: PathBuf| -> anyhow::Result<tokio::process::Child> {
+        spawn_daemon(
+            settings,
+            &DaemonWiring {
+                project: &setup.topo.project_id,
+                db_url: &setup.db_url,
+                netsuite: &setup.netsuite.url(),
+                suitex: &setup.suitex.url(),
+                metrics,
+                admin: free_addr()?,
+                dir: &setup.dir,
+                log: &log,
+                netsuite_errors: args.netsuite_refusal == Refusal::Netsuite400,
+                account_concurrency: args.account_concurrency,
+                coalesce: args.coalesce,
+            },
+        )
+    };
+    let child = wiring(metrics_addr, log)?;
     let pid = child.id();
     scratch.daemon = Some(child);
+    for i in 1..args.replicas {
+        let log = setup.dir.join(format!("daemon-{i}.log"));
+        scratch.replicas.push(wiring(free_addr()?, log)?);
+    }
     let cpu_at_start = MachineCpu::now(pid);
     let stream = args.stream_records_per_s.map(|rate| {
         let (p, b) = (publishers.clone(), bursts(&setup.gens));
@@ -203,6 +212,8 @@ pub(super) struct Drain {
     machine_cpu: MachineCpu,
     /// The daemon's last /metrics.
     final_metrics: String,
+    /// When `--kill-one-after` killed a replica, seconds after the start.
+    killed_after: Option<f64>,
 }
 
 pub(super) async fn drain(
@@ -222,6 +233,14 @@ pub(super) async fn drain(
             setup.topo.subscription_id(ConsumerKind::Suitex),
         ],
     };
+    let done_by = if args.replicas > 1 {
+        Completion::Stored {
+            db_url: &setup.db_url,
+            unique: setup.gens.len(),
+        }
+    } else {
+        Completion::Metrics
+    };
     let drained = wait_drained(
         &watch,
         scratch,
@@ -229,6 +248,8 @@ pub(super) async fn drain(
         setup.gens.len(),
         [&setup.netsuite, &setup.suitex],
         args.stall_timeout,
+        done_by,
+        args.kill_one_after.map(|d| s.started + d),
     )
     .await?;
     let mut published_at = s.published_at;
@@ -264,6 +285,9 @@ pub(super) async fn drain(
         daemon_cpu,
         machine_cpu,
         final_metrics,
+        killed_after: drained
+            .killed
+            .map(|k| k.duration_since(s.started).as_secs_f64()),
     })
 }
 
@@ -383,6 +407,8 @@ pub(super) fn build_report(
     let metrics = &drain.final_metrics;
     Report {
         database: args.database.clone(),
+        replicas: args.replicas,
+        killed_replica_after_seconds: drain.killed_after,
         records: args.records,
         events: setup.gens.len(),
         duplicates: setup.duplicates,
