@@ -9,19 +9,12 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use maud::html;
 
+// Re-exported: the page handlers take `auth::Authed` with `auth::PostForm`.
+pub use super::authed::Authed;
 use super::form::{Fields, BODY_MAX};
 use super::layout;
-use super::session::{self, Keys, Session};
+use super::session::{self, Keys};
 use super::{forbidden, over_https, redirect, Console};
-
-/// A request with a valid session.
-pub struct Authed {
-    pub session: Session,
-    /// The CSRF token the page's forms carry.
-    pub csrf: String,
-    /// The flash message the previous action left, if any.
-    pub flash: Option<String>,
-}
 
 impl FromRequestParts<Console> for Authed {
     type Rejection = Response;

@@ -5,7 +5,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use maud::{html, Markup, DOCTYPE};
 
-use super::auth::Authed;
+use super::authed::Authed;
 use super::session;
 
 /// The console's only stylesheet, compiled in (no CDN, no web font).

@@ -11,6 +11,7 @@
 
 pub mod actions;
 mod auth;
+mod authed;
 mod dead_letters;
 mod form;
 mod layout;

@@ -3,32 +3,31 @@
 //! conflict on the field (winner, loser, rule, why), and per target whether
 //! and when that value was delivered.
 //!
-//! Conflicts are not stored with the event that held the field, so they are
-//! derived by replaying the record's immutable events through the live merge
-//! rules ([`history::fold_each`]); each one is checked against the merged
-//! event stored for its sequence, and any disagreement (e.g. a merge policy
-//! changed since) is reported as a warning, never papered over. Deliveries
-//! come from the audit rows the delivery and park stages write.
-//!
-//! [`explain`] is pure (facts in, explanation out); [`explain_record`] reads
-//! the facts first.
+//! Facts in, explanation out: [`explain_record`] reads what is stored about
+//! the record, [`explain`] (pure) derives the explanation in steps: replaying
+//! the immutable events through the live merge rules (`replay`: who holds
+//! each field, every conflict, each checked against the merged event stored
+//! for its sequence), comparing the result with the live projection, and
+//! reading each target's deliveries from the audit rows (`delivery`). Any
+//! disagreement (e.g. a merge policy changed since) is reported as a
+//! warning, never papered over. [`text`] renders an explanation for people.
 
+mod delivery;
+mod replay;
 pub mod text;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::history::{self, HistoryError};
-use crate::model::fingerprint::format_timestamp;
-use crate::model::merged_event::MergedEvent;
+use self::delivery::AuditIndex;
+use self::replay::{Held, Replayed};
+use crate::history::HistoryError;
 use crate::model::raw_event::Source;
-use crate::model::rules::{Conflict, ConflictPolicy, MergePolicy};
-use crate::stages::deliver::stage_name;
-use crate::store::explain::{AuditFact, RecordFacts};
+use crate::model::rules::{ConflictPolicy, MergePolicy, RecordState};
+use crate::store::explain::RecordFacts;
 use crate::store::{Store, StoreError};
-use crate::topology::StageName;
 
 /// Why an explanation could not be given.
 #[derive(Debug, thiserror::Error)]
@@ -201,13 +200,6 @@ pub async fn explain_record(
     explain(record_type, record_id, &facts, policy, field)
 }
 
-/// The field's holder during the replay.
-#[derive(Clone)]
-struct Held {
-    event: EventRef,
-    value: Value,
-}
-
 /// Explains a record from its stored facts (pure).
 pub fn explain(
     record_type: &str,
@@ -223,166 +215,105 @@ pub fn explain(
         });
     }
     let mut warnings = Vec::new();
-    let stored = stored_conflicts(facts, &mut warnings);
-
-    let mut held: HashMap<String, Held> = HashMap::new();
-    // Archived history (docs/spec.md §6.1): the replay starts at the checkpoint, whose
-    // fields name the archive segment instead of the event that set them.
-    let (start, events) = history::from_checkpoint(facts.checkpoint.clone(), &facts.events, None)?;
-    if start.1 > 0 {
-        let segment = facts
-            .checkpoint
-            .as_ref()
-            .map(|c| c.segment_id.clone())
-            .unwrap_or_default();
-        warnings.push(format!(
-            "events up to sequence {} are archived (segment {segment}): fields last set by them \
-             are explained from its checkpoint; `event-backbone archive restore --segment \
-             {segment}` brings them back",
-            start.1
-        ));
-        for (f, fs) in &start.0.fields {
-            held.insert(
-                f.clone(),
-                Held {
-                    event: EventRef {
-                        event_id: format!("archived:{segment}"),
-                        sequence_num: start.1,
-                        version: fs.version,
-                        source: fs.source,
-                        timestamp: format_timestamp(&fs.timestamp),
-                    },
-                    value: fs.value.clone(),
-                },
-            );
-        }
-    }
-    let mut conflicts: BTreeMap<String, Vec<ConflictView>> = BTreeMap::new();
-    let (state, last_seq) = history::fold_each_from(start, events, policy, |e, inc, r| {
-        let me = EventRef {
-            event_id: e.id.clone(),
-            sequence_num: e.sequence_num,
-            version: r.version,
-            source: inc.source,
-            timestamp: format_timestamp(&inc.timestamp),
-        };
-        for c in &r.conflicts {
-            let Some(h) = held.get(&c.field) else {
-                // The rules only report a conflict on a field that has a value.
-                warnings.push(format!(
-                    "sequence {}: conflict on `{}` with no earlier value in the replay",
-                    e.sequence_num, c.field
-                ));
-                continue;
-            };
-            let incoming = Side {
-                role: "incoming",
-                event: me.clone(),
-                value: c.incoming.clone(),
-            };
-            let holder = Side {
-                role: "held",
-                event: h.event.clone(),
-                value: h.value.clone(),
-            };
-            let (winner, loser) = if r.applied.contains_key(&c.field) {
-                (incoming, holder)
-            } else {
-                (holder, incoming)
-            };
-            let recorded = match stored.get(&e.sequence_num) {
-                None => false,
-                Some(recorded) => {
-                    let same = recorded.iter().any(|s| same_resolution(s, c));
-                    if !same {
-                        warnings.push(format!(
-                            "sequence {}: the stored merged event resolved `{}` differently \
-                             than a replay under the configured merge policy ({} won); \
-                             was the policy changed since?",
-                            e.sequence_num, c.field, c.winner
-                        ));
-                    }
-                    same
-                }
-            };
-            conflicts
-                .entry(c.field.clone())
-                .or_default()
-                .push(ConflictView {
-                    sequence_num: e.sequence_num,
-                    rule: c.rule,
-                    why: why(c.rule, &winner, &loser, policy),
-                    winner,
-                    loser,
-                    decided_current_value: false,
-                    recorded,
-                });
-        }
-        for (f, v) in &r.applied {
-            held.insert(
-                f.clone(),
-                Held {
-                    event: me.clone(),
-                    value: v.clone(),
-                },
-            );
-        }
-    })?;
-
-    if let Some(p) = &facts.projection {
-        let drifted: Vec<&String> = p
-            .state
-            .fields
-            .keys()
-            .chain(state.fields.keys())
-            .filter(|f| p.state.fields.get(*f) != state.fields.get(*f))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if p.version != state.version || !drifted.is_empty() {
-            warnings.push(format!(
-                "the live projection (version {}) disagrees with the replay (version {}){}; \
-                 run `event-backbone verify`",
-                p.version,
-                state.version,
-                if drifted.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        " on {}",
-                        drifted
-                            .iter()
-                            .map(|f| format!("`{f}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                }
-            ));
-        }
-    } else if !facts.events.is_empty() {
-        warnings.push("the record has events but no live projection row".into());
-    }
-
+    let Replayed {
+        held,
+        conflicts,
+        state,
+        last_seq,
+    } = replay::replay(facts, policy, &mut warnings)?;
+    warnings.extend(projection_drift(facts, &state));
     if let Some(f) = field {
-        if !held.contains_key(f) {
-            let mut names: Vec<&str> = held.keys().map(String::as_str).collect();
-            names.sort_unstable();
-            return Err(ExplainError::UnknownField {
-                record_type: record_type.to_string(),
-                record_id: record_id.to_string(),
-                field: f.to_string(),
-                available: if names.is_empty() {
-                    "none".into()
-                } else {
-                    names.join(", ")
-                },
-            });
-        }
+        known_field(record_type, record_id, f, &held)?;
     }
+    let fields = field_explanations(facts, &held, conflicts, field);
+    Ok(Explanation {
+        record_type: record_type.to_string(),
+        record_id: record_id.to_string(),
+        version: state.version,
+        last_seq,
+        events: facts.events.len(),
+        pending: facts.projection.as_ref().map_or(0, |p| p.pending),
+        policy: PolicyView {
+            conflict_policy: policy.conflict_policy,
+            source_priority: policy.source_priority.clone(),
+        },
+        fields,
+        warnings,
+    })
+}
 
+/// Where the live projection disagrees with the replay, in words (none
+/// when they agree).
+fn projection_drift(facts: &RecordFacts, state: &RecordState) -> Option<String> {
+    let Some(p) = &facts.projection else {
+        return (!facts.events.is_empty())
+            .then(|| "the record has events but no live projection row".into());
+    };
+    let drifted: BTreeSet<&String> = p
+        .state
+        .fields
+        .keys()
+        .chain(state.fields.keys())
+        .filter(|f| p.state.fields.get(*f) != state.fields.get(*f))
+        .collect();
+    if p.version == state.version && drifted.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "the live projection (version {}) disagrees with the replay (version {}){}; \
+         run `event-backbone verify`",
+        p.version,
+        state.version,
+        if drifted.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " on {}",
+                drifted
+                    .iter()
+                    .map(|f| format!("`{f}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    ))
+}
+
+/// The asked field must have a value; the error lists those that do.
+fn known_field(
+    record_type: &str,
+    record_id: &str,
+    field: &str,
+    held: &HashMap<String, Held>,
+) -> Result<(), ExplainError> {
+    if held.contains_key(field) {
+        return Ok(());
+    }
+    let mut names: Vec<&str> = held.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    Err(ExplainError::UnknownField {
+        record_type: record_type.to_string(),
+        record_id: record_id.to_string(),
+        field: field.to_string(),
+        available: if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        },
+    })
+}
+
+/// Each field (or only `field`) with its conflicts and where each target
+/// stands with its value.
+fn field_explanations(
+    facts: &RecordFacts,
+    held: &HashMap<String, Held>,
+    mut conflicts: BTreeMap<String, Vec<ConflictView>>,
+    field: Option<&str>,
+) -> BTreeMap<String, FieldExplanation> {
     let audit = AuditIndex::new(facts);
     let mut fields = BTreeMap::new();
-    for (name, h) in &held {
+    for (name, h) in held {
         if field.is_some_and(|f| f != name) {
             continue;
         }
@@ -404,227 +335,14 @@ pub fn explain(
             },
         );
     }
-
-    Ok(Explanation {
-        record_type: record_type.to_string(),
-        record_id: record_id.to_string(),
-        version: state.version,
-        last_seq,
-        events: facts.events.len(),
-        pending: facts.projection.as_ref().map_or(0, |p| p.pending),
-        policy: PolicyView {
-            conflict_policy: policy.conflict_policy,
-            source_priority: policy.source_priority.clone(),
-        },
-        fields,
-        warnings,
-    })
-}
-
-/// The conflicts of each stored merged event, by sequence.
-fn stored_conflicts(
-    facts: &RecordFacts,
-    warnings: &mut Vec<String>,
-) -> HashMap<i64, Vec<Conflict>> {
-    let mut out = HashMap::new();
-    for m in &facts.merged {
-        match serde_json::from_str::<MergedEvent>(&m.payload) {
-            Ok(ev) => {
-                out.insert(m.sequence_num, ev.conflicts);
-            }
-            Err(e) => warnings.push(format!(
-                "the stored merged event at sequence {} is unreadable: {e}",
-                m.sequence_num
-            )),
-        }
-    }
-    out
-}
-
-fn same_resolution(a: &Conflict, b: &Conflict) -> bool {
-    a.field == b.field && a.winner == b.winner && a.kept == b.kept && a.rule == b.rule
-}
-
-/// What made the winner win, in words. The decision itself was made by the
-/// merge rules during the replay; this only names the deciding fact.
-fn why(rule: ConflictPolicy, winner: &Side, loser: &Side, policy: &MergePolicy) -> String {
-    let (w, l) = (&winner.event, &loser.event);
-    let first_in_priority = || {
-        format!(
-            "{} comes before {} in merge.source_priority",
-            w.source, l.source
-        )
-    };
-    match rule {
-        ConflictPolicy::LastWriterWins => {
-            if w.timestamp > l.timestamp {
-                format!(
-                    "the later timestamp wins ({} is after {})",
-                    w.timestamp, l.timestamp
-                )
-            } else if w.timestamp == l.timestamp && w.source != l.source {
-                format!("same timestamp; {}", first_in_priority())
-            } else if w.timestamp == l.timestamp {
-                "same timestamp and source: the incoming write stands".into()
-            } else {
-                // Not a decision the rules make: say so rather than invent a reason.
-                format!(
-                    "unexpected: {} has the earlier timestamp under {}",
-                    w.source,
-                    policy.conflict_policy.as_str()
-                )
-            }
-        }
-        ConflictPolicy::SourcePriority => {
-            if w.source != l.source {
-                first_in_priority()
-            } else {
-                "same source: the later write stands".into()
-            }
-        }
-    }
-}
-
-/// The record's audit rows about deliveries, by the position of the merged
-/// event they concern.
-struct AuditIndex<'a> {
-    /// (position, row) of `deliver.*` rows and of `park` rows of deliveries.
-    rows: Vec<(i64, &'a AuditFact)>,
-}
-
-impl<'a> AuditIndex<'a> {
-    fn new(facts: &'a RecordFacts) -> Self {
-        let seq_of_id: HashMap<&str, i64> = facts
-            .events
-            .iter()
-            .map(|e| (e.id.as_str(), e.sequence_num))
-            .collect();
-        // A merged event carries its raw event's fingerprint; park rows name
-        // only the fingerprint.
-        let seq_of_fp: HashMap<&str, i64> = facts
-            .audit
-            .iter()
-            .filter(|a| a.stage == StageName::Merge.as_str() && a.claim)
-            .filter_map(|a| {
-                let seq = seq_of_id.get(a.event_id.as_deref()?)?;
-                Some((a.fingerprint.as_str(), *seq))
-            })
-            .collect();
-        let rows = facts
-            .audit
-            .iter()
-            .filter_map(|a| {
-                let seq = if a.stage.starts_with("deliver.") {
-                    seq_of_id.get(a.event_id.as_deref()?)
-                } else if a.stage == StageName::Park.as_str() {
-                    seq_of_fp.get(a.fingerprint.as_str())
-                } else {
-                    None
-                }?;
-                Some((*seq, a))
-            })
-            .collect();
-        Self { rows }
-    }
-
-    /// Rows about `target`, in insertion order.
-    fn about(&self, target: Source) -> impl Iterator<Item = &(i64, &'a AuditFact)> + '_ {
-        let stage = stage_name(target);
-        self.rows.iter().filter(move |(_, a)| {
-            a.stage == stage
-                || (a.stage == StageName::Park.as_str()
-                    && a.detail
-                        .as_ref()
-                        .and_then(|d| d.get("stage"))
-                        .and_then(Value::as_str)
-                        == Some(stage))
-        })
-    }
-
-    /// Whether `target` has the value `h` set. A delivery at position q
-    /// carries everything routed to the target after its previous
-    /// acknowledgement (docs/spec.md §4.1), so the first acknowledgement at or after
-    /// the position from which the target needed the value delivered it.
-    fn delivery(&self, target: Source, h: &Held, conflicts: &[ConflictView]) -> TargetDelivery {
-        let set = h.event.sequence_num;
-        let mut need = (h.event.source != target).then_some(set);
-        // A later change of the target's own that lost to the other source:
-        // it must learn the value again (as routing decides: a conflict the
-        // target lost to itself is not sent back to it).
-        for c in conflicts {
-            if c.sequence_num > set
-                && c.loser.event.source == target
-                && c.winner.event.source != target
-            {
-                need = Some(need.map_or(c.sequence_num, |n| n.max(c.sequence_num)));
-            }
-        }
-        let Some(need) = need else {
-            return TargetDelivery {
-                status: DeliveryStatus::NotNeeded,
-                needed_since: None,
-                delivered: None,
-                last_attempt: None,
-            };
-        };
-        // A request carries every version up to its `through` (a burst sent
-        // as one request, docs/spec.md §4.1): it delivered what was needed by then.
-        let relevant: Vec<&(i64, &AuditFact)> = self
-            .about(target)
-            .filter(|(seq, a)| *seq >= need || detail_i64(a, "through").is_some_and(|t| t >= need))
-            .collect();
-        if let Some((seq, a)) = relevant
-            .iter()
-            .find(|(_, a)| a.stage == stage_name(target) && a.outcome == "delivered")
-        {
-            return TargetDelivery {
-                status: DeliveryStatus::Delivered,
-                needed_since: Some(need),
-                delivered: Some(Delivered {
-                    at: a.created_at.clone(),
-                    event_id: a.event_id.clone().unwrap_or_default(),
-                    sequence_num: *seq,
-                    version: detail_i64(a, "version").unwrap_or_default(),
-                    audit_id: a.id,
-                }),
-                last_attempt: None,
-            };
-        }
-        let last = relevant.last().map(|(seq, a)| Attempt {
-            stage: a.stage.clone(),
-            outcome: a.outcome.clone(),
-            at: a.created_at.clone(),
-            sequence_num: *seq,
-            error: a
-                .detail
-                .as_ref()
-                .and_then(|d| d.get("error"))
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            audit_id: a.id,
-        });
-        let status = match last.as_ref().map(|l| l.outcome.as_str()) {
-            Some("parked" | "permanent" | "invalid") => DeliveryStatus::DeadLettered,
-            Some("transient") => DeliveryStatus::Retrying,
-            _ => DeliveryStatus::NotDelivered,
-        };
-        TargetDelivery {
-            status,
-            needed_since: Some(need),
-            delivered: None,
-            last_attempt: last,
-        }
-    }
-}
-
-fn detail_i64(a: &AuditFact, key: &str) -> Option<i64> {
-    a.detail.as_ref()?.get(key)?.as_i64()
+    fields
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::explain::MergedFact;
+    use crate::history;
+    use crate::store::explain::{AuditFact, MergedFact};
     use crate::store::ledger::{StateRow, StoredEvent};
     use serde_json::json;
 
@@ -999,40 +717,6 @@ mod tests {
         let mut facts = worked_example();
         facts.events.remove(3);
         assert!(matches!(run(&facts, None), Err(ExplainError::Replay(_))));
-    }
-
-    #[test]
-    fn why_names_the_deciding_fact() {
-        let side = |source, ts: &str| Side {
-            role: "held",
-            event: EventRef {
-                event_id: "e".into(),
-                sequence_num: 1,
-                version: 1,
-                source,
-                timestamp: ts.into(),
-            },
-            value: json!(1),
-        };
-        let p = MergePolicy::default();
-        let t = "2026-03-13T10:00:00.000000Z";
-        let w = why(
-            ConflictPolicy::LastWriterWins,
-            &side(Source::Netsuite, t),
-            &side(Source::Suitex, t),
-            &p,
-        );
-        assert_eq!(
-            w,
-            "same timestamp; netsuite comes before suitex in merge.source_priority"
-        );
-        let w = why(
-            ConflictPolicy::SourcePriority,
-            &side(Source::Suitex, t),
-            &side(Source::Suitex, t),
-            &p,
-        );
-        assert!(w.contains("same source"), "{w}");
     }
 
     #[test]

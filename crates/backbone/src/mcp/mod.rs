@@ -7,13 +7,14 @@
 //! Two transports, one server ([`server::McpServer`], built on the
 //! official Rust SDK `rmcp`): stdio (`event-backbone mcp`, the operator's
 //! own credentials) and streamable HTTP at `/mcp` on the admin listener
-//! ([`http::service`], behind the admin bearer token). The tools' logic
-//! lives in [`tools`] and [`status`] as methods of [`Ctx`], reusing
-//! `history`, `explain`, `dlq` and the store; `server` only wraps them.
+//! ([`http::service`], behind the admin bearer token). Each tool is a file
+//! of [`tools`]: its types, its description, and its logic (a method of
+//! [`Ctx`] reusing `history`, `explain`, `dlq` and the store, or a call into
+//! `ops`); `pipeline_status` gathers its answer in [`status`]; `server`
+//! routes.
 
 pub mod catalog;
 pub mod http;
-pub mod ops_tools;
 pub mod server;
 pub mod status;
 pub mod tools;
