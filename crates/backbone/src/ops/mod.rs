@@ -1,6 +1,6 @@
 //! Operator actions (docs/spec.md §7.1): one implementation, four front
 //! doors — the CLI (`commands::dlq`, `commands::targets`), the admin API
-//! (`admin_ops`), MCP (`mcp::ops_tools`) and the console all call these
+//! (`admin_ops`), MCP (`mcp::tools`) and the console all call these
 //! functions with typed requests and get typed, `Serialize` reports.
 //!
 //! Public signatures (the console calls exactly these):
