@@ -3,6 +3,7 @@
 
 use std::sync::OnceLock;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -10,54 +11,146 @@ use prometheus::{
 
 use crate::topology::StageName;
 
-pub struct Metrics {
-    pub registry: Registry,
-    pub messages_received: IntCounterVec,
-    pub messages_processed: IntCounterVec,
-    pub processing_duration: HistogramVec,
-    pub published: IntCounterVec,
-    pub publish_errors: IntCounterVec,
-    pub retry_attempts: IntCounterVec,
-    pub dead_letters: IntCounterVec,
-    pub dead_letters_parked: IntGauge,
-    pub park_failures: IntCounterVec,
-    pub dead_letters_unparked: IntGauge,
-    pub dlq_replayed: IntCounter,
-    pub merge_conflicts: IntCounterVec,
-    pub inflight: IntGaugeVec,
-    pub consumer_up: IntGaugeVec,
-    pub consumer_restarts: IntCounterVec,
+/// Declares every metric once: each entry is a field of [`Metrics`] and the
+/// metric behind it (name without the `backbone_` namespace, help, labels,
+/// histogram buckets), registered in this order.
+macro_rules! metrics_table {
+    (@buckets) => { &[] };
+    (@buckets $buckets:expr) => { $buckets };
+    ($(
+        $(#[$doc:meta])*
+        $field:ident: $ty:ty = $name:literal, $help:literal
+            $(, labels: [$($label:literal),*])?
+            $(, buckets: $buckets:expr)?;
+    )*) => {
+        pub struct Metrics {
+            pub registry: Registry,
+            $($(#[$doc])* pub $field: $ty,)*
+        }
+
+        impl Metrics {
+            /// Every metric of the table, registered in `registry`.
+            fn declare(registry: Registry) -> Result<Self, prometheus::Error> {
+                Ok(Metrics {
+                    $($field: register(
+                        &registry,
+                        <$ty as Declare>::declare(&Spec {
+                            name: $name,
+                            help: $help,
+                            labels: &[$($($label),*)?],
+                            buckets: metrics_table!(@buckets $($buckets)?),
+                        })?,
+                    )?,)*
+                    registry,
+                })
+            }
+        }
+    };
+}
+
+metrics_table! {
+    messages_received: IntCounterVec = "messages_received_total",
+        "Messages received from a subscription.",
+        labels: ["subscription"];
+    messages_processed: IntCounterVec = "messages_processed_total",
+        "Messages finished, by outcome (merged, pending, noop, duplicate, delivered, superseded, skipped, parked, retried, dead_lettered, nacked).",
+        labels: ["subscription", "outcome"];
+    processing_duration: HistogramVec = "processing_duration_seconds",
+        "Time from receiving a message to acking or nacking it.",
+        labels: ["subscription"], buckets: LATENCY_BUCKETS;
+    published: IntCounterVec = "published_total", "Messages published.", labels: ["topic"];
+    publish_errors: IntCounterVec = "publish_errors_total",
+        "Publishes that failed or were refused.",
+        labels: ["topic"];
+    retry_attempts: IntCounterVec = "retry_attempts_total",
+        "Failed executions routed to the retry path.",
+        labels: ["stage"];
+    dead_letters: IntCounterVec = "dead_letters_total",
+        "Messages sent to the dead-letter topic.",
+        labels: ["stage", "reason"];
+    dead_letters_parked: IntGauge = "dead_letters_parked",
+        "Parked dead letters not yet replayed.";
+    park_failures: IntCounterVec = "park_failures_total",
+        "Dead letters the park stage could not write, by store error class (database outages excluded).",
+        labels: ["class"];
+    dead_letters_unparked: IntGauge = "dead_letters_unparked",
+        "Dead letters that keep failing to park and are held in the dlq subscription.";
+    dlq_replayed: IntCounter = "dlq_replayed_total", "Dead letters replayed.";
+    merge_conflicts: IntCounterVec = "merge_conflicts_total",
+        "Conflicts resolved by the merge stage.",
+        labels: ["record_type", "rule"];
+    inflight: IntGaugeVec = "inflight_messages",
+        "Messages received and not yet acked or nacked.",
+        labels: ["subscription"];
+    consumer_up: IntGaugeVec = "consumer_up",
+        "1 while the consumer has an open stream.",
+        labels: ["subscription"];
+    consumer_restarts: IntCounterVec = "consumer_restarts_total",
+        "Consumer restarts after a failure.",
+        labels: ["subscription"];
     /// Streaming pulls this process holds open, per subscription: one per
     /// running consumer, whatever its restarts (a quota on Pub/Sub).
-    pub pubsub_streams_open: IntGaugeVec,
-    pub build_info: IntGaugeVec,
-    pub merge_batch_size: Histogram,
+    pubsub_streams_open: IntGaugeVec = "pubsub_streams_open",
+        "Streaming pulls this process holds open (one per running consumer).",
+        labels: ["subscription"];
+    build_info: IntGaugeVec = "build_info", "Build information.", labels: ["version"];
+    merge_batch_size: Histogram = "merge_batch_size",
+        "Messages per merge transaction.",
+        buckets: BATCH_BUCKETS;
     /// Where a stage's time goes, per step (merge: per batch; delivery: per
     /// message): what `bench` reports as the cost of each step.
-    pub stage_step_duration: HistogramVec,
-    pub outbox_relayed: IntCounter,
-    pub db_pool_connections: IntGaugeVec,
+    stage_step_duration: HistogramVec = "stage_step_duration_seconds",
+        "Time spent in each step of a stage (merge: per batch transaction; delivery: per message).",
+        labels: ["stage", "step"], buckets: LATENCY_BUCKETS;
+    outbox_relayed: IntCounter = "outbox_relayed_total",
+        "Merged events published by the outbox relay after a crash or failed publish.";
+    db_pool_connections: IntGaugeVec = "db_pool_connections",
+        "Database pool connections by state (idle, in_use).",
+        labels: ["state"];
     /// Raw events waiting for an earlier version of their record (docs/spec.md §4.1).
-    pub merge_pending: IntGauge,
-    pub merge_gaps: IntCounter,
+    merge_pending: IntGauge = "merge_pending",
+        "Raw events stored as pending: their base_version is ahead of their record's version.";
+    merge_gaps: IntCounter = "merge_gaps_total",
+        "Records whose gap stayed open past merge.gap_timeout (dead-lettered as `gap`).";
     /// Messages held in-process while our own infrastructure does not answer.
-    pub held_messages: IntGaugeVec,
+    held_messages: IntGaugeVec = "held_messages",
+        "Messages held in-process (lease extended) while the database, snapshot store or Pub/Sub does not answer.",
+        labels: ["subscription"];
     /// What `/readyz` would answer, refreshed on each probe and each scrape.
-    pub ready: IntGauge,
+    ready: IntGauge = "ready",
+        "1 while /readyz answers 200 (database and Pub/Sub answer, nothing held, every consumer streams); evaluated on each probe and scrape.";
     /// Per target (docs/spec.md §4.2): the adaptive concurrency limit, requests in
     /// flight, whether its circuit is open, deliveries held for it.
-    pub target_concurrency_limit: IntGaugeVec,
-    pub target_inflight: IntGaugeVec,
-    pub target_circuit_open: IntGaugeVec,
-    pub target_held: IntGaugeVec,
-    pub target_throttled: IntCounterVec,
-    pub target_probes: IntCounterVec,
+    target_concurrency_limit: IntGaugeVec = "target_concurrency_limit",
+        "The adaptive concurrency limit of a delivery target in this process.",
+        labels: ["target"];
+    target_inflight: IntGaugeVec = "target_inflight",
+        "Requests to a delivery target in flight from this process.",
+        labels: ["target"];
+    target_circuit_open: IntGaugeVec = "target_circuit_open",
+        "1 while a target's circuit is open for this cause (outage: it fails every request; auth: it refuses our credentials; config: it redirects, or a credential cannot be read); its deliveries are held and probed.",
+        labels: ["target", "cause"];
+    target_held: IntGaugeVec = "target_held",
+        "Deliveries held for a target: its circuit is open or a Retry-After pauses it.",
+        labels: ["target"];
+    target_throttled: IntCounterVec = "target_throttled_total",
+        "Answers that asked us to slow down (429, 503 with Retry-After); no attempt consumed.",
+        labels: ["target"];
+    target_probes: IntCounterVec = "target_probes_total",
+        "Probe requests sent to a target whose circuit is open.",
+        labels: ["target"];
     /// Per target (docs/spec.md §4.3): the account-wide cap and the slots this
     /// process holds (their sum over replicas never exceeds the cap).
-    pub target_account_slots: IntGaugeVec,
-    pub target_account_slots_held: IntGaugeVec,
+    target_account_slots: IntGaugeVec = "target_account_slots",
+        "The account-wide cap on requests in flight to a target across replicas (targets.<t>.account_concurrency).",
+        labels: ["target"];
+    target_account_slots_held: IntGaugeVec = "target_account_slots_held",
+        "Account-wide slots of a target this process holds (one per request in flight).",
+        labels: ["target"];
     /// Connections a metrics or admin listener closed or refused at its cap.
-    pub http_connections_shed: IntCounterVec,
+    http_connections_shed: IntCounterVec = "http_connections_shed_total",
+        "Connections the metrics or admin listener closed at its cap (evicted_idle: the oldest that never sent a request) or refused (every open one in use).",
+        labels: ["listener", "action"];
 }
 
 /// Sub-millisecond to 10 s.
@@ -65,228 +158,100 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-fn opts(name: &str, help: &str) -> Opts {
-    Opts::new(name, help).namespace("backbone")
+/// Messages per merge transaction.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0];
+
+/// One entry of the table.
+struct Spec<'a> {
+    name: &'a str,
+    help: &'a str,
+    labels: &'a [&'a str],
+    buckets: &'a [f64],
+}
+
+impl Spec<'_> {
+    fn opts(&self) -> Opts {
+        Opts::new(self.name, self.help).namespace("backbone")
+    }
+
+    fn histogram_opts(&self) -> HistogramOpts {
+        HistogramOpts::new(self.name, self.help)
+            .namespace("backbone")
+            .buckets(self.buckets.to_vec())
+    }
+
+    /// Labels on a scalar, or buckets on anything but a histogram, are a
+    /// slip in the table: refused at startup rather than dropped unread.
+    fn refuse(&self, labels: bool, buckets: bool) -> Result<(), prometheus::Error> {
+        let slip = if labels && !self.labels.is_empty() {
+            "labels"
+        } else if buckets && !self.buckets.is_empty() {
+            "buckets"
+        } else {
+            return Ok(());
+        };
+        Err(prometheus::Error::Msg(format!(
+            "metric {} takes no {slip}",
+            self.name
+        )))
+    }
+}
+
+/// A metric type the table can declare.
+trait Declare: Collector + Clone + 'static {
+    fn declare(spec: &Spec) -> Result<Self, prometheus::Error>;
+}
+
+impl Declare for IntCounterVec {
+    fn declare(spec: &Spec) -> Result<Self, prometheus::Error> {
+        spec.refuse(false, true)?;
+        IntCounterVec::new(spec.opts(), spec.labels)
+    }
+}
+
+impl Declare for IntGaugeVec {
+    fn declare(spec: &Spec) -> Result<Self, prometheus::Error> {
+        spec.refuse(false, true)?;
+        IntGaugeVec::new(spec.opts(), spec.labels)
+    }
+}
+
+impl Declare for IntCounter {
+    fn declare(spec: &Spec) -> Result<Self, prometheus::Error> {
+        spec.refuse(true, true)?;
+        IntCounter::with_opts(spec.opts())
+    }
+}
+
+impl Declare for IntGauge {
+    fn declare(spec: &Spec) -> Result<Self, prometheus::Error> {
+        spec.refuse(true, true)?;
+        IntGauge::with_opts(spec.opts())
+    }
+}
+
+impl Declare for HistogramVec {
+    fn declare(spec: &Spec) -> Result<Self, prometheus::Error> {
+        HistogramVec::new(spec.histogram_opts(), spec.labels)
+    }
+}
+
+impl Declare for Histogram {
+    fn declare(spec: &Spec) -> Result<Self, prometheus::Error> {
+        spec.refuse(true, false)?;
+        Histogram::with_opts(spec.histogram_opts())
+    }
+}
+
+/// Registers `metric` and hands it back for its field.
+fn register<M: Declare>(registry: &Registry, metric: M) -> Result<M, prometheus::Error> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
 }
 
 impl Metrics {
     fn new() -> Result<Self, prometheus::Error> {
-        let registry = Registry::new();
-        let counter =
-            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-                let c = IntCounterVec::new(opts(name, help), labels)?;
-                registry.register(Box::new(c.clone()))?;
-                Ok(c)
-            };
-        let gauge =
-            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
-                let g = IntGaugeVec::new(opts(name, help), labels)?;
-                registry.register(Box::new(g.clone()))?;
-                Ok(g)
-            };
-        let m = Metrics {
-            messages_received: counter(
-                "messages_received_total",
-                "Messages received from a subscription.",
-                &["subscription"],
-            )?,
-            messages_processed: counter(
-                "messages_processed_total",
-                "Messages finished, by outcome (merged, pending, noop, duplicate, delivered, superseded, skipped, parked, retried, dead_lettered, nacked).",
-                &["subscription", "outcome"],
-            )?,
-            processing_duration: {
-                let h = HistogramVec::new(
-                    HistogramOpts::new(
-                        "processing_duration_seconds",
-                        "Time from receiving a message to acking or nacking it.",
-                    )
-                    .namespace("backbone")
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-                    &["subscription"],
-                )?;
-                registry.register(Box::new(h.clone()))?;
-                h
-            },
-            published: counter("published_total", "Messages published.", &["topic"])?,
-            publish_errors: counter(
-                "publish_errors_total",
-                "Publishes that failed or were refused.",
-                &["topic"],
-            )?,
-            retry_attempts: counter(
-                "retry_attempts_total",
-                "Failed executions routed to the retry path.",
-                &["stage"],
-            )?,
-            dead_letters: counter(
-                "dead_letters_total",
-                "Messages sent to the dead-letter topic.",
-                &["stage", "reason"],
-            )?,
-            dead_letters_parked: {
-                let g = IntGauge::with_opts(opts(
-                    "dead_letters_parked",
-                    "Parked dead letters not yet replayed.",
-                ))?;
-                registry.register(Box::new(g.clone()))?;
-                g
-            },
-            park_failures: counter(
-                "park_failures_total",
-                "Dead letters the park stage could not write, by store error class (database outages excluded).",
-                &["class"],
-            )?,
-            dead_letters_unparked: {
-                let g = IntGauge::with_opts(opts(
-                    "dead_letters_unparked",
-                    "Dead letters that keep failing to park and are held in the dlq subscription.",
-                ))?;
-                registry.register(Box::new(g.clone()))?;
-                g
-            },
-            dlq_replayed: {
-                let c = IntCounter::with_opts(opts("dlq_replayed_total", "Dead letters replayed."))?;
-                registry.register(Box::new(c.clone()))?;
-                c
-            },
-            merge_conflicts: counter(
-                "merge_conflicts_total",
-                "Conflicts resolved by the merge stage.",
-                &["record_type", "rule"],
-            )?,
-            inflight: gauge(
-                "inflight_messages",
-                "Messages received and not yet acked or nacked.",
-                &["subscription"],
-            )?,
-            consumer_up: gauge(
-                "consumer_up",
-                "1 while the consumer has an open stream.",
-                &["subscription"],
-            )?,
-            consumer_restarts: counter(
-                "consumer_restarts_total",
-                "Consumer restarts after a failure.",
-                &["subscription"],
-            )?,
-            pubsub_streams_open: gauge(
-                "pubsub_streams_open",
-                "Streaming pulls this process holds open (one per running consumer).",
-                &["subscription"],
-            )?,
-            build_info: gauge("build_info", "Build information.", &["version"])?,
-            merge_batch_size: {
-                let h = Histogram::with_opts(
-                    HistogramOpts::new("merge_batch_size", "Messages per merge transaction.")
-                        .namespace("backbone")
-                        .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0]),
-                )?;
-                registry.register(Box::new(h.clone()))?;
-                h
-            },
-            stage_step_duration: {
-                let h = HistogramVec::new(
-                    HistogramOpts::new(
-                        "stage_step_duration_seconds",
-                        "Time spent in each step of a stage (merge: per batch transaction; delivery: per message).",
-                    )
-                    .namespace("backbone")
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-                    &["stage", "step"],
-                )?;
-                registry.register(Box::new(h.clone()))?;
-                h
-            },
-            outbox_relayed: {
-                let c = IntCounter::with_opts(opts(
-                    "outbox_relayed_total",
-                    "Merged events published by the outbox relay after a crash or failed publish.",
-                ))?;
-                registry.register(Box::new(c.clone()))?;
-                c
-            },
-            db_pool_connections: gauge(
-                "db_pool_connections",
-                "Database pool connections by state (idle, in_use).",
-                &["state"],
-            )?,
-            merge_pending: {
-                let g = IntGauge::with_opts(opts(
-                    "merge_pending",
-                    "Raw events stored as pending: their base_version is ahead of their record's version.",
-                ))?;
-                registry.register(Box::new(g.clone()))?;
-                g
-            },
-            merge_gaps: {
-                let c = IntCounter::with_opts(opts(
-                    "merge_gaps_total",
-                    "Records whose gap stayed open past merge.gap_timeout (dead-lettered as `gap`).",
-                ))?;
-                registry.register(Box::new(c.clone()))?;
-                c
-            },
-            held_messages: gauge(
-                "held_messages",
-                "Messages held in-process (lease extended) while the database, snapshot store or Pub/Sub does not answer.",
-                &["subscription"],
-            )?,
-            ready: {
-                let g = IntGauge::with_opts(opts(
-                    "ready",
-                    "1 while /readyz answers 200 (database and Pub/Sub answer, nothing held, every consumer streams); evaluated on each probe and scrape.",
-                ))?;
-                registry.register(Box::new(g.clone()))?;
-                g
-            },
-            target_concurrency_limit: gauge(
-                "target_concurrency_limit",
-                "The adaptive concurrency limit of a delivery target in this process.",
-                &["target"],
-            )?,
-            target_inflight: gauge(
-                "target_inflight",
-                "Requests to a delivery target in flight from this process.",
-                &["target"],
-            )?,
-            target_circuit_open: gauge(
-                "target_circuit_open",
-                "1 while a target's circuit is open for this cause (outage: it fails every request; auth: it refuses our credentials; config: it redirects, or a credential cannot be read); its deliveries are held and probed.",
-                &["target", "cause"],
-            )?,
-            target_held: gauge(
-                "target_held",
-                "Deliveries held for a target: its circuit is open or a Retry-After pauses it.",
-                &["target"],
-            )?,
-            target_throttled: counter(
-                "target_throttled_total",
-                "Answers that asked us to slow down (429, 503 with Retry-After); no attempt consumed.",
-                &["target"],
-            )?,
-            target_probes: counter(
-                "target_probes_total",
-                "Probe requests sent to a target whose circuit is open.",
-                &["target"],
-            )?,
-            target_account_slots: gauge(
-                "target_account_slots",
-                "The account-wide cap on requests in flight to a target across replicas (targets.<t>.account_concurrency).",
-                &["target"],
-            )?,
-            target_account_slots_held: gauge(
-                "target_account_slots_held",
-                "Account-wide slots of a target this process holds (one per request in flight).",
-                &["target"],
-            )?,
-            http_connections_shed: counter(
-                "http_connections_shed_total",
-                "Connections the metrics or admin listener closed at its cap (evicted_idle: the oldest that never sent a request) or refused (every open one in use).",
-                &["listener", "action"],
-            )?,
-            registry,
-        };
+        let m = Metrics::declare(Registry::new())?;
         // process_cpu_seconds_total, process_resident_memory_bytes, open fds…:
         // the dashboard's CPU and memory panels, without a node exporter.
         #[cfg(target_os = "linux")]
@@ -615,6 +580,26 @@ impl StepTimer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_declares_and_registers_every_metric() {
+        let m = Metrics::new().expect("the table is valid");
+        assert_eq!(
+            m.build_info
+                .with_label_values(&[env!("CARGO_PKG_VERSION")])
+                .get(),
+            1
+        );
+        let spec = |labels, buckets| Spec {
+            name: "x_total",
+            help: "x",
+            labels,
+            buckets,
+        };
+        assert!(IntCounter::declare(&spec(&["a"], &[])).is_err());
+        assert!(IntCounterVec::declare(&spec(&["a"], &[1.0])).is_err());
+        assert!(Histogram::declare(&spec(&[], &[1.0])).is_ok());
+    }
 
     #[test]
     fn label_values_past_the_bound_are_other() {

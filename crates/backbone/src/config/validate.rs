@@ -14,8 +14,24 @@ use crate::topology::ConsumerKind;
 const MAX_CLAIM_CHECK_THRESHOLD: u64 = 10_000_000;
 
 impl Settings {
-    /// Checks what types alone cannot; the first problem found is returned.
+    /// Checks what types alone cannot; the first problem found is returned,
+    /// so the sections are checked in this order (the one error messages
+    /// have always come in).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_pubsub()?;
+        self.validate_database()?;
+        self.validate_buckets()?;
+        self.validate_retry()?;
+        self.validate_merge()?;
+        self.validate_targets()?;
+        self.validate_consumers()?;
+        self.validate_http()?;
+        self.validate_intervals()?;
+        self.validate_retention()?;
+        self.validate_process()
+    }
+
+    fn validate_pubsub(&self) -> Result<(), ConfigError> {
         if !is_gcp_project_id(&self.pubsub.project_id) {
             return Err(invalid(
                 "pubsub.project_id",
@@ -33,7 +49,10 @@ impl Settings {
                 ));
             }
         }
+        Ok(())
+    }
 
+    fn validate_database(&self) -> Result<(), ConfigError> {
         // Never echo the database URL: it may hold the password.
         let db_url = self.database.url.expose_secret();
         if db_url.starts_with("mysql://") {
@@ -69,7 +88,12 @@ impl Settings {
         if self.database.query_timeout < Duration::from_millis(100) {
             return Err(invalid("database.query_timeout", "must be at least 100ms"));
         }
+        Ok(())
+    }
 
+    /// `snapshots.*` and the archive's bucket (`retention.archive_url`):
+    /// where objects are stored.
+    fn validate_buckets(&self) -> Result<(), ConfigError> {
         if !is_snapshot_url(&self.snapshots.url) {
             return Err(invalid(
                 "snapshots.url",
@@ -108,7 +132,10 @@ impl Settings {
                 ),
             ));
         }
+        Ok(())
+    }
 
+    fn validate_retry(&self) -> Result<(), ConfigError> {
         let retry = &self.retry;
         if !(1..=100).contains(&retry.max_attempts) {
             return Err(invalid(
@@ -132,7 +159,10 @@ impl Settings {
                 ),
             ));
         }
+        Ok(())
+    }
 
+    fn validate_merge(&self) -> Result<(), ConfigError> {
         if self.merge.batch_max < 1 {
             return Err(invalid("merge.batch_max", "must be at least 1"));
         }
@@ -148,14 +178,19 @@ impl Settings {
                 "must be at least 100ms",
             ));
         }
+        Ok(())
+    }
 
-        for (name, target) in [
-            ("netsuite", &self.targets.netsuite),
-            ("suitex", &self.targets.suitex),
-        ] {
-            target.validate(name)?;
+    fn validate_targets(&self) -> Result<(), ConfigError> {
+        for target in Source::ALL {
+            self.targets.get(target).validate(target.as_str())?;
         }
+        Ok(())
+    }
 
+    /// `consumers.*`, and a delivery consumer's target URL: it is what the
+    /// consumer delivers to.
+    fn validate_consumers(&self) -> Result<(), ConfigError> {
         for kind in ConsumerKind::all() {
             let c = self.consumers.get(kind);
             if c.max_outstanding_messages < 1 {
@@ -182,7 +217,10 @@ impl Settings {
                 ));
             }
         }
+        Ok(())
+    }
 
+    fn validate_http(&self) -> Result<(), ConfigError> {
         for (key, addr) in [
             ("http.metrics_addr", &self.http.metrics_addr),
             ("http.admin_addr", &self.http.admin_addr),
@@ -205,13 +243,22 @@ impl Settings {
                 "is empty; set a token or leave it unset to disable the admin API",
             ));
         }
+        Ok(())
+    }
 
+    /// How often the background checks run (`pubsub.probe_interval`,
+    /// `outbox.relay_interval`).
+    fn validate_intervals(&self) -> Result<(), ConfigError> {
         if self.pubsub.probe_interval.is_zero() {
             return Err(invalid("pubsub.probe_interval", "must be greater than 0"));
         }
         if self.outbox.relay_interval.is_zero() {
             return Err(invalid("outbox.relay_interval", "must be greater than 0"));
         }
+        Ok(())
+    }
+
+    fn validate_retention(&self) -> Result<(), ConfigError> {
         if self.retention.keep < std::time::Duration::from_secs(3600) {
             return Err(invalid("retention.keep", "must be at least 1h"));
         }
@@ -227,6 +274,11 @@ impl Settings {
         if !(0.0..=100.0).contains(&self.retention.pace) {
             return Err(invalid("retention.pace", "must be between 0 and 100"));
         }
+        Ok(())
+    }
+
+    /// `shutdown.*` and `log.*`.
+    fn validate_process(&self) -> Result<(), ConfigError> {
         if self.shutdown.grace.is_zero() {
             return Err(invalid("shutdown.grace", "must be greater than 0"));
         }

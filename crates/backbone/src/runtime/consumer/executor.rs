@@ -2,20 +2,23 @@
 //! its failure to the error or dlq topic; a stage that panics becomes a
 //! transient failure.
 
+use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 
+use bytes::Bytes;
 use chrono::Utc;
 use futures::FutureExt;
 
 use super::hold::{Hold, Holds};
-use super::lanes::Recent;
 use super::{Action, Runtime};
 use crate::internal_events::{emit, DeadLettered, SentToRetry};
 use crate::model::envelope::{self, FailureInfo};
 use crate::model::fingerprint::fingerprint_bytes;
 use crate::pubsub::publisher::PublishFailure;
 use crate::stages::park::UNPUBLISHABLE;
-use crate::stages::{ErrorClass, Failure, Incoming, Outcome, Stage, StageError, StageResult};
+use crate::stages::{
+    ErrorClass, Failure, Incoming, Outbound, Outcome, Stage, StageError, StageResult,
+};
 use crate::topology::TopicKind;
 
 /// What carrying out a stage's result came to.
@@ -24,6 +27,50 @@ pub(super) struct Settled {
     pub(super) label: &'static str,
     /// Outbox ids whose publish the broker confirmed here.
     pub(super) confirmed: Vec<String>,
+}
+
+/// The outbox ids a key's lane saw confirmed most recently. A message that
+/// ran while its predecessor's publish was in flight may list that merged
+/// event as a leftover; the lane knows it is out and does not send it twice.
+#[derive(Default)]
+pub(super) struct Recent(VecDeque<String>);
+
+impl Recent {
+    const KEEP: usize = 64;
+
+    pub(super) fn contains(&self, id: &str) -> bool {
+        self.0.iter().any(|x| x == id)
+    }
+
+    pub(super) fn extend(&mut self, ids: Vec<String>) {
+        for id in ids {
+            if self.0.len() == Self::KEEP {
+                self.0.pop_front();
+            }
+            self.0.push_back(id);
+        }
+    }
+}
+
+/// One publish of the runtime's own: a stage's output, or the envelope of a
+/// failed message.
+struct Publish<'a> {
+    topic: TopicKind,
+    data: &'a Bytes,
+    attributes: &'a HashMap<String, String>,
+    ordering_key: &'a str,
+    /// Logged when the broker refuses it.
+    refused: &'static str,
+}
+
+/// How a publish held through a broker outage ended.
+enum Sent {
+    /// The broker confirmed it.
+    Published,
+    /// Pub/Sub will never take it: parked in dead_letters instead.
+    Parked(PublishFailure),
+    /// Refused, or shutdown came first: the message is handed back (nack).
+    HandedBack,
 }
 
 impl Runtime {
@@ -96,11 +143,6 @@ impl Runtime {
         published: &Recent,
     ) -> Settled {
         let mut confirmed = Vec::new();
-        let nacked = |confirmed| Settled {
-            action: Action::Nack,
-            label: "nacked",
-            confirmed,
-        };
         for out in outcome.publish {
             if out
                 .outbox_id
@@ -111,62 +153,30 @@ impl Runtime {
                 // was in flight: it is out already, in order.
                 continue;
             }
-            loop {
-                match self
-                    .publishers
-                    .publish_to(
-                        out.topic,
-                        out.data.clone(),
-                        out.attributes.clone(),
-                        &out.ordering_key,
-                    )
-                    .await
-                {
-                    Ok(_) => {
-                        if let Some(id) = &out.outbox_id {
-                            self.outbox.done(id.clone());
-                            confirmed.push(id.clone());
-                        }
-                        break;
+            let publish = Publish {
+                topic: out.topic,
+                data: &out.data,
+                attributes: &out.attributes,
+                ordering_key: &out.ordering_key,
+                refused: "Publishing a stage's output was refused; nacking.",
+            };
+            match self
+                .publish_held(stage, publish, || parked_output(stage, &out), hold)
+                .await
+            {
+                // Parked, the outbox forgets it too, so the relay does not
+                // try it again.
+                Sent::Published | Sent::Parked(_) => {
+                    if let Some(id) = &out.outbox_id {
+                        self.outbox.done(id.clone());
+                        confirmed.push(id.clone());
                     }
-                    Err(e @ PublishFailure::Broker { .. }) => {
-                        if !hold.wait(&e.to_string()).await {
-                            return nacked(confirmed);
-                        }
-                    }
-                    Err(e @ PublishFailure::Refused(_)) => {
-                        tracing::error!(stage, error = %e, "Publishing a stage's output was refused; nacking.");
-                        return nacked(confirmed);
-                    }
-                    Err(e @ PublishFailure::Unpublishable { .. }) => {
-                        // Never held: it would be refused forever. The
-                        // output is parked (its data kept) and the outbox
-                        // forgets it, so the relay does not try it again.
-                        let output = Incoming {
-                            data: out.data.clone(),
-                            attributes: out.attributes.clone(),
-                            message_id: format!(
-                                "output/{}",
-                                out.outbox_id.as_deref().unwrap_or("none")
-                            ),
-                            publish_time: None,
-                            ordering_key: out.ordering_key.clone(),
-                            execution: 1,
-                        };
-                        let mut envelope = out.attributes.clone();
-                        envelope.insert(envelope::STAGE.into(), stage.to_string());
-                        envelope.insert(envelope::ORDERING_KEY.into(), out.ordering_key.clone());
-                        if !self
-                            .park_unpublishable(stage, &output, &envelope, &e, hold)
-                            .await
-                        {
-                            return nacked(confirmed);
-                        }
-                        if let Some(id) = &out.outbox_id {
-                            self.outbox.done(id.clone());
-                            confirmed.push(id.clone());
-                        }
-                        break;
+                }
+                Sent::HandedBack => {
+                    return Settled {
+                        action: Action::Nack,
+                        label: "nacked",
+                        confirmed,
                     }
                 }
             }
@@ -206,6 +216,64 @@ impl Runtime {
             tracing::warn!(stage, error = %err, "Infrastructure unavailable; nacking the message.");
             return (Action::Nack, "nacked");
         }
+        let (dead_reason, attributes) = self.failure_envelope(stage, msg, &failure);
+        // Error and dlq topics are unordered: no ordering key, so a failed
+        // publish cannot pause a record's key.
+        let publish = Publish {
+            topic: match dead_reason {
+                Some(_) => TopicKind::Dlq,
+                None => TopicKind::Error,
+            },
+            data: &msg.data,
+            attributes: &attributes,
+            ordering_key: "",
+            refused: "Could not route a failed message; nacking it.",
+        };
+        // Parked, it goes straight into dead_letters with the original kept.
+        let original = || (msg.clone(), attributes.clone());
+        match self.publish_held(stage, publish, original, hold).await {
+            Sent::Published => {}
+            Sent::Parked(e) => {
+                emit(DeadLettered {
+                    stage,
+                    reason: UNPUBLISHABLE,
+                    attempt: msg.execution,
+                    error: &e,
+                });
+                return (Action::Ack, "dead_lettered");
+            }
+            Sent::HandedBack => return (Action::Nack, "nacked"),
+        }
+        match dead_reason {
+            Some(reason) => {
+                emit(DeadLettered {
+                    stage,
+                    reason,
+                    attempt: msg.execution,
+                    error: &err,
+                });
+                (Action::Ack, "dead_lettered")
+            }
+            None => {
+                emit(SentToRetry {
+                    stage,
+                    attempt: msg.execution,
+                    error: &err,
+                });
+                (Action::Ack, "retried")
+            }
+        }
+    }
+
+    /// The dead-letter reason of a failed execution (none: it gets another
+    /// try) and the envelope it is published with.
+    fn failure_envelope(
+        &self,
+        stage: &str,
+        msg: &Incoming,
+        failure: &Failure,
+    ) -> (Option<&'static str>, HashMap<String, String>) {
+        let err = &failure.error;
         let fingerprint = failure
             .fingerprint
             .clone()
@@ -222,17 +290,13 @@ impl Runtime {
             None if msg.execution >= self.max_attempts => Some("exhausted"),
             None => None,
         };
-        let (topic, attributes, label) = match dead_reason {
-            Some(reason) => (
-                TopicKind::Dlq,
-                envelope::dead_letter_attributes(
-                    &msg.attributes,
-                    &msg.message_id,
-                    &msg.ordering_key,
-                    &info,
-                    reason,
-                ),
-                "dead_lettered",
+        let attributes = match dead_reason {
+            Some(reason) => envelope::dead_letter_attributes(
+                &msg.attributes,
+                &msg.message_id,
+                &msg.ordering_key,
+                &info,
+                reason,
             ),
             None => {
                 let mut a = envelope::error_attributes(
@@ -247,65 +311,56 @@ impl Runtime {
                         after.as_millis().to_string(),
                     );
                 }
-                (TopicKind::Error, a, "retried")
+                a
             }
         };
-        // Error and dlq topics are unordered: no ordering key, so a failed
-        // publish cannot pause a record's key. A broker that does not answer
-        // holds the message rather than handing it back out of order.
+        (dead_reason, attributes)
+    }
+
+    /// Publishes one message, holding it while the broker does not answer
+    /// (handing it back would let what follows overtake it). What Pub/Sub
+    /// will never take is parked instead, never held: `original` gives the
+    /// message and envelope to park.
+    async fn publish_held(
+        &self,
+        stage: &str,
+        p: Publish<'_>,
+        original: impl FnOnce() -> (Incoming, HashMap<String, String>),
+        hold: &mut Hold<'_>,
+    ) -> Sent {
         loop {
-            match self
+            let sent = self
                 .publishers
-                .publish_to(topic, msg.data.clone(), attributes.clone(), "")
-                .await
-            {
-                Ok(_) => break,
+                .publish_to(
+                    p.topic,
+                    p.data.clone(),
+                    p.attributes.clone(),
+                    p.ordering_key,
+                )
+                .await;
+            match sent {
+                Ok(_) => return Sent::Published,
                 Err(e @ PublishFailure::Broker { .. }) => {
                     if !hold.wait(&e.to_string()).await {
-                        return (Action::Nack, "nacked");
+                        return Sent::HandedBack;
                     }
                 }
                 Err(e @ PublishFailure::Refused(_)) => {
-                    tracing::error!(stage, error = %e, "Could not route a failed message; nacking it.");
-                    return (Action::Nack, "nacked");
+                    tracing::error!(stage, error = %e, "{}", p.refused);
+                    return Sent::HandedBack;
                 }
                 Err(e @ PublishFailure::Unpublishable { .. }) => {
-                    // Permanent for this message: parked straight into
-                    // dead_letters with the original kept, never held.
+                    let (msg, envelope) = original();
                     if !self
-                        .park_unpublishable(stage, msg, &attributes, &e, hold)
+                        .park_unpublishable(stage, &msg, &envelope, &e, hold)
                         .await
                     {
-                        return (Action::Nack, "nacked");
+                        return Sent::HandedBack;
                     }
-                    emit(DeadLettered {
-                        stage,
-                        reason: UNPUBLISHABLE,
-                        attempt: msg.execution,
-                        error: &e,
-                    });
-                    return (Action::Ack, "dead_lettered");
+                    return Sent::Parked(e);
                 }
             }
         }
-        match dead_reason {
-            Some(reason) => {
-                emit(DeadLettered {
-                    stage,
-                    reason,
-                    attempt: msg.execution,
-                    error: &err,
-                });
-            }
-            None => {
-                emit(SentToRetry {
-                    stage,
-                    attempt: msg.execution,
-                    error: &err,
-                });
-            }
-        }
-        (Action::Ack, label)
     }
 }
 
@@ -317,7 +372,7 @@ impl Runtime {
         &self,
         stage: &str,
         msg: &Incoming,
-        envelope: &std::collections::HashMap<String, String>,
+        envelope: &HashMap<String, String>,
         why: &PublishFailure,
         hold: &mut Hold<'_>,
     ) -> bool {
@@ -365,4 +420,21 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     } else {
         "non-string panic payload".to_string()
     }
+}
+
+/// A stage's output as a message to park when Pub/Sub will never take it,
+/// and its envelope: the output's attributes with the stage and key.
+fn parked_output(stage: &str, out: &Outbound) -> (Incoming, HashMap<String, String>) {
+    let output = Incoming {
+        data: out.data.clone(),
+        attributes: out.attributes.clone(),
+        message_id: format!("output/{}", out.outbox_id.as_deref().unwrap_or("none")),
+        publish_time: None,
+        ordering_key: out.ordering_key.clone(),
+        execution: 1,
+    };
+    let mut envelope = out.attributes.clone();
+    envelope.insert(envelope::STAGE.into(), stage.to_string());
+    envelope.insert(envelope::ORDERING_KEY.into(), out.ordering_key.clone());
+    (output, envelope)
 }

@@ -9,32 +9,10 @@ use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use tokio::task::JoinSet;
 
+use super::executor::Recent;
 use super::message::{begin, end, end_early, handle_one, Begun};
 use super::{Action, Ctx};
 use crate::internal_events::{emit, MessageReceived};
-
-/// The outbox ids a key's lane saw confirmed most recently. A message that
-/// ran while its predecessor's publish was in flight may list that merged
-/// event as a leftover; the lane knows it is out and does not send it twice.
-#[derive(Default)]
-pub(super) struct Recent(VecDeque<String>);
-
-impl Recent {
-    const KEEP: usize = 64;
-
-    pub(super) fn contains(&self, id: &str) -> bool {
-        self.0.iter().any(|x| x == id)
-    }
-
-    pub(super) fn extend(&mut self, ids: Vec<String>) {
-        for id in ids {
-            if self.0.len() == Self::KEEP {
-                self.0.pop_front();
-            }
-            self.0.push_back(id);
-        }
-    }
-}
 
 /// Hands a message to its worker: unordered ones run on their own (held
 /// retries must not block each other; the broker's flow control bounds how

@@ -10,8 +10,7 @@ use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use tracing::Instrument;
 
-use super::executor::Settled;
-use super::lanes::Recent;
+use super::executor::{Recent, Settled};
 use super::{Action, Ctx};
 use crate::internal_events::{emit, MessageProcessed};
 use crate::metrics;

@@ -5,7 +5,9 @@
 //!
 //! `stream` pulls and drains, `lanes` keeps each ordering key in order,
 //! `message` takes one message through its stage, `executor` acts on the
-//! stage's result, and `hold` keeps a message through an outage.
+//! stage's result, and `hold` keeps a message through an outage. Each file
+//! imports only from those after it in this list; what they all share
+//! lives here.
 
 mod executor;
 mod hold;

@@ -2,11 +2,12 @@
 //! for an outage, hand each message to its lane, and drain on shutdown.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use google_cloud_pubsub::client::Subscriber;
-use google_cloud_pubsub::subscriber::ShutdownBehavior;
+use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +34,31 @@ pub async fn run(
     // Declared before the stream so it is dropped after it: the count falls
     // only once the stream is gone, on every path out (error, abort, panic).
     let _open = crate::metrics::OpenStream::new(&spec.label);
-    let mut stream = subscriber
+    let mut stream = open(subscriber, spec);
+    let ctx = Arc::new(Ctx {
+        holds: Holds::new(
+            spec.label.clone(),
+            rt.health.clone(),
+            CancellationToken::new(),
+        ),
+        rt,
+        router: spec.router.clone(),
+        label: spec.label.clone(),
+        stop: CancellationToken::new(),
+        queues: Mutex::new(HashMap::new()),
+        queued: AtomicUsize::new(0),
+        permits: Arc::new(Semaphore::new(spec.lanes.max(1))),
+    });
+    let mut tasks = JoinSet::new();
+    let result = pull(&ctx, spec, &mut stream, &mut tasks, &shutdown).await;
+    drain(&ctx, spec, &mut stream, &mut tasks, result.is_ok(), grace).await;
+    stream.shutdown_token().shutdown().await;
+    result
+}
+
+/// The subscription's streaming pull, with its leases and flow control.
+fn open(subscriber: &Subscriber, spec: &ConsumerSpec) -> MessageStream {
+    subscriber
         .subscribe(spec.subscription.clone())
         .set_max_outstanding_messages(spec.max_outstanding)
         // Leases are extended 20 s at a time for as long as a message is
@@ -45,26 +70,23 @@ pub async fn run(
         // §4.2) keeps its lease for as long as the subscription keeps it.
         .set_max_lease(MAX_LEASE)
         .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
-        .build();
-    let stop_work = CancellationToken::new();
-    let stop_holds = CancellationToken::new();
-    let rt_health = rt.health.clone();
-    let ctx = Arc::new(Ctx {
-        rt,
-        router: spec.router.clone(),
-        label: spec.label.clone(),
-        stop: stop_work.clone(),
-        holds: Holds::new(spec.label.clone(), rt_health, stop_holds.clone()),
-        queues: Mutex::new(HashMap::new()),
-        queued: std::sync::atomic::AtomicUsize::new(0),
-        permits: Arc::new(Semaphore::new(spec.lanes.max(1))),
-    });
+        .build()
+}
+
+/// Hands each pulled message to its lane until `shutdown` fires (Ok), the
+/// stream fails or ends, or a lane dies.
+async fn pull(
+    ctx: &Arc<Ctx>,
+    spec: &ConsumerSpec,
+    stream: &mut MessageStream,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) -> Result<(), ConsumerError> {
     let queue_limit = usize::try_from(spec.max_outstanding)
         .ok()
         .filter(|n| *n > 0)
         .unwrap_or(usize::MAX);
-    let mut tasks = JoinSet::new();
-    let result = loop {
+    loop {
         // Reap finished tasks so the set stays small; a task that died by a
         // panic in the runtime itself stops the consumer (the supervisor
         // restarts it) rather than leaving its ordering key stuck.
@@ -73,7 +95,7 @@ pub async fn run(
             died |= done.err().is_some_and(|e| e.is_panic());
         }
         if died {
-            break Err(ConsumerError::LaneDied(spec.label.clone()));
+            return Err(ConsumerError::LaneDied(spec.label.clone()));
         }
         // Flow control (docs/spec.md §4.1): while a message is held for an outage,
         // pull nothing new; what is pulled would only wait or fail too. The
@@ -81,12 +103,12 @@ pub async fn run(
         let paused = ctx.holds.paused() || !ctx.router.accepting();
         // Client-side flow control: what waits behind its key's message in
         // progress stays under max_outstanding.
-        let full = ctx.queued.load(std::sync::atomic::Ordering::Acquire) >= queue_limit;
+        let full = ctx.queued.load(Ordering::Acquire) >= queue_limit;
         let next = tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
+            _ = shutdown.cancelled() => return Ok(()),
             Some(Err(e)) = tasks.join_next(), if !tasks.is_empty() => {
                 if e.is_panic() {
-                    break Err(ConsumerError::LaneDied(spec.label.clone()));
+                    return Err(ConsumerError::LaneDied(spec.label.clone()));
                 }
                 continue;
             }
@@ -96,32 +118,43 @@ pub async fn run(
             n = stream.next(), if !paused && !full => n,
         };
         match next {
-            Some(Ok((m, h))) => dispatch(&ctx, &mut tasks, spec.lanes == 0, m, h),
+            Some(Ok((m, h))) => dispatch(ctx, tasks, spec.lanes == 0, m, h),
             Some(Err(e)) => {
                 let not_found = e
                     .status()
                     .is_some_and(|s| s.code == google_cloud_gax::error::rpc::Code::NotFound);
-                break Err(ConsumerError::Stream {
+                return Err(ConsumerError::Stream {
                     subscription: spec.label.clone(),
                     message: e.to_string(),
                     not_found,
                 });
             }
-            None => break Err(ConsumerError::Ended(spec.label.clone())),
+            None => return Err(ConsumerError::Ended(spec.label.clone())),
         }
-    };
-    // Drain. Held retries are handed back at once (their schedule survives
-    // in the envelope). Messages the client already holds are processed
-    // within the grace rather than nacked: each one finished here is one
-    // that does not depend on the broker's redelivery. No new pull is
-    // waited for: a message counts as held only if it is there within 20 ms.
+    }
+}
+
+/// Drains after the pull stopped. Held retries are handed back at once
+/// (their schedule survives in the envelope). After a shutdown, messages the
+/// client already holds are processed within the grace rather than nacked:
+/// each one finished here is one that does not depend on the broker's
+/// redelivery. No new pull is waited for: a message counts as held only if
+/// it is there within 20 ms.
+async fn drain(
+    ctx: &Arc<Ctx>,
+    spec: &ConsumerSpec,
+    stream: &mut MessageStream,
+    tasks: &mut JoinSet<()>,
+    shut_down: bool,
+    grace: Duration,
+) {
     let deadline = tokio::time::Instant::now() + grace;
-    stop_holds.cancel();
-    if result.is_ok() {
+    ctx.holds.stop.cancel();
+    if shut_down {
         let buffered_until = tokio::time::Instant::now() + grace / 2;
         while tokio::time::Instant::now() < buffered_until {
             match tokio::time::timeout(Duration::from_millis(20), stream.next()).await {
-                Ok(Some(Ok((m, h)))) => dispatch(&ctx, &mut tasks, spec.lanes == 0, m, h),
+                Ok(Some(Ok((m, h)))) => dispatch(ctx, tasks, spec.lanes == 0, m, h),
                 _ => break,
             }
         }
@@ -133,7 +166,7 @@ pub async fn run(
     if drained.is_err() {
         // Queued-but-unstarted messages are nacked; what still runs is
         // dropped (→ nack by the client).
-        stop_work.cancel();
+        ctx.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             while tasks.join_next().await.is_some() {}
         })
@@ -141,6 +174,4 @@ pub async fn run(
         tracing::warn!(subscription = %spec.label, "Drain grace elapsed; unfinished messages are handed back for redelivery.");
         tasks.abort_all();
     }
-    stream.shutdown_token().shutdown().await;
-    result
 }
