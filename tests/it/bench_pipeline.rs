@@ -163,3 +163,62 @@ fn bench_pipeline_netsuite_like_stream_prints_requests_per_event_and_drain_vs_al
     }
     assert!(ns["routed_records"].as_u64() > Some(0), "{json:#}");
 }
+
+/// Two replicas on one MariaDB database and the same subscriptions: the
+/// drain ends on the stored state (every merged event stored, each stand-in
+/// holding every record's merged state), not on one daemon's metrics, and
+/// P1/P2 hold across the two. `--kill-one-after` without a second replica
+/// is refused before anything starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_pipeline_two_replicas_share_the_work_and_end_on_the_stored_state() {
+    // Only to learn whether MariaDB is here (the bench makes its own database).
+    if fresh_db(Db::Mariadb).await.is_none() {
+        return;
+    }
+    let host = emulator_host();
+    let bench = |extra: &[&str]| {
+        let mut cmd = tokio::process::Command::from(bench_command());
+        cmd.args(["pipeline", "--events", "300", "--records", "20"])
+            .args(["--mysql-admin-url", &mariadb_admin_url()])
+            .args(["--skip-baseline", "--stall-timeout", "60s", "--json"])
+            .args(extra)
+            .env("BACKBONE_ENV", "local")
+            .env("BACKBONE_CONFIG_DIR", config_dir())
+            .env("PUBSUB_EMULATOR_HOST", &host)
+            .env("BACKBONE__LOG__LEVEL", "warn");
+        cmd
+    };
+    let refused = bench(&["--kill-one-after", "1s"])
+        .output()
+        .await
+        .expect("run backbone-bench pipeline");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_ne!(refused.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("--replicas 2 or more"), "{stderr}");
+
+    let out = bench(&["--replicas", "2"])
+        .output()
+        .await
+        .expect("run backbone-bench pipeline --replicas 2");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let json: Value = serde_json::from_str(&stdout).expect("--json prints one JSON document");
+    assert_eq!(json["replicas"], 2, "{json:#}");
+    assert_eq!(json["failures"], 0, "{json:#}");
+    assert_eq!(
+        json["merged_events"].as_u64(),
+        json["events"].as_u64(),
+        "{json:#}"
+    );
+    for target in ["netsuite", "suitex"] {
+        let t = &json["targets"][target];
+        assert_eq!(t["missing"], 0, "{target}: {json:#}");
+        assert_eq!(t["doubled"], 0, "{target}: {json:#}");
+        assert!(t["requests"].as_u64() > Some(0), "{target}: {json:#}");
+    }
+}
