@@ -330,38 +330,7 @@ fn top_level_modules_form_no_import_cycle() {
             }
         }
     }
-    // Depth-first search; a back edge closes a cycle.
-    fn visit(
-        node: &str,
-        graph: &BTreeMap<String, BTreeSet<String>>,
-        state: &mut BTreeMap<String, u8>,
-        path: &mut Vec<String>,
-        cycles: &mut Vec<String>,
-    ) {
-        state.insert(node.to_string(), 1);
-        path.push(node.to_string());
-        for next in graph.get(node).into_iter().flatten() {
-            match state.get(next.as_str()).copied().unwrap_or(0) {
-                0 => visit(next, graph, state, path, cycles),
-                1 => {
-                    let start = path.iter().position(|n| n == next).unwrap_or(0);
-                    let mut cycle = path[start..].to_vec();
-                    cycle.push(next.clone());
-                    cycles.push(cycle.join(" -> "));
-                }
-                _ => {}
-            }
-        }
-        path.pop();
-        state.insert(node.to_string(), 2);
-    }
-    let mut state = BTreeMap::new();
-    let mut cycles = Vec::new();
-    for node in graph.keys() {
-        if state.get(node.as_str()).copied().unwrap_or(0) == 0 {
-            visit(node, &graph, &mut state, &mut Vec::new(), &mut cycles);
-        }
-    }
+    let cycles = find_cycles(&graph);
     assert!(cycles.is_empty(), "import cycles: {cycles:#?}");
 }
 
@@ -751,6 +720,8 @@ fn sibling_paths(code: &str, root: &str) -> BTreeSet<String> {
     out
 }
 
+/// Every cycle in `graph`, each as "a -> b -> a": a depth-first search in
+/// which a back edge closes one.
 fn find_cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
     fn visit(
         node: &str,

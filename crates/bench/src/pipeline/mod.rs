@@ -20,7 +20,6 @@ use super::merge;
 use crate::sql::scratch;
 use backbone::app;
 use backbone::config::Settings;
-use backbone::model::raw_event::Source;
 use backbone::pubsub::clients;
 use backbone::topology::Topology;
 
@@ -96,8 +95,6 @@ pub struct Args {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
 }
-
-const TARGETS: [Source; 2] = [Source::Netsuite, Source::Suitex];
 
 mod baseline;
 mod checks;

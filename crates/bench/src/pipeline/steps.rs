@@ -17,9 +17,10 @@ use super::publish::{bursts, publish_backlog, publish_stream};
 use super::report::{self, Baseline, Report, TargetReport};
 use super::stand_in::{Limits, Refusal, StandIn};
 use super::usage::{cpu_seconds, peak_rss_mib, MachineCpu};
-use super::{free_addr, unique_project, Args, Scratch, TARGETS};
+use super::{free_addr, unique_project, Args, Scratch};
 use crate::sql::scratch;
 use backbone::config::Settings;
+use backbone::model::raw_event::Source;
 use backbone::pubsub::clients;
 use backbone::pubsub::provision;
 use backbone::pubsub::publisher::Publishers;
@@ -343,7 +344,10 @@ pub(super) fn check(setup: &Setup, drain: &Drain, stored: &Stored) -> anyhow::Re
 
     let mut targets = BTreeMap::new();
     let mut last_arrival = drain.started;
-    for (target, stand_in) in TARGETS.into_iter().zip([&setup.netsuite, &setup.suitex]) {
+    for (target, stand_in) in Source::ALL
+        .into_iter()
+        .zip([&setup.netsuite, &setup.suitex])
+    {
         let arrivals = stand_in.arrivals();
         let mut report = check_target(
             target,

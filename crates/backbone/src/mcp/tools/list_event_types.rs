@@ -82,10 +82,7 @@ impl Ctx {
         }
         Ok(ListEventTypesOutput {
             record_types: types.into_values().collect(),
-            sources: [Source::Netsuite, Source::Suitex]
-                .iter()
-                .map(|s| s.as_str().to_string())
-                .collect(),
+            sources: Source::ALL.iter().map(|s| s.as_str().to_string()).collect(),
             outcomes: catalog::OUTCOMES.to_vec(),
             dead_letter_reasons: catalog::DEAD_REASONS.to_vec(),
             dead_letter_stages: catalog::DEAD_LETTER_STAGES
