@@ -598,7 +598,7 @@ pub async fn stored(store: &Store, n: usize) -> Stored {
 ///
 /// Pub/Sub delivers a key in order; the emulator does not always after a
 /// SIGKILL: a message leased (lease extended) to the killed process stays
-/// leased to it until the extension runs out (~20 s), while the key's later
+/// leased to it until the extension runs out (~10 s; 20 s before), while the key's later
 /// messages go to the new process. Seen in CI and here: k011 v5 first merged
 /// 20 s after v6–v12, right when its lease ended.
 pub async fn arrived_out_of_order(store: &Store) -> BTreeMap<String, Vec<i64>> {

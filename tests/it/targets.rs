@@ -73,6 +73,28 @@ struct TargetState {
     back_in_time: AtomicUsize,
     hits: Mutex<Vec<Hit>>,
     bucket: Mutex<Option<(f64, Instant)>>,
+    /// Requests whose client went away before the answer.
+    abandoned: AtomicUsize,
+}
+
+/// A request in flight: counted out when answered or when its client goes
+/// away (the handler is dropped), so an abandoned request is no overlap.
+struct InFlight<'a> {
+    s: &'a TargetState,
+    record: String,
+    answered: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.s.abandoned.fetch_add(1, Ordering::SeqCst);
+        }
+        if let Some(n) = lock(&self.s.per_record).get_mut(&self.record) {
+            *n -= 1;
+        }
+        self.s.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A stand-in target on 127.0.0.1.
@@ -113,6 +135,11 @@ async fn answer(
             s.overlaps.fetch_add(1, Ordering::SeqCst);
         }
     }
+    let mut inflight = InFlight {
+        s: &s,
+        record: record.clone(),
+        answered: false,
+    };
     if lock(&s.acked).get(&record).is_some_and(|a| version < *a) {
         s.back_in_time.fetch_add(1, Ordering::SeqCst);
     }
@@ -142,10 +169,8 @@ async fn answer(
         body: ev,
         resync,
     });
-    if let Some(n) = lock(&s.per_record).get_mut(&record) {
-        *n -= 1;
-    }
-    s.inflight.fetch_sub(1, Ordering::SeqCst);
+    inflight.answered = true;
+    drop(inflight);
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     match retry_after {
         Some(secs) => (code, [("retry-after", secs.to_string())], "slow down").into_response(),
@@ -210,6 +235,16 @@ impl Target {
 
     pub fn overlaps(&self) -> usize {
         self.state.overlaps.load(Ordering::SeqCst)
+    }
+
+    /// Requests whose client went away before they were answered.
+    pub fn abandoned(&self) -> usize {
+        self.state.abandoned.load(Ordering::SeqCst)
+    }
+
+    /// Requests being answered now.
+    pub fn inflight(&self) -> usize {
+        self.state.inflight.load(Ordering::SeqCst)
     }
 
     pub fn back_in_time(&self) -> usize {
@@ -762,6 +797,122 @@ async fn targets_two_replicas_deliver_one_request_per_record_at_a_time() {
         let got = &fields[&format!("project:p{r:04}")];
         assert_eq!(got["step"], json!(versions), "{r}: {got:?}");
     }
+    app.stop().await;
+}
+
+/// A request slower than the delivery lease keeps it (docs/spec.md §4.2):
+/// the holder renews it while the request is out, so the other replica
+/// never sends the record meanwhile, and a dead replica's lease can be
+/// seconds long instead of longer than the slowest request.
+#[tokio::test]
+async fn targets_a_request_slower_than_its_lease_keeps_it_across_replicas() {
+    let ns = Target::start(
+        0,
+        Behaviour {
+            latency: Duration::from_secs(6),
+            ..Default::default()
+        },
+    )
+    .await;
+    let sx = Target::start(0, Behaviour::default()).await;
+    let slow = [
+        ("BACKBONE__TARGETS__NETSUITE__TIMEOUT", "20s"),
+        ("BACKBONE__TARGETS__NETSUITE__LEASE_TTL", "3s"),
+    ];
+    let Some(mut app) = deploy(Db::Mariadb, &ns.url(), &sx.url(), &slow).await else {
+        return;
+    };
+    app.start().await;
+    publish_flow(&app, 1, 1, false, Duration::ZERO).await;
+    assert!(
+        eventually(WAIT, || async { ns.inflight() == 1 }).await,
+        "the request reached NetSuite"
+    );
+    // Past the lease's first 3 s: still held, and running out later.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let lease = app
+        .store
+        .delivery_lease_holder("netsuite", "project", "p0000")
+        .await
+        .expect("read the lease");
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    eprintln!("4.5 s into a 6 s request under a 3 s lease: {lease:?}, now {now_ms}");
+    let (_, until) = lease.expect("the lease is held while the request is out");
+    assert!(until > now_ms, "renewed: runs out at {until}, now {now_ms}");
+    let done = converged(&app, &ns, &records(1, None), 1).await;
+    eprintln!("{}; abandoned={}", ns.summary("netsuite"), ns.abandoned());
+    assert!(done, "delivered");
+    assert_eq!(
+        ns.hits().len(),
+        1,
+        "one request: nobody else sent the record"
+    );
+    assert_eq!((ns.overlaps(), ns.abandoned()), (0, 0));
+    app.stop().await;
+}
+
+/// A delivery whose lease is no longer its own abandons the request still
+/// out before the lease could pass to another replica (P1): here the test
+/// takes the lease over by hand mid-request, as a replica would once it
+/// ran out. The record is then sent again under a lease of its own,
+/// nothing is dead-lettered and no attempt is spent.
+#[tokio::test]
+async fn targets_a_request_whose_lease_is_taken_over_is_abandoned_and_sent_again() {
+    let ns = Target::start(
+        0,
+        Behaviour {
+            latency: Duration::from_secs(6),
+            ..Default::default()
+        },
+    )
+    .await;
+    let sx = Target::start(0, Behaviour::default()).await;
+    let slow = [
+        ("BACKBONE__TARGETS__NETSUITE__TIMEOUT", "20s"),
+        ("BACKBONE__TARGETS__NETSUITE__LEASE_TTL", "3s"),
+    ];
+    let Some(app) = deploy(Db::Sqlite, &ns.url(), &sx.url(), &slow).await else {
+        return;
+    };
+    publish_flow(&app, 1, 1, false, Duration::ZERO).await;
+    assert!(
+        eventually(WAIT, || async { ns.inflight() == 1 }).await,
+        "the request reached NetSuite"
+    );
+    let taken = Instant::now();
+    let until = chrono::Utc::now().timestamp_millis() + 1500;
+    sqlx::query(
+        "UPDATE delivery_state SET lease_holder = 42, lease_until = ? \
+         WHERE target = 'netsuite' AND record_id = 'p0000'",
+    )
+    .bind(until)
+    .execute(app.store.pool())
+    .await
+    .expect("take the lease over");
+    // The next renewal (a second apart) finds it gone.
+    let gave_up = eventually(Duration::from_secs(4), || async { ns.abandoned() == 1 }).await;
+    let after = taken.elapsed();
+    let done = converged(&app, &ns, &records(1, None), 1).await;
+    eprintln!(
+        "abandoned {:.1} s after the take-over; {}",
+        after.as_secs_f64(),
+        ns.summary("netsuite")
+    );
+    assert!(
+        gave_up,
+        "the request still out was abandoned within the renewal interval"
+    );
+    assert!(done, "sent again under its own lease and delivered");
+    assert_eq!(ns.count(200), 1);
+    assert_eq!(ns.overlaps(), 0);
+    assert_eq!(dead_letters(&app).await, 0);
+    let failed = scalar(
+        &app.store,
+        "SELECT COUNT(*) FROM event_audit_log WHERE stage = 'deliver.netsuite' \
+         AND processing_outcome <> 'delivered'",
+    )
+    .await;
+    assert_eq!(failed, 0, "no attempt spent on it");
     app.stop().await;
 }
 

@@ -4,9 +4,12 @@
 //! answer (see `delivery_log`), and taken over once `lease_until` (Unix
 //! milliseconds) has passed, for a replica that died holding it.
 //!
-//! The clock is each replica's own: a lease lasts a minute and replicas'
-//! clocks agree to milliseconds, so skew only shifts a dead replica's
-//! take-over a little.
+//! Its holder renews it while a delivery is out (`stages/deliver/keeper`),
+//! so `lease_ttl` only bounds how long a dead replica's records wait.
+//!
+//! The clock is each replica's own: replicas' clocks agree to milliseconds
+//! and the holder stops trusting a lease a quarter of its TTL early, so skew
+//! only shifts a dead replica's take-over a little.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -249,6 +252,31 @@ fn now_ms() -> i64 {
 }
 
 impl Store {
+    /// Extends a lease this process still holds to `ttl` from now: `false`
+    /// when it is no longer ours (released, or taken over after it ran out).
+    /// One autocommit statement; only a delivery held longer than a third
+    /// of the TTL makes one.
+    pub async fn renew_delivery_lease(&self, l: &Lease, ttl: Duration) -> Result<bool, StoreError> {
+        self.timed(async {
+            let until = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+            let updated = sqlx::query(
+                "UPDATE delivery_state SET lease_until = ? \
+                 WHERE target = ? AND record_type = ? AND record_id = ? AND lease_holder = ?",
+            )
+            .bind(until)
+            .bind(&l.target)
+            .bind(&l.record_type)
+            .bind(&l.record_id)
+            .bind(l.holder)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+            // Rows matched, not changed (CLIENT_FOUND_ROWS on MySQL).
+            Ok(updated > 0)
+        })
+        .await
+    }
+
     /// Who holds the (target, record) lease now, if anyone (tests, `explain`).
     pub async fn delivery_lease_holder(
         &self,

@@ -16,8 +16,9 @@ use super::hold::Holds;
 use super::lanes::dispatch;
 use super::{ConsumerError, ConsumerSpec, Ctx, Runtime};
 
-/// How far each lease extension reaches (see `run`).
-const LEASE_EXTENSION: Duration = Duration::from_secs(20);
+/// How far each lease extension reaches (see `open`): Pub/Sub's shortest
+/// ack deadline. The client extends every 3 s, so 7 s of slack remain.
+const LEASE_EXTENSION: Duration = Duration::from_secs(10);
 /// The longest a message is held with its lease extended: the
 /// subscriptions' message retention (`provision` sets 7 days).
 const MAX_LEASE: Duration = crate::topology::MESSAGE_RETENTION;
@@ -61,10 +62,10 @@ fn open(subscriber: &Subscriber, spec: &ConsumerSpec) -> MessageStream {
     subscriber
         .subscribe(spec.subscription.clone())
         .set_max_outstanding_messages(spec.max_outstanding)
-        // Leases are extended 20 s at a time for as long as a message is
+        // Leases are extended 10 s at a time for as long as a message is
         // held (an outage, a retry's backoff, a target held; up to
         // MAX_LEASE), so the messages of a replica that died come back
-        // within about 20 s rather than a minute.
+        // within about 10 s rather than a minute.
         .set_max_lease_extension(LEASE_EXTENSION)
         // A held delivery (a target's maintenance window lasts hours, docs/spec.md
         // §4.2) keeps its lease for as long as the subscription keeps it.

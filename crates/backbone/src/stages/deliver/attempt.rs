@@ -8,6 +8,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::http_sink::{Delivered, Signal, SinkFailure};
+use super::keeper::Keeper;
 use super::pacing::{Answer, Verdict};
 use super::plan::{Plan, Send};
 use super::{outcome_of, pacing_answer, record_hash, stopped, DeliverStage, MERGED_EVENT};
@@ -122,6 +123,7 @@ impl DeliverStage {
             expect: st,
             attempted: send.through.map(|(seq, _)| seq),
         };
+        let sent = tokio::time::Instant::now();
         let claimed = self.log().claim(claim).await.map_err(|e| Failure {
             error: store_failure(&e, MERGED_EVENT),
             fingerprint: Some(fp.clone()),
@@ -136,7 +138,10 @@ impl DeliverStage {
                 view: Some(now),
             });
         }
-        let leased = self.under_lease(d, view, send).await;
+        // Renewed while held, so a request slower than the lease keeps it.
+        let keeper = Keeper::start(self.store.clone(), lease.clone(), self.lease_ttl, sent);
+        let leased = self.under_lease(d, view, send, &keeper).await;
+        drop(keeper);
         if !matches!(leased, Ok(Leased { released: true, .. })) {
             self.release(lease).await;
         }
@@ -150,6 +155,7 @@ impl DeliverStage {
         d: &Delivery<'_>,
         view: View,
         send: Send,
+        keeper: &Keeper,
     ) -> Result<Leased, Failure> {
         let (_, st) = view;
         let fp = d.fp();
@@ -180,8 +186,8 @@ impl DeliverStage {
         // target, not bookkeeping. Waits through throttling and outages;
         // never fails for it.
         let mut permit = self.pacer.acquire().await.map_err(|e| stopped(e, fp))?;
-        if waited.elapsed() > self.lease_ttl / 2 {
-            // Held so long the lease may run out mid-request: claim afresh.
+        if !keeper.held() {
+            // Its renewals failed while it waited: claim afresh.
             return Ok(Leased::kept(Step::Again {
                 wait: false,
                 view: None,
@@ -200,11 +206,31 @@ impl DeliverStage {
         d.mark("permit_wait");
         let send = self.replan_after_wait(d, st, send, waited.elapsed()).await;
         let probe = permit.is_probe();
-        let answer = self.sink.post(&send.key, send.body.clone(), probe).await;
+        // A request still out when the lease can no longer be trusted is
+        // abandoned before another replica may send the record (P1).
+        let answer = tokio::select! {
+            biased;
+            answer = self.sink.post(&send.key, send.body.clone(), probe) => Some(answer),
+            () = keeper.lost() => None,
+        };
         d.mark("post");
         if let (Some(s), Some(slot)) = (&self.slots, slot) {
             s.release(slot).await;
         }
+        let Some(answer) = answer else {
+            // Not the target's doing: the permit goes back unjudged.
+            drop(permit);
+            tracing::warn!(
+                target = self.target.as_str(),
+                record_type = %d.ev.record_type,
+                record_id = %d.ev.record_id,
+                "A request was abandoned: its delivery lease could no longer be trusted (taken over, or not renewed in time)."
+            );
+            return Ok(Leased::kept(Step::Again {
+                wait: true,
+                view: None,
+            }));
+        };
         let (pace, why) = match &answer {
             Ok(_) => (Answer::Success, ""),
             Err(f) => (pacing_answer(f), f.error.message.as_str()),

@@ -4,6 +4,7 @@
 //! answered 2xx.
 //!
 //! One folder per concern: `attempt` (the loop of attempts and the lease),
+//! `keeper` (the lease renewed while held),
 //! `plan` (what to send), `books` (the bookkeeping), `http_sink` and
 //! `auth` (the request), `answer` (what a refusal means), `pacing` and
 //! `slots` (how fast, how many).
@@ -14,6 +15,7 @@ pub mod auth;
 mod books;
 pub mod fold;
 pub mod http_sink;
+mod keeper;
 mod known;
 pub mod pacing;
 mod plan;
