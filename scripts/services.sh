@@ -139,7 +139,7 @@ JAVAC=${JAVA_HOME:+$JAVA_HOME/bin/}javac
 PATCH_SRC=scripts/emulator-patch
 ASM_EXPORT=--add-exports=java.base/jdk.internal.org.objectweb.asm=ALL-UNNAMED
 
-# The packaged emulator (0.8.20) has two defects the tests run into, each
+# The packaged emulator (0.8.20) has defects the tests run into, each
 # fixed by classes put ahead of its jar (see scripts/emulator-patch/):
 # - it throws NoSuchMethodError on every client RST_STREAM, so it never
 #   learns that a streaming pull was cancelled and keeps leasing messages to
@@ -148,6 +148,10 @@ ASM_EXPORT=--add-exports=java.base/jdk.internal.org.objectweb.asm=ALL-UNNAMED
 #   subscription never stops: thousands after a test run or a few benches
 #   (com/google/cloud/pubsub/testing/v1/OrderedBacklogs.java, applied to the
 #   jar's OrderedMessageBacklog by tools/PatchOrderedBacklogClose.java);
+# - when a streaming pull ends (a subscriber SIGKILLed), an ordering key whose
+#   messages were still leased to it moves to another stream at once, and its
+#   later messages overtake the leased ones (the same patch keeps the key on
+#   the ended stream until they expire, as real Pub/Sub keeps a key's order);
 # - it accepts messages real Pub/Sub refuses (over 100 attributes, an
 #   attribute over 1 KiB, over 10 MB): its publisher is replaced by one that
 #   refuses them (PubsubGrpcServerAdapter$1.java).
@@ -186,7 +190,7 @@ build_patches() { # JAR DIR
         "$PATCH_SRC/com/google/cloud/pubsub/testing/v1/OrderedBacklogs.java" >&2; then
       "$JAVA" "$ASM_EXPORT" -cp "$tmp/tool" PatchOrderedBacklogClose "$jar" "$tmp/classes" || rc=$?
       case $rc in
-        0) built="$built ordered-backlog-close" ;;
+        0) built="$built ordered-backlog-close ordered-stream-end" ;;
         # This jar's close() is not the empty one: nothing to fix.
         3) rm -f "$tmp/classes/com/google/cloud/pubsub/testing/v1/OrderedBacklogs.class" ;;
         *) echo "warning: could not patch OrderedMessageBacklog.close(); ordered subscriptions leak a thread per ordering key" >&2 ;;

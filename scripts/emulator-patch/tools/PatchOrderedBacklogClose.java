@@ -1,16 +1,19 @@
 // Build-time tool (run by scripts/services.sh, never shipped): writes a copy
 // of the emulator jar's OrderedMessageBacklog.class whose empty close() calls
-// OrderedBacklogs.closeAll(this, this.backlogs) instead (see
+// OrderedBacklogs.closeAll(this, this.backlogs) instead, and whose
+// onStreamingPullCompleted(streamId) calls OrderedBacklogs.streamEnded(...)
+// then its own recalculateStreamIndex() (see
 // ../com/google/cloud/pubsub/testing/v1/OrderedBacklogs.java for why).
 //
-// Only that method body changes; the rest of the class is copied as it is.
+// Only those method bodies change; the rest of the class is copied as it is.
 // It uses the ASM copy inside the JDK (java.base, JDK 11-21), so it needs
 // --add-exports java.base/jdk.internal.org.objectweb.asm=ALL-UNNAMED at
 // compile and run time and nothing to download.
 //
 // Usage: java PatchOrderedBacklogClose <emulator jar> <output dir>
 // Exit 0: written; 3: the jar's close() is not the empty one this patch
-// expects (another emulator version: nothing written); 1: any other failure.
+// expects, or its onStreamingPullCompleted() is not the one it replaces
+// (another emulator version: nothing written); 1: any other failure.
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -46,6 +49,11 @@ public final class PatchOrderedBacklogClose {
       System.err.println(OWNER + ".close() is not empty in " + args[0] + ": not patched");
       System.exit(3);
     }
+    if (!streamEndIsTheOriginal(reader)) {
+      System.err.println(
+          OWNER + ".onStreamingPullCompleted() is not the expected one in " + args[0] + ": not patched");
+      System.exit(3);
+    }
     // No COMPUTE_* flag: the new body has no branch (no frames) and states its maxima.
     ClassWriter writer = new ClassWriter(reader, 0);
     reader.accept(
@@ -54,6 +62,10 @@ public final class PatchOrderedBacklogClose {
           public MethodVisitor visitMethod(
               int access, String name, String desc, String signature, String[] exceptions) {
             MethodVisitor out = super.visitMethod(access, name, desc, signature, exceptions);
+            if (isStreamEnd(name, desc)) {
+              writeStreamEnd(out);
+              return null;
+            }
             if (!isClose(name, desc)) {
               return out;
             }
@@ -74,6 +86,69 @@ public final class PatchOrderedBacklogClose {
     Path target = Path.of(args[1], OWNER + ".class");
     Files.createDirectories(target.getParent());
     Files.write(target, writer.toByteArray());
+  }
+
+  /**
+   * OrderedBacklogs.streamEnded(backlogs, orderingKeysToStreamIds,
+   * streamIdsToIndexes, streamId); this.recalculateStreamIndex(); return.
+   * No branch, so no frames; locals: this and the long streamId.
+   */
+  private static void writeStreamEnd(MethodVisitor out) {
+    out.visitCode();
+    out.visitVarInsn(Opcodes.ALOAD, 0);
+    out.visitFieldInsn(Opcodes.GETFIELD, OWNER, "backlogs", "Ljava/util/LinkedHashMap;");
+    out.visitVarInsn(Opcodes.ALOAD, 0);
+    out.visitFieldInsn(Opcodes.GETFIELD, OWNER, "orderingKeysToStreamIds", "Ljava/util/HashMap;");
+    out.visitVarInsn(Opcodes.ALOAD, 0);
+    out.visitFieldInsn(Opcodes.GETFIELD, OWNER, "streamIdsToIndexes", "Ljava/util/HashMap;");
+    out.visitVarInsn(Opcodes.LLOAD, 1);
+    out.visitMethodInsn(
+        Opcodes.INVOKESTATIC,
+        HELPER,
+        "streamEnded",
+        "(Ljava/util/Map;Ljava/util/Map;Ljava/util/Map;J)V",
+        false);
+    out.visitVarInsn(Opcodes.ALOAD, 0);
+    out.visitMethodInsn(Opcodes.INVOKESPECIAL, OWNER, "recalculateStreamIndex", "()V", false);
+    out.visitInsn(Opcodes.RETURN);
+    out.visitMaxs(5, 3);
+    out.visitEnd();
+  }
+
+  private static boolean isStreamEnd(String name, String desc) {
+    return name.equals("onStreamingPullCompleted") && desc.equals("(J)V");
+  }
+
+  /**
+   * True when onStreamingPullCompleted(long) is the jar 0.8.20 one: it removes
+   * the stream's index, removes its keys with an iterator, and recalculates.
+   */
+  private static boolean streamEndIsTheOriginal(ClassReader reader) {
+    java.util.List<String> calls = new java.util.ArrayList<>();
+    boolean[] found = {false};
+    reader.accept(
+        new ClassVisitor(Opcodes.ASM7) {
+          @Override
+          public MethodVisitor visitMethod(
+              int access, String name, String desc, String signature, String[] exceptions) {
+            if (!isStreamEnd(name, desc)) {
+              return null;
+            }
+            found[0] = true;
+            return new MethodVisitor(Opcodes.ASM7) {
+              @Override
+              public void visitMethodInsn(
+                  int opcode, String owner, String name, String desc, boolean itf) {
+                calls.add(name);
+              }
+            };
+          }
+        },
+        ClassReader.SKIP_DEBUG | ClassReader.SKIP_FRAMES);
+    return found[0]
+        && calls.contains("remove")
+        && calls.contains("recalculateStreamIndex")
+        && calls.stream().noneMatch(c -> c.equals("getDeliveredCount"));
   }
 
   private static boolean isClose(String name, String desc) {

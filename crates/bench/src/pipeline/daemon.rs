@@ -276,6 +276,7 @@ impl Completion<'_> {
                 &s.arrivals(),
                 s.unreadable(),
                 &HashMap::new(),
+                None,
             )?;
             if seen.missing > 0 {
                 return Ok(false);

@@ -24,6 +24,10 @@ pub(super) struct TargetReport {
     pub(super) requests: usize,
     pub(super) missing: usize,
     pub(super) doubled: usize,
+    /// A version that first arrived before a replica was SIGKILLed and again
+    /// after it: the crash window of at-least-once delivery, reported, not
+    /// failed (see `checks::check_target`).
+    pub(super) resent_after_kill: usize,
     /// A (record, version) not routed to this target, or under another event id.
     pub(super) unexpected: usize,
     /// A version that arrived after a later or equal one of its record.
@@ -351,6 +355,12 @@ impl TargetReport {
             out.push(format!(
                 "    missing {}, doubled {}, unexpected {}, out of order {}, unreadable {}",
                 t.missing, t.doubled, t.unexpected, t.out_of_order, t.unreadable
+            ));
+        }
+        if t.resent_after_kill > 0 {
+            out.push(format!(
+                "    {} versions sent before the kill were sent again after it (the killed replica's requests, never acknowledged in its books: at least once)",
+                t.resent_after_kill
             ));
         }
     }

@@ -215,6 +215,7 @@ pub(super) struct Drain {
     final_metrics: String,
     /// When `--kill-one-after` killed a replica, seconds after the start.
     killed_after: Option<f64>,
+    killed: Option<Instant>,
 }
 
 pub(super) async fn drain(
@@ -289,6 +290,7 @@ pub(super) async fn drain(
         killed_after: drained
             .killed
             .map(|k| k.duration_since(s.started).as_secs_f64()),
+        killed: drained.killed,
     })
 }
 
@@ -355,6 +357,7 @@ pub(super) fn check(setup: &Setup, drain: &Drain, stored: &Stored) -> anyhow::Re
             &arrivals,
             stand_in.unreadable(),
             &drain.published_at,
+            drain.killed,
         )?;
         if let Some(a) = arrivals.iter().map(|a| a.at).max() {
             last_arrival = last_arrival.max(a);
