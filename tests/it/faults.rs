@@ -471,6 +471,15 @@ async fn faults_sigkill_under_load_with_flaky_targets() {
 
     assert_eq!(daemon.kills, p.kills);
     assert_eq!((st.lost, st.twice), (0, 0), "lost / stored twice");
+    // Pub/Sub keeps a key's order across a subscriber's death; the test
+    // emulator does too since scripts/emulator-patch keeps a key on a dead
+    // stream until its leased messages expire (before: late arrivals here).
+    assert!(
+        reordered.is_empty(),
+        "{} records' raw events arrived out of order after a SIGKILL: {:?}",
+        reordered.len(),
+        reordered.iter().take(3).collect::<Vec<_>>()
+    );
     assert!(
         late.is_empty(),
         "{} records behind: {:?}",
