@@ -123,7 +123,7 @@ impl DeliverStage {
             expect: st,
             attempted: send.through.map(|(seq, _)| seq),
         };
-        let sent = tokio::time::Instant::now();
+        let claimed_at = tokio::time::Instant::now();
         let claimed = self.log().claim(claim).await.map_err(|e| Failure {
             error: store_failure(&e, MERGED_EVENT),
             fingerprint: Some(fp.clone()),
@@ -138,10 +138,7 @@ impl DeliverStage {
                 view: Some(now),
             });
         }
-        // Renewed while held, so a request slower than the lease keeps it.
-        let keeper = Keeper::start(self.store.clone(), lease.clone(), self.lease_ttl, sent);
-        let leased = self.under_lease(d, view, send, &keeper).await;
-        drop(keeper);
+        let leased = self.under_lease(d, view, send, claimed_at).await;
         if !matches!(leased, Ok(Leased { released: true, .. })) {
             self.release(lease).await;
         }
@@ -155,7 +152,7 @@ impl DeliverStage {
         d: &Delivery<'_>,
         view: View,
         send: Send,
-        keeper: &Keeper,
+        claimed_at: tokio::time::Instant,
     ) -> Result<Leased, Failure> {
         let (_, st) = view;
         let fp = d.fp();
@@ -186,8 +183,10 @@ impl DeliverStage {
         // target, not bookkeeping. Waits through throttling and outages;
         // never fails for it.
         let mut permit = self.pacer.acquire().await.map_err(|e| stopped(e, fp))?;
-        if !keeper.held() {
-            // Its renewals failed while it waited: claim afresh.
+        if waited.elapsed() > self.lease_ttl / 2 {
+            // Held so long (a target held, an outage) that the lease may run
+            // out before the request: claim afresh. Nothing is renewed
+            // while only waiting.
             return Ok(Leased::kept(Step::Again {
                 wait: false,
                 view: None,
@@ -204,6 +203,14 @@ impl DeliverStage {
             None => None,
         };
         d.mark("permit_wait");
+        // From here to the bookkeeping of the answer the lease is renewed, so
+        // a request slower than the lease keeps it.
+        let keeper = Keeper::start(
+            self.store.clone(),
+            self.lease(&d.ev),
+            self.lease_ttl,
+            claimed_at,
+        );
         let send = self.replan_after_wait(d, st, send, waited.elapsed()).await;
         let probe = permit.is_probe();
         // A request still out when the lease can no longer be trusted is

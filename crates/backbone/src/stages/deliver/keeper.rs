@@ -1,7 +1,9 @@
-//! Keeps a delivery's lease alive while the delivery holds it (docs/spec.md
-//! §4.2): renewed every third of its TTL, so the TTL only has to cover a
-//! replica that died holding it, not the slowest request. A replica killed
-//! mid-request leaves its records waiting seconds, not a request timeout.
+//! Keeps a delivery's lease alive from the moment its request goes out until
+//! the answer is booked (docs/spec.md §4.2): renewed every third of its TTL,
+//! so the TTL only has to cover a replica that died holding it, not the
+//! slowest request. A replica killed mid-request leaves its records waiting
+//! seconds, not a request timeout. A delivery only waiting (for a permit, a
+//! held target) renews nothing: it claims afresh if it waited half the TTL.
 //!
 //! The holder stops trusting its lease a quarter of the TTL before the last
 //! renewal the database confirmed runs out; a request still out then is
@@ -51,21 +53,17 @@ pub(super) struct Keeper {
 }
 
 impl Keeper {
-    /// For a lease whose claim was sent at `sent` and confirmed.
+    /// For a lease whose claim was sent at `sent` and confirmed: renewed a
+    /// third of its TTL after that (at once if that has passed), and so on.
     pub fn start(store: Store, lease: Lease, ttl: Duration, sent: Instant) -> Self {
         let timing = Timing { ttl };
         let (tx, trusted) = watch::channel(timing.trusted_until(sent));
         let stop = CancellationToken::new();
-        tokio::spawn(renew(store, lease, timing, tx, stop.clone()));
+        tokio::spawn(renew(store, lease, timing, sent, tx, stop.clone()));
         Self {
             trusted,
             _stop: stop.drop_guard(),
         }
-    }
-
-    /// Whether the lease may still be trusted.
-    pub fn held(&self) -> bool {
-        Instant::now() < *self.trusted.borrow()
     }
 
     /// Resolves once the lease can no longer be trusted.
@@ -99,24 +97,28 @@ async fn renew(
     store: Store,
     lease: Lease,
     timing: Timing,
+    mut last: Instant,
     trusted: watch::Sender<Instant>,
     stop: CancellationToken,
 ) {
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(timing.every()) => {}
+            () = tokio::time::sleep_until(last + timing.every()) => {}
         }
         let sent = Instant::now();
         match store.renew_delivery_lease(&lease, timing.ttl).await {
             Ok(true) => {
                 trusted.send_replace(timing.trusted_until(sent));
+                last = sent;
             }
             Ok(false) => {
                 // Not ours any more: whatever still runs under it stops now.
                 trusted.send_replace(Instant::now());
+                // Debug: a renewal may cross the release of a delivery that
+                // just finished; an abandoned request is logged by the delivery.
                 if !stop.is_cancelled() {
-                    tracing::warn!(
+                    tracing::debug!(
                         target = %lease.target,
                         record_type = %lease.record_type,
                         record_id = %lease.record_id,
@@ -126,7 +128,12 @@ async fn renew(
                 return;
             }
             Err(e) => {
+                // The next try comes a turn later: `last` stays.
                 tracing::warn!(error = %e, "Could not renew a delivery lease; trying again.");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(timing.every() / 4) => {}
+                }
             }
         }
     }
