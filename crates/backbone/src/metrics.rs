@@ -561,11 +561,17 @@ impl StepTimer {
         }
     }
 
-    /// Ends the step `name` (the time since the previous mark).
+    /// Ends the step `name` (the time since the previous mark); a step
+    /// marked again (a delivery's second attempt) adds to its time, so each
+    /// step is observed once per unit.
     pub fn mark(&mut self, name: &'static str) {
         let now = std::time::Instant::now();
-        self.steps.push((name, now - self.last));
+        let d = now - self.last;
         self.last = now;
+        match self.steps.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, total)) => *total += d,
+            None => self.steps.push((name, d)),
+        }
     }
 
     pub fn observe(self) {

@@ -30,6 +30,10 @@ pub(super) enum Step {
     /// or the target throttled. `wait` first (a backoff), and `view` when
     /// the attempt already read where the target stands.
     Again { wait: bool, view: Option<View> },
+    /// Another replica holds the record's lease: it answers within a
+    /// request's time, so look again soon (a short backoff of its own, not
+    /// the throttling one), reading where the target stands then.
+    Busy,
     /// The target's circuit opened (an outage, refused credentials): plan
     /// again; the next permit waits until a probe gets through.
     Hold,
@@ -78,23 +82,39 @@ impl DeliverStage {
     /// Every attempt of one delivery, until one is done.
     pub(super) async fn deliver(&self, d: &Delivery<'_>, mut view: View) -> StageResult {
         let mut again = super::again_delays();
+        let mut busy = super::busy_delays();
         loop {
             match self.attempt(d, view).await? {
                 Step::Done(result) => return result,
+                Step::Busy => {
+                    d.mark("plan");
+                    let pause = busy.next().unwrap_or(super::BUSY_MAX);
+                    self.pacer
+                        .sleep(pause)
+                        .await
+                        .map_err(|e| stopped(e, d.fp()))?;
+                    view = self.view(&d.ev).await?;
+                    d.mark("busy_wait");
+                }
                 Step::Again { wait, view: seen } => {
                     if wait {
+                        d.mark("plan");
                         let pause = again.next().unwrap_or(super::AGAIN_MAX);
                         self.pacer
                             .sleep(pause)
                             .await
                             .map_err(|e| stopped(e, d.fp()))?;
+                        d.mark("throttled_wait");
                     }
                     view = match seen {
                         Some(v) if !wait => v,
                         _ => self.view(&d.ev).await?,
                     };
                 }
-                Step::Hold => view = self.view(&d.ev).await?,
+                Step::Hold => {
+                    view = self.view(&d.ev).await?;
+                    d.mark("held");
+                }
             }
         }
     }
@@ -131,10 +151,14 @@ impl DeliverStage {
         if !claimed {
             self.known.forget(&d.ev);
             let now = self.view(&d.ev).await?;
+            d.mark("claim_refused");
             // Unchanged: another replica is delivering this record, wait
             // its turn; changed: the target moved on while this one waited.
+            if now == view {
+                return Ok(Step::Busy);
+            }
             return Ok(Step::Again {
-                wait: now == view,
+                wait: false,
                 view: Some(now),
             });
         }
@@ -183,15 +207,6 @@ impl DeliverStage {
         // target, not bookkeeping. Waits through throttling and outages;
         // never fails for it.
         let mut permit = self.pacer.acquire().await.map_err(|e| stopped(e, fp))?;
-        if waited.elapsed() > self.lease_ttl / 2 {
-            // Held so long (a target held, an outage) that the lease may run
-            // out before the request: claim afresh. Nothing is renewed
-            // while only waiting.
-            return Ok(Leased::kept(Step::Again {
-                wait: false,
-                view: None,
-            }));
-        }
         // The account-wide slot (docs/spec.md §4.3), after the permit: only a
         // request about to go holds one of the account's slots.
         let slot = match &self.slots {
@@ -203,6 +218,18 @@ impl DeliverStage {
             None => None,
         };
         d.mark("permit_wait");
+        // Nothing is renewed while only waiting (a held target may hold
+        // deliveries for hours); one that waited a while renews once here,
+        // keeping its place at the target.
+        let Some(claimed_at) = self.still_ours(d, claimed_at).await else {
+            if let (Some(s), Some(slot)) = (&self.slots, slot) {
+                s.release(slot).await;
+            }
+            return Ok(Leased::kept(Step::Again {
+                wait: false,
+                view: None,
+            }));
+        };
         // From here to the bookkeeping of the answer the lease is renewed, so
         // a request slower than the lease keeps it.
         let keeper = Keeper::start(
@@ -246,6 +273,33 @@ impl DeliverStage {
         match answer {
             Ok(delivered) => self.delivered(d, st, delivered, send).await,
             Err(failure) => self.failed(d, failure, verdict, &send.body).await,
+        }
+    }
+
+    /// The lease taken at `claimed_at`, renewed if a third of its TTL has
+    /// passed since: when it was written, or `None` when it is no longer
+    /// this process's (another replica took it over after it ran out; the
+    /// delivery then plans again) or the database did not answer.
+    async fn still_ours(
+        &self,
+        d: &Delivery<'_>,
+        claimed_at: tokio::time::Instant,
+    ) -> Option<tokio::time::Instant> {
+        if claimed_at.elapsed() < self.lease_ttl / 3 {
+            return Some(claimed_at);
+        }
+        let sent = tokio::time::Instant::now();
+        match self
+            .store
+            .renew_delivery_lease(&self.lease(&d.ev), self.lease_ttl)
+            .await
+        {
+            Ok(true) => Some(sent),
+            Ok(false) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "Could not renew a delivery lease before its request.");
+                None
+            }
         }
     }
 

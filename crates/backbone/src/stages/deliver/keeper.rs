@@ -3,7 +3,8 @@
 //! so the TTL only has to cover a replica that died holding it, not the
 //! slowest request. A replica killed mid-request leaves its records waiting
 //! seconds, not a request timeout. A delivery only waiting (for a permit, a
-//! held target) renews nothing: it claims afresh if it waited half the TTL.
+//! held target) renews nothing; it renews once before its request if it
+//! waited a third of the TTL (`attempt::still_ours`), keeping its permit.
 //!
 //! The holder stops trusting its lease a quarter of the TTL before the last
 //! renewal the database confirmed runs out; a request still out then is

@@ -51,9 +51,14 @@ const LOG_WORKERS: usize = 2;
 const MERGED_EVENT: &str = "merged event";
 
 /// Between two sends of a request the target throttled without saying for
-/// how long, and between two looks at a lease another replica holds.
+/// how long.
 const AGAIN_MIN: Duration = Duration::from_millis(100);
 const AGAIN_MAX: Duration = Duration::from_secs(5);
+/// Between two looks at a record another live replica is delivering: its
+/// request and bookkeeping take about a round trip, and a dead one's lease
+/// runs out within `lease_ttl`, so a look at most this far apart.
+const BUSY_MIN: Duration = Duration::from_millis(50);
+const BUSY_MAX: Duration = Duration::from_millis(500);
 
 /// The stage name (and audit `stage`) for a target.
 pub fn stage_name(target: Source) -> &'static str {
@@ -245,6 +250,16 @@ fn record_hash(ev: &MergedEvent) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (&ev.record_type, &ev.record_id).hash(&mut h);
     h.finish()
+}
+
+fn busy_delays() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(BUSY_MIN)
+        .with_max_delay(BUSY_MAX)
+        .without_max_times()
+        .with_jitter()
+        .build()
 }
 
 fn again_delays() -> backon::ExponentialBackoff {
