@@ -9,8 +9,9 @@ use serde_json::json;
 
 use super::http_sink::{Delivered, Signal, SinkFailure};
 use super::keeper::Keeper;
-use super::pacing::{Answer, Verdict};
+use super::pacing::{Answer, Permit, Verdict};
 use super::plan::{Plan, Send};
+use super::slots::Slot;
 use super::{outcome_of, pacing_answer, record_hash, stopped, DeliverStage, MERGED_EVENT};
 use crate::model::merged_event::MergedEvent;
 use crate::stages::{store_failure, Failure, Incoming, Outcome, StageResult};
@@ -203,20 +204,7 @@ impl DeliverStage {
         }
         let waited = tokio::time::Instant::now();
         self.let_the_burst_settle(d).await;
-        // The permit after the claim: it bounds requests in flight at the
-        // target, not bookkeeping. Waits through throttling and outages;
-        // never fails for it.
-        let mut permit = self.pacer.acquire().await.map_err(|e| stopped(e, fp))?;
-        // The account-wide slot (docs/spec.md §4.3), after the permit: only a
-        // request about to go holds one of the account's slots.
-        let slot = match &self.slots {
-            Some(s) => {
-                let slot = s.acquire().await.map_err(|e| slot_failure(e, fp))?;
-                permit.restart();
-                Some(slot)
-            }
-            None => None,
-        };
+        let (permit, slot) = self.turn_at_target(fp).await?;
         d.mark("permit_wait");
         // Nothing is renewed while only waiting (a held target may hold
         // deliveries for hours); one that waited a while renews once here,
@@ -274,6 +262,23 @@ impl DeliverStage {
             Ok(delivered) => self.delivered(d, st, delivered, send).await,
             Err(failure) => self.failed(d, failure, verdict, &send.body).await,
         }
+    }
+
+    /// The permit after the claim: it bounds requests in flight at the
+    /// target, not bookkeeping. Waits through throttling and outages; never
+    /// fails for it. Then the account-wide slot (docs/spec.md §4.3): only a
+    /// request about to go holds one of the account's slots.
+    async fn turn_at_target(&self, fp: &str) -> Result<(Permit, Option<Slot>), Failure> {
+        let mut permit = self.pacer.acquire().await.map_err(|e| stopped(e, fp))?;
+        let slot = match &self.slots {
+            Some(s) => {
+                let slot = s.acquire().await.map_err(|e| slot_failure(e, fp))?;
+                permit.restart();
+                Some(slot)
+            }
+            None => None,
+        };
+        Ok((permit, slot))
     }
 
     /// The lease taken at `claimed_at`, renewed if a third of its TTL has
