@@ -916,6 +916,75 @@ async fn targets_a_request_whose_lease_is_taken_over_is_abandoned_and_sent_again
     app.stop().await;
 }
 
+/// A delivery that waited for its permit longer than a third of its lease
+/// checks the lease is still its own before it sends (and renews it): one
+/// taken over meanwhile, as a replica would once it ran out, is not sent
+/// under; the record goes out only once that lease has passed.
+#[tokio::test]
+async fn targets_a_lease_taken_over_while_waiting_for_the_permit_is_not_sent_under() {
+    let ns = Target::start(
+        0,
+        Behaviour {
+            latency: Duration::from_secs(3),
+            ..Default::default()
+        },
+    )
+    .await;
+    let sx = Target::start(0, Behaviour::default()).await;
+    let one_at_a_time = [
+        ("BACKBONE__TARGETS__NETSUITE__TIMEOUT", "20s"),
+        ("BACKBONE__TARGETS__NETSUITE__LEASE_TTL", "3s"),
+        ("BACKBONE__TARGETS__NETSUITE__INITIAL_CONCURRENCY", "1"),
+        ("BACKBONE__TARGETS__NETSUITE__MAX_CONCURRENCY", "1"),
+    ];
+    let Some(app) = deploy(Db::Sqlite, &ns.url(), &sx.url(), &one_at_a_time).await else {
+        return;
+    };
+    // p0000 takes the only permit for 3 s; p0001 claims its lease and waits.
+    publish_flow(&app, 1, 1, false, Duration::ZERO).await;
+    assert!(eventually(WAIT, || async { ns.inflight() == 1 }).await);
+    publish_flow(&app, 2, 1, false, Duration::ZERO).await;
+    let claimed = eventually(Duration::from_secs(2), || async {
+        app.store
+            .delivery_lease_holder("netsuite", "project", "p0001")
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    })
+    .await;
+    assert!(claimed, "p0001 claimed its lease before its permit");
+    let taken = Instant::now();
+    let until = chrono::Utc::now().timestamp_millis() + 4000;
+    sqlx::query(
+        "UPDATE delivery_state SET lease_holder = 42, lease_until = ? \
+         WHERE target = 'netsuite' AND record_id = 'p0001'",
+    )
+    .bind(until)
+    .execute(app.store.pool())
+    .await
+    .expect("take the lease over");
+    let done = converged(&app, &ns, &records(2, None), 1).await;
+    let sent_after = ns
+        .hits()
+        .iter()
+        .find(|h| h.record == "project:p0001")
+        .map(|h| h.at.duration_since(taken));
+    eprintln!(
+        "p0001 sent {sent_after:?} after its lease was taken over for 4 s; {}",
+        ns.summary("netsuite")
+    );
+    assert!(done, "both delivered");
+    let sent_after = sent_after.expect("p0001 was sent");
+    assert!(
+        sent_after >= Duration::from_millis(3900),
+        "sent under a lease taken over: {sent_after:?} after"
+    );
+    assert_eq!(ns.hits().len(), 2, "one request per record");
+    assert_eq!(ns.overlaps(), 0);
+    app.stop().await;
+}
+
 /// Replaying many dead letters goes through the same pacing: the target
 /// is not flooded.
 #[tokio::test]
