@@ -92,8 +92,8 @@ impl Keeper {
 
 /// Renews `lease` every third of its TTL until `stop`. A renewal the
 /// database refuses (the lease is no longer ours) ends them; one that fails
-/// is tried again at the next turn, and the lease stays trusted only as long
-/// as the last confirmed one says.
+/// is tried again a twelfth of the TTL later, and the lease stays trusted
+/// only as long as the last confirmed one says.
 async fn renew(
     store: Store,
     lease: Lease,
@@ -129,7 +129,8 @@ async fn renew(
                 return;
             }
             Err(e) => {
-                // The next try comes a turn later: `last` stays.
+                // `last` stays, so the next try comes after this short
+                // pause, not a whole turn later.
                 tracing::warn!(error = %e, "Could not renew a delivery lease; trying again.");
                 tokio::select! {
                     () = stop.cancelled() => return,
