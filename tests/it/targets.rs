@@ -800,6 +800,21 @@ async fn targets_two_replicas_deliver_one_request_per_record_at_a_time() {
     app.stop().await;
 }
 
+/// Takes the NetSuite lease on `record_id` for `for_` as another replica
+/// (holder 42) would once the daemon's had run out.
+async fn take_lease_over(app: &TestApp, record_id: &str, for_: Duration) {
+    let until = chrono::Utc::now().timestamp_millis() + for_.as_millis() as i64;
+    sqlx::query(
+        "UPDATE delivery_state SET lease_holder = 42, lease_until = ? \
+         WHERE target = 'netsuite' AND record_id = ?",
+    )
+    .bind(until)
+    .bind(record_id)
+    .execute(app.store.pool())
+    .await
+    .expect("take the lease over");
+}
+
 /// A request slower than the delivery lease keeps it (docs/spec.md §4.2):
 /// the holder renews it while the request is out, so the other replica
 /// never sends the record meanwhile, and a dead replica's lease can be
@@ -880,15 +895,7 @@ async fn targets_a_request_whose_lease_is_taken_over_is_abandoned_and_sent_again
         "the request reached NetSuite"
     );
     let taken = Instant::now();
-    let until = chrono::Utc::now().timestamp_millis() + 1500;
-    sqlx::query(
-        "UPDATE delivery_state SET lease_holder = 42, lease_until = ? \
-         WHERE target = 'netsuite' AND record_id = 'p0000'",
-    )
-    .bind(until)
-    .execute(app.store.pool())
-    .await
-    .expect("take the lease over");
+    take_lease_over(&app, "p0000", Duration::from_millis(1500)).await;
     // The next renewal (a second apart) finds it gone.
     let gave_up = eventually(Duration::from_secs(4), || async { ns.abandoned() == 1 }).await;
     let after = taken.elapsed();
@@ -955,15 +962,7 @@ async fn targets_a_lease_taken_over_while_waiting_for_the_permit_is_not_sent_und
     .await;
     assert!(claimed, "p0001 claimed its lease before its permit");
     let taken = Instant::now();
-    let until = chrono::Utc::now().timestamp_millis() + 4000;
-    sqlx::query(
-        "UPDATE delivery_state SET lease_holder = 42, lease_until = ? \
-         WHERE target = 'netsuite' AND record_id = 'p0001'",
-    )
-    .bind(until)
-    .execute(app.store.pool())
-    .await
-    .expect("take the lease over");
+    take_lease_over(&app, "p0001", Duration::from_secs(4)).await;
     let done = converged(&app, &ns, &records(2, None), 1).await;
     let sent_after = ns
         .hits()

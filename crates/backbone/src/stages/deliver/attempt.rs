@@ -82,8 +82,8 @@ impl Leased {
 impl DeliverStage {
     /// Every attempt of one delivery, until one is done.
     pub(super) async fn deliver(&self, d: &Delivery<'_>, mut view: View) -> StageResult {
-        let mut again = super::again_delays();
-        let mut busy = super::busy_delays();
+        let mut again = super::delays(super::AGAIN_MIN, super::AGAIN_MAX);
+        let mut busy = super::delays(super::BUSY_MIN, super::BUSY_MAX);
         loop {
             match self.attempt(d, view).await? {
                 Step::Done(result) => return result,

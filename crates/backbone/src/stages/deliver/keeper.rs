@@ -118,14 +118,12 @@ async fn renew(
                 trusted.send_replace(Instant::now());
                 // Debug: a renewal may cross the release of a delivery that
                 // just finished; an abandoned request is logged by the delivery.
-                if !stop.is_cancelled() {
-                    tracing::debug!(
-                        target = %lease.target,
-                        record_type = %lease.record_type,
-                        record_id = %lease.record_id,
-                        "A delivery lease was taken over while its delivery held it."
-                    );
-                }
+                tracing::debug!(
+                    target = %lease.target,
+                    record_type = %lease.record_type,
+                    record_id = %lease.record_id,
+                    "A delivery lease is no longer this process's."
+                );
                 return;
             }
             Err(e) => {

@@ -252,21 +252,12 @@ fn record_hash(ev: &MergedEvent) -> u64 {
     h.finish()
 }
 
-fn busy_delays() -> backon::ExponentialBackoff {
+/// A jittered exponential backoff between `min` and `max`, without end.
+fn delays(min: Duration, max: Duration) -> backon::ExponentialBackoff {
     use backon::BackoffBuilder;
     backon::ExponentialBuilder::default()
-        .with_min_delay(BUSY_MIN)
-        .with_max_delay(BUSY_MAX)
-        .without_max_times()
-        .with_jitter()
-        .build()
-}
-
-fn again_delays() -> backon::ExponentialBackoff {
-    use backon::BackoffBuilder;
-    backon::ExponentialBuilder::default()
-        .with_min_delay(AGAIN_MIN)
-        .with_max_delay(AGAIN_MAX)
+        .with_min_delay(min)
+        .with_max_delay(max)
         .without_max_times()
         .with_jitter()
         .build()
