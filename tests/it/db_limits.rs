@@ -637,6 +637,7 @@ async fn unparkable_dead_letter_is_bounded_and_surfaced_mariadb() {
         publish_time: None,
         ordering_key: String::new(),
         execution: 1,
+        turn: Default::default(),
     };
     let failures = || {
         backbone::metrics::metrics()

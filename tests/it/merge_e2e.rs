@@ -128,6 +128,7 @@ async fn duplicates(db: Db) {
         publish_time: None,
         ordering_key: "task:7".into(),
         execution: 1,
+        turn: Default::default(),
     };
     let first = merge.handle(&msg).await.expect("first delivery merges");
     assert_eq!(first.label, "merged");
@@ -305,6 +306,7 @@ async fn crash_between_commit_and_publish(db: Db) {
         publish_time: None,
         ordering_key: "crash:1".into(),
         execution: 1,
+        turn: Default::default(),
     };
     let outcome = built
         .registry
@@ -612,4 +614,76 @@ async fn a_sandbox_process_never_publishes_to_production() {
         )
         .await;
     assert!(matches!(r, Err(PublishFailure::Refused(_))), "{r:?}");
+}
+
+/// A record's burst waiting at the broker merges in a few batches, not one
+/// batch per event (`stages::lane_turn`), and still in order: every
+/// version merged on the base before it, published in version order.
+async fn burst_shares_batches(db: Db) {
+    const BURST: i64 = 40;
+    let Some(mut app) = TestApp::prepare(db, Overrides::new()).await else {
+        return;
+    };
+    let t = &app.topology;
+    let merged_tap = tap(t, TopicKind::Merged).await;
+    let p = publishers(t).await;
+    for v in 0..BURST {
+        let e = raw_event(
+            "suitex",
+            "project",
+            "7",
+            v,
+            &format!("2026-03-13T10:{:02}:{:02}Z", v / 60, v % 60),
+            json!({ "n": v }),
+        );
+        publish_raw(&p, &e).await;
+    }
+    let before = backbone::metrics::merge_figures(&[])[0].0;
+    app.start().await;
+
+    let msgs = merged_tap.collect(BURST as usize, WAIT).await;
+    let versions: Vec<i64> = msgs
+        .iter()
+        .map(|m| json(m)["version"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(
+        versions,
+        (1..=BURST).collect::<Vec<_>>(),
+        "in version order"
+    );
+    let bases: Vec<i64> = msgs
+        .iter()
+        .map(|m| json(m)["base_version"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(
+        bases,
+        (0..BURST).collect::<Vec<_>>(),
+        "each on the one before"
+    );
+    let batches = backbone::metrics::merge_figures(&[])[0].0 - before;
+    println!("{BURST} events of one record merged in {batches} batches");
+    assert!(
+        batches <= (BURST as u64) / 4,
+        "{batches} batches for a burst of {BURST}: the record's events did not share them"
+    );
+    let store = app.store.clone();
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM event_audit_log WHERE processing_outcome = 'merged'"
+        )
+        .await,
+        BURST
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_records_burst_shares_merge_batches_in_order_sqlite() {
+    burst_shares_batches(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_records_burst_shares_merge_batches_in_order_mariadb() {
+    burst_shares_batches(Db::Mariadb).await;
 }

@@ -219,6 +219,7 @@ async fn limits_101_attribute_invalid_raw_message_gets_an_envelope_within_limits
         publish_time: None,
         ordering_key: String::new(),
         execution: 1,
+        turn: Default::default(),
     };
     let routed = tokio::time::timeout(
         Duration::from_secs(30),
@@ -264,6 +265,7 @@ async fn limits_message_whose_envelope_cannot_fit_is_parked_unpublishable_not_he
         publish_time: None,
         ordering_key: "project:1".into(),
         execution: 1,
+        turn: Default::default(),
     };
     let routed = tokio::time::timeout(
         Duration::from_secs(30),

@@ -324,6 +324,13 @@ impl Application {
                         ConsumerKind::Retry | ConsumerKind::Park => 0,
                         _ => cs.lanes,
                     },
+                    // A record's burst merges in one batch: its events queue
+                    // at the merge engine in order, not one batch apart. A
+                    // delivery works on the record as a whole: one at a time.
+                    ahead: match kind {
+                        ConsumerKind::Merge => crate::stages::merge::LANE_AHEAD,
+                        _ => 1,
+                    },
                 },
             });
         }

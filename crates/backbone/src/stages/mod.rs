@@ -3,6 +3,7 @@
 //! runtime does it, so every stage is testable without a broker.
 
 pub mod deliver;
+pub mod lane_turn;
 pub mod merge;
 pub mod park;
 pub mod retry;
@@ -120,6 +121,8 @@ pub struct Incoming {
     pub ordering_key: String,
     /// Which execution of the stage this is (1 = first run).
     pub execution: u32,
+    /// Passed once the stage's order-sensitive part began (`lane_turn`).
+    pub turn: lane_turn::LaneTurn,
 }
 
 /// A message a stage wants published after it succeeded.

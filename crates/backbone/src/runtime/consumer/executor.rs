@@ -432,6 +432,7 @@ fn parked_output(stage: &str, out: &Outbound) -> (Incoming, HashMap<String, Stri
         publish_time: None,
         ordering_key: out.ordering_key.clone(),
         execution: 1,
+        turn: Default::default(),
     };
     let mut envelope = out.attributes.clone();
     envelope.insert(envelope::STAGE.into(), stage.to_string());

@@ -7,12 +7,15 @@ use std::sync::Arc;
 
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::Handler;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::executor::Recent;
 use super::message::{begin, end, end_early, handle_one, Begun};
 use super::{Action, Ctx};
 use crate::internal_events::{emit, MessageReceived};
+use crate::stages::lane_turn::{LaneTurn, TurnPassed};
 
 /// Hands a message to its worker: unordered ones run on their own (held
 /// retries must not block each other; the broker's flow control bounds how
@@ -55,59 +58,76 @@ pub(super) fn dispatch(
     }
 }
 
-/// Runs a key's messages in order until its queue is empty, one step
-/// ahead: message n+1 runs its stage while message n's outputs are being
-/// published (their confirmation is the slow part of a lane), but n+1
-/// publishes nothing before n's publishes are confirmed, so outputs leave
-/// in order. If n is handed back, n+1 is too: its outputs must not overtake.
+/// Runs a key's messages in order until its queue is empty. Up to `ahead`
+/// later messages run their stage while the earliest one's outputs are
+/// published (their confirmation is the slow part of a lane); each starts
+/// once the one before it passed its turn (`stages::lane_turn`: when its
+/// stage returned, or earlier if the stage says its order-sensitive part
+/// began). Outputs leave in order: a message is settled only after every
+/// earlier one was. If one is handed back, the ones begun behind it are too:
+/// their outputs must not overtake.
 async fn key_worker(ctx: Arc<Ctx>, key: String, first: (Message, Handler)) {
     let mut next = Some(first);
-    let mut ran: Option<(Begun, Handler)> = None;
+    let mut begun: VecDeque<(AbortOnDropHandle<Begun>, Handler)> = VecDeque::new();
+    let mut last_turn: Option<TurnPassed> = None;
     let mut published = Recent::default();
+    let mut permit: Option<OwnedSemaphorePermit> = None;
     loop {
-        while let Some((m, h)) = next.take() {
+        while begun.len() <= ctx.ahead {
+            let Some((m, h)) = next.take().or_else(|| pop(&ctx, &key)) else {
+                break;
+            };
             if ctx.stop.is_cancelled() {
                 // Not started before the drain: hand it back.
                 h.nack();
-            } else {
-                let _permit = ctx.permits.clone().acquire_owned().await;
-                let begun = match ran.take() {
-                    None => begin(&ctx, &m).await,
-                    Some((prev, prev_h)) => {
-                        let (settled, begun) =
-                            tokio::join!(end(&ctx, prev, prev_h, &published), begin(&ctx, &m));
-                        if settled.action == Action::Nack {
-                            end_early(&ctx, begun, h, "nacked");
-                            next = pop(&ctx, &key);
-                            continue;
-                        }
-                        published.extend(settled.confirmed);
-                        begun
-                    }
-                };
-                ran = Some((begun, h));
-            }
-            next = pop(&ctx, &key);
-        }
-        // The queue is empty: settle the last message before giving up the
-        // key, so that a new worker for it cannot overtake its publishes.
-        if let Some((prev, prev_h)) = ran.take() {
-            let settled = end(&ctx, prev, prev_h, &published).await;
-            published.extend(settled.confirmed);
-            next = pop(&ctx, &key);
-            if next.is_some() {
                 continue;
             }
+            if permit.is_none() {
+                permit = ctx.permits.clone().acquire_owned().await.ok();
+            }
+            let (turn, passed) = LaneTurn::new();
+            let earlier = last_turn.replace(passed);
+            let task_ctx = ctx.clone();
+            let task = tokio::spawn(async move {
+                if let Some(earlier) = earlier {
+                    earlier.wait().await;
+                }
+                let b = begin(&task_ctx, &m, turn.clone()).await;
+                turn.pass();
+                b
+            });
+            begun.push_back((AbortOnDropHandle::new(task), h));
         }
-        let mut q = ctx.queues.lock().unwrap_or_else(|p| p.into_inner());
-        next = q.get_mut(&key).and_then(VecDeque::pop_front);
-        if next.is_some() {
-            ctx.queued.fetch_sub(1, Ordering::AcqRel);
-        }
-        if next.is_none() {
+        let Some((task, h)) = begun.pop_front() else {
+            // Nothing begun and nothing queued: give up the key, unless a
+            // message arrived since the queue was last looked at.
+            drop(permit.take());
+            let mut q = ctx.queues.lock().unwrap_or_else(|p| p.into_inner());
+            next = q.get_mut(&key).and_then(VecDeque::pop_front);
+            if next.is_some() {
+                ctx.queued.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            }
             q.remove(&key);
             return;
+        };
+        let settled = end(&ctx, joined(task).await, h, &published).await;
+        if settled.action == Action::Nack {
+            while let Some((task, h)) = begun.pop_front() {
+                end_early(&ctx, joined(task).await, h, "nacked");
+            }
+            last_turn = None;
+        } else {
+            published.extend(settled.confirmed);
         }
+    }
+}
+
+/// A begun message's stage result; a panic in it is the lane's own.
+async fn joined(task: AbortOnDropHandle<Begun>) -> Begun {
+    match task.await {
+        Ok(b) => b,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 

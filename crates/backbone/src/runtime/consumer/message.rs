@@ -15,6 +15,7 @@ use super::{Action, Ctx};
 use crate::internal_events::{emit, MessageProcessed};
 use crate::metrics;
 use crate::pubsub::trace_context::trace_context;
+use crate::stages::lane_turn::LaneTurn;
 use crate::stages::{Failure, Incoming, Route, Stage, StageResult};
 
 /// A message whose stage has run (or that was settled before it could).
@@ -42,12 +43,12 @@ enum Ran {
 }
 
 pub(super) async fn handle_one(ctx: &Ctx, m: Message, h: Handler) {
-    let begun = begin(ctx, &m).await;
+    let begun = begin(ctx, &m, LaneTurn::default()).await;
     end(ctx, begun, h, &Recent::default()).await;
 }
 
 /// Routes the message and runs its stage (holding it through an outage).
-pub(super) async fn begin(ctx: &Ctx, m: &Message) -> Begun {
+pub(super) async fn begin(ctx: &Ctx, m: &Message, turn: LaneTurn) -> Begun {
     let stop = &ctx.holds.stop;
     let span = tracing::info_span!(
         "message",
@@ -66,7 +67,11 @@ pub(super) async fn begin(ctx: &Ctx, m: &Message) -> Begun {
     // Processing time starts after a retry's scheduled wait (below).
     let mut started = Instant::now();
     let ran = async {
-        match ctx.router.route(Incoming::from(m)) {
+        let msg = Incoming {
+            turn,
+            ..Incoming::from(m)
+        };
+        match ctx.router.route(msg) {
             Route::Reject {
                 stage,
                 msg,

@@ -64,6 +64,9 @@ pub struct ConsumerSpec {
     /// run one after the other, in order. 0 = treat every message as
     /// unordered (held retries must not block each other).
     pub lanes: usize,
+    /// How many of a key's later messages may run their stage while its
+    /// earliest one is settled (`lanes::key_worker`); 1 = one step ahead.
+    pub ahead: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +95,7 @@ impl From<&Message> for Incoming {
             }),
             ordering_key: m.ordering_key.clone(),
             execution: 1,
+            turn: Default::default(),
         }
     }
 }
@@ -114,4 +118,6 @@ struct Ctx {
     queued: std::sync::atomic::AtomicUsize,
     /// Bounds how many ordering keys are processed at once (`lanes`).
     permits: Arc<Semaphore>,
+    /// `ConsumerSpec::ahead`.
+    ahead: usize,
 }

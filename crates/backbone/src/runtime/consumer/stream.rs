@@ -49,6 +49,7 @@ pub async fn run(
         queues: Mutex::new(HashMap::new()),
         queued: AtomicUsize::new(0),
         permits: Arc::new(Semaphore::new(spec.lanes.max(1))),
+        ahead: spec.ahead.max(1),
     });
     let mut tasks = JoinSet::new();
     let result = pull(&ctx, spec, &mut stream, &mut tasks, &shutdown).await;

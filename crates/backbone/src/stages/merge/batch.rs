@@ -76,6 +76,12 @@ impl MergeEngine {
 
     /// Submits one item and waits for its decision (after commit).
     pub async fn submit(&self, item: Item) -> Result<Decision, Arc<StoreError>> {
+        self.enqueue(item).await?.decision().await
+    }
+
+    /// Queues one item behind those queued before it (a record's items are
+    /// decided in the order they were queued); its decision comes later.
+    pub async fn enqueue(&self, item: Item) -> Result<Queued, Arc<StoreError>> {
         let shard = match &item {
             Item::Event(e) => {
                 shard_of(&e.event.record_type, &e.event.record_id, self.senders.len())
@@ -83,12 +89,23 @@ impl MergeEngine {
             Item::Audit(a) => shard_of(&a.fingerprint, "", self.senders.len()),
         };
         let (reply, rx) = oneshot::channel();
-        let closed = || Arc::new(StoreError::pool_closed());
         self.senders[shard]
             .send(Request { item, reply })
             .await
-            .map_err(|_| closed())?;
-        rx.await.map_err(|_| closed())?
+            .map_err(|_| Arc::new(StoreError::pool_closed()))?;
+        Ok(Queued(rx))
+    }
+}
+
+/// An item in the engine's queue.
+pub struct Queued(oneshot::Receiver<Result<Decision, Arc<StoreError>>>);
+
+impl Queued {
+    /// Its decision, once its batch committed.
+    pub async fn decision(self) -> Result<Decision, Arc<StoreError>> {
+        self.0
+            .await
+            .map_err(|_| Arc::new(StoreError::pool_closed()))?
     }
 }
 

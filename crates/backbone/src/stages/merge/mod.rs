@@ -35,6 +35,11 @@ pub const PROBE_ATTRIBUTE: &str = "backbone_doctor_probe";
 /// The docs/spec.md §3.3 default (1 MiB).
 pub const DEFAULT_CLAIM_CHECK_THRESHOLD: u64 = 1_048_576;
 
+/// How many of a record's later events may be queued at the engine while
+/// its earliest unsettled one is published: a burst of that many shares a
+/// batch (`stages::lane_turn`).
+pub const LANE_AHEAD: usize = 64;
+
 /// What this stage reads, as its store failures name it.
 const RAW_EVENT: &str = "raw event";
 
@@ -83,9 +88,9 @@ impl MergeStage {
             fingerprint: Some(fp.clone()),
         };
         let record = (ev.record_type.clone(), ev.record_id.clone());
-        let submitted = self
+        let queued = self
             .engine
-            .submit(Item::Event(Box::new(EventItem {
+            .enqueue(Item::Event(Box::new(EventItem {
                 event: ev,
                 changes,
                 fingerprint: fp.clone(),
@@ -95,6 +100,13 @@ impl MergeStage {
                 attributes: msg.attributes.clone(),
             })))
             .await;
+        // Queued in order: the record's next events may be queued behind it
+        // now and share its batch (`lane_turn`).
+        msg.turn.pass();
+        let submitted = match queued {
+            Ok(q) => q.decision().await,
+            Err(e) => Err(e),
+        };
         let decision = match submitted {
             Ok(d) => d,
             Err(e) => {

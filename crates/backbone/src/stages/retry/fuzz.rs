@@ -129,6 +129,7 @@ fn fuzz_envelopes() {
                 publish_time,
                 ordering_key: String::new(),
                 execution: 1,
+                turn: Default::default(),
             };
             // The retry router reads the envelope: it routes or rejects.
             match router.route(msg.clone()) {

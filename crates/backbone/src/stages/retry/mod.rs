@@ -160,6 +160,7 @@ mod tests {
                 publish_time,
                 ordering_key: String::new(),
                 execution: 1,
+                turn: Default::default(),
             };
             match router.route(msg) {
                 Route::Run { not_before, .. } => {
