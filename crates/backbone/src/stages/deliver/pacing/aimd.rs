@@ -16,6 +16,11 @@
 //! tried (the account's other users may have gone quiet), and the next
 //! refusal sets it again: about one refusal a minute at the cap.
 //!
+//! Until the first sign of back pressure the limit doubles per window
+//! instead (slow start, as TCP's): from the initial 4 a cap of 15 is found
+//! in three round trips, not eleven — a second of a 300 ms target's
+//! capacity that additive growth would leave unused at every start.
+//!
 //! Pure: the caller passes the clock, so the tests drive it exactly.
 
 use std::time::Duration;
@@ -54,6 +59,8 @@ pub struct Aimd {
     decreased: bool,
     /// The highest limit a refusal left room for, and when it was learned.
     ceiling: Option<(usize, Instant)>,
+    /// No back pressure or latency jump seen since the start: growth doubles.
+    slow_start: bool,
 }
 
 impl Aimd {
@@ -70,6 +77,7 @@ impl Aimd {
             back_pressure: false,
             decreased: false,
             ceiling: None,
+            slow_start: true,
         }
     }
 
@@ -86,6 +94,7 @@ impl Aimd {
     pub fn refused(&mut self, now: Instant, inflight: usize) -> Change {
         let level = inflight.saturating_sub(1).max(1);
         let same_window = self.decreased;
+        self.slow_start = false;
         self.ceiling = match self.ceiling {
             Some((c, at)) if same_window => Some((c.min(level), at)),
             _ => Some((level, now)),
@@ -117,6 +126,7 @@ impl Aimd {
     /// Restarts the limit (after an outage): the RTT history is kept.
     pub fn reset(&mut self, initial: usize) {
         self.limit = initial.clamp(1, self.max);
+        self.slow_start = true;
         self.start_window(None);
     }
 
@@ -141,10 +151,14 @@ impl Aimd {
                 change = self.decrease();
             }
         }
-        if self.past.is_none() && self.count > 0 {
-            // The first measurement sets the baseline and the window.
-            let c = self.sum / f64::from(self.count);
-            self.past = Some((c, 0.0));
+        if self.window_end.is_none() && self.count > 0 {
+            // The first measurement sets the baseline and the window; after
+            // a reset the baseline is kept and the first answer starts one.
+            let c = match self.past {
+                Some((mean, _)) => mean,
+                None => self.sum / f64::from(self.count),
+            };
+            self.past.get_or_insert((c, 0.0));
             self.start_window(Some(now + Duration::from_secs_f64(c)));
         }
         change
@@ -162,7 +176,11 @@ impl Aimd {
             && !self.back_pressure
             && current.is_some_and(|c| c <= mean)
         {
-            self.limit += 1;
+            self.limit = if self.slow_start {
+                (self.limit * 2).min(cap)
+            } else {
+                self.limit + 1
+            };
             change = Change::Increased(self.limit);
         } else if !self.decreased && current.is_some_and(|c| c >= mean + threshold) {
             // A latency jump: the target is queueing our requests.
@@ -183,6 +201,7 @@ impl Aimd {
 
     fn decrease(&mut self) -> Change {
         self.decreased = true;
+        self.slow_start = false;
         if self.limit <= 1 {
             return Change::Unchanged;
         }
@@ -228,12 +247,32 @@ mod tests {
     }
 
     #[test]
-    fn steady_quick_answers_grow_the_limit_by_one_per_round_trip_up_to_the_max() {
-        let mut a = Aimd::new(4, 8);
+    fn steady_quick_answers_double_the_limit_per_round_trip_up_to_the_max() {
+        let mut a = Aimd::new(4, 40);
         let mut t = Instant::now();
-        let limits = run(&mut a, &mut t, 10, RTT, false);
-        // The first window only measures; then +1 per window, capped.
-        assert_eq!(limits, vec![4, 5, 6, 7, 8, 8, 8, 8, 8, 8]);
+        let limits = run(&mut a, &mut t, 6, RTT, false);
+        // The first window only measures; then doubling, capped.
+        assert_eq!(limits, vec![4, 8, 16, 32, 40, 40]);
+    }
+
+    #[test]
+    fn after_back_pressure_the_limit_grows_by_one_per_round_trip() {
+        let mut a = Aimd::new(4, 64);
+        let mut t = Instant::now();
+        assert_eq!(run(&mut a, &mut t, 2, RTT, false), vec![4, 8]);
+        t += RTT;
+        a.record(t, None, true);
+        assert_eq!(a.limit(), 7, "back pressure ends the doubling");
+        t += RTT;
+        let limits = run(&mut a, &mut t, 4, RTT, false);
+        assert_eq!(limits, vec![7, 8, 9, 10]);
+        a.reset(4);
+        t += RTT;
+        assert_eq!(
+            run(&mut a, &mut t, 3, RTT, false),
+            vec![4, 8, 16],
+            "after a reset the first window measures, then the limit doubles again"
+        );
     }
 
     #[test]
