@@ -687,3 +687,57 @@ async fn a_records_burst_shares_merge_batches_in_order_sqlite() {
 async fn a_records_burst_shares_merge_batches_in_order_mariadb() {
     burst_shares_batches(Db::Mariadb).await;
 }
+
+/// A burst whose every event fails while the database is away is retried
+/// in the order it arrived: each concurrent edit (all on base 0) becomes
+/// the version its place gives it. A retry that overtook its predecessor's
+/// would take the predecessor's version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_retried_across_a_database_cut_keeps_its_order() {
+    const BURST: i64 = 30;
+    let proxy = Proxy::start(&mariadb_addr()).await;
+    let o = Overrides::new()
+        .database_via(proxy.port)
+        .set("BACKBONE__DATABASE__CONNECT_TIMEOUT", "1s");
+    let Some(mut app) = TestApp::prepare(Db::Mariadb, o).await else {
+        return;
+    };
+    let merged_tap = tap(&app.topology, TopicKind::Merged).await;
+    app.start().await;
+    proxy.refuse();
+    let p = publishers(&app.topology).await;
+    for k in 0..BURST {
+        let e = raw_event(
+            if k % 2 == 0 { "suitex" } else { "netsuite" },
+            "project",
+            "9",
+            0,
+            &format!("2026-03-13T11:00:{k:02}Z"),
+            json!({ format!("f{k}"): k }),
+        );
+        publish_raw(&p, &e).await;
+    }
+    // Every event has failed at least once by now and is being retried.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    proxy.restore();
+
+    let msgs = merged_tap
+        .collect(BURST as usize, Duration::from_secs(60))
+        .await;
+    let mut placed: Vec<(i64, Vec<String>)> = msgs
+        .iter()
+        .map(|m| {
+            let j = json(m);
+            let applied = j["applied"]
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            (j["version"].as_i64().unwrap_or(0), applied)
+        })
+        .collect();
+    placed.sort();
+    let want: Vec<(i64, Vec<String>)> =
+        (0..BURST).map(|k| (k + 1, vec![format!("f{k}")])).collect();
+    assert_eq!(placed, want, "version k+1 is the k-th event published");
+    app.stop().await;
+}

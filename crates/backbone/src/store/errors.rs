@@ -26,6 +26,10 @@ pub enum StoreError {
     /// network that hangs rather than refuses, e.g. during a failover).
     #[error("the database did not answer within {}", humantime::format_duration(*.0))]
     TimedOut(std::time::Duration),
+    /// An earlier event of the same record could not be stored (the
+    /// database was away); this one may only follow it, so it waits too.
+    #[error("an earlier event of this record could not be stored yet; this one follows it")]
+    BehindUnstored,
 }
 
 /// What a store error means for the work that hit it.
@@ -70,7 +74,7 @@ impl StoreError {
     pub fn class(&self) -> StoreErrorClass {
         match self {
             StoreError::Sqlx(e) => classify(e),
-            StoreError::TimedOut(_) => StoreErrorClass::Unavailable,
+            StoreError::TimedOut(_) | StoreError::BehindUnstored => StoreErrorClass::Unavailable,
             StoreError::Migrate(_)
             | StoreError::Corrupt(_)
             | StoreError::UnsupportedUrl

@@ -15,7 +15,7 @@ use super::executor::Recent;
 use super::message::{begin, end, end_early, handle_one, Begun};
 use super::{Action, Ctx};
 use crate::internal_events::{emit, MessageReceived};
-use crate::stages::lane_turn::{LaneTurn, TurnPassed};
+use crate::stages::lane_turn::LaneTurn;
 
 /// Hands a message to its worker: unordered ones run on their own (held
 /// retries must not block each other; the broker's flow control bounds how
@@ -69,7 +69,7 @@ pub(super) fn dispatch(
 async fn key_worker(ctx: Arc<Ctx>, key: String, first: (Message, Handler)) {
     let mut next = Some(first);
     let mut begun: VecDeque<(AbortOnDropHandle<Begun>, Handler)> = VecDeque::new();
-    let mut last_turn: Option<TurnPassed> = None;
+    let mut last_turn: Option<LaneTurn> = None;
     let mut published = Recent::default();
     let mut permit: Option<OwnedSemaphorePermit> = None;
     loop {
@@ -85,15 +85,13 @@ async fn key_worker(ctx: Arc<Ctx>, key: String, first: (Message, Handler)) {
             if permit.is_none() {
                 permit = ctx.permits.clone().acquire_owned().await.ok();
             }
-            let (turn, passed) = LaneTurn::new();
-            let earlier = last_turn.replace(passed);
+            let turn = LaneTurn::behind(last_turn.as_ref());
+            last_turn = Some(turn.clone());
             let task_ctx = ctx.clone();
             let task = tokio::spawn(async move {
-                if let Some(earlier) = earlier {
-                    earlier.wait().await;
-                }
+                turn.wait_to_start().await;
                 let b = begin(&task_ctx, &m, turn.clone()).await;
-                turn.pass();
+                turn.finish();
                 b
             });
             begun.push_back((AbortOnDropHandle::new(task), h));

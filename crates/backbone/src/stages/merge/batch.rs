@@ -7,6 +7,7 @@
 //! statement per table, commits, and answers every submitter. Records are sharded over
 //! workers by key, so each record's events keep their order.
 
+use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::decide;
 use crate::internal_events::{emit, MergeBatchCommitted, MergeConflictResolved};
 use crate::model::rules::MergePolicy;
+use crate::store::ledger::RecordKey;
 use crate::store::merge_batch;
 use crate::store::outbox::ConfirmedSet;
 use crate::store::{Store, StoreError};
@@ -50,6 +52,10 @@ type Reply = oneshot::Sender<Result<Decision, Arc<StoreError>>>;
 struct Request {
     item: Item,
     reply: Reply,
+    /// Every earlier event of its record in this process is stored or gone
+    /// (`LaneTurn::wait_to_enter`): it may be stored even if one of them
+    /// failed before.
+    lane_clear: bool,
 }
 
 /// Handle to the engine's workers; cheap to clone.
@@ -76,12 +82,16 @@ impl MergeEngine {
 
     /// Submits one item and waits for its decision (after commit).
     pub async fn submit(&self, item: Item) -> Result<Decision, Arc<StoreError>> {
-        self.enqueue(item).await?.decision().await
+        self.enqueue(item, true).await?.decision().await
     }
 
     /// Queues one item behind those queued before it (a record's items are
     /// decided in the order they were queued); its decision comes later.
-    pub async fn enqueue(&self, item: Item) -> Result<Queued, Arc<StoreError>> {
+    /// Unless `lane_clear`, an event whose record had a batch fail for want
+    /// of the database is refused until an event of that record that is
+    /// `lane_clear` (the failed one, tried again) got through: a later
+    /// event queued before the failure was known must not be stored first.
+    pub async fn enqueue(&self, item: Item, lane_clear: bool) -> Result<Queued, Arc<StoreError>> {
         let shard = match &item {
             Item::Event(e) => {
                 shard_of(&e.event.record_type, &e.event.record_id, self.senders.len())
@@ -90,7 +100,11 @@ impl MergeEngine {
         };
         let (reply, rx) = oneshot::channel();
         self.senders[shard]
-            .send(Request { item, reply })
+            .send(Request {
+                item,
+                reply,
+                lane_clear,
+            })
             .await
             .map_err(|_| Arc::new(StoreError::pool_closed()))?;
         Ok(Queued(rx))
@@ -117,6 +131,8 @@ fn shard_of(a: &str, b: &str, n: usize) -> usize {
 }
 
 async fn worker(store: Store, cfg: Arc<EngineConfig>, mut rx: mpsc::Receiver<Request>) {
+    // Records whose last batch failed for want of the database.
+    let mut unstored: HashSet<RecordKey> = HashSet::new();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + cfg.linger;
@@ -131,6 +147,10 @@ async fn worker(store: Store, cfg: Arc<EngineConfig>, mut rx: mpsc::Receiver<Req
                     }
                 }
             }
+        }
+        let batch = keep_order(batch, &mut unstored);
+        if batch.is_empty() {
+            continue;
         }
         let items: Vec<Item> = batch.iter().map(|r| r.item.clone()).collect();
         match process_retrying(&store, &cfg, &items).await {
@@ -159,12 +179,47 @@ async fn worker(store: Store, cfg: Arc<EngineConfig>, mut rx: mpsc::Receiver<Req
                 }
             }
             Err(e) => {
+                if e.is_unavailable() {
+                    unstored.extend(batch.iter().filter_map(|r| record_of(&r.item)));
+                }
                 let e = Arc::new(e);
                 for req in batch {
                     let _ = req.reply.send(Err(e.clone()));
                 }
             }
         }
+    }
+}
+
+/// The batch without the events that must wait for an earlier event of
+/// their record that failed (refused as [`StoreError::BehindUnstored`], so
+/// they are held and tried again behind it); a `lane_clear` event of such a
+/// record lets the record's events through again.
+fn keep_order(batch: Vec<Request>, unstored: &mut HashSet<RecordKey>) -> Vec<Request> {
+    if unstored.is_empty() {
+        return batch;
+    }
+    let mut kept = Vec::with_capacity(batch.len());
+    for req in batch {
+        match record_of(&req.item) {
+            Some(key) if unstored.contains(&key) => {
+                if req.lane_clear {
+                    unstored.remove(&key);
+                    kept.push(req);
+                } else {
+                    let _ = req.reply.send(Err(Arc::new(StoreError::BehindUnstored)));
+                }
+            }
+            _ => kept.push(req),
+        }
+    }
+    kept
+}
+
+fn record_of(item: &Item) -> Option<RecordKey> {
+    match item {
+        Item::Event(e) => Some((e.event.record_type.clone(), e.event.record_id.clone())),
+        Item::Audit(_) => None,
     }
 }
 
@@ -220,4 +275,65 @@ pub async fn process(
         emit(MergeConflictResolved { record_type, rule });
     }
     Ok(decided.decisions)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::model::raw_event::Source;
+    use crate::stages::merge::decide::tests::item;
+
+    fn request(
+        id: &str,
+        lane_clear: bool,
+    ) -> (
+        Request,
+        oneshot::Receiver<Result<Decision, Arc<StoreError>>>,
+    ) {
+        let (reply, rx) = oneshot::channel();
+        let req = Request {
+            item: item(id, Source::Suitex, 0, 0, json!({})),
+            reply,
+            lane_clear,
+        };
+        (req, rx)
+    }
+
+    fn key(id: &str) -> RecordKey {
+        ("customer".into(), id.into())
+    }
+
+    #[test]
+    fn events_queued_behind_an_unstored_one_wait_until_it_is_tried_again() {
+        let mut unstored: HashSet<RecordKey> = [key("a")].into();
+        let (behind, mut behind_rx) = request("a", false);
+        let (other, _) = request("b", false);
+        let (retry, _) = request("a", true);
+        let (after, _) = request("a", false);
+        let kept = keep_order(vec![behind, other, retry, after], &mut unstored);
+        let kept: Vec<(RecordKey, bool)> = kept
+            .iter()
+            .map(|r| (record_of(&r.item).expect("an event"), r.lane_clear))
+            .collect();
+        assert_eq!(
+            kept,
+            vec![(key("b"), false), (key("a"), true), (key("a"), false)],
+            "the one queued before the retry is refused; the retry and what follows it go"
+        );
+        assert!(unstored.is_empty());
+        match behind_rx.try_recv() {
+            Ok(Err(e)) => assert!(matches!(*e, StoreError::BehindUnstored) && e.is_unavailable()),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nothing_is_refused_while_every_record_was_stored() {
+        let mut unstored = HashSet::new();
+        let (a, _) = request("a", false);
+        let (b, _) = request("b", false);
+        assert_eq!(keep_order(vec![a, b], &mut unstored).len(), 2);
+    }
 }

@@ -489,7 +489,7 @@ fn release_pending(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use chrono::{TimeZone, Utc};
     use serde_json::{Map, Value};
 
@@ -505,7 +505,7 @@ mod tests {
         }
     }
 
-    fn item(id: &str, source: Source, base: i64, second: u32, changes: Value) -> Item {
+    pub(crate) fn item(id: &str, source: Source, base: i64, second: u32, changes: Value) -> Item {
         let Value::Object(changes) = changes else {
             panic!("changes must be an object")
         };

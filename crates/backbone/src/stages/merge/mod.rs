@@ -88,17 +88,22 @@ impl MergeStage {
             fingerprint: Some(fp.clone()),
         };
         let record = (ev.record_type.clone(), ev.record_id.clone());
+        // Behind the record's earlier events in this lane, even on a retry.
+        let lane_clear = msg.turn.wait_to_enter().await;
         let queued = self
             .engine
-            .enqueue(Item::Event(Box::new(EventItem {
-                event: ev,
-                changes,
-                fingerprint: fp.clone(),
-                message_id: msg.message_id.clone(),
-                execution: msg.execution,
-                data: msg.data.clone(),
-                attributes: msg.attributes.clone(),
-            })))
+            .enqueue(
+                Item::Event(Box::new(EventItem {
+                    event: ev,
+                    changes,
+                    fingerprint: fp.clone(),
+                    message_id: msg.message_id.clone(),
+                    execution: msg.execution,
+                    data: msg.data.clone(),
+                    attributes: msg.attributes.clone(),
+                })),
+                lane_clear,
+            )
             .await;
         // Queued in order: the record's next events may be queued behind it
         // now and share its batch (`lane_turn`).
@@ -107,6 +112,10 @@ impl MergeStage {
             Ok(q) => q.decision().await,
             Err(e) => Err(e),
         };
+        if submitted.as_ref().is_err_and(|e| e.is_unavailable()) {
+            // Tried again: nothing behind it may be stored first.
+            msg.turn.failed();
+        }
         let decision = match submitted {
             Ok(d) => d,
             Err(e) => {
