@@ -16,11 +16,6 @@
 //! tried (the account's other users may have gone quiet), and the next
 //! refusal sets it again: about one refusal a minute at the cap.
 //!
-//! Until the first sign of back pressure the limit doubles per window
-//! instead (slow start, as TCP's): from the initial 4 a cap of 15 is found
-//! in three round trips, not eleven — a second of a 300 ms target's
-//! capacity that additive growth would leave unused at every start.
-//!
 //! Pure: the caller passes the clock, so the tests drive it exactly.
 
 use std::time::Duration;
@@ -59,8 +54,6 @@ pub struct Aimd {
     decreased: bool,
     /// The highest limit a refusal left room for, and when it was learned.
     ceiling: Option<(usize, Instant)>,
-    /// No back pressure or latency jump seen since the start: growth doubles.
-    slow_start: bool,
 }
 
 impl Aimd {
@@ -77,7 +70,6 @@ impl Aimd {
             back_pressure: false,
             decreased: false,
             ceiling: None,
-            slow_start: true,
         }
     }
 
@@ -94,7 +86,6 @@ impl Aimd {
     pub fn refused(&mut self, now: Instant, inflight: usize) -> Change {
         let level = inflight.saturating_sub(1).max(1);
         let same_window = self.decreased;
-        self.slow_start = false;
         self.ceiling = match self.ceiling {
             Some((c, at)) if same_window => Some((c.min(level), at)),
             _ => Some((level, now)),
@@ -126,7 +117,6 @@ impl Aimd {
     /// Restarts the limit (after an outage): the RTT history is kept.
     pub fn reset(&mut self, initial: usize) {
         self.limit = initial.clamp(1, self.max);
-        self.slow_start = true;
         self.start_window(None);
     }
 
@@ -176,11 +166,7 @@ impl Aimd {
             && !self.back_pressure
             && current.is_some_and(|c| c <= mean)
         {
-            self.limit = if self.slow_start {
-                (self.limit * 2).min(cap)
-            } else {
-                self.limit + 1
-            };
+            self.limit += 1;
             change = Change::Increased(self.limit);
         } else if !self.decreased && current.is_some_and(|c| c >= mean + threshold) {
             // A latency jump: the target is queueing our requests.
@@ -201,7 +187,6 @@ impl Aimd {
 
     fn decrease(&mut self) -> Change {
         self.decreased = true;
-        self.slow_start = false;
         if self.limit <= 1 {
             return Change::Unchanged;
         }
@@ -247,32 +232,25 @@ mod tests {
     }
 
     #[test]
-    fn steady_quick_answers_double_the_limit_per_round_trip_up_to_the_max() {
-        let mut a = Aimd::new(4, 40);
+    fn steady_quick_answers_grow_the_limit_by_one_per_round_trip_up_to_the_max() {
+        let mut a = Aimd::new(4, 8);
         let mut t = Instant::now();
-        let limits = run(&mut a, &mut t, 6, RTT, false);
-        // The first window only measures; then doubling, capped.
-        assert_eq!(limits, vec![4, 8, 16, 32, 40, 40]);
+        let limits = run(&mut a, &mut t, 10, RTT, false);
+        // The first window only measures; then +1 per window, capped.
+        assert_eq!(limits, vec![4, 5, 6, 7, 8, 8, 8, 8, 8, 8]);
     }
 
     #[test]
-    fn after_back_pressure_the_limit_grows_by_one_per_round_trip() {
+    fn after_a_reset_the_limit_grows_again() {
         let mut a = Aimd::new(4, 64);
         let mut t = Instant::now();
-        assert_eq!(run(&mut a, &mut t, 2, RTT, false), vec![4, 8]);
-        t += RTT;
-        a.record(t, None, true);
-        assert_eq!(a.limit(), 7, "back pressure ends the doubling");
-        t += RTT;
-        let limits = run(&mut a, &mut t, 4, RTT, false);
-        assert_eq!(limits, vec![7, 8, 9, 10]);
+        assert_eq!(run(&mut a, &mut t, 3, RTT, false), vec![4, 5, 6]);
         a.reset(4);
         t += RTT;
-        assert_eq!(
-            run(&mut a, &mut t, 3, RTT, false),
-            vec![4, 8, 16],
-            "after a reset the first window measures, then the limit doubles again"
-        );
+        // The first answer after the reset starts a window (the RTT history
+        // is kept); before, no window was ever judged again and the limit
+        // stayed at its initial value for good.
+        assert_eq!(run(&mut a, &mut t, 4, RTT, false), vec![4, 5, 6, 7]);
     }
 
     #[test]
