@@ -821,15 +821,7 @@ async fn take_lease_over(app: &TestApp, record_id: &str, for_: Duration) {
 /// seconds long instead of longer than the slowest request.
 #[tokio::test]
 async fn targets_a_request_slower_than_its_lease_keeps_it_across_replicas() {
-    let ns = Target::start(
-        0,
-        Behaviour {
-            latency: Duration::from_secs(6),
-            ..Default::default()
-        },
-    )
-    .await;
-    let sx = Target::start(0, Behaviour::default()).await;
+    let (ns, sx) = slow_netsuite(Duration::from_secs(6)).await;
     let slow = [
         ("BACKBONE__TARGETS__NETSUITE__TIMEOUT", "20s"),
         ("BACKBONE__TARGETS__NETSUITE__LEASE_TTL", "3s"),
@@ -873,15 +865,7 @@ async fn targets_a_request_slower_than_its_lease_keeps_it_across_replicas() {
 /// nothing is dead-lettered and no attempt is spent.
 #[tokio::test]
 async fn targets_a_request_whose_lease_is_taken_over_is_abandoned_and_sent_again() {
-    let ns = Target::start(
-        0,
-        Behaviour {
-            latency: Duration::from_secs(6),
-            ..Default::default()
-        },
-    )
-    .await;
-    let sx = Target::start(0, Behaviour::default()).await;
+    let (ns, sx) = slow_netsuite(Duration::from_secs(6)).await;
     let slow = [
         ("BACKBONE__TARGETS__NETSUITE__TIMEOUT", "20s"),
         ("BACKBONE__TARGETS__NETSUITE__LEASE_TTL", "3s"),
@@ -929,15 +913,7 @@ async fn targets_a_request_whose_lease_is_taken_over_is_abandoned_and_sent_again
 /// under; the record goes out only once that lease has passed.
 #[tokio::test]
 async fn targets_a_lease_taken_over_while_waiting_for_the_permit_is_not_sent_under() {
-    let ns = Target::start(
-        0,
-        Behaviour {
-            latency: Duration::from_secs(3),
-            ..Default::default()
-        },
-    )
-    .await;
-    let sx = Target::start(0, Behaviour::default()).await;
+    let (ns, sx) = slow_netsuite(Duration::from_secs(3)).await;
     let one_at_a_time = [
         ("BACKBONE__TARGETS__NETSUITE__TIMEOUT", "20s"),
         ("BACKBONE__TARGETS__NETSUITE__LEASE_TTL", "3s"),
@@ -1039,4 +1015,17 @@ async fn targets_replay_is_paced_through_the_limiter() {
     );
     assert_eq!(dead_letters(&app).await, n as i64, "no new dead letter");
     app.stop().await;
+}
+
+/// Stand-ins for both targets, NetSuite answering after `latency`.
+async fn slow_netsuite(latency: Duration) -> (Target, Target) {
+    let ns = Target::start(
+        0,
+        Behaviour {
+            latency,
+            ..Default::default()
+        },
+    )
+    .await;
+    (ns, Target::start(0, Behaviour::default()).await)
 }

@@ -88,24 +88,16 @@ impl DeliverStage {
             match self.attempt(d, view).await? {
                 Step::Done(result) => return result,
                 Step::Busy => {
-                    d.mark("plan");
                     let pause = busy.next().unwrap_or(super::BUSY_MAX);
-                    self.pacer
-                        .sleep(pause)
-                        .await
-                        .map_err(|e| stopped(e, d.fp()))?;
+                    self.pause(d, pause, "busy_wait").await?;
                     view = self.view(&d.ev).await?;
+                    // The re-read belongs to the wait too (marks add up).
                     d.mark("busy_wait");
                 }
                 Step::Again { wait, view: seen } => {
                     if wait {
-                        d.mark("plan");
                         let pause = again.next().unwrap_or(super::AGAIN_MAX);
-                        self.pacer
-                            .sleep(pause)
-                            .await
-                            .map_err(|e| stopped(e, d.fp()))?;
-                        d.mark("throttled_wait");
+                        self.pause(d, pause, "throttled_wait").await?;
                     }
                     view = match seen {
                         Some(v) if !wait => v,
@@ -118,6 +110,23 @@ impl DeliverStage {
                 }
             }
         }
+    }
+
+    /// Waits `pause` (cut short by shutdown), marked as `step` after what
+    /// came before it was marked as planning.
+    async fn pause(
+        &self,
+        d: &Delivery<'_>,
+        pause: std::time::Duration,
+        step: &'static str,
+    ) -> Result<(), Failure> {
+        d.mark("plan");
+        self.pacer
+            .sleep(pause)
+            .await
+            .map_err(|e| stopped(e, d.fp()))?;
+        d.mark(step);
+        Ok(())
     }
 
     /// Plans from `view`, claims the record and sends: one attempt.
