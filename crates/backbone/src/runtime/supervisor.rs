@@ -134,7 +134,6 @@ impl Supervisor {
                     continue;
                 }
             }
-            self.health.set(&label, true, "streaming");
             let started = Instant::now();
             let me = self.clone();
             let c2 = c.clone();
@@ -142,7 +141,10 @@ impl Supervisor {
             let task = tokio::spawn(async move {
                 consumer::run(&me.subscriber, &c2.spec, me.runtime.clone(), sd, me.grace).await
             });
+            // Tracked before it reads as up: whoever sees "up" can reach this
+            // task, not the one that ended before it.
             self.health.track(&label, task.abort_handle());
+            self.health.set(&label, true, "streaming");
             let outcome = task.await;
             self.health.set(&label, false, "stopped");
             let reason = match outcome {
