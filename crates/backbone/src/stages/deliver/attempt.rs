@@ -9,9 +9,8 @@ use serde_json::json;
 
 use super::http_sink::{Delivered, Signal, SinkFailure};
 use super::keeper::Keeper;
-use super::pacing::{Answer, Permit, Verdict};
+use super::pacing::{Answer, Verdict};
 use super::plan::{Plan, Send};
-use super::slots::Slot;
 use super::{outcome_of, pacing_answer, record_hash, stopped, DeliverStage, MERGED_EVENT};
 use crate::model::merged_event::MergedEvent;
 use crate::stages::{store_failure, Failure, Incoming, Outcome, StageResult};
@@ -213,15 +212,14 @@ impl DeliverStage {
         }
         let waited = tokio::time::Instant::now();
         self.let_the_burst_settle(d).await;
-        let (permit, slot) = self.turn_at_target(fp).await?;
+        // The permit bounds requests in flight at the target, not
+        // bookkeeping: it waits through throttling and outages, never fails.
+        let mut permit = self.pacer.acquire().await.map_err(|e| stopped(e, fp))?;
         d.mark("permit_wait");
         // Nothing is renewed while only waiting (a held target may hold
         // deliveries for hours); one that waited a while renews once here,
         // keeping its place at the target.
         let Some(claimed_at) = self.still_ours(d, claimed_at).await else {
-            if let (Some(s), Some(slot)) = (&self.slots, slot) {
-                s.release(slot).await;
-            }
             return Ok(Leased::kept(Step::Again {
                 wait: false,
                 view: None,
@@ -236,6 +234,27 @@ impl DeliverStage {
             claimed_at,
         );
         let send = self.replan_after_wait(d, st, send, waited.elapsed()).await;
+        let slot = match &self.slots {
+            // The account's slot last, just before the request: it counts
+            // requests at the target, not this process's bookkeeping.
+            Some(s) => {
+                let slot = tokio::select! {
+                    biased;
+                    () = keeper.lost() => None,
+                    slot = s.acquire() => Some(slot.map_err(|e| slot_failure(e, fp))?),
+                };
+                let Some(slot) = slot else {
+                    return Ok(Leased::kept(Step::Again {
+                        wait: false,
+                        view: None,
+                    }));
+                };
+                permit.restart();
+                d.mark("slot_wait");
+                Some(slot)
+            }
+            None => None,
+        };
         let probe = permit.is_probe();
         // A request still out when the lease can no longer be trusted is
         // abandoned before another replica may send the record (P1).
@@ -246,7 +265,7 @@ impl DeliverStage {
         };
         d.mark("post");
         if let (Some(s), Some(slot)) = (&self.slots, slot) {
-            s.release(slot).await;
+            s.release(slot);
         }
         let Some(answer) = answer else {
             // Not the target's doing: the permit goes back unjudged.
@@ -271,23 +290,6 @@ impl DeliverStage {
             Ok(delivered) => self.delivered(d, st, delivered, send).await,
             Err(failure) => self.failed(d, failure, verdict, &send.body).await,
         }
-    }
-
-    /// The permit after the claim: it bounds requests in flight at the
-    /// target, not bookkeeping. Waits through throttling and outages; never
-    /// fails for it. Then the account-wide slot (docs/spec.md §4.3): only a
-    /// request about to go holds one of the account's slots.
-    async fn turn_at_target(&self, fp: &str) -> Result<(Permit, Option<Slot>), Failure> {
-        let mut permit = self.pacer.acquire().await.map_err(|e| stopped(e, fp))?;
-        let slot = match &self.slots {
-            Some(s) => {
-                let slot = s.acquire().await.map_err(|e| slot_failure(e, fp))?;
-                permit.restart();
-                Some(slot)
-            }
-            None => None,
-        };
-        Ok((permit, slot))
     }
 
     /// The lease taken at `claimed_at`, renewed if a third of its TTL has

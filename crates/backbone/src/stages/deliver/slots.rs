@@ -17,9 +17,12 @@ use crate::metrics;
 use crate::store::target_slots::SlotClaim;
 use crate::store::{Store, StoreError};
 
-/// Between two looks for a free slot while all are taken.
-const POLL_MIN: Duration = Duration::from_millis(5);
-const POLL_MAX: Duration = Duration::from_millis(100);
+/// Between two looks for a free slot while all are taken. Only one waiter
+/// per process looks (the rest queue behind it), so the look can be
+/// frequent: a slot another replica frees stays idle at most `POLL_MAX`,
+/// small beside NetSuite's hundreds of milliseconds per request.
+const POLL_MIN: Duration = Duration::from_millis(2);
+const POLL_MAX: Duration = Duration::from_millis(20);
 /// What a slot outlives its request by, for a holder that died.
 const SLOT_MARGIN: Duration = Duration::from_secs(5);
 
@@ -40,8 +43,11 @@ pub struct AccountSlots {
     ttl: Duration,
     /// No more of this process's requests compete for a slot than there are.
     local: Arc<Semaphore>,
-    /// A slot this process freed: a waiter looks again at once.
+    /// A slot this process freed: the waiter looking wakes at once.
     freed: Notify,
+    /// The turn to look in the database, held by the first waiter; tokio's
+    /// mutex is FIFO, so waiters are served in the order they came.
+    looking: tokio::sync::Mutex<()>,
     held: AtomicUsize,
     stop: CancellationToken,
 }
@@ -71,6 +77,7 @@ impl AccountSlots {
             ttl: timeout + SLOT_MARGIN,
             local: Arc::new(Semaphore::new(cap)),
             freed: Notify::new(),
+            looking: tokio::sync::Mutex::new(()),
             held: AtomicUsize::new(0),
             stop,
         });
@@ -93,6 +100,10 @@ impl AccountSlots {
         let local = tokio::select! {
             _ = self.stop.cancelled() => return Err(SlotError::Stopped),
             p = self.local.clone().acquire_owned() => p.map_err(|_| SlotError::Stopped)?,
+        };
+        let _turn = tokio::select! {
+            _ = self.stop.cancelled() => return Err(SlotError::Stopped),
+            t = self.looking.lock() => t,
         };
         let mut wait = POLL_MIN;
         loop {
@@ -119,15 +130,20 @@ impl AccountSlots {
         }
     }
 
-    /// Frees `slot`; if the database does not answer, it expires.
-    pub async fn release(&self, slot: Slot) {
-        if let Err(e) = self.store.release_target_slot(&slot.claim).await {
-            tracing::debug!(target = self.target, error = %e, "Could not free an account slot; it expires on its own.");
-        }
-        self.held.fetch_sub(1, Ordering::Relaxed);
-        self.publish();
-        drop(slot);
-        self.freed.notify_one();
+    /// Frees `slot` in the background: the delivery's bookkeeping does not
+    /// wait for the write (the slot counts as held until it commits, so the
+    /// cap is never exceeded). If the database does not answer, it expires.
+    pub fn release(self: &Arc<Self>, slot: Slot) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.store.release_target_slot(&slot.claim).await {
+                tracing::debug!(target = me.target, error = %e, "Could not free an account slot; it expires on its own.");
+            }
+            me.held.fetch_sub(1, Ordering::Relaxed);
+            me.publish();
+            drop(slot);
+            me.freed.notify_one();
+        });
     }
 
     fn publish(&self) {
