@@ -44,6 +44,9 @@ pub(super) struct TargetReport {
     pub(super) allows_per_s: Option<f64>,
     /// served_per_s / allows_per_s.
     pub(super) share_of_allowed: Option<f64>,
+    /// Requests served in each second from the first arrival: where a
+    /// drain loses time (the ramp, the steady state, the tail) shows here.
+    pub(super) served_each_second: Vec<usize>,
     /// refused / (requests + refused).
     pub(super) refused_share: f64,
     /// The shortest drain the target allows: one request per routed record
@@ -64,6 +67,13 @@ impl TargetReport {
             let secs = l.duration_since(f).as_secs_f64();
             if secs > 0.0 {
                 self.served_per_s = Some((arrivals.len() - 1) as f64 / secs);
+            }
+            self.served_each_second = vec![0; secs as usize + 1];
+            for a in arrivals {
+                let i = a.at.duration_since(f).as_secs() as usize;
+                if let Some(n) = self.served_each_second.get_mut(i) {
+                    *n += 1;
+                }
             }
         }
         self.share_of_allowed = self.served_per_s.zip(allows_per_s).map(|(s, a)| s / a);
@@ -344,6 +354,8 @@ impl TargetReport {
                 t.refused,
                 t.refused_share * 100.0
             ));
+            let each: Vec<String> = t.served_each_second.iter().map(|n| n.to_string()).collect();
+            out.push(format!("    served each second: {}", each.join(" ")));
         }
         if let (Some(a), Some(r)) = (t.allowed_seconds, t.drain_vs_allowed) {
             out.push(format!(
