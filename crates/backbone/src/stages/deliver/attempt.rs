@@ -62,6 +62,16 @@ impl Delivery<'_> {
     }
 }
 
+/// What became of the request itself.
+enum Sent {
+    Answer(Result<Delivered, SinkFailure>),
+    /// The lease could not be trusted while waiting for the account's slot:
+    /// nothing was sent.
+    LeaseLostWaiting,
+    /// The lease could not be trusted while the request was out.
+    Abandoned,
+}
+
 /// What happened under the lease, and whether the write that recorded it
 /// also released the lease.
 struct Leased {
@@ -234,52 +244,28 @@ impl DeliverStage {
             claimed_at,
         );
         let send = self.replan_after_wait(d, st, send, waited.elapsed()).await;
-        let slot = match &self.slots {
-            // The account's slot last, just before the request: it counts
-            // requests at the target, not this process's bookkeeping.
-            Some(s) => {
-                let slot = tokio::select! {
-                    biased;
-                    () = keeper.lost() => None,
-                    slot = s.acquire() => Some(slot.map_err(|e| slot_failure(e, fp))?),
-                };
-                let Some(slot) = slot else {
-                    return Ok(Leased::kept(Step::Again {
-                        wait: false,
-                        view: None,
-                    }));
-                };
-                permit.restart();
-                d.mark("slot_wait");
-                Some(slot)
+        let answer = match self.send_in_slot(d, &keeper, &mut permit, &send).await? {
+            Sent::Answer(answer) => answer,
+            Sent::LeaseLostWaiting => {
+                return Ok(Leased::kept(Step::Again {
+                    wait: false,
+                    view: None,
+                }))
             }
-            None => None,
-        };
-        let probe = permit.is_probe();
-        // A request still out when the lease can no longer be trusted is
-        // abandoned before another replica may send the record (P1).
-        let answer = tokio::select! {
-            biased;
-            answer = self.sink.post(&send.key, send.body.clone(), probe) => Some(answer),
-            () = keeper.lost() => None,
-        };
-        d.mark("post");
-        if let (Some(s), Some(slot)) = (&self.slots, slot) {
-            s.release(slot);
-        }
-        let Some(answer) = answer else {
-            // Not the target's doing: the permit goes back unjudged.
-            drop(permit);
-            tracing::warn!(
-                target = self.target.as_str(),
-                record_type = %d.ev.record_type,
-                record_id = %d.ev.record_id,
-                "A request was abandoned: its delivery lease could no longer be trusted (taken over, or not renewed in time)."
-            );
-            return Ok(Leased::kept(Step::Again {
-                wait: true,
-                view: None,
-            }));
+            Sent::Abandoned => {
+                // Not the target's doing: the permit goes back unjudged.
+                drop(permit);
+                tracing::warn!(
+                    target = self.target.as_str(),
+                    record_type = %d.ev.record_type,
+                    record_id = %d.ev.record_id,
+                    "A request was abandoned: its delivery lease could no longer be trusted (taken over, or not renewed in time)."
+                );
+                return Ok(Leased::kept(Step::Again {
+                    wait: true,
+                    view: None,
+                }));
+            }
         };
         let (pace, why) = match &answer {
             Ok(_) => (Answer::Success, ""),
@@ -290,6 +276,46 @@ impl DeliverStage {
             Ok(delivered) => self.delivered(d, st, delivered, send).await,
             Err(failure) => self.failed(d, failure, verdict, &send.body).await,
         }
+    }
+
+    /// The request, under the account's slot when one is set (taken last,
+    /// just before the request: it counts requests at the target, not this
+    /// process's bookkeeping). A request still out when the lease can no
+    /// longer be trusted is abandoned before another replica may send the
+    /// record (P1).
+    async fn send_in_slot(
+        &self,
+        d: &Delivery<'_>,
+        keeper: &Keeper,
+        permit: &mut super::pacing::Permit,
+        send: &Send,
+    ) -> Result<Sent, Failure> {
+        let slot = match &self.slots {
+            Some(s) => {
+                let slot = tokio::select! {
+                    biased;
+                    () = keeper.lost() => None,
+                    slot = s.acquire() => Some(slot.map_err(|e| slot_failure(e, d.fp()))?),
+                };
+                let Some(slot) = slot else {
+                    return Ok(Sent::LeaseLostWaiting);
+                };
+                permit.restart();
+                d.mark("slot_wait");
+                Some(slot)
+            }
+            None => None,
+        };
+        let answer = tokio::select! {
+            biased;
+            answer = self.sink.post(&send.key, send.body.clone(), permit.is_probe()) => Some(answer),
+            () = keeper.lost() => None,
+        };
+        d.mark("post");
+        if let (Some(s), Some(slot)) = (&self.slots, slot) {
+            s.release(slot);
+        }
+        Ok(answer.map_or(Sent::Abandoned, Sent::Answer))
     }
 
     /// The lease taken at `claimed_at`, renewed if a third of its TTL has

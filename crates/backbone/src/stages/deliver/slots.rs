@@ -5,12 +5,20 @@
 //! and frees it when the answer came; a replica that dies holding slots
 //! loses them when they expire (a request's timeout and a little). The
 //! adaptive limit of §4.2 works below this cap, in each process.
+//!
+//! A request that ends while another of this process's requests waits for
+//! a slot hands its slot over instead of freeing and claiming it again (two
+//! writes, each a commit, per request at NetSuite's pace otherwise). A slot
+//! goes back to the account once it has been out [`HANDOVER_FOR`], so
+//! replicas keep sharing the cap, and its claim still covers the next
+//! request's timeout.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
@@ -25,6 +33,12 @@ const POLL_MIN: Duration = Duration::from_millis(2);
 const POLL_MAX: Duration = Duration::from_millis(20);
 /// What a slot outlives its request by, for a holder that died.
 const SLOT_MARGIN: Duration = Duration::from_secs(5);
+/// How long after its claim a slot is handed over between this process's
+/// requests; after that it is freed for every replica to claim. Well within
+/// `SLOT_MARGIN`, so a handed-over claim outlasts the request's timeout.
+pub const HANDOVER_FOR: Duration = Duration::from_secs(1);
+/// A slot handed over that no waiter took (it gave up) is freed after this.
+const HANDOVER_GRACE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
@@ -48,6 +62,10 @@ pub struct AccountSlots {
     /// The turn to look in the database, held by the first waiter; tokio's
     /// mutex is FIFO, so waiters are served in the order they came.
     looking: tokio::sync::Mutex<()>,
+    /// Requests of this process waiting for a slot.
+    waiting: AtomicUsize,
+    /// Slots handed over by ended requests, still claimed, not yet taken.
+    spare: std::sync::Mutex<Vec<(SlotClaim, Instant)>>,
     held: AtomicUsize,
     stop: CancellationToken,
 }
@@ -55,7 +73,25 @@ pub struct AccountSlots {
 /// A slot taken; give it back with [`AccountSlots::release`].
 pub struct Slot {
     claim: SlotClaim,
+    /// When its claim was written: the claim lasts `ttl` from there.
+    claimed: Instant,
     _local: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Slot {
+    /// The claim's id (a handed-over slot keeps it).
+    pub fn claim_id(&self) -> i64 {
+        self.claim.claim
+    }
+}
+
+/// Counts a waiter for as long as it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl AccountSlots {
@@ -78,6 +114,8 @@ impl AccountSlots {
             local: Arc::new(Semaphore::new(cap)),
             freed: Notify::new(),
             looking: tokio::sync::Mutex::new(()),
+            waiting: AtomicUsize::new(0),
+            spare: std::sync::Mutex::new(Vec::new()),
             held: AtomicUsize::new(0),
             stop,
         });
@@ -96,7 +134,9 @@ impl AccountSlots {
 
     /// Waits for a free slot of the account; only shutdown or the database
     /// ends the wait otherwise.
-    pub async fn acquire(&self) -> Result<Slot, SlotError> {
+    pub async fn acquire(self: &Arc<Self>) -> Result<Slot, SlotError> {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Waiting(&self.waiting);
         let local = tokio::select! {
             _ = self.stop.cancelled() => return Err(SlotError::Stopped),
             p = self.local.clone().acquire_owned() => p.map_err(|_| SlotError::Stopped)?,
@@ -107,6 +147,14 @@ impl AccountSlots {
         };
         let mut wait = POLL_MIN;
         loop {
+            if let Some((claim, claimed)) = self.take_spare() {
+                return Ok(Slot {
+                    claim,
+                    claimed,
+                    _local: local,
+                });
+            }
+            let claimed = Instant::now();
             if let Some(claim) = self
                 .store
                 .claim_target_slot(self.target, self.cap, self.holder, self.ttl)
@@ -116,6 +164,7 @@ impl AccountSlots {
                 self.publish();
                 return Ok(Slot {
                     claim,
+                    claimed,
                     _local: local,
                 });
             }
@@ -133,20 +182,148 @@ impl AccountSlots {
     /// Frees `slot` in the background: the delivery's bookkeeping does not
     /// wait for the write (the slot counts as held until it commits, so the
     /// cap is never exceeded). If the database does not answer, it expires.
+    /// A young slot goes to a request of this process that waits for one.
     pub fn release(self: &Arc<Self>, slot: Slot) {
+        let Slot {
+            claim,
+            claimed,
+            _local: local,
+        } = slot;
+        if claimed.elapsed() < HANDOVER_FOR && self.waiting.load(Ordering::Acquire) > 0 {
+            let id = claim.claim;
+            lock(&self.spare).push((claim, claimed));
+            drop(local);
+            self.freed.notify_one();
+            // The waiter may have given up meanwhile (shutdown).
+            let me = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(HANDOVER_GRACE).await;
+                let left = {
+                    let mut spare = lock(&me.spare);
+                    let at = spare.iter().position(|(c, _)| c.claim == id);
+                    at.map(|i| spare.swap_remove(i).0)
+                };
+                if let Some(claim) = left {
+                    me.free(claim).await;
+                }
+            });
+            return;
+        }
         let me = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = me.store.release_target_slot(&slot.claim).await {
-                tracing::debug!(target = me.target, error = %e, "Could not free an account slot; it expires on its own.");
-            }
-            me.held.fetch_sub(1, Ordering::Relaxed);
-            me.publish();
-            drop(slot);
-            me.freed.notify_one();
+            me.free(claim).await;
+            drop(local);
         });
+    }
+
+    /// A handed-over slot still young enough for a request; older ones are
+    /// freed on the way.
+    fn take_spare(self: &Arc<Self>) -> Option<(SlotClaim, Instant)> {
+        let mut spare = lock(&self.spare);
+        while let Some((claim, claimed)) = spare.pop() {
+            if claimed.elapsed() < HANDOVER_FOR {
+                return Some((claim, claimed));
+            }
+            let me = self.clone();
+            tokio::spawn(async move { me.free(claim).await });
+        }
+        None
+    }
+
+    /// Frees a claim in the database; if it does not answer, it expires.
+    async fn free(&self, claim: SlotClaim) {
+        if let Err(e) = self.store.release_target_slot(&claim).await {
+            tracing::debug!(target = self.target, error = %e, "Could not free an account slot; it expires on its own.");
+        }
+        self.held.fetch_sub(1, Ordering::Relaxed);
+        self.publish();
+        self.freed.notify_one();
     }
 
     fn publish(&self) {
         metrics::set_target_slots(self.target, self.cap, self.held());
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn slots(cap: usize) -> (Arc<AccountSlots>, Store) {
+        let store = Store::connect("sqlite::memory:", 1, Duration::from_secs(5))
+            .await
+            .expect("in-memory store");
+        store.migrate().await.expect("migrate");
+        let s = AccountSlots::new(
+            "netsuite",
+            cap,
+            store.clone(),
+            Duration::from_secs(10),
+            CancellationToken::new(),
+        )
+        .await
+        .expect("slots");
+        (s, store)
+    }
+
+    async fn held_in_db(store: &Store) -> i64 {
+        store.target_slots_held("netsuite").await.expect("count")
+    }
+
+    /// A request that ends while another waits hands its slot over: the
+    /// same claim, no write.
+    #[tokio::test]
+    async fn a_slot_is_handed_to_a_waiting_request_without_a_write() {
+        let (s, store) = slots(1).await;
+        let first = s.acquire().await.expect("slot");
+        let id = first.claim_id();
+        let waiter = tokio::spawn({
+            let s = s.clone();
+            async move { s.acquire().await.map(|slot| slot.claim_id()) }
+        });
+        // The waiter is waiting (the only slot is out).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished());
+        s.release(first);
+        let second = waiter.await.expect("join").expect("slot");
+        assert_eq!(second, id, "handed over, not freed and claimed again");
+        assert_eq!(held_in_db(&store).await, 1);
+        assert_eq!(s.held(), 1);
+    }
+
+    #[tokio::test]
+    async fn without_a_waiter_a_released_slot_is_freed_for_every_replica() {
+        let (s, store) = slots(2).await;
+        let slot = s.acquire().await.expect("slot");
+        assert_eq!(held_in_db(&store).await, 1);
+        s.release(slot);
+        let until = Instant::now() + Duration::from_secs(2);
+        while held_in_db(&store).await != 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(held_in_db(&store).await, 0, "freed in the database");
+        assert_eq!(s.held(), 0);
+    }
+
+    /// A slot out longer than `HANDOVER_FOR` goes back to the account even
+    /// with a request of this process waiting: the replicas keep sharing.
+    #[tokio::test]
+    async fn an_old_slot_goes_back_to_the_account_before_it_is_claimed_again() {
+        let (s, store) = slots(1).await;
+        let first = s.acquire().await.expect("slot");
+        let id = first.claim_id();
+        let waiter = tokio::spawn({
+            let s = s.clone();
+            async move { s.acquire().await.map(|slot| slot.claim_id()) }
+        });
+        tokio::time::sleep(HANDOVER_FOR + Duration::from_millis(50)).await;
+        s.release(first);
+        let second = waiter.await.expect("join").expect("slot");
+        assert_ne!(second, id, "claimed afresh from the account");
+        assert_eq!(held_in_db(&store).await, 1);
     }
 }
