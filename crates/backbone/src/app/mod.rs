@@ -183,17 +183,11 @@ impl Application {
                 let slots = match cfg.account_concurrency {
                     0 => None,
                     cap => Some(
-                        AccountSlots::new(
-                            target.as_str(),
-                            cap,
-                            store.clone(),
-                            cfg.timeout,
-                            stop_pacing.clone(),
-                        )
-                        .await
-                        .with_context(|| {
-                            format!("preparing the account slots of target {target}")
-                        })?,
+                        AccountSlots::new(target.as_str(), cap, store.clone(), stop_pacing.clone())
+                            .await
+                            .with_context(|| {
+                                format!("preparing the account slots of target {target}")
+                            })?,
                     ),
                 };
                 slots_of.push(slots.clone());

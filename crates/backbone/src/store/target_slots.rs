@@ -3,8 +3,9 @@
 //! (or expired) slot with one statement and frees it with another.
 //!
 //! The clock is each replica's own, as for delivery leases: a slot lasts a
-//! request's timeout and a little, so skew only shifts when a dead
-//! replica's slot comes back.
+//! few seconds and is renewed while its request is out, so skew between
+//! replicas' clocks must stay well below that (NTP keeps it in milliseconds;
+//! `doctor` names a clock that is off).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -88,6 +89,27 @@ impl Store {
                 target: target.to_string(),
                 claim,
             }))
+        })
+        .await
+    }
+
+    /// Extends a claim to `ttl` from now; `false` when it expired and was
+    /// taken over (or freed) meanwhile.
+    pub async fn renew_target_slot(
+        &self,
+        c: &SlotClaim,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let until = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        self.timed(async {
+            let done =
+                sqlx::query("UPDATE target_slots SET until_ms = ? WHERE target = ? AND claim = ?")
+                    .bind(until)
+                    .bind(&c.target)
+                    .bind(c.claim)
+                    .execute(self.pool())
+                    .await?;
+            Ok(done.rows_affected() == 1)
         })
         .await
     }

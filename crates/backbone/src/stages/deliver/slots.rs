@@ -2,16 +2,16 @@
 //! `targets.<t>.account_concurrency`): NetSuite limits requests in flight
 //! per account, across every integration and every replica of ours. Each
 //! request takes one of the account's slots in the database before it goes
-//! and frees it when the answer came; a replica that dies holding slots
-//! loses them when they expire (a request's timeout and a little). The
-//! adaptive limit of §4.2 works below this cap, in each process.
+//! and frees it when the answer came. A claim lasts [`SLOT_TTL`] and is
+//! renewed while its request is out, so a replica that dies holding slots
+//! loses them within seconds, not a request's timeout. The adaptive limit
+//! of §4.2 works below this cap, in each process.
 //!
 //! A request that ends while another of this process's requests waits for
 //! a slot hands its slot over instead of freeing and claiming it again (two
 //! writes, each a commit, per request at NetSuite's pace otherwise). A slot
 //! goes back to the account once it has been out [`HANDOVER_FOR`], so
-//! replicas keep sharing the cap, and its claim still covers the next
-//! request's timeout.
+//! replicas keep sharing the cap.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -31,11 +31,15 @@ use crate::store::{Store, StoreError};
 /// small beside NetSuite's hundreds of milliseconds per request.
 const POLL_MIN: Duration = Duration::from_millis(2);
 const POLL_MAX: Duration = Duration::from_millis(20);
-/// What a slot outlives its request by, for a holder that died.
-const SLOT_MARGIN: Duration = Duration::from_secs(5);
+/// How long a claim lasts from its last write: what a dead replica's slot
+/// stays out of the account's reach. Its holder renews it every
+/// [`RENEW_EVERY`] while the request is out, so a slow request keeps it.
+pub const SLOT_TTL: Duration = Duration::from_secs(4);
+const RENEW_EVERY: Duration = Duration::from_secs(1);
 /// How long after its claim a slot is handed over between this process's
-/// requests; after that it is freed for every replica to claim. Well within
-/// `SLOT_MARGIN`, so a handed-over claim outlasts the request's timeout.
+/// requests; after that it is freed for every replica to claim. A claim
+/// handed over is then at most this old when its new holder starts renewing
+/// it, well within `SLOT_TTL`.
 pub const HANDOVER_FOR: Duration = Duration::from_secs(1);
 /// A slot handed over that no waiter took (it gave up) is freed after this.
 const HANDOVER_GRACE: Duration = Duration::from_millis(50);
@@ -75,6 +79,8 @@ pub struct Slot {
     claim: SlotClaim,
     /// When its claim was written: the claim lasts `ttl` from there.
     claimed: Instant,
+    /// Renews the claim until the slot is released or handed over.
+    _renewal: tokio_util::sync::DropGuard,
     _local: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -95,13 +101,11 @@ impl Drop for Waiting<'_> {
 }
 
 impl AccountSlots {
-    /// Makes the slots' rows and the process's share. `timeout` is the
-    /// target's request timeout.
+    /// Makes the slots' rows and the process's share.
     pub async fn new(
         target: &'static str,
         cap: usize,
         store: Store,
-        timeout: Duration,
         stop: CancellationToken,
     ) -> Result<Arc<Self>, StoreError> {
         store.ensure_target_slots(target, cap).await?;
@@ -110,7 +114,7 @@ impl AccountSlots {
             cap,
             store,
             holder: crate::store::delivery_lease::new_holder(),
-            ttl: timeout + SLOT_MARGIN,
+            ttl: SLOT_TTL,
             local: Arc::new(Semaphore::new(cap)),
             freed: Notify::new(),
             looking: tokio::sync::Mutex::new(()),
@@ -149,6 +153,7 @@ impl AccountSlots {
         loop {
             if let Some((claim, claimed)) = self.take_spare() {
                 return Ok(Slot {
+                    _renewal: self.renew(claim.clone()),
                     claim,
                     claimed,
                     _local: local,
@@ -163,6 +168,7 @@ impl AccountSlots {
                 self.held.fetch_add(1, Ordering::Relaxed);
                 self.publish();
                 return Ok(Slot {
+                    _renewal: self.renew(claim.clone()),
                     claim,
                     claimed,
                     _local: local,
@@ -187,8 +193,11 @@ impl AccountSlots {
         let Slot {
             claim,
             claimed,
+            _renewal: renewal,
             _local: local,
         } = slot;
+        // Renewing stops here: the next holder renews a handed-over claim.
+        drop(renewal);
         if claimed.elapsed() < HANDOVER_FOR && self.waiting.load(Ordering::Acquire) > 0 {
             let id = claim.claim;
             lock(&self.spare).push((claim, claimed));
@@ -214,6 +223,37 @@ impl AccountSlots {
             me.free(claim).await;
             drop(local);
         });
+    }
+
+    /// Renews `claim` every `RENEW_EVERY` until the guard is dropped. A claim
+    /// lost meanwhile (the database did not answer for a whole TTL, and
+    /// another replica took the slot) is said once: the account may then
+    /// see one request over its cap, which it refuses and we send again.
+    fn renew(self: &Arc<Self>, claim: SlotClaim) -> tokio_util::sync::DropGuard {
+        let done = self.stop.child_token();
+        let me = self.clone();
+        let until = done.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = until.cancelled() => return,
+                    () = tokio::time::sleep(RENEW_EVERY) => {}
+                }
+                match me.store.renew_target_slot(&claim, me.ttl).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        if !until.is_cancelled() {
+                            tracing::warn!(target = me.target, "An account slot expired while its request was out (the database answered too late to renew it); the account may see one request over its cap.");
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(target = me.target, error = %e, "Could not renew an account slot; trying again.");
+                    }
+                }
+            }
+        });
+        done.drop_guard()
     }
 
     /// A handed-over slot still young enough for a request; older ones are
@@ -258,15 +298,9 @@ mod tests {
             .await
             .expect("in-memory store");
         store.migrate().await.expect("migrate");
-        let s = AccountSlots::new(
-            "netsuite",
-            cap,
-            store.clone(),
-            Duration::from_secs(10),
-            CancellationToken::new(),
-        )
-        .await
-        .expect("slots");
+        let s = AccountSlots::new("netsuite", cap, store.clone(), CancellationToken::new())
+            .await
+            .expect("slots");
         (s, store)
     }
 
@@ -307,6 +341,41 @@ mod tests {
         }
         assert_eq!(held_in_db(&store).await, 0, "freed in the database");
         assert_eq!(s.held(), 0);
+    }
+
+    /// A request out longer than a claim's TTL keeps its slot (renewed):
+    /// another replica does not take it until it is released.
+    #[tokio::test]
+    async fn a_slot_out_longer_than_its_ttl_is_renewed_not_taken_by_another_replica() {
+        let (a, store) = slots(1).await;
+        let b = AccountSlots::new("netsuite", 1, store.clone(), CancellationToken::new())
+            .await
+            .expect("second replica's slots");
+        let slot = a.acquire().await.expect("slot");
+        tokio::time::sleep(SLOT_TTL + Duration::from_millis(1500)).await;
+        let early = tokio::time::timeout(Duration::from_millis(200), b.acquire()).await;
+        assert!(early.is_err(), "the other replica took a slot still in use");
+        a.release(slot);
+        let taken = tokio::time::timeout(Duration::from_secs(2), b.acquire()).await;
+        assert!(matches!(taken, Ok(Ok(_))), "freed for the other replica");
+    }
+
+    /// A replica that dies holding a slot loses it within `SLOT_TTL`.
+    #[tokio::test]
+    async fn a_dead_replicas_slot_comes_back_within_its_ttl() {
+        let (_a, store) = slots(1).await;
+        let dead = store
+            .claim_target_slot("netsuite", 1, 7, SLOT_TTL)
+            .await
+            .expect("claim");
+        assert!(dead.is_some());
+        let b = AccountSlots::new("netsuite", 1, store.clone(), CancellationToken::new())
+            .await
+            .expect("survivor's slots");
+        let started = Instant::now();
+        let slot = tokio::time::timeout(SLOT_TTL + Duration::from_secs(1), b.acquire()).await;
+        assert!(matches!(slot, Ok(Ok(_))), "the survivor got the slot");
+        assert!(started.elapsed() >= SLOT_TTL - Duration::from_millis(100));
     }
 
     /// A slot out longer than `HANDOVER_FOR` goes back to the account even
