@@ -308,17 +308,26 @@ mod tests {
         store.target_slots_held("netsuite").await.expect("count")
     }
 
-    /// A request that ends while another waits hands its slot over: the
-    /// same claim, no write.
-    #[tokio::test]
-    async fn a_slot_is_handed_to_a_waiting_request_without_a_write() {
-        let (s, store) = slots(1).await;
+    /// The only slot taken (its claim id), and a second request waiting for
+    /// one (it answers with the claim id it got).
+    async fn held_and_awaited(
+        s: &Arc<AccountSlots>,
+    ) -> (Slot, i64, tokio::task::JoinHandle<Result<i64, SlotError>>) {
         let first = s.acquire().await.expect("slot");
         let id = first.claim_id();
         let waiter = tokio::spawn({
             let s = s.clone();
             async move { s.acquire().await.map(|slot| slot.claim_id()) }
         });
+        (first, id, waiter)
+    }
+
+    /// A request that ends while another waits hands its slot over: the
+    /// same claim, no write.
+    #[tokio::test]
+    async fn a_slot_is_handed_to_a_waiting_request_without_a_write() {
+        let (s, store) = slots(1).await;
+        let (first, id, waiter) = held_and_awaited(&s).await;
         // The waiter is waiting (the only slot is out).
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiter.is_finished());
@@ -383,12 +392,7 @@ mod tests {
     #[tokio::test]
     async fn an_old_slot_goes_back_to_the_account_before_it_is_claimed_again() {
         let (s, store) = slots(1).await;
-        let first = s.acquire().await.expect("slot");
-        let id = first.claim_id();
-        let waiter = tokio::spawn({
-            let s = s.clone();
-            async move { s.acquire().await.map(|slot| slot.claim_id()) }
-        });
+        let (first, id, waiter) = held_and_awaited(&s).await;
         tokio::time::sleep(HANDOVER_FOR + Duration::from_millis(50)).await;
         s.release(first);
         let second = waiter.await.expect("join").expect("slot");
