@@ -181,7 +181,7 @@ async fn claim_chunk(conn: &mut AnyConnection, chunk: &[&Claim]) -> Result<Vec<b
 /// Makes one claim on `conn` (inside the caller's transaction).
 async fn claim(conn: &mut AnyConnection, c: &Claim) -> Result<bool, StoreError> {
     let now = now_ms();
-    let until = now.saturating_add(i64::try_from(c.ttl.as_millis()).unwrap_or(i64::MAX));
+    let until = ms_after(now, c.ttl);
     let attempted = c.attempted_after();
     let l = &c.lease;
     let updated = sqlx::query(
@@ -244,11 +244,18 @@ async fn claim(conn: &mut AnyConnection, c: &Claim) -> Result<bool, StoreError> 
     Ok(false)
 }
 
-fn now_ms() -> i64 {
+/// This replica's clock in milliseconds: leases and account slots are
+/// written and compared in it.
+pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// `ttl` after `now` (milliseconds), saturating.
+pub(super) fn ms_after(now: i64, ttl: Duration) -> i64 {
+    now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl Store {
@@ -258,7 +265,7 @@ impl Store {
     /// of the TTL makes one.
     pub async fn renew_delivery_lease(&self, l: &Lease, ttl: Duration) -> Result<bool, StoreError> {
         self.timed(async {
-            let until = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+            let until = ms_after(now_ms(), ttl);
             let updated = sqlx::query(
                 "UPDATE delivery_state SET lease_until = ? \
                  WHERE target = ? AND record_type = ? AND record_id = ? AND lease_holder = ?",

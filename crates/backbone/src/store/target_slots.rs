@@ -7,7 +7,9 @@
 //! replicas' clocks must stay well below that (NTP keeps it in milliseconds;
 //! `doctor` names a clock that is off).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use super::delivery_lease::{ms_after, now_ms};
 
 use super::{Backend, Store, StoreError};
 
@@ -17,13 +19,6 @@ pub struct SlotClaim {
     pub target: String,
     /// A random id per claim: frees exactly this claim, never a successor's.
     pub claim: i64,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 impl Store {
@@ -57,7 +52,7 @@ impl Store {
     ) -> Result<Option<SlotClaim>, StoreError> {
         let claim = (rand::random::<u64>() >> 1) as i64;
         let now = now_ms();
-        let until = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let until = ms_after(now, ttl);
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         // MySQL refuses a subquery on the table it updates, SQLite an
         // UPDATE … LIMIT: one statement per dialect, each atomic on its own.
@@ -100,7 +95,7 @@ impl Store {
         c: &SlotClaim,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let until = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let until = ms_after(now_ms(), ttl);
         self.timed(async {
             let done =
                 sqlx::query("UPDATE target_slots SET until_ms = ? WHERE target = ? AND claim = ?")

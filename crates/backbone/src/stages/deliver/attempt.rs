@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::http_sink::{Delivered, Signal, SinkFailure};
 use super::keeper::Keeper;
-use super::pacing::{Answer, Verdict};
+use super::pacing::{Answer, Permit, Verdict};
 use super::plan::{Plan, Send};
 use super::{outcome_of, pacing_answer, record_hash, stopped, DeliverStage, MERGED_EVENT};
 use crate::model::merged_event::MergedEvent;
@@ -287,7 +287,7 @@ impl DeliverStage {
         &self,
         d: &Delivery<'_>,
         keeper: &Keeper,
-        permit: &mut super::pacing::Permit,
+        permit: &mut Permit,
         send: &Send,
     ) -> Result<Sent, Failure> {
         let slot = match &self.slots {

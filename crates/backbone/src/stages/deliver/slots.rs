@@ -77,7 +77,8 @@ pub struct AccountSlots {
 /// A slot taken; give it back with [`AccountSlots::release`].
 pub struct Slot {
     claim: SlotClaim,
-    /// When its claim was written: the claim lasts `ttl` from there.
+    /// When it was claimed from the account: how long it may still be
+    /// handed over (its renewals do not move this).
     claimed: Instant,
     /// Renews the claim until the slot is released or handed over.
     _renewal: tokio_util::sync::DropGuard,
