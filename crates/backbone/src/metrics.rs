@@ -543,6 +543,15 @@ pub fn merge_figures(steps: &[&str]) -> Vec<(u64, f64)> {
     v
 }
 
+/// (sample count, sample sum) of `backbone_processing_duration_seconds` for
+/// `subscription`: receipt to ack or nack.
+pub fn processing_figures(subscription: &str) -> (u64, f64) {
+    let h = metrics()
+        .processing_duration
+        .with_label_values(&[subscription]);
+    (h.get_sample_count(), h.get_sample_sum())
+}
+
 /// Times the steps of one unit of a stage's work, for
 /// `backbone_stage_step_duration_seconds`; observed only if the unit
 /// completes, so a failed batch does not skew the figures.

@@ -77,12 +77,13 @@ pub(super) async fn publish_in_order(
 /// Publishes the same messages to the raw topic of a throwaway topology and
 /// times a consumer draining them: ack-only, or (`forward`) publishing each
 /// to the merged topic with its ordering key and acking on confirmation.
+/// Messages per second, and the seconds the publishing took.
 pub(super) async fn baseline(
     t: &Topology,
     ep: &clients::Endpoint,
     gens: &[Gen],
     forward: bool,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     let publishers = Arc::new(Publishers::new(t.clone(), ep).await?);
     let total: usize = gens.iter().map(|g| if g.duplicate { 2 } else { 1 }).sum();
     let subscriber = clients::subscriber(ep).await?;
@@ -129,9 +130,11 @@ pub(super) async fn baseline(
     });
     let started = Instant::now();
     publish_in_order(&publishers, gens).await?;
+    let published = started.elapsed().as_secs_f64();
     let (n, forwarded, finished) = consumer.await?;
     if n != total || (forward && forwarded != total) {
         bail!("baseline consumer drained {n} of {total} messages ({forwarded} forwarded)");
     }
-    Ok(total as f64 / finished.duration_since(started).as_secs_f64())
+    let rate = total as f64 / finished.duration_since(started).as_secs_f64();
+    Ok((rate, published))
 }

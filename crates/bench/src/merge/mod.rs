@@ -17,7 +17,7 @@ mod stage;
 
 pub(crate) use self::baseline::teardown;
 pub(crate) use self::generate::{generate, percentile, Gen};
-pub(crate) use self::stage::{feed, MERGE_STEPS};
+pub(crate) use self::stage::{engine_figures, engine_means, feed, MERGE_STEPS};
 
 use backbone::config::Settings;
 

@@ -15,11 +15,7 @@ use backbone::store::Store;
 
 /// Steps of a merge batch, as timed by the engine (`stage_step_duration`).
 pub(crate) const MERGE_STEPS: &[&str] = &[
-    "read_claims",
-    "read_ids",
-    "lock_states",
-    "outbox_read",
-    "pending_read",
+    "read_view",
     "decide",
     "write_events",
     "write_audit",
@@ -32,8 +28,32 @@ pub(crate) const MERGE_STEPS: &[&str] = &[
 
 /// (sample count, sample sum) of the merge batch-size histogram and of each
 /// merge step: the engine's own figures, read before and after a run.
-fn engine_figures() -> Vec<(u64, f64)> {
+pub(crate) fn engine_figures() -> Vec<(u64, f64)> {
     backbone::metrics::merge_figures(MERGE_STEPS)
+}
+
+/// Between two [`engine_figures`] readings: the batches, their mean
+/// events, and each step's mean milliseconds per batch.
+pub(crate) fn engine_means(
+    before: &[(u64, f64)],
+    after: &[(u64, f64)],
+) -> (u64, f64, serde_json::Map<String, serde_json::Value>) {
+    let batches = after[0].0 - before[0].0;
+    let per_tx = (after[0].1 - before[0].1) / batches.max(1) as f64;
+    let mut steps = serde_json::Map::new();
+    for (i, step) in MERGE_STEPS.iter().enumerate() {
+        let (n, sum) = (
+            after[i + 1].0 - before[i + 1].0,
+            after[i + 1].1 - before[i + 1].1,
+        );
+        if n > 0 {
+            steps.insert(
+                (*step).into(),
+                json!(((sum / n as f64) * 1e5).round() / 100.0),
+            );
+        }
+    }
+    (batches, per_tx, steps)
 }
 
 /// A scratch store of the bench's own, migrated; dropped by `discard`.
@@ -144,21 +164,7 @@ async fn stage_run(
     )
     .await?;
     let after = engine_figures();
-    let batches = after[0].0 - before[0].0;
-    let per_tx = (after[0].1 - before[0].1) / batches.max(1) as f64;
-    let mut steps = serde_json::Map::new();
-    for (i, step) in MERGE_STEPS.iter().enumerate() {
-        let (n, sum) = (
-            after[i + 1].0 - before[i + 1].0,
-            after[i + 1].1 - before[i + 1].1,
-        );
-        if n > 0 {
-            steps.insert(
-                (*step).into(),
-                json!(((sum / n as f64) * 1e5).round() / 100.0),
-            );
-        }
-    }
+    let (_, per_tx, steps) = engine_means(&before, &after);
     // The ceiling: the same rows, plain inserts, same transaction sizes.
     let rows = ceiling::read_run(store, &batched.prefix).await?;
     ceiling::clear_outbox(store).await?;
