@@ -77,13 +77,12 @@ pub(super) async fn publish_in_order(
 /// Publishes the same messages to the raw topic of a throwaway topology and
 /// times a consumer draining them: ack-only, or (`forward`) publishing each
 /// to the merged topic with its ordering key and acking on confirmation.
-/// Messages per second, and the seconds the publishing took.
 pub(super) async fn baseline(
     t: &Topology,
     ep: &clients::Endpoint,
     gens: &[Gen],
     forward: bool,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<BaselineRun> {
     let publishers = Arc::new(Publishers::new(t.clone(), ep).await?);
     let total: usize = gens.iter().map(|g| if g.duplicate { 2 } else { 1 }).sum();
     let subscriber = clients::subscriber(ep).await?;
@@ -135,6 +134,16 @@ pub(super) async fn baseline(
     if n != total || (forward && forwarded != total) {
         bail!("baseline consumer drained {n} of {total} messages ({forwarded} forwarded)");
     }
-    let rate = total as f64 / finished.duration_since(started).as_secs_f64();
-    Ok((rate, published))
+    Ok(BaselineRun {
+        rate: total as f64 / finished.duration_since(started).as_secs_f64(),
+        published,
+    })
+}
+
+/// What one baseline run measured.
+pub(super) struct BaselineRun {
+    /// Messages drained per second.
+    pub rate: f64,
+    /// Seconds the publishing took.
+    pub published: f64,
 }

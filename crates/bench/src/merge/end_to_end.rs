@@ -13,7 +13,7 @@ use secrecy::SecretString;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::baseline::{baseline, publish_in_order, teardown};
+use super::baseline::{baseline, publish_in_order, teardown, BaselineRun};
 use super::{generate, percentile, Args, E2eDb, Gen};
 use crate::sql::scratch;
 use backbone::app::{self, Application};
@@ -100,8 +100,8 @@ async fn measure(
     let total_msgs = gens.len() + dups;
     let expected = gens.len();
 
-    let ((baseline_rate, baseline_published), (forward_rate, _)) =
-        baselines(settings, ep, &gens, res).await?;
+    let (ack_only, forward) = baselines(settings, ep, &gens, res).await?;
+    let (baseline_rate, forward_rate) = (ack_only.rate, forward.rate);
     let daemon = start_daemon(settings, args, ep, res).await?;
     let label = daemon.topo.subscription_id(ConsumerKind::Merge);
     let (before, handled_before) = (
@@ -132,7 +132,7 @@ async fn measure(
         "messages_per_s": rate,
         "latency_ms_raw_publish_to_stored": {"p50": percentile(lat, 0.5), "p99": percentile(lat, 0.99)},
         "baseline_ack_only_messages_per_s": baseline_rate,
-        "baseline_ack_only_publish_seconds": baseline_published,
+        "baseline_ack_only_publish_seconds": ack_only.published,
         "ratio": rate / baseline_rate,
         "baseline_forward_only_messages_per_s": forward_rate,
         "ratio_to_forward_only": rate / forward_rate,
@@ -140,13 +140,13 @@ async fn measure(
 }
 
 /// The two broker baselines, each on a fresh topology: ack-only, and
-/// forward-only. Messages per second of each, and its publishing's seconds.
+/// forward-only.
 async fn baselines(
     settings: &Settings,
     ep: &clients::Endpoint,
     gens: &[Gen],
     res: &mut Resources,
-) -> anyhow::Result<((f64, f64), (f64, f64))> {
+) -> anyhow::Result<(BaselineRun, BaselineRun)> {
     // Baseline: an ack-only consumer draining the same messages.
     let topo = Topology::new(settings.env, bench_project());
     res.topologies.push(topo.clone());
