@@ -26,6 +26,7 @@ mod faults_support;
 mod history;
 mod image;
 mod integration_guide;
+mod lane_runs;
 mod mcp;
 mod merge_e2e;
 mod newcomer;

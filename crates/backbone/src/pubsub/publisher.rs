@@ -10,6 +10,7 @@ use bytes::Bytes;
 use google_cloud_pubsub::client::{BasePublisher, Publisher};
 use google_cloud_pubsub::error::PublishError;
 use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::publisher::PublishFuture;
 
 use super::clients::{self, ClientError, Endpoint};
 use crate::internal_events::{emit, PublishFailed, PublishRefused, Published};
@@ -229,6 +230,41 @@ impl Publishers {
                     source,
                 })
             }
+        }
+    }
+
+    /// Starts one publish and returns without waiting for the broker: one
+    /// attempt, no retry, no resume. A lane sends the outputs of several of
+    /// a key's messages this way so they share one request; the client keeps
+    /// a key's publishes in order and, after a failure, fails every later
+    /// one of that key (`OrderingKeyPaused`) until [`Publishers::resume`],
+    /// so nothing can overtake a failed publish. `Err` when it was not sent:
+    /// the caller takes the one-at-a-time path ([`Publishers::publish`]),
+    /// which says why.
+    pub fn start(
+        &self,
+        kind: TopicKind,
+        data: Bytes,
+        attributes: HashMap<String, String>,
+        ordering_key: &str,
+    ) -> Option<PublishFuture> {
+        let path = self.topology.topic_path(kind);
+        self.topology.check_publish_target(&path).ok()?;
+        message_limits::check(data.len(), &attributes, ordering_key).ok()?;
+        let mut msg = Message::new().set_data(data).set_attributes(attributes);
+        if !ordering_key.is_empty() {
+            msg = msg.set_ordering_key(ordering_key.to_string());
+        }
+        Some(self.publisher(&path).publish(msg))
+    }
+
+    /// Lets a key publish again after a failure of [`Publishers::start`]
+    /// paused it (a no-op when it is not paused).
+    pub fn resume(&self, kind: TopicKind, ordering_key: &str) {
+        if !ordering_key.is_empty() {
+            let path = self.topology.topic_path(kind);
+            self.publisher(&path)
+                .resume_publish(ordering_key.to_string());
         }
     }
 

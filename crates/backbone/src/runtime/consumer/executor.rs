@@ -11,10 +11,10 @@ use futures::FutureExt;
 
 use super::hold::{Hold, Holds};
 use super::{Action, Runtime};
-use crate::internal_events::{emit, DeadLettered, SentToRetry};
+use crate::internal_events::{emit, DeadLettered, Published, SentToRetry};
 use crate::model::envelope::{self, FailureInfo};
 use crate::model::fingerprint::fingerprint_bytes;
-use crate::pubsub::publisher::PublishFailure;
+use crate::pubsub::publisher::{kind_label, PublishFailure};
 use crate::stages::park::UNPUBLISHABLE;
 use crate::stages::{
     ErrorClass, Failure, Incoming, Outbound, Outcome, Stage, StageError, StageResult,
@@ -50,6 +50,17 @@ impl Recent {
             self.0.push_back(id);
         }
     }
+}
+
+/// How far publishing a run's outputs together got (`publish_together`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct RunSent {
+    /// Messages at the head of the run all of whose outputs went out.
+    pub(super) done: usize,
+    /// Of the message after them, its outputs that went out (a prefix).
+    pub(super) next_output: usize,
+    /// Outbox ids the broker confirmed.
+    pub(super) confirmed: Vec<String>,
 }
 
 /// One publish of the runtime's own: a stage's output, or the envelope of a
@@ -108,6 +119,7 @@ impl Runtime {
         result: StageResult,
         holds: &Holds,
         published: &Recent,
+        skip: usize,
     ) -> Settled {
         let fp = match &result {
             Ok(o) => o.fingerprint.as_deref(),
@@ -118,7 +130,10 @@ impl Runtime {
         }
         let mut hold = Hold::new(holds);
         match result {
-            Ok(outcome) => self.complete(stage, outcome, &mut hold, published).await,
+            Ok(outcome) => {
+                self.complete(stage, outcome, &mut hold, published, skip)
+                    .await
+            }
             Err(failure) => {
                 let (action, label) = self
                     .route_failure_held(stage, msg, failure, &mut hold)
@@ -132,18 +147,21 @@ impl Runtime {
         }
     }
 
-    /// Publishes what the stage produced, in order; a broker that does not
-    /// answer holds the message (its work is committed and the outbox keeps
-    /// it, but handing it back would let its successors overtake it).
+    /// Publishes what the stage produced from its `skip`th output on (the
+    /// ones before went out with a run, `publish_together`), in order; a
+    /// broker that does not answer holds the message (its work is committed
+    /// and the outbox keeps it, but handing it back would let its successors
+    /// overtake it).
     async fn complete(
         &self,
         stage: &str,
         outcome: Outcome,
         hold: &mut Hold<'_>,
         published: &Recent,
+        skip: usize,
     ) -> Settled {
         let mut confirmed = Vec::new();
-        for out in outcome.publish {
+        for out in outcome.publish.into_iter().skip(skip) {
             if out
                 .outbox_id
                 .as_ref()
@@ -187,6 +205,89 @@ impl Runtime {
             label: outcome.label,
             confirmed,
         }
+    }
+
+    /// Publishes the outputs of a run of one key's messages whose stages
+    /// succeeded, every one started before any is awaited, so a burst's
+    /// merged events share the client's batches instead of waiting for each
+    /// other's confirmation. One attempt each: the client keeps a key's
+    /// publishes in order and fails every later one after a failure, so
+    /// nothing overtakes; the caller takes the one-at-a-time path (retries,
+    /// holds, parking) from where this stopped. Outputs this lane saw
+    /// confirmed, or started earlier in the run (a leftover read while its
+    /// publish was in flight), are not sent again.
+    pub(super) async fn publish_together(
+        &self,
+        outcomes: &[&Outcome],
+        published: &Recent,
+    ) -> RunSent {
+        let mut started = Vec::new();
+        let mut futures = Vec::new();
+        let mut stop = None;
+        'run: for (m, outcome) in outcomes.iter().enumerate() {
+            for (i, out) in outcome.publish.iter().enumerate() {
+                let id = out.outbox_id.as_deref();
+                let seen = |x: &&Outbound| x.outbox_id.as_deref() == id;
+                if id.is_some_and(|id| published.contains(id))
+                    || (id.is_some() && started.iter().any(|(_, _, o)| seen(o)))
+                {
+                    continue;
+                }
+                let f = self.publishers.start(
+                    out.topic,
+                    out.data.clone(),
+                    out.attributes.clone(),
+                    &out.ordering_key,
+                );
+                match f {
+                    Some(f) => {
+                        started.push((m, i, out));
+                        futures.push(f);
+                    }
+                    None => {
+                        stop = Some((m, i));
+                        break 'run;
+                    }
+                }
+            }
+        }
+        let results = futures::future::join_all(futures).await;
+        let mut sent = RunSent::default();
+        let mut failed: Option<(usize, usize)> = None;
+        for ((m, i, out), r) in started.iter().zip(results) {
+            match r {
+                Ok(_) => {
+                    emit(Published {
+                        topic: kind_label(out.topic),
+                    });
+                    if let Some(id) = &out.outbox_id {
+                        self.outbox.done(id.clone());
+                        sent.confirmed.push(id.clone());
+                    }
+                }
+                Err(e) => {
+                    if failed.is_none() {
+                        tracing::warn!(error = %e, "A run's publish failed; the rest goes one at a time.");
+                        failed = Some((*m, *i));
+                    }
+                }
+            }
+        }
+        if failed.is_some() {
+            // Every started publish has answered, so the paused keys hold
+            // nothing: let them publish again for the one-at-a-time path.
+            for (_, _, out) in &started {
+                self.publishers.resume(out.topic, &out.ordering_key);
+            }
+        }
+        match [failed, stop].into_iter().flatten().min() {
+            Some((m, i)) => {
+                sent.done = m;
+                sent.next_output = i;
+            }
+            None => sent.done = outcomes.len(),
+        }
+        sent
     }
 
     /// Routes a failed execution: error topic for another try, dlq when it is

@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::executor::Recent;
-use super::message::{begin, end, end_early, handle_one, Begun};
+use super::message::{begin, end, end_early, end_run, handle_one, Begun};
 use super::{Action, Ctx};
 use crate::internal_events::{emit, MessageReceived};
 use crate::stages::lane_turn::LaneTurn;
@@ -60,7 +60,8 @@ pub(super) fn dispatch(
 
 /// Runs a key's messages in order until its queue is empty. Up to `ahead`
 /// later messages run their stage while the earliest one's outputs are
-/// published (their confirmation is the slow part of a lane); each starts
+/// published (their confirmation is the slow part of a lane), and those
+/// done by then are published with it, in one go; each starts
 /// once the one before it passed its turn (`stages::lane_turn`: when its
 /// stage returned, or earlier if the stage says its order-sensitive part
 /// began). Outputs leave in order: a message is settled only after every
@@ -109,14 +110,40 @@ async fn key_worker(ctx: Arc<Ctx>, key: String, first: (Message, Handler)) {
             q.remove(&key);
             return;
         };
-        let settled = end(&ctx, joined(task).await, h, &published).await;
-        if settled.action == Action::Nack {
+        // The ones behind it whose stages are done already settle with it:
+        // their outputs go out together (`end_run`).
+        let mut run = vec![(joined(task).await, h)];
+        let mut yielded = false;
+        while run.last().is_some_and(|(b, _)| b.outcome().is_some()) {
+            let Some((next, _)) = begun.front() else {
+                break;
+            };
+            if !next.is_finished() {
+                if yielded {
+                    break;
+                }
+                // Woken with it (one merge batch), it may be done after one turn.
+                yielded = true;
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if let Some((task, h)) = begun.pop_front() {
+                run.push((joined(task).await, h));
+            }
+        }
+        let action = if run.len() == 1 {
+            let (b, h) = run.remove(0);
+            let settled = end(&ctx, b, h, &published, 0).await;
+            published.extend(settled.confirmed);
+            settled.action
+        } else {
+            end_run(&ctx, run, &mut published).await
+        };
+        if action == Action::Nack {
             while let Some((task, h)) = begun.pop_front() {
                 end_early(&ctx, joined(task).await, h, "nacked");
             }
             last_turn = None;
-        } else {
-            published.extend(settled.confirmed);
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::internal_events::{emit, MessageProcessed};
 use crate::metrics;
 use crate::pubsub::trace_context::trace_context;
 use crate::stages::lane_turn::LaneTurn;
-use crate::stages::{Failure, Incoming, Route, Stage, StageResult};
+use crate::stages::{Failure, Incoming, Outcome, Route, Stage, StageResult};
 
 /// A message whose stage has run (or that was settled before it could).
 pub(super) struct Begun {
@@ -44,7 +44,20 @@ enum Ran {
 
 pub(super) async fn handle_one(ctx: &Ctx, m: Message, h: Handler) {
     let begun = begin(ctx, &m, LaneTurn::default()).await;
-    end(ctx, begun, h, &Recent::default()).await;
+    end(ctx, begun, h, &Recent::default(), 0).await;
+}
+
+impl Begun {
+    /// What its stage decided, when it ran and succeeded.
+    pub(super) fn outcome(&self) -> Option<&Outcome> {
+        match &self.ran {
+            Ran::Stage {
+                result: Ok(outcome),
+                ..
+            } => Some(outcome),
+            _ => None,
+        }
+    }
 }
 
 /// Routes the message and runs its stage (holding it through an outage).
@@ -110,8 +123,15 @@ pub(super) async fn begin(ctx: &Ctx, m: &Message, turn: LaneTurn) -> Begun {
     Begun { span, started, ran }
 }
 
-/// Carries out what the stage decided, then acks or nacks.
-pub(super) async fn end(ctx: &Ctx, b: Begun, h: Handler, published: &Recent) -> Settled {
+/// Carries out what the stage decided, then acks or nacks; its first `skip`
+/// outputs went out already (with a run, `end_run`).
+pub(super) async fn end(
+    ctx: &Ctx,
+    b: Begun,
+    h: Handler,
+    published: &Recent,
+    skip: usize,
+) -> Settled {
     let settled = async {
         match b.ran {
             Ran::Done(action, label) => Settled {
@@ -136,7 +156,7 @@ pub(super) async fn end(ctx: &Ctx, b: Begun, h: Handler, published: &Recent) -> 
             }
             Ran::Stage { stage, msg, result } => {
                 ctx.rt
-                    .settle(stage.name(), &msg, result, &ctx.holds, published)
+                    .settle(stage.name(), &msg, result, &ctx.holds, published, skip)
                     .await
             }
         }
@@ -145,6 +165,51 @@ pub(super) async fn end(ctx: &Ctx, b: Begun, h: Handler, published: &Recent) -> 
     .await;
     tell_broker(ctx, h, settled.action, settled.label, b.started).await;
     settled
+}
+
+/// Carries out a run of one key's messages (in order): the outputs of those
+/// whose stages succeeded are published together, then each is acked in
+/// order. From the first output that did not go out, the one-at-a-time path
+/// (`end`: retries, holds through an outage) takes over; once a message is
+/// handed back, so are the ones after it (their outputs must not overtake).
+/// Confirmed outbox ids join `published`.
+pub(super) async fn end_run(
+    ctx: &Ctx,
+    run: Vec<(Begun, Handler)>,
+    published: &mut Recent,
+) -> Action {
+    let outcomes: Vec<&Outcome> = run.iter().map_while(|(b, _)| b.outcome()).collect();
+    let span = run.first().map(|(b, _)| b.span.clone());
+    let sent = ctx
+        .rt
+        .publish_together(&outcomes, published)
+        .instrument(span.unwrap_or_else(tracing::Span::none))
+        .await;
+    published.extend(sent.confirmed);
+    let mut run = run.into_iter();
+    for (b, h) in run.by_ref().take(sent.done) {
+        let (label, fp) = b
+            .outcome()
+            .map_or(("processed", None), |o| (o.label, o.fingerprint.as_deref()));
+        if let Some(fp) = fp {
+            b.span.record("fingerprint", fp);
+        }
+        b.span
+            .in_scope(|| tracing::debug!(outcome = label, "Message processed."));
+        tell_broker(ctx, h, Action::Ack, label, b.started).await;
+    }
+    let mut skip = sent.next_output;
+    while let Some((b, h)) = run.next() {
+        let settled = end(ctx, b, h, published, std::mem::take(&mut skip)).await;
+        published.extend(settled.confirmed);
+        if settled.action == Action::Nack {
+            for (b, h) in run {
+                end_early(ctx, b, h, "nacked");
+            }
+            return Action::Nack;
+        }
+    }
+    Action::Ack
 }
 
 /// Hands back a message whose stage ran but whose predecessor was handed
