@@ -84,8 +84,10 @@ impl Cut {
 /// N chained events over R records published over `flow_timing(d)`, the
 /// database or the broker cut for `d` in the middle, the daemon never
 /// restarted and nobody replays anything. Everything must be stored once,
-/// nothing dead-lettered, every record at its final version; `/readyz` 503
-/// during the cut, merging again soon after it.
+/// nothing dead-lettered, every record at its final version with every
+/// version first published to the merged topic in order (lanes publish a
+/// key's merged events together: a failure must not let one overtake);
+/// `/readyz` 503 during the cut, merging again soon after it.
 async fn outage(cut: Cut, d: Duration, p: &Params) {
     let Some(b) = mariadb_bench().await else {
         return;
@@ -115,8 +117,10 @@ async fn outage(cut: Cut, d: Duration, p: &Params) {
             (proxy, env)
         }
     };
-    // The test's own view of the dlq topic, straight to the emulator.
+    // The test's own view of the dlq and merged topics, straight to the
+    // emulator (the merged one ordered: first publications in version order).
     let dlq = tap(&b.topology, TopicKind::Dlq).await;
+    let merged = tap_ordered(&b.topology, TopicKind::Merged).await;
     let mut daemon = BinDaemon::spawn(env, log_path(cut.label(), &b.project));
     assert!(
         ready_within(daemon.metrics, READY).await,
@@ -181,6 +185,7 @@ async fn outage(cut: Cut, d: Duration, p: &Params) {
     let late = behind(finals, &states);
     let dead = parked(store).await;
     let dlq_msgs = dlq.drain(Duration::from_secs(2)).await;
+    let order = merged_order(&merged.drain(Duration::from_secs(2)).await, finals);
     let statuses = watch.between(cut_at, restored_at);
     let settled_window = cut_at + Duration::from_secs(5).min(d / 2);
     let late_statuses = watch.between(settled_window, restored_at);
@@ -188,7 +193,8 @@ async fn outage(cut: Cut, d: Duration, p: &Params) {
     let (warn, error) = daemon.log_counts();
     println!(
         "FAULTS {} D={} N={n} R={}: stored={} lost={} twice={} dead_letters={} {:?} dlq_tap={} \
-         records_final={}/{} readyz_during=[{}] ready_again={} merging_again={} \
+         records_final={}/{} merged: msgs={} out_of_order_records={} missing_versions={} \
+         readyz_during=[{}] ready_again={} merging_again={} \
          stored_during_cut={during_cut} published_in={} settled_in={} log={} (warn {warn}, error {error})",
         cut.label(),
         secs(d),
@@ -201,6 +207,9 @@ async fn outage(cut: Cut, d: Duration, p: &Params) {
         dlq_msgs.len(),
         finals.len() - late.len(),
         finals.len(),
+        order.messages,
+        order.out_of_order.len(),
+        order.missing,
         tally(&statuses),
         opt_secs(ready_again),
         opt_secs(merging_again),
@@ -229,6 +238,13 @@ async fn outage(cut: Cut, d: Duration, p: &Params) {
         late.len(),
         &late[..late.len().min(5)]
     );
+    assert!(
+        order.out_of_order.is_empty(),
+        "{} records had a merged version first published after a later one: {:?}",
+        order.out_of_order.len(),
+        &order.out_of_order[..order.out_of_order.len().min(5)]
+    );
+    assert_eq!(order.missing, 0, "merged versions never published");
     assert!(
         statuses.contains(&503),
         "/readyz never answered 503 during the cut: {}",
