@@ -831,6 +831,19 @@ pub struct MergedOrder {
     pub missing: usize,
 }
 
+impl MergedOrder {
+    /// Every record's versions first published in version order, none missing.
+    pub fn assert_in_order_and_complete(&self) {
+        assert!(
+            self.out_of_order.is_empty(),
+            "{} records had a merged version first published after a later one: {:?}",
+            self.out_of_order.len(),
+            &self.out_of_order[..self.out_of_order.len().min(5)]
+        );
+        assert_eq!(self.missing, 0, "merged versions never published");
+    }
+}
+
 pub fn merged_order(msgs: &[Message], finals: &BTreeMap<String, i64>) -> MergedOrder {
     let mut firsts: HashMap<String, Vec<i64>> = HashMap::new();
     for m in msgs {
