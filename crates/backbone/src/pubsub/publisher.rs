@@ -238,7 +238,7 @@ impl Publishers {
     /// a key's messages this way so they share one request; the client keeps
     /// a key's publishes in order and, after a failure, fails every later
     /// one of that key (`OrderingKeyPaused`) until [`Publishers::resume`],
-    /// so nothing can overtake a failed publish. `Err` when it was not sent:
+    /// so nothing can overtake a failed publish. `None` when it was not sent:
     /// the caller takes the one-at-a-time path ([`Publishers::publish`]),
     /// which says why.
     pub fn start(
