@@ -164,13 +164,9 @@ impl Publishers {
         }
         let publisher = self.publisher(&path);
         let send = || async {
-            let mut msg = Message::new()
-                .set_data(data.clone())
-                .set_attributes(attributes.clone());
-            if !ordering_key.is_empty() {
-                msg = msg.set_ordering_key(ordering_key.to_string());
-            }
-            let r = publisher.publish(msg).await;
+            let r = publisher
+                .publish(message(data.clone(), attributes.clone(), ordering_key))
+                .await;
             if r.is_err() && !ordering_key.is_empty() {
                 // The client paused this key; resume it so the next attempt
                 // (and every later message of the record) can go out.
@@ -196,12 +192,8 @@ impl Publishers {
             Err(e) if is_invalid_argument(&e) => {
                 // Its batch was refused: alone, the message says whether
                 // it was the one at fault.
-                let mut msg = Message::new().set_data(data).set_attributes(attributes);
-                if !ordering_key.is_empty() {
-                    msg = msg.set_ordering_key(ordering_key.to_string());
-                }
                 let solo = self.solo_publisher(&path);
-                let r = solo.publish(msg).await;
+                let r = solo.publish(message(data, attributes, ordering_key)).await;
                 if r.is_err() && !ordering_key.is_empty() {
                     solo.resume_publish(ordering_key.to_string());
                 }
@@ -251,11 +243,10 @@ impl Publishers {
         let path = self.topology.topic_path(kind);
         self.topology.check_publish_target(&path).ok()?;
         message_limits::check(data.len(), &attributes, ordering_key).ok()?;
-        let mut msg = Message::new().set_data(data).set_attributes(attributes);
-        if !ordering_key.is_empty() {
-            msg = msg.set_ordering_key(ordering_key.to_string());
-        }
-        Some(self.publisher(&path).publish(msg))
+        Some(
+            self.publisher(&path)
+                .publish(message(data, attributes, ordering_key)),
+        )
     }
 
     /// Lets a key publish again after a failure of [`Publishers::start`]
@@ -282,6 +273,16 @@ impl Publishers {
         for p in pubs {
             p.flush().await;
         }
+    }
+}
+
+/// A message for the client; an empty key means unordered.
+fn message(data: Bytes, attributes: HashMap<String, String>, ordering_key: &str) -> Message {
+    let msg = Message::new().set_data(data).set_attributes(attributes);
+    if ordering_key.is_empty() {
+        msg
+    } else {
+        msg.set_ordering_key(ordering_key.to_string())
     }
 }
 

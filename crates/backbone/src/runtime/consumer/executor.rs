@@ -2,7 +2,7 @@
 //! its failure to the error or dlq topic; a stage that panics becomes a
 //! transient failure.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 
 use bytes::Bytes;
@@ -53,7 +53,7 @@ impl Recent {
 }
 
 /// How far publishing a run's outputs together got (`publish_together`).
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub(super) struct RunSent {
     /// Messages at the head of the run all of whose outputs went out.
     pub(super) done: usize,
@@ -222,16 +222,15 @@ impl Runtime {
         published: &Recent,
     ) -> RunSent {
         let mut started = Vec::new();
+        let mut started_ids = HashSet::new();
         let mut futures = Vec::new();
         let mut stop = None;
         'run: for (m, outcome) in outcomes.iter().enumerate() {
             for (i, out) in outcome.publish.iter().enumerate() {
-                let id = out.outbox_id.as_deref();
-                let seen = |x: &&Outbound| x.outbox_id.as_deref() == id;
-                if id.is_some_and(|id| published.contains(id))
-                    || (id.is_some() && started.iter().any(|(_, _, o)| seen(o)))
-                {
-                    continue;
+                if let Some(id) = out.outbox_id.as_deref() {
+                    if published.contains(id) || !started_ids.insert(id) {
+                        continue;
+                    }
                 }
                 let f = self.publishers.start(
                     out.topic,
