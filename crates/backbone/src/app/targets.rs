@@ -18,7 +18,7 @@ use crate::ops::records::Sinks;
 use crate::stages::deliver::auth::{oauth1, oauth2, Auth, Secret};
 use crate::stages::deliver::http_sink::HttpSink;
 use crate::stages::deliver::http_sink::{self, Vocabulary};
-use crate::stages::deliver::pacing::PacingSettings;
+use crate::stages::deliver::pacing::{PacingSettings, NEXT_IN_LINE};
 use crate::stages::deliver::DeliverSettings;
 
 fn invalid(key: String, message: impl Into<String>) -> ConfigError {
@@ -139,15 +139,19 @@ pub fn vocabulary(v: ErrorVocabulary) -> Vocabulary {
 /// How a target is paced (docs/spec.md §4.2).
 pub fn pacing_settings(t: &Target) -> PacingSettings {
     PacingSettings {
-        // With the account's cap known, start at it and never above it: the
-        // slots hold every replica to it, so probing higher only idles.
+        // With the account's cap known, start at it and never probe above
+        // it: the slots hold every replica to it. The permits are the cap
+        // plus the next in line, who wait at the slot: an ended request
+        // hands its slot to one of them without a write (slots.rs), where
+        // with permits equal to slots nobody waits there and every request
+        // writes a slot back and claims one again around its POST.
         initial_concurrency: match t.account_concurrency {
             0 => t.initial_concurrency,
-            cap => cap.min(t.max_concurrency),
+            cap => with_next_in_line(cap, t.max_concurrency),
         },
         max_concurrency: match t.account_concurrency {
             0 => t.max_concurrency,
-            cap => cap.min(t.max_concurrency),
+            cap => with_next_in_line(cap, t.max_concurrency),
         },
         rate_limit: (t.rate_limit > 0.0).then_some(t.rate_limit),
         rate_burst: t.rate_burst,
@@ -157,6 +161,12 @@ pub fn pacing_settings(t: &Target) -> PacingSettings {
         // Long enough for the other requests in flight to answer.
         verdict_wait: (t.timeout + Duration::from_secs(1)).min(Duration::from_secs(30)),
     }
+}
+
+/// A known account cap's permits: the cap and [`NEXT_IN_LINE`] waiting at
+/// its slots, within `max_concurrency`.
+fn with_next_in_line(cap: usize, max: usize) -> usize {
+    cap.min(max) + NEXT_IN_LINE.min(max.saturating_sub(cap))
 }
 
 /// The signed client of each configured target, for operator actions that
@@ -196,4 +206,21 @@ fn sinks_of(
         }
     }
     Ok(Arc::new(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_known_account_cap_gets_the_next_in_line_within_max_concurrency() {
+        assert_eq!(with_next_in_line(15, 64), 15 + NEXT_IN_LINE);
+        assert_eq!(
+            with_next_in_line(15, 16),
+            16,
+            "max_concurrency still bounds"
+        );
+        assert_eq!(with_next_in_line(15, 15), 15);
+        assert_eq!(with_next_in_line(15, 8), 8);
+    }
 }

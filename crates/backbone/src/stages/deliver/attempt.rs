@@ -223,8 +223,14 @@ impl DeliverStage {
         let waited = tokio::time::Instant::now();
         self.let_the_burst_settle(d).await;
         // The permit bounds requests in flight at the target, not
-        // bookkeeping: it waits through throttling and outages, never fails.
-        let mut permit = self.pacer.acquire().await.map_err(|e| stopped(e, fp))?;
+        // bookkeeping: it waits through throttling and outages, never fails,
+        // and the plan is read again while this delivery is next in line.
+        let (mut permit, newer) = self
+            .pacer
+            .acquire_prepared(|| self.replan_after_wait(d, st, &send, waited.elapsed()))
+            .await
+            .map_err(|e| stopped(e, fp))?;
+        let send = newer.unwrap_or(send);
         d.mark("permit_wait");
         // Nothing is renewed while only waiting (a held target may hold
         // deliveries for hours); one that waited a while renews once here,
@@ -243,7 +249,6 @@ impl DeliverStage {
             self.lease_ttl,
             claimed_at,
         );
-        let send = self.replan_after_wait(d, st, send, waited.elapsed()).await;
         let answer = match self.send_in_slot(d, &keeper, &mut permit, &send).await? {
             Sent::Answer(answer) => answer,
             Sent::LeaseLostWaiting => {
@@ -368,20 +373,20 @@ impl DeliverStage {
     /// meanwhile, and one request can carry it all instead of a second one
     /// later. Safe under the lease: the target still stands where `st` says,
     /// and a fold only grows towards the newest merged version (P1), which
-    /// every later request folds up to as well.
+    /// every later request folds up to as well. `None`: send `send`.
     async fn replan_after_wait(
         &self,
         d: &Delivery<'_>,
         st: DeliveryState,
-        send: Send,
+        send: &Send,
         waited: std::time::Duration,
-    ) -> Send {
+    ) -> Option<Send> {
         if waited < REPLAN_AFTER || send.through.is_none() {
-            return send;
+            return None;
         }
         match self.plan(d.msg, &d.ev, d.seq, st, d.body.clone()).await {
-            Ok(Plan::Send(newer)) if newer.through > send.through => newer,
-            _ => send,
+            Ok(Plan::Send(newer)) if newer.through > send.through => Some(newer),
+            _ => None,
         }
     }
 

@@ -44,6 +44,12 @@ pub struct PacingSettings {
     pub verdict_wait: Duration,
 }
 
+/// How many deliveries prepare their request (the plan read again after a
+/// wait) while the ones ahead hold every permit: enough that a permit
+/// coming back finds one ready, few enough that what they prepared is not
+/// stale by the time they send (each waits about this many answers).
+pub const NEXT_IN_LINE: usize = 2;
+
 /// A failed request after which no other request to the target started or
 /// ended for this long, and none is out or waiting, has nobody to compare
 /// with: its failure is its own.
@@ -73,6 +79,8 @@ pub struct Pacer {
     target: &'static str,
     settings: PacingSettings,
     sem: Arc<Semaphore>,
+    /// The turns of the [`NEXT_IN_LINE`] waiters that prepare (FIFO).
+    next_in_line: Arc<Semaphore>,
     inner: Mutex<Inner>,
     /// Bumped on every answer, so verdicts wake up.
     changed: watch::Sender<u64>,
@@ -159,6 +167,7 @@ impl Pacer {
         let pacer = Arc::new(Self {
             target,
             sem: Arc::new(Semaphore::new(applied)),
+            next_in_line: Arc::new(Semaphore::new(NEXT_IN_LINE)),
             inner: Mutex::new(Inner {
                 operator: None,
                 aimd,
@@ -277,6 +286,21 @@ impl Pacer {
 
     /// Waits until a request may go to the target.
     pub async fn acquire(self: &Arc<Self>) -> Result<Permit, Stopped> {
+        Ok(self.acquire_prepared(|| async {}).await?.0)
+    }
+
+    /// [`Pacer::acquire`], running `prepare` (what the request needs from
+    /// the store) once the delivery is next in line, not after the permit:
+    /// a permit is the target's capacity and is held only by the request.
+    /// With a permit free, `prepare` runs under it (nothing waits for it).
+    pub async fn acquire_prepared<T, F, Fut>(
+        self: &Arc<Self>,
+        mut prepare: F,
+    ) -> Result<(Permit, T), Stopped>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
         self.lock().waiting += 1;
         let _waiting = WaitGuard(self);
         let mut held: Option<HeldGuard<'_>> = None;
@@ -317,13 +341,13 @@ impl Pacer {
                 if !self.lock().circuit.is_open() {
                     continue;
                 }
-                let sem = self.semaphore().await?;
+                let (sem, prepared) = self.next_in_line(&mut prepare).await?;
                 emit(TargetProbed {
                     target: self.target,
                 });
-                return Ok(self.permit(sem, Some(guard)));
+                return Ok((self.permit(sem, Some(guard)), prepared));
             }
-            let sem = self.semaphore().await?;
+            let (sem, prepared) = self.next_in_line(&mut prepare).await?;
             {
                 // What changed while this delivery queued for its permit.
                 let st = self.lock();
@@ -338,8 +362,35 @@ impl Pacer {
             if let Some(rate) = &self.rate {
                 self.cancellable(rate.until_ready()).await?;
             }
-            return Ok(self.permit(sem, None));
+            return Ok((self.permit(sem, None), prepared));
         }
+    }
+
+    /// A permit and what `prepare` made: under the permit when one is free,
+    /// else among the [`NEXT_IN_LINE`] before it (tokio's semaphores are
+    /// FIFO, so a permit free now has no earlier waiter).
+    async fn next_in_line<T, F, Fut>(
+        &self,
+        prepare: &mut F,
+    ) -> Result<(OwnedSemaphorePermit, T), Stopped>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        if let Ok(sem) = self.sem.clone().try_acquire_owned() {
+            return Ok((sem, prepare().await));
+        }
+        let turn = match self
+            .cancellable(self.next_in_line.clone().acquire_owned())
+            .await?
+        {
+            Ok(t) => t,
+            Err(_) => return Err(Stopped),
+        };
+        let prepared = self.cancellable(prepare()).await?;
+        let sem = self.semaphore().await?;
+        drop(turn);
+        Ok((sem, prepared))
     }
 
     async fn semaphore(&self) -> Result<OwnedSemaphorePermit, Stopped> {
@@ -564,6 +615,80 @@ mod tests {
             kind: Failure::Failed,
             back_pressure: true,
         }
+    }
+
+    /// What the request needs is prepared by the next in line while the
+    /// permits are out, not under a permit: with the limit reached, two
+    /// waiters prepare and the rest wait their turn; each gets its permit
+    /// with its preparation done.
+    #[tokio::test(start_paused = true)]
+    async fn the_next_in_line_prepare_while_the_permits_are_out() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let p = Pacer::new("t-next", settings(), CancellationToken::new());
+        let a = p.acquire().await.unwrap();
+        let b = p.acquire().await.unwrap();
+        let prepared = Arc::new(AtomicUsize::new(0));
+        let mut waiters = Vec::new();
+        for i in 0..4 {
+            let (p, prepared) = (p.clone(), prepared.clone());
+            waiters.push(tokio::spawn(async move {
+                let (permit, n) = p
+                    .acquire_prepared(|| async {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        prepared.fetch_add(1, Ordering::SeqCst) + 1
+                    })
+                    .await
+                    .unwrap();
+                (i, permit, n)
+            }));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            prepared.load(Ordering::SeqCst),
+            NEXT_IN_LINE,
+            "the next in line prepared while both permits were out; the rest wait"
+        );
+        let started = Instant::now();
+        assert_eq!(p.finish(a, 1, Answer::Success, ""), Verdict::Proceed);
+        let (first, permit, n) = waiters.remove(0).await.unwrap();
+        assert_eq!((first, n), (0, 1), "the first in line, prepared first");
+        assert!(
+            started.elapsed() < Duration::from_millis(5),
+            "{:?}: its preparation was done before the permit came back",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            prepared.load(Ordering::SeqCst),
+            NEXT_IN_LINE + 1,
+            "the third moved up and prepared"
+        );
+        drop((b, permit));
+        for w in waiters {
+            drop(w.await.unwrap());
+        }
+        assert_eq!(prepared.load(Ordering::SeqCst), 4);
+    }
+
+    /// With permits free, preparing does not queue: each prepares under
+    /// its own permit, all at once.
+    #[tokio::test(start_paused = true)]
+    async fn with_permits_free_everyone_prepares_at_once() {
+        let mut s = settings();
+        s.initial_concurrency = 8;
+        let p = Pacer::new("t-free", s, CancellationToken::new());
+        let started = Instant::now();
+        let all = futures::future::join_all(
+            (0..8).map(|_| p.acquire_prepared(|| tokio::time::sleep(Duration::from_millis(10)))),
+        )
+        .await;
+        assert!(all.iter().all(Result::is_ok));
+        assert!(
+            started.elapsed() < Duration::from_millis(15),
+            "{:?}: eight preparations of 10 ms overlapped",
+            started.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]
