@@ -139,19 +139,23 @@ pub fn vocabulary(v: ErrorVocabulary) -> Vocabulary {
 /// How a target is paced (docs/spec.md §4.2).
 pub fn pacing_settings(t: &Target) -> PacingSettings {
     PacingSettings {
-        // With the account's cap known, start at it and never probe above
-        // it: the slots hold every replica to it. The permits are the cap
-        // plus the next in line, who wait at the slot: an ended request
-        // hands its slot to one of them without a write (slots.rs), where
-        // with permits equal to slots nobody waits there and every request
-        // writes a slot back and claims one again around its POST.
+        // With the account's cap known, start at it and never above it: the
+        // slots hold every replica to it, so probing higher only idles.
         initial_concurrency: match t.account_concurrency {
             0 => t.initial_concurrency,
-            cap => with_next_in_line(cap, t.max_concurrency),
+            cap => cap.min(t.max_concurrency),
         },
         max_concurrency: match t.account_concurrency {
             0 => t.max_concurrency,
-            cap => with_next_in_line(cap, t.max_concurrency),
+            cap => cap.min(t.max_concurrency),
+        },
+        // With permits equal to slots nobody waits at a slot, and every
+        // request writes its slot back and claims one again around its POST
+        // (slots.rs hands a slot over only to a waiter).
+        slot_waiters: if t.account_concurrency > 0 {
+            NEXT_IN_LINE
+        } else {
+            0
         },
         rate_limit: (t.rate_limit > 0.0).then_some(t.rate_limit),
         rate_burst: t.rate_burst,
@@ -161,12 +165,6 @@ pub fn pacing_settings(t: &Target) -> PacingSettings {
         // Long enough for the other requests in flight to answer.
         verdict_wait: (t.timeout + Duration::from_secs(1)).min(Duration::from_secs(30)),
     }
-}
-
-/// A known account cap's permits: the cap and [`NEXT_IN_LINE`] waiting at
-/// its slots, within `max_concurrency`.
-fn with_next_in_line(cap: usize, max: usize) -> usize {
-    cap.min(max) + NEXT_IN_LINE.min(max.saturating_sub(cap))
 }
 
 /// The signed client of each configured target, for operator actions that
@@ -206,21 +204,4 @@ fn sinks_of(
         }
     }
     Ok(Arc::new(out))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_known_account_cap_gets_the_next_in_line_within_max_concurrency() {
-        assert_eq!(with_next_in_line(15, 64), 15 + NEXT_IN_LINE);
-        assert_eq!(
-            with_next_in_line(15, 16),
-            16,
-            "max_concurrency still bounds"
-        );
-        assert_eq!(with_next_in_line(15, 15), 15);
-        assert_eq!(with_next_in_line(15, 8), 8);
-    }
 }

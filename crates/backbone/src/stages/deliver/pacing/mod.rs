@@ -33,6 +33,11 @@ use crate::metrics;
 pub struct PacingSettings {
     pub initial_concurrency: usize,
     pub max_concurrency: usize,
+    /// Permits beyond the limit, for deliveries that wait at the account's
+    /// slots (`account_concurrency`): the slots bound the requests at the
+    /// target, and an ended request hands its slot to a waiter without a
+    /// database write only when someone waits there.
+    pub slot_waiters: usize,
     /// Requests per second; `None`: no cap.
     pub rate_limit: Option<f64>,
     pub rate_burst: u32,
@@ -155,7 +160,7 @@ impl Pacer {
     ) -> Arc<Self> {
         let max = settings.max_concurrency.max(1);
         let aimd = Aimd::new(settings.initial_concurrency, max);
-        let applied = aimd.limit();
+        let applied = aimd.limit() + settings.slot_waiters;
         let rate = settings.rate_limit.filter(|r| *r > 0.0).map(|r| {
             let burst = NonZeroU32::new(settings.rate_burst.max(1)).unwrap_or(NonZeroU32::MIN);
             let period = Duration::from_secs_f64(1.0 / r).max(Duration::from_nanos(1));
@@ -443,7 +448,8 @@ impl Pacer {
             } => {
                 // Refused for being over its limit with this many out: the
                 // limit settles below that level instead of probing it again.
-                let inflight = st.inflight;
+                // (Those waiting at the account's slots were not out.)
+                let inflight = st.inflight.min(st.aimd.limit());
                 let change = st.aimd.refused(now, inflight);
                 self.log_change(change, &st);
                 // It answered: it is up, only busy.
@@ -562,7 +568,7 @@ impl Pacer {
 
     /// Makes the semaphore hold as many permits as the limit says.
     fn sync_limit(&self, st: &mut Inner) {
-        let want = st.aimd.limit();
+        let want = st.aimd.limit() + self.settings.slot_waiters;
         if want > st.applied {
             let mut add = want - st.applied;
             let cancelled = add.min(st.debt);
@@ -601,6 +607,7 @@ mod tests {
         PacingSettings {
             initial_concurrency: 2,
             max_concurrency: 8,
+            slot_waiters: 0,
             rate_limit: None,
             rate_burst: 1,
             max_retry_after: Duration::from_secs(300),
@@ -669,6 +676,44 @@ mod tests {
             drop(w.await.unwrap());
         }
         assert_eq!(prepared.load(Ordering::SeqCst), 4);
+    }
+
+    /// With an account cap, the waiters at its slots hold permits beyond
+    /// the limit; the limit (what the gauge and `/readyz` show) stays the
+    /// cap, and a refusal judges the level by the requests that were out.
+    #[tokio::test(start_paused = true)]
+    async fn slot_waiters_hold_permits_beyond_the_limit_which_stays_the_cap() {
+        let mut s = settings();
+        s.slot_waiters = 2;
+        let p = Pacer::new("t-slots", s, CancellationToken::new());
+        let mut out = Vec::new();
+        for _ in 0..4 {
+            out.push(p.acquire().await.unwrap());
+        }
+        let fifth = tokio::time::timeout(Duration::from_millis(50), p.acquire()).await;
+        assert!(
+            fifth.is_err(),
+            "the limit (2) and the two waiting at the slots"
+        );
+        assert_eq!(p.snapshot().concurrency_limit, 2);
+        let refused = Answer::Throttled {
+            status: 400,
+            retry_after: None,
+        };
+        assert_eq!(p.finish(out.remove(0), 1, refused, ""), Verdict::Again);
+        assert_eq!(
+            p.snapshot().concurrency_ceiling,
+            Some(1),
+            "two were at the target, not four"
+        );
+        assert_eq!(p.snapshot().concurrency_limit, 1);
+        drop(out);
+        let mut again = Vec::new();
+        for _ in 0..3 {
+            again.push(p.acquire().await.unwrap());
+        }
+        let fourth = tokio::time::timeout(Duration::from_millis(50), p.acquire()).await;
+        assert!(fourth.is_err(), "the lower limit and the two waiters");
     }
 
     /// With permits free, preparing does not queue: each prepares under
