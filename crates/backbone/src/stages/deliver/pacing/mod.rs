@@ -448,8 +448,12 @@ impl Pacer {
             } => {
                 // Refused for being over its limit with this many out: the
                 // limit settles below that level instead of probing it again.
-                // (Those waiting at the account's slots were not out.)
-                let inflight = st.inflight.min(st.aimd.limit());
+                // (Up to `slot_waiters` of them wait at the account's slots,
+                // not at the target.)
+                let inflight = st
+                    .inflight
+                    .saturating_sub(self.settings.slot_waiters)
+                    .max(1);
                 let change = st.aimd.refused(now, inflight);
                 self.log_change(change, &st);
                 // It answered: it is up, only busy.
