@@ -8,6 +8,7 @@
 pub mod aimd;
 pub mod answer;
 pub mod circuit;
+mod next_in_line;
 pub mod snapshot;
 
 use std::num::NonZeroU32;
@@ -24,6 +25,7 @@ use self::aimd::{Aimd, Change};
 pub use self::answer::{Answer, Stopped, Verdict};
 pub use self::circuit::Cause;
 use self::circuit::{AfterFailure, Circuit};
+pub use self::next_in_line::NEXT_IN_LINE;
 pub use self::snapshot::{OperatorPause, TargetSnapshot};
 use crate::internal_events::{emit, CircuitClosed, CircuitOpened, TargetProbed, TargetThrottled};
 use crate::metrics;
@@ -48,12 +50,6 @@ pub struct PacingSettings {
     /// serves anyone (a success elsewhere, or the circuit opening).
     pub verdict_wait: Duration,
 }
-
-/// How many deliveries prepare their request (the plan read again after a
-/// wait) while the ones ahead hold every permit: enough that a permit
-/// coming back finds one ready, few enough that what they prepared is not
-/// stale by the time they send (each waits about this many answers).
-pub const NEXT_IN_LINE: usize = 2;
 
 /// A failed request after which no other request to the target started or
 /// ended for this long, and none is out or waiting, has nobody to compare
@@ -369,33 +365,6 @@ impl Pacer {
             }
             return Ok((self.permit(sem, None), prepared));
         }
-    }
-
-    /// A permit and what `prepare` made: under the permit when one is free,
-    /// else among the [`NEXT_IN_LINE`] before it (tokio's semaphores are
-    /// FIFO, so a permit free now has no earlier waiter).
-    async fn next_in_line<T, F, Fut>(
-        &self,
-        prepare: &mut F,
-    ) -> Result<(OwnedSemaphorePermit, T), Stopped>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = T>,
-    {
-        if let Ok(sem) = self.sem.clone().try_acquire_owned() {
-            return Ok((sem, prepare().await));
-        }
-        let turn = match self
-            .cancellable(self.next_in_line.clone().acquire_owned())
-            .await?
-        {
-            Ok(t) => t,
-            Err(_) => return Err(Stopped),
-        };
-        let prepared = self.cancellable(prepare()).await?;
-        let sem = self.semaphore().await?;
-        drop(turn);
-        Ok((sem, prepared))
     }
 
     async fn semaphore(&self) -> Result<OwnedSemaphorePermit, Stopped> {

@@ -1,0 +1,42 @@
+//! The next in line (docs/spec.md §4.2): a permit is the target's capacity, so
+//! what a request needs from the store is prepared by the deliveries about
+//! to get one, not under it.
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::{Pacer, Stopped};
+
+/// How many deliveries prepare their request (the plan read again after a
+/// wait) while the ones ahead hold every permit: enough that a permit
+/// coming back finds one ready, few enough that what they prepared is not
+/// stale by the time they send (each waits about this many answers).
+pub const NEXT_IN_LINE: usize = 2;
+
+impl Pacer {
+    /// A permit and what `prepare` made: under the permit when one is free,
+    /// else among the [`NEXT_IN_LINE`] before it (tokio's semaphores are
+    /// FIFO, so a permit free now has no earlier waiter).
+    pub(super) async fn next_in_line<T, F, Fut>(
+        &self,
+        prepare: &mut F,
+    ) -> Result<(OwnedSemaphorePermit, T), Stopped>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        if let Ok(sem) = self.sem.clone().try_acquire_owned() {
+            return Ok((sem, prepare().await));
+        }
+        let turn = match self
+            .cancellable(self.next_in_line.clone().acquire_owned())
+            .await?
+        {
+            Ok(t) => t,
+            Err(_) => return Err(Stopped),
+        };
+        let prepared = self.cancellable(prepare()).await?;
+        let sem = self.semaphore().await?;
+        drop(turn);
+        Ok((sem, prepared))
+    }
+}
