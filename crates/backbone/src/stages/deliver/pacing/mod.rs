@@ -367,14 +367,6 @@ impl Pacer {
         }
     }
 
-    async fn semaphore(&self) -> Result<OwnedSemaphorePermit, Stopped> {
-        match self.cancellable(self.sem.clone().acquire_owned()).await? {
-            Ok(p) => Ok(p),
-            // The semaphore is never closed; treat it as shutdown if it were.
-            Err(_) => Err(Stopped),
-        }
-    }
-
     fn permit(
         self: &Arc<Self>,
         sem: OwnedSemaphorePermit,

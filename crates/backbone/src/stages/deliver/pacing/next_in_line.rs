@@ -2,7 +2,9 @@
 //! what a request needs from the store is prepared by the deliveries about
 //! to get one, not under it.
 
-use tokio::sync::OwnedSemaphorePermit;
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{Pacer, Stopped};
 
@@ -27,16 +29,19 @@ impl Pacer {
         if let Ok(sem) = self.sem.clone().try_acquire_owned() {
             return Ok((sem, prepare().await));
         }
-        let turn = match self
-            .cancellable(self.next_in_line.clone().acquire_owned())
-            .await?
-        {
-            Ok(t) => t,
-            Err(_) => return Err(Stopped),
-        };
+        let turn = self.take(&self.next_in_line).await?;
         let prepared = self.cancellable(prepare()).await?;
-        let sem = self.semaphore().await?;
+        let sem = self.take(&self.sem).await?;
         drop(turn);
         Ok((sem, prepared))
+    }
+
+    /// One permit of `sem`, or [`Stopped`] at shutdown.
+    async fn take(&self, sem: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit, Stopped> {
+        match self.cancellable(sem.clone().acquire_owned()).await? {
+            Ok(p) => Ok(p),
+            // Neither semaphore is ever closed; treat it as shutdown if it were.
+            Err(_) => Err(Stopped),
+        }
     }
 }
