@@ -711,3 +711,52 @@ async fn deliver_coalesce_sends_a_burst_as_one_request_sqlite() {
 async fn deliver_coalesce_sends_a_burst_as_one_request_mariadb() {
     coalesced_burst(Db::Mariadb).await;
 }
+
+/// A change merged only after its `coalesce` had passed (here sent while no
+/// daemon ran, as a killed replica's raw message comes back ~10 s later)
+/// goes at once: its burst is that old already. A live change still waits.
+#[tokio::test]
+async fn deliver_coalesce_does_not_wait_again_for_a_change_merged_late() {
+    const COALESCE: Duration = Duration::from_secs(4);
+    let Some(d) = deploy_with(
+        Db::Sqlite,
+        &[
+            ("BACKBONE__TARGETS__NETSUITE__COALESCE", "4s"),
+            ("BACKBONE__TARGETS__NETSUITE__LEASE_TTL", "20s"),
+        ],
+        async |t| {
+            // The subscriptions first (idempotent), so the message waits.
+            backbone::pubsub::provision::provision(t, &endpoint())
+                .await
+                .expect("provision");
+            let p = publishers(t).await;
+            publish_raw(&p, &suitex_event("late-1", json!({"name": "L"}))).await;
+            tokio::time::sleep(COALESCE + Duration::from_millis(300)).await;
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let got = d.sink.wait_for(NS, 1, WAIT).await;
+    assert_eq!(got.len(), 1, "the late change delivered: {got:?}");
+    let late = got[0].at.saturating_duration_since(started);
+    assert!(
+        late < COALESCE - Duration::from_secs(1),
+        "merged {COALESCE:?} after it was sent, it waited no coalesce again; it went {late:?} after the start"
+    );
+    assert_eq!(got[0].json()["record_id"], "late-1");
+
+    let p = publishers(&d.app.topology).await;
+    let sent = std::time::Instant::now();
+    publish_raw(&p, &suitex_event("live-1", json!({"name": "V"}))).await;
+    let got = d.sink.wait_for(NS, 2, WAIT).await;
+    assert_eq!(got.len(), 2, "the live change delivered: {got:?}");
+    let live = got[1].at.saturating_duration_since(sent);
+    assert!(
+        live >= COALESCE - Duration::from_millis(500),
+        "a live change waits its coalesce: it went {live:?} after it was sent"
+    );
+    d.app.stop().await;
+}

@@ -152,6 +152,10 @@ pub(super) struct StepMean {
     pub(super) count: f64,
 }
 
+/// How long a message the broker handed out stays leased without word
+/// from its holder: Pub/Sub's shortest lease, the one the daemon asks for.
+const BROKER_LEASE_SECONDS: f64 = 10.0;
+
 #[derive(Debug, Serialize)]
 pub(crate) struct Report {
     pub(crate) database: String,
@@ -203,8 +207,13 @@ impl Report {
     pub(super) fn render(&self) -> String {
         let mut lines = Vec::new();
         self.render_run(&mut lines);
+        let goal = if self.killed_replica_after_seconds.is_some() {
+            1.5
+        } else {
+            1.2
+        };
         for (name, t) in &self.targets {
-            t.render(name, self.drain_seconds, &mut lines);
+            t.render(name, self.drain_seconds, goal, &mut lines);
         }
         self.render_resources(&mut lines);
         self.render_steps(&mut lines);
@@ -238,6 +247,20 @@ impl Report {
             "  drain: {:.2} s from daemon start (streamed: the stream's start) to the last delivery = {:.0} events/s (raw messages / drain time)",
             self.drain_seconds, self.drain_events_per_s
         ));
+        let allowed = self
+            .targets
+            .values()
+            .filter_map(|t| t.allowed_seconds)
+            .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
+        if let (Some(k), Some(a)) = (self.killed_replica_after_seconds, allowed) {
+            // What the killed replica held (raw messages not yet committed
+            // among them) is the broker's again only once its lease runs out.
+            let floor = k + BROKER_LEASE_SECONDS;
+            out.push(format!(
+                "  the broker's floor: what the killed replica held comes back when its lease runs out, up to {BROKER_LEASE_SECONDS:.0} s after the kill (Pub/Sub's shortest lease): {floor:.1} s = {:.2}x of the {a:.2} s the targets allow, before any of it is done",
+                floor / a
+            ));
+        }
     }
 
     /// Peak RSS, CPU, retries and dead letters.
@@ -326,7 +349,7 @@ impl Report {
 
 impl TargetReport {
     /// One target's section: requests, pace against what it allows, problems.
-    fn render(&self, name: &str, drain_seconds: f64, out: &mut Vec<String>) {
+    fn render(&self, name: &str, drain_seconds: f64, goal: f64, out: &mut Vec<String>) {
         let t = self;
         let lat = t
             .latency_ms_raw_publish_to_delivered
@@ -359,7 +382,7 @@ impl TargetReport {
         }
         if let (Some(a), Some(r)) = (t.allowed_seconds, t.drain_vs_allowed) {
             out.push(format!(
-                "    drain vs what it allows: {drain_seconds:.2} s / {a:.2} s ({} routed records at its rate, or the stream's length) = {r:.2}x (goal <= 1.2)",
+                "    drain vs what it allows: {drain_seconds:.2} s / {a:.2} s ({} routed records at its rate, or the stream's length) = {r:.2}x (goal <= {goal})",
                 t.routed_records
             ));
         }

@@ -352,7 +352,8 @@ impl DeliverStage {
 
     /// `targets.<t>.coalesce`: a record's first live delivery waits until
     /// its merged event is that old, so the rest of a burst still being
-    /// merged goes in the same request (planned again after the wait).
+    /// merged goes in the same request (planned again after the wait); not
+    /// for a change merged that long after it was sent (`settle_wait`).
     async fn let_the_burst_settle(&self, d: &Delivery<'_>) {
         if self.coalesce.is_zero() || !super::plan::first_live(d.msg) {
             return;
@@ -360,10 +361,9 @@ impl DeliverStage {
         let Some(published) = d.msg.publish_time else {
             return;
         };
-        let age = (chrono::Utc::now() - published)
-            .to_std()
-            .unwrap_or_default();
-        if let Some(left) = self.coalesce.checked_sub(age) {
+        let raw = super::plan::raw_published(d.msg);
+        let left = super::plan::settle_wait(self.coalesce, chrono::Utc::now(), published, raw);
+        if !left.is_zero() {
             tokio::time::sleep(left).await;
         }
     }

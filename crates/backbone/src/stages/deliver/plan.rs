@@ -5,13 +5,16 @@
 //! burst goes out as one request, and the later versions' messages find
 //! themselves `covered`.
 
+use std::time::Duration;
+
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::routing::{self, Route};
 use super::{fold, DeliverStage, MERGED_EVENT};
 use crate::model::merged_event::MergedEvent;
-use crate::stages::merge::batch::SEQUENCE_ATTRIBUTE;
+use crate::stages::merge::batch::{RAW_PUBLISHED_ATTRIBUTE, SEQUENCE_ATTRIBUTE};
 use crate::stages::{store_failure, Failure, Incoming, Outcome, StageError};
 use crate::store::delivery::DeliveryState;
 use crate::store::delivery_log::DeliveryWrite;
@@ -50,6 +53,36 @@ pub(super) fn first_live(msg: &Incoming) -> bool {
             .get(crate::model::envelope::REPLAY)
             .map(String::as_str)
             != Some("true")
+}
+
+/// When the broker took the raw message whose merge published `msg`
+/// (`RAW_PUBLISHED_ATTRIBUTE`; absent on messages the outbox relay or an
+/// older version published).
+pub(super) fn raw_published(msg: &Incoming) -> Option<DateTime<Utc>> {
+    msg.attributes
+        .get(RAW_PUBLISHED_ATTRIBUTE)
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// How long a record's first live delivery still waits for the rest of its
+/// burst (`targets.<t>.coalesce`): until its merged event is `coalesce` old.
+/// Not at all when its change reached the merge only that long after it was
+/// sent (a dead replica's raw message redelivered ~10 s later, a backlog
+/// after an outage): the burst around it is as old, and waiting again would
+/// only add latency; what is still being merged of it goes with the next
+/// request (or this one, re-planned after a wait for the target's permit).
+pub(super) fn settle_wait(
+    coalesce: Duration,
+    now: DateTime<Utc>,
+    merged_published: DateTime<Utc>,
+    raw_published: Option<DateTime<Utc>>,
+) -> Duration {
+    let since = |t: DateTime<Utc>, later: DateTime<Utc>| (later - t).to_std().unwrap_or_default();
+    if raw_published.is_some_and(|raw| since(raw, merged_published) >= coalesce) {
+        return Duration::ZERO;
+    }
+    coalesce.saturating_sub(since(merged_published, now))
 }
 
 impl DeliverStage {
@@ -262,5 +295,75 @@ impl DeliverStage {
                 error: store_failure(&e, MERGED_EVENT),
                 fingerprint: Some(ev.fingerprint.clone()),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(1_800_000_000_000 + ms).unwrap()
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_live_change_waits_until_its_merged_event_is_coalesce_old() {
+        // Raw at 0, merged at 120 ms, now 320 ms: 800 ms of the second left.
+        let left = settle_wait(SECOND, at(320), at(120), Some(at(0)));
+        assert_eq!(left, Duration::from_millis(800));
+        // Without the attribute (the outbox relay's publish): the same.
+        assert_eq!(settle_wait(SECOND, at(320), at(120), None), left);
+        // Already that old: no wait.
+        assert_eq!(
+            settle_wait(SECOND, at(1_500), at(120), Some(at(0))),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn a_change_merged_coalesce_after_it_was_sent_does_not_wait_again() {
+        // A killed replica's raw message, back ~10 s later, merged at once.
+        assert_eq!(
+            settle_wait(SECOND, at(10_050), at(10_000), Some(at(0))),
+            Duration::ZERO
+        );
+        // Merged just under the coalesce after it was sent: it still waits.
+        assert_eq!(
+            settle_wait(SECOND, at(950), at(900), Some(at(0))),
+            Duration::from_millis(950)
+        );
+        // A clock that reads the raw message as later than its merge waits.
+        assert_eq!(
+            settle_wait(SECOND, at(100), at(100), Some(at(5_000))),
+            SECOND
+        );
+    }
+
+    #[test]
+    fn the_raw_publish_time_is_read_from_its_attribute() {
+        let mut msg = Incoming {
+            data: Bytes::new(),
+            attributes: HashMap::new(),
+            message_id: "m".into(),
+            publish_time: None,
+            ordering_key: String::new(),
+            execution: 1,
+            turn: Default::default(),
+        };
+        assert_eq!(raw_published(&msg), None);
+        msg.attributes.insert(
+            RAW_PUBLISHED_ATTRIBUTE.into(),
+            at(7).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        );
+        assert_eq!(raw_published(&msg), Some(at(7)));
+        msg.attributes
+            .insert(RAW_PUBLISHED_ATTRIBUTE.into(), "yesterday".into());
+        assert_eq!(raw_published(&msg), None, "unreadable: as if absent");
     }
 }

@@ -24,7 +24,9 @@ use crate::store::outbox::ConfirmedSet;
 use crate::store::{Store, StoreError};
 
 // The items and decisions, where the engine's callers have found them.
-pub use super::item::{Decision, EventItem, Item, SEQUENCE_ATTRIBUTE, STAGE};
+pub use super::item::{
+    Decision, EventItem, Item, RAW_PUBLISHED_ATTRIBUTE, SEQUENCE_ATTRIBUTE, STAGE,
+};
 
 /// Where merged events are published (a topic path).
 #[derive(Debug, Clone)]

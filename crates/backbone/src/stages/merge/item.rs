@@ -13,6 +13,12 @@ use crate::topology::StageName;
 pub const STAGE: &str = StageName::Merge.as_str();
 /// Attribute of merged messages: the producing event's `sequence_num`.
 pub const SEQUENCE_ATTRIBUTE: &str = "sequence_num";
+/// Attribute of merged messages: when the broker took the raw message whose
+/// merge published them (RFC 3339). A delivery compares it with the merged
+/// message's own publish time: a change merged long after it was sent (a
+/// dead replica's message redelivered, a backlog) is past its burst's
+/// `coalesce` already.
+pub const RAW_PUBLISHED_ATTRIBUTE: &str = "raw_published_at";
 
 /// A validated raw event ready to be merged.
 #[derive(Debug, Clone)]

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use serde_json::{json, Map, Value};
 
-use self::batch::{Decision, EventItem, Item, MergeEngine, STAGE};
+use self::batch::{Decision, EventItem, Item, MergeEngine, RAW_PUBLISHED_ATTRIBUTE, STAGE};
 use super::{
     snapshot_failure, store_failure, ErrorClass, Failure, Incoming, Outbound, Outcome, Stage,
     StageError, StageResult,
@@ -25,6 +25,7 @@ use crate::snapshots::{Scope, SnapshotStore};
 use crate::store::ledger::AuditRow;
 use crate::store::outbox::OutboxRow;
 use crate::topology::TopicKind;
+use chrono::{DateTime, Utc};
 
 /// Attribute of the probe `event-backbone doctor` publishes to the raw topic.
 /// A message that carries it and is not a raw event is acked unrecorded, so a
@@ -129,7 +130,10 @@ impl MergeStage {
             }
         };
         let (label, publish) = labelled(decision).map_err(fail)?;
-        let publish = self.outbound(publish).await.map_err(fail)?;
+        let publish = self
+            .outbound(publish, msg.publish_time)
+            .await
+            .map_err(fail)?;
         Ok(Outcome {
             label,
             fingerprint: Some(fp),
@@ -170,10 +174,23 @@ impl MergeStage {
     /// order per record). The outbox keeps the full payload; only the message
     /// shrinks. If the snapshot store is down the commit stands: the message
     /// is held and the stage tried again, which finds it a duplicate and
-    /// publishes its outbox rows then.
-    async fn outbound(&self, rows: Vec<OutboxRow>) -> Result<Vec<Outbound>, StageError> {
+    /// publishes its outbox rows then. Each carries `raw_published`, the
+    /// broker's time of the raw message being merged: for rows of earlier
+    /// messages (a dead process's leftovers, pending events let in) a later
+    /// time than their own, so their deliveries wait no less than before.
+    async fn outbound(
+        &self,
+        rows: Vec<OutboxRow>,
+        raw_published: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Outbound>, StageError> {
+        let raw_published =
+            raw_published.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
         let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
+        for mut row in rows {
+            if let Some(t) = &raw_published {
+                row.attributes
+                    .insert(RAW_PUBLISHED_ATTRIBUTE.to_string(), t.clone());
+            }
             let data = shrink(
                 self.snapshots.as_ref(),
                 self.claim_check_threshold,
