@@ -52,7 +52,7 @@ pub(super) struct TargetReport {
     /// The shortest drain the target allows: one request per routed record
     /// at what it serves, and no sooner than the stream ended.
     pub(super) allowed_seconds: Option<f64>,
-    /// drain_seconds / allowed_seconds (goal <= 1.2).
+    /// drain_seconds / allowed_seconds (goal <= 1.2; 1.5 with a replica killed).
     pub(super) drain_vs_allowed: Option<f64>,
 }
 
