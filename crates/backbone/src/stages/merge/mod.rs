@@ -10,6 +10,7 @@ pub mod item;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use serde_json::{json, Map, Value};
 
@@ -25,7 +26,6 @@ use crate::snapshots::{Scope, SnapshotStore};
 use crate::store::ledger::AuditRow;
 use crate::store::outbox::OutboxRow;
 use crate::topology::TopicKind;
-use chrono::{DateTime, Utc};
 
 /// Attribute of the probe `event-backbone doctor` publishes to the raw topic.
 /// A message that carries it and is not a raw event is acked unrecorded, so a
@@ -174,10 +174,11 @@ impl MergeStage {
     /// order per record). The outbox keeps the full payload; only the message
     /// shrinks. If the snapshot store is down the commit stands: the message
     /// is held and the stage tried again, which finds it a duplicate and
-    /// publishes its outbox rows then. Each carries `raw_published`, the
-    /// broker's time of the raw message being merged: for rows of earlier
-    /// messages (a dead process's leftovers, pending events let in) a later
-    /// time than their own, so their deliveries wait no less than before.
+    /// publishes its outbox rows then. Each carries `raw_published_at`, the
+    /// broker's time of the raw message being merged: for rows of other
+    /// messages (a dead process's leftovers, pending events let in) a time
+    /// no earlier than their own, so their deliveries wait no less than
+    /// their own time would make them.
     async fn outbound(
         &self,
         rows: Vec<OutboxRow>,
