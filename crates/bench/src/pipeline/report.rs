@@ -156,6 +156,22 @@ pub(super) struct StepMean {
 /// from its holder: Pub/Sub's shortest lease, the one the daemon asks for.
 const BROKER_LEASE_SECONDS: f64 = 10.0;
 
+/// The broker's floor with a replica killed `killed` s after the start,
+/// against the `allowed` s the targets allow: what the killed replica held
+/// (raw messages not yet committed among them) is the broker's to hand out
+/// again only once its lease runs out, so no drain ends sooner.
+fn floor_line(killed: f64, allowed: f64, drain: f64) -> String {
+    let floor = killed + BROKER_LEASE_SECONDS;
+    let end = match drain - floor {
+        after if after >= 0.0 => format!("{after:.1} s after it"),
+        before => format!("{:.1} s before it", -before),
+    };
+    format!(
+        "  the broker's floor: what the killed replica held comes back when its lease runs out, up to {BROKER_LEASE_SECONDS:.0} s after the kill (Pub/Sub's shortest lease): {floor:.1} s = {:.2}x of the {allowed:.2} s the targets allow, before any of it is done; the drain ended {end}",
+        floor / allowed
+    )
+}
+
 #[derive(Debug, Serialize)]
 pub(crate) struct Report {
     pub(crate) database: String,
@@ -253,13 +269,7 @@ impl Report {
             .filter_map(|t| t.allowed_seconds)
             .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
         if let (Some(k), Some(a)) = (self.killed_replica_after_seconds, allowed) {
-            // What the killed replica held (raw messages not yet committed
-            // among them) is the broker's again only once its lease runs out.
-            let floor = k + BROKER_LEASE_SECONDS;
-            out.push(format!(
-                "  the broker's floor: what the killed replica held comes back when its lease runs out, up to {BROKER_LEASE_SECONDS:.0} s after the kill (Pub/Sub's shortest lease): {floor:.1} s = {:.2}x of the {a:.2} s the targets allow, before any of it is done",
-                floor / a
-            ));
+            out.push(floor_line(k, a, self.drain_seconds));
         }
     }
 
@@ -398,5 +408,20 @@ impl TargetReport {
                 t.resent_after_kill
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::floor_line;
+
+    #[test]
+    fn the_floor_is_the_kill_plus_the_shortest_lease_against_what_the_targets_allow() {
+        let line = floor_line(20.1, 20.45, 31.72);
+        assert!(line.contains(": 30.1 s = 1.47x of the 20.45 s"), "{line}");
+        assert!(line.contains("the drain ended 1.6 s after it"), "{line}");
+        let early = floor_line(10.0, 20.0, 19.5);
+        assert!(early.contains("20.0 s = 1.00x"), "{early}");
+        assert!(early.contains("ended 0.5 s before it"), "{early}");
     }
 }
