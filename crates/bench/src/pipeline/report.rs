@@ -152,22 +152,20 @@ pub(super) struct StepMean {
     pub(super) count: f64,
 }
 
-/// How long a message the broker handed out stays leased without word
-/// from its holder: Pub/Sub's shortest lease, the one the daemon asks for.
-const BROKER_LEASE_SECONDS: f64 = 10.0;
-
 /// The broker's floor with a replica killed `killed` s after the start,
 /// against the `allowed` s the targets allow: what the killed replica held
 /// (raw messages not yet committed among them) is the broker's to hand out
 /// again only once its lease runs out, so no drain ends sooner.
 fn floor_line(killed: f64, allowed: f64, drain: f64) -> String {
-    let floor = killed + BROKER_LEASE_SECONDS;
+    // The lease the daemon asks for: Pub/Sub's shortest.
+    let lease = backbone::runtime::consumer::LEASE_EXTENSION.as_secs_f64();
+    let floor = killed + lease;
     let end = match drain - floor {
         after if after >= 0.0 => format!("{after:.1} s after it"),
         before => format!("{:.1} s before it", -before),
     };
     format!(
-        "  the broker's floor: what the killed replica held comes back when its lease runs out, up to {BROKER_LEASE_SECONDS:.0} s after the kill (Pub/Sub's shortest lease): {floor:.1} s = {:.2}x of the {allowed:.2} s the targets allow, before any of it is done; the drain ended {end}",
+        "  the broker's floor: what the killed replica held comes back when its lease runs out, up to {lease:.0} s after the kill (Pub/Sub's shortest lease): {floor:.1} s = {:.2}x of the {allowed:.2} s the targets allow, before any of it is done; the drain ended {end}",
         floor / allowed
     )
 }
@@ -267,7 +265,7 @@ impl Report {
             .targets
             .values()
             .filter_map(|t| t.allowed_seconds)
-            .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
+            .max_by(f64::total_cmp);
         if let (Some(k), Some(a)) = (self.killed_replica_after_seconds, allowed) {
             out.push(floor_line(k, a, self.drain_seconds));
         }

@@ -15,6 +15,8 @@ mod lanes;
 mod message;
 mod stream;
 
+pub use self::stream::LEASE_EXTENSION;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 

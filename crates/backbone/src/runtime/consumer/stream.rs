@@ -18,7 +18,7 @@ use super::{ConsumerError, ConsumerSpec, Ctx, Runtime};
 
 /// How far each lease extension reaches (see `open`): Pub/Sub's shortest
 /// ack deadline. The client extends every 3 s, so 7 s of slack remain.
-const LEASE_EXTENSION: Duration = Duration::from_secs(10);
+pub const LEASE_EXTENSION: Duration = Duration::from_secs(10);
 /// The longest a message is held with its lease extended: the
 /// subscriptions' message retention (`provision` sets 7 days).
 const MAX_LEASE: Duration = crate::topology::MESSAGE_RETENTION;
