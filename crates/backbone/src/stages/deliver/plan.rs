@@ -33,6 +33,7 @@ pub(super) enum Plan {
 }
 
 /// A request to make.
+#[derive(Clone)]
 pub(super) struct Send {
     pub body: Bytes,
     /// The versions it carries.

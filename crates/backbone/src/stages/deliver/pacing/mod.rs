@@ -65,6 +65,10 @@ struct Inner {
     applied: usize,
     /// Permits to forget as they come back, after a decrease.
     debt: usize,
+    /// Turns of the next in line: the highest limit so far, at least
+    /// [`NEXT_IN_LINE`] (grown, never shrunk: a turn is held only while
+    /// preparing).
+    next_applied: usize,
     inflight: usize,
     paused_until: Option<Instant>,
     /// Successes so far: a failure's verdict looks for one after it.
@@ -80,7 +84,8 @@ pub struct Pacer {
     target: &'static str,
     settings: PacingSettings,
     sem: Arc<Semaphore>,
-    /// The turns of the [`NEXT_IN_LINE`] waiters that prepare (FIFO).
+    /// The turns of the waiters that prepare (FIFO): as many as the
+    /// highest limit so far, at least [`NEXT_IN_LINE`].
     next_in_line: Arc<Semaphore>,
     inner: Mutex<Inner>,
     /// Bumped on every answer, so verdicts wake up.
@@ -157,6 +162,7 @@ impl Pacer {
         let max = settings.max_concurrency.max(1);
         let aimd = Aimd::new(settings.initial_concurrency, max);
         let applied = aimd.limit() + settings.slot_waiters;
+        let next_applied = aimd.limit().max(NEXT_IN_LINE);
         let rate = settings.rate_limit.filter(|r| *r > 0.0).map(|r| {
             let burst = NonZeroU32::new(settings.rate_burst.max(1)).unwrap_or(NonZeroU32::MIN);
             let period = Duration::from_secs_f64(1.0 / r).max(Duration::from_nanos(1));
@@ -168,13 +174,14 @@ impl Pacer {
         let pacer = Arc::new(Self {
             target,
             sem: Arc::new(Semaphore::new(applied)),
-            next_in_line: Arc::new(Semaphore::new(NEXT_IN_LINE)),
+            next_in_line: Arc::new(Semaphore::new(next_applied)),
             inner: Mutex::new(Inner {
                 operator: None,
                 aimd,
                 circuit: Circuit::new(settings.circuit_failures, settings.probe_max_interval),
                 applied,
                 debt: 0,
+                next_applied,
                 inflight: 0,
                 paused_until: None,
                 successes: 0,
@@ -546,6 +553,13 @@ impl Pacer {
             st.debt += k - forgotten;
         }
         st.applied = want;
+        // As many prepare as there are permits: a round of answers finds
+        // each permit's successor prepared (its claim is a durable write).
+        let next = st.aimd.limit().max(NEXT_IN_LINE);
+        if next > st.next_applied {
+            self.next_in_line.add_permits(next - st.next_applied);
+            st.next_applied = next;
+        }
     }
 
     fn publish_gauges(&self, st: &Inner) {
@@ -641,6 +655,47 @@ mod tests {
             drop(w.await.unwrap());
         }
         assert_eq!(prepared.load(Ordering::SeqCst), 4);
+    }
+
+    /// With a limit above [`NEXT_IN_LINE`], as many waiters prepare as
+    /// there are permits: each permit coming back finds its successor's
+    /// claim made, however long a claim's group commit takes.
+    #[tokio::test(start_paused = true)]
+    async fn as_many_prepare_as_the_limit_allows_requests() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let limit = 5;
+        let p = Pacer::new(
+            "t-next-limit",
+            PacingSettings {
+                initial_concurrency: limit,
+                ..settings()
+            },
+            CancellationToken::new(),
+        );
+        let mut out = Vec::new();
+        for _ in 0..limit {
+            out.push(p.acquire().await.unwrap());
+        }
+        let prepared = Arc::new(AtomicUsize::new(0));
+        let mut waiters = Vec::new();
+        for _ in 0..limit + 3 {
+            let (p, prepared) = (p.clone(), prepared.clone());
+            waiters.push(tokio::spawn(async move {
+                p.acquire_prepared(|| async {
+                    prepared.fetch_add(1, Ordering::SeqCst);
+                })
+                .await
+                .map(|(permit, ())| permit)
+            }));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(prepared.load(Ordering::SeqCst), limit, "one per permit");
+        drop(out);
+        for w in waiters {
+            drop(w.await.unwrap());
+        }
+        assert_eq!(prepared.load(Ordering::SeqCst), limit + 3);
     }
 
     /// With an account cap, the waiters at its slots hold permits beyond

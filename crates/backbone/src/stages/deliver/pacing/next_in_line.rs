@@ -8,10 +8,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{Pacer, Stopped};
 
-/// How many deliveries prepare their request (the plan read again after a
-/// wait) while the ones ahead hold every permit: enough that a permit
-/// coming back finds one ready, few enough that what they prepared is not
-/// stale by the time they send (each waits about this many answers).
+/// How many deliveries at least prepare their request (the plan read
+/// again after a wait, the record's lease claimed) while the ones ahead
+/// hold every permit; as many as the limit when it is higher. Enough that
+/// a permit coming back finds one ready (a claim is a durable write: one
+/// group commit), few enough that what they prepared is not stale by the
+/// time they send (each waits about one round of answers), and that a
+/// replica that dies leaves few leases to run out.
 pub const NEXT_IN_LINE: usize = 2;
 
 impl Pacer {
