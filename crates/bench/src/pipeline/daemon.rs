@@ -229,8 +229,10 @@ pub(super) struct Drained {
 
 /// How the drain's end is recognised.
 pub(super) enum Completion<'a> {
-    /// The one daemon's metrics: every message finished on every stage.
-    Metrics,
+    /// The one daemon's metrics: every message finished on every stage;
+    /// then confirmed as `Stored` is (a message the broker handed out
+    /// twice counts twice, so the counts alone can pass early).
+    Metrics { db_url: &'a str, unique: usize },
     /// Several replicas (one maybe killed, its counters gone with it): the
     /// database holds every merged event and nothing pending, and each
     /// stand-in holds every record's merged state (P2 already true).
@@ -247,9 +249,7 @@ impl Completion<'_> {
         store: &mut Option<Store>,
         arrivals_seen: &mut usize,
     ) -> anyhow::Result<bool> {
-        let Completion::Stored { db_url, unique } = self else {
-            return Ok(false);
-        };
+        let (Completion::Stored { db_url, unique } | Completion::Metrics { db_url, unique }) = self;
         let arrived: usize = stand_ins.iter().map(|s| s.count()).sum();
         if arrived == *arrivals_seen {
             return Ok(false);
@@ -307,6 +307,8 @@ pub(super) async fn wait_drained(
     let mut progress = (0.0f64, 0usize);
     let mut last_progress = Instant::now();
     let mut polls = 0u64;
+    // `Completion::Metrics`: the counts say every message finished.
+    let mut counted = false;
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         polls += 1;
@@ -320,6 +322,7 @@ pub(super) async fn wait_drained(
         }
         // Reading the database is heavier than a scrape: once a second.
         if polls.is_multiple_of(5)
+            && (counted || matches!(done_by, Completion::Stored { .. }))
             && done_by
                 .done(stand_ins, &mut store, &mut arrivals_seen)
                 .await?
@@ -352,16 +355,12 @@ pub(super) async fn wait_drained(
                 )
             })
             .collect();
-        if matches!(done_by, Completion::Metrics)
+        if matches!(done_by, Completion::Metrics { .. })
             && merged_in >= raw_messages as f64
             && published >= unique as f64
             && delivered.iter().all(|d| *d >= published)
         {
-            return Ok(Drained {
-                ready,
-                done: Instant::now(),
-                killed,
-            });
+            counted = true;
         }
         let all: f64 = processed_total(&text);
         let arrived: usize = stand_ins.iter().map(|s| s.count()).sum();

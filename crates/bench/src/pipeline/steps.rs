@@ -241,7 +241,10 @@ pub(super) async fn drain(
             unique: setup.gens.len(),
         }
     } else {
-        Completion::Metrics
+        Completion::Metrics {
+            db_url: &setup.db_url,
+            unique: setup.gens.len(),
+        }
     };
     let drained = wait_drained(
         &watch,
