@@ -40,5 +40,6 @@ mod runtime_user;
 mod slow_clients;
 mod snapshots;
 mod store_mariadb;
+mod takeover;
 mod targets;
 mod testbed;

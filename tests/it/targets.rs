@@ -286,7 +286,7 @@ pub(crate) fn vars() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-async fn deploy(db: Db, ns: &str, sx: &str, extra: &[(&str, &str)]) -> Option<TestApp> {
+pub(crate) async fn deploy(db: Db, ns: &str, sx: &str, extra: &[(&str, &str)]) -> Option<TestApp> {
     let o = Overrides::new()
         .targets(ns, sx)
         .local_snapshots()
@@ -342,7 +342,12 @@ pub(crate) async fn scalar(store: &Store, sql: &str) -> i64 {
 
 /// Every record reached `versions` in the store and the target
 /// acknowledged it (for the records routed to it).
-async fn converged(app: &TestApp, target: &Target, records: &[String], versions: i64) -> bool {
+pub(crate) async fn converged(
+    app: &TestApp,
+    target: &Target,
+    records: &[String],
+    versions: i64,
+) -> bool {
     // Scaled up by hand (TARGETS_*), a run takes longer than the default.
     let within = WAIT.max(Duration::from_millis(100) * (records.len() as u32 * versions as u32));
     eventually(within, || async {
@@ -923,7 +928,8 @@ async fn targets_a_lease_taken_over_while_waiting_for_the_permit_is_not_sent_und
     let Some(app) = deploy(Db::Sqlite, &ns.url(), &sx.url(), &one_at_a_time).await else {
         return;
     };
-    // p0000 takes the only permit for 3 s; p0001 claims its lease and waits.
+    // p0000 takes the only permit for 3 s; p0001, next in line, claims its
+    // lease and waits.
     publish_flow(&app, 1, 1, false, Duration::ZERO).await;
     assert!(eventually(WAIT, || async { ns.inflight() == 1 }).await);
     publish_flow(&app, 2, 1, false, Duration::ZERO).await;
@@ -936,7 +942,10 @@ async fn targets_a_lease_taken_over_while_waiting_for_the_permit_is_not_sent_und
             .is_some()
     })
     .await;
-    assert!(claimed, "p0001 claimed its lease before its permit");
+    assert!(
+        claimed,
+        "p0001 claimed its lease as next in line, before its permit"
+    );
     let taken = Instant::now();
     take_lease_over(&app, "p0001", Duration::from_secs(4)).await;
     let done = converged(&app, &ns, &records(2, None), 1).await;

@@ -139,6 +139,9 @@ metrics_table! {
     target_probes: IntCounterVec = "target_probes_total",
         "Probe requests sent to a target whose circuit is open.",
         labels: ["target"];
+    target_taken_over: IntCounterVec = "target_taken_over_total",
+        "Records an idle replica took over from the store (no live delivery held them: a replica died holding their messages), by what came of it (delivered, nothing to send, left to the broker).",
+        labels: ["target", "outcome"];
     /// Per target (docs/spec.md §4.3): the account-wide cap and the slots this
     /// process holds (their sum over replicas never exceeds the cap).
     target_account_slots: IntGaugeVec = "target_account_slots",

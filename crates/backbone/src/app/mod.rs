@@ -127,6 +127,9 @@ pub struct Application {
     confirmed: ConfirmedSet,
     /// Each delivery target's pacer, and what ends their waits at shutdown.
     pub pacers: Vec<Arc<Pacer>>,
+    /// The delivery stages whose targets' messages this process consumes:
+    /// each also takes over what nobody is delivering while it is idle.
+    delivers: Vec<Arc<deliver::DeliverStage>>,
     stop_pacing: CancellationToken,
 }
 
@@ -169,6 +172,7 @@ impl Application {
         let stop_pacing = CancellationToken::new();
         let mut pacers = Vec::new();
         let mut slots_of = Vec::new();
+        let mut delivers = Vec::new();
         registry.register(Arc::new(
             MergeStage::new(engine.clone(), snapshots)
                 .with_claim_check_threshold(settings.snapshots.claim_check_threshold_bytes),
@@ -191,14 +195,24 @@ impl Application {
                     ),
                 };
                 slots_of.push(slots.clone());
-                registry.register(deliver::build(
+                let stage = deliver::build(
                     target,
                     delivery,
                     store.clone(),
                     claim_check.clone(),
                     pacer,
                     slots,
-                ));
+                );
+                // Only where this process consumes the target's messages:
+                // a merge-only deployment delivers nothing.
+                let consumes = match target {
+                    Source::Netsuite => settings.consumers.netsuite.enabled,
+                    Source::Suitex => settings.consumers.suitex.enabled,
+                };
+                if consumes && stage.takes_over() {
+                    delivers.push(stage.clone());
+                }
+                registry.register(stage);
             }
         }
         registry.register(Arc::new(ParkStage::new(store.clone(), topology.clone())));
@@ -215,6 +229,7 @@ impl Application {
             claim_check,
             confirmed,
             pacers,
+            delivers,
             stop_pacing,
         })
     }
@@ -349,8 +364,8 @@ impl Application {
     }
 
     /// The tasks beside the consumers: the outbox relay, the gap sweeper,
-    /// the operator sweep, and what hands waiting deliveries back at
-    /// shutdown.
+    /// the operator sweep, each target's takeover, and what hands waiting
+    /// deliveries back at shutdown.
     async fn spawn_background(
         &self,
         completer: &OutboxCompleter,
@@ -382,6 +397,11 @@ impl Application {
             self.pacers.clone(),
             shutdown.clone(),
         ));
+        let takeovers = self
+            .delivers
+            .iter()
+            .map(|d| tokio::spawn(d.clone().take_over(shutdown.clone())))
+            .collect();
         // Deliveries waiting for a target are handed back at shutdown.
         let stop_pacing = self.stop_pacing.clone();
         let pacing_stopper = tokio::spawn({
@@ -395,6 +415,7 @@ impl Application {
             relay,
             sweeper,
             operator_sweep,
+            takeovers,
             pacing_stopper,
         }
     }
@@ -429,6 +450,7 @@ struct Background {
     relay: JoinHandle<()>,
     sweeper: JoinHandle<()>,
     operator_sweep: JoinHandle<()>,
+    takeovers: Vec<JoinHandle<()>>,
     pacing_stopper: JoinHandle<()>,
 }
 
@@ -440,5 +462,8 @@ impl Background {
         let _ = self.relay.await;
         let _ = self.sweeper.await;
         let _ = self.operator_sweep.await;
+        for t in self.takeovers {
+            let _ = t.await;
+        }
     }
 }

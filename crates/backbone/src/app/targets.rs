@@ -125,6 +125,7 @@ pub fn deliver_settings(
         timeout: t.timeout,
         lease_ttl: t.lease_ttl,
         coalesce: t.coalesce,
+        takeover: t.takeover,
         client,
     }))
 }

@@ -31,7 +31,9 @@ pub use self::outbox::OutboxRelayed;
 pub use self::park::{DeadLetterHeld, ParkFailed};
 pub use self::publish::{PublishFailed, PublishRefused, Published};
 pub use self::retry::SentToRetry;
-pub use self::target::{CircuitClosed, CircuitOpened, TargetProbed, TargetThrottled};
+pub use self::target::{
+    CircuitClosed, CircuitOpened, RecordTakenOver, TargetProbed, TargetThrottled,
+};
 
 /// Something that happened, with what it writes to the log and the metrics.
 pub trait InternalEvent {

@@ -52,6 +52,33 @@ impl InternalEvent for TargetProbed<'_> {
     }
 }
 
+/// An idle replica took a record's delivery over from the store
+/// (`stages/deliver/takeover`).
+pub struct RecordTakenOver<'a> {
+    pub target: &'a str,
+    /// `delivered`, `nothing_to_send` (covered or nothing routed), or
+    /// `left` (busy, throttled, failed: its message does the rest).
+    pub outcome: &'a str,
+    pub record_type: &'a str,
+    pub record_id: &'a str,
+}
+
+impl InternalEvent for RecordTakenOver<'_> {
+    fn emit(self) {
+        metrics()
+            .target_taken_over
+            .with_label_values(&[self.target, self.outcome])
+            .inc();
+        tracing::debug!(
+            target = self.target,
+            outcome = self.outcome,
+            record_type = self.record_type,
+            record_id = self.record_id,
+            "Took a record's delivery over from the store."
+        );
+    }
+}
+
 /// The target failed every request: its deliveries are held from now on.
 pub struct CircuitOpened<'a> {
     pub target: &'a str,

@@ -4,6 +4,7 @@
 pub mod activity;
 pub mod archive;
 pub mod audit;
+pub mod behind;
 pub mod dead_letters;
 pub mod delivery;
 pub mod delivery_lease;

@@ -70,6 +70,10 @@ pub struct Target {
     /// delivery sends (0: at once): a burst then goes as one request.
     #[serde(with = "duration_str")]
     pub coalesce: Duration,
+    /// While idle, deliver from the store what nobody is delivering (a
+    /// replica that died holding the messages), before the broker hands
+    /// the messages back.
+    pub takeover: bool,
 }
 /// `targets.<t>.errors`: how answers other than 2xx are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -15,12 +15,12 @@ use super::{outcome_of, pacing_answer, record_hash, stopped, DeliverStage, MERGE
 use crate::model::merged_event::MergedEvent;
 use crate::stages::{store_failure, Failure, Incoming, Outcome, StageResult};
 use crate::store::delivery::DeliveryState;
-use crate::store::delivery_lease::{Claim, Lease};
+use crate::store::delivery_lease::Lease;
 use crate::store::delivery_log::{DeliveryWrite, View};
 
-/// A wait for the target's permit long enough that the record's burst may
-/// have grown: a re-read (one query) is cheap next to a second request.
-const REPLAN_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
+/// The outcome of a delivery taken over that would have to wait: its
+/// message does the rest.
+pub(super) const LEFT: &str = "left_to_its_message";
 
 /// What one attempt came to.
 pub(super) enum Step {
@@ -39,6 +39,12 @@ pub(super) enum Step {
     Hold,
 }
 
+/// A delivery taken over goes on only where no wait is needed: done, or
+/// planned again at once because the target moved on.
+fn left_to_its_message(takeover: bool, step: &Step) -> bool {
+    takeover && !matches!(step, Step::Done(_) | Step::Again { wait: false, .. })
+}
+
 /// What the attempt needs of the message, resolved once.
 pub(super) struct Delivery<'a> {
     pub msg: &'a Incoming,
@@ -47,6 +53,9 @@ pub(super) struct Delivery<'a> {
     pub seq: Option<i64>,
     /// Where the time goes (`backbone_stage_step_duration_seconds`).
     pub steps: std::sync::Mutex<crate::metrics::StepTimer>,
+    /// Taken over from the store (`takeover`): whatever needs a wait is
+    /// left to the record's message.
+    pub takeover: bool,
 }
 
 impl Delivery<'_> {
@@ -54,7 +63,7 @@ impl Delivery<'_> {
         &self.ev.fingerprint
     }
 
-    fn mark(&self, step: &'static str) {
+    pub(super) fn mark(&self, step: &'static str) {
         self.steps
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -94,7 +103,11 @@ impl DeliverStage {
         let mut again = super::delays(super::AGAIN_MIN, super::AGAIN_MAX);
         let mut busy = super::delays(super::BUSY_MIN, super::BUSY_MAX);
         loop {
-            match self.attempt(d, view).await? {
+            let step = self.attempt(d, view).await?;
+            if left_to_its_message(d.takeover, &step) {
+                return Ok(Outcome::ack(LEFT, Some(d.fp().to_string())));
+            }
+            match step {
                 Step::Done(result) => return result,
                 Step::Busy => {
                     let pause = busy.next().unwrap_or(super::BUSY_MAX);
@@ -138,7 +151,8 @@ impl DeliverStage {
         Ok(())
     }
 
-    /// Plans from `view`, claims the record and sends: one attempt.
+    /// Plans from `view`, waits for the target's permit, claims the record
+    /// when next in line and sends: one attempt.
     async fn attempt(&self, d: &Delivery<'_>, view: View) -> Result<Step, Failure> {
         let (delivered, st) = view;
         let fp = d.fp().to_string();
@@ -153,39 +167,69 @@ impl DeliverStage {
             Plan::Done(outcome) => return Ok(Step::Done(Ok(outcome))),
         };
         d.mark("plan");
-        // The lease and the attempted position in one durable write, made
-        // only if the target still stands where `plan` saw it.
-        let lease = self.lease(&d.ev);
-        let claim = Claim {
-            lease: lease.clone(),
-            ttl: self.lease_ttl,
-            expect: st,
-            attempted: send.through.map(|(seq, _)| seq),
-        };
-        let claimed_at = tokio::time::Instant::now();
-        let claimed = self.log().claim(claim).await.map_err(|e| Failure {
-            error: store_failure(&e, MERGED_EVENT),
-            fingerprint: Some(fp.clone()),
-        })?;
-        if !claimed {
-            self.known.forget(&d.ev);
-            let now = self.view(&d.ev).await?;
-            d.mark("claim_refused");
-            // Unchanged: another replica is delivering this record, wait
-            // its turn; changed: the target moved on while this one waited.
-            if now == view {
-                return Ok(Step::Busy);
-            }
+        let waited = tokio::time::Instant::now();
+        self.let_the_burst_settle(d).await;
+        // The permit bounds requests in flight at the target, not
+        // bookkeeping: it waits through throttling and outages, never fails.
+        // The lease is taken only when this delivery is next in line (the
+        // plan read again first): one that merely waits holds none, so a
+        // replica that dies leaves only its requests out to wait for their
+        // leases to run out, and a live one can take the rest over at once
+        // (`takeover`).
+        let prepared = tokio::sync::OnceCell::new();
+        let (cell, first) = (&prepared, &send);
+        let (permit, ()) = self
+            .pacer
+            .acquire_prepared(move || async move {
+                cell.get_or_init(|| self.claim_when_next(d, st, first, waited))
+                    .await;
+            })
+            .await
+            .map_err(|e| stopped(e, &fp))?;
+        d.mark("permit_wait");
+        let Some((send, claimed)) = prepared.into_inner() else {
+            // A permit always comes prepared; plan again if it did not.
             return Ok(Step::Again {
                 wait: false,
-                view: Some(now),
+                view: None,
             });
-        }
-        let leased = self.under_lease(d, view, send, claimed_at).await;
+        };
+        let claimed_at = match claimed {
+            Ok(Some(at)) => at,
+            Ok(None) => {
+                // Not the target's doing: the permit goes back unjudged.
+                drop(permit);
+                return self.refused(d, view).await;
+            }
+            Err(e) => {
+                drop(permit);
+                return Err(Failure {
+                    error: store_failure(&e, MERGED_EVENT),
+                    fingerprint: Some(fp),
+                });
+            }
+        };
+        let lease = self.lease(&d.ev);
+        let leased = self.under_lease(d, view, send, permit, claimed_at).await;
         if !matches!(leased, Ok(Leased { released: true, .. })) {
             self.release(lease).await;
         }
         leased.map(|l| l.step)
+    }
+
+    /// The claim was refused: unchanged, another replica is delivering the
+    /// record (wait its turn); changed, the target moved on meanwhile.
+    async fn refused(&self, d: &Delivery<'_>, view: View) -> Result<Step, Failure> {
+        self.known.forget(&d.ev);
+        let now = self.view(&d.ev).await?;
+        d.mark("claim_refused");
+        if now == view {
+            return Ok(Step::Busy);
+        }
+        Ok(Step::Again {
+            wait: false,
+            view: Some(now),
+        })
     }
 
     /// Everything done while the record's lease is held: the request and
@@ -195,10 +239,10 @@ impl DeliverStage {
         d: &Delivery<'_>,
         view: View,
         send: Send,
+        mut permit: Permit,
         claimed_at: tokio::time::Instant,
     ) -> Result<Leased, Failure> {
         let (_, st) = view;
-        let fp = d.fp();
         if d.seq.is_none() {
             // Without a position, only the claim row says whether another
             // replica delivered it meanwhile.
@@ -210,7 +254,6 @@ impl DeliverStage {
                 }));
             }
         }
-        d.mark("claim");
         if let Some((seq, _)) = send.through {
             self.known.set(
                 &d.ev,
@@ -220,21 +263,8 @@ impl DeliverStage {
                 },
             );
         }
-        let waited = tokio::time::Instant::now();
-        self.let_the_burst_settle(d).await;
-        // The permit bounds requests in flight at the target, not
-        // bookkeeping: it waits through throttling and outages, never fails,
-        // and the plan is read again while this delivery is next in line.
-        let (mut permit, newer) = self
-            .pacer
-            .acquire_prepared(|| self.replan_after_wait(d, st, &send, waited.elapsed()))
-            .await
-            .map_err(|e| stopped(e, fp))?;
-        let send = newer.unwrap_or(send);
-        d.mark("permit_wait");
-        // Nothing is renewed while only waiting (a held target may hold
-        // deliveries for hours); one that waited a while renews once here,
-        // keeping its place at the target.
+        // A delivery held after its claim (a pause or an open circuit seen
+        // when its permit came) renews once here, keeping its place.
         let Some(claimed_at) = self.still_ours(d, claimed_at).await else {
             return Ok(Leased::kept(Step::Again {
                 wait: false,
@@ -323,33 +353,6 @@ impl DeliverStage {
         Ok(answer.map_or(Sent::Abandoned, Sent::Answer))
     }
 
-    /// The lease taken at `claimed_at`, renewed if a third of its TTL has
-    /// passed since: when it was written, or `None` when it is no longer
-    /// this process's (another replica took it over after it ran out; the
-    /// delivery then plans again) or the database did not answer.
-    async fn still_ours(
-        &self,
-        d: &Delivery<'_>,
-        claimed_at: tokio::time::Instant,
-    ) -> Option<tokio::time::Instant> {
-        if claimed_at.elapsed() < self.lease_ttl / 3 {
-            return Some(claimed_at);
-        }
-        let sent = tokio::time::Instant::now();
-        match self
-            .store
-            .renew_delivery_lease(&self.lease(&d.ev), self.lease_ttl)
-            .await
-        {
-            Ok(true) => Some(sent),
-            Ok(false) => None,
-            Err(e) => {
-                tracing::debug!(error = %e, "Could not renew a delivery lease before its request.");
-                None
-            }
-        }
-    }
-
     /// `targets.<t>.coalesce`: a record's first live delivery waits until
     /// its merged event is that old, so the rest of a burst still being
     /// merged goes in the same request (planned again after the wait); not
@@ -365,28 +368,6 @@ impl DeliverStage {
         let left = super::plan::settle_wait(self.coalesce, chrono::Utc::now(), published, raw);
         if !left.is_zero() {
             tokio::time::sleep(left).await;
-        }
-    }
-
-    /// A delivery that waited for its turn at a busy target plans again
-    /// before it sends: more of the record's burst may have been merged
-    /// meanwhile, and one request can carry it all instead of a second one
-    /// later. Safe under the lease: the target still stands where `st` says,
-    /// and a fold only grows towards the newest merged version (P1), which
-    /// every later request folds up to as well. `None`: send `send`.
-    async fn replan_after_wait(
-        &self,
-        d: &Delivery<'_>,
-        st: DeliveryState,
-        send: &Send,
-        waited: std::time::Duration,
-    ) -> Option<Send> {
-        if waited < REPLAN_AFTER || send.through.is_none() {
-            return None;
-        }
-        match self.plan(d.msg, &d.ev, d.seq, st, d.body.clone()).await {
-            Ok(Plan::Send(newer)) if newer.through > send.through => Some(newer),
-            _ => None,
         }
     }
 
@@ -570,5 +551,26 @@ fn slot_failure(e: super::slots::SlotError, fp: &str) -> Failure {
             error: store_failure(&e, MERGED_EVENT),
             fingerprint: Some(fp.to_string()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_taken_over_leaves_every_wait_to_its_message() {
+        let again = |wait| Step::Again { wait, view: None };
+        let done = || Step::Done(Ok(Outcome::ack("delivered", None)));
+        for (step, left) in [
+            (Step::Busy, true),
+            (Step::Hold, true),
+            (again(true), true),
+            (again(false), false),
+            (done(), false),
+        ] {
+            assert_eq!(left_to_its_message(true, &step), left);
+            assert!(!left_to_its_message(false, &step), "a message's own waits");
+        }
     }
 }

@@ -17,10 +17,12 @@ pub mod fold;
 pub mod http_sink;
 mod keeper;
 mod known;
+mod lease;
 pub mod pacing;
 mod plan;
 pub mod routing;
 pub mod slots;
+mod takeover;
 pub mod turns;
 
 use std::sync::Arc;
@@ -90,6 +92,12 @@ pub struct DeliverStage {
     /// How old a record's merged event must be before its first live
     /// delivery sends: a burst still arriving then goes as one request.
     coalesce: Duration,
+    /// `targets.<t>.takeover`.
+    takeover: bool,
+    /// Deliveries of messages under way in this process, and when the last
+    /// one ended (`takeover` looks only after a quiet spell).
+    active: std::sync::atomic::AtomicUsize,
+    last_active: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl DeliverStage {
@@ -114,6 +122,9 @@ impl DeliverStage {
             holder: delivery_lease::new_holder(),
             lease_ttl,
             coalesce: Duration::ZERO,
+            takeover: false,
+            active: Default::default(),
+            last_active: Default::default(),
         }
     }
 
@@ -121,6 +132,17 @@ impl DeliverStage {
     pub fn with_coalesce(mut self, coalesce: Duration) -> Self {
         self.coalesce = coalesce;
         self
+    }
+
+    /// `targets.<t>.takeover`.
+    pub fn with_takeover(mut self, takeover: bool) -> Self {
+        self.takeover = takeover;
+        self
+    }
+
+    /// Whether it takes over, while idle, what nobody is delivering.
+    pub fn takes_over(&self) -> bool {
+        self.takeover
     }
 
     /// Caps requests in flight to the target across replicas.
@@ -149,6 +171,7 @@ impl DeliverStage {
     }
 
     async fn run(&self, msg: &Incoming) -> StageResult {
+        let _active = Active::enter(&self.active, &self.last_active);
         let (ev, body) = match self.claim_check.resolve(&msg.data).await {
             Ok(v) => v,
             Err(e) => return Err(self.unresolved(msg, e).await),
@@ -174,6 +197,7 @@ impl DeliverStage {
             body,
             seq,
             steps: std::sync::Mutex::new(steps),
+            takeover: false,
         };
         let result = self.deliver(&d, view).await;
         if matches!(&result, Ok(o) if o.label == "delivered") {
@@ -207,6 +231,30 @@ impl DeliverStage {
             error,
             fingerprint: Some(fp),
         }
+    }
+}
+
+/// One delivery of a message under way, counted while it lasts; when it
+/// ends is kept.
+struct Active<'a>(
+    &'a std::sync::atomic::AtomicUsize,
+    &'a std::sync::Mutex<Option<tokio::time::Instant>>,
+);
+
+impl<'a> Active<'a> {
+    fn enter(
+        n: &'a std::sync::atomic::AtomicUsize,
+        last: &'a std::sync::Mutex<Option<tokio::time::Instant>>,
+    ) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(n, last)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        *self.1.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -303,6 +351,8 @@ pub struct DeliverSettings {
     pub lease_ttl: Duration,
     /// `targets.<t>.coalesce`.
     pub coalesce: Duration,
+    /// `targets.<t>.takeover`.
+    pub takeover: bool,
     /// The target's HTTP client (shared with its OAuth 2.0 token endpoint).
     pub client: reqwest::Client,
 }
@@ -327,6 +377,7 @@ pub fn build(
     Arc::new(
         DeliverStage::new(target, sink, store, claim_check, pacer, settings.lease_ttl)
             .with_slots(slots)
-            .with_coalesce(settings.coalesce),
+            .with_coalesce(settings.coalesce)
+            .with_takeover(settings.takeover),
     )
 }
