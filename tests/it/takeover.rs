@@ -11,7 +11,7 @@ use backbone::store::Store;
 
 use crate::support::*;
 use crate::targets::{
-    converged, dead_letters, deploy, publish_flow, records, scalar, Behaviour, Target,
+    converged, dead_letters, deploy, publish_flow, records, scalar, slow_netsuite,
 };
 
 /// A lease on a `delivery_state` row: its holder and until when (ms).
@@ -183,15 +183,7 @@ async fn takeover_records_behind_are_those_nobody_is_delivering_mariadb() {
 /// in line) for their leases to run out.
 #[tokio::test]
 async fn takeover_a_delivery_waiting_behind_the_next_in_line_holds_no_lease() {
-    let ns = Target::start(
-        0,
-        Behaviour {
-            latency: Duration::from_millis(1500),
-            ..Default::default()
-        },
-    )
-    .await;
-    let sx = Target::start(0, Behaviour::default()).await;
+    let (ns, sx) = slow_netsuite(Duration::from_millis(1500)).await;
     let one_at_a_time = [
         ("BACKBONE__TARGETS__NETSUITE__TIMEOUT", "20s"),
         ("BACKBONE__TARGETS__NETSUITE__INITIAL_CONCURRENCY", "1"),
@@ -252,15 +244,7 @@ async fn takeover_a_delivery_waiting_behind_the_next_in_line_holds_no_lease() {
 /// nothing dead-lettered); the messages then find themselves covered.
 #[tokio::test]
 async fn takeover_a_killed_replicas_queued_deliveries_go_from_the_store() {
-    let ns = Target::start(
-        0,
-        Behaviour {
-            latency: Duration::from_millis(400),
-            ..Default::default()
-        },
-    )
-    .await;
-    let sx = Target::start(0, Behaviour::default()).await;
+    let (ns, sx) = slow_netsuite(Duration::from_millis(400)).await;
     let o = Overrides::new()
         .targets(&ns.url(), &sx.url())
         .local_snapshots()

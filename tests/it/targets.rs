@@ -1027,7 +1027,7 @@ async fn targets_replay_is_paced_through_the_limiter() {
 }
 
 /// Stand-ins for both targets, NetSuite answering after `latency`.
-async fn slow_netsuite(latency: Duration) -> (Target, Target) {
+pub(crate) async fn slow_netsuite(latency: Duration) -> (Target, Target) {
     let ns = Target::start(
         0,
         Behaviour {
