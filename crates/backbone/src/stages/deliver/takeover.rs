@@ -59,7 +59,10 @@ impl DeliverStage {
             }
             while self.idle() && !shutdown.is_cancelled() {
                 match self.take_over_some(&shutdown).await {
-                    Ok(n) if n < BATCH as usize => break,
+                    // A full look where every record was left (the target
+                    // throttles, another replica holds them) waits for the
+                    // next tick instead of asking again at once.
+                    Ok((found, moved)) if found < BATCH as usize || moved == 0 => break,
                     Ok(_) => {}
                     Err(e) => {
                         tracing::debug!(target = self.target.as_str(), error = %e,
@@ -84,8 +87,12 @@ impl DeliverStage {
         self.active.load(Ordering::Relaxed) == 0 && quiet && self.pacer.accepting()
     }
 
-    /// One look and what it found taken over; how many records it found.
-    async fn take_over_some(&self, shutdown: &CancellationToken) -> Result<usize, StoreError> {
+    /// One look and what it found taken over: how many records it found,
+    /// and how many of them it did not leave to their messages.
+    async fn take_over_some(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<(usize, usize), StoreError> {
         let now = chrono::Utc::now();
         let settled = SETTLED.max(self.coalesce);
         let ago = |d: Duration| now - chrono::Duration::from_std(d).unwrap_or_default();
@@ -94,6 +101,8 @@ impl DeliverStage {
             .records_behind(self.target.as_str(), ago(WINDOW), ago(settled), BATCH)
             .await?;
         let found = behind.len();
+        let moved = std::sync::atomic::AtomicUsize::new(0);
+        let moved_ref = &moved;
         futures::stream::iter(behind)
             .for_each_concurrent(AT_ONCE, |b| async move {
                 // A live message arrived: it goes first; the rest waits for
@@ -108,6 +117,9 @@ impl DeliverStage {
                         "left"
                     }
                 };
+                if outcome != "left" {
+                    moved_ref.fetch_add(1, Ordering::Relaxed);
+                }
                 emit(RecordTakenOver {
                     target: self.target.as_str(),
                     outcome,
@@ -116,7 +128,7 @@ impl DeliverStage {
                 });
             })
             .await;
-        Ok(found)
+        Ok((found, moved.into_inner()))
     }
 
     /// Delivers one record from the store as its newest merged event's
