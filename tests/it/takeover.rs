@@ -104,13 +104,29 @@ async fn records_behind(db: Db) {
             merged: 3,
             at: Some((1, 1, None)),
         },
-        // A request was started for it (or failed: its retry schedule and
-        // dead letter go on): not taken.
+        // A request was started for it and the lease released (it failed:
+        // its retry schedule and dead letter go on): not taken.
         Case {
             id: "started",
             changed: settled,
             merged: 3,
             at: Some((1, 3, None)),
+        },
+        // A request was started and its lease ran out still naming the
+        // holder (it died mid-delivery): taken, folded again from the
+        // acknowledged position.
+        Case {
+            id: "died",
+            changed: settled - chrono::Duration::seconds(2),
+            merged: 3,
+            at: Some((1, 3, Some((7, ms - 1)))),
+        },
+        // The same, its lease still live (a request out): not taken.
+        Case {
+            id: "out",
+            changed: settled,
+            merged: 3,
+            at: Some((1, 3, Some((7, ms + 60_000)))),
         },
         // Another replica holds its lease: not taken.
         Case {
@@ -154,7 +170,7 @@ async fn records_behind(db: Db) {
         .expect("records_behind");
     let ids: Vec<&str> = got.iter().map(|b| b.record_id.as_str()).collect();
     // The longest-settled first.
-    assert_eq!(ids, ["expired", "never", "newer"], "{got:?}");
+    assert_eq!(ids, ["died", "expired", "never", "newer"], "{got:?}");
     // SuiteX stands nowhere on any of them.
     let sx = store
         .records_behind("suitex", window.0, window.1, 2)
@@ -238,7 +254,8 @@ async fn takeover_a_delivery_waiting_behind_the_next_in_line_holds_no_lease() {
 }
 
 /// Two replicas; the one holding the merged messages is SIGKILLed. The
-/// other, idle, delivers what the store shows nobody is delivering before
+/// other, idle, delivers what the store shows nobody is delivering (and,
+/// once their leases run out, what the dead one had under way) before
 /// the broker hands the dead one's messages back, through the same claim
 /// and bookkeeping (one request in flight per record, never back in time,
 /// nothing dead-lettered); the messages then find themselves covered.
@@ -290,9 +307,11 @@ async fn takeover_a_killed_replicas_queued_deliveries_go_from_the_store() {
         ns.summary("netsuite")
     );
     assert!(done, "every record delivered");
-    // Of ~16 records left at the kill, the dead replica's requests out and
-    // its next in line (2 + 2) wait for the broker; the rest are taken over.
-    assert!(taken >= 8, "taken over from the store: {taken}");
+    // Of ~16 records left at the kill, the rest are taken over at once and
+    // the dead replica's requests out and its next in line (2 + 2) once
+    // their leases run out (3 s), before the broker hands their messages
+    // back (10 s).
+    assert!(taken >= 14, "taken over from the store: {taken}");
     assert_eq!(ns.overlaps(), 0, "one request in flight per record");
     assert_eq!(ns.back_in_time(), 0, "P1");
     let mut sent: std::collections::HashMap<String, usize> = Default::default();
@@ -303,5 +322,28 @@ async fn takeover_a_killed_replicas_queued_deliveries_go_from_the_store() {
     // Only a request the dead replica had out may go again (P2).
     assert!(twice.len() <= 2, "sent again: {twice:?}");
     assert_eq!(dead_letters(&app).await, 0);
+    // A delivery taken over does not claim its message's fingerprint: the
+    // message, handed back by the broker once the dead replica's lease
+    // there runs out (10 s), is covered by the position, with no row.
+    let duplicates = "SELECT COUNT(*) FROM event_audit_log WHERE stage = 'deliver.netsuite' \
+                      AND processing_outcome = 'duplicate'";
+    let handed_back = eventually(Duration::from_secs(30), || async {
+        crate::deliver::skipped_count(&app, "netsuite").await + scalar(&app.store, duplicates).await
+            >= taken
+    })
+    .await;
+    assert!(
+        handed_back,
+        "the taken-over records' messages came back and were acked"
+    );
+    let doubled = scalar(
+        &app.store,
+        "SELECT COUNT(*) FROM event_audit_log d JOIN event_audit_log t \
+         ON t.fingerprint = d.fingerprint AND t.stage = d.stage \
+         AND t.message_id = 'takeover' AND t.processing_outcome = 'delivered' \
+         WHERE d.stage = 'deliver.netsuite' AND d.processing_outcome = 'duplicate'",
+    )
+    .await;
+    assert_eq!(doubled, 0, "duplicate rows for messages taken over");
     app.stop().await;
 }

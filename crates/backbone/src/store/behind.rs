@@ -1,9 +1,13 @@
 //! Records a target is behind on with nothing under way for them: their
-//! newest merged event is after the target's acknowledged position, no
-//! request was started since (attempted = acknowledged: a failed request
-//! keeps its retry schedule and dead letter), and no live lease is held.
-//! What an idle replica takes over (`stages/deliver/takeover`) when the
-//! replica holding their messages died (docs/spec.md §4.2).
+//! newest merged event is after the target's acknowledged position, and
+//! either no request was started since and no live lease is held, or a
+//! lease ran out still naming its holder. A delivery releases its lease
+//! whatever came of it, so the second is a holder that died mid-delivery
+//! (its request may have reached the target: it is folded and sent again,
+//! P2). A request started with the lease released failed: its record
+//! keeps its retry schedule and dead letter, and is not taken. What an
+//! idle replica takes over (`stages/deliver/takeover`) when the replica
+//! holding their messages died (docs/spec.md §4.2).
 
 use chrono::{DateTime, Utc};
 
@@ -37,8 +41,9 @@ impl Store {
                  LEFT JOIN delivery_state s ON s.target = ? AND s.record_type = r.record_type \
                  AND s.record_id = r.record_id \
                  WHERE r.updated_at >= ? AND r.updated_at <= ? \
-                 AND COALESCE(s.attempted_seq, 0) = COALESCE(s.acked_seq, 0) \
-                 AND (s.lease_holder IS NULL OR s.lease_until < ?) \
+                 AND ((s.lease_holder IS NULL \
+                 AND COALESCE(s.attempted_seq, 0) = COALESCE(s.acked_seq, 0)) \
+                 OR s.lease_until < ?) \
                  AND EXISTS (SELECT 1 FROM merged_events m WHERE m.record_type = r.record_type \
                  AND m.record_id = r.record_id AND m.sequence_num > COALESCE(s.acked_seq, 0)) \
                  ORDER BY r.updated_at LIMIT ?",

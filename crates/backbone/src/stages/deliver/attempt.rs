@@ -388,7 +388,10 @@ impl DeliverStage {
         let version = send.through.map_or(d.ev.version, |(_, v)| v);
         let detail = json!({"status": ok.status, "version": version, "versions": versions,
             "through": send.through.map(|(seq, _)| seq)});
-        let row = self.audit_row(d.msg, Some(&d.ev), &fp, "delivered", detail, true);
+        // A delivery taken over does not claim its message's fingerprint:
+        // the position covers the message when the broker hands it back,
+        // with no `duplicate` row of its own (docs/spec.md §6.1).
+        let row = self.audit_row(d.msg, Some(&d.ev), &fp, "delivered", detail, !d.takeover);
         let at = send
             .through
             .map(|(seq, version)| self.position_row(&d.ev, seq, version, true));

@@ -1,5 +1,5 @@
 //! Keeps a delivery's lease alive from the moment its request goes out until
-//! the answer is booked (docs/spec.md §4.2): renewed every third of its TTL,
+//! the answer is booked (docs/spec.md §4.2): renewed every fifth of its TTL,
 //! so the TTL only has to cover a replica that died holding it, not the
 //! slowest request. A replica killed mid-request leaves its records waiting
 //! seconds, not a request timeout. A delivery only waiting (for a permit, a
@@ -27,9 +27,11 @@ pub(super) struct Timing {
 }
 
 impl Timing {
-    /// Between two renewals.
+    /// Between two renewals: a fifth, so that a short TTL (what a dead
+    /// replica's records wait) still leaves room for several slow or failed
+    /// renewals before the holder stops trusting the lease.
     pub fn every(self) -> Duration {
-        self.ttl / 3
+        self.ttl / 5
     }
 
     /// Before the lease runs out, the holder gives up what it does under it.
@@ -55,7 +57,7 @@ pub(super) struct Keeper {
 
 impl Keeper {
     /// For a lease whose claim was sent at `sent` and confirmed: renewed a
-    /// third of its TTL after that (at once if that has passed), and so on.
+    /// fifth of its TTL after that (at once if that has passed), and so on.
     pub fn start(store: Store, lease: Lease, ttl: Duration, sent: Instant) -> Self {
         let timing = Timing { ttl };
         let (tx, trusted) = watch::channel(timing.trusted_until(sent));
@@ -90,7 +92,7 @@ impl Keeper {
     }
 }
 
-/// Renews `lease` every third of its TTL until `stop`. A renewal the
+/// Renews `lease` every fifth of its TTL until `stop`. A renewal the
 /// database refuses (the lease is no longer ours) ends them; one that fails
 /// is tried again a twelfth of the TTL later, and the lease stays trusted
 /// only as long as the last confirmed one says.
@@ -145,16 +147,21 @@ mod tests {
 
     #[test]
     fn renewals_come_well_before_the_holder_stops_trusting_the_lease() {
+        // The default TTL.
         let t = Timing {
-            ttl: Duration::from_secs(12),
+            ttl: Duration::from_secs(5),
         };
-        assert_eq!(t.every(), Duration::from_secs(4));
+        assert_eq!(t.every(), Duration::from_secs(1));
         let sent = Instant::now();
-        // Trusted 9 s after the claim: two renewals fit before that, so one
-        // slow or failed renewal does not cost the lease.
-        assert_eq!(t.trusted_until(sent) - sent, Duration::from_secs(9));
-        assert!(t.every() * 2 < t.trusted_until(sent) - sent);
-        // And given up 3 s before any other replica may take it over.
-        assert_eq!(sent + t.ttl - t.trusted_until(sent), Duration::from_secs(3));
+        // Trusted 3.75 s after the claim: three renewals fit before that,
+        // so a database that does not answer for 2.75 s does not cost the
+        // lease.
+        assert_eq!(t.trusted_until(sent) - sent, Duration::from_millis(3750));
+        assert!(t.every() * 3 < t.trusted_until(sent) - sent);
+        // And given up 1.25 s before any other replica may take it over.
+        assert_eq!(
+            sent + t.ttl - t.trusted_until(sent),
+            Duration::from_millis(1250)
+        );
     }
 }

@@ -10,7 +10,9 @@
 //!
 //! Only records with nothing under way are taken: no request started since
 //! the last acknowledged one (a failed request keeps its retry schedule and
-//! dead letter), no live lease, and a last change at least
+//! dead letter) and no live lease, or a lease that ran out still naming
+//! its holder (it died mid-delivery: taken `lease_ttl` after its last
+//! renewal, sooner than the broker's 10 s), and a last change at least
 //! [`SETTLED`] old (and the target's `coalesce`), so a live delivery about
 //! to happen is not raced. Whatever needs a wait (another replica holds the
 //! record, the target throttles or fails) is left to the record's message.
