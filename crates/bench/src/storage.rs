@@ -161,6 +161,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
         replicas: 1,
         kill_one_after: None,
         json: false,
+        keep_database: args.keep_database,
         seed: args.seed,
     };
     let ep = app::endpoint(&settings);

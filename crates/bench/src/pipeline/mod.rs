@@ -92,6 +92,10 @@ pub struct Args {
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Leave the MariaDB database in place (its URL is printed) to look at
+    /// it: which records arrived last, and why.
+    #[arg(long)]
+    pub keep_database: bool,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
 }
@@ -206,6 +210,11 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<i32> {
     if failed {
         if let Some(tail) = scratch.log_tail(30) {
             eprintln!("--- last lines of the daemon's log ---\n{tail}\n---");
+        }
+    }
+    if args.keep_database {
+        if let Some(url) = scratch.keep_mysql() {
+            eprintln!("kept the database: {url}");
         }
     }
     scratch.teardown(&ep).await;

@@ -152,21 +152,25 @@ pub(super) struct StepMean {
     pub(super) count: f64,
 }
 
-/// The broker's floor with a replica killed `killed` s after the start,
-/// against the `allowed` s the targets allow: what the killed replica held
-/// (raw messages not yet committed among them) is the broker's to hand out
-/// again only once its lease runs out, so no drain ends sooner.
-fn floor_line(killed: f64, allowed: f64, drain: f64) -> String {
+/// The floors with a replica killed `killed` s after the start, against
+/// the `allowed` s the targets allow. What the killed replica had under
+/// way at a target waits for its delivery lease (`delivery_lease` s) to
+/// run out before a survivor takes it over from the store, so no drain
+/// ends sooner (if it had any). Raw messages it held and had not
+/// committed are the broker's to hand out again only once their Pub/Sub
+/// lease runs out (if it held any).
+fn floor_line(killed: f64, delivery_lease: f64, allowed: f64, drain: f64) -> String {
     // The lease the daemon asks for: Pub/Sub's shortest.
-    let lease = backbone::runtime::consumer::LEASE_EXTENSION.as_secs_f64();
-    let floor = killed + lease;
+    let broker = backbone::runtime::consumer::LEASE_EXTENSION.as_secs_f64();
+    let floor = killed + delivery_lease;
     let end = match drain - floor {
         after if after >= 0.0 => format!("{after:.1} s after it"),
         before => format!("{:.1} s before it", -before),
     };
     format!(
-        "  the broker's floor: what the killed replica held comes back when its lease runs out, up to {lease:.0} s after the kill (Pub/Sub's shortest lease): {floor:.1} s = {:.2}x of the {allowed:.2} s the targets allow, before any of it is done; the drain ended {end}",
-        floor / allowed
+        "  the floor: what the killed replica had under way is taken over when its delivery lease runs out, {delivery_lease:.0} s after the kill: {floor:.1} s = {:.2}x of the {allowed:.2} s the targets allow, before any of it is done; the drain ended {end} (raw messages it held come back from the broker {broker:.0} s after the kill: {:.2}x)",
+        floor / allowed,
+        (killed + broker) / allowed
     )
 }
 
@@ -177,6 +181,9 @@ pub(crate) struct Report {
     pub(crate) replicas: u16,
     /// `--kill-one-after`: when one of them was SIGKILLed.
     pub(crate) killed_replica_after_seconds: Option<f64>,
+    /// `targets.<t>.lease_ttl`: how long a killed replica's deliveries
+    /// under way wait before a survivor takes them over.
+    pub(crate) delivery_lease_seconds: f64,
     pub(crate) records: usize,
     /// Unique raw events; `raw_messages` adds the duplicates.
     pub(crate) events: usize,
@@ -267,7 +274,12 @@ impl Report {
             .filter_map(|t| t.allowed_seconds)
             .max_by(f64::total_cmp);
         if let (Some(k), Some(a)) = (self.killed_replica_after_seconds, allowed) {
-            out.push(floor_line(k, a, self.drain_seconds));
+            out.push(floor_line(
+                k,
+                self.delivery_lease_seconds,
+                a,
+                self.drain_seconds,
+            ));
         }
     }
 
@@ -414,11 +426,13 @@ mod tests {
     use super::floor_line;
 
     #[test]
-    fn the_floor_is_the_kill_plus_the_shortest_lease_against_what_the_targets_allow() {
-        let line = floor_line(20.1, 20.45, 31.72);
-        assert!(line.contains(": 30.1 s = 1.47x of the 20.45 s"), "{line}");
+    fn the_floor_is_the_kill_plus_the_delivery_lease_against_what_the_targets_allow() {
+        let line = floor_line(20.1, 5.0, 20.45, 26.72);
+        assert!(line.contains(": 25.1 s = 1.23x of the 20.45 s"), "{line}");
         assert!(line.contains("the drain ended 1.6 s after it"), "{line}");
-        let early = floor_line(10.0, 20.0, 19.5);
+        // The broker's, for raw messages: Pub/Sub's shortest lease.
+        assert!(line.contains("10 s after the kill: 1.47x"), "{line}");
+        let early = floor_line(10.0, 10.0, 20.0, 19.5);
         assert!(early.contains("20.0 s = 1.00x"), "{early}");
         assert!(early.contains("ended 0.5 s before it"), "{early}");
     }

@@ -42,6 +42,8 @@ pub(super) struct Setup {
     limits: Limits,
     netsuite: StandIn,
     suitex: StandIn,
+    /// `targets.netsuite.lease_ttl` of the daemons (the same config/).
+    delivery_lease: std::time::Duration,
 }
 
 pub(super) async fn set_up(
@@ -101,6 +103,7 @@ pub(super) async fn set_up(
         limits,
         netsuite,
         suitex,
+        delivery_lease: settings.targets.netsuite.lease_ttl,
     })
 }
 
@@ -419,6 +422,7 @@ pub(super) fn build_report(
         database: args.database.clone(),
         replicas: args.replicas,
         killed_replica_after_seconds: drain.killed_after,
+        delivery_lease_seconds: setup.delivery_lease.as_secs_f64(),
         records: args.records,
         events: setup.gens.len(),
         duplicates: setup.duplicates,
