@@ -94,7 +94,7 @@ impl Keeper {
 
 /// Renews `lease` every fifth of its TTL until `stop`. A renewal the
 /// database refuses (the lease is no longer ours) ends them; one that fails
-/// is tried again a twelfth of the TTL later, and the lease stays trusted
+/// is tried again a twentieth of the TTL later, and the lease stays trusted
 /// only as long as the last confirmed one says.
 async fn renew(
     store: Store,
