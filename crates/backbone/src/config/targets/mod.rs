@@ -234,6 +234,20 @@ mod tests {
     }
 
     #[test]
+    fn coalesce_is_bounded_on_its_own_not_by_the_lease() {
+        // Waited before the lease is taken: longer than a quarter of the
+        // default 5 s lease is fine.
+        let s = load_with(&[("BACKBONE__TARGETS__NETSUITE__COALESCE", "4s")]).unwrap();
+        assert_eq!(s.targets.netsuite.coalesce, Duration::from_secs(4));
+        assert_eq!(s.targets.netsuite.lease_ttl, Duration::from_secs(5));
+        let msg = expect_invalid(
+            &[("BACKBONE__TARGETS__NETSUITE__COALESCE", "11s")],
+            "targets.netsuite.coalesce",
+        );
+        assert!(msg.contains("at most 10s"), "{msg}");
+    }
+
+    #[test]
     fn urls_are_https_without_credentials_unless_loopback_or_allowed() {
         let msg = expect_invalid(
             &[(
