@@ -68,20 +68,32 @@ trap 'on_signal INT 2' INT
 trap 'on_signal TERM 15' TERM
 
 scripts/services.sh start
-# promtool and prometheus for tests/it/alerts.rs and prometheus_live.rs;
-# helm-python-sdk and kubernetes-validate for tests/it/chart_helm.rs.
-scripts/tools.sh
 
 if command -v cargo-nextest >/dev/null 2>&1; then
-  runner=(cargo nextest run --workspace --no-fail-fast "$@")
+  runner=(cargo nextest run --workspace --no-fail-fast)
 else
-  runner=(cargo test --workspace --no-fail-fast "$@")
+  runner=(cargo test --workspace --no-fail-fast)
 fi
+
+# promtool and prometheus for tests/it/alerts.rs and prometheus_live.rs;
+# helm-python-sdk and kubernetes-validate for tests/it/chart_helm.rs; the
+# rest is listed in tools.sh. On a fresh machine it downloads and installs
+# (apt, pip) for minutes while the tests compile for minutes: the two run
+# side by side, and the tests start once both are done. Its output comes
+# after the build's, whole.
+tools_log=$(mktemp)
+scripts/tools.sh >"$tools_log" 2>&1 &
+tools_pid=$!
+# A build that fails is reported by the runner below, as before.
+"${runner[@]}" --no-run "$@" || true
+wait "$tools_pid" || true
+cat "$tools_log"
+rm -f "$tools_log"
 # A session of its own (setsid): whatever a test starts and leaves behind
 # stays in it, and is found by its session id when the run ends. A
 # background job of a script is no process-group leader, so setsid execs in
 # place and $! is the runner itself.
-setsid "${runner[@]}" &
+setsid "${runner[@]}" "$@" &
 runner_pid=$!
 runner_sid=$runner_pid
 rc=0
